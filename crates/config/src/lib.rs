@@ -1,1 +1,24 @@
-//! placeholder
+//! # cutover-config
+//!
+//! The configuration model of cutover (`cutover.toml`) and its validation.
+//! Everything else in the workspace consumes the typed [`Config`]; nothing
+//! else parses TOML.
+//!
+//! # Layout
+//!
+//! - [`units`]: duration (`"500ms"`, `"2m"`) and size (`"100MB"`) values.
+//! - [`raw`]: the file as written, deserialised strictly (unknown keys are
+//!   errors, every error carries a span).
+//! - [`model`]: the validated, typed configuration (paths resolved,
+//!   defaults applied, cross-field rules checked).
+//! - [`error`]: [`ConfigError`], which names file, line, column and problem.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod model;
+mod raw;
+pub mod units;
+
+pub use error::ConfigError;
+pub use model::*;

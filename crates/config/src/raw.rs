@@ -1,0 +1,85 @@
+//! `cutover.toml` exactly as written. Strict: unknown keys are errors, and
+//! spans are kept where a later, cross-field check must point at a place.
+
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub state_dir: Option<String>,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub app: Vec<Spanned<RawApp>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub mode: Option<Spanned<String>>,
+    pub listen: Option<Vec<Spanned<String>>>,
+    pub max_body: Option<ByteSize>,
+    pub header_read_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub upstream_connect_timeout: Option<HumanDuration>,
+    pub upstream_response_timeout: Option<HumanDuration>,
+    pub access_log: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub name: Spanned<String>,
+    pub hosts: Option<Vec<Spanned<String>>>,
+    pub drain_timeout: Option<HumanDuration>,
+    pub keep_old: Option<HumanDuration>,
+    pub promotion: Option<Spanned<String>>,
+    pub preview_header: Option<String>,
+    pub max_queued: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub health: RawHealth,
+    pub process: Option<Spanned<RawProcess>>,
+    pub docker: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<String>>,
+    pub expect_body: Option<String>,
+    pub timeout: Option<HumanDuration>,
+    pub interval: Option<HumanDuration>,
+    pub deploy_timeout: Option<HumanDuration>,
+    pub healthy_after: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcess {
+    pub command: Spanned<Vec<String>>,
+    pub ports: Option<Spanned<RawPorts>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub stop_signal: Option<Spanned<String>>,
+    pub stop_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPorts {
+    pub blue: u16,
+    pub green: u16,
+}

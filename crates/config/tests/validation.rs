@@ -1,0 +1,125 @@
+//! Invariant 8 for configuration: bad input gets an error naming file, line and problem.
+
+use cutover_config::{Config, DriverConfig, Slot};
+use std::path::Path;
+use std::time::Duration;
+
+const GOOD: &str = r#"
+state_dir = "state"
+
+[proxy]
+listen = ["127.0.0.1:0"]
+
+[[app]]
+name = "web"
+drain_timeout = "5s"
+[app.health]
+path = "/ttt"
+expect_status = "200-299"
+[app.process]
+command = ["cutover-testapp", "--port", "{port}", "--version", "{version}"]
+ports = { blue = 18081, green = 18082 }
+"#;
+
+fn parse(text: &str) -> Result<Config, cutover_config::ConfigError> {
+    Config::parse(Path::new("/srv/cutover.toml"), text)
+}
+
+#[test]
+fn a_good_config_resolves_paths_and_defaults() {
+    let config = parse(GOOD).expect("valid config");
+    assert_eq!(config.state_dir, Path::new("/srv/state"));
+    assert_eq!(config.admin.socket, Path::new("/srv/state/admin.sock"));
+    let app = config.app("web").expect("app web");
+    assert_eq!(app.hosts, vec!["*"]);
+    assert_eq!(app.drain_timeout, Duration::from_secs(5));
+    assert_eq!(app.health.expect_status, (200, 299));
+    assert_eq!(app.health.deploy_timeout, Duration::from_secs(120));
+    let DriverConfig::Process(process) = &app.driver;
+    assert_eq!(process.ports.map(|p| p.of(Slot::Green)), Some(18082));
+    assert_eq!(process.working_dir, Path::new("/srv"));
+}
+
+fn error_of(text: &str) -> String {
+    parse(text)
+        .expect_err("config must be rejected")
+        .to_string()
+}
+
+#[test]
+fn unknown_key_is_rejected_with_line_and_column() {
+    let text = GOOD.replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\ndrain_timout = \"5s\"",
+    );
+    let error = error_of(&text);
+    assert!(error.starts_with("/srv/cutover.toml:10:1: "), "{error}");
+    assert!(error.contains("unknown field `drain_timout`"), "{error}");
+}
+
+#[test]
+fn wrong_type_is_rejected_with_line_and_column() {
+    let error = error_of(&GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = 5"));
+    assert!(error.starts_with("/srv/cutover.toml:9:"), "{error}");
+    assert!(error.contains("duration"), "{error}");
+}
+
+#[test]
+fn bad_duration_names_the_units() {
+    let error = error_of(&GOOD.replace("\"5s\"", "\"5 fortnights\""));
+    assert!(error.contains("/srv/cutover.toml:9:"), "{error}");
+    assert!(error.contains("use ms, s, m or h"), "{error}");
+}
+
+#[test]
+fn duplicate_app_name_is_rejected_at_the_second_one() {
+    let second = GOOD
+        .split("[[app]]")
+        .nth(1)
+        .expect("app section")
+        .replace("18081", "18091")
+        .replace("18082", "18092");
+    let text = format!(
+        "{GOOD}\n[[app]]{}",
+        second.replace("name = \"web\"", "name = \"web\"\nhosts = [\"other\"]")
+    );
+    let error = error_of(&text);
+    assert!(error.contains("duplicate app name `web`"), "{error}");
+    assert!(error.starts_with("/srv/cutover.toml:18:"), "{error}");
+}
+
+#[test]
+fn both_drivers_in_one_app_are_rejected() {
+    let error = error_of(&format!(
+        "{GOOD}[app.docker]\nimage = \"web:{{version}}\"\n"
+    ));
+    assert!(
+        error.contains("both [app.process] and [app.docker]"),
+        "{error}"
+    );
+    assert!(error.starts_with("/srv/cutover.toml:"), "{error}");
+}
+
+#[test]
+fn an_app_without_a_driver_is_rejected() {
+    let text = "[[app]]\nname = \"web\"\n";
+    assert!(error_of(text).contains("has no driver"));
+}
+
+#[test]
+fn two_apps_claiming_the_default_host_are_rejected() {
+    let text = "[[app]]\nname = \"a\"\n[app.process]\ncommand = [\"x\"]\n[[app]]\nname = \"b\"\n[app.process]\ncommand = [\"y\"]\n";
+    assert!(error_of(text).contains("host `*` of app `b` is already routed to app `a`"));
+}
+
+#[test]
+fn same_port_for_both_slots_is_rejected() {
+    let error = error_of(&GOOD.replace("green = 18082", "green = 18081"));
+    assert!(error.contains("two different non-zero ports"), "{error}");
+}
+
+#[test]
+fn malformed_toml_is_reported_not_panicked_on() {
+    let error = error_of("[[app]\nname = ");
+    assert!(error.starts_with("/srv/cutover.toml:1:"), "{error}");
+}
