@@ -1,1 +1,113 @@
-//! placeholder
+//! # cutover-drivers
+//!
+//! How a release gets running somewhere. The deployment engine talks to
+//! every runtime through the one [`Driver`] trait and never mentions PIDs or
+//! containers; drivers know nothing of deployments' state machine, the proxy
+//! or the store.
+//!
+//! # Layout
+//!
+//! - [`Driver`], [`ReleaseSpec`], [`StartedRelease`], [`ExitWatch`]: the
+//!   contract (this file).
+//! - [`process`]: releases as local processes, each in its own process
+//!   group, output appended to a per-release log file.
+
+#![forbid(unsafe_code)]
+
+pub mod process;
+
+use async_trait::async_trait;
+use cutover_config::Slot;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+/// Everything a driver needs to know to run one release in one slot.
+#[derive(Debug, Clone)]
+pub struct ReleaseSpec {
+    pub app: String,
+    pub slot: Slot,
+    pub version: String,
+    pub deployment_id: i64,
+    /// The release's stdout and stderr are appended here.
+    pub log_path: PathBuf,
+    /// A file built by the pipeline, for `{artifact}`; `None` for plain version deploys.
+    pub artifact: Option<PathBuf>,
+}
+
+/// A release that a driver started (or re-adopted after a restart).
+#[derive(Debug)]
+pub struct StartedRelease {
+    /// Where the proxy and the health checks reach the release.
+    pub addr: SocketAddr,
+    /// Opaque, persisted by the engine: lets `stop` and `adopt` find the
+    /// release again, also after cutover itself restarted.
+    pub runtime_id: String,
+    /// Resolves when the release exits.
+    pub exited: ExitWatch,
+}
+
+/// Observes the end of a release: `None` while it runs, then a description
+/// of how it ended ("exited with code 3", "killed by signal SIGKILL").
+#[derive(Debug, Clone)]
+pub struct ExitWatch(watch::Receiver<Option<String>>);
+
+impl ExitWatch {
+    pub fn new(receiver: watch::Receiver<Option<String>>) -> ExitWatch {
+        ExitWatch(receiver)
+    }
+
+    /// The exit description if the release has already ended.
+    pub fn exited(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Waits until the release ends and describes how. If the watcher
+    /// itself went away, the release is reported as lost.
+    pub async fn wait(&mut self) -> String {
+        match self.0.wait_for(|state| state.is_some()).await {
+            Ok(state) => state.clone().unwrap_or_default(),
+            Err(_) => "stopped being watched (driver gone)".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("port {port} for slot {slot} is already in use by another process; free it or choose other ports in [app.process] ports")]
+    PortInUse { port: u16, slot: Slot },
+    #[error("could not start `{program}`: {source}; check [app.process] command and working_dir")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("could not open the release log {path}: {source}")]
+    Log { path: PathBuf, source: std::io::Error },
+    #[error("runtime id `{0}` was not written by this driver")]
+    BadRuntimeId(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// A runtime that can run releases: local processes, containers, ...
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// Short name shown in status and history (`process`, `docker`).
+    fn name(&self) -> &'static str;
+
+    /// Gets a release ready to start (build, pull). May take long; nothing
+    /// that serves traffic is touched.
+    async fn prepare(&self, spec: &ReleaseSpec) -> Result<(), DriverError>;
+
+    /// Starts the release in its slot and returns once it has been started
+    /// (not once it is healthy: that is the engine's health check).
+    async fn start(&self, spec: &ReleaseSpec) -> Result<StartedRelease, DriverError>;
+
+    /// Stops a release: the configured signal, a grace period, then a kill.
+    /// Stopping a release that is already gone succeeds.
+    async fn stop(&self, runtime_id: &str) -> Result<(), DriverError>;
+
+    /// After cutover restarted: finds the recorded release if it still runs.
+    async fn adopt(&self, runtime_id: &str, addr: SocketAddr) -> Result<Option<StartedRelease>, DriverError>;
+
+    /// Stops every release of `app` started by this cutover instance whose
+    /// runtime id is not in `keep` (left behind by a crash); returns the ids stopped.
+    async fn stop_orphans(&self, app: &str, keep: &[String]) -> Result<Vec<String>, DriverError>;
+}

@@ -1,1 +1,450 @@
-//! placeholder
+//! # cutover-store
+//!
+//! The durable state of cutover in one SQLite file (WAL): apps and their
+//! live slot, what runs in each slot, releases, deployments and their timed
+//! events. This crate is the only code in the project that touches SQLite.
+//!
+//! The engine writes every state transition here *before* it takes effect,
+//! so that after a crash the next start can tell where it was.
+//!
+//! # Layout
+//!
+//! - [`schema`]: migrations, applied in order on open (`PRAGMA user_version`).
+//! - [`records`]: the plain records read back (apps, slots, releases,
+//!   deployments, events).
+//! - this file: [`Store`], the queries.
+//!
+//! Calls are synchronous and short; async callers run them on a blocking
+//! thread.
+
+#![forbid(unsafe_code)]
+
+mod records;
+mod schema;
+
+pub use records::*;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}: {source}; check that state_dir is writable")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("the state database {path} was written by a newer cutover (schema {found}, this build knows {known}); upgrade cutover")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no deployment with id {0}")]
+    NoDeployment(i64),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A handle on the state database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        // FULL: a transition reported as persisted survives power loss too.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        schema::migrate(&mut conn, path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (transactions roll back on drop), so a poisoned lock is still usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes sure the app has its row and two slot rows.
+    pub fn ensure_app(&self, app: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT OR IGNORE INTO apps (name, updated_at) VALUES (?1, ?2)",
+            params![app, now],
+        )?;
+        for slot in ["blue", "green"] {
+            tx.execute(
+                "INSERT OR IGNORE INTO slots (app, slot, state, updated_at) VALUES (?1, ?2, 'empty', ?3)",
+                params![app, slot, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn app(&self, app: &str) -> Result<Option<AppRecord>> {
+        let conn = self.conn();
+        let live_slot: Option<Option<String>> = conn
+            .query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        let Some(live_slot) = live_slot else {
+            return Ok(None);
+        };
+        let mut statement = conn.prepare(
+            "SELECT s.slot, s.state, s.runtime_id, s.addr, s.log_path, s.updated_at,
+                    r.id, r.app, r.version, r.driver, r.artifact, r.created_at
+             FROM slots s LEFT JOIN releases r ON r.id = s.release_id
+             WHERE s.app = ?1 ORDER BY s.slot",
+        )?;
+        let slots = statement
+            .query_map([app], |row| {
+                Ok(SlotRecord {
+                    slot: row.get(0)?,
+                    state: row.get(1)?,
+                    runtime_id: row.get(2)?,
+                    addr: row.get(3)?,
+                    log_path: row.get(4)?,
+                    updated_at: row.get(5)?,
+                    release: match row.get::<_, Option<i64>>(6)? {
+                        None => None,
+                        Some(_) => Some(release_from(row, 6)?),
+                    },
+                })
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Some(AppRecord {
+            name: app.to_string(),
+            live_slot,
+            slots,
+        }))
+    }
+
+    pub fn insert_release(
+        &self,
+        app: &str,
+        version: &str,
+        driver: &str,
+        artifact: Option<&str>,
+    ) -> Result<ReleaseRecord> {
+        let conn = self.conn();
+        let now = now_ms();
+        conn.execute(
+            "INSERT INTO releases (app, version, driver, artifact, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![app, version, driver, artifact, now],
+        )?;
+        Ok(ReleaseRecord {
+            id: conn.last_insert_rowid(),
+            app: app.to_string(),
+            version: version.to_string(),
+            driver: driver.to_string(),
+            artifact: artifact.map(str::to_string),
+            created_at: now,
+        })
+    }
+
+    pub fn release(&self, id: i64) -> Result<Option<ReleaseRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, app, version, driver, artifact, created_at FROM releases WHERE id = ?1",
+                [id],
+                |row| release_from(row, 0),
+            )
+            .optional()?)
+    }
+
+    /// Records a new deployment request in state `queued`, with its first event.
+    pub fn insert_deployment(&self, new: &NewDeployment) -> Result<DeploymentRecord> {
+        let id = {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO deployments (app, trigger, version, release_id, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+                params![new.app, new.trigger, new.version, new.release_id, now],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, 'queued', ?3)",
+                params![id, now, format!("deployment of {} {} requested by {}", new.app, new.version, new.trigger)],
+            )?;
+            tx.commit()?;
+            id
+        };
+        self.deployment(id)?.ok_or(StoreError::NoDeployment(id))
+    }
+
+    /// Moves a deployment to `state` and appends the event, in one transaction.
+    /// Terminal states also set `finished_at` and keep `message` as the reason.
+    pub fn transition(
+        &self,
+        deployment_id: i64,
+        state: DeploymentState,
+        message: &str,
+    ) -> Result<EventRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let changed = if state.is_terminal() {
+            tx.execute(
+                "UPDATE deployments SET state = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
+                params![deployment_id, state.as_str(), message, now],
+            )?
+        } else {
+            tx.execute(
+                "UPDATE deployments SET state = ?2, started_at = COALESCE(started_at, ?3) WHERE id = ?1",
+                params![deployment_id, state.as_str(), now],
+            )?
+        };
+        if changed == 0 {
+            return Err(StoreError::NoDeployment(deployment_id));
+        }
+        tx.execute(
+            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
+            params![deployment_id, now, state.as_str(), message],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(EventRecord {
+            id,
+            deployment_id,
+            at: now,
+            state: state.as_str().to_string(),
+            message: message.to_string(),
+        })
+    }
+
+    /// Appends an informational event without changing the deployment's state.
+    pub fn note(&self, deployment_id: i64, message: &str) -> Result<EventRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let state: String = tx
+            .query_row(
+                "SELECT state FROM deployments WHERE id = ?1",
+                [deployment_id],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or(StoreError::NoDeployment(deployment_id))?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
+            params![deployment_id, now, state, message],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(EventRecord {
+            id,
+            deployment_id,
+            at: now,
+            state,
+            message: message.to_string(),
+        })
+    }
+
+    /// Records which slot the deployment targets and what was live when it began.
+    pub fn set_deployment_plan(&self, deployment_id: i64, plan: &DeploymentPlan) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET release_id = ?2, target_slot = ?3, from_release_id = ?4, from_slot = ?5 WHERE id = ?1",
+            params![deployment_id, plan.release_id, plan.target_slot, plan.from_release_id, plan.from_slot],
+        )?;
+        Ok(())
+    }
+
+    /// Records what runs in a slot (`runtime_id` / `addr` None when nothing does).
+    pub fn set_slot(&self, app: &str, slot: &str, update: &SlotUpdate) -> Result<()> {
+        self.conn().execute(
+            "UPDATE slots SET state = ?3, release_id = ?4, runtime_id = ?5, addr = ?6, log_path = ?7, updated_at = ?8
+             WHERE app = ?1 AND slot = ?2",
+            params![app, slot, update.state, update.release_id, update.runtime_id, update.addr, update.log_path, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Changes only a slot's state label (e.g. `live` → `draining`).
+    pub fn set_slot_state(&self, app: &str, slot: &str, state: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE slots SET state = ?3, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
+            params![app, slot, state, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records the switch: `slot` becomes the live slot (and its state `live`),
+    /// the previously live one `draining`, and the deployment moves on, all at once.
+    pub fn record_switch(
+        &self,
+        app: &str,
+        slot: &str,
+        deployment_id: i64,
+        message: &str,
+    ) -> Result<EventRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let previous: Option<String> =
+            tx.query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| {
+                row.get(0)
+            })?;
+        if let Some(previous) = previous.filter(|p| p != slot) {
+            tx.execute(
+                "UPDATE slots SET state = 'draining', updated_at = ?3 WHERE app = ?1 AND slot = ?2",
+                params![app, previous, now],
+            )?;
+        }
+        tx.execute(
+            "UPDATE slots SET state = 'live', updated_at = ?3 WHERE app = ?1 AND slot = ?2",
+            params![app, slot, now],
+        )?;
+        tx.execute(
+            "UPDATE apps SET live_slot = ?2, updated_at = ?3 WHERE name = ?1",
+            params![app, slot, now],
+        )?;
+        tx.execute(
+            "UPDATE deployments SET state = 'draining' WHERE id = ?1",
+            params![deployment_id],
+        )?;
+        tx.execute(
+            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, 'draining', ?3)",
+            params![deployment_id, now, message],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(EventRecord {
+            id,
+            deployment_id,
+            at: now,
+            state: "draining".to_string(),
+            message: message.to_string(),
+        })
+    }
+
+    pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{DEPLOYMENT_SELECT} WHERE d.id = ?1"),
+                [id],
+                deployment_from,
+            )
+            .optional()?)
+    }
+
+    /// The app's deployments, newest first.
+    pub fn deployments(&self, app: &str, limit: usize) -> Result<Vec<DeploymentRecord>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "{DEPLOYMENT_SELECT} WHERE d.app = ?1 ORDER BY d.id DESC LIMIT ?2"
+        ))?;
+        let rows = statement.query_map(params![app, limit as i64], deployment_from)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Deployments that never reached a terminal state (interrupted by a crash).
+    pub fn unfinished_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "{DEPLOYMENT_SELECT} WHERE d.state NOT IN ('succeeded', 'failed', 'aborted', 'rolled_back') ORDER BY d.id"
+        ))?;
+        let rows = statement.query_map([], deployment_from)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The most recent succeeded deployment of the app.
+    pub fn last_succeeded(&self, app: &str) -> Result<Option<DeploymentRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{DEPLOYMENT_SELECT} WHERE d.app = ?1 AND d.state = 'succeeded' ORDER BY d.id DESC LIMIT 1"),
+                [app],
+                deployment_from,
+            )
+            .optional()?)
+    }
+
+    /// Events of a deployment after `after_id`, oldest first.
+    pub fn events(&self, deployment_id: i64, after_id: i64) -> Result<Vec<EventRecord>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, deployment_id, at, state, message FROM events
+             WHERE deployment_id = ?1 AND id > ?2 ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![deployment_id, after_id], |row| {
+            Ok(EventRecord {
+                id: row.get(0)?,
+                deployment_id: row.get(1)?,
+                at: row.get(2)?,
+                state: row.get(3)?,
+                message: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.app, d.trigger, d.version, d.release_id, d.target_slot,
+        d.from_release_id, fr.version, d.from_slot, d.state, d.reason, d.created_at, d.started_at, d.finished_at
+     FROM deployments d LEFT JOIN releases fr ON fr.id = d.from_release_id";
+
+fn deployment_from(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
+    Ok(DeploymentRecord {
+        id: row.get(0)?,
+        app: row.get(1)?,
+        trigger: row.get(2)?,
+        version: row.get(3)?,
+        release_id: row.get(4)?,
+        target_slot: row.get(5)?,
+        from_release_id: row.get(6)?,
+        from_version: row.get(7)?,
+        from_slot: row.get(8)?,
+        state: row.get(9)?,
+        reason: row.get(10)?,
+        created_at: row.get(11)?,
+        started_at: row.get(12)?,
+        finished_at: row.get(13)?,
+    })
+}
+
+fn release_from(row: &Row<'_>, first: usize) -> rusqlite::Result<ReleaseRecord> {
+    Ok(ReleaseRecord {
+        id: row.get(first)?,
+        app: row.get(first + 1)?,
+        version: row.get(first + 2)?,
+        driver: row.get(first + 3)?,
+        artifact: row.get(first + 4)?,
+        created_at: row.get(first + 5)?,
+    })
+}

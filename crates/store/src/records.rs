@@ -1,0 +1,152 @@
+//! Records as stored and read back. Slots and states are kept as their
+//! lower-case names so the database stays readable with the sqlite3 CLI.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AppRecord {
+    pub name: String,
+    pub live_slot: Option<String>,
+    pub slots: Vec<SlotRecord>,
+}
+
+impl AppRecord {
+    pub fn slot(&self, slot: &str) -> Option<&SlotRecord> {
+        self.slots.iter().find(|s| s.slot == slot)
+    }
+
+    pub fn live(&self) -> Option<&SlotRecord> {
+        self.live_slot.as_deref().and_then(|slot| self.slot(slot))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SlotRecord {
+    pub slot: String,
+    /// `empty`, `starting`, `checking`, `live`, `draining`, `stopping`, `stopped`.
+    pub state: String,
+    pub release: Option<ReleaseRecord>,
+    pub runtime_id: Option<String>,
+    pub addr: Option<String>,
+    pub log_path: Option<String>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReleaseRecord {
+    pub id: i64,
+    pub app: String,
+    pub version: String,
+    pub driver: String,
+    pub artifact: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeploymentRecord {
+    pub id: i64,
+    pub app: String,
+    /// `cli`, `rollback`, `webhook`, ...
+    pub trigger: String,
+    pub version: String,
+    pub release_id: Option<i64>,
+    pub target_slot: Option<String>,
+    pub from_release_id: Option<i64>,
+    pub from_version: Option<String>,
+    pub from_slot: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub deployment_id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub state: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub app: String,
+    pub trigger: String,
+    pub version: String,
+    /// Set when the release already exists (a rollback to a recorded release).
+    pub release_id: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentPlan {
+    pub release_id: i64,
+    pub target_slot: String,
+    pub from_release_id: Option<i64>,
+    pub from_slot: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SlotUpdate {
+    pub state: String,
+    pub release_id: Option<i64>,
+    pub runtime_id: Option<String>,
+    pub addr: Option<String>,
+    pub log_path: Option<String>,
+}
+
+/// The deployment lifecycle of PRODUCT.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentState {
+    Queued,
+    Preparing,
+    Starting,
+    Checking,
+    AwaitingPromotion,
+    Switching,
+    Verifying,
+    Draining,
+    Retiring,
+    Succeeded,
+    Failed,
+    Aborted,
+    RolledBack,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Queued => "queued",
+            DeploymentState::Preparing => "preparing",
+            DeploymentState::Starting => "starting",
+            DeploymentState::Checking => "checking",
+            DeploymentState::AwaitingPromotion => "awaiting_promotion",
+            DeploymentState::Switching => "switching",
+            DeploymentState::Verifying => "verifying",
+            DeploymentState::Draining => "draining",
+            DeploymentState::Retiring => "retiring",
+            DeploymentState::Succeeded => "succeeded",
+            DeploymentState::Failed => "failed",
+            DeploymentState::Aborted => "aborted",
+            DeploymentState::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DeploymentState::Succeeded
+                | DeploymentState::Failed
+                | DeploymentState::Aborted
+                | DeploymentState::RolledBack
+        )
+    }
+}
+
+/// Whether a stored state name is terminal.
+pub fn is_terminal_state(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "aborted" | "rolled_back")
+}

@@ -1,0 +1,78 @@
+//! Schema migrations. Each entry runs once, in order, inside a transaction;
+//! `PRAGMA user_version` records how many have run. Never edit a released
+//! migration: append a new one.
+
+use crate::{Result, StoreError};
+use rusqlite::Connection;
+use std::path::Path;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: apps, slots, releases, deployments, events.
+    "CREATE TABLE apps (
+        name TEXT PRIMARY KEY,
+        live_slot TEXT CHECK (live_slot IN ('blue', 'green')),
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL REFERENCES apps(name),
+        version TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        artifact TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE slots (
+        app TEXT NOT NULL REFERENCES apps(name),
+        slot TEXT NOT NULL CHECK (slot IN ('blue', 'green')),
+        state TEXT NOT NULL,
+        release_id INTEGER REFERENCES releases(id),
+        runtime_id TEXT,
+        addr TEXT,
+        log_path TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (app, slot)
+    );
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL REFERENCES apps(name),
+        trigger TEXT NOT NULL,
+        version TEXT NOT NULL,
+        release_id INTEGER REFERENCES releases(id),
+        target_slot TEXT,
+        from_release_id INTEGER REFERENCES releases(id),
+        from_slot TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX deployments_by_app ON deployments (app, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+        at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_by_deployment ON events (deployment_id, id);",
+];
+
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if applied > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: applied,
+            known,
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
