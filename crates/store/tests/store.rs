@@ -1,4 +1,5 @@
 //! The store against real SQLite files: durability across reopen, the
+#![allow(clippy::unwrap_used)]
 //! switch recorded atomically, interrupted deployments found again.
 
 use cutover_store::*;
