@@ -1,1 +1,34 @@
-//! placeholder
+//! # cutover-engine
+//!
+//! The control plane: one actor per app owns that app's state and runs one
+//! deployment at a time; health checks gate every switch; the route table
+//! of the proxy is the only thing of the data plane it touches, and drivers
+//! are the only way it touches the outside world. Every state transition is
+//! written to the store before it takes effect.
+//!
+//! # Layout
+//!
+//! - [`Engine`] (`engine.rs`): the handle the admin API uses; starts one
+//!   actor per app after recovery.
+//! - `actor.rs`: the per-app actor: queue, collapse of bursts, abort.
+//! - `deployment.rs`: one deployment, step by step, with clean-up on failure.
+//! - `recovery.rs`: what a start after a stop or crash does: adopt the live
+//!   release (or start it again), fail interrupted deployments, remove orphans.
+//! - [`health`]: HTTP health checks and the fast polling used while deploying.
+//! - `events.rs`: the broadcast of deployment events followed over SSE.
+//! - `log_tail.rs`: the tail of a release's log for failure reasons.
+
+#![forbid(unsafe_code)]
+
+mod actor;
+mod deployment;
+mod engine;
+mod error;
+mod events;
+pub mod health;
+mod log_tail;
+mod recovery;
+
+pub use engine::{AppStatus, DeployRequest, DeploymentDetail, Engine, LiveHealth};
+pub use error::EngineError;
+pub use log_tail::tail_lines;

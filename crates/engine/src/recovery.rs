@@ -1,0 +1,195 @@
+//! Start-up after a stop or a crash (invariant 6): the recorded live
+//! release is adopted (or started again if it is gone) and must pass a
+//! health check before traffic goes to it; interrupted deployments are
+//! recorded as failed and their releases stopped; orphans are removed.
+
+use crate::actor::{AppContext, LiveRelease};
+use crate::deployment::stop_slot;
+use crate::engine::blocking;
+use crate::error::EngineError;
+use crate::health::{self, Unhealthy};
+use cutover_config::Slot;
+use cutover_drivers::{ReleaseSpec, StartedRelease};
+use cutover_proxy::Upstream;
+use cutover_store::{now_ms, DeploymentState, SlotRecord, SlotUpdate};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub(crate) struct Recovered {
+    /// The live release, not yet routed: see [`gate`].
+    pub live: Option<LiveRelease>,
+}
+
+pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineError> {
+    let app = context.name().to_string();
+    let store = context.store.clone();
+    let name = app.clone();
+    let (record, unfinished) = blocking(move || {
+        let record = store.app(&name)?;
+        let unfinished: Vec<_> = store
+            .unfinished_deployments()?
+            .into_iter()
+            .filter(|d| d.app == name)
+            .collect();
+        Ok((record, unfinished))
+    })
+    .await?;
+    let Some(record) = record else {
+        return Ok(Recovered { live: None });
+    };
+
+    let live_slot: Option<Slot> = record.live_slot.as_deref().and_then(|s| s.parse().ok());
+    let mut live = None;
+    if let Some(slot) = live_slot {
+        if let Some(slot_record) = record.slot(slot.as_str()) {
+            live = adopt_or_restart(context, slot, slot_record).await;
+        }
+    }
+
+    for slot in Slot::ALL.into_iter().filter(|s| Some(*s) != live_slot) {
+        if let Some(slot_record) = record.slot(slot.as_str()) {
+            if let Some(runtime_id) = &slot_record.runtime_id {
+                tracing::info!(app = %app, %slot, "stopping the release left running in {slot} by an interrupted deployment");
+                stop_slot(
+                    context,
+                    slot,
+                    runtime_id,
+                    slot_record.release.as_ref().map(|r| r.id),
+                )
+                .await;
+            }
+        }
+    }
+
+    for deployment in unfinished {
+        let message = format!(
+            "interrupted: cutover stopped during `{}`; on restart the release it started was stopped and {} kept serving",
+            deployment.state,
+            live.as_ref().map_or_else(|| "nothing".to_string(), |l: &LiveRelease| format!("{} ({})", l.slot, l.release.version))
+        );
+        let store = context.store.clone();
+        let id = deployment.id;
+        let event =
+            blocking(move || store.transition(id, DeploymentState::Failed, &message)).await?;
+        context.events.publish(event);
+        tracing::warn!(app = %app, deployment = id, "recorded interrupted deployment as failed");
+    }
+
+    let keep: Vec<String> = live.iter().map(|l| l.runtime_id.clone()).collect();
+    match context.driver.stop_orphans(&app, &keep).await {
+        Ok(stopped) if !stopped.is_empty() => {
+            tracing::warn!(app = %app, "stopped {} orphaned release(s): {}", stopped.len(), stopped.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(app = %app, "looking for orphaned releases failed: {e}"),
+    }
+    Ok(Recovered { live })
+}
+
+async fn adopt_or_restart(
+    context: &AppContext,
+    slot: Slot,
+    record: &SlotRecord,
+) -> Option<LiveRelease> {
+    let app = context.name();
+    let release = record.release.clone()?;
+    let recorded_addr: Option<SocketAddr> = record.addr.as_deref().and_then(|a| a.parse().ok());
+    if let (Some(runtime_id), Some(addr)) = (&record.runtime_id, recorded_addr) {
+        match context.driver.adopt(runtime_id, addr).await {
+            Ok(Some(started)) => {
+                tracing::info!(app = %app, %slot, version = %release.version, "adopted the live release");
+                return Some(live_release(context, slot, release, started));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(app = %app, %slot, "cannot adopt the live release: {e}"),
+        }
+    }
+    tracing::warn!(app = %app, %slot, version = %release.version, "the live release is not running; starting it again");
+    let log_path = record
+        .log_path
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            context.logs_dir.join(format!(
+                "restart-{}-{slot}-{}.log",
+                now_ms(),
+                release.version
+            ))
+        });
+    let spec = ReleaseSpec {
+        app: app.to_string(),
+        slot,
+        version: release.version.clone(),
+        deployment_id: 0,
+        log_path: log_path.clone(),
+        artifact: release.artifact.as_ref().map(PathBuf::from),
+    };
+    match context.driver.start(&spec).await {
+        Ok(started) => {
+            let update = SlotUpdate {
+                state: "live".to_string(),
+                release_id: Some(release.id),
+                runtime_id: Some(started.runtime_id.clone()),
+                addr: Some(started.addr.to_string()),
+                log_path: Some(log_path.display().to_string()),
+            };
+            let store = context.store.clone();
+            let name = app.to_string();
+            if let Err(e) = blocking(move || store.set_slot(&name, slot.as_str(), &update)).await {
+                tracing::error!(app = %app, %slot, "cannot record the restarted release: {e}");
+            }
+            Some(live_release(context, slot, release, started))
+        }
+        Err(e) => {
+            tracing::error!(app = %app, %slot, "cannot start the live release again: {e}; deploy a release to serve {app}");
+            None
+        }
+    }
+}
+
+fn live_release(
+    context: &AppContext,
+    slot: Slot,
+    release: cutover_store::ReleaseRecord,
+    started: StartedRelease,
+) -> LiveRelease {
+    LiveRelease {
+        slot,
+        upstream: Upstream::new(
+            context.name(),
+            slot.as_str(),
+            &release.version,
+            started.addr,
+        ),
+        release,
+        runtime_id: started.runtime_id,
+        addr: started.addr,
+        exited: started.exited,
+    }
+}
+
+/// Routes traffic to the recovered live release once it passes a health
+/// check (invariant 1 holds after a restart too). Until then the app
+/// answers 503.
+pub(crate) async fn gate(context: AppContext, mut live: LiveRelease) -> Option<LiveRelease> {
+    let app = context.name();
+    let health = &context.app.health;
+    match health::wait_until_healthy(live.addr, health, &mut live.exited, health.deploy_timeout)
+        .await
+    {
+        Ok(took) => {
+            context.router.set_live(app, Some(live.upstream.clone()));
+            tracing::info!(app = %app, slot = %live.slot, version = %live.release.version,
+                "serving the live release again (healthy after {:.2}s)", took.as_secs_f64());
+            Some(live)
+        }
+        Err(Unhealthy::Exited(how)) => {
+            tracing::error!(app = %app, "the live release {how} while being checked after restart; deploy to serve {app} again");
+            None
+        }
+        Err(Unhealthy::TimedOut { last, .. }) => {
+            tracing::error!(app = %app, "the live release did not pass its health check after restart ({last}); {app} answers 503 until a deployment succeeds");
+            None
+        }
+    }
+}
