@@ -1,1 +1,38 @@
-//! placeholder
+//! # cutover-api
+//!
+//! The admin API of cutover: JSON over HTTP/1.1 on a unix socket (mode
+//! 0600), served by axum. The CLI is its main client; scripts may use it
+//! directly (`curl --unix-socket .cutover/admin.sock http://cutover/v1/apps`).
+//!
+//! Every error is a JSON object `{"error": "..."}` with a fitting status:
+//! engine errors map through [`EngineError::http_status`], bad requests
+//! (malformed JSON, bad path or query parameters) are 400 with a message
+//! that says what was wrong and what was expected, unknown paths are 404.
+//!
+//! # Layout
+//!
+//! - [`routes`]: the router and its handlers (apps, deployments, actions).
+//! - `error`: [`HttpError`], the JSON error response.
+//! - `extract`: extractors that turn axum's plain-text rejections into
+//!   JSON errors.
+//! - `events`: the Server-Sent Events stream of a deployment.
+//! - `logs`: tail and follow of a release's log file.
+//! - `socket`: [`AdminSocket`], binding the unix socket safely (refusing
+//!   to start when another daemon answers on it) and serving it with
+//!   graceful shutdown.
+//!
+//! [`EngineError::http_status`]: cutover_engine::EngineError::http_status
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod events;
+mod extract;
+mod logs;
+pub mod routes;
+mod shutdown;
+mod socket;
+
+pub use error::HttpError;
+pub use routes::router;
+pub use socket::{serve_unix, AdminSocket, ApiError};

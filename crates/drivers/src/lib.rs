@@ -77,13 +77,26 @@ pub enum DriverError {
     #[error("port {port} for slot {slot} is already in use by another process; free it or choose other ports in [app.process] ports")]
     PortInUse { port: u16, slot: Slot },
     #[error("could not start `{program}`: {source}; check [app.process] command and working_dir")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("could not open the release log {path}: {source}")]
-    Log { path: PathBuf, source: std::io::Error },
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run `{program}`: {problem}; check the command in [app.process]")]
+    Program { program: String, problem: String },
+    #[error("the working directory {path} {problem}; check working_dir in [app.process]")]
+    WorkingDir { path: PathBuf, problem: String },
     #[error("runtime id `{0}` was not written by this driver")]
     BadRuntimeId(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// A runtime that can run releases: local processes, containers, ...
@@ -105,7 +118,11 @@ pub trait Driver: Send + Sync + 'static {
     async fn stop(&self, runtime_id: &str) -> Result<(), DriverError>;
 
     /// After cutover restarted: finds the recorded release if it still runs.
-    async fn adopt(&self, runtime_id: &str, addr: SocketAddr) -> Result<Option<StartedRelease>, DriverError>;
+    async fn adopt(
+        &self,
+        runtime_id: &str,
+        addr: SocketAddr,
+    ) -> Result<Option<StartedRelease>, DriverError>;
 
     /// Stops every release of `app` started by this cutover instance whose
     /// runtime id is not in `keep` (left behind by a crash); returns the ids stopped.

@@ -1,6 +1,7 @@
 //! The store against real SQLite files: durability across reopen, the
-#![allow(clippy::unwrap_used)]
 //! switch recorded atomically, interrupted deployments found again.
+
+#![allow(clippy::unwrap_used)]
 
 use cutover_store::*;
 

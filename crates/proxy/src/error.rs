@@ -1,0 +1,75 @@
+//! Typed errors: [`ProxyError`] for the caller of [`crate::serve`], and
+//! [`ForwardError`] for one request that could not be proxied (each variant
+//! maps to the status and short text the client gets).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Why [`crate::serve`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listening socket is unusable (e.g. its address cannot be read).
+    #[error("proxy listener is unusable: {0}")]
+    Listener(#[source] io::Error),
+}
+
+/// Why one request could not be forwarded; rendered as the client's response.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ForwardError {
+    #[error("no app serves host '{host}'")]
+    NoApp { host: String },
+    #[error("app '{app}' has no live release")]
+    NoLiveRelease { app: Arc<str> },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("reading the request body from the client failed")]
+    ClientBody,
+    #[error("{method} requests are not supported")]
+    MethodNotSupported { method: http::Method },
+    #[error("app '{app}': connecting to its release timed out after {timeout:?}")]
+    ConnectTimeout { app: Arc<str>, timeout: Duration },
+    #[error("app '{app}': its release refused the connection")]
+    Connect {
+        app: Arc<str>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("app '{app}': its release did not answer within {timeout:?}")]
+    ResponseTimeout { app: Arc<str>, timeout: Duration },
+    #[error("app '{app}': its release failed to answer")]
+    Upstream {
+        app: Arc<str>,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl ForwardError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::NoApp { .. } => StatusCode::NOT_FOUND,
+            ForwardError::NoLiveRelease { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ForwardError::ClientBody => StatusCode::BAD_REQUEST,
+            ForwardError::MethodNotSupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ForwardError::ConnectTimeout { .. } | ForwardError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether the upstream (not the client) is at fault; counted in its stats.
+    pub(crate) fn is_upstream_fault(&self) -> bool {
+        matches!(
+            self,
+            ForwardError::ConnectTimeout { .. }
+                | ForwardError::Connect { .. }
+                | ForwardError::ResponseTimeout { .. }
+                | ForwardError::Upstream { .. }
+        )
+    }
+}

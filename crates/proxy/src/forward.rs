@@ -1,0 +1,210 @@
+//! The per-request path: route by Host, start the request on the app's live
+//! upstream, rewrite headers, forward, and stream the response back.
+
+use std::sync::Arc;
+
+use http::header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST};
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Method, Request, Response, Version};
+use hyper::body::{Body, Incoming};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::conn_io::{ConnActivity, ConnGuard};
+use crate::error::ForwardError;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::router::Router;
+use crate::settings::ProxySettings;
+use crate::upstream::InFlightGuard;
+
+/// How often a request re-reads the route table when the upstream it picked
+/// was retired meanwhile. One re-read suffices when the engine retires only
+/// upstreams it has already switched away from.
+const MAX_ROUTE_ATTEMPTS: usize = 4;
+
+/// Longest Host echoed in a 404 message.
+const MAX_ECHOED_HOST: usize = 100;
+
+/// State shared by every connection of one [`crate::serve`] call.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) settings: ProxySettings,
+}
+
+/// State of one client connection.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    pub(crate) shared: Arc<Shared>,
+    /// The client's IP address, formatted once.
+    pub(crate) client_ip: HeaderValue,
+    pub(crate) activity: Arc<ConnActivity>,
+}
+
+/// Answers one client request; never fails (errors become responses).
+pub(crate) async fn handle(
+    ctx: Arc<ConnCtx>,
+    active: ConnGuard,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let request_id = headers::request_id(req.headers());
+    let mut response = match forward(&ctx, req, &request_id).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(error = %e, status = %e.status(), "request not proxied");
+            error_response(&e)
+        }
+    };
+    response.headers_mut().insert(&X_REQUEST_ID, request_id);
+    response.body_mut().hold(active);
+    response
+}
+
+async fn forward(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, ForwardError> {
+    let settings = &ctx.shared.settings;
+    if req.method() == Method::CONNECT {
+        return Err(ForwardError::MethodNotSupported {
+            method: Method::CONNECT,
+        });
+    }
+    // A declared Content-Length is the body's exact size hint.
+    if req.body().size_hint().lower() > settings.max_body {
+        return Err(ForwardError::BodyTooLarge {
+            limit: settings.max_body,
+        });
+    }
+    let (mut parts, body) = req.into_parts();
+
+    // The authority of an absolute-form target overrides the Host header.
+    let host = match parts.uri.authority() {
+        Some(authority) => {
+            let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+            HeaderValue::from_str(host_port).ok()
+        }
+        None => parts.headers.get(HOST).cloned(),
+    };
+    let in_flight = start_on_live(ctx, host.as_ref().and_then(|h| h.to_str().ok()))?;
+    let upstream = in_flight.upstream();
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // hyper already answered `Expect: 100-continue` towards the client.
+    parts.headers.remove(EXPECT);
+    match &host {
+        Some(host) => {
+            parts.headers.insert(HOST, host.clone());
+        }
+        None => {
+            if let Some(fallback) = upstream.fallback_host() {
+                parts.headers.insert(HOST, fallback.clone());
+            }
+        }
+    }
+    headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host.as_ref());
+    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    parts.version = Version::HTTP_11;
+    if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+        parts.uri = origin_form(&parts.uri);
+    }
+    let req = Request::from_parts(parts, RequestBody::new(body, settings.max_body));
+
+    match upstream.send(req, settings).await {
+        Ok((response, conn)) => {
+            let (mut parts, body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            if parts.status.is_server_error() {
+                upstream.count_5xx();
+            }
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::upstream(body, conn, in_flight),
+            ))
+        }
+        Err(e) => {
+            if e.is_upstream_fault() {
+                upstream.count_5xx();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Starts the request on the live upstream of the app serving `host`.
+fn start_on_live(ctx: &ConnCtx, host: Option<&str>) -> Result<InFlightGuard, ForwardError> {
+    let mut app = None;
+    for _ in 0..MAX_ROUTE_ATTEMPTS {
+        let table = ctx.shared.router.load();
+        let Some(route) = table.route(host) else {
+            return Err(ForwardError::NoApp {
+                host: echoed_host(host),
+            });
+        };
+        let Some(upstream) = &route.live else {
+            return Err(ForwardError::NoLiveRelease {
+                app: route.name.clone(),
+            });
+        };
+        if let Some(guard) = upstream.try_begin() {
+            return Ok(guard);
+        }
+        // Retired after we loaded the table: the engine has switched; reload.
+        app = Some(route.name.clone());
+    }
+    let app = app.unwrap_or_else(|| Arc::from(""));
+    tracing::warn!(%app, "the live upstream is retired; publish a new Upstream instead");
+    Err(ForwardError::NoLiveRelease { app })
+}
+
+fn echoed_host(host: Option<&str>) -> String {
+    let host = host.unwrap_or("");
+    // Header values that passed `to_str` are ASCII: any byte is a boundary.
+    host[..host.len().min(MAX_ECHOED_HOST)].to_owned()
+}
+
+/// `http://host/path?q` → `/path?q`.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+        _ => Uri::from(PathAndQuery::from_static("/")),
+    }
+}
+
+fn error_response(e: &ForwardError) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(format!("cutover: {e}\n")));
+    *response.status_mut() = e.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if matches!(
+        e,
+        ForwardError::BodyTooLarge { .. } | ForwardError::ClientBody
+    ) {
+        // The rest of the body is not read: do not reuse the connection.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_form_target_becomes_origin_form() {
+        let uri: Uri = "http://example.com:8080/a/b?c=d".parse().expect("uri");
+        assert_eq!(origin_form(&uri), "/a/b?c=d");
+        let uri: Uri = "http://example.com".parse().expect("uri");
+        assert_eq!(origin_form(&uri), "/");
+    }
+
+    #[test]
+    fn echoed_host_is_bounded() {
+        let long = "a".repeat(500);
+        assert_eq!(echoed_host(Some(&long)).len(), MAX_ECHOED_HOST);
+        assert_eq!(echoed_host(None), "");
+    }
+}

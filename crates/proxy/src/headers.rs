@@ -1,0 +1,196 @@
+//! Header rewriting between client and upstream: hop-by-hop stripping, the
+//! `X-Forwarded-*` family, and request ids.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Headers that describe one connection, never forwarded in either direction
+/// (plus `Proxy-Authorization`, meant for the proxy itself).
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &PROXY_AUTHORIZATION,
+];
+
+/// Longest client-supplied request id that is kept as is.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(&CONNECTION) {
+        remove_connection_options(headers);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes the headers a `Connection` header names. Allocates only when it
+/// names something other than the usual `keep-alive` / `close` / `upgrade`.
+fn remove_connection_options(headers: &mut HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(&CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for option in value.split(',') {
+            let option = option.trim();
+            if option.is_empty()
+                || option.eq_ignore_ascii_case("keep-alive")
+                || option.eq_ignore_ascii_case("close")
+                || option.eq_ignore_ascii_case("upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// The client's address as a header value, made once per connection.
+pub(crate) fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    let ip = ip.to_canonical();
+    // An IP address is always a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Adds the `X-Forwarded-*` and `X-Real-IP` headers to a request going upstream.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: Option<&HeaderValue>) {
+    let forwarded_for = match join_forwarded_for(headers, client_ip) {
+        Some(joined) => joined,
+        None => client_ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_REAL_IP.clone(), client_ip.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// `<existing X-Forwarded-For values>, <client ip>`, if there are existing ones.
+fn join_forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> Option<HeaderValue> {
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    existing.peek()?;
+    let mut joined: Vec<u8> = Vec::with_capacity(64);
+    for value in existing {
+        let value = value.as_bytes().trim_ascii();
+        if value.is_empty() {
+            continue;
+        }
+        joined.extend_from_slice(value);
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(client_ip.as_bytes());
+    HeaderValue::from_bytes(&joined).ok()
+}
+
+/// The client's `X-Request-Id` if it is sane, else a new random one.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        if is_sane_request_id(id.as_bytes()) {
+            return id.clone();
+        }
+    }
+    new_request_id()
+}
+
+fn is_sane_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'='))
+}
+
+/// 32 random lowercase hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for byte in id.iter_mut().rev() {
+        *byte = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_fixed_hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , close"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-kept").map(HeaderValue::as_bytes), Some(&b"yes"[..]));
+    }
+
+    #[test]
+    fn forwarded_for_appends_client_ip_to_every_existing_value() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static(" 10.0.0.2 "));
+        let ip = client_ip_value("127.0.0.1".parse().expect("ip"));
+        add_forwarded(&mut h, &ip, Some(&HeaderValue::from_static("example.com")));
+        let all: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, vec![&HeaderValue::from_static("10.0.0.1, 10.0.0.2, 127.0.0.1")]);
+        assert_eq!(h.get(&X_REAL_IP), Some(&ip));
+        assert_eq!(h.get(&X_FORWARDED_PROTO), Some(&HTTP));
+        assert_eq!(h.get(&X_FORWARDED_HOST), Some(&HeaderValue::from_static("example.com")));
+    }
+
+    #[test]
+    fn ipv4_mapped_client_address_is_shown_as_ipv4() {
+        let ip: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(client_ip_value(ip), HeaderValue::from_static("192.0.2.7"));
+    }
+
+    #[test]
+    fn sane_request_id_is_kept_and_insane_one_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), HeaderValue::from_static("abc-123"));
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has spaces"));
+        let id = request_id(&h);
+        assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        h.insert(&X_REQUEST_ID, HeaderValue::from_str(&"a".repeat(200)).expect("value"));
+        assert_eq!(request_id(&h).len(), 32);
+    }
+}

@@ -1,0 +1,240 @@
+//! The route table: which app serves a Host, and which upstream is live for
+//! each app. Readers (every request) load it lock-free; the engine publishes
+//! a whole new table for every change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::upstream::Upstream;
+
+/// An immutable snapshot of the routes.
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    hosts: Arc<HostIndex>,
+    apps: Box<[AppRoute]>,
+}
+
+/// Host → app index; fixed at [`Router::new`], shared by every snapshot.
+#[derive(Debug, Default)]
+struct HostIndex {
+    /// Lowercase host names without port.
+    exact: HashMap<Box<str>, usize>,
+    /// The app with the `"*"` pattern.
+    default: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AppRoute {
+    pub(crate) name: Arc<str>,
+    pub(crate) live: Option<Arc<Upstream>>,
+}
+
+impl RouteTable {
+    /// The app serving `host` (a Host header value or URI authority; the port
+    /// is ignored, case too). No host, or an unknown one: the `"*"` app.
+    pub(crate) fn route(&self, host: Option<&str>) -> Option<&AppRoute> {
+        let index = match host.map(host_without_port) {
+            Some(host) if !host.is_empty() => self.lookup(host).or(self.hosts.default),
+            _ => self.hosts.default,
+        }?;
+        self.apps.get(index)
+    }
+
+    fn lookup(&self, host: &str) -> Option<usize> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.exact.get(host.to_ascii_lowercase().as_str()).copied()
+        } else {
+            self.hosts.exact.get(host).copied()
+        }
+    }
+
+    fn app(&self, name: &str) -> Option<&AppRoute> {
+        self.apps.iter().find(|a| &*a.name == name)
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn host_without_port(host: &str) -> &str {
+    let host = host.trim();
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The route-table handle, shared by the engine (writer) and every
+/// connection (readers). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Router {
+    table: Arc<ArcSwap<RouteTable>>,
+}
+
+impl Router {
+    /// `apps`: each app's name and host patterns. A pattern is an exact host
+    /// (`"example.com"`, matched case-insensitively, port ignored) or `"*"`:
+    /// the app for requests no exact host matches. No app is live yet.
+    ///
+    /// A host (or `"*"`) claimed by two apps goes to the first; validating
+    /// the configuration is the caller's job.
+    pub fn new(apps: Vec<(String, Vec<String>)>) -> Router {
+        let mut hosts = HostIndex::default();
+        let mut routes = Vec::with_capacity(apps.len());
+        for (index, (name, patterns)) in apps.into_iter().enumerate() {
+            for pattern in patterns {
+                let pattern = pattern.trim();
+                if pattern == "*" {
+                    if hosts.default.is_none() {
+                        hosts.default = Some(index);
+                    } else {
+                        tracing::warn!(app = %name, "another app already has the \"*\" host; ignored");
+                    }
+                    continue;
+                }
+                let host = host_without_port(pattern);
+                let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+                if hosts.exact.contains_key(host.as_str()) {
+                    tracing::warn!(app = %name, %host, "another app already has this host; ignored");
+                    continue;
+                }
+                hosts.exact.insert(host.into_boxed_str(), index);
+            }
+            routes.push(AppRoute {
+                name: Arc::from(name),
+                live: None,
+            });
+        }
+        let table = RouteTable {
+            hosts: Arc::new(hosts),
+            apps: routes.into_boxed_slice(),
+        };
+        Router {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+        }
+    }
+
+    /// Atomically publishes a table in which `app`'s live upstream is
+    /// `upstream`, and returns the previous one. Once this returns, every new
+    /// request for the app (also on existing keep-alive connections) goes to
+    /// `upstream`. Safe to call concurrently for different apps: no update is
+    /// lost. An unknown app changes nothing and returns `None`.
+    pub fn set_live(&self, app: &str, upstream: Option<Arc<Upstream>>) -> Option<Arc<Upstream>> {
+        let mut found = false;
+        let previous = self.table.rcu(|current| {
+            let mut apps = current.apps.to_vec();
+            found = false;
+            if let Some(route) = apps.iter_mut().find(|a| &*a.name == app) {
+                route.live = upstream.clone();
+                found = true;
+            }
+            RouteTable {
+                hosts: Arc::clone(&current.hosts),
+                apps: apps.into_boxed_slice(),
+            }
+        });
+        if !found {
+            tracing::warn!(%app, "set_live for an app the router does not know; ignored");
+        }
+        previous.app(app).and_then(|route| route.live.clone())
+    }
+
+    /// The live upstream of `app`, if any.
+    pub fn live(&self, app: &str) -> Option<Arc<Upstream>> {
+        self.table.load().app(app).and_then(|route| route.live.clone())
+    }
+
+    /// The current snapshot (lock-free).
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.table.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::new(vec![
+            ("web".into(), vec!["*".into()]),
+            ("api".into(), vec!["API.example.com".into(), "api.local:8080".into()]),
+        ])
+    }
+
+    fn routed(router: &Router, host: Option<&str>) -> Option<String> {
+        router.load().route(host).map(|a| a.name.to_string())
+    }
+
+    #[test]
+    fn exact_host_matches_case_insensitively_ignoring_port_and_trailing_dot() {
+        let r = router();
+        assert_eq!(routed(&r, Some("api.example.com")).as_deref(), Some("api"));
+        assert_eq!(routed(&r, Some("Api.Example.COM:443")).as_deref(), Some("api"));
+        assert_eq!(routed(&r, Some("api.example.com.")).as_deref(), Some("api"));
+        assert_eq!(routed(&r, Some("api.local")).as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn unknown_or_missing_host_goes_to_the_star_app() {
+        let r = router();
+        assert_eq!(routed(&r, Some("other.example.com")).as_deref(), Some("web"));
+        assert_eq!(routed(&r, None).as_deref(), Some("web"));
+        assert_eq!(routed(&r, Some("[::1]:8080")).as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn without_star_app_unknown_host_has_no_route() {
+        let r = Router::new(vec![("api".into(), vec!["api.example.com".into()])]);
+        assert_eq!(routed(&r, Some("other")), None);
+        assert_eq!(routed(&r, None), None);
+    }
+
+    #[test]
+    fn host_port_is_stripped_for_names_and_ipv6_literals() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("[::1"), "[::1");
+    }
+
+    #[test]
+    fn set_live_returns_previous_and_concurrent_updates_are_not_lost() {
+        let r = Router::new(
+            (0..8)
+                .map(|i| (format!("app{i}"), vec![format!("app{i}.test")]))
+                .collect(),
+        );
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let app = format!("app{i}");
+                    let mut previous = None;
+                    for n in 0..200 {
+                        let up = Upstream::new(&app, "blue", &n.to_string(), addr);
+                        let prev = r.set_live(&app, Some(up.clone()));
+                        assert_eq!(prev.map(|p| p.release().to_string()), previous);
+                        previous = Some(n.to_string());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        for i in 0..8 {
+            let live = r.live(&format!("app{i}")).expect("live");
+            assert_eq!(live.release(), "199");
+        }
+        assert!(r.set_live("nope", None).is_none());
+    }
+}

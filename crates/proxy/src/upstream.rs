@@ -1,0 +1,352 @@
+//! One running release as the proxy sees it: its address, its connection
+//! pool, its in-flight count and the drain protocol.
+//!
+//! # The switch/drain race
+//!
+//! A request may pick an upstream from the route table just before the engine
+//! publishes a new table and drains the old upstream. The two sides follow a
+//! Dekker-style protocol on two `SeqCst` atomics so that no request is lost
+//! and no drain ends early:
+//!
+//! - request: increment `in_flight`, then read `retired`. If retired, undo
+//!   the increment (waking the drainer) and route again: the table already
+//!   points elsewhere.
+//! - drain: set `retired`, then wait until `in_flight` reads zero.
+//!
+//! With sequentially consistent ordering at least one side sees the other's
+//! write: either the request sees `retired` and backs off, or the drain sees
+//! the request's increment and waits for it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::body::{RequestBody, RequestBodyError};
+use crate::error::ForwardError;
+use crate::pool::{self, ConnectError, Pool, PooledConn};
+use crate::settings::ProxySettings;
+
+/// Pooled connections a request tries (they may turn out closed) before it
+/// opens a fresh one.
+const MAX_POOLED_ATTEMPTS: usize = 16;
+/// Fresh connections a request tries when each closes before taking it.
+const MAX_FRESH_ATTEMPTS: usize = 2;
+
+/// One running release of one app in one slot.
+#[derive(Debug)]
+pub struct Upstream {
+    app: Arc<str>,
+    slot: Box<str>,
+    release: Box<str>,
+    addr: SocketAddr,
+    /// `Host` sent upstream when the client sent none (HTTP/1.0).
+    fallback_host: Option<HeaderValue>,
+    in_flight: AtomicUsize,
+    retired: AtomicBool,
+    drained: Notify,
+    requests: AtomicU64,
+    responses_5xx: AtomicU64,
+    connect_errors: AtomicU64,
+    pool: Pool,
+}
+
+/// Counters of one upstream since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamStats {
+    /// Requests that started on this upstream.
+    pub requests: u64,
+    /// Responses with a 5xx status for requests on this upstream, whether the
+    /// release sent them or the proxy did (502/504 when it failed to answer).
+    pub responses_5xx: u64,
+    /// Failed attempts to open a connection to this upstream.
+    pub connect_errors: u64,
+}
+
+/// How [`Upstream::drain`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// The last in-flight request finished (or there was none).
+    Drained { waited: Duration },
+    /// The timeout passed with requests still in flight.
+    TimedOut { still_in_flight: usize },
+}
+
+impl Upstream {
+    /// Describes a release of `app` running in `slot`, reachable at `addr`.
+    pub fn new(app: &str, slot: &str, release: &str, addr: SocketAddr) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            app: Arc::from(app),
+            slot: Box::from(slot),
+            release: Box::from(release),
+            addr,
+            fallback_host: HeaderValue::from_str(&addr.to_string()).ok(),
+            in_flight: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            drained: Notify::new(),
+            requests: AtomicU64::new(0),
+            responses_5xx: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            pool: Pool::default(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+
+    /// Requests started on this upstream whose response has not ended yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether [`Upstream::drain`] was called: no new request starts on it.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    /// Idle keep-alive connections currently pooled.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    pub fn stats(&self) -> UpstreamStats {
+        UpstreamStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            responses_5xx: self.responses_5xx.load(Ordering::Relaxed),
+            connect_errors: self.connect_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Retires this upstream and waits for its in-flight requests.
+    ///
+    /// Call it AFTER the route table no longer points here. From now on no
+    /// new request starts on this upstream (one that raced with the switch is
+    /// routed again, to the new table). Resolves the moment the last
+    /// in-flight request's response has ended, or at `timeout`. Idle pooled
+    /// connections are closed either way.
+    ///
+    /// Retiring is final: to send traffic to the same address again (a
+    /// rollback), publish a fresh [`Upstream::new`].
+    pub async fn drain(&self, timeout: Duration) -> DrainOutcome {
+        let start = Instant::now();
+        self.retired.store(true, Ordering::SeqCst);
+        let deadline = start.checked_add(timeout);
+        let outcome = loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Register before reading the count, so a wake-up in between is kept.
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                break DrainOutcome::Drained {
+                    waited: start.elapsed(),
+                };
+            }
+            let woke = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_ok(),
+                None => {
+                    notified.await;
+                    true
+                }
+            };
+            if !woke {
+                let still_in_flight = self.in_flight.load(Ordering::SeqCst);
+                break if still_in_flight == 0 {
+                    DrainOutcome::Drained {
+                        waited: start.elapsed(),
+                    }
+                } else {
+                    DrainOutcome::TimedOut { still_in_flight }
+                };
+            }
+        };
+        self.pool.clear();
+        outcome
+    }
+
+    /// Starts a request here, unless the upstream is retired (see module docs).
+    pub(crate) fn try_begin(self: &Arc<Self>) -> Option<InFlightGuard> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.retired.load(Ordering::SeqCst) {
+            self.end_request();
+            return None;
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Some(InFlightGuard(Arc::clone(self)))
+    }
+
+    fn end_request(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.retired.load(Ordering::SeqCst)
+        {
+            self.drained.notify_waiters();
+        }
+    }
+
+    pub(crate) fn fallback_host(&self) -> Option<&HeaderValue> {
+        self.fallback_host.as_ref()
+    }
+
+    pub(crate) fn count_5xx(&self) {
+        self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives a connection whose exchange ended cleanly back to the pool.
+    pub(crate) fn recycle(&self, conn: PooledConn) {
+        if !self.retired.load(Ordering::SeqCst) {
+            self.pool.put(conn);
+        }
+    }
+
+    /// Sends `req` on a pooled connection (or a new one) and waits for the
+    /// response head. A request that a closed pooled connection hands back
+    /// unsent is retried on another connection.
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<RequestBody>,
+        settings: &ProxySettings,
+    ) -> Result<(Response<Incoming>, PooledConn), ForwardError> {
+        let mut pooled_attempts = 0;
+        let mut fresh_attempts = 0;
+        loop {
+            let pooled = if pooled_attempts < MAX_POOLED_ATTEMPTS {
+                self.take_ready(settings).await
+            } else {
+                None
+            };
+            let mut conn = match pooled {
+                Some(conn) => {
+                    pooled_attempts += 1;
+                    conn
+                }
+                None => {
+                    fresh_attempts += 1;
+                    self.connect(settings).await?
+                }
+            };
+            let sent = tokio::time::timeout(
+                settings.upstream_response_timeout,
+                conn.try_send_request(req),
+            )
+            .await;
+            match sent {
+                Ok(Ok(response)) => return Ok((response, conn)),
+                Err(_elapsed) => {
+                    return Err(ForwardError::ResponseTimeout {
+                        app: self.app.clone(),
+                        timeout: settings.upstream_response_timeout,
+                    })
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(unsent) if fresh_attempts < MAX_FRESH_ATTEMPTS => {
+                        tracing::debug!(
+                            app = %self.app, addr = %self.addr, error = %e.error(),
+                            "upstream connection closed before the request was written; retrying"
+                        );
+                        req = unsent;
+                    }
+                    _ => return Err(self.send_error(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A pooled connection ready for a request, if any.
+    async fn take_ready(&self, settings: &ProxySettings) -> Option<PooledConn> {
+        while let Some(mut conn) = self.pool.take() {
+            if conn.is_ready() {
+                return Some(conn);
+            }
+            // Just given back: its driver may not have marked it idle yet.
+            let ready = tokio::time::timeout(settings.upstream_connect_timeout, conn.ready()).await;
+            if let Ok(Ok(())) = ready {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, settings: &ProxySettings) -> Result<PooledConn, ForwardError> {
+        match pool::connect(self.addr, settings.upstream_connect_timeout).await {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                self.connect_errors.fetch_add(1, Ordering::Relaxed);
+                let app = self.app.clone();
+                Err(match e {
+                    ConnectError::Timeout => {
+                        tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                            "connecting to upstream timed out");
+                        ForwardError::ConnectTimeout {
+                            app,
+                            timeout: settings.upstream_connect_timeout,
+                        }
+                    }
+                    ConnectError::Io(source) => {
+                        tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                            error = %source, "connecting to upstream failed");
+                        ForwardError::Connect { app, source }
+                    }
+                    ConnectError::Handshake(source) => {
+                        tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                            error = %source, "upstream connection handshake failed");
+                        ForwardError::Upstream { app, source }
+                    }
+                })
+            }
+        }
+    }
+
+    /// Classifies a failed exchange: the client's body, or the upstream.
+    fn send_error(&self, error: hyper::Error) -> ForwardError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if let Some(body) = e.downcast_ref::<RequestBodyError>() {
+                return match body {
+                    RequestBodyError::TooLarge { limit } => {
+                        ForwardError::BodyTooLarge { limit: *limit }
+                    }
+                    RequestBodyError::Client(_) => ForwardError::ClientBody,
+                };
+            }
+            source = e.source();
+        }
+        tracing::warn!(app = %self.app, addr = %self.addr, slot = %self.slot,
+            error = %error, "upstream failed to answer");
+        ForwardError::Upstream {
+            app: self.app.clone(),
+            source: error,
+        }
+    }
+}
+
+/// Holds one unit of an upstream's in-flight count; released on drop.
+#[derive(Debug)]
+pub(crate) struct InFlightGuard(Arc<Upstream>);
+
+impl InFlightGuard {
+    pub(crate) fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}

@@ -1,0 +1,229 @@
+//! Real servers and clients on loopback for the proxy's integration tests.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cutover_proxy::{ProxyError, ProxySettings, Router};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<TestBody>> + Send + Sync>;
+
+/// A real HTTP/1.1 server on 127.0.0.1 answering with `handler`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    /// Requests received so far.
+    pub requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start<F, Fut>(handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop: aborting it closes every connection.
+            let mut tasks = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                let reqs = reqs.clone();
+                tasks.spawn(async move {
+                    let service = service_fn(move |req| {
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        });
+        Backend {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    /// A backend answering every request with 200 and `name` as the body.
+    pub async fn named(name: &'static str) -> Backend {
+        Backend::start(move |_req| async move { text(StatusCode::OK, name) }).await
+    }
+
+    /// Stops accepting and closes every connection, like a stopped process.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+/// A body that yields each chunk sent on the channel and ends when it closes.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// A running `cutover_proxy::serve`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), ProxyError>>,
+}
+
+impl Proxy {
+    pub async fn start(router: Router, settings: ProxySettings) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(cutover_proxy::serve(listener, router, settings, async move {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// Signals shutdown; `task` then resolves once in-flight requests end.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Settings with short timeouts so failure tests stay fast.
+pub fn fast_settings() -> ProxySettings {
+    ProxySettings {
+        upstream_connect_timeout: Duration::from_secs(2),
+        upstream_response_timeout: Duration::from_secs(10),
+        ..ProxySettings::default()
+    }
+}
+
+/// A router with one app `web` on `"*"`, live on `backend`.
+pub fn single_app(addr: SocketAddr) -> (Router, Arc<cutover_proxy::Upstream>) {
+    let router = Router::new(vec![("web".into(), vec!["*".into()])]);
+    let upstream = cutover_proxy::Upstream::new("web", "blue", "v1", addr);
+    router.set_live("web", Some(upstream.clone()));
+    (router, upstream)
+}
+
+/// One keep-alive client connection to the proxy.
+pub struct Client {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect to proxy");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("client handshake");
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Sends `req` and returns the response head (body not read).
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper::Error> {
+        self.sender.ready().await?;
+        self.sender.send_request(req).await
+    }
+
+    /// Sends `req` and reads the whole response.
+    pub async fn request(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
+        let response = self.send(req).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<Reply, hyper::Error> {
+        self.request(get(host, path)).await
+    }
+}
+
+pub fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(path)
+        .header(http::header::HOST, host)
+        .body(Full::new(Bytes::new()))
+        .expect("request")
+}
