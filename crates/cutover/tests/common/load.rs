@@ -1,0 +1,112 @@
+//! Bounded keep-alive load: N clients, each on one connection (reopened
+//! only if the server closes it cleanly between requests), recording every
+//! answer so tests can assert 0 failures and the order of versions seen.
+
+use super::http::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<ClientReport>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ClientReport {
+    /// Version answered by each successful request, in order.
+    pub versions: Vec<String>,
+    /// Failed requests: transport errors and non-200 answers.
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct LoadReport {
+    pub clients: Vec<ClientReport>,
+}
+
+impl LoadReport {
+    pub fn requests(&self) -> usize {
+        self.clients.iter().map(|c| c.versions.len() + c.failures.len()).sum()
+    }
+
+    pub fn failures(&self) -> Vec<&str> {
+        self.clients.iter().flat_map(|c| c.failures.iter().map(String::as_str)).collect()
+    }
+
+    /// Asserts that every client saw `order` in sequence and never went back.
+    pub fn assert_versions_in_order(&self, order: &[&str]) {
+        for (index, client) in self.clients.iter().enumerate() {
+            let mut position = 0;
+            for version in &client.versions {
+                let found = order.iter().position(|v| v == version).unwrap_or_else(|| {
+                    panic!("client {index} saw unexpected version {version}")
+                });
+                assert!(found >= position, "client {index} went back from {} to {version}", order[position]);
+                position = found;
+            }
+        }
+    }
+}
+
+impl Load {
+    /// Starts `clients` keep-alive clients sending `GET /` until stopped,
+    /// each bounded to `max_requests` and `max_time`.
+    pub fn start(port: u16, clients: usize, max_requests: usize, max_time: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || run_client(port, &stop, max_requests, max_time))
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        LoadReport { clients: self.clients.into_iter().map(|c| c.join().expect("load client panicked")).collect() }
+    }
+}
+
+fn run_client(port: u16, stop: &AtomicBool, max_requests: usize, max_time: Duration) -> ClientReport {
+    let mut report = ClientReport::default();
+    let started = Instant::now();
+    let mut connection = None;
+    while !stop.load(Ordering::SeqCst) && report.versions.len() + report.failures.len() < max_requests && started.elapsed() < max_time {
+        if connection.is_none() {
+            match Connection::open(port) {
+                Ok(c) => connection = Some(c),
+                Err(e) => {
+                    report.failures.push(format!("connect: {e}"));
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = connection.as_mut() else { continue };
+        match conn.get("/") {
+            Ok(response) if response.status == 200 => {
+                let version = response.body.trim().strip_prefix("version=").unwrap_or(response.body.trim()).to_string();
+                report.versions.push(version);
+                if response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                    connection = None;
+                }
+            }
+            Ok(response) => {
+                report.failures.push(format!("status {}: {}", response.status, response.body.trim()));
+                connection = None;
+            }
+            Err(e) => {
+                report.failures.push(format!("request: {e}"));
+                connection = None;
+            }
+        }
+        // A short pause keeps 8 clients from saturating 2 cores, so the
+        // deployment itself is not starved; it still gives hundreds of
+        // requests per second across the switch.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    report
+}
