@@ -289,7 +289,7 @@ fn live_release_that_died_while_cutover_was_down_is_started_again() {
     daemon.deploy("v1");
     daemon.kill9();
     for (pid, _) in daemon.releases() {
-        let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        common::kill_release_group(pid);
     }
     eventually(Duration::from_secs(5), "v1 gone", || daemon.releases().is_empty());
     daemon.spawn();

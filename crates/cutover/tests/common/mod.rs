@@ -7,6 +7,8 @@
 pub mod http;
 pub mod load;
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -184,7 +186,7 @@ stop_timeout = "5s"
 
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            signal(child.id(), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(15);
             while child.try_wait().unwrap().is_none() {
                 assert!(Instant::now() < deadline, "cutover serve did not exit after SIGTERM");
@@ -227,8 +229,26 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         for (pid, _) in self.releases() {
-            let _ = Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            kill_release_group(pid);
+        }
+    }
+}
+
+/// Sends a signal to one process. Never to pid 0 or 1: those would mean
+/// "my group" or "everything".
+pub fn signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 1 {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// SIGKILLs a release's whole process group (releases lead their own group).
+pub fn kill_release_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 1 {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
