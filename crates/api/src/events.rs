@@ -28,11 +28,15 @@ pub(crate) async fn stream(
         .filter(move |event| std::future::ready(event.id > after))
         .map(|event| Ok::<_, Infallible>(to_sse(&event)))
         .take_until(shutdown.requested());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
 }
 
 fn to_sse(event: &EventRecord) -> Event {
-    let base = Event::default().id(event.id.to_string()).event(sse_field(&event.state));
+    let base = Event::default()
+        .id(event.id.to_string())
+        .event(sse_field(&event.state));
     match serde_json::to_string(event) {
         Ok(json) => base.data(json),
         // Unreachable for a plain record; never panic on it.

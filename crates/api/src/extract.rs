@@ -42,7 +42,9 @@ pub(crate) fn parse_json<T: DeserializeOwned + Expected>(bytes: &[u8]) -> Result
         let problem = match error.classify() {
             serde_json::error::Category::Data => "the JSON body does not have the expected fields",
             serde_json::error::Category::Eof => "the JSON body ends too early",
-            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "the body is not valid JSON",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
+                "the body is not valid JSON"
+            }
         };
         HttpError::bad_request(format!("{problem} ({error}); expected {}", T::EXPECTED))
     })
@@ -63,8 +65,28 @@ where
             Ok(Query(value)) => Ok(ApiQuery(value)),
             Err(rejection) => Err(HttpError::bad_request(format!(
                 "bad query parameters: {}",
-                rejection.body_text().trim_start_matches("Failed to deserialize query string: ")
+                rejection
+                    .body_text()
+                    .trim_start_matches("Failed to deserialize query string: ")
             ))),
+        }
+    }
+}
+
+/// Path parameters; a rejection (e.g. bad percent-encoding) is a 400 JSON error.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(HttpError::new(rejection.status(), rejection.body_text())),
         }
     }
 }
@@ -91,36 +113,38 @@ mod tests {
         let error = parse_json::<Body>(b"  ").unwrap_err();
         assert_eq!(error.status, 400);
         assert!(error.message.contains("no JSON body"), "{}", error.message);
-        assert!(error.message.contains(r#"{"version": "v2"}"#), "{}", error.message);
+        assert!(
+            error.message.contains(r#"{"version": "v2"}"#),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
     fn syntax_and_field_errors_say_which() {
         let syntax = parse_json::<Body>(b"{version").unwrap_err();
-        assert!(syntax.message.starts_with("the body is not valid JSON"), "{}", syntax.message);
+        assert!(
+            syntax.message.starts_with("the body is not valid JSON"),
+            "{}",
+            syntax.message
+        );
         let missing = parse_json::<Body>(b"{}").unwrap_err();
-        assert!(missing.message.contains("missing field `version`"), "{}", missing.message);
+        assert!(
+            missing.message.contains("missing field `version`"),
+            "{}",
+            missing.message
+        );
         let unknown = parse_json::<Body>(br#"{"version": "v1", "versoin": 2}"#).unwrap_err();
-        assert!(unknown.message.contains("unknown field `versoin`"), "{}", unknown.message);
+        assert!(
+            unknown.message.contains("unknown field `versoin`"),
+            "{}",
+            unknown.message
+        );
         let eof = parse_json::<Body>(br#"{"version": "v1""#).unwrap_err();
-        assert!(eof.message.starts_with("the JSON body ends too early"), "{}", eof.message);
-    }
-}
-
-/// Path parameters; a rejection (e.g. bad percent-encoding) is a 400 JSON error.
-pub(crate) struct ApiPath<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for ApiPath<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned + Send,
-{
-    type Rejection = HttpError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
-            Err(rejection) => Err(HttpError::new(rejection.status(), rejection.body_text())),
-        }
+        assert!(
+            eof.message.starts_with("the JSON body ends too early"),
+            "{}",
+            eof.message
+        );
     }
 }

@@ -29,16 +29,28 @@ pub(crate) struct LogRequest {
     pub follow: bool,
 }
 
-pub(crate) async fn stream(path: PathBuf, request: LogRequest, shutdown: Shutdown) -> Result<Response, HttpError> {
+pub(crate) async fn stream(
+    path: PathBuf,
+    request: LogRequest,
+    shutdown: Shutdown,
+) -> Result<Response, HttpError> {
     let opened = {
         let path = path.clone();
         tokio::task::spawn_blocking(move || open_at_tail(&path, request.tail))
             .await
-            .map_err(|_| HttpError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down"))?
+            .map_err(|_| {
+                HttpError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "the daemon is shutting down",
+                )
+            })?
     };
     let (file, offset) = opened.map_err(|error| {
         if error.kind() == io::ErrorKind::NotFound {
-            HttpError::not_found(format!("the log file {} does not exist (yet)", path.display()))
+            HttpError::not_found(format!(
+                "the log file {} does not exist (yet)",
+                path.display()
+            ))
         } else {
             HttpError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -47,9 +59,17 @@ pub(crate) async fn stream(path: PathBuf, request: LogRequest, shutdown: Shutdow
         }
     })?;
     let (sender, receiver) = mpsc::channel::<io::Result<Bytes>>(4);
-    tokio::spawn(pump(Source { path, file, offset }, request.follow, sender, shutdown));
+    tokio::spawn(pump(
+        Source { path, file, offset },
+        request.follow,
+        sender,
+        shutdown,
+    ));
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         Body::from_stream(ReceiverStream::new(receiver)),
     )
         .into_response())
@@ -62,7 +82,12 @@ struct Source {
 }
 
 /// Sends what the file holds past `offset`; with `follow`, keeps going.
-async fn pump(mut source: Source, follow: bool, sender: mpsc::Sender<io::Result<Bytes>>, shutdown: Shutdown) {
+async fn pump(
+    mut source: Source,
+    follow: bool,
+    sender: mpsc::Sender<io::Result<Bytes>>,
+    shutdown: Shutdown,
+) {
     let shutdown = shutdown.requested();
     tokio::pin!(shutdown);
     loop {
@@ -126,7 +151,9 @@ fn read_more(source: &mut Source) -> io::Result<Option<Bytes>> {
     if len <= source.offset {
         return Ok(None);
     }
-    let want = usize::try_from(len - source.offset).unwrap_or(CHUNK).min(CHUNK);
+    let want = usize::try_from(len - source.offset)
+        .unwrap_or(CHUNK)
+        .min(CHUNK);
     let mut buffer = vec![0; want];
     source.file.seek(SeekFrom::Start(source.offset))?;
     let read = source.file.read(&mut buffer)?;
@@ -211,13 +238,30 @@ mod tests {
         std::fs::write(&path, "one\ntwo\n").unwrap();
         let (file, offset) = open_at_tail(&path, 1).unwrap();
         let (sender, mut receiver) = mpsc::channel(4);
-        let task = tokio::spawn(pump(Source { path: path.clone(), file, offset }, true, sender, Shutdown::never()));
+        let task = tokio::spawn(pump(
+            Source {
+                path: path.clone(),
+                file,
+                offset,
+            },
+            true,
+            sender,
+            Shutdown::never(),
+        ));
         assert_eq!(receiver.recv().await.unwrap().unwrap(), "two\n");
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"three\n").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"three\n")
+            .unwrap();
         assert_eq!(receiver.recv().await.unwrap().unwrap(), "three\n");
         std::fs::write(&path, "new\n").unwrap();
         assert_eq!(receiver.recv().await.unwrap().unwrap(), "new\n");
         drop(receiver);
-        tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -60,18 +60,27 @@ pub(crate) fn router_with_shutdown(engine: Engine, shutdown: Shutdown) -> Router
 }
 
 async fn not_found(method: Method, uri: Uri) -> HttpError {
-    HttpError::not_found(format!("no such endpoint: {method} {}; the admin API lives under /v1/", uri.path()))
+    HttpError::not_found(format!(
+        "no such endpoint: {method} {}; the admin API lives under /v1/",
+        uri.path()
+    ))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
-    HttpError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn list_apps(State(state): State<ApiState>) -> Result<Json<Vec<AppStatus>>, HttpError> {
     Ok(Json(state.engine.status().await?))
 }
 
-async fn app_status(State(state): State<ApiState>, ApiPath(app): ApiPath<String>) -> Result<Json<AppStatus>, HttpError> {
+async fn app_status(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<AppStatus>, HttpError> {
     Ok(Json(state.engine.app_status(&app).await?))
 }
 
@@ -86,7 +95,8 @@ struct DeployBody {
 }
 
 impl Expected for DeployBody {
-    const EXPECTED: &'static str = r#"{"version": "v2", "force": false} (force and trigger are optional)"#;
+    const EXPECTED: &'static str =
+        r#"{"version": "v2", "force": false} (force and trigger are optional)"#;
 }
 
 /// Triggers are stored and shown; keep them to a short, plain alphabet.
@@ -94,7 +104,9 @@ fn validate_trigger(trigger: &str) -> Result<(), HttpError> {
     let ok = !trigger.is_empty()
         && trigger.len() <= 32
         && trigger.starts_with(|c: char| c.is_ascii_lowercase())
-        && trigger.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && trigger
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -112,7 +124,11 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<DeploymentRecord>), HttpError> {
     let trigger = body.trigger.unwrap_or_else(|| "cli".to_string());
     validate_trigger(&trigger)?;
-    let request = DeployRequest { version: body.version, trigger, force: body.force };
+    let request = DeployRequest {
+        version: body.version,
+        trigger,
+        force: body.force,
+    };
     let record = state.engine.deploy(&app, request).await?;
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
@@ -130,7 +146,9 @@ async fn history(
 ) -> Result<Json<Vec<DeploymentRecord>>, HttpError> {
     let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
-        return Err(HttpError::bad_request(format!("limit {limit} is out of range: use 1 to {MAX_HISTORY_LIMIT}")));
+        return Err(HttpError::bad_request(format!(
+            "limit {limit} is out of range: use 1 to {MAX_HISTORY_LIMIT}"
+        )));
     }
     Ok(Json(state.engine.history(&app, limit).await?))
 }
@@ -139,14 +157,23 @@ async fn rollback(
     State(state): State<ApiState>,
     ApiPath(app): ApiPath<String>,
 ) -> Result<(StatusCode, Json<DeploymentRecord>), HttpError> {
-    Ok((StatusCode::ACCEPTED, Json(state.engine.rollback(&app).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.engine.rollback(&app).await?),
+    ))
 }
 
-async fn abort(State(state): State<ApiState>, ApiPath(app): ApiPath<String>) -> Result<Json<DeploymentRecord>, HttpError> {
+async fn abort(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<DeploymentRecord>, HttpError> {
     Ok(Json(state.engine.abort(&app).await?))
 }
 
-async fn promote(State(state): State<ApiState>, ApiPath(app): ApiPath<String>) -> Result<Json<DeploymentRecord>, HttpError> {
+async fn promote(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<DeploymentRecord>, HttpError> {
     Ok(Json(state.engine.promote(&app).await?))
 }
 
@@ -154,10 +181,18 @@ fn deployment_id(text: &str) -> Result<i64, HttpError> {
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| HttpError::bad_request(format!("deployment id `{}` is not valid: use a positive number", text.escape_debug())))
+        .ok_or_else(|| {
+            HttpError::bad_request(format!(
+                "deployment id `{}` is not valid: use a positive number",
+                text.escape_debug()
+            ))
+        })
 }
 
-async fn deployment(State(state): State<ApiState>, ApiPath(id): ApiPath<String>) -> Result<Json<DeploymentDetail>, HttpError> {
+async fn deployment(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeploymentDetail>, HttpError> {
     let id = deployment_id(&id)?;
     Ok(Json(state.engine.deployment(id).await?))
 }
@@ -175,7 +210,11 @@ async fn deployment_events(
                 .to_str()
                 .ok()
                 .and_then(|text| text.trim().parse::<i64>().ok())
-                .ok_or_else(|| HttpError::bad_request("the Last-Event-ID header must be an event id (a number)"))?,
+                .ok_or_else(|| {
+                    HttpError::bad_request(
+                        "the Last-Event-ID header must be an event id (a number)",
+                    )
+                })?,
         ),
     };
     events::stream(&state.engine, id, last_event_id, state.shutdown.clone()).await
@@ -213,10 +252,18 @@ async fn logs(
     let follow = parse_flag("follow", query.follow.as_deref())?;
     let tail = query.tail.unwrap_or(DEFAULT_LOG_TAIL);
     if tail > MAX_LOG_TAIL {
-        return Err(HttpError::bad_request(format!("tail {tail} is too large: use at most {MAX_LOG_TAIL} lines")));
+        return Err(HttpError::bad_request(format!(
+            "tail {tail} is too large: use at most {MAX_LOG_TAIL} lines"
+        )));
     }
     let path = state.engine.log_path(&app, slot).await?;
-    Ok(logs::stream(path, logs::LogRequest { tail, follow }, state.shutdown.clone()).await?.into_response())
+    Ok(logs::stream(
+        path,
+        logs::LogRequest { tail, follow },
+        state.shutdown.clone(),
+    )
+    .await?
+    .into_response())
 }
 
 #[cfg(test)]

@@ -288,7 +288,10 @@ impl Inner {
         let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
         let stat = pid.and_then(procfs::stat);
         let (Some(pid), Some(stat)) = (pid, stat) else {
-            let _ = child.start_kill();
+            match pid {
+                Some(pid) => drop(killpg(Pid::from_raw(pid), Signal::SIGKILL)),
+                None => drop(child.start_kill()),
+            }
             let _ = child.wait().await;
             return Err(DriverError::Io {
                 context: format!(

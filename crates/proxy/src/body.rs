@@ -31,7 +31,8 @@ pub(crate) enum RequestBodyError {
 /// The client's request body, limited to `limit` bytes while it streams.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    /// `None`: no body (a replayed bodiless request).
+    inner: Option<Incoming>,
     remaining: u64,
     limit: u64,
 }
@@ -39,9 +40,17 @@ pub(crate) struct RequestBody {
 impl RequestBody {
     pub(crate) fn new(inner: Incoming, limit: u64) -> Self {
         RequestBody {
-            inner,
+            inner: Some(inner),
             remaining: limit,
             limit,
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            remaining: 0,
+            limit: 0,
         }
     }
 }
@@ -55,7 +64,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
@@ -76,11 +88,14 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 

@@ -105,17 +105,31 @@ impl TimedIo {
         }
     }
 
-    /// Updates the phase from what the service reported since the last read.
-    fn refresh_phase(&mut self) {
+    /// Updates the phase from what the service reported since the last call.
+    /// Returns whether the connection just became idle.
+    fn refresh_phase(&mut self) -> bool {
         let started = self.activity.started.load(Ordering::Relaxed);
         let active = self.activity.active.load(Ordering::Relaxed);
         if active > 0 {
             self.seen_started = started;
             self.phase = Phase::Active;
+            false
         } else if started != self.seen_started || matches!(self.phase, Phase::Active) {
             // A request was served since: now waiting for the next one.
             self.seen_started = started;
             self.phase = Phase::Idle(deadline_after(self.idle_timeout));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// After a write: if the response just ended, arm the idle timer now.
+    /// hyper may already be parked on a read that only data would wake.
+    fn arm_if_idle(&mut self, cx: &mut Context<'_>) {
+        if self.refresh_phase() {
+            // Expiry is reported by the next read, which the timer wakes.
+            let _ = self.expired(cx);
         }
     }
 
@@ -126,7 +140,9 @@ impl TimedIo {
             Phase::Active => return false,
             Phase::Idle(deadline) => *deadline,
             Phase::Headers(Some(deadline)) => *deadline,
-            Phase::Headers(deadline @ None) => *deadline.insert(deadline_after(self.header_timeout)),
+            Phase::Headers(deadline @ None) => {
+                *deadline.insert(deadline_after(self.header_timeout))
+            }
         };
         if deadline < self.timer.deadline() {
             self.timer.as_mut().reset(deadline);
@@ -180,7 +196,10 @@ impl AsyncWrite for TimedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.arm_if_idle(cx);
+        written
     }
 
     fn poll_write_vectored(
@@ -188,7 +207,10 @@ impl AsyncWrite for TimedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.arm_if_idle(cx);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -196,7 +218,10 @@ impl AsyncWrite for TimedIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        this.arm_if_idle(cx);
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -76,7 +76,11 @@ pub(crate) fn client_ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// Adds the `X-Forwarded-*` and `X-Real-IP` headers to a request going upstream.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: Option<&HeaderValue>) {
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    host: Option<&HeaderValue>,
+) {
     let forwarded_for = match join_forwarded_for(headers, client_ip) {
         Some(joined) => joined,
         None => client_ip.clone(),
@@ -124,9 +128,9 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
 fn is_sane_request_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_REQUEST_ID_LEN
-        && id
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'='))
+        && id.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'=')
+        })
 }
 
 /// 32 random lowercase hex digits.
@@ -149,7 +153,10 @@ mod tests {
     #[test]
     fn connection_named_headers_and_fixed_hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , close"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret , close"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
@@ -158,7 +165,10 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h.get("x-kept").map(HeaderValue::as_bytes), Some(&b"yes"[..]));
+        assert_eq!(
+            h.get("x-kept").map(HeaderValue::as_bytes),
+            Some(&b"yes"[..])
+        );
     }
 
     #[test]
@@ -169,10 +179,16 @@ mod tests {
         let ip = client_ip_value("127.0.0.1".parse().expect("ip"));
         add_forwarded(&mut h, &ip, Some(&HeaderValue::from_static("example.com")));
         let all: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();
-        assert_eq!(all, vec![&HeaderValue::from_static("10.0.0.1, 10.0.0.2, 127.0.0.1")]);
+        assert_eq!(
+            all,
+            vec![&HeaderValue::from_static("10.0.0.1, 10.0.0.2, 127.0.0.1")]
+        );
         assert_eq!(h.get(&X_REAL_IP), Some(&ip));
         assert_eq!(h.get(&X_FORWARDED_PROTO), Some(&HTTP));
-        assert_eq!(h.get(&X_FORWARDED_HOST), Some(&HeaderValue::from_static("example.com")));
+        assert_eq!(
+            h.get(&X_FORWARDED_HOST),
+            Some(&HeaderValue::from_static("example.com"))
+        );
     }
 
     #[test]
@@ -190,7 +206,10 @@ mod tests {
         let id = request_id(&h);
         assert_eq!(id.len(), 32);
         assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
-        h.insert(&X_REQUEST_ID, HeaderValue::from_str(&"a".repeat(200)).expect("value"));
+        h.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_str(&"a".repeat(200)).expect("value"),
+        );
         assert_eq!(request_id(&h).len(), 32);
     }
 }

@@ -73,7 +73,10 @@ pub(crate) enum ConnectError {
 
 /// Opens a new HTTP/1.1 connection to `addr`; its driver runs on its own task
 /// and ends when the connection closes or its sender is dropped.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<PooledConn, ConnectError> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<PooledConn, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_elapsed) => return Err(ConnectError::Timeout),
         Ok(Err(e)) => return Err(ConnectError::Io(e)),

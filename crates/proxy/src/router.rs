@@ -45,7 +45,10 @@ impl RouteTable {
     fn lookup(&self, host: &str) -> Option<usize> {
         let host = host.strip_suffix('.').unwrap_or(host);
         if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.hosts.exact.get(host.to_ascii_lowercase().as_str()).copied()
+            self.hosts
+                .exact
+                .get(host.to_ascii_lowercase().as_str())
+                .copied()
         } else {
             self.hosts.exact.get(host).copied()
         }
@@ -148,7 +151,10 @@ impl Router {
 
     /// The live upstream of `app`, if any.
     pub fn live(&self, app: &str) -> Option<Arc<Upstream>> {
-        self.table.load().app(app).and_then(|route| route.live.clone())
+        self.table
+            .load()
+            .app(app)
+            .and_then(|route| route.live.clone())
     }
 
     /// The current snapshot (lock-free).
@@ -164,7 +170,10 @@ mod tests {
     fn router() -> Router {
         Router::new(vec![
             ("web".into(), vec!["*".into()]),
-            ("api".into(), vec!["API.example.com".into(), "api.local:8080".into()]),
+            (
+                "api".into(),
+                vec!["API.example.com".into(), "api.local:8080".into()],
+            ),
         ])
     }
 
@@ -176,7 +185,10 @@ mod tests {
     fn exact_host_matches_case_insensitively_ignoring_port_and_trailing_dot() {
         let r = router();
         assert_eq!(routed(&r, Some("api.example.com")).as_deref(), Some("api"));
-        assert_eq!(routed(&r, Some("Api.Example.COM:443")).as_deref(), Some("api"));
+        assert_eq!(
+            routed(&r, Some("Api.Example.COM:443")).as_deref(),
+            Some("api")
+        );
         assert_eq!(routed(&r, Some("api.example.com.")).as_deref(), Some("api"));
         assert_eq!(routed(&r, Some("api.local")).as_deref(), Some("api"));
     }
@@ -184,7 +196,10 @@ mod tests {
     #[test]
     fn unknown_or_missing_host_goes_to_the_star_app() {
         let r = router();
-        assert_eq!(routed(&r, Some("other.example.com")).as_deref(), Some("web"));
+        assert_eq!(
+            routed(&r, Some("other.example.com")).as_deref(),
+            Some("web")
+        );
         assert_eq!(routed(&r, None).as_deref(), Some("web"));
         assert_eq!(routed(&r, Some("[::1]:8080")).as_deref(), Some("web"));
     }

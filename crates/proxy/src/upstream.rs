@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -215,8 +215,14 @@ impl Upstream {
     }
 
     /// Sends `req` on a pooled connection (or a new one) and waits for the
-    /// response head. A request that a closed pooled connection hands back
-    /// unsent is retried on another connection.
+    /// response head.
+    ///
+    /// A reused keep-alive connection may have been closed by the upstream
+    /// just before the request went out. Two cases are retried:
+    /// - the connection hands the request back unsent: on another connection;
+    /// - a bodiless idempotent request was written but the connection closed
+    ///   or reset before any response: once more, on a fresh connection
+    ///   (what nginx's `proxy_next_upstream error` does).
     pub(crate) async fn send(
         &self,
         mut req: Request<RequestBody>,
@@ -230,6 +236,7 @@ impl Upstream {
             } else {
                 None
             };
+            let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(conn) => {
                     pooled_attempts += 1;
@@ -240,12 +247,14 @@ impl Upstream {
                     self.connect(settings).await?
                 }
             };
+            // Only requests on a reused connection need a copy to replay.
+            let replay = if reused && !crate::xflag("noreplay") { replayable_copy(&req) } else { None };
             let sent = tokio::time::timeout(
                 settings.upstream_response_timeout,
                 conn.try_send_request(req),
             )
             .await;
-            match sent {
+            let mut error = match sent {
                 Ok(Ok(response)) => return Ok((response, conn)),
                 Err(_elapsed) => {
                     return Err(ForwardError::ResponseTimeout {
@@ -253,17 +262,24 @@ impl Upstream {
                         timeout: settings.upstream_response_timeout,
                     })
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(unsent) if fresh_attempts < MAX_FRESH_ATTEMPTS => {
-                        tracing::debug!(
-                            app = %self.app, addr = %self.addr, error = %e.error(),
-                            "upstream connection closed before the request was written; retrying"
-                        );
-                        req = unsent;
-                    }
-                    _ => return Err(self.send_error(e.into_error())),
-                },
+                Ok(Err(error)) => error,
+            };
+            if let Some(unsent) = error.take_message() {
+                if fresh_attempts < MAX_FRESH_ATTEMPTS {
+                    tracing::debug!(app = %self.app, addr = %self.addr, error = %error.error(),
+                        "upstream connection closed before the request was written; retrying");
+                    req = unsent;
+                    continue;
+                }
+            } else if let Some(copy) = replay.filter(|_| closed_before_response(error.error())) {
+                tracing::debug!(app = %self.app, addr = %self.addr, error = %error.error(),
+                    "reused upstream connection closed under an idempotent request; replaying");
+                // Straight to a fresh connection: the pooled ones may be stale too.
+                pooled_attempts = MAX_POOLED_ATTEMPTS;
+                req = copy;
+                continue;
             }
+            return Err(self.send_error(error.into_error()));
         }
     }
 
@@ -335,6 +351,41 @@ impl Upstream {
     }
 }
 
+/// A copy of `req` to send again, if it may be replayed: idempotent method
+/// and no body.
+fn replayable_copy(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    if !req.method().is_idempotent() || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether the connection ended (EOF or reset) before any response byte.
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Holds one unit of an upstream's in-flight count; released on drop.
 #[derive(Debug)]
 pub(crate) struct InFlightGuard(Arc<Upstream>);
@@ -348,5 +399,99 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.end_request();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn upstream() -> Arc<Upstream> {
+        Upstream::new("web", "blue", "v1", "127.0.0.1:9".parse().expect("addr"))
+    }
+
+    #[tokio::test]
+    async fn a_retired_upstream_refuses_new_requests() {
+        let up = upstream();
+        let guard = up.try_begin().expect("live upstream takes requests");
+        assert_eq!(up.in_flight(), 1);
+        drop(guard);
+        assert!(matches!(
+            up.drain(Duration::ZERO).await,
+            DrainOutcome::Drained { .. }
+        ));
+        assert!(
+            up.try_begin().is_none(),
+            "no request may start after a drain"
+        );
+        assert_eq!(
+            up.in_flight(),
+            0,
+            "the refused attempt left no count behind"
+        );
+        assert_eq!(up.stats().requests, 1);
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_every_guard_and_wakes_when_the_last_drops() {
+        let up = upstream();
+        let first = up.try_begin().expect("guard");
+        let second = up.try_begin().expect("guard");
+        let drain = tokio::spawn({
+            let up = up.clone();
+            async move { up.drain(Duration::from_secs(30)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!drain.is_finished(), "one request is still in flight");
+        drop(second);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .expect("drain ends when the last guard drops")
+            .expect("task");
+        assert!(matches!(outcome, DrainOutcome::Drained { .. }));
+    }
+
+    /// Requests race the drain from other threads: a drain that reports
+    /// `Drained` must never coexist with a request that started here.
+    #[test]
+    fn no_request_is_in_flight_or_starts_once_drain_reports_drained() {
+        for _ in 0..50 {
+            let up = upstream();
+            let drained = Arc::new(AtomicBool::new(false));
+            let violations = Arc::new(AtomicUsize::new(0));
+            let workers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (up, drained, violations) =
+                        (up.clone(), drained.clone(), violations.clone());
+                    std::thread::spawn(move || {
+                        for _ in 0..2_000 {
+                            if let Some(guard) = up.try_begin() {
+                                if drained.load(Ordering::SeqCst) {
+                                    violations.fetch_add(1, Ordering::SeqCst);
+                                }
+                                std::hint::spin_loop();
+                                drop(guard);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let outcome = runtime.block_on(up.drain(Duration::from_secs(30)));
+            assert!(matches!(outcome, DrainOutcome::Drained { .. }));
+            drained.store(true, Ordering::SeqCst);
+            assert_eq!(up.in_flight(), 0);
+            for worker in workers {
+                worker.join().expect("worker");
+            }
+            assert_eq!(violations.load(Ordering::SeqCst), 0);
+            assert_eq!(up.in_flight(), 0);
+        }
     }
 }

@@ -25,7 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub type TestBody = BoxBody<Bytes, Infallible>;
-type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<TestBody>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<TestBody>> + Send + Sync>;
 
 /// A real HTTP/1.1 server on 127.0.0.1 answering with `handler`.
 pub struct Backend {
@@ -44,7 +45,9 @@ impl Backend {
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -53,7 +56,9 @@ impl Backend {
             // Dropped with the accept loop: aborting it closes every connection.
             let mut tasks = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
                 let reqs = reqs.clone();
@@ -120,7 +125,9 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 }
 
@@ -136,9 +143,14 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cutover_proxy::serve(listener, router, settings, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(cutover_proxy::serve(
+            listener,
+            router,
+            settings,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Proxy {
             addr,
             shutdown: Some(tx),
@@ -198,7 +210,10 @@ impl Client {
     }
 
     /// Sends `req` and returns the response head (body not read).
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         self.sender.ready().await?;
         self.sender.send_request(req).await
     }

@@ -1,0 +1,169 @@
+//! The admin API's unix socket: bound only when no other daemon answers on
+//! it, mode 0600, removed again when the server stops.
+
+use crate::routes::router_with_shutdown;
+use crate::shutdown::Shutdown;
+use cutover_engine::Engine;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// How long open connections may take to finish after shutdown was asked.
+const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("another `cutover serve` is already running with this state_dir (socket {} answers); stop it first, or give this one another state_dir", .socket.display())]
+    AlreadyRunning { socket: PathBuf },
+    #[error("{} exists and is not a unix socket; remove it or set [admin] socket to another path", .path.display())]
+    NotASocket { path: PathBuf },
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the admin API server failed: {0}")]
+    Serve(#[source] io::Error),
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ApiError + 'a {
+    move |source| ApiError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A bound admin socket, not yet serving. Dropping it removes the socket file.
+#[derive(Debug)]
+pub struct AdminSocket {
+    listener: UnixListener,
+    file: SocketFile,
+}
+
+impl AdminSocket {
+    /// Creates the parent directory, refuses when another daemon answers on
+    /// `path`, removes a stale socket file, binds and restricts the socket
+    /// to its owner (mode 0600).
+    pub async fn bind(path: &Path) -> Result<AdminSocket, ApiError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_error("create the directory", parent))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("inspect", path)(error)),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ApiError::NotASocket {
+                    path: path.to_path_buf(),
+                })
+            }
+            Ok(_) => match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path))
+                .await
+            {
+                Ok(Ok(_)) | Err(_) => {
+                    return Err(ApiError::AlreadyRunning {
+                        socket: path.to_path_buf(),
+                    })
+                }
+                Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "removing a stale admin socket");
+                    std::fs::remove_file(path)
+                        .map_err(io_error("remove the stale socket", path))?;
+                }
+                Ok(Err(error)) => {
+                    return Err(io_error("connect to the existing socket", path)(error))
+                }
+            },
+        }
+        let listener = UnixListener::bind(path).map_err(io_error("bind the admin socket", path))?;
+        let file = SocketFile::new(path);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error("set the mode of", path))?;
+        Ok(AdminSocket { listener, file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// Serves the admin API until `shutdown` resolves; then ends event and
+    /// log streams, lets requests finish (for a few seconds at most) and
+    /// removes the socket file.
+    pub async fn serve(
+        self,
+        engine: Engine,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ApiError> {
+        let AdminSocket { listener, file } = self;
+        let (stop, stopped) = watch::channel(false);
+        let app = router_with_shutdown(engine, Shutdown::new(stopped.clone()));
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        let server = std::future::IntoFuture::into_future(
+            axum::serve(listener, app).with_graceful_shutdown(signal),
+        );
+        let grace_over = async move {
+            Shutdown::new(stopped).requested().await;
+            tokio::time::sleep(GRACE).await;
+        };
+        let result = tokio::select! {
+            result = server => result.map_err(ApiError::Serve),
+            () = grace_over => {
+                tracing::warn!("admin API connections still open {GRACE:?} after shutdown; closing them");
+                Ok(())
+            }
+        };
+        drop(file);
+        result
+    }
+}
+
+/// Serves the admin API on the unix socket at `path` until `shutdown`
+/// resolves; see [`AdminSocket::bind`] and [`AdminSocket::serve`].
+pub async fn serve_unix(
+    path: &Path,
+    engine: Engine,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    AdminSocket::bind(path).await?.serve(engine, shutdown).await
+}
+
+/// Removes the socket file on drop, if it is still the one bound here.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> SocketFile {
+        let identity = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        SocketFile {
+            path: path.to_path_buf(),
+            identity,
+        }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let current = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        if current.is_some() && current == self.identity {
+            if let Err(error) = std::fs::remove_file(&self.path) {
+                tracing::warn!(socket = %self.path.display(), %error, "cannot remove the admin socket");
+            }
+        }
+    }
+}

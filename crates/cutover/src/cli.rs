@@ -1,0 +1,235 @@
+//! The command line, as clap parses it.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Zero-downtime blue/green deployments behind a built-in reverse proxy"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "cutover.toml"
+    )]
+    pub config: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The admin socket of the daemon (default: `admin.socket` of the configuration).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub admin: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: proxy, deployment engine and admin API.
+    Serve(ServeArgs),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Deploy a version of an app and, by default, follow it to the end.
+    Deploy(DeployArgs),
+    /// Show each app's live slot, release, health and current deployment.
+    Status(StatusArgs),
+    /// List an app's deployments, newest first.
+    History(HistoryArgs),
+    /// Make the previous release of an app live again.
+    Rollback(RollbackArgs),
+    /// Promote the deployment of an app that waits for promotion.
+    Promote(AppArg),
+    /// Abort the deployment of an app that is in progress and wait until it stopped.
+    Abort(AbortArgs),
+    /// Print the output of an app's release.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// How the daemon logs to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration file without starting anything.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Follow the deployment until it ends (the default).
+    #[arg(long, overrides_with = "no_wait")]
+    pub wait: bool,
+    /// Return at once, without following the deployment.
+    #[arg(long, overrides_with = "wait")]
+    pub no_wait: bool,
+}
+
+impl WaitArgs {
+    pub fn wait(&self) -> bool {
+        !self.no_wait
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The app to deploy.
+    pub app: String,
+    /// The version to deploy (1-128 letters, digits, `.`, `_`, `-`, `+`).
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// Deploy even when this version is already live.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this app.
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    pub app: String,
+    /// How many deployments to list (1-1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub app: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    pub app: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AppArg {
+    pub app: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlotArg {
+    Blue,
+    Green,
+}
+
+impl SlotArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotArg::Blue => "blue",
+            SlotArg::Green => "green",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub app: String,
+    /// The slot whose release to show (default: the live one).
+    #[arg(long, value_enum)]
+    pub slot: Option<SlotArg>,
+    /// Keep printing what the release writes.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub tail: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cutover").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let before = parse(&["--config", "a.toml", "--json", "status"]).unwrap();
+        assert_eq!(before.global.config, PathBuf::from("a.toml"));
+        assert!(before.global.json);
+        let after = parse(&[
+            "status",
+            "web",
+            "--config",
+            "b.toml",
+            "--admin",
+            "/tmp/s.sock",
+        ])
+        .unwrap();
+        assert_eq!(after.global.config, PathBuf::from("b.toml"));
+        assert_eq!(after.global.admin, Some(PathBuf::from("/tmp/s.sock")));
+        let nested = parse(&["config", "check", "--config", "c.toml"]).unwrap();
+        assert_eq!(nested.global.config, PathBuf::from("c.toml"));
+    }
+
+    #[test]
+    fn wait_is_the_default_and_the_last_flag_wins() {
+        let deploy = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Deploy(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert!(deploy(&["deploy", "web", "--version", "v2"]).wait.wait());
+        assert!(!deploy(&["deploy", "web", "--version", "v2", "--no-wait"])
+            .wait
+            .wait());
+        assert!(
+            deploy(&["deploy", "web", "--version", "v2", "--no-wait", "--wait"])
+                .wait
+                .wait()
+        );
+        assert!(
+            !deploy(&["deploy", "web", "--version", "v2", "--wait", "--no-wait"])
+                .wait
+                .wait()
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(parse(&["deploy", "web"]).is_err());
+        assert!(parse(&["history", "web", "--limit", "0"]).is_err());
+        assert!(parse(&["logs", "web", "--slot", "red"]).is_err());
+        assert_eq!(parse(&["nope"]).unwrap_err().exit_code(), 2);
+    }
+}

@@ -1,0 +1,333 @@
+//! The commands that talk to the daemon, and `config check`.
+
+use crate::cli::{
+    AbortArgs, DeployArgs, GlobalArgs, HistoryArgs, LogsArgs, RollbackArgs, StatusArgs,
+};
+use crate::client::{segment, Client, ClientError};
+use crate::failure::{Failure, Outcome, FAILED, USAGE};
+use crate::model::{AppStatus, Deployment, DeploymentDetail, Event};
+use crate::output;
+use crate::sse::SseReader;
+use cutover_config::Config;
+use http::Method;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Writes to stdout; a closed stdout (`| head`) is not an error worth a panic.
+fn print(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+fn println(text: &str) {
+    print(&format!("{text}\n"));
+}
+
+fn print_json(value: &Value) {
+    println(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Failure> {
+    serde_json::from_value(value.clone())
+        .map_err(|e| Failure::failed(format!("unexpected answer from the cutover daemon: {e}")))
+}
+
+/// The admin socket: `--admin`, else `admin.socket` of the configuration.
+pub fn client(global: &GlobalArgs) -> Result<Client, Failure> {
+    if let Some(admin) = &global.admin {
+        let text = admin.to_string_lossy();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Err(Failure::usage(
+                "--admin takes the path of the daemon's admin unix socket; a TCP admin endpoint is not supported by this version",
+            ));
+        }
+        let path = text
+            .strip_prefix("unix:")
+            .map_or_else(|| admin.clone(), PathBuf::from);
+        return Ok(Client::new(path));
+    }
+    let config = Config::load(&global.config).map_err(|e| Failure::config(&e))?;
+    Ok(Client::new(config.admin.socket))
+}
+
+pub fn config_check(global: &GlobalArgs) -> Outcome {
+    let file = global.config.display().to_string();
+    match Config::load(&global.config) {
+        Ok(config) => {
+            let names: Vec<&str> = config.apps.iter().map(|app| app.name.as_str()).collect();
+            if global.json {
+                print_json(&json!({ "ok": true, "file": file, "apps": names }));
+            } else {
+                let count = match names.len() {
+                    0 => "0 apps".to_string(),
+                    1 => format!("1 app ({})", names[0]),
+                    n => format!("{n} apps ({})", names.join(", ")),
+                };
+                println(&format!("ok: {file}: {count}"));
+            }
+            Ok(())
+        }
+        Err(error) if global.json => {
+            let mut body = json!({ "ok": false, "file": file, "error": error.to_string(), "message": error.message });
+            if let Some((line, column)) = error.position {
+                body["line"] = json!(line);
+                body["column"] = json!(column);
+            }
+            print_json(&body);
+            Err(Failure::quiet(USAGE))
+        }
+        Err(error) => Err(Failure::config(&error)),
+    }
+}
+
+pub async fn deploy(global: &GlobalArgs, args: &DeployArgs) -> Outcome {
+    let client = client(global)?;
+    let body = json!({ "version": args.version, "force": args.force });
+    let path = format!("/v1/apps/{}/deployments", segment(&args.app));
+    let record: Value = client.post(&path, Some(&body)).await?;
+    finish(&client, global.json, record, args.wait.wait()).await
+}
+
+pub async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Outcome {
+    let client = client(global)?;
+    let path = format!("/v1/apps/{}/rollback", segment(&args.app));
+    let record: Value = client.post(&path, None).await?;
+    finish(&client, global.json, record, args.wait.wait()).await
+}
+
+/// After a deployment was queued: print it, or follow it to its end.
+async fn finish(client: &Client, json: bool, record: Value, wait: bool) -> Outcome {
+    let deployment: Deployment = parse(&record)?;
+    if !wait {
+        if json {
+            print_json(&record);
+        } else {
+            println(&output::summary_line(&deployment));
+        }
+        return Ok(());
+    }
+    let (value, detail) = follow(client, &deployment, !json).await?;
+    let deployment = detail.deployment;
+    if json {
+        print_json(&value);
+    } else if deployment.state == "succeeded" {
+        println(&output::outcome_line(&deployment));
+    } else {
+        eprintln!("{}", output::outcome_line(&deployment));
+    }
+    if deployment.state == "succeeded" {
+        Ok(())
+    } else {
+        Err(Failure::quiet(FAILED))
+    }
+}
+
+/// How often a broken event stream is retried before giving up.
+const MAX_STREAM_RETRIES: u32 = 20;
+
+/// Follows a deployment's events to its terminal state, printing each when
+/// `print_events`. A broken event stream falls back to the deployment's
+/// detail, and is resumed after the last event seen.
+async fn follow(
+    client: &Client,
+    deployment: &Deployment,
+    print_events: bool,
+) -> Result<(Value, DeploymentDetail), Failure> {
+    let mut last_id: Option<i64> = None;
+    let mut retries = 0;
+    loop {
+        let streamed = stream_events(client, deployment, &mut last_id, print_events).await;
+        if let Err(ClientError::Api { .. }) = &streamed {
+            // The API refused the stream (e.g. unknown deployment): the same
+            // would answer the detail; report it.
+            if let Err(error) = streamed {
+                return Err(error.into());
+            }
+        }
+        let value: Value = client
+            .get(&format!("/v1/deployments/{}", deployment.id))
+            .await?;
+        let detail: DeploymentDetail = parse(&value)?;
+        for event in &detail.events {
+            if last_id.is_none_or(|last| event.id > last) {
+                if print_events {
+                    println(&output::event_line(deployment, event));
+                }
+                last_id = Some(event.id);
+            }
+        }
+        if detail.deployment.is_terminal() {
+            return Ok((value, detail));
+        }
+        retries += 1;
+        if retries > MAX_STREAM_RETRIES {
+            let why = match streamed {
+                Err(error) => error.to_string(),
+                Ok(()) => "the event stream keeps ending before the deployment does".to_string(),
+            };
+            return Err(Failure::failed(format!(
+                "lost track of deployment {} ({why}); it is still {}: see `cutover status {}`",
+                deployment.id, detail.deployment.state, deployment.app
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(retries.min(10)))).await;
+    }
+}
+
+/// Reads the SSE stream until it ends or breaks.
+async fn stream_events(
+    client: &Client,
+    deployment: &Deployment,
+    last_id: &mut Option<i64>,
+    print_events: bool,
+) -> Result<(), ClientError> {
+    let path = format!("/v1/deployments/{}/events", deployment.id);
+    let mut headers = vec![("accept", "text/event-stream".to_string())];
+    if let Some(last) = last_id {
+        headers.push(("last-event-id", last.to_string()));
+    }
+    let response = client.send(Method::GET, &path, None, &headers).await?;
+    let mut body = response.into_body();
+    let mut reader = SseReader::default();
+    while let Some(chunk) = client.next_chunk(&mut body).await? {
+        for sse in reader.push(&chunk) {
+            let Ok(event) = serde_json::from_str::<Event>(&sse.data) else {
+                continue;
+            };
+            if last_id.is_some_and(|last| event.id <= last) {
+                continue;
+            }
+            *last_id = Some(event.id);
+            if print_events {
+                println(&output::event_line(deployment, &event));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> Outcome {
+    let client = client(global)?;
+    let value: Value = match &args.app {
+        Some(app) => client.get(&format!("/v1/apps/{}", segment(app))).await?,
+        None => client.get("/v1/apps").await?,
+    };
+    if global.json {
+        print_json(&value);
+        return Ok(());
+    }
+    let apps: Vec<AppStatus> = match &args.app {
+        Some(_) => vec![parse(&value)?],
+        None => parse(&value)?,
+    };
+    if apps.is_empty() {
+        println("no apps are configured");
+    } else {
+        print(&output::status_table(&apps));
+    }
+    Ok(())
+}
+
+pub async fn history(global: &GlobalArgs, args: &HistoryArgs) -> Outcome {
+    let client = client(global)?;
+    let value: Value = client
+        .get(&format!(
+            "/v1/apps/{}/deployments?limit={}",
+            segment(&args.app),
+            args.limit
+        ))
+        .await?;
+    if global.json {
+        print_json(&value);
+        return Ok(());
+    }
+    let deployments: Vec<Deployment> = parse(&value)?;
+    if deployments.is_empty() {
+        println(&format!("{} has no deployments yet", args.app));
+    } else {
+        print(&output::history_table(&deployments));
+    }
+    Ok(())
+}
+
+pub async fn promote(global: &GlobalArgs, app: &str) -> Outcome {
+    let client = client(global)?;
+    let value: Value = client
+        .post(&format!("/v1/apps/{}/promote", segment(app)), None)
+        .await?;
+    if global.json {
+        print_json(&value);
+    } else {
+        let d: Deployment = parse(&value)?;
+        println(&format!(
+            "deployment {} of {} promoted: {} ({})",
+            d.id, d.app, d.version, d.state
+        ));
+    }
+    Ok(())
+}
+
+/// Asks for the abort, then (by default) waits quietly for the deployment
+/// to stop and reports how it ended.
+pub async fn abort(global: &GlobalArgs, args: &AbortArgs) -> Outcome {
+    let client = client(global)?;
+    let record: Value = client
+        .post(&format!("/v1/apps/{}/abort", segment(&args.app)), None)
+        .await?;
+    let deployment: Deployment = parse(&record)?;
+    if !args.wait.wait() {
+        if global.json {
+            print_json(&record);
+        } else {
+            println(&format!(
+                "deployment {} of {}: abort requested",
+                deployment.id, deployment.app
+            ));
+        }
+        return Ok(());
+    }
+    let (value, detail) = follow(&client, &deployment, false).await?;
+    let deployment = detail.deployment;
+    if global.json {
+        print_json(&value);
+    } else if deployment.state != "succeeded" {
+        println(&output::outcome_line(&deployment));
+    }
+    if deployment.state == "succeeded" {
+        Err(Failure::failed(format!(
+            "the abort came too late: deployment {} of {} had already switched and succeeded; `cutover rollback {}` returns to the previous release",
+            deployment.id, deployment.app, deployment.app
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+pub async fn logs(global: &GlobalArgs, args: &LogsArgs) -> Outcome {
+    let client = client(global)?;
+    let mut path = format!("/v1/apps/{}/logs?tail={}", segment(&args.app), args.tail);
+    if let Some(slot) = args.slot {
+        path.push_str(&format!("&slot={}", slot.as_str()));
+    }
+    if args.follow {
+        path.push_str("&follow=true");
+    }
+    let response = client.send(Method::GET, &path, None, &[]).await?;
+    let mut body = response.into_body();
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = client.next_chunk(&mut body).await? {
+        if stdout
+            .write_all(&chunk)
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // stdout closed (e.g. `| head`): the reader has what it wanted.
+            return Ok(());
+        }
+    }
+    Ok(())
+}

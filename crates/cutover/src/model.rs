@@ -1,0 +1,55 @@
+//! The admin API's answers as the CLI reads them. Fields the CLI does not
+//! use are ignored, so the daemon may add fields freely.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Deployment {
+    pub id: i64,
+    pub app: String,
+    pub trigger: String,
+    pub version: String,
+    pub target_slot: Option<String>,
+    pub from_version: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl Deployment {
+    pub fn is_terminal(&self) -> bool {
+        cutover_store::is_terminal_state(&self.state)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeploymentDetail {
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub state: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub live_slot: Option<String>,
+    pub live_version: Option<String>,
+    pub health: String,
+    pub in_flight: u64,
+    pub current_deployment: Option<Deployment>,
+    #[serde(default)]
+    pub queued: Vec<i64>,
+}

@@ -1,0 +1,201 @@
+//! `cutover serve`: wires the daemon together.
+//!
+//! Order matters: the admin socket is bound first, so a second daemon on
+//! the same state_dir stops before its recovery could touch the first's
+//! releases; then the store, the proxy listeners, the engine (recovery),
+//! the proxy and the admin API. On SIGTERM/SIGINT the listeners stop
+//! accepting, in-flight proxy requests finish, the engine stops and the
+//! admin socket is removed. Releases keep running: they are separate
+//! process groups, adopted again by the next start.
+
+use crate::cli::{LogFormat, ServeArgs};
+use crate::failure::{Failure, Outcome};
+use cutover_api::AdminSocket;
+use cutover_config::Config;
+use cutover_engine::Engine;
+use cutover_proxy::{ProxySettings, Router};
+use cutover_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
+    init_tracing(args.log_format);
+
+    for dir in [config.state_dir.clone(), config.logs_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Failure::failed(format!(
+                "cannot create {}: {e}; check that state_dir is writable",
+                dir.display()
+            ))
+        })?;
+    }
+    let admin = AdminSocket::bind(&config.admin.socket)
+        .await
+        .map_err(Failure::failed)?;
+
+    let store = {
+        let path = config.database_path();
+        tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|e| Failure::failed(format!("opening the state database failed: {e}")))?
+            .map_err(Failure::failed)?
+    };
+
+    let router = Router::new(
+        config
+            .apps
+            .iter()
+            .map(|app| (app.name.clone(), app.hosts.clone()))
+            .collect(),
+    );
+
+    let mut listeners = Vec::with_capacity(config.proxy.listen.len());
+    for addr in &config.proxy.listen {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Failure::failed(format!("cannot listen on {addr} ([proxy] listen): {e}"))
+        })?;
+        let local = listener.local_addr().unwrap_or(*addr);
+        listeners.push((local, listener));
+    }
+
+    let engine = Engine::start(Arc::new(config.clone()), store, router.clone())
+        .await
+        .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let stop_signal = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let settings = ProxySettings {
+        max_body: config.proxy.max_body,
+        header_read_timeout: config.proxy.header_read_timeout,
+        idle_timeout: config.proxy.idle_timeout,
+        upstream_connect_timeout: config.proxy.upstream_connect_timeout,
+        upstream_response_timeout: config.proxy.upstream_response_timeout,
+    };
+    let bound: Vec<String> = listeners
+        .iter()
+        .map(|(local, _)| local.to_string())
+        .collect();
+    let mut proxies = Vec::with_capacity(listeners.len());
+    for (local, listener) in listeners {
+        let serving = cutover_proxy::serve(listener, router.clone(), settings, stop_signal());
+        proxies.push(tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%local, %error, "a proxy listener stopped");
+            }
+        }));
+    }
+
+    let socket = admin.path().to_path_buf();
+    let mut admin_task = tokio::spawn(admin.serve(engine.clone(), stop_signal()));
+
+    let apps: Vec<&str> = config.apps.iter().map(|app| app.name.as_str()).collect();
+    let apps = if apps.is_empty() {
+        "none".to_string()
+    } else {
+        apps.join(", ")
+    };
+    let line = format!(
+        "cutover serving {} (apps: {apps}), admin socket {}",
+        bound.join(", "),
+        socket.display()
+    );
+    println!("{line}");
+    tracing::info!("{line}");
+
+    let admin_ended = tokio::select! {
+        signal = terminate_signal() => {
+            tracing::info!("{signal} received; shutting down (releases keep running)");
+            None
+        }
+        ended = &mut admin_task => Some(ended),
+    };
+    let _ = stop.send(true);
+
+    // In-flight proxy requests finish; an endless response (a stream) is
+    // bounded by the longest drain timeout.
+    let grace = config
+        .apps
+        .iter()
+        .map(|app| app.drain_timeout)
+        .max()
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(5));
+    let proxies_done = async {
+        for proxy in proxies {
+            let _ = proxy.await;
+        }
+    };
+    if tokio::time::timeout(grace, proxies_done).await.is_err() {
+        tracing::warn!("proxy requests still in flight after {grace:?}; closing them");
+    }
+    engine.shutdown().await;
+
+    match admin_ended {
+        // The admin API stopped by itself: that is a failure of the daemon.
+        Some(Ok(Ok(()))) => Err(Failure::failed("the admin API stopped unexpectedly")),
+        Some(Ok(Err(error))) => Err(Failure::failed(error)),
+        Some(Err(error)) => Err(Failure::failed(format!("the admin API failed: {error}"))),
+        None => match admin_task.await {
+            Ok(Ok(())) => {
+                tracing::info!("cutover stopped");
+                Ok(())
+            }
+            Ok(Err(error)) => Err(Failure::failed(error)),
+            Err(error) => Err(Failure::failed(format!("the admin API failed: {error}"))),
+        },
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, naming it.
+async fn terminate_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop cutover with SIGKILL");
+            std::future::pending().await
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, None),
+        Err(error) => {
+            let bad = std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (v, error));
+            (EnvFilter::new("info"), bad)
+        }
+    };
+    // Colours only for a person watching a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    if let Some((value, error)) = bad_filter {
+        tracing::warn!("RUST_LOG={value:?} is not a valid filter ({error}); logging at info");
+    }
+}
