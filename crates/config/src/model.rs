@@ -320,18 +320,19 @@ impl Validator<'_> {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let access_log =
-            match raw.access_log.as_ref().map(|s| s.get_ref().as_str()) {
-                None | Some("combined") => AccessLog::Combined,
-                Some("json") => AccessLog::Json,
-                Some("off") => AccessLog::Off,
-                Some(other) => return Err(self.error(
+        let access_log = match raw.access_log.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("combined") => AccessLog::Combined,
+            Some("json") => AccessLog::Json,
+            Some("off") => AccessLog::Off,
+            Some(other) => {
+                return Err(self.error(
                     raw.access_log.as_ref().expect("matched Some"),
                     format!(
                         "access_log `{other}` is not known; use \"combined\", \"json\" or \"off\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         Ok(ProxyConfig {
             listen,
             max_body: raw.max_body.map_or(100 << 20, |s| s.0),

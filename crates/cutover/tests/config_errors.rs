@@ -11,10 +11,25 @@ fn run(args: &[&str], config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cutover.toml");
     std::fs::write(&path, config).unwrap();
-    let output = Command::new(common::cutover_bin()).args(args).arg("--config").arg(&path).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(!dir.path().join(".cutover").exists(), "a rejected config must not create state");
-    (output.status.code().unwrap_or(-1), text.replace(&format!("{}", path.display()), "cutover.toml"))
+    let output = Command::new(common::cutover_bin())
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !dir.path().join(".cutover").exists(),
+        "a rejected config must not create state"
+    );
+    (
+        output.status.code().unwrap_or(-1),
+        text.replace(&format!("{}", path.display()), "cutover.toml"),
+    )
 }
 
 const GOOD: &str = "[[app]]\nname = \"web\"\n[app.process]\ncommand = [\"app\", \"{port}\"]\n";
@@ -30,19 +45,35 @@ fn assert_rejected(config: &str, location: &str, problem: &str) {
     for args in [&["config", "check"][..], &["serve"][..]] {
         let (code, text) = run(args, config);
         assert_eq!(code, 2, "`{}` must exit 2:\n{text}", args.join(" "));
-        assert!(text.contains(&format!("cutover.toml:{location}")), "`{}` must name the place {location}:\n{text}", args.join(" "));
-        assert!(text.contains(problem), "`{}` must say `{problem}`:\n{text}", args.join(" "));
+        assert!(
+            text.contains(&format!("cutover.toml:{location}")),
+            "`{}` must name the place {location}:\n{text}",
+            args.join(" ")
+        );
+        assert!(
+            text.contains(problem),
+            "`{}` must say `{problem}`:\n{text}",
+            args.join(" ")
+        );
     }
 }
 
 #[test]
 fn unknown_key_is_rejected_with_file_line_and_problem() {
-    assert_rejected(&format!("{GOOD}colour = \"blue\"\n"), "5:1", "unknown field `colour`");
+    assert_rejected(
+        &format!("{GOOD}colour = \"blue\"\n"),
+        "5:1",
+        "unknown field `colour`",
+    );
 }
 
 #[test]
 fn wrong_type_is_rejected_with_file_line_and_problem() {
-    assert_rejected(&GOOD.replace("name = \"web\"", "name = \"web\"\ndrain_timeout = 30"), "3:", "duration");
+    assert_rejected(
+        &GOOD.replace("name = \"web\"", "name = \"web\"\ndrain_timeout = 30"),
+        "3:",
+        "duration",
+    );
 }
 
 #[test]
@@ -59,7 +90,10 @@ fn both_drivers_in_one_app_are_rejected_with_file_line_and_problem() {
 
 #[test]
 fn missing_config_file_is_a_usage_error() {
-    let output = Command::new(common::cutover_bin()).args(["config", "check", "--config", "/nonexistent/cutover.toml"]).output().unwrap();
+    let output = Command::new(common::cutover_bin())
+        .args(["config", "check", "--config", "/nonexistent/cutover.toml"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/cutover.toml"));
 }

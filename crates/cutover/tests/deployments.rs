@@ -14,7 +14,11 @@ const LOAD_MAX_REQUESTS: usize = 20_000;
 const LOAD_MAX_TIME: Duration = Duration::from_secs(60);
 
 fn history(daemon: &Daemon) -> Vec<serde_json::Value> {
-    daemon.json(&["history", "web"]).as_array().cloned().unwrap_or_default()
+    daemon
+        .json(&["history", "web"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Invariants 1 and 3: v1 → v2 under keep-alive load drops nothing, and no
@@ -26,18 +30,41 @@ fn blue_green_switch_under_keepalive_load_fails_no_request() {
     assert!(first.contains("succeeded"), "{first}");
     daemon.wait_serving("v1", Duration::from_secs(5));
 
-    let load = Load::start(daemon.proxy_port, LOAD_CLIENTS, LOAD_MAX_REQUESTS, LOAD_MAX_TIME);
+    let load = Load::start(
+        daemon.proxy_port,
+        LOAD_CLIENTS,
+        LOAD_MAX_REQUESTS,
+        LOAD_MAX_TIME,
+    );
     std::thread::sleep(Duration::from_millis(300));
     let second = daemon.deploy("v2");
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
 
     assert!(second.contains("succeeded"), "{second}");
-    for step in ["starting", "checking", "switching", "draining", "retiring", "succeeded"] {
-        assert!(second.contains(step), "deploy output lacks step {step}:\n{second}");
+    for step in [
+        "starting",
+        "checking",
+        "switching",
+        "draining",
+        "retiring",
+        "succeeded",
+    ] {
+        assert!(
+            second.contains(step),
+            "deploy output lacks step {step}:\n{second}"
+        );
     }
-    assert_eq!(report.failures(), Vec::<&str>::new(), "failed requests during the switch");
-    assert!(report.requests() > 100, "too little load to prove anything: {}", report.requests());
+    assert_eq!(
+        report.failures(),
+        Vec::<&str>::new(),
+        "failed requests during the switch"
+    );
+    assert!(
+        report.requests() > 100,
+        "too little load to prove anything: {}",
+        report.requests()
+    );
     report.assert_versions_in_order(&["v1", "v2"]);
     for client in &report.clients {
         assert_eq!(client.versions.last().map(String::as_str), Some("v2"));
@@ -45,14 +72,19 @@ fn blue_green_switch_under_keepalive_load_fails_no_request() {
     let status = daemon.status();
     assert_eq!(status["live_slot"], "green");
     assert_eq!(status["live_version"], "v2");
-    eventually(Duration::from_secs(5), "v1 process stopped", || daemon.release_versions() == ["v2"]);
+    eventually(Duration::from_secs(5), "v1 process stopped", || {
+        daemon.release_versions() == ["v2"]
+    });
 }
 
 /// Invariant 4: a request in flight on the old slot finishes there, and the
 /// drain ends as soon as it does (not at drain_timeout).
 #[test]
 fn slow_request_on_old_slot_completes_and_drain_ends_when_it_does() {
-    let daemon = Daemon::start(AppOptions { drain_timeout: "30s", ..AppOptions::default() });
+    let daemon = Daemon::start(AppOptions {
+        drain_timeout: "30s",
+        ..AppOptions::default()
+    });
     daemon.deploy("v1");
     let port = daemon.proxy_port;
     let slow = std::thread::spawn(move || {
@@ -71,32 +103,73 @@ fn slow_request_on_old_slot_completes_and_drain_ends_when_it_does() {
     assert!(output.contains("drained after"), "{output}");
     // Generous bound: the drain waited for the slow request (~2.7 s left),
     // far less than the 30 s drain_timeout.
-    assert!(deploy_took < Duration::from_secs(20), "deploy took {deploy_took:?}");
-    assert!(deploy_took >= Duration::from_millis(2000), "drain did not wait for the slow request: {deploy_took:?}");
-    assert_eq!(daemon.release_versions(), ["v2"], "v1 must be stopped once drained");
+    assert!(
+        deploy_took < Duration::from_secs(20),
+        "deploy took {deploy_took:?}"
+    );
+    assert!(
+        deploy_took >= Duration::from_millis(2000),
+        "drain did not wait for the slow request: {deploy_took:?}"
+    );
+    assert_eq!(
+        daemon.release_versions(),
+        ["v2"],
+        "v1 must be stopped once drained"
+    );
     assert_eq!(daemon.get("/").body.trim(), "version=v2");
 }
 
 fn assert_failed_deploy_changes_nothing(flags: &str, fixed_ports: bool, expected_reason: &str) {
     let ports = fixed_ports.then(|| (common::free_port(), common::free_port()));
-    let daemon = Daemon::start(AppOptions { deploy_timeout: "3s", fixed_ports: ports, ..AppOptions::default() });
+    let daemon = Daemon::start(AppOptions {
+        deploy_timeout: "3s",
+        fixed_ports: ports,
+        ..AppOptions::default()
+    });
     daemon.deploy("v1");
     daemon.behave("v2", flags);
     // For the port case, something else holds green's port.
-    let _squatter = ports.map(|(_, green)| std::net::TcpListener::bind(("127.0.0.1", green)).unwrap());
+    let _squatter =
+        ports.map(|(_, green)| std::net::TcpListener::bind(("127.0.0.1", green)).unwrap());
 
-    let load = Load::start(daemon.proxy_port, LOAD_CLIENTS, LOAD_MAX_REQUESTS, LOAD_MAX_TIME);
+    let load = Load::start(
+        daemon.proxy_port,
+        LOAD_CLIENTS,
+        LOAD_MAX_REQUESTS,
+        LOAD_MAX_TIME,
+    );
     let output = daemon.cli(&["deploy", "web", "--version", "v2"]);
     let report = load.stop();
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "deploy must exit 1:\n{stdout}\n{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "deploy must exit 1:\n{stdout}\n{stderr}"
+    );
     let said = format!("{stdout}{stderr}");
-    assert!(said.contains(expected_reason), "reason should mention `{expected_reason}`:\n{said}");
-    assert_eq!(report.failures(), Vec::<&str>::new(), "a failed deployment must not fail requests");
-    assert!(report.clients.iter().all(|c| c.versions.iter().all(|v| v == "v1")), "traffic reached v2");
-    assert_eq!(daemon.release_versions(), ["v1"], "no v2 process may be left behind");
+    assert!(
+        said.contains(expected_reason),
+        "reason should mention `{expected_reason}`:\n{said}"
+    );
+    assert_eq!(
+        report.failures(),
+        Vec::<&str>::new(),
+        "a failed deployment must not fail requests"
+    );
+    assert!(
+        report
+            .clients
+            .iter()
+            .all(|c| c.versions.iter().all(|v| v == "v1")),
+        "traffic reached v2"
+    );
+    assert_eq!(
+        daemon.release_versions(),
+        ["v1"],
+        "no v2 process may be left behind"
+    );
     let status = daemon.status();
     assert_eq!(status["live_version"], "v1");
     let last = &history(&daemon)[0];
@@ -131,9 +204,16 @@ fn failed_deploy_reason_quotes_the_release_log() {
     let daemon = Daemon::start(AppOptions::default());
     daemon.behave("v1", "--exit-at-start 7");
     let output = daemon.cli(&["deploy", "web", "--version", "v1"]);
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(output.status.code(), Some(1), "{said}");
-    assert!(said.contains("exiting at start"), "log tail missing:\n{said}");
+    assert!(
+        said.contains("exiting at start"),
+        "log tail missing:\n{said}"
+    );
     assert_eq!(daemon.get("/").status, 503, "nothing live yet: 503");
 }
 
@@ -145,9 +225,16 @@ fn concurrent_deploys_are_serialised_never_interleaved() {
     daemon.behave("v2", "--start-delay 1000");
     let first = daemon.json(&["deploy", "web", "--version", "v2", "--no-wait"]);
     let second = daemon.json(&["deploy", "web", "--version", "v3", "--no-wait"]);
-    let (first_id, second_id) = (first["id"].as_i64().unwrap(), second["id"].as_i64().unwrap());
+    let (first_id, second_id) = (
+        first["id"].as_i64().unwrap(),
+        second["id"].as_i64().unwrap(),
+    );
     eventually(Duration::from_secs(30), "both deployments finished", || {
-        history(&daemon).iter().filter(|d| d["state"] == "succeeded").count() == 3
+        history(&daemon)
+            .iter()
+            .filter(|d| d["state"] == "succeeded")
+            .count()
+            == 3
     });
     let all = history(&daemon);
     let find = |id: i64| all.iter().find(|d| d["id"] == id).unwrap().clone();
@@ -169,18 +256,28 @@ fn burst_of_deploys_collapses_to_the_newest() {
     daemon.ok(&["deploy", "web", "--version", "v2", "--no-wait"]);
     daemon.ok(&["deploy", "web", "--version", "v3", "--no-wait"]);
     daemon.ok(&["deploy", "web", "--version", "v4", "--no-wait"]);
-    eventually(Duration::from_secs(30), "v4 live", || daemon.status()["live_version"] == "v4");
-    eventually(Duration::from_secs(10), "no deployment running", || daemon.status()["current_deployment"].is_null());
+    eventually(Duration::from_secs(30), "v4 live", || {
+        daemon.status()["live_version"] == "v4"
+    });
+    eventually(Duration::from_secs(10), "no deployment running", || {
+        daemon.status()["current_deployment"].is_null()
+    });
     let all = history(&daemon);
     let v3 = all.iter().find(|d| d["version"] == "v3").unwrap();
     assert_eq!(v3["state"], "aborted");
-    assert!(v3["reason"].as_str().unwrap().contains("superseded"), "{v3}");
+    assert!(
+        v3["reason"].as_str().unwrap().contains("superseded"),
+        "{v3}"
+    );
 }
 
 /// Invariant 5, refusal: with max_queued = 0 a second request is refused clearly.
 #[test]
 fn deploy_while_busy_is_refused_when_queueing_is_off() {
-    let daemon = Daemon::start(AppOptions { max_queued: Some(0), ..AppOptions::default() });
+    let daemon = Daemon::start(AppOptions {
+        max_queued: Some(0),
+        ..AppOptions::default()
+    });
     daemon.behave("v1", "--start-delay 1500");
     daemon.ok(&["deploy", "web", "--version", "v1", "--no-wait"]);
     let refused = daemon.cli(&["deploy", "web", "--version", "v2"]);
@@ -195,7 +292,12 @@ fn rollback_under_load_returns_to_previous_release_without_failures() {
     let daemon = Daemon::start(AppOptions::default());
     daemon.deploy("v1");
     daemon.deploy("v2");
-    let load = Load::start(daemon.proxy_port, LOAD_CLIENTS, LOAD_MAX_REQUESTS, LOAD_MAX_TIME);
+    let load = Load::start(
+        daemon.proxy_port,
+        LOAD_CLIENTS,
+        LOAD_MAX_REQUESTS,
+        LOAD_MAX_TIME,
+    );
     std::thread::sleep(Duration::from_millis(200));
     let output = daemon.ok(&["rollback", "web"]);
     std::thread::sleep(Duration::from_millis(200));
@@ -233,11 +335,16 @@ fn kill_9_during_checking_keeps_v1_live_and_cleans_up_v2() {
     assert_eq!(daemon.release_versions(), ["v1", "v2"]);
     daemon.spawn();
     daemon.wait_serving("v1", Duration::from_secs(10));
-    eventually(Duration::from_secs(10), "v2 cleaned up", || daemon.release_versions() == ["v1"]);
+    eventually(Duration::from_secs(10), "v2 cleaned up", || {
+        daemon.release_versions() == ["v1"]
+    });
     let last = &history(&daemon)[0];
     assert_eq!(last["version"], "v2");
     assert_eq!(last["state"], "failed");
-    assert!(last["reason"].as_str().unwrap().contains("interrupted"), "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("interrupted"),
+        "{last}"
+    );
     assert_eq!(daemon.status()["live_version"], "v1");
 }
 
@@ -257,7 +364,9 @@ fn kill_9_right_after_switch_serves_v2_and_stops_v1() {
     daemon.kill9();
     daemon.spawn();
     daemon.wait_serving("v2", Duration::from_secs(10));
-    eventually(Duration::from_secs(15), "v1 stopped", || daemon.release_versions() == ["v2"]);
+    eventually(Duration::from_secs(15), "v1 stopped", || {
+        daemon.release_versions() == ["v2"]
+    });
     let all = history(&daemon);
     assert_eq!(all.len(), 2, "history intact: {all:?}");
     assert_eq!(all[0]["state"], "failed");
@@ -274,7 +383,11 @@ fn restart_after_sigterm_serves_the_live_release_without_a_new_deploy() {
     daemon.deploy("v1");
     daemon.deploy("v2");
     daemon.terminate();
-    assert_eq!(daemon.release_versions(), ["v2"], "releases keep running while cutover is down");
+    assert_eq!(
+        daemon.release_versions(),
+        ["v2"],
+        "releases keep running while cutover is down"
+    );
     daemon.spawn();
     daemon.wait_serving("v2", Duration::from_secs(10));
     let all = history(&daemon);
@@ -291,7 +404,9 @@ fn live_release_that_died_while_cutover_was_down_is_started_again() {
     for (pid, _) in daemon.releases() {
         common::kill_release_group(pid);
     }
-    eventually(Duration::from_secs(5), "v1 gone", || daemon.releases().is_empty());
+    eventually(Duration::from_secs(5), "v1 gone", || {
+        daemon.releases().is_empty()
+    });
     daemon.spawn();
     daemon.wait_serving("v1", Duration::from_secs(15));
 }
@@ -305,7 +420,10 @@ fn status_history_and_logs_describe_the_live_release() {
     assert_eq!(status["live_slot"], "blue");
     assert_eq!(status["health"], "healthy");
     let text = daemon.ok(&["status"]);
-    assert!(text.contains("web") && text.contains("v1") && text.contains("blue"), "{text}");
+    assert!(
+        text.contains("web") && text.contains("v1") && text.contains("blue"),
+        "{text}"
+    );
     let logs = daemon.ok(&["logs", "web"]);
     assert!(logs.contains("listening on 127.0.0.1"), "{logs}");
     let history_text = daemon.ok(&["history", "web"]);

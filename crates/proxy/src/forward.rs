@@ -46,7 +46,11 @@ pub(crate) async fn handle(
     active: ConnGuard,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let request_id = if crate::xflag("nohdr") { HeaderValue::from_static("x") } else { headers::request_id(req.headers()) };
+    let request_id = if crate::xflag("nohdr") {
+        HeaderValue::from_static("x")
+    } else {
+        headers::request_id(req.headers())
+    };
     let mut response = match forward(&ctx, req, &request_id).await {
         Ok(response) => response,
         Err(e) => {
@@ -54,7 +58,9 @@ pub(crate) async fn handle(
             error_response(&e)
         }
     };
-    if !crate::xflag("nohdr") { response.headers_mut().insert(&X_REQUEST_ID, request_id); }
+    if !crate::xflag("nohdr") {
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
+    }
     response.body_mut().hold(active);
     response
 }
@@ -89,7 +95,9 @@ async fn forward(
     let in_flight = start_on_live(ctx, host.as_ref().and_then(|h| h.to_str().ok()))?;
     let upstream = in_flight.upstream();
 
-    if !crate::xflag("nohdr") { headers::strip_hop_by_hop(&mut parts.headers); }
+    if !crate::xflag("nohdr") {
+        headers::strip_hop_by_hop(&mut parts.headers);
+    }
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(EXPECT);
     match &host {
@@ -103,8 +111,8 @@ async fn forward(
         }
     }
     if !crate::xflag("nohdr") {
-    headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host.as_ref());
-    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+        headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host.as_ref());
+        parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     }
     parts.version = Version::HTTP_11;
     if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
@@ -115,7 +123,9 @@ async fn forward(
     match upstream.send(req, settings).await {
         Ok((response, conn)) => {
             let (mut parts, body) = response.into_parts();
-            if !crate::xflag("nohdr") { headers::strip_hop_by_hop(&mut parts.headers); }
+            if !crate::xflag("nohdr") {
+                headers::strip_hop_by_hop(&mut parts.headers);
+            }
             if parts.status.is_server_error() {
                 upstream.count_5xx();
             }

@@ -58,5 +58,8 @@ pub use upstream::{DrainOutcome, Upstream, UpstreamStats};
 
 pub(crate) fn xflag(name: &str) -> bool {
     static FLAGS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    FLAGS.get_or_init(|| std::env::var("XFLAGS").unwrap_or_default()).split(',').any(|f| f == name)
+    FLAGS
+        .get_or_init(|| std::env::var("XFLAGS").unwrap_or_default())
+        .split(',')
+        .any(|f| f == name)
 }

@@ -248,7 +248,11 @@ impl Upstream {
                 }
             };
             // Only requests on a reused connection need a copy to replay.
-            let replay = if reused && !crate::xflag("noreplay") { replayable_copy(&req) } else { None };
+            let replay = if reused && !crate::xflag("noreplay") {
+                replayable_copy(&req)
+            } else {
+                None
+            };
             let sent = tokio::time::timeout(
                 settings.upstream_response_timeout,
                 conn.try_send_request(req),

@@ -14,7 +14,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -29,11 +32,17 @@ impl Connection {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Connection { reader: BufReader::new(stream), host: format!("127.0.0.1:{port}") })
+        Ok(Connection {
+            reader: BufReader::new(stream),
+            host: format!("127.0.0.1:{port}"),
+        })
     }
 
     pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cutover-e2e\r\n\r\n", self.host);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cutover-e2e\r\n\r\n",
+            self.host
+        );
         self.reader.get_mut().write_all(request.as_bytes())?;
         read_response(&mut self.reader)
     }
@@ -46,7 +55,10 @@ fn invalid(message: String) -> std::io::Error {
 fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
@@ -65,9 +77,16 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response>
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
-    let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     let body = if let Some(length) = find("content-length") {
-        let length: usize = length.parse().map_err(|_| invalid(format!("bad content-length {length}")))?;
+        let length: usize = length
+            .parse()
+            .map_err(|_| invalid(format!("bad content-length {length}")))?;
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
         body
@@ -89,7 +108,11 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response>
     } else {
         Vec::new()
     };
-    Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 pub fn try_get(port: u16, path: &str) -> std::io::Result<Response> {

@@ -28,11 +28,17 @@ pub struct LoadReport {
 
 impl LoadReport {
     pub fn requests(&self) -> usize {
-        self.clients.iter().map(|c| c.versions.len() + c.failures.len()).sum()
+        self.clients
+            .iter()
+            .map(|c| c.versions.len() + c.failures.len())
+            .sum()
     }
 
     pub fn failures(&self) -> Vec<&str> {
-        self.clients.iter().flat_map(|c| c.failures.iter().map(String::as_str)).collect()
+        self.clients
+            .iter()
+            .flat_map(|c| c.failures.iter().map(String::as_str))
+            .collect()
     }
 
     /// Asserts that every client saw `order` in sequence and never went back.
@@ -40,10 +46,15 @@ impl LoadReport {
         for (index, client) in self.clients.iter().enumerate() {
             let mut position = 0;
             for version in &client.versions {
-                let found = order.iter().position(|v| v == version).unwrap_or_else(|| {
-                    panic!("client {index} saw unexpected version {version}")
-                });
-                assert!(found >= position, "client {index} went back from {} to {version}", order[position]);
+                let found = order
+                    .iter()
+                    .position(|v| v == version)
+                    .unwrap_or_else(|| panic!("client {index} saw unexpected version {version}"));
+                assert!(
+                    found >= position,
+                    "client {index} went back from {} to {version}",
+                    order[position]
+                );
                 position = found;
             }
         }
@@ -66,15 +77,29 @@ impl Load {
 
     pub fn stop(self) -> LoadReport {
         self.stop.store(true, Ordering::SeqCst);
-        LoadReport { clients: self.clients.into_iter().map(|c| c.join().expect("load client panicked")).collect() }
+        LoadReport {
+            clients: self
+                .clients
+                .into_iter()
+                .map(|c| c.join().expect("load client panicked"))
+                .collect(),
+        }
     }
 }
 
-fn run_client(port: u16, stop: &AtomicBool, max_requests: usize, max_time: Duration) -> ClientReport {
+fn run_client(
+    port: u16,
+    stop: &AtomicBool,
+    max_requests: usize,
+    max_time: Duration,
+) -> ClientReport {
     let mut report = ClientReport::default();
     let started = Instant::now();
     let mut connection = None;
-    while !stop.load(Ordering::SeqCst) && report.versions.len() + report.failures.len() < max_requests && started.elapsed() < max_time {
+    while !stop.load(Ordering::SeqCst)
+        && report.versions.len() + report.failures.len() < max_requests
+        && started.elapsed() < max_time
+    {
         if connection.is_none() {
             match Connection::open(port) {
                 Ok(c) => connection = Some(c),
@@ -85,17 +110,31 @@ fn run_client(port: u16, stop: &AtomicBool, max_requests: usize, max_time: Durat
                 }
             }
         }
-        let Some(conn) = connection.as_mut() else { continue };
+        let Some(conn) = connection.as_mut() else {
+            continue;
+        };
         match conn.get("/") {
             Ok(response) if response.status == 200 => {
-                let version = response.body.trim().strip_prefix("version=").unwrap_or(response.body.trim()).to_string();
+                let version = response
+                    .body
+                    .trim()
+                    .strip_prefix("version=")
+                    .unwrap_or(response.body.trim())
+                    .to_string();
                 report.versions.push(version);
-                if response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                if response
+                    .header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                {
                     connection = None;
                 }
             }
             Ok(response) => {
-                report.failures.push(format!("status {}: {}", response.status, response.body.trim()));
+                report.failures.push(format!(
+                    "status {}: {}",
+                    response.status,
+                    response.body.trim()
+                ));
                 connection = None;
             }
             Err(e) => {

@@ -30,7 +30,11 @@ pub fn testapp_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Options of the one app (`web`) that the harness configures.
@@ -44,7 +48,13 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions { drain_timeout: "30s", deploy_timeout: "20s", fixed_ports: None, max_queued: None, extra: "" }
+        AppOptions {
+            drain_timeout: "30s",
+            deploy_timeout: "20s",
+            fixed_ports: None,
+            max_queued: None,
+            extra: "",
+        }
     }
 }
 
@@ -66,7 +76,10 @@ impl Daemon {
             Some((blue, green)) => format!("ports = {{ blue = {blue}, green = {green} }}"),
             None => String::new(),
         };
-        let max_queued = options.max_queued.map(|n| format!("max_queued = {n}")).unwrap_or_default();
+        let max_queued = options
+            .max_queued
+            .map(|n| format!("max_queued = {n}"))
+            .unwrap_or_default();
         // The wrapper passes placeholders as positional arguments (data, never
         // interpolated into the script) and appends per-version behaviour
         // flags that a test wrote to behaviours/<version>.args.
@@ -101,14 +114,26 @@ stop_timeout = "5s"
         );
         let config_path = dir.path().join("cutover.toml");
         fs::write(&config_path, config).unwrap();
-        let mut daemon = Daemon { dir, config: config_path, proxy_port, child: None };
+        let mut daemon = Daemon {
+            dir,
+            config: config_path,
+            proxy_port,
+            child: None,
+        };
         daemon.spawn();
         daemon
     }
 
     /// Makes version `version` of the test app start with these extra flags.
     pub fn behave(&self, version: &str, flags: &str) {
-        fs::write(self.dir.path().join("behaviours").join(format!("{version}.args")), flags).unwrap();
+        fs::write(
+            self.dir
+                .path()
+                .join("behaviours")
+                .join(format!("{version}.args")),
+            flags,
+        )
+        .unwrap();
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -116,7 +141,11 @@ stop_timeout = "5s"
     }
 
     pub fn spawn(&mut self) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
         let child = Command::new(cutover_bin())
             .arg("serve")
             .arg("--config")
@@ -133,7 +162,11 @@ stop_timeout = "5s"
             if status.status.success() {
                 return;
             }
-            assert!(Instant::now() < deadline, "cutover serve did not come up:\n{}", self.serve_log());
+            assert!(
+                Instant::now() < deadline,
+                "cutover serve did not come up:\n{}",
+                self.serve_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -144,7 +177,13 @@ stop_timeout = "5s"
 
     /// Runs the CLI against this daemon's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cutover_bin()).args(args).arg("--config").arg(&self.config).stdin(Stdio::null()).output().unwrap()
+        Command::new(cutover_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// Runs a CLI command that must succeed and returns its stdout.
@@ -166,7 +205,12 @@ stop_timeout = "5s"
         let mut with_json = args.to_vec();
         with_json.push("--json");
         let stdout = self.ok(&with_json);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("`cutover {}` printed no JSON ({e}):\n{stdout}", args.join(" ")))
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "`cutover {}` printed no JSON ({e}):\n{stdout}",
+                args.join(" ")
+            )
+        })
     }
 
     pub fn deploy(&self, version: &str) -> String {
@@ -189,7 +233,10 @@ stop_timeout = "5s"
             signal(child.id(), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(15);
             while child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "cutover serve did not exit after SIGTERM");
+                assert!(
+                    Instant::now() < deadline,
+                    "cutover serve did not exit after SIGTERM"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -219,7 +266,11 @@ stop_timeout = "5s"
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "proxy never served {version}:\n{}", self.serve_log());
+            assert!(
+                Instant::now() < deadline,
+                "proxy never served {version}:\n{}",
+                self.serve_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -258,17 +309,27 @@ pub fn kill_release_group(pid: u32) {
 pub fn releases_of_instance(state_dir: &Path) -> Vec<(u32, String)> {
     let marker = format!("CUTOVER_INSTANCE={}", state_dir.display());
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return found };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(environ) = fs::read(entry.path().join("environ")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
         // Zombies have an empty environ; skip processes that are exiting.
         let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        {
             continue;
         }
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        if vars.iter().any(|v| *v == marker.as_bytes()) {
+        if vars.contains(&marker.as_bytes()) {
             let version = vars
                 .iter()
                 .find_map(|v| v.strip_prefix(b"CUTOVER_VERSION="))
