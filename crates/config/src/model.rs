@@ -387,7 +387,12 @@ impl Validator<'_> {
         };
         let promotion = match raw.promotion.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("auto") => Promotion::Auto,
-            Some("manual") => Promotion::Manual,
+            Some("manual") => {
+                return Err(self.error(
+                    raw.promotion.as_ref().expect("matched Some"),
+                    "promotion = \"manual\" is not available in this version of cutover yet; remove it (\"auto\" is the default)",
+                ))
+            }
             Some(other) => {
                 return Err(self.error(
                     raw.promotion.as_ref().expect("matched Some"),
@@ -395,6 +400,12 @@ impl Validator<'_> {
                 ))
             }
         };
+        if raw.keep_old.is_some_and(|d| !d.0.is_zero()) {
+            return Err(self.error(
+                &raw.name,
+                format!("app `{name}`: keep_old is not available in this version of cutover yet; remove it (the old slot is stopped once drained)"),
+            ));
+        }
         let max_queued = match &raw.max_queued {
             None => 1,
             Some(n) if (0..=100).contains(n.get_ref()) => *n.get_ref() as usize,

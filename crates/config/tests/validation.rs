@@ -123,3 +123,16 @@ fn malformed_toml_is_reported_not_panicked_on() {
     let error = error_of("[[app]\nname = ");
     assert!(error.starts_with("/srv/cutover.toml:1:"), "{error}");
 }
+
+#[test]
+fn settings_not_implemented_yet_are_refused_not_ignored() {
+    let manual = error_of(&GOOD.replace("drain_timeout = \"5s\"", "promotion = \"manual\""));
+    assert!(manual.contains("not available in this version"), "{manual}");
+    let keep = error_of(&GOOD.replace("drain_timeout = \"5s\"", "keep_old = \"5m\""));
+    assert!(keep.contains("keep_old is not available"), "{keep}");
+    assert!(parse(&GOOD.replace(
+        "drain_timeout = \"5s\"",
+        "keep_old = \"0s\"\npromotion = \"auto\""
+    ))
+    .is_ok());
+}

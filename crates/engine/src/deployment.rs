@@ -329,7 +329,7 @@ async fn switch_and_retire(
             &format!("stopping {} ({})", old.slot, old.release.version),
         )
         .await;
-        stop_slot(context, old.slot, &old.runtime_id, Some(old.release.id)).await;
+        stop_slot(context, old.slot, &old.runtime_id).await;
     }
     LiveRelease {
         slot,
@@ -360,50 +360,26 @@ async fn retire_leftover(job: &DeploymentJob, target: Slot) {
             &format!("stopping the idle release {version} left in {target}"),
         )
         .await;
-        stop_slot(
-            context,
-            target,
-            runtime_id,
-            slot.release.as_ref().map(|r| r.id),
-        )
-        .await;
+        stop_slot(context, target, runtime_id).await;
     }
 }
 
-/// Stops a release and records the slot as stopped.
-pub(crate) async fn stop_slot(
-    context: &AppContext,
-    slot: Slot,
-    runtime_id: &str,
-    release_id: Option<i64>,
-) {
+/// Stops a release and records the slot as stopped (keeping its release and log).
+pub(crate) async fn stop_slot(context: &AppContext, slot: Slot, runtime_id: &str) {
     if let Err(e) = context.driver.stop(runtime_id).await {
         tracing::error!(app = %context.name(), %slot, "stopping the release failed: {e}");
     }
-    record_slot(
-        context,
-        slot,
-        SlotUpdate {
-            state: "stopped".to_string(),
-            release_id,
-            ..SlotUpdate::default()
-        },
-    )
-    .await;
+    let store = context.store.clone();
+    let name = context.name().to_string();
+    if let Err(e) = blocking(move || store.clear_runtime(&name, slot.as_str(), "stopped")).await {
+        tracing::error!(app = %context.name(), %slot, "cannot record the stopped slot: {e}");
+    }
 }
 
 async fn cleanup(job: &DeploymentJob, new: Option<NewRelease>) {
     let Some(new) = new else { return };
     match &new.started {
-        Some(started) => {
-            stop_slot(
-                &job.context,
-                new.slot,
-                &started.runtime_id,
-                Some(new.release.id),
-            )
-            .await
-        }
+        Some(started) => stop_slot(&job.context, new.slot, &started.runtime_id).await,
         None => {
             record_slot(
                 &job.context,

@@ -50,13 +50,7 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         if let Some(slot_record) = record.slot(slot.as_str()) {
             if let Some(runtime_id) = &slot_record.runtime_id {
                 tracing::info!(app = %app, %slot, "stopping the release left running in {slot} by an interrupted deployment");
-                stop_slot(
-                    context,
-                    slot,
-                    runtime_id,
-                    slot_record.release.as_ref().map(|r| r.id),
-                )
-                .await;
+                stop_slot(context, slot, runtime_id).await;
             }
         }
     }

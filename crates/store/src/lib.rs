@@ -294,6 +294,16 @@ impl Store {
         Ok(())
     }
 
+    /// Records that nothing runs in the slot any more, keeping which release
+    /// ran there and its log (so `cutover logs --slot` still finds it).
+    pub fn clear_runtime(&self, app: &str, slot: &str, state: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE slots SET state = ?3, runtime_id = NULL, addr = NULL, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
+            params![app, slot, state, now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Changes only a slot's state label (e.g. `live` → `draining`).
     pub fn set_slot_state(&self, app: &str, slot: &str, state: &str) -> Result<()> {
         self.conn().execute(
