@@ -15,10 +15,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod docker;
 pub mod error;
 pub mod model;
 mod raw;
 pub mod units;
 
+pub use docker::DockerConfig;
 pub use error::ConfigError;
 pub use model::*;

@@ -104,8 +104,44 @@ pub struct AppConfig {
     /// How many deployment requests may wait behind the running one.
     /// Requests beyond it replace the newest waiting one (bursts collapse).
     pub max_queued: usize,
+    /// With manual promotion: promote by itself after this long.
+    pub auto_promote_after: Option<Duration>,
+    /// With manual promotion: abort by itself after this long.
+    pub auto_abort_after: Option<Duration>,
+    /// Watch the new release after the switch; roll back if it misbehaves.
+    pub verify: Option<VerifyConfig>,
+    /// Move traffic to the new release in steps instead of at once.
+    pub shift: Option<ShiftConfig>,
+    pub hooks: HooksConfig,
     pub health: HealthConfig,
     pub driver: DriverConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// How long the new release is watched after the switch (and at each shift step).
+    pub window: Duration,
+    /// Highest accepted share of 5xx answers and upstream errors, 0.0-1.0.
+    pub max_error_ratio: f64,
+    /// Answers needed before the ratio is judged (fewer: not judged).
+    pub min_requests: u64,
+    /// An external check run at the end of the window; must exit 0.
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShiftConfig {
+    /// Percentages of new requests sent to the new release, ending at 100.
+    pub steps: Vec<u8>,
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HooksConfig {
+    pub before_switch: Vec<Vec<String>>,
+    pub after_switch: Vec<Vec<String>>,
+    pub on_failure: Vec<Vec<String>>,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +159,7 @@ pub struct HealthConfig {
 #[derive(Debug, Clone)]
 pub enum DriverConfig {
     Process(ProcessConfig),
+    Docker(crate::docker::DockerConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -387,12 +424,7 @@ impl Validator<'_> {
         };
         let promotion = match raw.promotion.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("auto") => Promotion::Auto,
-            Some("manual") => {
-                return Err(self.error(
-                    raw.promotion.as_ref().expect("matched Some"),
-                    "promotion = \"manual\" is not available in this version of cutover yet; remove it (\"auto\" is the default)",
-                ))
-            }
+            Some("manual") => Promotion::Manual,
             Some(other) => {
                 return Err(self.error(
                     raw.promotion.as_ref().expect("matched Some"),
@@ -400,12 +432,6 @@ impl Validator<'_> {
                 ))
             }
         };
-        if raw.keep_old.is_some_and(|d| !d.0.is_zero()) {
-            return Err(self.error(
-                &raw.name,
-                format!("app `{name}`: keep_old is not available in this version of cutover yet; remove it (the old slot is stopped once drained)"),
-            ));
-        }
         let max_queued = match &raw.max_queued {
             None => 1,
             Some(n) if (0..=100).contains(n.get_ref()) => *n.get_ref() as usize,
@@ -418,16 +444,17 @@ impl Validator<'_> {
                     format!("app `{name}` has both [app.process] and [app.docker]; an app runs with exactly one driver, remove one"),
                 ))
             }
-            (None, Some(docker)) => {
-                return Err(self.error(
-                    docker,
-                    "the docker driver is not available in this version of cutover; use [app.process]",
-                ))
-            }
+            (None, Some(docker)) => DriverConfig::Docker(crate::docker::validate(
+                docker,
+                name,
+                base,
+                self.file,
+                self.source,
+            )?),
             (None, None) => {
                 return Err(self.error(
                     &raw.name,
-                    format!("app `{name}` has no driver: add an [app.process] section with a `command`"),
+                    format!("app `{name}` has no driver: add an [app.process] section with a `command` or an [app.docker] section with an `image`"),
                 ))
             }
             (Some(process), None) => DriverConfig::Process(self.process(process, base)?),
@@ -443,8 +470,69 @@ impl Validator<'_> {
                 .clone()
                 .unwrap_or_else(|| "X-Cutover-Preview".to_string()),
             max_queued,
+            auto_promote_after: raw.auto_promote_after.map(|d| d.0),
+            auto_abort_after: raw.auto_abort_after.map(|d| d.0),
+            verify: self.verify(raw)?,
+            shift: self.shift(raw)?,
+            hooks: self.hooks(raw)?,
             health: self.health(&raw.health)?,
             driver,
+        })
+    }
+
+    fn verify(&self, raw: &RawApp) -> Result<Option<VerifyConfig>, ConfigError> {
+        let Some(window) = raw.verify_for.map(|d| d.0).filter(|d| !d.is_zero()) else {
+            if let Some(ratio) = &raw.verify_max_error_ratio {
+                return Err(self.error(ratio, "verify_max_error_ratio needs verify_for (how long to watch)"));
+            }
+            return Ok(None);
+        };
+        let max_error_ratio = match &raw.verify_max_error_ratio {
+            None => 0.05,
+            Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => return Err(self.error(r, "verify_max_error_ratio must be between 0.0 and 1.0, e.g. 0.05")),
+        };
+        let command = match &raw.verify_command {
+            None => None,
+            Some(c) if c.get_ref().first().is_some_and(|p| !p.trim().is_empty()) => Some(c.get_ref().clone()),
+            Some(c) => return Err(self.error(c, "verify_command must name a program, e.g. [\"./smoke.sh\"]")),
+        };
+        Ok(Some(VerifyConfig { window, max_error_ratio, min_requests: 20, command }))
+    }
+
+    fn shift(&self, raw: &RawApp) -> Result<Option<ShiftConfig>, ConfigError> {
+        let Some(shift) = &raw.shift else { return Ok(None) };
+        let steps = &shift.get_ref().steps;
+        let increasing = steps.windows(2).all(|w| w[0] < w[1]);
+        let in_range = steps.iter().all(|s| (1..=100).contains(s));
+        if steps.is_empty() || !increasing || !in_range || steps.last() != Some(&100) {
+            return Err(self.error(
+                shift,
+                "shift.steps must be increasing percentages from 1 to 100 ending at 100, e.g. [10, 50, 100]",
+            ));
+        }
+        let every = shift.get_ref().every.0;
+        if every.is_zero() {
+            return Err(self.error(shift, "shift.every must be longer than 0s, e.g. \"30s\""));
+        }
+        Ok(Some(ShiftConfig { steps: steps.iter().map(|s| *s as u8).collect(), every }))
+    }
+
+    fn hooks(&self, raw: &RawApp) -> Result<HooksConfig, ConfigError> {
+        let Some(hooks) = &raw.hooks else {
+            return Ok(HooksConfig { timeout: Duration::from_secs(60), ..HooksConfig::default() });
+        };
+        let value = hooks.get_ref();
+        for command in value.before_switch.iter().chain(&value.after_switch).chain(&value.on_failure) {
+            if command.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(self.error(hooks, "every hook must be an argv list naming a program, e.g. [\"./smoke.sh\", \"--fast\"]"));
+            }
+        }
+        Ok(HooksConfig {
+            before_switch: value.before_switch.clone(),
+            after_switch: value.after_switch.clone(),
+            on_failure: value.on_failure.clone(),
+            timeout: value.timeout.map_or(Duration::from_secs(60), |d| d.0),
         })
     }
 

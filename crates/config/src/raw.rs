@@ -47,10 +47,17 @@ pub struct RawApp {
     pub promotion: Option<Spanned<String>>,
     pub preview_header: Option<String>,
     pub max_queued: Option<Spanned<i64>>,
+    pub auto_promote_after: Option<HumanDuration>,
+    pub auto_abort_after: Option<HumanDuration>,
+    pub verify_for: Option<HumanDuration>,
+    pub verify_max_error_ratio: Option<Spanned<f64>>,
+    pub verify_command: Option<Spanned<Vec<String>>>,
+    pub shift: Option<Spanned<RawShift>>,
+    pub hooks: Option<Spanned<RawHooks>>,
     #[serde(default)]
     pub health: RawHealth,
     pub process: Option<Spanned<RawProcess>>,
-    pub docker: Option<Spanned<toml::Value>>,
+    pub docker: Option<Spanned<crate::docker::RawDocker>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,4 +89,23 @@ pub struct RawProcess {
 pub struct RawPorts {
     pub blue: u16,
     pub green: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShift {
+    pub steps: Vec<i64>,
+    pub every: HumanDuration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    #[serde(default)]
+    pub before_switch: Vec<Vec<String>>,
+    #[serde(default)]
+    pub after_switch: Vec<Vec<String>>,
+    #[serde(default)]
+    pub on_failure: Vec<Vec<String>>,
+    pub timeout: Option<HumanDuration>,
 }

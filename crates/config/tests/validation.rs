@@ -35,7 +35,9 @@ fn a_good_config_resolves_paths_and_defaults() {
     assert_eq!(app.drain_timeout, Duration::from_secs(5));
     assert_eq!(app.health.expect_status, (200, 299));
     assert_eq!(app.health.deploy_timeout, Duration::from_secs(120));
-    let DriverConfig::Process(process) = &app.driver;
+    let DriverConfig::Process(process) = &app.driver else {
+        panic!("web runs with the process driver");
+    };
     assert_eq!(process.ports.map(|p| p.of(Slot::Green)), Some(18082));
     assert_eq!(process.working_dir, Path::new("/srv"));
 }
@@ -125,14 +127,26 @@ fn malformed_toml_is_reported_not_panicked_on() {
 }
 
 #[test]
-fn settings_not_implemented_yet_are_refused_not_ignored() {
-    let manual = error_of(&GOOD.replace("drain_timeout = \"5s\"", "promotion = \"manual\""));
-    assert!(manual.contains("not available in this version"), "{manual}");
-    let keep = error_of(&GOOD.replace("drain_timeout = \"5s\"", "keep_old = \"5m\""));
-    assert!(keep.contains("keep_old is not available"), "{keep}");
-    assert!(parse(&GOOD.replace(
+fn release_safety_settings_parse_and_bad_ones_are_refused() {
+    let text = GOOD.replace(
         "drain_timeout = \"5s\"",
-        "keep_old = \"0s\"\npromotion = \"auto\""
-    ))
-    .is_ok());
+        "promotion = \"manual\"\nauto_abort_after = \"1h\"\nkeep_old = \"5m\"\nverify_for = \"2m\"\nverify_max_error_ratio = 0.1\nshift = { steps = [10, 50, 100], every = \"30s\" }\nhooks = { before_switch = [[\"./smoke.sh\"]], timeout = \"10s\" }",
+    );
+    let config = parse(&text).expect("valid");
+    let app = config.app("web").unwrap();
+    assert_eq!(app.promotion, cutover_config::Promotion::Manual);
+    assert_eq!(app.auto_abort_after, Some(Duration::from_secs(3600)));
+    assert_eq!(app.keep_old, Duration::from_secs(300));
+    let verify = app.verify.as_ref().unwrap();
+    assert_eq!((verify.window, verify.max_error_ratio), (Duration::from_secs(120), 0.1));
+    assert_eq!(app.shift.as_ref().unwrap().steps, vec![10, 50, 100]);
+    assert_eq!(app.hooks.before_switch, vec![vec!["./smoke.sh".to_string()]]);
+    assert_eq!(app.hooks.timeout, Duration::from_secs(10));
+
+    let bad_steps = error_of(&GOOD.replace("drain_timeout = \"5s\"", "shift = { steps = [50, 10], every = \"30s\" }"));
+    assert!(bad_steps.contains("increasing percentages"), "{bad_steps}");
+    let bad_ratio = error_of(&GOOD.replace("drain_timeout = \"5s\"", "verify_for = \"1m\"\nverify_max_error_ratio = 5.0"));
+    assert!(bad_ratio.contains("between 0.0 and 1.0"), "{bad_ratio}");
+    let bad_hook = error_of(&GOOD.replace("drain_timeout = \"5s\"", "hooks = { after_switch = [[]] }"));
+    assert!(bad_hook.contains("argv list"), "{bad_hook}");
 }

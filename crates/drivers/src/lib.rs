@@ -11,9 +11,12 @@
 //!   contract (this file).
 //! - [`process`]: releases as local processes, each in its own process
 //!   group, output appended to a per-release log file.
+//! - [`docker`]: releases as Docker containers (one per slot), output
+//!   streamed into the per-release log file.
 
 #![forbid(unsafe_code)]
 
+pub mod docker;
 pub mod process;
 
 use async_trait::async_trait;
@@ -97,6 +100,21 @@ pub enum DriverError {
         context: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
+}
+
+/// What a runtime's own health check (a Docker HEALTHCHECK) says about a
+/// release, on top of the engine's HTTP check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeHealth {
+    /// The runtime has no health check of its own for the release, or it passes.
+    Healthy,
+    /// Not passing yet (still starting): worth waiting for. Says why.
+    Pending(String),
+    /// Failing: the release will not become healthy. Completes "web v2 in
+    /// slot green …", e.g. "was reported unhealthy by its Docker HEALTHCHECK …".
+    Failing(String),
 }
 
 /// A runtime that can run releases: local processes, containers, ...
@@ -127,4 +145,11 @@ pub trait Driver: Send + Sync + 'static {
     /// Stops every release of `app` started by this cutover instance whose
     /// runtime id is not in `keep` (left behind by a crash); returns the ids stopped.
     async fn stop_orphans(&self, app: &str, keep: &[String]) -> Result<Vec<String>, DriverError>;
+
+    /// The runtime's own verdict on a running release (e.g. a Docker
+    /// HEALTHCHECK), consulted with every health check before a switch.
+    /// Runtimes without one answer [`RuntimeHealth::Healthy`].
+    async fn check(&self, _runtime_id: &str) -> RuntimeHealth {
+        RuntimeHealth::Healthy
+    }
 }

@@ -2,13 +2,13 @@
 //! deployment, or the health gate after a restart) at a time, queues the
 //! rest, collapses bursts and answers status.
 
-use crate::deployment::{self, DeploymentJob, Outcome};
+use crate::deployment::{self, DeploymentJob, Outcome, Standby};
 use crate::engine::{blocking, AppStatus, DeployRequest, LiveHealth};
 use crate::error::EngineError;
 use crate::events::EventBus;
 use crate::health;
 use crate::recovery::{self, Recovered};
-use cutover_config::{AppConfig, Slot};
+use cutover_config::{AppConfig, Promotion, Slot};
 use cutover_drivers::{Driver, ExitWatch};
 use cutover_proxy::{Router, Upstream};
 use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord, Store};
@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 #[derive(Clone)]
 pub(crate) struct AppContext {
     pub app: Arc<AppConfig>,
+    /// Where hooks and verification commands run: the config file's directory.
+    pub work_dir: PathBuf,
     pub logs_dir: PathBuf,
     pub driver: Arc<dyn Driver>,
     pub store: Store,
@@ -61,6 +63,13 @@ pub(crate) enum Command {
     Abort {
         reply: Reply<DeploymentRecord>,
     },
+    Promote {
+        reply: Reply<DeploymentRecord>,
+    },
+    /// `keep_old` ran out for the standby release with this runtime id.
+    ExpireStandby {
+        runtime_id: String,
+    },
     Status {
         reply: Reply<AppStatus>,
     },
@@ -83,20 +92,27 @@ enum Job {
     /// before traffic goes to it.
     Gate(JoinHandle<Option<LiveRelease>>),
     Deployment(Box<RunningDeployment>),
+    /// Stopping a standby release whose `keep_old` window ended.
+    Retire(JoinHandle<()>),
 }
 
 struct RunningDeployment {
     record: DeploymentRecord,
     cancel: watch::Sender<bool>,
-    switched: Arc<AtomicBool>,
+    promote: watch::Sender<bool>,
+    committed: Arc<AtomicBool>,
     task: JoinHandle<Outcome>,
 }
 
 struct Actor {
     context: AppContext,
+    /// For timers that talk back to this actor.
+    commands: mpsc::Sender<Command>,
     live: Option<LiveRelease>,
     job: Option<Job>,
     queue: VecDeque<Queued>,
+    /// The previous release kept running idle under `keep_old`.
+    standby: Option<Standby>,
     health: Arc<AtomicU8>,
     monitor: Option<JoinHandle<()>>,
 }
@@ -105,9 +121,11 @@ pub(crate) fn spawn(context: AppContext, recovered: Recovered) -> ActorHandle {
     let (commands, receiver) = mpsc::channel(64);
     let mut actor = Actor {
         context,
+        commands: commands.clone(),
         live: None,
         job: None,
         queue: VecDeque::new(),
+        standby: None,
         health: Arc::new(AtomicU8::new(HEALTH_UNKNOWN)),
         monitor: None,
     };
@@ -154,6 +172,10 @@ impl Actor {
             Command::Abort { reply } => {
                 let _ = reply.send(self.abort().await);
             }
+            Command::Promote { reply } => {
+                let _ = reply.send(self.promote().await);
+            }
+            Command::ExpireStandby { runtime_id } => self.expire_standby(&runtime_id),
             Command::Status { reply } => {
                 let _ = reply.send(self.status().await);
             }
@@ -257,9 +279,9 @@ impl Actor {
         let name = self.context.name().to_string();
         match &self.job {
             Some(Job::Deployment(running)) => {
-                if running.switched.load(Ordering::SeqCst) {
+                if running.committed.load(Ordering::SeqCst) {
                     return Err(EngineError::Conflict(format!(
-                        "deployment {} of {name} has already switched traffic and cannot be aborted; use `cutover rollback {name}`",
+                        "deployment {} of {name} is already draining the old release and cannot be aborted; use `cutover rollback {name}`",
                         running.record.id
                     )));
                 }
@@ -271,6 +293,61 @@ impl Actor {
                 action: "abort",
             }),
         }
+    }
+
+    async fn promote(&mut self) -> Result<DeploymentRecord, EngineError> {
+        let name = self.context.name().to_string();
+        let Some(Job::Deployment(running)) = &self.job else {
+            return Err(EngineError::NothingInProgress { app: name, action: "promote" });
+        };
+        let store = self.context.store.clone();
+        let id = running.record.id;
+        let record = blocking(move || store.deployment(id)).await?.ok_or(EngineError::UnknownDeployment(id))?;
+        if record.state != DeploymentState::AwaitingPromotion.as_str() {
+            return Err(EngineError::Conflict(format!(
+                "deployment {id} of {name} is `{}`, not awaiting promotion{}",
+                record.state,
+                if self.context.app.promotion == Promotion::Auto { " (this app promotes automatically)" } else { "; promote it once it is healthy" }
+            )));
+        }
+        let _ = running.promote.send(true);
+        Ok(record)
+    }
+
+    /// The `keep_old` window of the standby release ended: stop it, unless a
+    /// deployment is using its slot right now (then that deployment owns it).
+    fn expire_standby(&mut self, runtime_id: &str) {
+        if self.standby.as_ref().is_none_or(|s| s.runtime_id != runtime_id) {
+            return;
+        }
+        if self.job.is_some() {
+            // Try again when the current job is done.
+            let commands = self.commands.clone();
+            let runtime_id = runtime_id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let _ = commands.send(Command::ExpireStandby { runtime_id }).await;
+            });
+            return;
+        }
+        if let Some(standby) = self.standby.take() {
+            let context = self.context.clone();
+            tracing::info!(app = %context.name(), slot = %standby.slot, "keep_old ended: stopping the idle {}", standby.release.version);
+            self.job = Some(Job::Retire(tokio::spawn(async move {
+                deployment::stop_slot(&context, standby.slot, &standby.runtime_id).await;
+            })));
+        }
+    }
+
+    fn keep_standby(&mut self, standby: Standby) {
+        let commands = self.commands.clone();
+        let runtime_id = standby.runtime_id.clone();
+        let keep_old = self.context.app.keep_old;
+        tokio::spawn(async move {
+            tokio::time::sleep(keep_old).await;
+            let _ = commands.send(Command::ExpireStandby { runtime_id }).await;
+        });
+        self.standby = Some(standby);
     }
 
     async fn status(&self) -> Result<AppStatus, EngineError> {
@@ -312,11 +389,18 @@ impl Actor {
 
     fn finish(&mut self, finished: Finished) {
         match finished {
-            Finished::Gate(Some(live)) | Finished::Deployment(Outcome::Succeeded(live)) => {
+            Finished::Gate(Some(live)) => {
                 self.live = Some(live);
                 self.restart_monitor();
             }
-            Finished::Gate(None) | Finished::Deployment(Outcome::Unchanged) => {}
+            Finished::Deployment(Outcome::Succeeded { live, standby }) => {
+                self.live = Some(live);
+                self.restart_monitor();
+                if let Some(standby) = standby {
+                    self.keep_standby(standby);
+                }
+            }
+            Finished::Gate(None) | Finished::Deployment(Outcome::Unchanged) | Finished::Retired => {}
             Finished::Lost(why) => {
                 tracing::error!(app = %self.context.name(), "a deployment task ended abnormally: {why}");
             }
@@ -329,20 +413,29 @@ impl Actor {
                 return;
             };
             let (cancel, cancelled) = watch::channel(false);
-            let switched = Arc::new(AtomicBool::new(false));
+            let (promote, promoted) = watch::channel(false);
+            let committed = Arc::new(AtomicBool::new(false));
+            // A rollback to the release kept idle is instant; any other
+            // deployment takes over its slot (and stops it there).
+            let standby = self.standby.take().filter(|standby| {
+                next.record.trigger == "rollback" && next.record.release_id == Some(standby.release.id)
+            });
             let job = DeploymentJob {
                 context: self.context.clone(),
                 record: next.record.clone(),
                 force: next.force,
                 live: self.live.clone(),
                 cancelled,
-                switched: switched.clone(),
+                promoted,
+                committed: committed.clone(),
+                standby,
             };
             let task = tokio::spawn(deployment::run(job));
             self.job = Some(Job::Deployment(Box::new(RunningDeployment {
                 record: next.record,
                 cancel,
-                switched,
+                promote,
+                committed,
                 task,
             })));
         }
@@ -407,6 +500,7 @@ impl Actor {
 
 enum Finished {
     Gate(Option<LiveRelease>),
+    Retired,
     Deployment(Outcome),
     Lost(String),
 }
@@ -421,6 +515,10 @@ async fn wait_job(job: &mut Option<Job>) -> Finished {
         },
         Some(Job::Deployment(running)) => match (&mut running.task).await {
             Ok(outcome) => Finished::Deployment(outcome),
+            Err(e) => Finished::Lost(e.to_string()),
+        },
+        Some(Job::Retire(task)) => match task.await {
+            Ok(()) => Finished::Retired,
             Err(e) => Finished::Lost(e.to_string()),
         },
     }

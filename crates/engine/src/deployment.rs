@@ -1,16 +1,20 @@
 //! One deployment, step by step. Every transition is persisted (and then
 //! published) before it takes effect; a failure before the switch stops
-//! and cleans up the new slot and leaves the live one untouched.
+//! and cleans up the new slot and leaves the live one untouched. What
+//! happens between "healthy" and "old release retired" (preview,
+//! promotion, hooks, shifting, verification, revert) is in `rollout.rs`.
 
 use crate::actor::{AppContext, LiveRelease};
 use crate::engine::blocking;
 use crate::health::{self, Unhealthy};
 use crate::log_tail::tail_lines;
+use crate::rollout::{self, Rollout};
 use cutover_config::Slot;
-use cutover_drivers::{ReleaseSpec, StartedRelease};
+use cutover_drivers::{ExitWatch, ReleaseSpec, StartedRelease};
 use cutover_proxy::{DrainOutcome, Upstream};
 use cutover_store::{DeploymentPlan, DeploymentRecord, DeploymentState, ReleaseRecord, SlotUpdate};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use tokio::sync::watch;
 
 /// Lines of the release's log quoted in a failure reason.
 const LOG_TAIL_LINES: usize = 20;
+const ABORTED_BY_REQUEST: &str = "aborted by request (`cutover abort`)";
 
 pub(crate) struct DeploymentJob {
     pub context: AppContext,
@@ -26,89 +31,100 @@ pub(crate) struct DeploymentJob {
     pub force: bool,
     pub live: Option<LiveRelease>,
     pub cancelled: watch::Receiver<bool>,
-    /// Set once traffic has moved: from then on the deployment cannot be aborted.
-    pub switched: Arc<AtomicBool>,
+    pub promoted: watch::Receiver<bool>,
+    /// Set once the old release starts draining: from then on the
+    /// deployment can no longer be aborted (only rolled back).
+    pub committed: Arc<AtomicBool>,
+    /// An instant rollback: the previous release, still running idle
+    /// under `keep_old`, is switched to without starting anything.
+    pub standby: Option<Standby>,
+}
+
+impl DeploymentJob {
+    pub(crate) fn is_rollback(&self) -> bool {
+        self.record.trigger == "rollback"
+    }
+}
+
+/// A previous release kept running idle after a switch (`keep_old`).
+#[derive(Clone)]
+pub(crate) struct Standby {
+    pub slot: Slot,
+    pub release: ReleaseRecord,
+    pub runtime_id: String,
+    pub addr: SocketAddr,
+    pub exited: ExitWatch,
+    pub log_path: Option<PathBuf>,
 }
 
 pub(crate) enum Outcome {
-    Succeeded(LiveRelease),
-    /// Failed or aborted: what serves traffic did not change.
+    Succeeded { live: LiveRelease, standby: Option<Standby> },
+    /// Failed, aborted or rolled back: the release serving before serves again.
     Unchanged,
 }
 
-/// Why a deployment stopped before the switch.
-enum Stop {
+/// Why a deployment stopped before traffic moved.
+pub(crate) enum Stop {
     Failed(String),
-    Aborted,
+    Aborted(String),
 }
 
 /// The new release, once started, so a failure can clean it up.
-struct NewRelease {
-    slot: Slot,
-    release: ReleaseRecord,
-    log_path: PathBuf,
-    started: Option<StartedRelease>,
+pub(crate) struct NewRelease {
+    pub slot: Slot,
+    pub release: ReleaseRecord,
+    pub log_path: PathBuf,
+    pub started: Option<StartedRelease>,
 }
 
 pub(crate) async fn run(mut job: DeploymentJob) -> Outcome {
     let started = Instant::now();
     let mut new = None;
-    let checked = prepare_and_check(&mut job, &mut new).await;
-    let checked = match (checked, new) {
-        (Ok(()), Some(new)) => new,
+    let checked = match job.standby.take() {
+        Some(standby) => reuse_standby(&mut job, standby, &mut new).await,
+        None => prepare_and_check(&mut job, &mut new).await,
+    };
+    let (new, started_release) = match (checked, new) {
+        (Ok(()), Some(NewRelease { slot, release, log_path, started: Some(started_release) })) => {
+            (NewRelease { slot, release, log_path, started: None }, started_release)
+        }
         (result, new) => {
-            cleanup(&job, new).await;
-            let (state, reason) = match result {
-                Err(Stop::Failed(reason)) => (DeploymentState::Failed, reason),
-                Err(Stop::Aborted) => (
-                    DeploymentState::Aborted,
-                    "aborted by request before the switch; nothing changed".to_string(),
-                ),
-                Ok(()) => (
-                    DeploymentState::Failed,
-                    "internal error: the new release was lost before the switch".to_string(),
-                ),
+            let stop = match result {
+                Err(stop) => stop,
+                Ok(()) => Stop::Failed("internal error: the new release was lost before the switch".to_string()),
             };
-            step(&job, state, &reason).await;
+            fail_before_traffic(&job, new, stop).await;
             return Outcome::Unchanged;
         }
     };
-    let app = job.context.name();
-    let from = job.live.as_ref().map_or_else(
-        || "nothing".to_string(),
-        |l| format!("{} ({})", l.slot, l.release.version),
-    );
-    let switching = format!(
-        "switching {app} from {from} to {} ({})",
-        checked.slot, checked.release.version
-    );
-    // The switch is recorded before it happens; without that record, it must not happen.
-    if !step(&job, DeploymentState::Switching, &switching).await {
-        cleanup(&job, Some(checked)).await;
-        step(
-            &job,
-            DeploymentState::Failed,
-            "the switch could not be recorded in the state store; nothing changed",
-        )
-        .await;
-        return Outcome::Unchanged;
-    }
-    let NewRelease {
-        slot,
-        release,
-        started: Some(new_release),
-        ..
-    } = checked
-    else {
-        step(
-            &job,
-            DeploymentState::Failed,
-            "internal error: the checked release has no runtime",
-        )
-        .await;
-        return Outcome::Unchanged;
+    let app = job.context.name().to_string();
+    let upstream = Upstream::new(&app, new.slot.as_str(), &new.release.version, started_release.addr);
+    let previous = match rollout::run(&mut job, &new, &started_release, &upstream).await {
+        Rollout::Switched { previous } => previous,
+        Rollout::Stopped(stop) => {
+            let new = NewRelease { started: Some(started_release), ..new };
+            fail_before_traffic(&job, Some(new), stop).await;
+            return Outcome::Unchanged;
+        }
+        Rollout::Reverted { state, reason } => {
+            retire_reverted(&job, &new, &started_release, &upstream).await;
+            step(&job, state, &reason).await;
+            run_failure_hooks(&job, Some((new.slot, &new.release.version)), &reason).await;
+            return Outcome::Unchanged;
+        }
     };
-    let live = switch_and_retire(&job, slot, release, new_release).await;
+
+    rollout::run_hooks(&job, "after_switch", &job.context.app.hooks.after_switch, &new, &started_release, None).await;
+    job.committed.store(true, Ordering::SeqCst);
+    let standby = retire_old(&job, previous).await;
+    let live = LiveRelease {
+        slot: new.slot,
+        release: new.release,
+        runtime_id: started_release.runtime_id,
+        addr: started_release.addr,
+        upstream,
+        exited: started_release.exited,
+    };
     step(
         &job,
         DeploymentState::Succeeded,
@@ -120,7 +136,120 @@ pub(crate) async fn run(mut job: DeploymentJob) -> Outcome {
         ),
     )
     .await;
-    Outcome::Succeeded(live)
+    Outcome::Succeeded { live, standby }
+}
+
+/// Nothing served by the new release yet: stop it, record why, run `on_failure`.
+async fn fail_before_traffic(job: &DeploymentJob, new: Option<NewRelease>, stop: Stop) {
+    job.context.router.set_preview(job.context.name(), None);
+    let (state, reason) = match stop {
+        Stop::Failed(reason) => (DeploymentState::Failed, reason),
+        Stop::Aborted(reason) => (DeploymentState::Aborted, format!("{reason}; nothing changed")),
+    };
+    let facts = new.as_ref().map(|n| (n.slot, n.release.version.clone()));
+    cleanup(job, new).await;
+    step(job, state, &reason).await;
+    run_failure_hooks(job, facts.as_ref().map(|(slot, version)| (*slot, version.as_str())), &reason).await;
+}
+
+async fn run_failure_hooks(job: &DeploymentJob, new: Option<(Slot, &str)>, reason: &str) {
+    let hooks = &job.context.app.hooks.on_failure;
+    if hooks.is_empty() {
+        return;
+    }
+    let env = rollout::hook_env(job, "on_failure", new, None, Some(reason));
+    if let Err(why) = rollout::run_hook_list(job, "on_failure", hooks, &env).await {
+        tracing::warn!(app = %job.context.name(), deployment = job.record.id, "the on_failure hook failed: {why}");
+    }
+}
+
+/// After traffic went back to the old release: drain and stop the new one.
+async fn retire_reverted(job: &DeploymentJob, new: &NewRelease, started: &StartedRelease, upstream: &Upstream) {
+    let drained = upstream.drain(job.context.app.drain_timeout).await;
+    note(job, &drain_message(new.slot, drained, job.context.app.drain_timeout)).await;
+    stop_slot(&job.context, new.slot, &started.runtime_id).await;
+}
+
+fn drain_message(slot: Slot, drained: DrainOutcome, timeout: std::time::Duration) -> String {
+    match drained {
+        DrainOutcome::Drained { waited } => format!("{slot} drained after {:.3}s", waited.as_secs_f64()),
+        DrainOutcome::TimedOut { still_in_flight } => format!(
+            "{slot} still had {still_in_flight} request(s) in flight at drain_timeout ({timeout:?}); stopping it anyway"
+        ),
+    }
+}
+
+/// Drains the old release, then stops it — or keeps it idle for an instant
+/// rollback when `keep_old` is set.
+async fn retire_old(job: &DeploymentJob, previous: Option<Arc<Upstream>>) -> Option<Standby> {
+    let context = &job.context;
+    let old = job.live.as_ref()?;
+    let drained = match &previous {
+        Some(upstream) => upstream.drain(context.app.drain_timeout).await,
+        None => DrainOutcome::Drained { waited: std::time::Duration::ZERO },
+    };
+    note(job, &drain_message(old.slot, drained, context.app.drain_timeout)).await;
+    let keep_old = context.app.keep_old;
+    if !keep_old.is_zero() && old.exited.exited().is_none() {
+        step(
+            job,
+            DeploymentState::Retiring,
+            &format!("keeping {} ({}) running idle for {keep_old:?} for an instant rollback", old.slot, old.release.version),
+        )
+        .await;
+        let store = context.store.clone();
+        let (name, slot) = (context.name().to_string(), old.slot);
+        let _ = blocking(move || store.set_slot_state(&name, slot.as_str(), "standby")).await;
+        return Some(Standby {
+            slot: old.slot,
+            release: old.release.clone(),
+            runtime_id: old.runtime_id.clone(),
+            addr: old.addr,
+            exited: old.exited.clone(),
+            log_path: None,
+        });
+    }
+    step(job, DeploymentState::Retiring, &format!("stopping {} ({})", old.slot, old.release.version)).await;
+    stop_slot(context, old.slot, &old.runtime_id).await;
+    None
+}
+
+/// An instant rollback: the standby release is already running; one health
+/// check and it is ready to take traffic.
+async fn reuse_standby(job: &mut DeploymentJob, standby: Standby, new: &mut Option<NewRelease>) -> Result<(), Stop> {
+    let context = job.context.clone();
+    let app = context.name().to_string();
+    let plan = DeploymentPlan {
+        release_id: standby.release.id,
+        target_slot: standby.slot.as_str().to_string(),
+        from_release_id: job.live.as_ref().map(|l| l.release.id),
+        from_slot: job.live.as_ref().map(|l| l.slot.as_str().to_string()),
+    };
+    let store = context.store.clone();
+    let id = job.record.id;
+    blocking(move || store.set_deployment_plan(id, &plan))
+        .await
+        .map_err(|e| Stop::Failed(format!("cannot record the deployment plan: {e}")))?;
+    let version = standby.release.version.clone();
+    let log_path = standby.log_path.clone().unwrap_or_else(|| context.logs_dir.join(format!("{}-{}.log", standby.slot, version)));
+    *new = Some(NewRelease {
+        slot: standby.slot,
+        release: standby.release.clone(),
+        log_path,
+        started: Some(StartedRelease { addr: standby.addr, runtime_id: standby.runtime_id.clone(), exited: standby.exited.clone() }),
+    });
+    step(
+        job,
+        DeploymentState::Checking,
+        &format!("instant rollback: {app} {version} is still running idle in {}; checking it once", standby.slot),
+    )
+    .await;
+    if let Some(how) = standby.exited.exited() {
+        return Err(Stop::Failed(format!("the idle release {version} in {} {how}", standby.slot)));
+    }
+    until_cancelled(job, health::check(standby.addr, &context.app.health))
+        .await?
+        .map_err(|why| Stop::Failed(format!("the idle release {version} in {} failed its health check: {why}", standby.slot)))
 }
 
 async fn prepare_and_check(
@@ -270,74 +399,16 @@ async fn prepare_and_check(
             Ok(())
         }
         Err(Unhealthy::Exited(how)) => {
-            Err(Stop::Failed(format!("{app} {version} in slot {target} {how} before it became healthy{}", tail())))
+            Err(Stop::Failed(format!(
+                "{app} {version} in slot {target} {how} before it became healthy{}",
+                tail()
+            )))
         }
         Err(Unhealthy::TimedOut { after, last }) => Err(Stop::Failed(format!(
             "{app} {version} in slot {target} was not healthy after {:.1}s (deploy_timeout); last check: {last}{}",
             after.as_secs_f64(),
             tail()
         ))),
-    }
-}
-
-/// Switches traffic, drains the old release and stops it. Nothing here can
-/// undo the switch: failures to stop the old release are reported, not fatal.
-async fn switch_and_retire(
-    job: &DeploymentJob,
-    slot: Slot,
-    release: ReleaseRecord,
-    started: StartedRelease,
-) -> LiveRelease {
-    let context = &job.context;
-    let app = context.name();
-    let upstream = Upstream::new(app, slot.as_str(), &release.version, started.addr);
-    let previous = context.router.set_live(app, Some(upstream.clone()));
-    job.switched.store(true, Ordering::SeqCst);
-    let in_flight = previous.as_ref().map_or(0, |p| p.in_flight());
-    let message = match &job.live {
-        Some(old) => format!(
-            "{slot} ({}) is live; draining {} ({}) with {in_flight} request(s) in flight",
-            release.version, old.slot, old.release.version
-        ),
-        None => format!("{slot} ({}) is live", release.version),
-    };
-    let store = context.store.clone();
-    let (name, id) = (app.to_string(), job.record.id);
-    match blocking(move || store.record_switch(&name, slot.as_str(), id, &message)).await {
-        Ok(event) => context.events.publish(event),
-        Err(e) => tracing::error!(app = %app, "cannot record the switch to {slot}: {e}"),
-    }
-
-    if let Some(old) = &job.live {
-        let drained = match &previous {
-            Some(upstream) => upstream.drain(context.app.drain_timeout).await,
-            None => DrainOutcome::Drained {
-                waited: std::time::Duration::ZERO,
-            },
-        };
-        let message = match drained {
-            DrainOutcome::Drained { waited } => format!("{} drained after {:.3}s", old.slot, waited.as_secs_f64()),
-            DrainOutcome::TimedOut { still_in_flight } => format!(
-                "{} still had {still_in_flight} request(s) in flight at drain_timeout ({:?}); stopping it anyway",
-                old.slot, context.app.drain_timeout
-            ),
-        };
-        note(job, &message).await;
-        step(
-            job,
-            DeploymentState::Retiring,
-            &format!("stopping {} ({})", old.slot, old.release.version),
-        )
-        .await;
-        stop_slot(context, old.slot, &old.runtime_id).await;
-    }
-    LiveRelease {
-        slot,
-        release,
-        runtime_id: started.runtime_id,
-        addr: started.addr,
-        upstream,
-        exited: started.exited,
     }
 }
 
@@ -376,7 +447,7 @@ pub(crate) async fn stop_slot(context: &AppContext, slot: Slot, runtime_id: &str
     }
 }
 
-async fn cleanup(job: &DeploymentJob, new: Option<NewRelease>) {
+pub(crate) async fn cleanup(job: &DeploymentJob, new: Option<NewRelease>) {
     let Some(new) = new else { return };
     match &new.started {
         Some(started) => stop_slot(&job.context, new.slot, &started.runtime_id).await,
@@ -405,21 +476,21 @@ async fn record_slot(context: &AppContext, slot: Slot, update: SlotUpdate) {
 }
 
 /// Runs `work` unless the deployment is aborted first.
-async fn until_cancelled<T>(
+pub(crate) async fn until_cancelled<T>(
     job: &mut DeploymentJob,
     work: impl Future<Output = T>,
 ) -> Result<T, Stop> {
     if *job.cancelled.borrow() {
-        return Err(Stop::Aborted);
+        return Err(Stop::Aborted(ABORTED_BY_REQUEST.to_string()));
     }
     tokio::select! {
         value = work => Ok(value),
-        _ = job.cancelled.wait_for(|cancelled| *cancelled) => Err(Stop::Aborted),
+        _ = job.cancelled.wait_for(|cancelled| *cancelled) => Err(Stop::Aborted(ABORTED_BY_REQUEST.to_string())),
     }
 }
 
 /// Persists a transition, then publishes it; false when it could not be persisted.
-async fn step(job: &DeploymentJob, state: DeploymentState, message: &str) -> bool {
+pub(crate) async fn step(job: &DeploymentJob, state: DeploymentState, message: &str) -> bool {
     let store = job.context.store.clone();
     let (id, text) = (job.record.id, message.to_string());
     tracing::info!(app = %job.context.name(), deployment = id, state = state.as_str(), "{message}");
@@ -435,7 +506,7 @@ async fn step(job: &DeploymentJob, state: DeploymentState, message: &str) -> boo
     }
 }
 
-async fn note(job: &DeploymentJob, message: &str) {
+pub(crate) async fn note(job: &DeploymentJob, message: &str) {
     let store = job.context.store.clone();
     let (id, text) = (job.record.id, message.to_string());
     match blocking(move || store.note(id, &text)).await {

@@ -93,9 +93,17 @@ impl Engine {
                 DriverConfig::Process(process) => {
                     Arc::new(ProcessDriver::new(&app.name, process.clone(), &instance))
                 }
+                // Placeholder until the docker driver lands (issue 4).
+                DriverConfig::Docker(_) => {
+                    return Err(EngineError::BadRequest(format!(
+                        "app `{}`: the docker driver is not available in this build",
+                        app.name
+                    )))
+                }
             };
             let context = actor::AppContext {
                 app: Arc::new(app.clone()),
+                work_dir: config.file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
                 logs_dir: config.logs_dir().join(&app.name),
                 driver,
                 store: store.clone(),
@@ -163,11 +171,7 @@ impl Engine {
 
     /// Promotes a deployment waiting for promotion.
     pub async fn promote(&self, app: &str) -> Result<DeploymentRecord, EngineError> {
-        self.actor(app)?;
-        Err(EngineError::NothingInProgress {
-            app: app.to_string(),
-            action: "promote (no deployment is awaiting promotion)",
-        })
+        self.ask(app, |reply| Command::Promote { reply }).await
     }
 
     pub async fn status(&self) -> Result<Vec<AppStatus>, EngineError> {

@@ -12,6 +12,9 @@
 //!   actor per app after recovery.
 //! - `actor.rs`: the per-app actor: queue, collapse of bursts, abort.
 //! - `deployment.rs`: one deployment, step by step, with clean-up on failure.
+//! - `rollout.rs`: preview, promotion, hooks, gradual shifting, the switch,
+//!   verification after it and the switch back when it fails.
+//! - `hooks.rs`: running lifecycle hooks and verification commands.
 //! - `recovery.rs`: what a start after a stop or crash does: adopt the live
 //!   release (or start it again), fail interrupted deployments, remove orphans.
 //! - [`health`]: HTTP health checks and the fast polling used while deploying.
@@ -26,8 +29,10 @@ mod engine;
 mod error;
 mod events;
 pub mod health;
+mod hooks;
 mod log_tail;
 mod recovery;
+mod rollout;
 
 pub use engine::{AppStatus, DeployRequest, DeploymentDetail, Engine, LiveHealth};
 pub use error::EngineError;

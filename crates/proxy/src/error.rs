@@ -1,5 +1,5 @@
 //! Typed errors: [`ProxyError`] for the caller of [`crate::serve`], and
-//! [`ForwardError`] for one request that could not be proxied (each variant
+//! `ForwardError` for one request that could not be proxied (each variant
 //! maps to the status and short text the client gets).
 
 use std::io;

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 
-use http::header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST};
+use http::header::{CONNECTION, CONTENT_TYPE, COOKIE, EXPECT, HOST, SET_COOKIE};
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::conn_io::{ConnActivity, ConnGuard};
 use crate::error::ForwardError;
 use crate::headers::{self, X_REQUEST_ID};
-use crate::router::Router;
+use crate::router::{AppRoute, Router, PREVIEW_COOKIE, STICKY_COOKIE};
 use crate::settings::ProxySettings;
-use crate::upstream::InFlightGuard;
+use crate::upstream::{InFlightGuard, Upstream};
 
 /// How often a request re-reads the route table when the upstream it picked
 /// was retired meanwhile. One re-read suffices when the engine retires only
@@ -46,11 +46,7 @@ pub(crate) async fn handle(
     active: ConnGuard,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let request_id = if crate::xflag("nohdr") {
-        HeaderValue::from_static("x")
-    } else {
-        headers::request_id(req.headers())
-    };
+    let request_id = headers::request_id(req.headers());
     let mut response = match forward(&ctx, req, &request_id).await {
         Ok(response) => response,
         Err(e) => {
@@ -58,9 +54,7 @@ pub(crate) async fn handle(
             error_response(&e)
         }
     };
-    if !crate::xflag("nohdr") {
-        response.headers_mut().insert(&X_REQUEST_ID, request_id);
-    }
+    response.headers_mut().insert(&X_REQUEST_ID, request_id);
     response.body_mut().hold(active);
     response
 }
@@ -85,6 +79,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
 
     // The authority of an absolute-form target overrides the Host header.
+    let from_target = parts.uri.authority().is_some();
     let host = match parts.uri.authority() {
         Some(authority) => {
             let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
@@ -92,28 +87,27 @@ async fn forward(
         }
         None => parts.headers.get(HOST).cloned(),
     };
-    let in_flight = start_on_live(ctx, host.as_ref().and_then(|h| h.to_str().ok()))?;
+    let (in_flight, sticky) = start_on_live(ctx, host.as_ref().and_then(|h| h.to_str().ok()), &parts.headers)?;
     let upstream = in_flight.upstream();
 
-    if !crate::xflag("nohdr") {
-        headers::strip_hop_by_hop(&mut parts.headers);
-    }
+    let stripped = headers::strip_hop_by_hop(&mut parts.headers);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(EXPECT);
     match &host {
-        Some(host) => {
+        // Keep the client's Host, unless it came from the target or a
+        // `Connection` header named it.
+        Some(host) if from_target || stripped => {
             parts.headers.insert(HOST, host.clone());
         }
+        Some(_) => {}
         None => {
             if let Some(fallback) = upstream.fallback_host() {
                 parts.headers.insert(HOST, fallback.clone());
             }
         }
     }
-    if !crate::xflag("nohdr") {
-        headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host.as_ref());
-        parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    }
+    headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host.as_ref());
+    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     parts.version = Version::HTTP_11;
     if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
         parts.uri = origin_form(&parts.uri);
@@ -123,8 +117,9 @@ async fn forward(
     match upstream.send(req, settings).await {
         Ok((response, conn)) => {
             let (mut parts, body) = response.into_parts();
-            if !crate::xflag("nohdr") {
-                headers::strip_hop_by_hop(&mut parts.headers);
+            headers::strip_hop_by_hop(&mut parts.headers);
+            if let Some(cookie) = sticky {
+                parts.headers.append(SET_COOKIE, cookie);
             }
             if parts.status.is_server_error() {
                 upstream.count_5xx();
@@ -143,8 +138,14 @@ async fn forward(
     }
 }
 
-/// Starts the request on the live upstream of the app serving `host`.
-fn start_on_live(ctx: &ConnCtx, host: Option<&str>) -> Result<InFlightGuard, ForwardError> {
+/// Starts the request on the upstream of the app serving `host`: the live
+/// one, or the previewed or shifted-to release when the request asks for it
+/// or falls in its share. Also returns the sticky cookie to set, if any.
+fn start_on_live(
+    ctx: &ConnCtx,
+    host: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(InFlightGuard, Option<HeaderValue>), ForwardError> {
     let mut app = None;
     for _ in 0..MAX_ROUTE_ATTEMPTS {
         let table = ctx.shared.router.load();
@@ -153,13 +154,14 @@ fn start_on_live(ctx: &ConnCtx, host: Option<&str>) -> Result<InFlightGuard, For
                 host: echoed_host(host),
             });
         };
-        let Some(upstream) = &route.live else {
+        let (chosen, sticky) = choose(route, headers);
+        let Some(upstream) = chosen else {
             return Err(ForwardError::NoLiveRelease {
                 app: route.name.clone(),
             });
         };
         if let Some(guard) = upstream.try_begin() {
-            return Ok(guard);
+            return Ok((guard, sticky));
         }
         // Retired after we loaded the table: the engine has switched; reload.
         app = Some(route.name.clone());
@@ -167,6 +169,41 @@ fn start_on_live(ctx: &ConnCtx, host: Option<&str>) -> Result<InFlightGuard, For
     let app = app.unwrap_or_else(|| Arc::from(""));
     tracing::warn!(%app, "the live upstream is retired; publish a new Upstream instead");
     Err(ForwardError::NoLiveRelease { app })
+}
+
+/// Picks the upstream for one request. The common case (no preview, no
+/// shift) looks at no header at all.
+fn choose<'a>(route: &'a AppRoute, headers: &HeaderMap) -> (Option<&'a Arc<Upstream>>, Option<HeaderValue>) {
+    if let Some(preview) = &route.preview {
+        let asked = headers.get(&preview.header).is_some_and(|v| v.as_bytes() == b"1")
+            || cookie(headers, PREVIEW_COOKIE).is_some_and(|v| v == "1");
+        if asked {
+            return (Some(&preview.upstream), None);
+        }
+    }
+    let Some(canary) = &route.canary else { return (route.live.as_ref(), None) };
+    let Some(live) = &route.live else { return (Some(&canary.upstream), None) };
+    match cookie(headers, STICKY_COOKIE) {
+        Some(slot) if slot == canary.upstream.slot() => return (Some(&canary.upstream), None),
+        Some(slot) if slot == live.slot() => return (Some(live), None),
+        _ => {}
+    }
+    let chosen = if fastrand::u8(0..100) < canary.percent { &canary.upstream } else { live };
+    let cookie = HeaderValue::from_str(&format!("{STICKY_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax", chosen.slot())).ok();
+    (Some(chosen), cookie)
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value.trim())
+        })
 }
 
 fn echoed_host(host: Option<&str>) -> String {

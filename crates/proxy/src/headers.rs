@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 
@@ -34,13 +34,23 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// One pass over the names first: most messages carry none of them.
+/// Returns whether anything may have been removed.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    if !headers.keys().any(is_hop_by_hop) {
+        return false;
+    }
     if headers.contains_key(&CONNECTION) {
         remove_connection_options(headers);
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+    true
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 /// Removes the headers a `Connection` header names. Allocates only when it
@@ -81,16 +91,20 @@ pub(crate) fn add_forwarded(
     client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
 ) {
-    let forwarded_for = match join_forwarded_for(headers, client_ip) {
-        Some(joined) => joined,
-        None => client_ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_REAL_IP.clone(), client_ip.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(client_ip.clone());
+        }
+        Entry::Occupied(mut entry) => {
+            let joined = join_forwarded_for(entry.iter(), client_ip);
+            entry.insert(joined);
+        }
+    }
+    headers.insert(&X_REAL_IP, client_ip.clone());
+    headers.insert(&X_FORWARDED_PROTO, HTTP.clone());
     match host {
         Some(host) => {
-            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            headers.insert(&X_FORWARDED_HOST, host.clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
@@ -98,10 +112,11 @@ pub(crate) fn add_forwarded(
     }
 }
 
-/// `<existing X-Forwarded-For values>, <client ip>`, if there are existing ones.
-fn join_forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> Option<HeaderValue> {
-    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    existing.peek()?;
+/// `<existing X-Forwarded-For values>, <client ip>`.
+fn join_forwarded_for<'a>(
+    existing: impl Iterator<Item = &'a HeaderValue>,
+    client_ip: &HeaderValue,
+) -> HeaderValue {
     let mut joined: Vec<u8> = Vec::with_capacity(64);
     for value in existing {
         let value = value.as_bytes().trim_ascii();
@@ -112,7 +127,8 @@ fn join_forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> Option<He
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(client_ip.as_bytes());
-    HeaderValue::from_bytes(&joined).ok()
+    // Made of valid header values and ", ": valid too.
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
 }
 
 /// The client's `X-Request-Id` if it is sane, else a new random one.

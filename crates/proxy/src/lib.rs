@@ -12,9 +12,12 @@
 //!   → live [`Upstream`]; one lock-free load per request.
 //! - [`upstream`]: [`Upstream`], one release: in-flight count, the
 //!   retire/drain protocol (Dekker-style, see its docs), stats, and sending
-//!   a request with retry on a pooled connection found closed.
+//!   a request: retried on another connection when a pooled one hands it
+//!   back unsent, replayed once when a bodiless idempotent request meets a
+//!   long-idle connection closing under it.
 //! - `pool`: the keep-alive connections of one upstream (hyper's HTTP/1.1
-//!   client connections, a LIFO stack of idle senders).
+//!   client connections, each driven by its own task; a LIFO stack of idle
+//!   senders with the time they went idle).
 //! - `forward`: the per-request path: route, start on the live upstream,
 //!   rewrite headers, forward, map failures to 404/413/502/503/504.
 //! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, `X-Real-IP`,
@@ -26,6 +29,9 @@
 //! - `server`: [`serve`], the accept loop, hyper connections, graceful
 //!   shutdown.
 //! - [`error`]: [`ProxyError`] and the per-request error type.
+//!
+//! `examples/standalone.rs` runs the proxy alone in front of one backend,
+//! for benchmarks before the daemon is involved.
 //!
 //! # Invariants
 //!
@@ -51,15 +57,7 @@ pub mod settings;
 pub mod upstream;
 
 pub use error::ProxyError;
-pub use router::Router;
+pub use router::{Preview, Router, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use server::serve;
 pub use settings::ProxySettings;
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};
-
-pub(crate) fn xflag(name: &str) -> bool {
-    static FLAGS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    FLAGS
-        .get_or_init(|| std::env::var("XFLAGS").unwrap_or_default())
-        .split(',')
-        .any(|f| f == name)
-}

@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -21,24 +21,43 @@ const MAX_IDLE: usize = 256;
 
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    idle: Mutex<Vec<PooledConn>>,
+    idle: Mutex<Vec<IdleConn>>,
+}
+
+#[derive(Debug)]
+struct IdleConn {
+    conn: PooledConn,
+    since: Instant,
+}
+
+/// A connection taken from the pool, with how long it sat idle there.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) conn: PooledConn,
+    pub(crate) idle_for: Duration,
 }
 
 impl Pool {
-    fn lock(&self) -> MutexGuard<'_, Vec<PooledConn>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<IdleConn>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection that is still open.
-    pub(crate) fn take(&self) -> Option<PooledConn> {
-        let mut idle = self.lock();
-        while let Some(conn) = idle.pop() {
-            if !conn.is_closed() {
-                return Some(conn);
+    pub(crate) fn take(&self) -> Option<Taken> {
+        let found = {
+            let mut idle = self.lock();
+            loop {
+                match idle.pop() {
+                    Some(entry) if entry.conn.is_closed() => continue,
+                    other => break other,
+                }
             }
-        }
-        None
+        };
+        found.map(|entry| Taken {
+            conn: entry.conn,
+            idle_for: entry.since.elapsed(),
+        })
     }
 
     /// Keeps `conn` for reuse, unless it is closed or the pool is full.
@@ -46,9 +65,13 @@ impl Pool {
         if conn.is_closed() {
             return;
         }
+        let entry = IdleConn {
+            conn,
+            since: Instant::now(),
+        };
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
-            idle.push(conn);
+            idle.push(entry);
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::HeaderName;
 
 use crate::upstream::Upstream;
 
@@ -29,6 +30,38 @@ struct HostIndex {
 pub(crate) struct AppRoute {
     pub(crate) name: Arc<str>,
     pub(crate) live: Option<Arc<Upstream>>,
+    /// A release being previewed: requests that ask for it reach it.
+    pub(crate) preview: Option<Arc<Preview>>,
+    /// A release receiving a share of new clients (gradual shifting).
+    pub(crate) canary: Option<Canary>,
+}
+
+/// Cookie that asks for the release being previewed (`cutover-preview=1`).
+pub const PREVIEW_COOKIE: &str = "cutover-preview";
+/// Cookie that keeps a client on one release while traffic shifts.
+pub const STICKY_COOKIE: &str = "cutover-release";
+
+/// A release reachable, before the switch, by requests carrying
+/// `<header>: 1` or the cookie [`PREVIEW_COOKIE`]`=1`.
+#[derive(Debug)]
+pub struct Preview {
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) header: HeaderName,
+}
+
+impl Preview {
+    /// `None` when `header` is not a valid header name.
+    pub fn new(upstream: Arc<Upstream>, header: &str) -> Option<Preview> {
+        let header = HeaderName::from_bytes(header.as_bytes()).ok()?;
+        Some(Preview { upstream, header })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Canary {
+    pub(crate) upstream: Arc<Upstream>,
+    /// Share of new clients sent to it, 0-100.
+    pub(crate) percent: u8,
 }
 
 impl RouteTable {
@@ -113,6 +146,8 @@ impl Router {
             routes.push(AppRoute {
                 name: Arc::from(name),
                 live: None,
+                preview: None,
+                canary: None,
             });
         }
         let table = RouteTable {
@@ -130,23 +165,43 @@ impl Router {
     /// `upstream`. Safe to call concurrently for different apps: no update is
     /// lost. An unknown app changes nothing and returns `None`.
     pub fn set_live(&self, app: &str, upstream: Option<Arc<Upstream>>) -> Option<Arc<Upstream>> {
-        let mut found = false;
-        let previous = self.table.rcu(|current| {
+        // A gradual shift ends with the switch.
+        self.update(app, |route| {
+            route.canary = None;
+            std::mem::replace(&mut route.live, upstream.clone())
+        })
+        .flatten()
+    }
+
+    /// Publishes (or, with `None`, withdraws) the release being previewed.
+    pub fn set_preview(&self, app: &str, preview: Option<Preview>) {
+        let preview = preview.map(Arc::new);
+        self.update(app, |route| route.preview = preview.clone());
+    }
+
+    /// Sends `percent`% of new clients to `upstream`, keeping each client on
+    /// the release it got (cookie [`STICKY_COOKIE`]); `None` ends the shift.
+    pub fn set_canary(&self, app: &str, canary: Option<(Arc<Upstream>, u8)>) {
+        let canary = canary.map(|(upstream, percent)| Canary { upstream, percent: percent.min(100) });
+        self.update(app, |route| route.canary = canary.clone());
+    }
+
+    /// Publishes a table in which `change` was applied to `app`'s route;
+    /// returns what `change` returned for the table that was replaced.
+    fn update<T>(&self, app: &str, mut change: impl FnMut(&mut AppRoute) -> T) -> Option<T> {
+        let mut result = None;
+        self.table.rcu(|current| {
             let mut apps = current.apps.to_vec();
-            found = false;
-            if let Some(route) = apps.iter_mut().find(|a| &*a.name == app) {
-                route.live = upstream.clone();
-                found = true;
-            }
+            result = apps.iter_mut().find(|a| &*a.name == app).map(&mut change);
             RouteTable {
                 hosts: Arc::clone(&current.hosts),
                 apps: apps.into_boxed_slice(),
             }
         });
-        if !found {
-            tracing::warn!(%app, "set_live for an app the router does not know; ignored");
+        if result.is_none() {
+            tracing::warn!(%app, "route update for an app the router does not know; ignored");
         }
-        previous.app(app).and_then(|route| route.live.clone())
+        result
     }
 
     /// The live upstream of `app`, if any.

@@ -99,15 +99,6 @@ fn spawn_connection(
         let ctx = Arc::clone(&ctx);
         async move { Ok::<_, Infallible>(forward::handle(ctx, active, req).await) }
     });
-    if crate::xflag("nograce") {
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        });
-        return;
-    }
     let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
     tokio::spawn(async move {
         if let Err(e) = conn.await {

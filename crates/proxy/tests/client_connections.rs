@@ -32,6 +32,22 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> 
     data
 }
 
+/// Reads one complete `200` response whose body is `ok`.
+async fn read_ok_response(stream: &mut TcpStream) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !data.ends_with(b"\r\n\r\nok") {
+        let n = stream.read(&mut buf).await.expect("response");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        data.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&data)
+    );
+}
+
 #[tokio::test]
 async fn header_read_timeout_closes_a_slow_client_while_others_are_served() {
     let backend = Backend::named("ok").await;
@@ -90,23 +106,12 @@ async fn idle_keepalive_connection_outlives_the_header_timeout_and_closes_at_the
     let mut raw = TcpStream::connect(proxy.addr).await.expect("connect");
     let request = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
     raw.write_all(request).await.expect("write");
-    let mut buf = [0u8; 4096];
-    let n = raw.read(&mut buf).await.expect("response");
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    read_ok_response(&mut raw).await;
 
     // Idle longer than the header timeout: an idle client is not a slow one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     raw.write_all(request).await.expect("write");
-    let n = raw.read(&mut buf).await.expect("response");
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    read_ok_response(&mut raw).await;
 
     // Then idle past the idle timeout: closed by the proxy.
     let rest = read_until_closed(&mut raw, Duration::from_secs(10)).await;

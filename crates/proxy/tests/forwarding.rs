@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, get, single_app, text, Backend, Client, Proxy};
+use common::{fast_settings, single_app, text, Backend, Client, Proxy};
 use cutover_proxy::{ProxySettings, Router, Upstream};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Request, StatusCode};
@@ -443,10 +443,76 @@ async fn upstream_connections_are_reused_and_never_shared_between_upstreams() {
     assert_eq!(second.idle_connections(), 1);
 }
 
-/// A raw HTTP/1.1 backend that answers one request per connection (with a
-/// keep-alive response) and then closes the connection, as backends with a
-/// short keep-alive timeout do.
-async fn closing_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+#[tokio::test]
+async fn bodyless_responses_pass_through_and_keep_both_connections_reusable() {
+    let backend = Backend::start(|req| async move {
+        match req.uri().path() {
+            "/no-content" => text(StatusCode::NO_CONTENT, ""),
+            "/not-modified" => text(StatusCode::NOT_MODIFIED, ""),
+            _ => text(StatusCode::OK, "hello"),
+        }
+    })
+    .await;
+    let (router, upstream) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut client = Client::connect(proxy.addr).await;
+
+    for _ in 0..3 {
+        let head = Request::head("/")
+            .header(HOST, "example.com")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let reply = client.request(head).await.expect("HEAD");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.headers.get(CONTENT_LENGTH).expect("length"), "5");
+        assert_eq!(reply.body, "");
+        let reply = client.get("example.com", "/no-content").await.expect("204");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::NO_CONTENT, "")
+        );
+        let reply = client
+            .get("example.com", "/not-modified")
+            .await
+            .expect("304");
+        assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+        let reply = client.get("example.com", "/").await.expect("GET");
+        assert_eq!(reply.body, "hello");
+    }
+    assert_eq!(
+        backend.connections(),
+        1,
+        "the upstream connection was reused throughout"
+    );
+    assert_eq!(upstream.in_flight(), 0);
+    assert!(!client.is_closed());
+}
+
+/// How the raw backend below treats a keep-alive connection.
+#[derive(Clone, Copy)]
+enum CloseMode {
+    /// Closes a connection that stays idle this long after a response, like
+    /// a server's keep-alive timeout.
+    WhenIdleFor(Duration),
+    /// Answers the first request; closes the connection when the second one
+    /// arrives, without answering: the keep-alive timeout firing just as a
+    /// reused connection carries a request.
+    OnSecondRequest,
+}
+
+/// A raw HTTP/1.1 backend answering `ok` with keep-alive responses.
+async fn closing_backend(mode: CloseMode) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    async fn read_head(stream: &mut TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
@@ -455,51 +521,72 @@ async fn closing_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>
                 continue;
             };
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                let mut answered = 0;
+                loop {
+                    let head = match mode {
+                        CloseMode::WhenIdleFor(idle) if answered > 0 => {
+                            match tokio::time::timeout(idle, read_head(&mut stream)).await {
+                                Ok(head) => head,
+                                Err(_) => return, // idle too long: close
+                            }
+                        }
+                        _ => read_head(&mut stream).await,
+                    };
+                    if !head || (matches!(mode, CloseMode::OnSecondRequest) && answered == 1) {
+                        return; // dropping the stream closes the connection
                     }
+                    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(response).await.is_err() {
+                        return;
+                    }
+                    answered += 1;
                 }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                // Dropping the stream closes the idle keep-alive connection.
             });
         }
     });
     (addr, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn pooled_connection_closed_by_backend_is_retried_transparently() {
-    let (addr, backend) = closing_backend().await;
+    let (addr, backend) = closing_backend(CloseMode::WhenIdleFor(Duration::from_millis(50))).await;
     let (router, upstream) = single_app(addr);
     let proxy = Proxy::start(router, fast_settings()).await;
+    let mut client = Client::connect(proxy.addr).await;
 
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let proxy_addr = proxy.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(proxy_addr).await;
-            let mut statuses = Vec::new();
-            for _ in 0..50 {
-                let reply = client
-                    .request(get("example.com", "/"))
-                    .await
-                    .expect("request");
-                statuses.push((reply.status, reply.body));
-            }
-            statuses
-        }));
-    }
-    for task in tasks {
-        for (status, body) in task.await.expect("client task") {
-            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
-        }
+    for _ in 0..5 {
+        let reply = client.get("example.com", "/").await.expect("request");
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+        // Longer than the backend's keep-alive timeout: the pooled
+        // connection is closed by the time the next request needs it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(upstream.stats().responses_5xx, 0);
+    assert_eq!(upstream.stats().connect_errors, 0);
+    backend.abort();
+}
+
+#[tokio::test]
+async fn idempotent_request_on_a_connection_closed_as_it_was_sent_is_replayed() {
+    let (addr, backend) = closing_backend(CloseMode::OnSecondRequest).await;
+    let (router, upstream) = single_app(addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut client = Client::connect(proxy.addr).await;
+
+    for _ in 0..3 {
+        let reply = client.get("example.com", "/").await.expect("request");
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+        // Idle long enough that the proxy expects a keep-alive timeout race.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(upstream.stats().responses_5xx, 0);
+
+    // A POST is never sent twice: the upstream may have acted on it.
+    let post = Request::post("/")
+        .header(HOST, "example.com")
+        .body(Full::new(Bytes::from_static(b"data")))
+        .expect("request");
+    let reply = client.request(post).await.expect("request");
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     backend.abort();
 }

@@ -35,6 +35,18 @@ async fn until_in_flight(upstream: &Upstream, n: usize) {
     panic!("upstream never reached {n} in-flight requests");
 }
 
+/// Waits (bounded) until `counter` reaches `n`.
+async fn until_at_least(counter: &AtomicUsize, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "load stalled below {n} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test]
 async fn switch_sends_every_new_request_on_a_keepalive_connection_to_the_new_upstream() {
     let blue = Backend::named("blue").await;
@@ -112,9 +124,7 @@ async fn no_request_fails_across_many_switches_under_keepalive_load() {
             }
         }));
     }
-    while ok.load(Ordering::SeqCst) < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_at_least(&ok, 100).await;
 
     // Each switch: start the new release, publish it, drain the old one,
     // then stop the old process, as the engine does.
@@ -132,9 +142,7 @@ async fn no_request_fails_across_many_switches_under_keepalive_load() {
         backend = next_backend;
         retired.push((old.clone(), old.stats().requests));
         let before = ok.load(Ordering::SeqCst);
-        while ok.load(Ordering::SeqCst) < before + 20 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until_at_least(&ok, before + 20).await;
     }
     stop.store(true, Ordering::SeqCst);
     for client in clients {

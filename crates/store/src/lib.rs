@@ -313,53 +313,45 @@ impl Store {
         Ok(())
     }
 
-    /// Records the switch: `slot` becomes the live slot (and its state `live`),
-    /// the previously live one `draining`, and the deployment moves on, all at once.
+    /// Records a switch in one transaction: `slot` becomes the live slot
+    /// (state `live`; `None`: nothing is live), the previously live slot gets
+    /// the state label `previous_label`, and the deployment moves to `state`
+    /// with the event `message`.
     pub fn record_switch(
         &self,
         app: &str,
-        slot: &str,
+        slot: Option<&str>,
+        previous_label: &str,
         deployment_id: i64,
+        state: DeploymentState,
         message: &str,
     ) -> Result<EventRecord> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
         let previous: Option<String> =
-            tx.query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| {
-                row.get(0)
-            })?;
-        if let Some(previous) = previous.filter(|p| p != slot) {
+            tx.query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| row.get(0))?;
+        if let Some(previous) = previous.filter(|p| Some(p.as_str()) != slot) {
             tx.execute(
-                "UPDATE slots SET state = 'draining', updated_at = ?3 WHERE app = ?1 AND slot = ?2",
-                params![app, previous, now],
+                "UPDATE slots SET state = ?3, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
+                params![app, previous, previous_label, now],
             )?;
         }
+        if let Some(slot) = slot {
+            tx.execute(
+                "UPDATE slots SET state = 'live', updated_at = ?3 WHERE app = ?1 AND slot = ?2",
+                params![app, slot, now],
+            )?;
+        }
+        tx.execute("UPDATE apps SET live_slot = ?2, updated_at = ?3 WHERE name = ?1", params![app, slot, now])?;
+        tx.execute("UPDATE deployments SET state = ?2 WHERE id = ?1", params![deployment_id, state.as_str()])?;
         tx.execute(
-            "UPDATE slots SET state = 'live', updated_at = ?3 WHERE app = ?1 AND slot = ?2",
-            params![app, slot, now],
-        )?;
-        tx.execute(
-            "UPDATE apps SET live_slot = ?2, updated_at = ?3 WHERE name = ?1",
-            params![app, slot, now],
-        )?;
-        tx.execute(
-            "UPDATE deployments SET state = 'draining' WHERE id = ?1",
-            params![deployment_id],
-        )?;
-        tx.execute(
-            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, 'draining', ?3)",
-            params![deployment_id, now, message],
+            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
+            params![deployment_id, now, state.as_str(), message],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(EventRecord {
-            id,
-            deployment_id,
-            at: now,
-            state: "draining".to_string(),
-            message: message.to_string(),
-        })
+        Ok(EventRecord { id, deployment_id, at: now, state: state.as_str().to_string(), message: message.to_string() })
     }
 
     pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>> {

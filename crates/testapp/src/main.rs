@@ -44,7 +44,16 @@ struct State {
 }
 
 fn main() -> ExitCode {
-    let parsed = args::parse(std::env::args().skip(1), std::env::var("PORT").ok());
+    let argv: Result<Vec<String>, _> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect();
+    let parsed = match argv {
+        Ok(argv) => args::parse(argv, std::env::var("PORT").ok()),
+        Err(bad) => Err(args::ArgError(format!(
+            "argument {bad:?} is not valid UTF-8"
+        ))),
+    };
     let args = match parsed {
         Ok(ParseOutcome::Run(a)) => *a,
         Ok(ParseOutcome::Help) => {
@@ -180,7 +189,7 @@ async fn run(args: Args) -> ExitCode {
     eprintln!("testapp: shutting down");
     drop(listener);
     drop(shutdown_rx);
-    let _ = shutdown_tx.send(true);
+    shutdown_tx.send_replace(true);
     tokio::select! {
         _ = shutdown_tx.closed() => ExitCode::SUCCESS,
         _ = next_signal(&mut sigterm, &mut sigint, ignore_term) => {

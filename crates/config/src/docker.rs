@@ -1,0 +1,546 @@
+//! `[app.docker]`: each release runs as a container (the docker driver).
+//!
+//! The raw section ([`RawDocker`]) is deserialised strictly like the rest of
+//! the file; [`validate`] turns it into a [`DockerConfig`] with paths
+//! resolved against the config file's directory and defaults applied.
+//! Secrets are never read here: the registry password is named by a file or
+//! an environment variable and read by the driver when it needs it, so it
+//! never sits in the configuration model (which is `Debug` and gets logged).
+
+use crate::error::ConfigError;
+use crate::model::SlotPorts;
+use crate::raw::RawPorts;
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Label prefix reserved for the labels cutover puts on its containers.
+pub const RESERVED_LABEL_PREFIX: &str = "cutover.";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    pub image: Spanned<String>,
+    pub build: Option<Spanned<RawDockerBuild>>,
+    pub push: Option<Spanned<bool>>,
+    pub port: Option<Spanned<i64>>,
+    pub host_ports: Option<Spanned<RawPorts>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub volumes: Vec<Spanned<String>>,
+    pub labels: Option<Spanned<BTreeMap<String, String>>>,
+    pub network: Option<Spanned<String>>,
+    pub memory: Option<Spanned<ByteSize>>,
+    pub cpus: Option<Spanned<f64>>,
+    pub stop_timeout: Option<HumanDuration>,
+    pub keep_images: Option<Spanned<i64>>,
+    pub registry_user: Option<Spanned<String>>,
+    pub registry_password_file: Option<Spanned<String>>,
+    pub registry_password_env: Option<Spanned<String>>,
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDockerBuild {
+    pub context: Option<String>,
+    pub dockerfile: Option<String>,
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+}
+
+/// How a release runs as a container. See the README's "Docker driver".
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Image reference with `{version}`, e.g. `registry.local:5000/web:{version}`.
+    pub image: String,
+    /// Build the image from a Dockerfile when it is not present.
+    pub build: Option<DockerBuild>,
+    /// Push the image after a build (to the registry named in `image`).
+    pub push: bool,
+    /// The port the app listens on inside the container (bridge and named
+    /// networks). Published on 127.0.0.1.
+    pub port: u16,
+    /// Fixed host ports per slot; `None` lets Docker pick a free one. With
+    /// host networking they are required and passed to the release as `PORT`.
+    pub host_ports: Option<SlotPorts>,
+    pub env: BTreeMap<String, String>,
+    /// Bind mounts and volumes as Docker writes them (`SRC:DST[:MODE]`), with
+    /// relative host paths resolved against the config file's directory.
+    pub volumes: Vec<String>,
+    /// Extra labels (never `cutover.*`).
+    pub labels: BTreeMap<String, String>,
+    pub network: DockerNetwork,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs (`0.5` = half a CPU).
+    pub cpus: Option<f64>,
+    /// Grace period after SIGTERM before Docker kills the container.
+    pub stop_timeout: Duration,
+    /// Images of this app kept for rollback (the newest ones used).
+    pub keep_images: usize,
+    pub registry: Option<RegistryAuth>,
+    /// The Docker engine's unix socket; `None`: `DOCKER_HOST` or `/var/run/docker.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DockerBuild {
+    /// The build context directory (may contain `{version}`).
+    pub context: String,
+    /// The Dockerfile's path inside the context.
+    pub dockerfile: String,
+    /// Build arguments; values may contain `{version}` and `{app}`.
+    pub args: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerNetwork {
+    /// Docker's default bridge; the port is published on 127.0.0.1.
+    Bridge,
+    /// The host's network: the release listens on its slot's host port.
+    Host,
+    /// A user-defined network (it must exist); the port is published on 127.0.0.1.
+    Named(String),
+}
+
+impl DockerNetwork {
+    pub fn mode(&self) -> &str {
+        match self {
+            DockerNetwork::Bridge => "bridge",
+            DockerNetwork::Host => "host",
+            DockerNetwork::Named(name) => name,
+        }
+    }
+}
+
+/// Registry credentials: the user name, and where the password is read
+/// from at the moment it is needed.
+#[derive(Debug, Clone)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: SecretSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file holding the secret (trailing newline ignored).
+    File(PathBuf),
+    /// An environment variable of `cutover serve` holding the secret.
+    Env(String),
+}
+
+/// Validates `[app.docker]`; `file` and `source` locate errors.
+pub(crate) fn validate(
+    spanned: &Spanned<RawDocker>,
+    app: &str,
+    base: &Path,
+    file: &Path,
+    source: &str,
+) -> Result<DockerConfig, ConfigError> {
+    let error = |span: std::ops::Range<usize>, message: String| {
+        ConfigError::at(file, source, Some(span), message)
+    };
+    let raw = spanned.get_ref();
+
+    let image = raw.image.get_ref().trim().to_string();
+    if !image.contains("{version}") {
+        return Err(error(
+            raw.image.span(),
+            format!("image `{image}` must contain {{version}} so that every release runs its own image, e.g. \"{app}:{{version}}\" or \"registry.local:5000/{app}:{{version}}\""),
+        ));
+    }
+    let sample = image.replace("{version}", "v1");
+    if let Err(problem) = check_reference(&sample) {
+        return Err(error(
+            raw.image.span(),
+            format!("image `{image}` is not a valid image reference: {problem}"),
+        ));
+    }
+
+    let network = match raw.network.as_ref().map(|n| n.get_ref().trim()) {
+        None | Some("bridge") | Some("default") => DockerNetwork::Bridge,
+        Some("host") => DockerNetwork::Host,
+        Some("none") => {
+            return Err(error(
+                raw.network.as_ref().map_or(0..0, Spanned::span),
+                "network = \"none\" leaves the release unreachable; use \"bridge\", \"host\" or a network's name".to_string(),
+            ))
+        }
+        Some(name) if valid_name(name) => DockerNetwork::Named(name.to_string()),
+        Some(name) => {
+            return Err(error(
+                raw.network.as_ref().map_or(0..0, Spanned::span),
+                format!("network `{name}` is not a valid Docker network name; use \"bridge\", \"host\" or the name of a network created with `docker network create`"),
+            ))
+        }
+    };
+
+    let host_ports = match &raw.host_ports {
+        None => None,
+        Some(p) => {
+            let ports = p.get_ref();
+            if ports.blue == 0 || ports.green == 0 || ports.blue == ports.green {
+                return Err(error(
+                    p.span(),
+                    "host_ports.blue and host_ports.green must be two different non-zero ports"
+                        .to_string(),
+                ));
+            }
+            Some(SlotPorts {
+                blue: ports.blue,
+                green: ports.green,
+            })
+        }
+    };
+    let port = match (&raw.port, &network) {
+        (Some(port), DockerNetwork::Host) => {
+            return Err(error(
+                port.span(),
+                "with network = \"host\" the container listens on the host itself: remove `port` and set host_ports = { blue = …, green = … } (the release gets its slot's port in $PORT)".to_string(),
+            ))
+        }
+        (None, DockerNetwork::Host) => {
+            if host_ports.is_none() {
+                return Err(error(
+                    raw.network.as_ref().map_or(spanned.span(), Spanned::span),
+                    "network = \"host\" needs host_ports = { blue = …, green = … }: both slots share the host's network, so each listens on its own port (given to the release in $PORT)".to_string(),
+                ));
+            }
+            0
+        }
+        (None, _) => 8080,
+        (Some(port), _) => match u16::try_from(*port.get_ref()) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(error(
+                    port.span(),
+                    format!("port {} is not a port; use the port the app listens on inside the container, 1-65535", port.get_ref()),
+                ))
+            }
+        },
+    };
+
+    let build = match &raw.build {
+        None => None,
+        Some(b) => {
+            let build = b.get_ref();
+            let context = build.context.as_deref().unwrap_or(".");
+            let context = if Path::new(context).is_absolute() {
+                context.to_string()
+            } else {
+                base.join(context).display().to_string()
+            };
+            let dockerfile = build
+                .dockerfile
+                .clone()
+                .unwrap_or_else(|| "Dockerfile".to_string());
+            if dockerfile.trim().is_empty() || Path::new(&dockerfile).is_absolute() {
+                return Err(error(
+                    b.span(),
+                    format!("build.dockerfile `{dockerfile}` must be a path inside the build context, e.g. \"Dockerfile\" or \"docker/Dockerfile.web\""),
+                ));
+            }
+            if let Some(bad) = build.args.keys().find(|k| !valid_arg_name(k)) {
+                return Err(error(
+                    b.span(),
+                    format!("build argument `{bad}` is not a valid name; use letters, digits and `_`"),
+                ));
+            }
+            Some(DockerBuild {
+                context,
+                dockerfile,
+                args: build.args.clone(),
+            })
+        }
+    };
+    let push = raw.push.as_ref().is_some_and(|p| *p.get_ref());
+    if let (true, None) = (push, &build) {
+        let span = raw.push.as_ref().map_or(0..0, Spanned::span);
+        return Err(error(
+            span,
+            "push = true needs a `build` to push: cutover pushes the images it builds"
+                .to_string(),
+        ));
+    }
+
+    if let Some(bad) = raw.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return Err(error(
+            spanned.span(),
+            format!("environment variable name `{bad}` in [app.docker] env is not valid"),
+        ));
+    }
+
+    let mut volumes = Vec::with_capacity(raw.volumes.len());
+    for volume in &raw.volumes {
+        let resolved = resolve_volume(volume.get_ref(), base)
+            .map_err(|problem| error(volume.span(), problem))?;
+        volumes.push(resolved);
+    }
+
+    let labels = match &raw.labels {
+        None => BTreeMap::new(),
+        Some(labels) => {
+            if let Some(bad) = labels
+                .get_ref()
+                .keys()
+                .find(|k| k.starts_with(RESERVED_LABEL_PREFIX) || k.trim().is_empty())
+            {
+                return Err(error(
+                    labels.span(),
+                    format!("label `{bad}` is not allowed: labels starting with `{RESERVED_LABEL_PREFIX}` are set by cutover itself"),
+                ));
+            }
+            labels.get_ref().clone()
+        }
+    };
+
+    let memory = match &raw.memory {
+        None => None,
+        Some(m) if m.get_ref().0 >= 6 << 20 && i64::try_from(m.get_ref().0).is_ok() => {
+            Some(m.get_ref().0)
+        }
+        Some(m) => {
+            return Err(error(
+                m.span(),
+                "memory must be at least \"6MB\" (Docker's minimum), e.g. \"512MB\"".to_string(),
+            ))
+        }
+    };
+    let cpus = match &raw.cpus {
+        None => None,
+        Some(c) if c.get_ref().is_finite() && *c.get_ref() >= 0.01 && *c.get_ref() <= 1024.0 => {
+            Some(*c.get_ref())
+        }
+        Some(c) => {
+            return Err(error(
+                c.span(),
+                format!(
+                    "cpus = {} is not a CPU limit; use a number like 0.5 or 2",
+                    c.get_ref()
+                ),
+            ))
+        }
+    };
+    let keep_images = match &raw.keep_images {
+        None => 3,
+        Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            return Err(error(
+                n.span(),
+                "keep_images must be between 1 and 100 (the live release's image is always kept)"
+                    .to_string(),
+            ))
+        }
+    };
+
+    let registry = registry_auth(raw, base).map_err(|(span, message)| error(span, message))?;
+
+    Ok(DockerConfig {
+        image,
+        build,
+        push,
+        port,
+        host_ports,
+        env: raw.env.clone(),
+        volumes,
+        labels,
+        network,
+        memory,
+        cpus,
+        stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        keep_images,
+        registry,
+        socket: raw.socket.as_ref().map(|s| base.join(s)),
+    })
+}
+
+type Located = (std::ops::Range<usize>, String);
+
+fn registry_auth(raw: &RawDocker, base: &Path) -> Result<Option<RegistryAuth>, Located> {
+    let password = match (&raw.registry_password_file, &raw.registry_password_env) {
+        (Some(file), Some(_)) => {
+            return Err((
+                file.span(),
+                "set either registry_password_file or registry_password_env, not both".to_string(),
+            ))
+        }
+        (Some(file), None) => Some((
+            file.span(),
+            SecretSource::File(base.join(file.get_ref())),
+        )),
+        (None, Some(env)) => {
+            let name = env.get_ref().trim();
+            if name.is_empty() || name.contains('=') {
+                return Err((
+                    env.span(),
+                    format!("registry_password_env `{name}` is not an environment variable name"),
+                ));
+            }
+            Some((env.span(), SecretSource::Env(name.to_string())))
+        }
+        (None, None) => None,
+    };
+    match (&raw.registry_user, password) {
+        (Some(user), Some((_, password))) if !user.get_ref().trim().is_empty() => {
+            Ok(Some(RegistryAuth {
+                username: user.get_ref().trim().to_string(),
+                password,
+            }))
+        }
+        (Some(user), _) => Err((
+            user.span(),
+            "registry_user needs a password: set registry_password_file (a file holding it) or registry_password_env (a variable holding it); passwords are never written in cutover.toml".to_string(),
+        )),
+        (None, Some((span, _))) => Err((
+            span,
+            "a registry password needs registry_user (the user name to log in with)".to_string(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `SRC:DST[:MODE]`; a relative SRC (`./data`, `../x`) becomes absolute.
+fn resolve_volume(text: &str, base: &Path) -> Result<String, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = |why: &str| {
+        format!("volume `{text}` {why}; write it like \"/srv/web:/app\", \"./data:/data:ro\" or \"web-data:/data\"")
+    };
+    let (source, target, mode) = match parts.as_slice() {
+        [source, target] => (*source, *target, None),
+        [source, target, mode] => (*source, *target, Some(*mode)),
+        _ => return Err(bad("is not SOURCE:TARGET[:MODE]")),
+    };
+    if source.is_empty() || !target.starts_with('/') {
+        return Err(bad("needs a source and an absolute target path"));
+    }
+    let source = if source.starts_with("./") || source.starts_with("../") || source == "." {
+        base.join(source).display().to_string()
+    } else if source.starts_with('/') || valid_name(source) {
+        source.to_string()
+    } else {
+        return Err(bad("has a source that is neither a path nor a volume name"));
+    };
+    Ok(match mode {
+        Some(mode) => format!("{source}:{target}:{mode}"),
+        None => format!("{source}:{target}"),
+    })
+}
+
+/// Docker object names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn valid_arg_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A loose check of an image reference (`[host[:port]/]path[:tag][@digest]`):
+/// what Docker would refuse with a less helpful message.
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    if reference.is_empty() || reference.len() > 255 {
+        return Err("it must be 1-255 characters long".to_string());
+    }
+    if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains whitespace".to_string());
+    }
+    let without_digest = reference.split('@').next().unwrap_or(reference);
+    let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match without_digest[last_slash..].rfind(':') {
+        Some(i) => (
+            &without_digest[..last_slash + i],
+            Some(&without_digest[last_slash + i + 1..]),
+        ),
+        None => (without_digest, None),
+    };
+    if let Some(tag) = tag {
+        check_tag(tag)?;
+    }
+    let mut components = name.split('/').peekable();
+    let mut first = true;
+    while let Some(component) = components.next() {
+        let is_host = first
+            && components.peek().is_some()
+            && (component.contains(['.', ':']) || component == "localhost");
+        first = false;
+        if is_host {
+            continue;
+        }
+        let ok = !component.is_empty()
+            && component
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+            && component.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !ok {
+            return Err(format!(
+                "`{component}` is not a valid repository name component (lowercase letters, digits, `.`, `_`, `-`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Docker tags: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("tag `{tag}` is not valid: Docker tags are 1-128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_checked_loosely() {
+        for good in [
+            "web:v1",
+            "localhost:5000/web:v1",
+            "127.0.0.1:5000/team/web:1.2.3",
+            "registry.example.com/web:v1_2-3",
+            "web",
+        ] {
+            assert!(check_reference(good).is_ok(), "{good}");
+        }
+        for bad in ["Web:v1", "web:v1+build", "web :v1", "web:-x", "", "/web:v1"] {
+            assert!(check_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volumes_resolve_relative_sources() {
+        let base = Path::new("/srv");
+        assert_eq!(
+            resolve_volume("./data:/data:ro", base).as_deref(),
+            Ok("/srv/./data:/data:ro")
+        );
+        assert_eq!(
+            resolve_volume("web-data:/data", base).as_deref(),
+            Ok("web-data:/data")
+        );
+        assert_eq!(
+            resolve_volume("/a:/b", base).as_deref(),
+            Ok("/a:/b")
+        );
+        assert!(resolve_volume("data", base).is_err());
+        assert!(resolve_volume("a:relative", base).is_err());
+        assert!(resolve_volume("a b:/x", base).is_err());
+    }
+}
