@@ -248,7 +248,9 @@ pub(crate) fn validate(
             if let Some(bad) = build.args.keys().find(|k| !valid_arg_name(k)) {
                 return Err(error(
                     b.span(),
-                    format!("build argument `{bad}` is not a valid name; use letters, digits and `_`"),
+                    format!(
+                        "build argument `{bad}` is not a valid name; use letters, digits and `_`"
+                    ),
                 ));
             }
             Some(DockerBuild {
@@ -263,8 +265,7 @@ pub(crate) fn validate(
         let span = raw.push.as_ref().map_or(0..0, Spanned::span);
         return Err(error(
             span,
-            "push = true needs a `build` to push: cutover pushes the images it builds"
-                .to_string(),
+            "push = true needs a `build` to push: cutover pushes the images it builds".to_string(),
         ));
     }
 
@@ -326,17 +327,16 @@ pub(crate) fn validate(
             ))
         }
     };
-    let keep_images = match &raw.keep_images {
-        None => 3,
-        Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as usize,
-        Some(n) => {
-            return Err(error(
+    let keep_images =
+        match &raw.keep_images {
+            None => 3,
+            Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => return Err(error(
                 n.span(),
                 "keep_images must be between 1 and 100 (the live release's image is always kept)"
                     .to_string(),
-            ))
-        }
-    };
+            )),
+        };
 
     let registry = registry_auth(raw, base).map_err(|(span, message)| error(span, message))?;
 
@@ -369,10 +369,7 @@ fn registry_auth(raw: &RawDocker, base: &Path) -> Result<Option<RegistryAuth>, L
                 "set either registry_password_file or registry_password_env, not both".to_string(),
             ))
         }
-        (Some(file), None) => Some((
-            file.span(),
-            SecretSource::File(base.join(file.get_ref())),
-        )),
+        (Some(file), None) => Some((file.span(), SecretSource::File(base.join(file.get_ref())))),
         (None, Some(env)) => {
             let name = env.get_ref().trim();
             if name.is_empty() || name.contains('=') {
@@ -450,7 +447,10 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
     if reference.is_empty() || reference.len() > 255 {
         return Err("it must be 1-255 characters long".to_string());
     }
-    if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if reference
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err("it contains whitespace".to_string());
     }
     let without_digest = reference.split('@').next().unwrap_or(reference);
@@ -476,9 +476,9 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
             continue;
         }
         let ok = !component.is_empty()
-            && component
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+            && component.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            })
             && component.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !ok {
             return Err(format!(
@@ -535,10 +535,7 @@ mod tests {
             resolve_volume("web-data:/data", base).as_deref(),
             Ok("web-data:/data")
         );
-        assert_eq!(
-            resolve_volume("/a:/b", base).as_deref(),
-            Ok("/a:/b")
-        );
+        assert_eq!(resolve_volume("/a:/b", base).as_deref(), Ok("/a:/b"));
         assert!(resolve_volume("data", base).is_err());
         assert!(resolve_volume("a:relative", base).is_err());
         assert!(resolve_volume("a b:/x", base).is_err());

@@ -216,7 +216,10 @@ fn failed_deploy_reason_quotes_the_release_log() {
     );
     assert_eq!(daemon.get("/").status, 503, "nothing live yet: 503");
     let logs = daemon.ok(&["logs", "web", "--slot", "blue"]);
-    assert!(logs.contains("exiting at start"), "the failed release's log stays readable:\n{logs}");
+    assert!(
+        logs.contains("exiting at start"),
+        "the failed release's log stays readable:\n{logs}"
+    );
 }
 
 /// Invariant 5: two deployments requested at once never interleave.

@@ -298,16 +298,25 @@ impl Actor {
     async fn promote(&mut self) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
         let Some(Job::Deployment(running)) = &self.job else {
-            return Err(EngineError::NothingInProgress { app: name, action: "promote" });
+            return Err(EngineError::NothingInProgress {
+                app: name,
+                action: "promote",
+            });
         };
         let store = self.context.store.clone();
         let id = running.record.id;
-        let record = blocking(move || store.deployment(id)).await?.ok_or(EngineError::UnknownDeployment(id))?;
+        let record = blocking(move || store.deployment(id))
+            .await?
+            .ok_or(EngineError::UnknownDeployment(id))?;
         if record.state != DeploymentState::AwaitingPromotion.as_str() {
             return Err(EngineError::Conflict(format!(
                 "deployment {id} of {name} is `{}`, not awaiting promotion{}",
                 record.state,
-                if self.context.app.promotion == Promotion::Auto { " (this app promotes automatically)" } else { "; promote it once it is healthy" }
+                if self.context.app.promotion == Promotion::Auto {
+                    " (this app promotes automatically)"
+                } else {
+                    "; promote it once it is healthy"
+                }
             )));
         }
         let _ = running.promote.send(true);
@@ -317,7 +326,11 @@ impl Actor {
     /// The `keep_old` window of the standby release ended: stop it, unless a
     /// deployment is using its slot right now (then that deployment owns it).
     fn expire_standby(&mut self, runtime_id: &str) {
-        if self.standby.as_ref().is_none_or(|s| s.runtime_id != runtime_id) {
+        if self
+            .standby
+            .as_ref()
+            .is_none_or(|s| s.runtime_id != runtime_id)
+        {
             return;
         }
         if self.job.is_some() {
@@ -400,7 +413,8 @@ impl Actor {
                     self.keep_standby(standby);
                 }
             }
-            Finished::Gate(None) | Finished::Deployment(Outcome::Unchanged) | Finished::Retired => {}
+            Finished::Gate(None) | Finished::Deployment(Outcome::Unchanged) | Finished::Retired => {
+            }
             Finished::Lost(why) => {
                 tracing::error!(app = %self.context.name(), "a deployment task ended abnormally: {why}");
             }
@@ -418,7 +432,8 @@ impl Actor {
             // A rollback to the release kept idle is instant; any other
             // deployment takes over its slot (and stops it there).
             let standby = self.standby.take().filter(|standby| {
-                next.record.trigger == "rollback" && next.record.release_id == Some(standby.release.id)
+                next.record.trigger == "rollback"
+                    && next.record.release_id == Some(standby.release.id)
             });
             let job = DeploymentJob {
                 context: self.context.clone(),

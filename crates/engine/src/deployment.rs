@@ -58,7 +58,10 @@ pub(crate) struct Standby {
 }
 
 pub(crate) enum Outcome {
-    Succeeded { live: LiveRelease, standby: Option<Standby> },
+    Succeeded {
+        live: LiveRelease,
+        standby: Option<Standby>,
+    },
     /// Failed, aborted or rolled back: the release serving before serves again.
     Unchanged,
 }
@@ -85,24 +88,48 @@ pub(crate) async fn run(mut job: DeploymentJob) -> Outcome {
         None => prepare_and_check(&mut job, &mut new).await,
     };
     let (new, started_release) = match (checked, new) {
-        (Ok(()), Some(NewRelease { slot, release, log_path, started: Some(started_release) })) => {
-            (NewRelease { slot, release, log_path, started: None }, started_release)
-        }
+        (
+            Ok(()),
+            Some(NewRelease {
+                slot,
+                release,
+                log_path,
+                started: Some(started_release),
+            }),
+        ) => (
+            NewRelease {
+                slot,
+                release,
+                log_path,
+                started: None,
+            },
+            started_release,
+        ),
         (result, new) => {
             let stop = match result {
                 Err(stop) => stop,
-                Ok(()) => Stop::Failed("internal error: the new release was lost before the switch".to_string()),
+                Ok(()) => Stop::Failed(
+                    "internal error: the new release was lost before the switch".to_string(),
+                ),
             };
             fail_before_traffic(&job, new, stop).await;
             return Outcome::Unchanged;
         }
     };
     let app = job.context.name().to_string();
-    let upstream = Upstream::new(&app, new.slot.as_str(), &new.release.version, started_release.addr);
+    let upstream = Upstream::new(
+        &app,
+        new.slot.as_str(),
+        &new.release.version,
+        started_release.addr,
+    );
     let previous = match rollout::run(&mut job, &new, &started_release, &upstream).await {
         Rollout::Switched { previous } => previous,
         Rollout::Stopped(stop) => {
-            let new = NewRelease { started: Some(started_release), ..new };
+            let new = NewRelease {
+                started: Some(started_release),
+                ..new
+            };
             fail_before_traffic(&job, Some(new), stop).await;
             return Outcome::Unchanged;
         }
@@ -114,7 +141,15 @@ pub(crate) async fn run(mut job: DeploymentJob) -> Outcome {
         }
     };
 
-    rollout::run_hooks(&job, "after_switch", &job.context.app.hooks.after_switch, &new, &started_release, None).await;
+    rollout::run_hooks(
+        &job,
+        "after_switch",
+        &job.context.app.hooks.after_switch,
+        &new,
+        &started_release,
+        None,
+    )
+    .await;
     job.committed.store(true, Ordering::SeqCst);
     let standby = retire_old(&job, previous).await;
     let live = LiveRelease {
@@ -144,12 +179,22 @@ async fn fail_before_traffic(job: &DeploymentJob, new: Option<NewRelease>, stop:
     job.context.router.set_preview(job.context.name(), None);
     let (state, reason) = match stop {
         Stop::Failed(reason) => (DeploymentState::Failed, reason),
-        Stop::Aborted(reason) => (DeploymentState::Aborted, format!("{reason}; nothing changed")),
+        Stop::Aborted(reason) => (
+            DeploymentState::Aborted,
+            format!("{reason}; nothing changed"),
+        ),
     };
     let facts = new.as_ref().map(|n| (n.slot, n.release.version.clone()));
     cleanup(job, new).await;
     step(job, state, &reason).await;
-    run_failure_hooks(job, facts.as_ref().map(|(slot, version)| (*slot, version.as_str())), &reason).await;
+    run_failure_hooks(
+        job,
+        facts
+            .as_ref()
+            .map(|(slot, version)| (*slot, version.as_str())),
+        &reason,
+    )
+    .await;
 }
 
 async fn run_failure_hooks(job: &DeploymentJob, new: Option<(Slot, &str)>, reason: &str) {
@@ -164,9 +209,18 @@ async fn run_failure_hooks(job: &DeploymentJob, new: Option<(Slot, &str)>, reaso
 }
 
 /// After traffic went back to the old release: drain and stop the new one.
-async fn retire_reverted(job: &DeploymentJob, new: &NewRelease, started: &StartedRelease, upstream: &Upstream) {
+async fn retire_reverted(
+    job: &DeploymentJob,
+    new: &NewRelease,
+    started: &StartedRelease,
+    upstream: &Upstream,
+) {
     let drained = upstream.drain(job.context.app.drain_timeout).await;
-    note(job, &drain_message(new.slot, drained, job.context.app.drain_timeout)).await;
+    note(
+        job,
+        &drain_message(new.slot, drained, job.context.app.drain_timeout),
+    )
+    .await;
     stop_slot(&job.context, new.slot, &started.runtime_id).await;
 }
 
@@ -186,15 +240,24 @@ async fn retire_old(job: &DeploymentJob, previous: Option<Arc<Upstream>>) -> Opt
     let old = job.live.as_ref()?;
     let drained = match &previous {
         Some(upstream) => upstream.drain(context.app.drain_timeout).await,
-        None => DrainOutcome::Drained { waited: std::time::Duration::ZERO },
+        None => DrainOutcome::Drained {
+            waited: std::time::Duration::ZERO,
+        },
     };
-    note(job, &drain_message(old.slot, drained, context.app.drain_timeout)).await;
+    note(
+        job,
+        &drain_message(old.slot, drained, context.app.drain_timeout),
+    )
+    .await;
     let keep_old = context.app.keep_old;
     if !keep_old.is_zero() && old.exited.exited().is_none() {
         step(
             job,
             DeploymentState::Retiring,
-            &format!("keeping {} ({}) running idle for {keep_old:?} for an instant rollback", old.slot, old.release.version),
+            &format!(
+                "keeping {} ({}) running idle for {keep_old:?} for an instant rollback",
+                old.slot, old.release.version
+            ),
         )
         .await;
         let store = context.store.clone();
@@ -209,14 +272,23 @@ async fn retire_old(job: &DeploymentJob, previous: Option<Arc<Upstream>>) -> Opt
             log_path: None,
         });
     }
-    step(job, DeploymentState::Retiring, &format!("stopping {} ({})", old.slot, old.release.version)).await;
+    step(
+        job,
+        DeploymentState::Retiring,
+        &format!("stopping {} ({})", old.slot, old.release.version),
+    )
+    .await;
     stop_slot(context, old.slot, &old.runtime_id).await;
     None
 }
 
 /// An instant rollback: the standby release is already running; one health
 /// check and it is ready to take traffic.
-async fn reuse_standby(job: &mut DeploymentJob, standby: Standby, new: &mut Option<NewRelease>) -> Result<(), Stop> {
+async fn reuse_standby(
+    job: &mut DeploymentJob,
+    standby: Standby,
+    new: &mut Option<NewRelease>,
+) -> Result<(), Stop> {
     let context = job.context.clone();
     let app = context.name().to_string();
     let plan = DeploymentPlan {
@@ -231,25 +303,44 @@ async fn reuse_standby(job: &mut DeploymentJob, standby: Standby, new: &mut Opti
         .await
         .map_err(|e| Stop::Failed(format!("cannot record the deployment plan: {e}")))?;
     let version = standby.release.version.clone();
-    let log_path = standby.log_path.clone().unwrap_or_else(|| context.logs_dir.join(format!("{}-{}.log", standby.slot, version)));
+    let log_path = standby.log_path.clone().unwrap_or_else(|| {
+        context
+            .logs_dir
+            .join(format!("{}-{}.log", standby.slot, version))
+    });
     *new = Some(NewRelease {
         slot: standby.slot,
         release: standby.release.clone(),
         log_path,
-        started: Some(StartedRelease { addr: standby.addr, runtime_id: standby.runtime_id.clone(), exited: standby.exited.clone() }),
+        started: Some(StartedRelease {
+            addr: standby.addr,
+            runtime_id: standby.runtime_id.clone(),
+            exited: standby.exited.clone(),
+        }),
     });
     step(
         job,
         DeploymentState::Checking,
-        &format!("instant rollback: {app} {version} is still running idle in {}; checking it once", standby.slot),
+        &format!(
+            "instant rollback: {app} {version} is still running idle in {}; checking it once",
+            standby.slot
+        ),
     )
     .await;
     if let Some(how) = standby.exited.exited() {
-        return Err(Stop::Failed(format!("the idle release {version} in {} {how}", standby.slot)));
+        return Err(Stop::Failed(format!(
+            "the idle release {version} in {} {how}",
+            standby.slot
+        )));
     }
     until_cancelled(job, health::check(standby.addr, &context.app.health))
         .await?
-        .map_err(|why| Stop::Failed(format!("the idle release {version} in {} failed its health check: {why}", standby.slot)))
+        .map_err(|why| {
+            Stop::Failed(format!(
+                "the idle release {version} in {} failed its health check: {why}",
+                standby.slot
+            ))
+        })
 }
 
 async fn prepare_and_check(
@@ -366,6 +457,7 @@ async fn prepare_and_check(
     )
     .await;
     let mut exited = started.exited.clone();
+    let runtime_id = started.runtime_id.clone();
     if let Some(new) = new.as_mut() {
         new.started = Some(started);
     }
@@ -382,7 +474,13 @@ async fn prepare_and_check(
     .await;
     let outcome = until_cancelled(
         job,
-        health::wait_until_healthy(addr, health, &mut exited, health.deploy_timeout),
+        health::wait_until_healthy(
+            addr,
+            health,
+            &mut exited,
+            health.deploy_timeout,
+            (context.driver.as_ref(), &runtime_id),
+        ),
     )
     .await?;
     let tail = || {

@@ -5,6 +5,7 @@ use crate::error::EngineError;
 use crate::events::EventBus;
 use crate::recovery;
 use cutover_config::{Config, DriverConfig, Slot};
+use cutover_drivers::docker::DockerDriver;
 use cutover_drivers::process::ProcessDriver;
 use cutover_drivers::Driver;
 use cutover_proxy::Router;
@@ -93,17 +94,19 @@ impl Engine {
                 DriverConfig::Process(process) => {
                     Arc::new(ProcessDriver::new(&app.name, process.clone(), &instance))
                 }
-                // Placeholder until the docker driver lands (issue 4).
-                DriverConfig::Docker(_) => {
-                    return Err(EngineError::BadRequest(format!(
-                        "app `{}`: the docker driver is not available in this build",
-                        app.name
-                    )))
-                }
+                DriverConfig::Docker(docker) => Arc::new(DockerDriver::new(
+                    &app.name,
+                    docker.clone(),
+                    &config.state_dir,
+                )),
             };
             let context = actor::AppContext {
                 app: Arc::new(app.clone()),
-                work_dir: config.file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+                work_dir: config
+                    .file
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(".")),
                 logs_dir: config.logs_dir().join(&app.name),
                 driver,
                 store: store.clone(),

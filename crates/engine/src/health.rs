@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use cutover_config::HealthConfig;
-use cutover_drivers::ExitWatch;
+use cutover_drivers::{Driver, ExitWatch, RuntimeHealth};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -75,20 +75,39 @@ async fn check_inner(addr: SocketAddr, config: &HealthConfig) -> Result<(), Stri
 /// Why a release did not become healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unhealthy {
-    /// The release ended while being checked.
+    /// The release ended while being checked, or its runtime declared it
+    /// failed (a Docker HEALTHCHECK reporting unhealthy). Completes
+    /// "web v2 in slot green …".
     Exited(String),
     /// Not healthy by the deadline; the last check's failure.
     TimedOut { after: Duration, last: String },
 }
 
+/// The HTTP check and the runtime's own verdict on the release (see
+/// [`Driver::check`]): `Err(Ok(why))` worth retrying, `Err(Err(how))` final.
+async fn check_release(
+    addr: SocketAddr,
+    config: &HealthConfig,
+    (driver, runtime_id): (&dyn Driver, &str),
+) -> Result<(), Result<String, String>> {
+    let (http, runtime) = tokio::join!(check(addr, config), driver.check(runtime_id));
+    match (runtime, http) {
+        (RuntimeHealth::Failing(how), _) => Err(Err(how)),
+        (_, Err(why)) | (RuntimeHealth::Pending(why), Ok(())) => Err(Ok(why)),
+        (RuntimeHealth::Healthy, Ok(())) => Ok(()),
+    }
+}
+
 /// Polls fast (50 ms, growing to 200 ms, never beyond `interval`) until
-/// `healthy_after` consecutive checks pass, the release exits, or the
-/// deadline passes. Returns how long it took.
+/// `healthy_after` consecutive checks pass (the HTTP check and, through
+/// `runtime` = (driver, runtime id), the runtime's own), the release exits
+/// or fails for good, or the deadline passes. Returns how long it took.
 pub async fn wait_until_healthy(
     addr: SocketAddr,
     config: &HealthConfig,
     exited: &mut ExitWatch,
     deadline: Duration,
+    runtime: (&dyn Driver, &str),
 ) -> Result<Duration, Unhealthy> {
     let started = Instant::now();
     let give_up = tokio::time::Instant::now() + deadline;
@@ -101,7 +120,7 @@ pub async fn wait_until_healthy(
             return Err(Unhealthy::Exited(how));
         }
         let outcome = tokio::select! {
-            outcome = tokio::time::timeout_at(give_up, check(addr, config)) => outcome,
+            outcome = tokio::time::timeout_at(give_up, check_release(addr, config, runtime)) => outcome,
             how = exited.wait() => return Err(Unhealthy::Exited(how)),
         };
         match outcome {
@@ -117,7 +136,8 @@ pub async fn wait_until_healthy(
                     return Ok(started.elapsed());
                 }
             }
-            Ok(Err(why)) => {
+            Ok(Err(Err(how))) => return Err(Unhealthy::Exited(how)),
+            Ok(Err(Ok(why))) => {
                 passes = 0;
                 last = why;
             }

@@ -21,9 +21,17 @@ pub(crate) struct HookRun {
 }
 
 /// Runs one command to completion (or `timeout`, then kills it).
-pub(crate) async fn run(argv: &[String], work_dir: &Path, env: &[(String, String)], timeout: Duration) -> HookRun {
+pub(crate) async fn run(
+    argv: &[String],
+    work_dir: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> HookRun {
     let Some((program, args)) = argv.split_first() else {
-        return HookRun { result: Err("empty command".to_string()), output: String::new() };
+        return HookRun {
+            result: Err("empty command".to_string()),
+            output: String::new(),
+        };
     };
     let mut command = Command::new(program);
     command
@@ -39,13 +47,19 @@ pub(crate) async fn run(argv: &[String], work_dir: &Path, env: &[(String, String
         Ok(child) => child,
         Err(e) => {
             return HookRun {
-                result: Err(format!("cannot run `{program}` (in {}): {e}", work_dir.display())),
+                result: Err(format!(
+                    "cannot run `{program}` (in {}): {e}",
+                    work_dir.display()
+                )),
                 output: String::new(),
             }
         }
     };
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return HookRun { result: Err("cannot capture the hook's output".to_string()), output: String::new() };
+        return HookRun {
+            result: Err("cannot capture the hook's output".to_string()),
+            output: String::new(),
+        };
     };
     let collect = async {
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -60,16 +74,35 @@ pub(crate) async fn run(argv: &[String], work_dir: &Path, env: &[(String, String
     .await;
     match finished {
         Ok((Ok(status), output)) => HookRun {
-            result: if status.success() { Ok(()) } else { Err(format!("`{program}` {}", describe(status))) },
+            result: if status.success() {
+                Ok(())
+            } else {
+                Err(format!("`{program}` {}", describe(status)))
+            },
             output: tail(&output),
         },
-        Ok((Err(e), output)) => HookRun { result: Err(format!("waiting for `{program}` failed: {e}")), output: tail(&output) },
+        Ok((Err(e), output)) => HookRun {
+            result: Err(format!("waiting for `{program}` failed: {e}")),
+            output: tail(&output),
+        },
         Err(_) => {
             // kill_on_drop ends the leader; the group may hold more.
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            if let Some(pid) = child
+                .id()
+                .and_then(|p| i32::try_from(p).ok())
+                .filter(|p| *p > 1)
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
-            HookRun { result: Err(format!("`{program}` did not finish within {timeout:?} and was killed")), output: String::new() }
+            HookRun {
+                result: Err(format!(
+                    "`{program}` did not finish within {timeout:?} and was killed"
+                )),
+                output: String::new(),
+            }
         }
     }
 }
@@ -85,5 +118,7 @@ fn describe(status: std::process::ExitStatus) -> String {
 
 fn tail(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(MAX_OUTPUT);
-    String::from_utf8_lossy(&bytes[start..]).trim_end().to_string()
+    String::from_utf8_lossy(&bytes[start..])
+        .trim_end()
+        .to_string()
 }

@@ -168,8 +168,15 @@ fn live_release(
 pub(crate) async fn gate(context: AppContext, mut live: LiveRelease) -> Option<LiveRelease> {
     let app = context.name();
     let health = &context.app.health;
-    match health::wait_until_healthy(live.addr, health, &mut live.exited, health.deploy_timeout)
-        .await
+    let runtime = (context.driver.as_ref(), live.runtime_id.as_str());
+    match health::wait_until_healthy(
+        live.addr,
+        health,
+        &mut live.exited,
+        health.deploy_timeout,
+        runtime,
+    )
+    .await
     {
         Ok(took) => {
             context.router.set_live(app, Some(live.upstream.clone()));

@@ -26,7 +26,10 @@ pub(crate) enum Rollout {
     /// Stopped before any regular traffic reached the new release.
     Stopped(Stop),
     /// Traffic reached the new release and has been moved back.
-    Reverted { state: DeploymentState, reason: String },
+    Reverted {
+        state: DeploymentState,
+        reason: String,
+    },
 }
 
 pub(crate) async fn run(
@@ -61,32 +64,60 @@ pub(crate) async fn run(
         }
     }
 
-    let env = hook_env(job, "before_switch", Some((new.slot, &version)), Some(started.addr), None);
-    if let Err(reason) = run_hook_list(job, "before_switch", &context.app.hooks.before_switch, &env).await {
-        return Rollout::Stopped(Stop::Aborted(format!("the before_switch hook failed: {reason}")));
+    let env = hook_env(
+        job,
+        "before_switch",
+        Some((new.slot, &version)),
+        Some(started.addr),
+        None,
+    );
+    if let Err(reason) =
+        run_hook_list(job, "before_switch", &context.app.hooks.before_switch, &env).await
+    {
+        return Rollout::Stopped(Stop::Aborted(format!(
+            "the before_switch hook failed: {reason}"
+        )));
     }
     if *job.cancelled.borrow() {
-        return Rollout::Stopped(Stop::Aborted("aborted by request (`cutover abort`)".to_string()));
+        return Rollout::Stopped(Stop::Aborted(
+            "aborted by request (`cutover abort`)".to_string(),
+        ));
     }
 
-    let from = job
-        .live
-        .as_ref()
-        .map_or_else(|| "nothing".to_string(), |l| format!("{} ({})", l.slot, l.release.version));
+    let from = job.live.as_ref().map_or_else(
+        || "nothing".to_string(),
+        |l| format!("{} ({})", l.slot, l.release.version),
+    );
     // The switch is recorded before traffic moves; without that record it must not.
-    if !step(job, DeploymentState::Switching, &format!("switching {app} from {from} to {} ({version})", new.slot)).await {
+    if !step(
+        job,
+        DeploymentState::Switching,
+        &format!("switching {app} from {from} to {} ({version})", new.slot),
+    )
+    .await
+    {
         return Rollout::Stopped(Stop::Failed(
             "the switch could not be recorded in the state store; nothing changed".to_string(),
         ));
     }
 
-    let shift = if rollback { None } else { context.app.shift.clone() };
+    let shift = if rollback {
+        None
+    } else {
+        context.app.shift.clone()
+    };
     if let Some(shift) = shift {
         let rules = context.app.verify.clone().unwrap_or_else(default_rules);
-        let rules = VerifyConfig { window: shift.every, command: None, ..rules };
+        let rules = VerifyConfig {
+            window: shift.every,
+            command: None,
+            ..rules
+        };
         for percent in shift.steps.iter().copied().filter(|p| *p < 100) {
             context.router.set_preview(app, None);
-            context.router.set_canary(app, Some((upstream.clone(), percent)));
+            context
+                .router
+                .set_canary(app, Some((upstream.clone(), percent)));
             note(
                 job,
                 &format!(
@@ -101,8 +132,14 @@ pub(crate) async fn run(
                 Ok(summary) => note(job, &format!("step {percent}% passed: {summary}")).await,
                 Err(failure) => {
                     context.router.set_canary(app, None);
-                    let reason = format!("{} at the {percent}% step; all traffic is back on {from}", failure.reason);
-                    return Rollout::Reverted { state: failure.state, reason };
+                    let reason = format!(
+                        "{} at the {percent}% step; all traffic is back on {from}",
+                        failure.reason
+                    );
+                    return Rollout::Reverted {
+                        state: failure.state,
+                        reason,
+                    };
                 }
             }
         }
@@ -110,7 +147,11 @@ pub(crate) async fn run(
 
     context.router.set_preview(app, None);
     let previous = context.router.set_live(app, Some(upstream.clone()));
-    let verify = if rollback { None } else { context.app.verify.clone() };
+    let verify = if rollback {
+        None
+    } else {
+        context.app.verify.clone()
+    };
     let in_flight = previous.as_ref().map_or(0, |p| p.in_flight());
     let message = match (&job.live, &verify) {
         (Some(old), Some(v)) => format!(
@@ -123,8 +164,11 @@ pub(crate) async fn run(
         ),
         (None, _) => format!("{} ({version}) is live", new.slot),
     };
-    let (state, old_label) =
-        if verify.is_some() { (DeploymentState::Verifying, "standby") } else { (DeploymentState::Draining, "draining") };
+    let (state, old_label) = if verify.is_some() {
+        (DeploymentState::Verifying, "standby")
+    } else {
+        (DeploymentState::Draining, "draining")
+    };
     record_live(job, Some(new.slot), old_label, state, &message).await;
 
     if let Some(rules) = verify {
@@ -146,10 +190,19 @@ pub(crate) async fn run(
 }
 
 fn default_rules() -> VerifyConfig {
-    VerifyConfig { window: Duration::from_secs(30), max_error_ratio: 0.05, min_requests: 20, command: None }
+    VerifyConfig {
+        window: Duration::from_secs(30),
+        max_error_ratio: 0.05,
+        min_requests: 20,
+        command: None,
+    }
 }
 
-async fn await_promotion(job: &mut DeploymentJob, started: &StartedRelease, version: &str) -> Result<(), Stop> {
+async fn await_promotion(
+    job: &mut DeploymentJob,
+    started: &StartedRelease,
+    version: &str,
+) -> Result<(), Stop> {
     let app = job.context.app.clone();
     let mut timers = Vec::new();
     if let Some(after) = app.auto_promote_after {
@@ -158,11 +211,18 @@ async fn await_promotion(job: &mut DeploymentJob, started: &StartedRelease, vers
     if let Some(after) = app.auto_abort_after {
         timers.push(format!("aborted automatically after {after:?}"));
     }
-    let timers = if timers.is_empty() { String::new() } else { format!(" ({})", timers.join(", ")) };
+    let timers = if timers.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", timers.join(", "))
+    };
     step(
         job,
         DeploymentState::AwaitingPromotion,
-        &format!("{version} is healthy and waiting for `cutover promote {}`{timers}", app.name),
+        &format!(
+            "{version} is healthy and waiting for `cutover promote {}`{timers}",
+            app.name
+        ),
     )
     .await;
     let sleep_or_never = |after: Option<Duration>| async move {
@@ -191,7 +251,10 @@ struct VerifyFailure {
 
 impl VerifyFailure {
     fn failed(reason: String) -> VerifyFailure {
-        VerifyFailure { state: DeploymentState::RolledBack, reason }
+        VerifyFailure {
+            state: DeploymentState::RolledBack,
+            reason,
+        }
     }
 }
 
@@ -255,20 +318,46 @@ async fn verify_window(
     let (answers, errors) = measure(upstream);
     if let Some(command) = &rules.command {
         let env = hook_env(job, "verify", None, Some(started.addr), None);
-        if let Err(reason) = run_hook_list(job, "verify_command", std::slice::from_ref(command), &env).await {
-            return Err(VerifyFailure::failed(format!("verification failed: verify_command: {reason}")));
+        if let Err(reason) =
+            run_hook_list(job, "verify_command", std::slice::from_ref(command), &env).await
+        {
+            return Err(VerifyFailure::failed(format!(
+                "verification failed: verify_command: {reason}"
+            )));
         }
     }
-    let judged = if answers >= rules.min_requests { "" } else { " (too few to judge the error ratio)" };
-    Ok(format!("{answers} answers, {errors} errors over {:?}{judged}", rules.window))
+    let judged = if answers >= rules.min_requests {
+        ""
+    } else {
+        " (too few to judge the error ratio)"
+    };
+    Ok(format!(
+        "{answers} answers, {errors} errors over {:?}{judged}",
+        rules.window
+    ))
 }
 
 /// Persists which slot is live (None: nothing) with the deployment's new
 /// state, then publishes the event.
-async fn record_live(job: &DeploymentJob, slot: Option<Slot>, old_label: &str, state: DeploymentState, message: &str) {
+async fn record_live(
+    job: &DeploymentJob,
+    slot: Option<Slot>,
+    old_label: &str,
+    state: DeploymentState,
+    message: &str,
+) {
     let store = job.context.store.clone();
-    let (name, id, label, text) = (job.context.name().to_string(), job.record.id, old_label.to_string(), message.to_string());
-    match blocking(move || store.record_switch(&name, slot.map(Slot::as_str), &label, id, state, &text)).await {
+    let (name, id, label, text) = (
+        job.context.name().to_string(),
+        job.record.id,
+        old_label.to_string(),
+        message.to_string(),
+    );
+    match blocking(move || {
+        store.record_switch(&name, slot.map(Slot::as_str), &label, id, state, &text)
+    })
+    .await
+    {
         Ok(event) => job.context.events.publish(event),
         Err(e) => tracing::error!(app = %job.context.name(), "cannot record the live slot: {e}"),
     }
@@ -298,8 +387,14 @@ pub(crate) fn hook_env(
         env.push(("CUTOVER_URL".to_string(), format!("http://{addr}")));
     }
     if let Some(live) = &job.live {
-        env.push(("CUTOVER_PREVIOUS_VERSION".to_string(), live.release.version.clone()));
-        env.push(("CUTOVER_PREVIOUS_SLOT".to_string(), live.slot.as_str().to_string()));
+        env.push((
+            "CUTOVER_PREVIOUS_VERSION".to_string(),
+            live.release.version.clone(),
+        ));
+        env.push((
+            "CUTOVER_PREVIOUS_SLOT".to_string(),
+            live.slot.as_str().to_string(),
+        ));
     }
     if let Some(reason) = reason {
         env.push(("CUTOVER_REASON".to_string(), reason.to_string()));
@@ -316,7 +411,13 @@ pub(crate) async fn run_hook_list(
 ) -> Result<(), String> {
     for argv in commands {
         note(job, &format!("running the {name} hook {argv:?}")).await;
-        let run = hooks::run(argv, &job.context.work_dir, env, job.context.app.hooks.timeout).await;
+        let run = hooks::run(
+            argv,
+            &job.context.work_dir,
+            env,
+            job.context.app.hooks.timeout,
+        )
+        .await;
         if !run.output.is_empty() {
             note(job, &format!("{name} hook output:\n{}", run.output)).await;
         }
@@ -337,9 +438,18 @@ pub(crate) async fn run_hooks(
     if commands.is_empty() {
         return;
     }
-    let env = hook_env(job, name, Some((new.slot, &new.release.version)), Some(started.addr), reason);
+    let env = hook_env(
+        job,
+        name,
+        Some((new.slot, &new.release.version)),
+        Some(started.addr),
+        reason,
+    );
     if let Err(why) = run_hook_list(job, name, commands, &env).await {
-        note(job, &format!("the {name} hook failed ({why}); the deployment goes on")).await;
+        note(
+            job,
+            &format!("the {name} hook failed ({why}); the deployment goes on"),
+        )
+        .await;
     }
 }
-

@@ -157,6 +157,14 @@ impl ResponseBody {
         }
     }
 
+    /// No body (a 101 response).
+    pub(crate) fn empty() -> Self {
+        ResponseBody {
+            kind: Kind::Full(None),
+            conn: None,
+        }
+    }
+
     /// An upstream's body; `conn` and `in_flight` live until it ends.
     pub(crate) fn upstream(body: Incoming, conn: PooledConn, in_flight: InFlightGuard) -> Self {
         ResponseBody {

@@ -39,6 +39,8 @@ pub(crate) enum ForwardError {
     },
     #[error("app '{app}': its release did not answer within {timeout:?}")]
     ResponseTimeout { app: Arc<str>, timeout: Duration },
+    #[error("app '{app}': its release switched protocols without being asked to")]
+    UnexpectedSwitch { app: Arc<str> },
     #[error("app '{app}': its release failed to answer")]
     Upstream {
         app: Arc<str>,
@@ -58,7 +60,9 @@ impl ForwardError {
             ForwardError::ConnectTimeout { .. } | ForwardError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ForwardError::Connect { .. }
+            | ForwardError::Upstream { .. }
+            | ForwardError::UnexpectedSwitch { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -70,6 +74,7 @@ impl ForwardError {
                 | ForwardError::Connect { .. }
                 | ForwardError::ResponseTimeout { .. }
                 | ForwardError::Upstream { .. }
+                | ForwardError::UnexpectedSwitch { .. }
         )
     }
 }

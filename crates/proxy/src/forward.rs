@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use http::header::{CONNECTION, CONTENT_TYPE, COOKIE, EXPECT, HOST, SET_COOKIE};
+use http::header::{CONNECTION, CONTENT_TYPE, COOKIE, EXPECT, HOST, SET_COOKIE, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::conn_io::{ConnActivity, ConnGuard};
@@ -14,6 +15,8 @@ use crate::error::ForwardError;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::{AppRoute, Router, PREVIEW_COOKIE, STICKY_COOKIE};
 use crate::settings::ProxySettings;
+use crate::pool::PooledConn;
+use crate::tunnel::Tunnel;
 use crate::upstream::{InFlightGuard, Upstream};
 
 /// How often a request re-reads the route table when the upstream it picked
@@ -47,7 +50,8 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let request_id = headers::request_id(req.headers());
-    let mut response = match forward(&ctx, req, &request_id).await {
+    let mut active = Some(active);
+    let mut response = match forward(&ctx, req, &request_id, &mut active).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(error = %e, status = %e.status(), "request not proxied");
@@ -55,14 +59,38 @@ pub(crate) async fn handle(
         }
     };
     response.headers_mut().insert(&X_REQUEST_ID, request_id);
-    response.body_mut().hold(active);
+    // An upgraded connection's tunnel took the mark instead.
+    if let Some(active) = active {
+        response.body_mut().hold(active);
+    }
     response
+}
+
+/// What a client's upgrade request asked for.
+struct UpgradeRequest {
+    on_upgrade: OnUpgrade,
+    protocol: HeaderValue,
+}
+
+/// An HTTP/1.1 request with `Connection: upgrade` and an `Upgrade` header:
+/// takes its upgrade handle (then the protocol is switched once a 101
+/// response has been sent).
+fn take_upgrade(req: &mut Request<Incoming>) -> Option<UpgradeRequest> {
+    if req.version() != Version::HTTP_11 || !headers::connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    let protocol = req.headers().get(UPGRADE)?.clone();
+    Some(UpgradeRequest {
+        on_upgrade: hyper::upgrade::on(req),
+        protocol,
+    })
 }
 
 async fn forward(
     ctx: &ConnCtx,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &HeaderValue,
+    active: &mut Option<ConnGuard>,
 ) -> Result<Response<ResponseBody>, ForwardError> {
     let settings = &ctx.shared.settings;
     if req.method() == Method::CONNECT {
@@ -76,6 +104,7 @@ async fn forward(
             limit: settings.max_body,
         });
     }
+    let upgrade = take_upgrade(&mut req);
     let (mut parts, body) = req.into_parts();
 
     // The authority of an absolute-form target overrides the Host header.
@@ -93,6 +122,10 @@ async fn forward(
     let stripped = headers::strip_hop_by_hop(&mut parts.headers);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(EXPECT);
+    if let Some(upgrade) = &upgrade {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, upgrade.protocol.clone());
+    }
     match &host {
         // Keep the client's Host, unless it came from the target or a
         // `Connection` header named it.
@@ -114,7 +147,18 @@ async fn forward(
     }
     let req = Request::from_parts(parts, RequestBody::new(body, settings.max_body));
 
-    match upstream.send(req, settings).await {
+    let sent = match &upgrade {
+        Some(_) => upstream.send_upgrade(req, settings).await,
+        None => upstream.send(req, settings).await,
+    };
+    match sent {
+        Ok((response, conn)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            match upgrade {
+                Some(upgrade) => Ok(switch_protocols(response, conn, upgrade, in_flight, active)),
+                // A 101 nobody asked for: hyper does not hand it to us.
+                None => Err(ForwardError::UnexpectedSwitch { app: upstream.app_name() }),
+            }
+        }
         Ok((response, conn)) => {
             let (mut parts, body) = response.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
@@ -136,6 +180,35 @@ async fn forward(
             Err(e)
         }
     }
+}
+
+/// The upstream agreed to switch protocols: answers the client with the
+/// 101 and starts the tunnel that joins both connections once switched.
+fn switch_protocols(
+    mut response: Response<Incoming>,
+    conn: PooledConn,
+    upgrade: UpgradeRequest,
+    in_flight: InFlightGuard,
+    active: &mut Option<ConnGuard>,
+) -> Response<ResponseBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let (mut parts, _empty) = response.into_parts();
+    let protocol = parts.headers.get(UPGRADE).cloned().unwrap_or(upgrade.protocol);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
+    parts.headers.insert(UPGRADE, protocol);
+    let tunnel = Tunnel {
+        client: upgrade.on_upgrade,
+        upstream: upstream_upgrade,
+        upstream_conn: conn,
+        websocket,
+        registration: in_flight.upstream().open_tunnel(),
+        in_flight,
+        conn: active.take(),
+    };
+    tokio::spawn(tunnel.run());
+    Response::from_parts(parts, ResponseBody::empty())
 }
 
 /// Starts the request on the upstream of the app serving `host`: the live

@@ -78,6 +78,16 @@ fn remove_connection_options(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a `Connection` header lists `token` (case-insensitively).
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(&CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|option| option.trim().eq_ignore_ascii_case(token))
+}
+
 /// The client's address as a header value, made once per connection.
 pub(crate) fn client_ip_value(ip: IpAddr) -> HeaderValue {
     let ip = ip.to_canonical();

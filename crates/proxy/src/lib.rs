@@ -24,6 +24,9 @@
 //!   `X-Request-Id`.
 //! - `body`: streaming bodies: the size-limited request body, and the
 //!   response body that holds a request's guards until it has been sent.
+//! - `tunnel`: upgraded connections (WebSocket and other `Upgrade`s): the
+//!   byte copy both ways, counted in the upstream's drain, and their closing
+//!   (WebSocket close frame 1001) when a drain times out.
 //! - `conn_io`: the client socket wrapper enforcing the header-read and idle
 //!   timeouts.
 //! - `server`: [`serve`], the accept loop, hyper connections, graceful
@@ -54,6 +57,7 @@ mod pool;
 pub mod router;
 mod server;
 pub mod settings;
+mod tunnel;
 pub mod upstream;
 
 pub use error::ProxyError;

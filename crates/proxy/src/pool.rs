@@ -95,10 +95,13 @@ pub(crate) enum ConnectError {
 }
 
 /// Opens a new HTTP/1.1 connection to `addr`; its driver runs on its own task
-/// and ends when the connection closes or its sender is dropped.
+/// and ends when the connection closes or its sender is dropped. With
+/// `upgrades`, a `101 Switching Protocols` answer hands the connection over
+/// to `hyper::upgrade::on(response)`.
 pub(crate) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    upgrades: bool,
 ) -> Result<PooledConn, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_elapsed) => return Err(ConnectError::Timeout),
@@ -113,7 +116,12 @@ pub(crate) async fn connect(
         .await
         .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
     });

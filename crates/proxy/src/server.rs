@@ -11,8 +11,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
@@ -46,7 +46,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         // TimedIo enforces the header and idle timeouts (see conn_io).
         .header_read_timeout(None);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
+    // Every connection task holds a receiver: shutdown flips the value and
+    // then waits until all receivers are gone.
+    let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     tracing::debug!(%local, "proxy accepting connections");
     loop {
@@ -54,7 +57,7 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => spawn_connection(&builder, &shared, &graceful, stream, peer),
+                Ok((stream, peer)) => spawn_connection(&builder, &shared, &stopped, stream, peer),
                 Err(e) => {
                     tracing::warn!(%local, error = %e, "accepting a connection failed");
                     if is_resource_exhaustion(&e) {
@@ -65,16 +68,18 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::debug!(%local, connections = graceful.count(), "proxy shutting down; finishing in-flight requests");
-    graceful.shutdown().await;
+    drop(stopped);
+    tracing::debug!(%local, connections = stop.receiver_count(), "proxy shutting down; finishing in-flight requests");
+    stop.send_replace(true);
+    stop.closed().await;
     Ok(())
 }
 
 /// Serves one client connection on its own task.
 fn spawn_connection(
-    builder: &http1::Builder,
+    builder: &Arc<http1::Builder>,
     shared: &Arc<Shared>,
-    graceful: &GracefulShutdown,
+    stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
@@ -99,9 +104,22 @@ fn spawn_connection(
         let ctx = Arc::clone(&ctx);
         async move { Ok::<_, Infallible>(forward::handle(ctx, active, req).await) }
     });
-    let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+    let builder = Arc::clone(builder);
+    let mut stopped = stopped.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            _ = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+                // Idle: closes now; busy: after the response in progress.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
         }
     });

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, RequestBodyError};
@@ -60,6 +60,12 @@ pub struct Upstream {
     responses_5xx: AtomicU64,
     connect_errors: AtomicU64,
     pool: Pool,
+    /// Upgraded connections (tunnels) open on this upstream.
+    upgraded: AtomicUsize,
+    /// Set when a drain timed out: open tunnels close (see `tunnel`).
+    closing: watch::Sender<bool>,
+    /// Woken when the last tunnel closes.
+    tunnels_closed: Notify,
 }
 
 /// Counters of one upstream since it was created.
@@ -99,6 +105,9 @@ impl Upstream {
             responses_5xx: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             pool: Pool::default(),
+            upgraded: AtomicUsize::new(0),
+            closing: watch::Sender::new(false),
+            tunnels_closed: Notify::new(),
         })
     }
 
@@ -108,6 +117,10 @@ impl Upstream {
 
     pub fn app(&self) -> &str {
         &self.app
+    }
+
+    pub(crate) fn app_name(&self) -> Arc<str> {
+        Arc::clone(&self.app)
     }
 
     pub fn slot(&self) -> &str {
@@ -123,6 +136,12 @@ impl Upstream {
     /// being turned away to the new upstream.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Upgraded connections (WebSocket and other protocol upgrades) open on
+    /// this upstream. Each also counts in [`Upstream::in_flight`].
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Ordering::SeqCst)
     }
 
     /// Whether [`Upstream::drain`] was called: no new request starts on it.
@@ -143,13 +162,18 @@ impl Upstream {
         }
     }
 
-    /// Retires this upstream and waits for its in-flight requests.
+    /// Retires this upstream and waits for its in-flight requests and
+    /// upgraded connections.
     ///
     /// Call it AFTER the route table no longer points here. From now on no
     /// new request starts on this upstream (one that raced with the switch is
     /// routed again, to the new table). Resolves the moment the last
-    /// in-flight request's response has ended, or at `timeout`. Idle pooled
-    /// connections are closed either way.
+    /// in-flight request's response has ended and the last upgraded
+    /// connection has closed, or at `timeout`. At the timeout, upgraded
+    /// connections still open are closed (WebSockets with a close frame 1001
+    /// "going away" to both sides) and the drain returns once they are gone,
+    /// a few seconds at most later. Idle pooled connections are closed
+    /// either way.
     ///
     /// Retiring is final: to send traffic to the same address again (a
     /// rollback), publish a fresh [`Upstream::new`].
@@ -181,12 +205,48 @@ impl Upstream {
                         waited: start.elapsed(),
                     }
                 } else {
+                    self.close_tunnels().await;
                     DrainOutcome::TimedOut { still_in_flight }
                 };
             }
         };
         self.pool.clear();
         outcome
+    }
+
+    /// Tells open tunnels to close and waits (bounded) until they have.
+    async fn close_tunnels(&self) {
+        if self.upgraded() == 0 {
+            return;
+        }
+        let open = self.upgraded();
+        tracing::info!(app = %self.app, slot = %self.slot, upgraded = open,
+            "drain timeout: closing upgraded connections");
+        self.closing.send_replace(true);
+        let all_closed = async {
+            loop {
+                let notified = self.tunnels_closed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.upgraded() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        // The tunnels bound their own closing by CLOSE_GRACE; a little more
+        // here covers scheduling.
+        let bound = crate::tunnel::CLOSE_GRACE + Duration::from_secs(1);
+        if tokio::time::timeout(bound, all_closed).await.is_err() {
+            tracing::warn!(app = %self.app, slot = %self.slot, upgraded = self.upgraded(),
+                "upgraded connections still open after closing them");
+        }
+    }
+
+    /// Registers a tunnel opened on this upstream (see [`Upstream::upgraded`]).
+    pub(crate) fn open_tunnel(self: &Arc<Self>) -> TunnelGuard {
+        self.upgraded.fetch_add(1, Ordering::SeqCst);
+        TunnelGuard(Arc::clone(self))
     }
 
     /// Starts a request here, unless the upstream is retired (see module docs).
@@ -293,6 +353,25 @@ impl Upstream {
         }
     }
 
+    /// Sends an upgrade request (`Connection: upgrade`) on a new connection
+    /// that can switch protocols; never pooled, never retried.
+    pub(crate) async fn send_upgrade(
+        &self,
+        req: Request<RequestBody>,
+        settings: &ProxySettings,
+    ) -> Result<(Response<Incoming>, PooledConn), ForwardError> {
+        let mut conn = self.connect_with(settings, true).await?;
+        match tokio::time::timeout(settings.upstream_response_timeout, conn.send_request(req)).await
+        {
+            Ok(Ok(response)) => Ok((response, conn)),
+            Ok(Err(error)) => Err(self.send_error(error)),
+            Err(_elapsed) => Err(ForwardError::ResponseTimeout {
+                app: self.app.clone(),
+                timeout: settings.upstream_response_timeout,
+            }),
+        }
+    }
+
     /// A pooled connection ready for a request, if any.
     async fn take_ready(&self, settings: &ProxySettings) -> Option<Taken> {
         while let Some(mut taken) = self.pool.take() {
@@ -310,7 +389,15 @@ impl Upstream {
     }
 
     async fn connect(&self, settings: &ProxySettings) -> Result<PooledConn, ForwardError> {
-        match pool::connect(self.addr, settings.upstream_connect_timeout).await {
+        self.connect_with(settings, false).await
+    }
+
+    async fn connect_with(
+        &self,
+        settings: &ProxySettings,
+        upgrades: bool,
+    ) -> Result<PooledConn, ForwardError> {
+        match pool::connect(self.addr, settings.upstream_connect_timeout, upgrades).await {
             Ok(conn) => Ok(conn),
             Err(e) => {
                 self.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -410,6 +497,25 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.end_request();
+    }
+}
+
+/// One open tunnel of an upstream; unregisters it on drop.
+#[derive(Debug)]
+pub(crate) struct TunnelGuard(Arc<Upstream>);
+
+impl TunnelGuard {
+    /// The signal telling this upstream's tunnels to close.
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.0.closing.subscribe()
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        if self.0.upgraded.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.tunnels_closed.notify_waiters();
+        }
     }
 }
 

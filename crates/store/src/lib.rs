@@ -330,7 +330,9 @@ impl Store {
         let tx = conn.transaction()?;
         let now = now_ms();
         let previous: Option<String> =
-            tx.query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| row.get(0))?;
+            tx.query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| {
+                row.get(0)
+            })?;
         if let Some(previous) = previous.filter(|p| Some(p.as_str()) != slot) {
             tx.execute(
                 "UPDATE slots SET state = ?3, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
@@ -343,15 +345,27 @@ impl Store {
                 params![app, slot, now],
             )?;
         }
-        tx.execute("UPDATE apps SET live_slot = ?2, updated_at = ?3 WHERE name = ?1", params![app, slot, now])?;
-        tx.execute("UPDATE deployments SET state = ?2 WHERE id = ?1", params![deployment_id, state.as_str()])?;
+        tx.execute(
+            "UPDATE apps SET live_slot = ?2, updated_at = ?3 WHERE name = ?1",
+            params![app, slot, now],
+        )?;
+        tx.execute(
+            "UPDATE deployments SET state = ?2 WHERE id = ?1",
+            params![deployment_id, state.as_str()],
+        )?;
         tx.execute(
             "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
             params![deployment_id, now, state.as_str(), message],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(EventRecord { id, deployment_id, at: now, state: state.as_str().to_string(), message: message.to_string() })
+        Ok(EventRecord {
+            id,
+            deployment_id,
+            at: now,
+            state: state.as_str().to_string(),
+            message: message.to_string(),
+        })
     }
 
     pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>> {

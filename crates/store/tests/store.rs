@@ -59,7 +59,14 @@ fn state_written_before_a_crash_is_read_back_after_reopen() {
         )
         .unwrap();
     store
-        .record_switch("web", Some("blue"), "draining", deployment.id, DeploymentState::Draining, "blue is live")
+        .record_switch(
+            "web",
+            Some("blue"),
+            "draining",
+            deployment.id,
+            DeploymentState::Draining,
+            "blue is live",
+        )
         .unwrap();
     drop(store);
 
@@ -106,11 +113,25 @@ fn switch_moves_the_previous_live_slot_to_draining() {
     let store = open(&dir);
     let first = deploy(&store, "v1");
     store
-        .record_switch("web", Some("blue"), "draining", first.id, DeploymentState::Draining, "blue live")
+        .record_switch(
+            "web",
+            Some("blue"),
+            "draining",
+            first.id,
+            DeploymentState::Draining,
+            "blue live",
+        )
         .unwrap();
     let second = deploy(&store, "v2");
     store
-        .record_switch("web", Some("green"), "draining", second.id, DeploymentState::Draining, "green live")
+        .record_switch(
+            "web",
+            Some("green"),
+            "draining",
+            second.id,
+            DeploymentState::Draining,
+            "green live",
+        )
         .unwrap();
     let app = store.app("web").unwrap().unwrap();
     assert_eq!(app.live_slot.as_deref(), Some("green"));

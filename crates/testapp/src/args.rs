@@ -38,6 +38,9 @@ routes:
   /sse?n=N&ms=M      text/event-stream: N events, one every M ms
   /upgrade           with `Connection: upgrade` + `Upgrade: X`: 101, then
                      echoes raw bytes (a stand-in for WebSockets)
+  /ws                WebSocket echo (text and binary messages); the 101
+                     has x-testapp-version; a close from the peer is
+                     reported on stderr with its code
   anything else      404
 
 SIGTERM/SIGINT: stop accepting, close idle connections, let in-flight

@@ -337,6 +337,7 @@ async fn handle(st: &'static State, req: Request<Incoming>) -> Response<Body> {
         },
         "/sse" => sse(st, query),
         "/upgrade" => upgrade(req),
+        "/ws" => websocket(st, req),
         _ => text(StatusCode::NOT_FOUND, Body::from_static("not found\n")),
     }
 }
@@ -382,20 +383,88 @@ fn sse(st: &'static State, query: Option<&str>) -> Response<Body> {
     res
 }
 
+/// Whether the request's `Connection` header lists `upgrade`.
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// A WebSocket echo server (RFC 6455, via tungstenite): text and binary
+/// messages come back unchanged, pings are answered. The 101 response
+/// carries `x-testapp-version`; a close frame from the peer is reported on
+/// stderr with its code (`websocket closed by peer: 1001 going away`).
+fn websocket(st: &'static State, mut req: Request<Incoming>) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+
+    let is_websocket = wants_upgrade(&req)
+        && req
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let key = req.headers().get("sec-websocket-key").cloned();
+    let (true, Some(key)) = (is_websocket, key) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            Body::from_static("/ws needs a WebSocket handshake (Upgrade: websocket, Sec-WebSocket-Key)\n"),
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                    if ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Message::Close(frame)) => match frame {
+                    // tungstenite answers the close frame by itself.
+                    Some(frame) => eprintln!(
+                        "testapp: websocket closed by peer: {} {}",
+                        u16::from(frame.code),
+                        frame.reason
+                    ),
+                    None => eprintln!("testapp: websocket closed by peer without a code"),
+                },
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", accept);
+    }
+    if let Ok(version) = HeaderValue::from_str(&st.args.version) {
+        h.insert("x-testapp-version", version);
+    }
+    res
+}
+
 /// `Connection: upgrade` + `Upgrade: <anything>` → 101, then the raw bytes
 /// sent by the client are echoed back until it closes. Good enough to test
 /// that a proxy tunnels upgraded connections (and drains them) without a
 /// WebSocket implementation.
 fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
-    let wants_upgrade = req
-        .headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     let proto = match req.headers().get(UPGRADE) {
-        Some(p) if wants_upgrade => p.clone(),
+        Some(p) if wants_upgrade(&req) => p.clone(),
         _ => {
             return text(
                 StatusCode::BAD_REQUEST,

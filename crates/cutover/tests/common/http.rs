@@ -39,8 +39,17 @@ impl Connection {
     }
 
     pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        self.get_with(path, &[])
+    }
+
+    /// GET with extra request headers (`name`, `value`).
+    pub fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cutover-e2e\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cutover-e2e\r\n{extra}\r\n",
             self.host
         );
         self.reader.get_mut().write_all(request.as_bytes())?;

@@ -13,6 +13,17 @@ pub struct Load {
     clients: Vec<JoinHandle<ClientReport>>,
 }
 
+/// How each load client behaves.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// An extra header sent with every request.
+    pub header: Option<(String, String)>,
+    /// Keep and send back cookies the server sets (like a browser).
+    pub keep_cookies: bool,
+    /// Pause between requests.
+    pub pause: Option<Duration>,
+}
+
 #[derive(Debug, Default)]
 pub struct ClientReport {
     /// Version answered by each successful request, in order.
@@ -65,14 +76,44 @@ impl Load {
     /// Starts `clients` keep-alive clients sending `GET /` until stopped,
     /// each bounded to `max_requests` and `max_time`.
     pub fn start(port: u16, clients: usize, max_requests: usize, max_time: Duration) -> Load {
+        Load::start_with(
+            port,
+            clients,
+            max_requests,
+            max_time,
+            ClientOptions::default(),
+        )
+    }
+
+    pub fn start_with(
+        port: u16,
+        clients: usize,
+        max_requests: usize,
+        max_time: Duration,
+        options: ClientOptions,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = (0..clients)
             .map(|_| {
                 let stop = stop.clone();
-                std::thread::spawn(move || run_client(port, &stop, max_requests, max_time))
+                let options = options.clone();
+                std::thread::spawn(move || {
+                    run_client(port, &stop, max_requests, max_time, &options)
+                })
             })
             .collect();
         Load { stop, clients }
+    }
+
+    /// Waits for every client to reach its request bound, then reports.
+    pub fn stop_when_done(self) -> LoadReport {
+        LoadReport {
+            clients: self
+                .clients
+                .into_iter()
+                .map(|c| c.join().expect("load client panicked"))
+                .collect(),
+        }
     }
 
     pub fn stop(self) -> LoadReport {
@@ -92,8 +133,10 @@ fn run_client(
     stop: &AtomicBool,
     max_requests: usize,
     max_time: Duration,
+    options: &ClientOptions,
 ) -> ClientReport {
     let mut report = ClientReport::default();
+    let mut cookie: Option<String> = None;
     let started = Instant::now();
     let mut connection = None;
     while !stop.load(Ordering::SeqCst)
@@ -113,8 +156,20 @@ fn run_client(
         let Some(conn) = connection.as_mut() else {
             continue;
         };
-        match conn.get("/") {
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some((name, value)) = &options.header {
+            headers.push((name, value));
+        }
+        if let Some(cookie) = &cookie {
+            headers.push(("Cookie", cookie));
+        }
+        match conn.get_with("/", &headers) {
             Ok(response) if response.status == 200 => {
+                if options.keep_cookies {
+                    if let Some(set) = response.header("set-cookie") {
+                        cookie = set.split(';').next().map(str::to_string);
+                    }
+                }
                 let version = response
                     .body
                     .trim()
@@ -145,7 +200,7 @@ fn run_client(
         // A short pause keeps 8 clients from saturating 2 cores, so the
         // deployment itself is not starved; it still gives hundreds of
         // requests per second across the switch.
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(options.pause.unwrap_or(Duration::from_millis(2)));
     }
     report
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod docker;
 pub mod http;
 pub mod load;
 
@@ -43,7 +44,7 @@ pub struct AppOptions {
     pub deploy_timeout: &'static str,
     pub fixed_ports: Option<(u16, u16)>,
     pub max_queued: Option<u32>,
-    pub extra: &'static str,
+    pub extra: String,
 }
 
 impl Default for AppOptions {
@@ -53,7 +54,7 @@ impl Default for AppOptions {
             deploy_timeout: "20s",
             fixed_ports: None,
             max_queued: None,
-            extra: "",
+            extra: String::new(),
         }
     }
 }
@@ -253,6 +254,40 @@ stop_timeout = "5s"
         versions
     }
 
+    /// GET on the admin API over its unix socket; the JSON answer.
+    pub fn admin_get(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(self.state_dir().join("admin.sock")).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: cutover\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("admin GET {path}: not JSON ({e}): {answer}"))
+    }
+
+    /// Messages of a deployment's events, oldest first.
+    pub fn event_messages(&self, deployment: i64) -> Vec<String> {
+        let detail = self.admin_get(&format!("/v1/deployments/{deployment}"));
+        detail["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter_map(|e| e["message"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn get(&self, path: &str) -> http::Response {
         http::get(self.proxy_port, path)
     }
@@ -273,6 +308,28 @@ stop_timeout = "5s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Daemon {
+    /// A daemon whose config is the harness's state dir and proxy plus
+    /// `apps` (one or more `[[app]]` tables, written by the test).
+    pub fn start_with_apps(apps: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy_port = free_port();
+        let config = format!(
+            "state_dir = \"state\"\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n\n{apps}\n"
+        );
+        let config_path = dir.path().join("cutover.toml");
+        fs::write(&config_path, config).unwrap();
+        let mut daemon = Daemon {
+            dir,
+            config: config_path,
+            proxy_port,
+            child: None,
+        };
+        daemon.spawn();
+        daemon
     }
 }
 

@@ -56,13 +56,19 @@ pub enum DockerError {
     NoPublishedPort { container: String, port: u16 },
 
     #[error("cannot read the registry password from {source_name}: {problem}")]
-    Secret { source_name: String, problem: String },
+    Secret {
+        source_name: String,
+        problem: String,
+    },
 }
 
 fn tail_section(tail: &str) -> String {
     if tail.trim().is_empty() {
         String::new()
     } else {
-        format!("\n--- last lines of the build output ---\n{}", tail.trim_end())
+        format!(
+            "\n--- last lines of the build output ---\n{}",
+            tail.trim_end()
+        )
     }
 }
