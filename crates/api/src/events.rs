@@ -7,7 +7,7 @@ use crate::error::HttpError;
 use crate::shutdown::Shutdown;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use cutover_engine::Engine;
+use cutover_engine::{AppEvent, Engine};
 use cutover_store::EventRecord;
 use futures_util::StreamExt;
 use std::convert::Infallible;
@@ -31,6 +31,27 @@ pub(crate) async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
+}
+
+/// The SSE stream of one app's [`AppEvent`]s; a subscriber that falls
+/// behind skips what it missed.
+pub(crate) fn app_stream(
+    receiver: tokio::sync::broadcast::Receiver<AppEvent>,
+    app: String,
+    shutdown: Shutdown,
+) -> Response {
+    let events = tokio_stream::wrappers::BroadcastStream::new(receiver)
+        .filter_map(move |event| {
+            let event = event.ok().filter(|e| e.app == app);
+            std::future::ready(event.map(|event| {
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                Ok::<_, Infallible>(Event::default().event(sse_field(&event.kind)).data(data))
+            }))
+        })
+        .take_until(shutdown.requested());
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
 }
 
 fn to_sse(event: &EventRecord) -> Event {

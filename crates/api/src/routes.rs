@@ -52,6 +52,7 @@ pub(crate) fn router_with_shutdown(engine: Engine, shutdown: Shutdown) -> Router
         .route("/v1/apps/{app}/abort", post(abort))
         .route("/v1/apps/{app}/promote", post(promote))
         .route("/v1/apps/{app}/logs", get(logs))
+        .route("/v1/apps/{app}/events", get(app_events))
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/events", get(deployment_events))
         .fallback(not_found)
@@ -195,6 +196,17 @@ async fn deployment(
 ) -> Result<Json<DeploymentDetail>, HttpError> {
     let id = deployment_id(&id)?;
     Ok(Json(state.engine.deployment(id).await?))
+}
+
+/// `GET /v1/apps/{app}/events`: the app's own events (its live release
+/// turning unhealthy or healthy again) as Server-Sent Events, until the
+/// client goes away.
+async fn app_events(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Response, HttpError> {
+    let receiver = state.engine.app_events(&app)?;
+    Ok(events::app_stream(receiver, app, state.shutdown.clone()))
 }
 
 async fn deployment_events(

@@ -392,14 +392,19 @@ fn idle_release_is_stopped_when_keep_old_ends() {
     });
 }
 
-/// The live release keeps being checked: status shows when it turns unhealthy.
+/// The live release keeps being checked: status and the app's event
+/// stream show when it turns unhealthy.
 #[test]
-fn status_shows_the_live_release_turning_unhealthy() {
+fn status_and_event_stream_show_the_live_release_turning_unhealthy() {
     let daemon = Daemon::start(AppOptions::default());
-    daemon.behave("v1", "--exit-after 1500");
+    daemon.behave("v1", "--exit-after 2500");
     daemon.deploy("v1");
+    let mut events = daemon.admin_stream("/v1/apps/web/events");
     assert_eq!(daemon.status()["health"], "healthy");
-    eventually(Duration::from_secs(10), "health unhealthy", || {
-        daemon.status()["health"] == "unhealthy"
-    });
+    let seen = common::read_until(&mut events, "turned unhealthy", Duration::from_secs(15));
+    assert!(
+        seen.contains("event: unhealthy") && seen.contains("turned unhealthy"),
+        "{seen}"
+    );
+    assert_eq!(daemon.status()["health"], "unhealthy");
 }

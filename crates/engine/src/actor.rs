@@ -486,6 +486,7 @@ impl Actor {
         let config = self.context.app.health.clone();
         let health = self.health.clone();
         let app = self.context.name().to_string();
+        let events = self.context.events.clone();
         health.store(HEALTH_OK, Ordering::Relaxed);
         self.monitor = Some(tokio::spawn(async move {
             let mut was_healthy = true;
@@ -500,12 +501,29 @@ impl Actor {
                     },
                     Ordering::Relaxed,
                 );
-                match (&result, was_healthy) {
-                    (Err(why), true) => {
-                        tracing::warn!(app = %app, "live release turned unhealthy: {why}")
+                let change = match (&result, was_healthy) {
+                    (Err(why), true) => Some((
+                        "unhealthy",
+                        format!("the live release of {app} turned unhealthy: {why}"),
+                    )),
+                    (Ok(()), false) => Some((
+                        "healthy",
+                        format!("the live release of {app} is healthy again"),
+                    )),
+                    _ => None,
+                };
+                if let Some((kind, message)) = change {
+                    if kind == "unhealthy" {
+                        tracing::warn!(app = %app, "{message}");
+                    } else {
+                        tracing::info!(app = %app, "{message}");
                     }
-                    (Ok(()), false) => tracing::info!(app = %app, "live release is healthy again"),
-                    _ => {}
+                    events.publish_app(crate::AppEvent {
+                        app: app.clone(),
+                        at: cutover_store::now_ms(),
+                        kind: kind.to_string(),
+                        message,
+                    });
                 }
                 was_healthy = result.is_ok();
             }

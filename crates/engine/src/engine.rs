@@ -218,6 +218,16 @@ impl Engine {
         self.inner.events.follow(&self.inner.store, id).await
     }
 
+    /// App-level events (the live release turning unhealthy or healthy
+    /// again) of every app; filter by `AppEvent::app`.
+    pub fn app_events(
+        &self,
+        app: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<crate::AppEvent>, EngineError> {
+        self.actor(app)?;
+        Ok(self.inner.events.subscribe_apps())
+    }
+
     /// The log file of the app's release in `slot` (the live slot by default).
     pub async fn log_path(&self, app: &str, slot: Option<Slot>) -> Result<PathBuf, EngineError> {
         self.actor(app)?;

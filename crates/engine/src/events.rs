@@ -9,13 +9,35 @@ use tokio::sync::{broadcast, mpsc};
 #[derive(Clone)]
 pub(crate) struct EventBus {
     sender: broadcast::Sender<EventRecord>,
+    apps: broadcast::Sender<AppEvent>,
+}
+
+/// Something that happened to an app outside any deployment, such as its
+/// live release turning unhealthy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppEvent {
+    pub app: String,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `unhealthy` or `healthy`.
+    pub kind: String,
+    pub message: String,
 }
 
 impl EventBus {
     pub(crate) fn new() -> EventBus {
         EventBus {
             sender: broadcast::channel(1024).0,
+            apps: broadcast::channel(256).0,
         }
+    }
+
+    pub(crate) fn publish_app(&self, event: AppEvent) {
+        let _ = self.apps.send(event);
+    }
+
+    pub(crate) fn subscribe_apps(&self) -> broadcast::Receiver<AppEvent> {
+        self.apps.subscribe()
     }
 
     /// Publishes an event that the store already holds.

@@ -36,4 +36,5 @@ mod rollout;
 
 pub use engine::{AppStatus, DeployRequest, DeploymentDetail, Engine, LiveHealth};
 pub use error::EngineError;
+pub use events::AppEvent;
 pub use log_tail::tail_lines;

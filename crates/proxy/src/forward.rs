@@ -13,9 +13,9 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::conn_io::{ConnActivity, ConnGuard};
 use crate::error::ForwardError;
 use crate::headers::{self, X_REQUEST_ID};
+use crate::pool::PooledConn;
 use crate::router::{AppRoute, Router, PREVIEW_COOKIE, STICKY_COOKIE};
 use crate::settings::ProxySettings;
-use crate::pool::PooledConn;
 use crate::tunnel::Tunnel;
 use crate::upstream::{InFlightGuard, Upstream};
 
@@ -116,14 +116,20 @@ async fn forward(
         }
         None => parts.headers.get(HOST).cloned(),
     };
-    let (in_flight, sticky) = start_on_live(ctx, host.as_ref().and_then(|h| h.to_str().ok()), &parts.headers)?;
+    let (in_flight, sticky) = start_on_live(
+        ctx,
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        &parts.headers,
+    )?;
     let upstream = in_flight.upstream();
 
     let stripped = headers::strip_hop_by_hop(&mut parts.headers);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(EXPECT);
     if let Some(upgrade) = &upgrade {
-        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, upgrade.protocol.clone());
     }
     match &host {
@@ -156,7 +162,9 @@ async fn forward(
             match upgrade {
                 Some(upgrade) => Ok(switch_protocols(response, conn, upgrade, in_flight, active)),
                 // A 101 nobody asked for: hyper does not hand it to us.
-                None => Err(ForwardError::UnexpectedSwitch { app: upstream.app_name() }),
+                None => Err(ForwardError::UnexpectedSwitch {
+                    app: upstream.app_name(),
+                }),
             }
         }
         Ok((response, conn)) => {
@@ -193,9 +201,15 @@ fn switch_protocols(
 ) -> Response<ResponseBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _empty) = response.into_parts();
-    let protocol = parts.headers.get(UPGRADE).cloned().unwrap_or(upgrade.protocol);
+    let protocol = parts
+        .headers
+        .get(UPGRADE)
+        .cloned()
+        .unwrap_or(upgrade.protocol);
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
     parts.headers.insert(UPGRADE, protocol);
     let tunnel = Tunnel {
@@ -246,23 +260,40 @@ fn start_on_live(
 
 /// Picks the upstream for one request. The common case (no preview, no
 /// shift) looks at no header at all.
-fn choose<'a>(route: &'a AppRoute, headers: &HeaderMap) -> (Option<&'a Arc<Upstream>>, Option<HeaderValue>) {
+fn choose<'a>(
+    route: &'a AppRoute,
+    headers: &HeaderMap,
+) -> (Option<&'a Arc<Upstream>>, Option<HeaderValue>) {
     if let Some(preview) = &route.preview {
-        let asked = headers.get(&preview.header).is_some_and(|v| v.as_bytes() == b"1")
+        let asked = headers
+            .get(&preview.header)
+            .is_some_and(|v| v.as_bytes() == b"1")
             || cookie(headers, PREVIEW_COOKIE).is_some_and(|v| v == "1");
         if asked {
             return (Some(&preview.upstream), None);
         }
     }
-    let Some(canary) = &route.canary else { return (route.live.as_ref(), None) };
-    let Some(live) = &route.live else { return (Some(&canary.upstream), None) };
+    let Some(canary) = &route.canary else {
+        return (route.live.as_ref(), None);
+    };
+    let Some(live) = &route.live else {
+        return (Some(&canary.upstream), None);
+    };
     match cookie(headers, STICKY_COOKIE) {
         Some(slot) if slot == canary.upstream.slot() => return (Some(&canary.upstream), None),
         Some(slot) if slot == live.slot() => return (Some(live), None),
         _ => {}
     }
-    let chosen = if fastrand::u8(0..100) < canary.percent { &canary.upstream } else { live };
-    let cookie = HeaderValue::from_str(&format!("{STICKY_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax", chosen.slot())).ok();
+    let chosen = if fastrand::u8(0..100) < canary.percent {
+        &canary.upstream
+    } else {
+        live
+    };
+    let cookie = HeaderValue::from_str(&format!(
+        "{STICKY_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
+        chosen.slot()
+    ))
+    .ok();
     (Some(chosen), cookie)
 }
 

@@ -182,7 +182,10 @@ impl Router {
     /// Sends `percent`% of new clients to `upstream`, keeping each client on
     /// the release it got (cookie [`STICKY_COOKIE`]); `None` ends the shift.
     pub fn set_canary(&self, app: &str, canary: Option<(Arc<Upstream>, u8)>) {
-        let canary = canary.map(|(upstream, percent)| Canary { upstream, percent: percent.min(100) });
+        let canary = canary.map(|(upstream, percent)| Canary {
+            upstream,
+            percent: percent.min(100),
+        });
         self.update(app, |route| route.canary = canary.clone());
     }
 

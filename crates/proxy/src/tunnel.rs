@@ -358,7 +358,13 @@ mod tests {
     fn masked(len: usize) -> Vec<u8> {
         let mut f = frame(len);
         f[1] |= 0x80;
-        let header = if len < 126 { 2 } else if len <= 0xffff { 4 } else { 10 };
+        let header = if len < 126 {
+            2
+        } else if len <= 0xffff {
+            4
+        } else {
+            10
+        };
         f.splice(header..header, [1, 2, 3, 4]);
         f
     }
@@ -367,7 +373,14 @@ mod tests {
     fn frame_boundaries_are_found_whatever_the_chunking() {
         let mut stream = Vec::new();
         let mut ends = Vec::new();
-        for f in [frame(5), masked(0), frame(300), masked(70_000), frame(0), masked(125)] {
+        for f in [
+            frame(5),
+            masked(0),
+            frame(300),
+            masked(70_000),
+            frame(0),
+            masked(125),
+        ] {
             stream.extend_from_slice(&f);
             ends.push(stream.len());
         }

@@ -49,6 +49,7 @@ async fn ws_backend(name: &'static str) -> WsBackend {
             };
             let tx = tx.clone();
             tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // tungstenite's callback signature
                 let callback = |_req: &ServerRequest, mut res: ServerResponse| {
                     res.headers_mut()
                         .insert("x-backend", http::HeaderValue::from_static(name));
@@ -61,19 +62,14 @@ async fn ws_backend(name: &'static str) -> WsBackend {
                     if let Message::Binary(data) = &message {
                         let _ = tx.send(format!("binary {}", data.len()));
                     }
-                    match message {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(message).await.is_err() {
-                                return;
-                            }
-                        }
-                        Message::Close(frame) => {
-                            let text = frame.map_or("close none".into(), |f| {
-                                format!("close {} {}", u16::from(f.code), f.reason)
-                            });
-                            let _ = tx.send(text);
-                        }
-                        _ => {}
+                    if let Message::Close(frame) = &message {
+                        let text = frame.as_ref().map_or("close none".into(), |f| {
+                            format!("close {} {}", u16::from(f.code), f.reason)
+                        });
+                        let _ = tx.send(text);
+                    }
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -161,10 +157,7 @@ async fn websocket_session_keeps_echoing_across_a_switch_and_the_drain_ends_when
             "the old session keeps working"
         );
     }
-    assert!(
-        !drain.is_finished(),
-        "the drain waits for the open session"
-    );
+    assert!(!drain.is_finished(), "the drain waits for the open session");
 
     session.close(None).await.expect("close");
     while let Some(Ok(_)) = session.next().await {}
@@ -205,11 +198,12 @@ async fn drain_timeout_closes_websockets_with_going_away_sent_to_both_sides() {
     )
     .await
     .expect("the drain returns a few seconds after its timeout at most");
+    assert_eq!(outcome, DrainOutcome::TimedOut { still_in_flight: 1 });
     assert_eq!(
-        outcome,
-        DrainOutcome::TimedOut { still_in_flight: 1 }
+        old.upgraded(),
+        0,
+        "the tunnel is gone when the drain returns"
     );
-    assert_eq!(old.upgraded(), 0, "the tunnel is gone when the drain returns");
 
     let mut close = None;
     while let Ok(Some(Ok(message))) =
@@ -354,7 +348,10 @@ async fn other_upgrades_are_tunnelled_and_cut_at_the_drain_timeout() {
         .expect("write");
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: raw-echo"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: raw-echo"),
+        "{head}"
+    );
     for round in 0..3 {
         let text = format!("bytes {round}\n");
         stream.write_all(text.as_bytes()).await.expect("write");
@@ -386,7 +383,9 @@ async fn upgrade_refused_by_the_upstream_is_an_ordinary_response() {
     let proxy = Proxy::start(router, fast_settings()).await;
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: upgrade\r\nupgrade: other\r\n\r\n")
+        .write_all(
+            b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: upgrade\r\nupgrade: other\r\n\r\n",
+        )
         .await
         .expect("write");
     let head = read_head(&mut stream).await;

@@ -410,13 +410,17 @@ fn websocket(st: &'static State, mut req: Request<Incoming>) -> Response<Body> {
     let (true, Some(key)) = (is_websocket, key) else {
         return text(
             StatusCode::BAD_REQUEST,
-            Body::from_static("/ws needs a WebSocket handshake (Upgrade: websocket, Sec-WebSocket-Key)\n"),
+            Body::from_static(
+                "/ws needs a WebSocket handshake (Upgrade: websocket, Sec-WebSocket-Key)\n",
+            ),
         );
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,

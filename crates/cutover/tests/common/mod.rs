@@ -274,6 +274,15 @@ stop_timeout = "5s"
             .unwrap_or_else(|e| panic!("admin GET {path}: not JSON ({e}): {answer}"))
     }
 
+    /// Opens a streaming admin GET (SSE); read it with [`read_until`].
+    pub fn admin_stream(&self, path: &str) -> std::os::unix::net::UnixStream {
+        use std::io::Write;
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(self.state_dir().join("admin.sock")).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: cutover\r\n\r\n").unwrap();
+        stream
+    }
+
     /// Messages of a deployment's events, oldest first.
     pub fn event_messages(&self, deployment: i64) -> Vec<String> {
         let detail = self.admin_get(&format!("/v1/deployments/{deployment}"));
@@ -396,6 +405,38 @@ pub fn releases_of_instance(state_dir: &Path) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// Reads from `stream` until `needle` shows up (or `within` passes) and
+/// returns what was read.
+pub fn read_until(
+    stream: &mut std::os::unix::net::UnixStream,
+    needle: &str,
+    within: Duration,
+) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while Instant::now() < deadline {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading the admin stream failed: {e}"),
+        }
+        if String::from_utf8_lossy(&seen).contains(needle) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
 }
 
 /// Polls `condition` until it holds, failing with `what` after `within`.
