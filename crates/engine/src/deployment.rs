@@ -291,17 +291,7 @@ async fn reuse_standby(
 ) -> Result<(), Stop> {
     let context = job.context.clone();
     let app = context.name().to_string();
-    let plan = DeploymentPlan {
-        release_id: standby.release.id,
-        target_slot: standby.slot.as_str().to_string(),
-        from_release_id: job.live.as_ref().map(|l| l.release.id),
-        from_slot: job.live.as_ref().map(|l| l.slot.as_str().to_string()),
-    };
-    let store = context.store.clone();
-    let id = job.record.id;
-    blocking(move || store.set_deployment_plan(id, &plan))
-        .await
-        .map_err(|e| Stop::Failed(format!("cannot record the deployment plan: {e}")))?;
+    record_plan(job, standby.release.id, standby.slot).await?;
     let version = standby.release.version.clone();
     let log_path = standby.log_path.clone().unwrap_or_else(|| {
         context
@@ -388,17 +378,7 @@ async fn prepare_and_check(
                 .map_err(|e| Stop::Failed(format!("cannot record the release: {e}")))?
         }
     };
-    let plan = DeploymentPlan {
-        release_id: release.id,
-        target_slot: target.as_str().to_string(),
-        from_release_id: job.live.as_ref().map(|l| l.release.id),
-        from_slot: job.live.as_ref().map(|l| l.slot.as_str().to_string()),
-    };
-    let store = context.store.clone();
-    let id = job.record.id;
-    blocking(move || store.set_deployment_plan(id, &plan))
-        .await
-        .map_err(|e| Stop::Failed(format!("cannot record the deployment plan: {e}")))?;
+    record_plan(job, release.id, target).await?;
 
     let log_path = context
         .logs_dir
@@ -508,6 +488,21 @@ async fn prepare_and_check(
             tail()
         ))),
     }
+}
+
+/// Records which release goes to which slot, and what was live before.
+async fn record_plan(job: &DeploymentJob, release_id: i64, target: Slot) -> Result<(), Stop> {
+    let plan = DeploymentPlan {
+        release_id,
+        target_slot: target.as_str().to_string(),
+        from_release_id: job.live.as_ref().map(|l| l.release.id),
+        from_slot: job.live.as_ref().map(|l| l.slot.as_str().to_string()),
+    };
+    let store = job.context.store.clone();
+    let id = job.record.id;
+    blocking(move || store.set_deployment_plan(id, &plan))
+        .await
+        .map_err(|e| Stop::Failed(format!("cannot record the deployment plan: {e}")))
 }
 
 /// Something not live may still run in the target slot (left by an

@@ -197,10 +197,11 @@ impl Store {
                 params![new.app, new.trigger, new.version, new.release_id, now],
             )?;
             let id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, 'queued', ?3)",
-                params![id, now, format!("deployment of {} {} requested by {}", new.app, new.version, new.trigger)],
-            )?;
+            let message = format!(
+                "deployment of {} {} requested by {}",
+                new.app, new.version, new.trigger
+            );
+            insert_event(&tx, id, now, "queued", &message)?;
             tx.commit()?;
             id
         };
@@ -232,19 +233,9 @@ impl Store {
         if changed == 0 {
             return Err(StoreError::NoDeployment(deployment_id));
         }
-        tx.execute(
-            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
-            params![deployment_id, now, state.as_str(), message],
-        )?;
-        let id = tx.last_insert_rowid();
+        let event = insert_event(&tx, deployment_id, now, state.as_str(), message)?;
         tx.commit()?;
-        Ok(EventRecord {
-            id,
-            deployment_id,
-            at: now,
-            state: state.as_str().to_string(),
-            message: message.to_string(),
-        })
+        Ok(event)
     }
 
     /// Appends an informational event without changing the deployment's state.
@@ -259,20 +250,9 @@ impl Store {
             )
             .optional()?
             .ok_or(StoreError::NoDeployment(deployment_id))?;
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
-            params![deployment_id, now, state, message],
-        )?;
-        let id = tx.last_insert_rowid();
+        let event = insert_event(&tx, deployment_id, now_ms(), &state, message)?;
         tx.commit()?;
-        Ok(EventRecord {
-            id,
-            deployment_id,
-            at: now,
-            state,
-            message: message.to_string(),
-        })
+        Ok(event)
     }
 
     /// Records which slot the deployment targets and what was live when it began.
@@ -353,19 +333,9 @@ impl Store {
             "UPDATE deployments SET state = ?2 WHERE id = ?1",
             params![deployment_id, state.as_str()],
         )?;
-        tx.execute(
-            "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
-            params![deployment_id, now, state.as_str(), message],
-        )?;
-        let id = tx.last_insert_rowid();
+        let event = insert_event(&tx, deployment_id, now, state.as_str(), message)?;
         tx.commit()?;
-        Ok(EventRecord {
-            id,
-            deployment_id,
-            at: now,
-            state: state.as_str().to_string(),
-            message: message.to_string(),
-        })
+        Ok(event)
     }
 
     pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>> {
@@ -429,6 +399,26 @@ impl Store {
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
+}
+
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    deployment_id: i64,
+    at: i64,
+    state: &str,
+    message: &str,
+) -> Result<EventRecord> {
+    tx.execute(
+        "INSERT INTO events (deployment_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
+        params![deployment_id, at, state, message],
+    )?;
+    Ok(EventRecord {
+        id: tx.last_insert_rowid(),
+        deployment_id,
+        at,
+        state: state.to_string(),
+        message: message.to_string(),
+    })
 }
 
 const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.app, d.trigger, d.version, d.release_id, d.target_slot,
