@@ -17,6 +17,8 @@
 //!   JSON errors.
 //! - `events`: the Server-Sent Events stream of a deployment.
 //! - `logs`: tail and follow of a release's log file.
+//! - `metrics`: `GET /metrics`, Prometheus text of the proxy's and the
+//!   engine's metrics.
 //! - `socket`: [`AdminSocket`], binding the unix socket safely (refusing
 //!   to start when another daemon answers on it) and serving it with
 //!   graceful shutdown.
@@ -29,6 +31,7 @@ mod error;
 mod events;
 mod extract;
 mod logs;
+mod metrics;
 pub mod routes;
 mod shutdown;
 mod socket;

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | GET | `/v1/apps` | `[AppStatus]` |
 //! | GET | `/v1/apps/{app}` | `AppStatus` |
-//! | POST | `/v1/apps/{app}/deployments` | 202 `DeploymentRecord`; body `{"version": "v2", "force": false, "trigger": "cli"}` |
+//! | POST | `/v1/apps/{app}/deployments` | 202 `DeploymentRecord`; body `{"version": "v2", "force": false, "trigger": "cli"}`, or `{"ref": "v1.2-cicd"}` to build that git ref first |
 //! | GET | `/v1/apps/{app}/deployments?limit=N` | `[DeploymentRecord]`, newest first (default 20, at most 1000) |
 //! | POST | `/v1/apps/{app}/rollback` | 202 `DeploymentRecord` |
 //! | POST | `/v1/apps/{app}/abort` | 200 `DeploymentRecord` |
@@ -12,6 +12,7 @@
 //! | GET | `/v1/apps/{app}/logs?slot=blue\|green&tail=N&follow=true` | text/plain |
 //! | GET | `/v1/deployments/{id}` | `DeploymentDetail` |
 //! | GET | `/v1/deployments/{id}/events` | Server-Sent Events of `EventRecord` |
+//! | GET | `/metrics` | Prometheus text (proxy and engine metrics, see `metrics`) |
 
 use crate::error::HttpError;
 use crate::extract::{ApiPath, ApiQuery, Expected, JsonBody};
@@ -55,9 +56,18 @@ pub(crate) fn router_with_shutdown(engine: Engine, shutdown: Shutdown) -> Router
         .route("/v1/apps/{app}/events", get(app_events))
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/events", get(deployment_events))
+        .route("/metrics", get(metrics))
+        .layer(axum::Extension(crate::metrics::HealthTransitions::start(&engine)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ApiState { engine, shutdown })
+}
+
+async fn metrics(
+    State(state): State<ApiState>,
+    axum::Extension(transitions): axum::Extension<std::sync::Arc<crate::metrics::HealthTransitions>>,
+) -> Response {
+    crate::metrics::render(&state.engine, &transitions).await
 }
 
 async fn not_found(method: Method, uri: Uri) -> HttpError {
@@ -88,7 +98,11 @@ async fn app_status(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeployBody {
-    version: String,
+    version: Option<String>,
+    /// A branch, tag or full ref of the app's `[app.source]`: build it and
+    /// deploy the result (instead of `version`).
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
     #[serde(default)]
     force: bool,
     #[serde(default)]
@@ -97,7 +111,7 @@ struct DeployBody {
 
 impl Expected for DeployBody {
     const EXPECTED: &'static str =
-        r#"{"version": "v2", "force": false} (force and trigger are optional)"#;
+        r#"{"version": "v2", "force": false} or {"ref": "v1.2-cicd"} (force and trigger are optional)"#;
 }
 
 /// Triggers are stored and shown; keep them to a short, plain alphabet.
@@ -125,10 +139,33 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<DeploymentRecord>), HttpError> {
     let trigger = body.trigger.unwrap_or_else(|| "cli".to_string());
     validate_trigger(&trigger)?;
+    let version = match (body.version, body.git_ref) {
+        (Some(_), Some(_)) => {
+            return Err(HttpError::bad_request(format!(
+                "give either `version` or `ref`, not both; expected {}",
+                DeployBody::EXPECTED
+            )))
+        }
+        (None, None) => {
+            return Err(HttpError::bad_request(format!(
+                "missing field `version` (or `ref`); expected {}",
+                DeployBody::EXPECTED
+            )))
+        }
+        (None, Some(git_ref)) => {
+            let record = state
+                .engine
+                .deploy_ref(&app, &git_ref, body.force, &trigger)
+                .await?;
+            return Ok((StatusCode::ACCEPTED, Json(record)));
+        }
+        (Some(version), None) => version,
+    };
     let request = DeployRequest {
-        version: body.version,
+        version,
         trigger,
         force: body.force,
+        source: None,
     };
     let record = state.engine.deploy(&app, request).await?;
     Ok((StatusCode::ACCEPTED, Json(record)))

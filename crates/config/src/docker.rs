@@ -146,6 +146,12 @@ pub(crate) fn validate(
         ConfigError::at(file, source, Some(span), message)
     };
     let raw = spanned.get_ref();
+    if !app.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(error(
+            spanned.span(),
+            format!("app `{app}` runs in containers named `{app}-blue` and `{app}-green`, and Docker names must start with a letter or digit; rename the app"),
+        ));
+    }
 
     let image = raw.image.get_ref().trim().to_string();
     if !image.contains("{version}") {
@@ -507,6 +513,118 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Config, DriverConfig};
+
+    const APP: &str = r#"
+[[app]]
+name = "web"
+[app.docker]
+"#;
+
+    fn parse(docker: &str) -> Result<DockerConfig, String> {
+        let text = format!("{APP}{docker}\n");
+        let config =
+            Config::parse(Path::new("/srv/cutover.toml"), &text).map_err(|e| e.to_string())?;
+        match config.apps.into_iter().next().map(|app| app.driver) {
+            Some(DriverConfig::Docker(docker)) => Ok(docker),
+            other => Err(format!("not a docker app: {other:?}")),
+        }
+    }
+
+    fn rejected(docker: &str) -> String {
+        match parse(docker) {
+            Ok(config) => format!("accepted: {config:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_full_section_resolves_paths_and_defaults() {
+        let config = parse(
+            r#"image = "127.0.0.1:5000/web:{version}"
+build = { context = "app", args = { VERSION = "{version}" } }
+push = true
+port = 9000
+env = { MODE = "prod" }
+volumes = ["./data:/data:ro", "web-cache:/cache"]
+labels = { team = "payments" }
+network = "backend"
+memory = "512MB"
+cpus = 0.5
+stop_timeout = "5s"
+keep_images = 2
+registry_user = "ci"
+registry_password_file = "secrets/registry"
+"#,
+        );
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.port, 9000);
+        assert!(config.push);
+        let build = config
+            .build
+            .as_ref()
+            .map(|b| (b.context.as_str(), b.dockerfile.as_str()));
+        assert_eq!(build, Some(("/srv/app", "Dockerfile")));
+        assert_eq!(config.volumes, ["/srv/./data:/data:ro", "web-cache:/cache"]);
+        assert_eq!(config.network, DockerNetwork::Named("backend".to_string()));
+        assert_eq!(config.memory, Some(512 << 20));
+        assert_eq!(config.stop_timeout, Duration::from_secs(5));
+        assert_eq!(config.keep_images, 2);
+        let password = config.registry.map(|r| r.password);
+        assert_eq!(
+            password,
+            Some(SecretSource::File(PathBuf::from("/srv/secrets/registry")))
+        );
+
+        let defaults = parse(r#"image = "web:{version}""#)
+            .map_err(|e| panic!("{e}"))
+            .ok();
+        let defaults = defaults.map(|d| (d.port, d.network, d.keep_images, d.stop_timeout));
+        assert_eq!(
+            defaults,
+            Some((8080, DockerNetwork::Bridge, 3, Duration::from_secs(10)))
+        );
+    }
+
+    #[test]
+    fn bad_sections_are_rejected_with_what_to_do() {
+        for (docker, expected) in [
+            (r#"image = "web:latest""#, "must contain {version}"),
+            (r#"image = "Web:{version}""#, "not a valid image reference"),
+            (
+                "image = \"web:{version}\"\nregistry_password = \"hunter2\"",
+                "unknown field `registry_password`",
+            ),
+            (
+                "image = \"web:{version}\"\nregistry_user = \"ci\"",
+                "registry_user needs a password",
+            ),
+            (
+                "image = \"web:{version}\"\nnetwork = \"host\"",
+                "needs host_ports",
+            ),
+            (
+                "image = \"web:{version}\"\nnetwork = \"host\"\nport = 80\nhost_ports = { blue = 1, green = 2 }",
+                "remove `port`",
+            ),
+            (
+                "image = \"web:{version}\"\nlabels = { \"cutover.app\" = \"x\" }",
+                "set by cutover itself",
+            ),
+            ("image = \"web:{version}\"\npush = true", "needs a `build`"),
+            ("image = \"web:{version}\"\nport = 0", "is not a port"),
+            ("image = \"web:{version}\"\nkeep_images = 0", "keep_images must be"),
+            ("image = \"web:{version}\"\nvolumes = [\"data\"]", "SOURCE:TARGET"),
+            ("image = \"web:{version}\"\nmemory = \"1MB\"", "at least"),
+        ] {
+            let error = rejected(docker);
+            assert!(error.contains(expected), "{docker}: {error}");
+            assert!(error.starts_with("/srv/cutover.toml:"), "{error}");
+        }
+    }
 
     #[test]
     fn references_are_checked_loosely() {

@@ -18,9 +18,15 @@
 pub mod docker;
 pub mod error;
 pub mod model;
+pub mod nginx;
 mod raw;
+pub mod source;
 pub mod units;
+pub mod webhook;
 
 pub use docker::DockerConfig;
 pub use error::ConfigError;
 pub use model::*;
+pub use nginx::{NginxConfig, SshConfig};
+pub use source::{DeployOn, RefKind, SourceConfig};
+pub use webhook::WebhookConfig;

@@ -61,6 +61,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
     pub apps: Vec<AppConfig>,
+    /// The git webhook receiver (`[webhook]`), when configured.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,11 @@ pub struct ProxyConfig {
     pub upstream_connect_timeout: Duration,
     pub upstream_response_timeout: Duration,
     pub access_log: AccessLog,
+    /// Where access log lines go; `None`: standard output.
+    pub access_log_file: Option<PathBuf>,
+    /// `mode = "nginx"`: cutover drives this nginx and listens for no
+    /// client traffic itself. `None`: the built-in proxy (the default).
+    pub nginx: Option<crate::nginx::NginxConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +122,8 @@ pub struct AppConfig {
     pub hooks: HooksConfig,
     pub health: HealthConfig,
     pub driver: DriverConfig,
+    /// The git source and build pipeline (`[app.source]`), when configured.
+    pub source: Option<crate::source::SourceConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,7 +306,13 @@ impl Validator<'_> {
         let mut host_owners: BTreeMap<String, String> = BTreeMap::new();
         let mut apps = Vec::new();
         for raw_app in raw.app {
-            let app = self.app(&raw_app, &base)?;
+            let app = self.app(&raw_app, &base, &state_dir)?;
+            if let (Some(_), Some(shift)) = (&proxy.nginx, &raw_app.get_ref().shift) {
+                return Err(self.error(
+                    shift,
+                    format!("app `{}` sets `shift`, which needs the built-in proxy: nginx (`[proxy] mode = \"nginx\"`) switches all traffic at once; remove `shift`", app.name),
+                ));
+            }
             if !names.insert(app.name.clone()) {
                 return Err(self.error(
                     &raw_app.get_ref().name,
@@ -325,27 +340,33 @@ impl Validator<'_> {
             }
             apps.push(app);
         }
+        let webhook = match &raw.webhook {
+            Some(webhook) => Some(crate::webhook::validate(
+                webhook,
+                &base,
+                self.file,
+                self.source,
+            )?),
+            None => None,
+        };
         Ok(Config {
             file: std::path::absolute(self.file).unwrap_or_else(|_| self.file.to_path_buf()),
             state_dir,
             proxy,
             admin,
             apps,
+            webhook,
         })
     }
 
     fn proxy(&self, raw: crate::raw::RawProxy) -> Result<ProxyConfig, ConfigError> {
-        if let Some(mode) = &raw.mode {
-            if mode.get_ref() != "builtin" {
-                return Err(self.error(
-                    mode,
-                    format!(
-                        "proxy mode `{}` is not supported by this build; use \"builtin\"",
-                        mode.get_ref()
-                    ),
-                ));
-            }
-        }
+        let nginx_mode = crate::nginx::mode(
+            raw.mode.as_ref(),
+            raw.nginx.as_ref(),
+            self.file,
+            self.source,
+        )?;
+        let listen_given = raw.listen.is_some();
         let listen = match raw.listen {
             None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             Some(list) => list
@@ -370,6 +391,17 @@ impl Validator<'_> {
                 ))
             }
         };
+        let nginx = if nginx_mode {
+            Some(crate::nginx::validate(
+                raw.nginx.as_ref(),
+                listen_given.then_some(listen.as_slice()),
+                &self.base_dir(),
+                self.file,
+                self.source,
+            )?)
+        } else {
+            None
+        };
         Ok(ProxyConfig {
             listen,
             max_body: raw.max_body.map_or(100 << 20, |s| s.0),
@@ -384,10 +416,17 @@ impl Validator<'_> {
                 .upstream_response_timeout
                 .map_or(Duration::from_secs(60), |d| d.0),
             access_log,
+            access_log_file: raw.access_log_file.map(|file| self.base_dir().join(file)),
+            nginx,
         })
     }
 
-    fn app(&self, spanned: &Spanned<RawApp>, base: &Path) -> Result<AppConfig, ConfigError> {
+    fn app(
+        &self,
+        spanned: &Spanned<RawApp>,
+        base: &Path,
+        state_dir: &Path,
+    ) -> Result<AppConfig, ConfigError> {
         let raw = spanned.get_ref();
         let name = raw.name.get_ref();
         let name_ok = !name.is_empty()
@@ -477,6 +516,17 @@ impl Validator<'_> {
             hooks: self.hooks(raw)?,
             health: self.health(&raw.health)?,
             driver,
+            source: match &raw.source {
+                Some(source) => Some(crate::source::validate(
+                    source,
+                    name,
+                    base,
+                    state_dir,
+                    self.file,
+                    self.source,
+                )?),
+                None => None,
+            },
         })
     }
 

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub app: Vec<Spanned<RawApp>>,
+    pub webhook: Option<Spanned<crate::webhook::RawWebhook>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +30,8 @@ pub struct RawProxy {
     pub upstream_connect_timeout: Option<HumanDuration>,
     pub upstream_response_timeout: Option<HumanDuration>,
     pub access_log: Option<Spanned<String>>,
+    pub access_log_file: Option<String>,
+    pub nginx: Option<Spanned<crate::nginx::RawNginx>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +61,7 @@ pub struct RawApp {
     pub health: RawHealth,
     pub process: Option<Spanned<RawProcess>>,
     pub docker: Option<Spanned<crate::docker::RawDocker>>,
+    pub source: Option<Spanned<crate::source::RawSource>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

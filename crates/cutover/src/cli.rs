@@ -55,6 +55,8 @@ pub enum Command {
     Abort(AbortArgs),
     /// Print the output of an app's release.
     Logs(LogsArgs),
+    /// Print the nginx site config of an app (nginx front mode); needs only the config file.
+    NginxConfig(AppArg),
 }
 
 #[derive(Debug, Args)]

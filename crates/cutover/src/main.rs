@@ -9,6 +9,7 @@
 //! - `sse`: reading the Server-Sent Events of a deployment.
 //! - `model`: the API's answers as the CLI reads them.
 //! - `output`: tables, event lines, durations.
+//! - `nginx_config`: `cutover nginx-config APP`, the site config for nginx.
 //! - `failure`: exit statuses (0 ok, 1 operation failed, 2 usage or config).
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ mod client;
 mod commands;
 mod failure;
 mod model;
+mod nginx_config;
 mod output;
 mod serve;
 mod sse;
@@ -70,5 +72,6 @@ async fn run(cli: Cli) -> Outcome {
         Command::Promote(args) => commands::promote(global, &args.app).await,
         Command::Abort(args) => commands::abort(global, args).await,
         Command::Logs(args) => commands::logs(global, args).await,
+        Command::NginxConfig(args) => nginx_config::print(global, &args.app),
     }
 }

@@ -52,8 +52,13 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
             .collect(),
     );
 
-    let mut listeners = Vec::with_capacity(config.proxy.listen.len());
-    for addr in &config.proxy.listen {
+    // In nginx front mode nginx takes the client traffic: no listener here.
+    let listen = match &config.proxy.nginx {
+        Some(_) => &[][..],
+        None => &config.proxy.listen[..],
+    };
+    let mut listeners = Vec::with_capacity(listen.len());
+    for addr in listen {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             Failure::failed(format!("cannot listen on {addr} ([proxy] listen): {e}"))
         })?;
@@ -84,9 +89,17 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
         .iter()
         .map(|(local, _)| local.to_string())
         .collect();
+    let options = proxy_options(&config)?;
+    spawn_reload_on_sighup(options.clone());
     let mut proxies = Vec::with_capacity(listeners.len());
     for (local, listener) in listeners {
-        let serving = cutover_proxy::serve(listener, router.clone(), settings, stop_signal());
+        let serving = cutover_proxy::serve_with(
+            listener,
+            router.clone(),
+            settings,
+            options.clone(),
+            stop_signal(),
+        );
         proxies.push(tokio::spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(%local, %error, "a proxy listener stopped");
@@ -103,9 +116,12 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
     } else {
         apps.join(", ")
     };
+    let serving = match &config.proxy.nginx {
+        Some(nginx) => format!("through nginx ({})", nginx.conf.display()),
+        None => bound.join(", "),
+    };
     let line = format!(
-        "cutover serving {} (apps: {apps}), admin socket {}",
-        bound.join(", "),
+        "cutover serving {serving} (apps: {apps}), admin socket {}",
         socket.display()
     );
     println!("{line}");
@@ -153,6 +169,53 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
             Err(error) => Err(Failure::failed(format!("the admin API failed: {error}"))),
         },
     }
+}
+
+/// The proxy listeners' options from `[proxy]`: the access log.
+fn proxy_options(config: &Config) -> Result<cutover_proxy::ServeOptions, Failure> {
+    use cutover_config::AccessLog;
+    use cutover_proxy::{AccessLogFormat, AccessLogTarget};
+    let format = match config.proxy.access_log {
+        AccessLog::Off => None,
+        AccessLog::Combined => Some(AccessLogFormat::Combined),
+        AccessLog::Json => Some(AccessLogFormat::Json),
+    };
+    let access_log = match format {
+        None => None,
+        Some(format) => {
+            let target = match &config.proxy.access_log_file {
+                Some(path) => AccessLogTarget::File(path.clone()),
+                None => AccessLogTarget::Stdout,
+            };
+            let log = cutover_proxy::AccessLog::start(format, target)
+                .map_err(|e| Failure::failed(format!("{e} ([proxy] access_log_file)")))?;
+            Some(log)
+        }
+    };
+    Ok(cutover_proxy::ServeOptions {
+        access_log,
+        ..Default::default()
+    })
+}
+
+/// SIGHUP: reopen the access log file (after log rotation).
+fn spawn_reload_on_sighup(options: cutover_proxy::ServeOptions) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot install the SIGHUP handler; reopening logs needs a restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reopening the access log");
+            if let Some(log) = &options.access_log {
+                log.reopen();
+            }
+        }
+    });
 }
 
 /// Resolves on SIGTERM or SIGINT, naming it.

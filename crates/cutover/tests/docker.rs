@@ -155,7 +155,7 @@ fn docker_switch_under_keepalive_load_fails_no_request_and_removes_v1_container(
     });
     let live = containers(&t.instance());
     assert_eq!(live[0].name, format!("{}-green", t.app));
-    let logs = t.daemon.ok(&["logs", &t.app]);
+    let logs = t.daemon.ok(&["logs", &t.app, "--tail", "100000"]);
     assert!(
         logs.contains("fixture: serving version v2 on port 8080"),
         "container output in `cutover logs`:\n{logs}"
@@ -299,11 +299,11 @@ fn docker_kill_9_mid_deployment_readopts_live_container_and_leaves_no_orphan() {
         "output after the restart in the log",
         || {
             t.daemon
-                .ok(&["logs", &t.app])
+                .ok(&["logs", &t.app, "--tail", "100000"])
                 .contains("url:/after-restart")
         },
     );
-    let logs = t.daemon.ok(&["logs", &t.app]);
+    let logs = t.daemon.ok(&["logs", &t.app, "--tail", "100000"]);
     assert_eq!(
         logs.matches("fixture: serving version v1").count(),
         1,

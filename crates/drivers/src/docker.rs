@@ -113,7 +113,7 @@ impl Driver for DockerDriver {
     }
 
     async fn start(&self, spec: &ReleaseSpec) -> Result<StartedRelease, DriverError> {
-        Ok(self.inner.start(spec).await?)
+        self.inner.start(spec).await
     }
 
     async fn stop(&self, runtime_id: &str) -> Result<(), DriverError> {
@@ -235,7 +235,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn start(&self, spec: &ReleaseSpec) -> Result<StartedRelease, DockerError> {
+    async fn start(&self, spec: &ReleaseSpec) -> Result<StartedRelease, DriverError> {
         let docker = self.client.get().await?;
         let reference = image::reference(&self.config, &spec.version)?;
         let name = DockerDriver::container_name(&self.app, spec.slot);
@@ -307,9 +307,9 @@ impl Inner {
             ..ContainerCreateBody::default()
         };
         // The log file exists (and can be quoted) even if nothing is written.
-        logs::open(&spec.log_path).map_err(|e| DockerError::Api {
-            context: format!("opening the release log {}", spec.log_path.display()),
-            message: e.to_string(),
+        logs::open(&spec.log_path).map_err(|source| DriverError::Log {
+            path: spec.log_path.clone(),
+            source,
         })?;
         let created = docker
             .create_container(
@@ -336,7 +336,7 @@ impl Inner {
             let message = client::message(&e);
             let _ = docker.remove_container(&id, Some(remove_options())).await;
             let lower = message.to_ascii_lowercase();
-            return Err(
+            return Err(DriverError::Docker(
                 if lower.contains("port is already allocated")
                     || lower.contains("address already in use")
                 {
@@ -358,7 +358,7 @@ impl Inner {
                 } else {
                     self.client.error(format!("starting container {name}"), e)
                 },
-            );
+            ));
         }
         let output = logs::spawn(
             docker.clone(),
@@ -369,11 +369,9 @@ impl Inner {
         let label = format!("{name} ({})", spec.version);
         let exited = watch::spawn(docker.clone(), id.clone(), label, output);
 
-        let addr = match (publish, host_port) {
-            (false, Some(port)) | (true, Some(port)) => {
-                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-            }
-            (_, None) => {
+        let addr = match host_port {
+            Some(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            None => {
                 let inspected = docker
                     .inspect_container(&id, None)
                     .await
@@ -388,7 +386,8 @@ impl Inner {
                         return Err(DockerError::NoPublishedPort {
                             container: name,
                             port: listen_port,
-                        });
+                        }
+                        .into());
                     }
                 }
             }

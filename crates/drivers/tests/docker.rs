@@ -115,7 +115,9 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 async fn wait_serving(addr: SocketAddr, body: &str) {
     let deadline = Instant::now() + SOON;
     loop {
-        let answer = tokio::task::spawn_blocking(move || get(addr, "/")).await.unwrap();
+        let answer = tokio::task::spawn_blocking(move || get(addr, "/"))
+            .await
+            .unwrap();
         if answer.as_deref().is_ok_and(|a| a.contains(body)) {
             return;
         }
@@ -164,7 +166,10 @@ async fn container_serves_on_loopback_logs_to_release_log_and_is_removed_on_stop
     wait_serving(started.addr, "version=v1").await;
     let listed = containers(&f.instance());
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].id, started.runtime_id, "runtime id = container id");
+    assert_eq!(
+        listed[0].id, started.runtime_id,
+        "runtime id = container id"
+    );
     assert_eq!(listed[0].name, format!("{}-blue", f.app));
     assert_eq!(listed[0].version, "v1");
     let labels = docker_ok(&[
@@ -183,7 +188,10 @@ async fn container_serves_on_loopback_logs_to_release_log_and_is_removed_on_stop
     driver.stop(&started.runtime_id).await.unwrap();
     assert!(containers(&f.instance()).is_empty(), "container removed");
     let how = tokio::time::timeout(SOON, exited.wait()).await.unwrap();
-    assert!(how.contains("exited with code 0") || how.contains("removed"), "{how}");
+    assert!(
+        how.contains("exited with code 0") || how.contains("removed"),
+        "{how}"
+    );
     // Stopping what is gone succeeds.
     driver.stop(&started.runtime_id).await.unwrap();
 }
@@ -249,7 +257,10 @@ async fn docker_healthcheck_status_is_reported_healthy_or_failing() {
     build_image(&[&f.image("v3")], "Dockerfile", &[]);
     driver.stop(&good.runtime_id).await.unwrap();
     let plain = start(&driver, &f.spec(Slot::Blue, "v3")).await;
-    assert_eq!(driver.check(&plain.runtime_id).await, RuntimeHealth::Healthy);
+    assert_eq!(
+        driver.check(&plain.runtime_id).await,
+        RuntimeHealth::Healthy
+    );
 }
 
 /// After a restart of cutover (here: a runtime that is shut down, taking
@@ -267,7 +278,10 @@ fn adopt_resumes_logs_without_duplicates_and_orphans_are_removed() {
         let orphan = start(&driver, &f.spec(Slot::Green, "v2")).await;
         wait_serving(live.addr, "version=v1").await;
         let log = f.log_path(Slot::Blue, "v1");
-        eventually("first output logged", || read(&log).contains("fixture: serving")).await;
+        eventually("first output logged", || {
+            read(&log).contains("fixture: serving")
+        })
+        .await;
         (
             (live.runtime_id.clone(), live.addr),
             orphan.runtime_id.clone(),
@@ -305,18 +319,37 @@ fn adopt_resumes_logs_without_duplicates_and_orphans_are_removed() {
         let other_dir = tempfile::tempdir().unwrap();
         let other = DockerDriver::new(&f.app, f.config(), other_dir.path());
         let taken = error_text(other.start(&f.spec(Slot::Blue, "v1")).await);
-        assert!(taken.contains("already exists and was not created by this cutover"), "{taken}");
+        assert!(
+            taken.contains("already exists and was not created by this cutover"),
+            "{taken}"
+        );
         let refused = error_text(other.stop(&live.0).await);
-        assert!(refused.contains("is not a release of this cutover"), "{refused}");
-        assert_eq!(other.stop_orphans(&f.app, &[]).await.unwrap(), Vec::<String>::new());
-        assert_eq!(other.adopt(&live.0, live.1).await.unwrap().map(|s| s.runtime_id), None);
+        assert!(
+            refused.contains("is not a release of this cutover"),
+            "{refused}"
+        );
+        assert_eq!(
+            other.stop_orphans(&f.app, &[]).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            other
+                .adopt(&live.0, live.1)
+                .await
+                .unwrap()
+                .map(|s| s.runtime_id),
+            None
+        );
 
         let removed = driver
             .stop_orphans(&f.app, std::slice::from_ref(&live.0))
             .await
             .unwrap();
         assert_eq!(removed, vec![orphan.clone()]);
-        let left: Vec<String> = containers(&f.instance()).into_iter().map(|c| c.id).collect();
+        let left: Vec<String> = containers(&f.instance())
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         assert_eq!(left, vec![live.0.clone()]);
         wait_serving(live.1, "version=v1").await;
     });
@@ -362,7 +395,10 @@ async fn failed_build_quotes_the_tail_of_the_build_output() {
     });
     let driver = f.driver(config);
     let error = error_text(driver.prepare(&f.spec(Slot::Blue, "v1")).await);
-    assert!(error.contains(&format!("building image {}", f.image("v1"))), "{error}");
+    assert!(
+        error.contains(&format!("building image {}", f.image("v1"))),
+        "{error}"
+    );
     assert!(error.contains("no-such-file"), "{error}");
     assert!(error.contains("last lines of the build output"), "{error}");
     assert!(!image_exists(&f.image("v1")));
@@ -383,7 +419,9 @@ async fn fixed_host_port_already_taken_is_a_clear_error() {
     let driver = f.driver(config);
     let error = error_text(driver.start(&f.spec(Slot::Green, "v1")).await);
     assert!(
-        error.contains(&format!("host port {taken} for slot green is already in use")),
+        error.contains(&format!(
+            "host port {taken} for slot green is already in use"
+        )),
         "{error}"
     );
     assert!(containers(&f.instance()).is_empty());
@@ -430,10 +468,72 @@ async fn images_beyond_keep_images_are_removed_but_never_foreign_ones() {
     assert_eq!(built_by.trim(), f.app, "built images carry the app's label");
 
     driver.stop(&v1.runtime_id).await.unwrap();
-    assert!(!image_exists(&f.image("v1")), "v1 is beyond keep_images = 1");
-    assert!(image_exists(&f.image("v2")), "the live release's image stays");
+    assert!(
+        !image_exists(&f.image("v1")),
+        "v1 is beyond keep_images = 1"
+    );
+    assert!(
+        image_exists(&f.image("v2")),
+        "the live release's image stays"
+    );
     assert!(image_exists(&f.image("foreign")), "cutover did not make it");
     // Deploying v1 again builds it again.
     let again = start(&driver, &f.spec(Slot::Blue, "v1")).await;
     wait_serving(again.addr, "version=v1").await;
+}
+
+/// With host networking the release listens on its slot's host port ($PORT).
+#[tokio::test]
+async fn host_network_release_listens_on_its_slot_port() {
+    let f = Fixture::new("dd-host");
+    build_image(&[&f.image("v1")], "Dockerfile", &[]);
+    let (blue, green) = (fixtures_free_port(), fixtures_free_port());
+    let mut config = f.config();
+    config.network = DockerNetwork::Host;
+    config.host_ports = Some(SlotPorts { blue, green });
+    let driver = f.driver(config);
+    let started = start(&driver, &f.spec(Slot::Green, "v1")).await;
+    assert_eq!(started.addr, SocketAddr::from(([127, 0, 0, 1], green)));
+    wait_serving(started.addr, "version=v1").await;
+    driver.stop(&started.runtime_id).await.unwrap();
+}
+
+/// Removes a Docker network when dropped.
+struct Network(String);
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = fixtures::docker(&["network", "rm", &self.0]);
+    }
+}
+
+/// A named network must exist (a clear error otherwise); the port is
+/// published on 127.0.0.1 as with the default bridge.
+#[tokio::test]
+async fn named_network_must_exist_and_publishes_on_loopback() {
+    let f = Fixture::new("dd-net");
+    build_image(&[&f.image("v1")], "Dockerfile", &[]);
+    let name = format!("cutover-test-{}", f.app);
+    let mut config = f.config();
+    config.network = DockerNetwork::Named(name.clone());
+    let driver = f.driver(config.clone());
+    let error = error_text(driver.prepare(&f.spec(Slot::Blue, "v1")).await);
+    assert!(
+        error.contains(&format!("network `{name}` does not exist")),
+        "{error}"
+    );
+
+    docker_ok(&["network", "create", &name]);
+    let _network = Network(name.clone());
+    let started = start(&driver, &f.spec(Slot::Blue, "v1")).await;
+    assert!(started.addr.ip().is_loopback());
+    wait_serving(started.addr, "version=v1").await;
+    let networks = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+        &started.runtime_id,
+    ]);
+    assert_eq!(networks.trim(), name);
+    driver.stop(&started.runtime_id).await.unwrap();
 }

@@ -6,11 +6,12 @@ use crate::deployment::{self, DeploymentJob, Outcome, Standby};
 use crate::engine::{blocking, AppStatus, DeployRequest, LiveHealth};
 use crate::error::EngineError;
 use crate::events::EventBus;
+use crate::front::Front;
 use crate::health;
 use crate::recovery::{self, Recovered};
 use cutover_config::{AppConfig, Promotion, Slot};
 use cutover_drivers::{Driver, ExitWatch};
-use cutover_proxy::{Router, Upstream};
+use cutover_proxy::Upstream;
 use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord, Store};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -29,7 +30,8 @@ pub(crate) struct AppContext {
     pub logs_dir: PathBuf,
     pub driver: Arc<dyn Driver>,
     pub store: Store,
-    pub router: Router,
+    /// Where traffic enters: the built-in proxy or nginx.
+    pub front: Front,
     pub events: EventBus,
 }
 
@@ -206,6 +208,7 @@ impl Actor {
             trigger: request.trigger.clone(),
             version: request.version.clone(),
             release_id: release.map(|r| r.id),
+            source: request.source.clone(),
         };
         let store = self.context.store.clone();
         let record = blocking(move || store.insert_deployment(&new)).await?;
@@ -271,6 +274,7 @@ impl Actor {
             version,
             trigger: "rollback".to_string(),
             force: true,
+            source: None,
         };
         self.enqueue(request, Some(&release)).await
     }
@@ -379,7 +383,7 @@ impl Actor {
             Ok((record, current))
         })
         .await?;
-        let routed = self.context.router.live(self.context.name());
+        let routed = self.context.front.live(self.context.name());
         let health = match (self.health.load(Ordering::Relaxed), &routed) {
             (_, None) => LiveHealth::Unknown,
             (HEALTH_OK, _) => LiveHealth::Healthy,

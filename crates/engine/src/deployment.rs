@@ -11,7 +11,7 @@ use crate::log_tail::tail_lines;
 use crate::rollout::{self, Rollout};
 use cutover_config::Slot;
 use cutover_drivers::{ExitWatch, ReleaseSpec, StartedRelease};
-use cutover_proxy::{DrainOutcome, Upstream};
+use cutover_proxy::Upstream;
 use cutover_store::{DeploymentPlan, DeploymentRecord, DeploymentState, ReleaseRecord, SlotUpdate};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -176,7 +176,7 @@ pub(crate) async fn run(mut job: DeploymentJob) -> Outcome {
 
 /// Nothing served by the new release yet: stop it, record why, run `on_failure`.
 async fn fail_before_traffic(job: &DeploymentJob, new: Option<NewRelease>, stop: Stop) {
-    job.context.router.set_preview(job.context.name(), None);
+    job.context.front.set_preview(job.context.name(), None);
     let (state, reason) = match stop {
         Stop::Failed(reason) => (DeploymentState::Failed, reason),
         Stop::Aborted(reason) => (
@@ -215,22 +215,14 @@ async fn retire_reverted(
     started: &StartedRelease,
     upstream: &Upstream,
 ) {
-    let drained = upstream.drain(job.context.app.drain_timeout).await;
-    note(
-        job,
-        &drain_message(new.slot, drained, job.context.app.drain_timeout),
-    )
-    .await;
+    let timeout = job.context.app.drain_timeout;
+    let drained = job
+        .context
+        .front
+        .drain(job.context.name(), Some(upstream), timeout)
+        .await;
+    note(job, &drained.message(new.slot, timeout)).await;
     stop_slot(&job.context, new.slot, &started.runtime_id).await;
-}
-
-fn drain_message(slot: Slot, drained: DrainOutcome, timeout: std::time::Duration) -> String {
-    match drained {
-        DrainOutcome::Drained { waited } => format!("{slot} drained after {:.3}s", waited.as_secs_f64()),
-        DrainOutcome::TimedOut { still_in_flight } => format!(
-            "{slot} still had {still_in_flight} request(s) in flight at drain_timeout ({timeout:?}); stopping it anyway"
-        ),
-    }
 }
 
 /// Drains the old release, then stops it — or keeps it idle for an instant
@@ -238,17 +230,12 @@ fn drain_message(slot: Slot, drained: DrainOutcome, timeout: std::time::Duration
 async fn retire_old(job: &DeploymentJob, previous: Option<Arc<Upstream>>) -> Option<Standby> {
     let context = &job.context;
     let old = job.live.as_ref()?;
-    let drained = match &previous {
-        Some(upstream) => upstream.drain(context.app.drain_timeout).await,
-        None => DrainOutcome::Drained {
-            waited: std::time::Duration::ZERO,
-        },
-    };
-    note(
-        job,
-        &drain_message(old.slot, drained, context.app.drain_timeout),
-    )
-    .await;
+    let timeout = context.app.drain_timeout;
+    let drained = context
+        .front
+        .drain(context.name(), previous.as_deref(), timeout)
+        .await;
+    note(job, &drained.message(old.slot, timeout)).await;
     let keep_old = context.app.keep_old;
     if !keep_old.is_zero() && old.exited.exited().is_none() {
         step(
@@ -370,6 +357,8 @@ async fn prepare_and_check(
     };
     let release = match release {
         Some(release) => release,
+        // Built from git: the build runs here, in `preparing` (pipeline.rs).
+        None if job.record.source.is_some() => crate::pipeline::build(job).await?,
         None => {
             let store = context.store.clone();
             let (name, driver, v) = (app.clone(), context.driver.name(), version.clone());

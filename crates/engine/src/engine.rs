@@ -24,6 +24,9 @@ pub struct DeployRequest {
     pub trigger: String,
     /// Deploy even when this version is already live.
     pub force: bool,
+    /// For a deployment built from git: the trigger facts (the build runs
+    /// in the deployment's `preparing` step).
+    pub source: Option<cutover_store::DeploymentSource>,
 }
 
 /// Health of the live release as last observed.
@@ -75,7 +78,8 @@ impl Engine {
     /// Recovers every app's state (adopting the live release, failing
     /// interrupted deployments, stopping orphans) and starts the actors.
     /// Live routes are published as soon as each live release passes a
-    /// health check.
+    /// health check: on `router`, or, with `[proxy] mode = "nginx"`, in
+    /// nginx (then `router` only keeps track of the live releases).
     pub async fn start(
         config: Arc<Config>,
         store: Store,
@@ -84,6 +88,12 @@ impl Engine {
         let events = EventBus::new();
         let instance = config.state_dir.display().to_string();
         let mut apps = BTreeMap::new();
+        let front = match &config.proxy.nginx {
+            Some(nginx) => {
+                crate::front::Front::nginx(cutover_nginx::Nginx::new(nginx.clone()), router.clone())
+            }
+            None => crate::front::Front::Builtin(router.clone()),
+        };
         for app in &config.apps {
             let store_for_app = store.clone();
             let name = app.name.clone();
@@ -110,7 +120,7 @@ impl Engine {
                 logs_dir: config.logs_dir().join(&app.name),
                 driver,
                 store: store.clone(),
-                router: router.clone(),
+                front: front.clone(),
                 events: events.clone(),
             };
             let recovered = recovery::recover(&context).await?;

@@ -19,7 +19,11 @@
 //!   release (or start it again), fail interrupted deployments, remove orphans.
 //! - [`health`]: HTTP health checks and the fast polling used while deploying.
 //! - `events.rs`: the broadcast of deployment events followed over SSE.
+//! - `front.rs`: where traffic enters — the built-in proxy's route table or
+//!   an nginx that cutover drives — and how a switch and a drain happen there.
 //! - `log_tail.rs`: the tail of a release's log for failure reasons.
+//! - [`pipeline`]: the git trigger's build — fetch, check out, build, keep
+//!   the artifact — run in the `preparing` step of a deployment from git.
 
 #![forbid(unsafe_code)]
 
@@ -28,9 +32,11 @@ mod deployment;
 mod engine;
 mod error;
 mod events;
+mod front;
 pub mod health;
 mod hooks;
 mod log_tail;
+pub mod pipeline;
 mod recovery;
 mod rollout;
 
@@ -38,3 +44,4 @@ pub use engine::{AppStatus, DeployRequest, DeploymentDetail, Engine, LiveHealth}
 pub use error::EngineError;
 pub use events::AppEvent;
 pub use log_tail::tail_lines;
+pub use pipeline::SourceRequest;

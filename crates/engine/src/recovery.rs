@@ -179,7 +179,16 @@ pub(crate) async fn gate(context: AppContext, mut live: LiveRelease) -> Option<L
     .await
     {
         Ok(took) => {
-            context.router.set_live(app, Some(live.upstream.clone()));
+            if let Err(why) = context
+                .front
+                .set_live(app, Some(live.upstream.clone()))
+                .await
+            {
+                // Only nginx can refuse. The release is live all the same
+                // (recorded, running, healthy): nginx keeps the configuration
+                // it has, and the next deployment targets the other slot.
+                tracing::error!(app = %app, "cannot point nginx at the live release after restart: {why}");
+            }
             tracing::info!(app = %app, slot = %live.slot, version = %live.release.version,
                 "serving the live release again (healthy after {:.2}s)", took.as_secs_f64());
             Some(live)

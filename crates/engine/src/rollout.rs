@@ -44,8 +44,10 @@ pub(crate) async fn run(
     let rollback = job.is_rollback();
 
     if !rollback {
-        if let Some(preview) = Preview::new(upstream.clone(), &context.app.preview_header) {
-            context.router.set_preview(app, Some(preview));
+        let preview = Preview::new(upstream.clone(), &context.app.preview_header)
+            .filter(|_| context.front.offers_preview());
+        if let Some(preview) = preview {
+            context.front.set_preview(app, Some(preview));
             note(
                 job,
                 &format!(
@@ -114,9 +116,9 @@ pub(crate) async fn run(
             ..rules
         };
         for percent in shift.steps.iter().copied().filter(|p| *p < 100) {
-            context.router.set_preview(app, None);
+            context.front.set_preview(app, None);
             context
-                .router
+                .front
                 .set_canary(app, Some((upstream.clone(), percent)));
             note(
                 job,
@@ -131,7 +133,7 @@ pub(crate) async fn run(
             match verify_window(job, upstream, started, &rules).await {
                 Ok(summary) => note(job, &format!("step {percent}% passed: {summary}")).await,
                 Err(failure) => {
-                    context.router.set_canary(app, None);
+                    context.front.set_canary(app, None);
                     let reason = format!(
                         "{} at the {percent}% step; all traffic is back on {from}",
                         failure.reason
@@ -145,8 +147,17 @@ pub(crate) async fn run(
         }
     }
 
-    context.router.set_preview(app, None);
-    let previous = context.router.set_live(app, Some(upstream.clone()));
+    context.front.set_preview(app, None);
+    let previous = match context.front.set_live(app, Some(upstream.clone())).await {
+        Ok(previous) => previous,
+        // Only nginx can refuse; then nothing changed.
+        Err(why) => {
+            return Rollout::Stopped(Stop::Failed(format!(
+                "switching {app} to {} ({version}) failed; {from} keeps serving: {why}",
+                new.slot
+            )))
+        }
+    };
     let verify = if rollback {
         None
     } else {
@@ -157,6 +168,10 @@ pub(crate) async fn run(
         (Some(old), Some(v)) => format!(
             "{} ({version}) is live; {} ({}) stays ready while {version} is verified for {:?}",
             new.slot, old.slot, old.release.version, v.window
+        ),
+        (Some(old), None) if context.front.is_nginx() => format!(
+            "{} ({version}) is live; draining {} ({}) until the nginx workers that served before the reload have exited",
+            new.slot, old.slot, old.release.version
         ),
         (Some(old), None) => format!(
             "{} ({version}) is live; draining {} ({}) with {in_flight} request(s) in flight",
@@ -175,7 +190,18 @@ pub(crate) async fn run(
         match verify_window(job, upstream, started, &rules).await {
             Ok(summary) => note(job, &format!("verification passed: {summary}")).await,
             Err(failure) => {
-                context.router.set_live(app, previous.clone());
+                if let Err(why) = context.front.set_live(app, previous.clone()).await {
+                    // Only nginx can refuse: the new release keeps serving.
+                    note(
+                        job,
+                        &format!(
+                            "{}; switching back to {from} FAILED, {} ({version}) stays live: {why}",
+                            failure.reason, new.slot
+                        ),
+                    )
+                    .await;
+                    return Rollout::Switched { previous };
+                }
                 let back = job.live.as_ref().map(|l| l.slot);
                 let message = format!("{}; switching back to {from}", failure.reason);
                 record_live(job, back, "stopping", DeploymentState::Switching, &message).await;

@@ -10,12 +10,16 @@
 //!   goes back to its pool.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::access_log::{AccessLog, Entry};
 use crate::conn_io::ConnGuard;
+use crate::metrics::SlotMetrics;
 use crate::pool::PooledConn;
 use crate::upstream::InFlightGuard;
 
@@ -105,6 +109,21 @@ pub(crate) struct ResponseBody {
     kind: Kind,
     /// Marks the client connection busy until the response is done.
     conn: Option<ConnGuard>,
+    /// Recorded (metrics, access log) once, when the response has ended.
+    exchange: Option<Exchange>,
+}
+
+/// One request/response exchange as metrics and the access log see it.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    pub(crate) start: Instant,
+    pub(crate) status: u16,
+    pub(crate) bytes: u64,
+    /// Where to count a response the proxy made itself; an upstream's body
+    /// counts in its upstream's slot.
+    pub(crate) metrics: Option<Arc<SlotMetrics>>,
+    /// The request's facts, when the access log is on.
+    pub(crate) log: Option<(Box<Entry>, AccessLog)>,
 }
 
 #[derive(Debug)]
@@ -154,6 +173,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
             conn: None,
+            exchange: None,
         }
     }
 
@@ -162,25 +182,87 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
             conn: None,
+            exchange: None,
         }
     }
 
     /// An upstream's body; `conn` and `in_flight` live until it ends.
-    pub(crate) fn upstream(body: Incoming, conn: PooledConn, in_flight: InFlightGuard) -> Self {
+    /// (`conn`: an HTTP/1.1 connection to recycle; `None` for HTTP/2.)
+    pub(crate) fn upstream(
+        body: Incoming,
+        conn: Option<PooledConn>,
+        in_flight: InFlightGuard,
+    ) -> Self {
         ResponseBody {
             kind: Kind::Upstream(UpstreamBody {
                 body,
-                conn: Some(conn),
+                conn,
                 in_flight: Some(in_flight),
                 ended: false,
             }),
             conn: None,
+            exchange: None,
         }
     }
 
     /// Ties the client connection's activity mark to this body.
     pub(crate) fn hold(&mut self, guard: ConnGuard) {
         self.conn = Some(guard);
+    }
+
+    /// Records `exchange` when this body ends (or is dropped).
+    pub(crate) fn record(&mut self, exchange: Exchange) {
+        self.exchange = Some(exchange);
+    }
+
+    /// Counts the exchange in the metrics and queues its access log line.
+    /// Runs once, before the upstream guards are released.
+    fn finish(&mut self) {
+        let Some(exchange) = self.exchange.take() else {
+            return;
+        };
+        let elapsed = exchange.start.elapsed();
+        let upstream = match &self.kind {
+            Kind::Upstream(up) => up.in_flight.as_ref().map(InFlightGuard::upstream),
+            Kind::Full(_) => None,
+        };
+        match (upstream, &exchange.metrics) {
+            (Some(upstream), _) => upstream.metrics().record(exchange.status, elapsed),
+            (None, Some(metrics)) => metrics.record(exchange.status, elapsed),
+            (None, None) => {}
+        }
+        if let Some((mut entry, log)) = exchange.log {
+            entry.status = exchange.status;
+            entry.bytes = exchange.bytes;
+            entry.duration = elapsed;
+            if entry.upstream.is_none() {
+                entry.upstream = upstream.cloned();
+            }
+            log.log(entry);
+        }
+    }
+
+    /// The upstream body ended (`clean`) or failed: releases its guards.
+    fn release(&mut self, clean: bool) {
+        if let Kind::Upstream(up) = &mut self.kind {
+            if clean {
+                up.ended = true;
+            }
+            up.release(clean);
+        }
+        self.conn = None;
+    }
+
+    fn count(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(exchange), Some(data)) = (&mut self.exchange, frame.data_ref()) {
+            exchange.bytes += data.len() as u64;
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -195,8 +277,13 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(bytes) => match bytes.take() {
-                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Some(bytes) => {
+                    let frame = Frame::data(bytes);
+                    this.count(&frame);
+                    Poll::Ready(Some(Ok(frame)))
+                }
                 None => {
+                    this.finish();
                     this.conn = None;
                     Poll::Ready(None)
                 }
@@ -204,22 +291,22 @@ impl Body for ResponseBody {
             Kind::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
-                    if up.body.is_end_stream() {
-                        up.ended = true;
-                        up.release(true);
-                        this.conn = None;
+                    let ended = up.body.is_end_stream();
+                    this.count(&frame);
+                    if ended {
+                        this.finish();
+                        this.release(true);
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {
-                    up.ended = true;
-                    up.release(true);
-                    this.conn = None;
+                    this.finish();
+                    this.release(true);
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    up.release(false);
-                    this.conn = None;
+                    this.finish();
+                    this.release(false);
                     Poll::Ready(Some(Err(e)))
                 }
             },

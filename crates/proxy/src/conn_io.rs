@@ -15,6 +15,11 @@
 //! The service marks requests through [`ConnActivity`] (two uncontended
 //! atomics per connection); the reader derives the phase from them.
 //! A timeout fails the read with `TimedOut`, and hyper closes the connection.
+//!
+//! On an HTTP/2 connection requests are streams: "active" while any stream
+//! is, "idle" otherwise; the connection's own frames (pings, settings)
+//! arriving between streams keep it idle rather than starting a header
+//! timeout.
 
 use std::future::Future;
 use std::io;
@@ -27,6 +32,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+/// How an HTTP/2 connection starts (RFC 9113 section 3.4).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// Requests of one client connection, as seen by the service.
 #[derive(Debug, Default)]
@@ -75,6 +83,13 @@ pub(crate) struct TimedIo {
     phase: Phase,
     /// `started` when the phase was last derived.
     seen_started: u64,
+    /// An HTTP/2 connection (it began with the h2 preface): bytes between
+    /// requests are frames of the connection itself (pings, settings,
+    /// window updates), not the start of a request head, so they do not end
+    /// the idle phase.
+    multiplexed: bool,
+    /// No byte has been read yet.
+    fresh: bool,
     /// Fires at or before the current phase's deadline.
     timer: Pin<Box<Sleep>>,
 }
@@ -101,6 +116,8 @@ impl TimedIo {
             idle_timeout,
             phase: Phase::Headers(Some(deadline)),
             seen_started: 0,
+            multiplexed: false,
+            fresh: true,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
@@ -169,7 +186,12 @@ impl AsyncRead for TimedIo {
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && matches!(this.phase, Phase::Idle(_)) {
+                let read = &buf.filled()[before..];
+                if this.fresh && !read.is_empty() {
+                    this.fresh = false;
+                    this.multiplexed = read.starts_with(H2_PREFACE_START);
+                }
+                if !read.is_empty() && !this.multiplexed && matches!(this.phase, Phase::Idle(_)) {
                     this.phase = Phase::Headers(None);
                 }
                 Poll::Ready(Ok(()))

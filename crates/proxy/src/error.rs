@@ -66,6 +66,19 @@ impl ForwardError {
         }
     }
 
+    /// The app the request was for, when known.
+    pub(crate) fn app(&self) -> Option<&str> {
+        match self {
+            ForwardError::NoLiveRelease { app }
+            | ForwardError::ConnectTimeout { app, .. }
+            | ForwardError::Connect { app, .. }
+            | ForwardError::ResponseTimeout { app, .. }
+            | ForwardError::Upstream { app, .. }
+            | ForwardError::UnexpectedSwitch { app } => Some(app),
+            _ => None,
+        }
+    }
+
     /// Whether the upstream (not the client) is at fault; counted in its stats.
     pub(crate) fn is_upstream_fault(&self) -> bool {
         matches!(

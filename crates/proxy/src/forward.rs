@@ -2,19 +2,24 @@
 //! upstream, rewrite headers, forward, and stream the response back.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{CONNECTION, CONTENT_TYPE, COOKIE, EXPECT, HOST, SET_COOKIE, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_TYPE, COOKIE, EXPECT, HOST, REFERER, SET_COOKIE, TE, UPGRADE, USER_AGENT,
+};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::access_log::{AccessLog, Entry};
+use crate::body::{Exchange, RequestBody, ResponseBody};
 use crate::conn_io::{ConnActivity, ConnGuard};
 use crate::error::ForwardError;
 use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics;
 use crate::pool::PooledConn;
-use crate::router::{AppRoute, Router, PREVIEW_COOKIE, STICKY_COOKIE};
+use crate::router::{AppRoute, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 use crate::settings::ProxySettings;
 use crate::tunnel::Tunnel;
 use crate::upstream::{InFlightGuard, Upstream};
@@ -32,6 +37,7 @@ const MAX_ECHOED_HOST: usize = 100;
 pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) settings: ProxySettings,
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 /// State of one client connection.
@@ -49,21 +55,72 @@ pub(crate) async fn handle(
     active: ConnGuard,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let start = Instant::now();
     let request_id = headers::request_id(req.headers());
+    let log = ctx
+        .shared
+        .access_log
+        .as_ref()
+        .map(|log| (log_entry(&ctx, &req, &request_id), log.clone()));
     let mut active = Some(active);
-    let mut response = match forward(&ctx, req, &request_id, &mut active).await {
-        Ok(response) => response,
-        Err(e) => {
-            tracing::debug!(error = %e, status = %e.status(), "request not proxied");
-            error_response(&e)
-        }
-    };
+    // The upstream of a response the proxy made itself after routing.
+    let mut served = None;
+    let (mut response, metrics) =
+        match forward(&ctx, req, &request_id, &mut active, &mut served).await {
+            Ok(response) => {
+                let metrics = served.map(|upstream| Arc::clone(upstream.metrics()));
+                (response, metrics)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, status = %e.status(), "request not proxied");
+                let metrics = match served {
+                    Some(upstream) => Arc::clone(upstream.metrics()),
+                    None => metrics::global().slot(e.app().unwrap_or("-"), metrics::NO_SLOT),
+                };
+                (error_response(&e), Some(metrics))
+            }
+        };
     response.headers_mut().insert(&X_REQUEST_ID, request_id);
+    let status = response.status().as_u16();
+    let body = response.body_mut();
+    body.record(Exchange {
+        start,
+        status,
+        bytes: 0,
+        metrics,
+        log,
+    });
     // An upgraded connection's tunnel took the mark instead.
     if let Some(active) = active {
-        response.body_mut().hold(active);
+        body.hold(active);
     }
     response
+}
+
+/// The request's facts for its access log line (the rest is filled in when
+/// the response ends).
+fn log_entry(ctx: &ConnCtx, req: &Request<Incoming>, request_id: &HeaderValue) -> Box<Entry> {
+    let headers = req.headers();
+    Box::new(Entry {
+        time: SystemTime::now(),
+        client_ip: ctx.client_ip.clone(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        host: headers.get(HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+        referer: headers.get(REFERER).cloned(),
+        user_agent: headers.get(USER_AGENT).cloned(),
+        request_id: request_id.clone(),
+        status: 0,
+        bytes: 0,
+        duration: Duration::ZERO,
+        app: None,
+        upstream: None,
+    })
 }
 
 /// What a client's upgrade request asked for.
@@ -91,6 +148,7 @@ async fn forward(
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
     active: &mut Option<ConnGuard>,
+    served: &mut Option<Arc<Upstream>>,
 ) -> Result<Response<ResponseBody>, ForwardError> {
     let settings = &ctx.shared.settings;
     if req.method() == Method::CONNECT {
@@ -116,12 +174,21 @@ async fn forward(
         }
         None => parts.headers.get(HOST).cloned(),
     };
-    let (in_flight, sticky) = start_on_live(
+    let (in_flight, sticky, protocol) = start_on_live(
         ctx,
         host.as_ref().and_then(|h| h.to_str().ok()),
         &parts.headers,
     )?;
     let upstream = in_flight.upstream();
+    let h2c = protocol == UpstreamProtocol::H2c;
+    // HTTP/2 has no upgrades; gRPC needs `TE: trailers` to reach the server.
+    let upgrade = upgrade.filter(|_| !h2c);
+    let trailers = h2c
+        && parts
+            .headers
+            .get_all(TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
 
     let stripped = headers::strip_hop_by_hop(&mut parts.headers);
     // hyper already answered `Expect: 100-continue` towards the client.
@@ -147,22 +214,47 @@ async fn forward(
     }
     headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host.as_ref());
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    parts.version = Version::HTTP_11;
-    if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-        parts.uri = origin_form(&parts.uri);
+    if h2c {
+        // The authority travels as `:authority`, not as a Host header.
+        let authority = parts.headers.remove(HOST);
+        parts.uri = h2_target(&parts.uri, authority.as_ref(), upstream.addr());
+        parts.version = Version::HTTP_2;
+        if trailers {
+            parts
+                .headers
+                .insert(TE, HeaderValue::from_static("trailers"));
+        }
+    } else {
+        parts.version = Version::HTTP_11;
+        if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+            parts.uri = origin_form(&parts.uri);
+        }
     }
     let req = Request::from_parts(parts, RequestBody::new(body, settings.max_body));
 
     let sent = match &upgrade {
-        Some(_) => upstream.send_upgrade(req, settings).await,
-        None => upstream.send(req, settings).await,
+        _ if h2c => upstream
+            .send_h2(req, settings)
+            .await
+            .map(|response| (response, None)),
+        Some(_) => upstream
+            .send_upgrade(req, settings)
+            .await
+            .map(|(response, conn)| (response, Some(conn))),
+        None => upstream
+            .send(req, settings)
+            .await
+            .map(|(response, conn)| (response, Some(conn))),
     };
     match sent {
         Ok((response, conn)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            match upgrade {
-                Some(upgrade) => Ok(switch_protocols(response, conn, upgrade, in_flight, active)),
+            *served = Some(Arc::clone(upstream));
+            match (upgrade, conn) {
+                (Some(upgrade), Some(conn)) => {
+                    Ok(switch_protocols(response, conn, upgrade, in_flight, active))
+                }
                 // A 101 nobody asked for: hyper does not hand it to us.
-                None => Err(ForwardError::UnexpectedSwitch {
+                _ => Err(ForwardError::UnexpectedSwitch {
                     app: upstream.app_name(),
                 }),
             }
@@ -185,6 +277,7 @@ async fn forward(
             if e.is_upstream_fault() {
                 upstream.count_5xx();
             }
+            *served = Some(Arc::clone(upstream));
             Err(e)
         }
     }
@@ -232,7 +325,7 @@ fn start_on_live(
     ctx: &ConnCtx,
     host: Option<&str>,
     headers: &HeaderMap,
-) -> Result<(InFlightGuard, Option<HeaderValue>), ForwardError> {
+) -> Result<(InFlightGuard, Option<HeaderValue>, UpstreamProtocol), ForwardError> {
     let mut app = None;
     for _ in 0..MAX_ROUTE_ATTEMPTS {
         let table = ctx.shared.router.load();
@@ -248,7 +341,7 @@ fn start_on_live(
             });
         };
         if let Some(guard) = upstream.try_begin() {
-            return Ok((guard, sticky));
+            return Ok((guard, sticky, route.protocol));
         }
         // Retired after we loaded the table: the engine has switched; reload.
         app = Some(route.name.clone());
@@ -314,6 +407,25 @@ fn echoed_host(host: Option<&str>) -> String {
     let host = host.unwrap_or("");
     // Header values that passed `to_str` are ASCII: any byte is a boundary.
     host[..host.len().min(MAX_ECHOED_HOST)].to_owned()
+}
+
+/// The absolute target of a request sent over HTTP/2: `http://` + the
+/// client's host (else the upstream's address) + path and query.
+fn h2_target(uri: &Uri, host: Option<&HeaderValue>, addr: std::net::SocketAddr) -> Uri {
+    let path = match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+        _ => PathAndQuery::from_static("/"),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .or_else(|| host.and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok()))
+        .or_else(|| http::uri::Authority::try_from(addr.to_string().as_str()).ok());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = authority;
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// `http://host/path?q` → `/path?q`.

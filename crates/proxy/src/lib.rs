@@ -48,11 +48,13 @@
 //!   release on a reused port never receives an old release's connection.
 //! - Nothing on a request's path panics on input.
 
+pub mod access_log;
 mod body;
 mod conn_io;
 pub mod error;
 mod forward;
 mod headers;
+pub mod metrics;
 mod pool;
 pub mod router;
 mod server;
@@ -60,8 +62,9 @@ pub mod settings;
 mod tunnel;
 pub mod upstream;
 
+pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
 pub use error::ProxyError;
-pub use router::{Preview, Router, PREVIEW_COOKIE, STICKY_COOKIE};
-pub use server::serve;
+pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
+pub use server::{serve, serve_with, ServeOptions};
 pub use settings::ProxySettings;
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};

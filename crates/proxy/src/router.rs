@@ -34,6 +34,19 @@ pub(crate) struct AppRoute {
     pub(crate) preview: Option<Arc<Preview>>,
     /// A release receiving a share of new clients (gradual shifting).
     pub(crate) canary: Option<Canary>,
+    /// How requests reach this app's releases.
+    pub(crate) protocol: UpstreamProtocol,
+}
+
+/// The protocol spoken to an app's releases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with pooled keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (e.g. gRPC servers): one
+    /// multiplexed connection per release; `TE: trailers` is passed on.
+    H2c,
 }
 
 /// Cookie that asks for the release being previewed (`cutover-preview=1`).
@@ -148,6 +161,7 @@ impl Router {
                 live: None,
                 preview: None,
                 canary: None,
+                protocol: UpstreamProtocol::Http1,
             });
         }
         let table = RouteTable {
@@ -187,6 +201,11 @@ impl Router {
             percent: percent.min(100),
         });
         self.update(app, |route| route.canary = canary.clone());
+    }
+
+    /// Sets the protocol spoken to `app`'s releases (HTTP/1.1 by default).
+    pub fn set_upstream_protocol(&self, app: &str, protocol: UpstreamProtocol) {
+        self.update(app, |route| route.protocol = protocol);
     }
 
     /// Publishes a table in which `change` was applied to `app`'s route;

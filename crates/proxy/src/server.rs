@@ -1,5 +1,6 @@
-//! The accept loop and client connections: HTTP/1.1 with keep-alive, the
-//! timeouts of [`crate::conn_io`], and graceful shutdown.
+//! The accept loop and client connections: HTTP/1.1 with keep-alive and
+//! upgrades, HTTP/2 (h2c with prior knowledge), the timeouts of
+//! [`crate::conn_io`], and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::access_log::AccessLog;
 use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
 use crate::forward::{self, ConnCtx, Shared};
@@ -25,6 +27,8 @@ use crate::settings::ProxySettings;
 /// open files): retrying at once would spin. Nothing signals when a
 /// descriptor frees up, so this is a backoff, not a wait for a condition.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Concurrent streams an HTTP/2 client may open on one connection.
+const H2_MAX_STREAMS: u32 = 256;
 
 /// Serves clients on `listener`, routing through `router`, until `shutdown`
 /// resolves. Then stops accepting, lets every in-flight request finish
@@ -38,15 +42,38 @@ pub async fn serve(
     settings: ProxySettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    serve_with(
+        listener,
+        router,
+        settings,
+        ServeOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// What a listener does beyond plain proxying.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Where finished requests are logged; `None`: not logged.
+    pub access_log: Option<AccessLog>,
+}
+
+/// [`serve`] with [`ServeOptions`].
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    settings: ProxySettings,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
     let local = listener.local_addr().map_err(ProxyError::Listener)?;
-    let shared = Arc::new(Shared { router, settings });
-    let mut builder = http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        // TimedIo enforces the header and idle timeouts (see conn_io).
-        .header_read_timeout(None);
-    let builder = Arc::new(builder);
+    let shared = Arc::new(Shared {
+        router,
+        settings,
+        access_log: options.access_log,
+    });
+    let builder = Arc::new(connection_builder());
     // Every connection task holds a receiver: shutdown flips the value and
     // then waits until all receivers are gone.
     let (stop, stopped) = watch::channel(false);
@@ -75,9 +102,26 @@ pub async fn serve(
     Ok(())
 }
 
+/// HTTP/1.1 (with upgrades) and HTTP/2 (h2c prior knowledge, or h2 over
+/// TLS): the protocol is recognised by the connection's first bytes.
+fn connection_builder() -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        // TimedIo enforces the header and idle timeouts (see conn_io).
+        .header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    builder
+}
+
 /// Serves one client connection on its own task.
 fn spawn_connection(
-    builder: &Arc<http1::Builder>,
+    builder: &Arc<Builder<TokioExecutor>>,
     shared: &Arc<Shared>,
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
@@ -106,10 +150,13 @@ fn spawn_connection(
     });
     let builder = Arc::clone(builder);
     let mut stopped = stopped.clone();
+    let metrics = crate::metrics::global();
+    metrics
+        .client_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
+        let _open = ClientConnection(metrics);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let ended = tokio::select! {
             ended = conn.as_mut() => ended,
@@ -123,6 +170,17 @@ fn spawn_connection(
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
         }
     });
+}
+
+/// Counts an open client connection until dropped.
+struct ClientConnection(&'static crate::metrics::ProxyMetrics);
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        self.0
+            .client_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

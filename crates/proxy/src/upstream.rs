@@ -19,18 +19,23 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, RequestBodyError};
 use crate::error::ForwardError;
+use crate::metrics::SlotMetrics;
 use crate::pool::{self, ConnectError, Pool, PooledConn, Taken};
 use crate::settings::ProxySettings;
+
+/// The sending half of an upstream's HTTP/2 connection (cheap to clone).
+type H2Conn = hyper::client::conn::http2::SendRequest<RequestBody>;
 
 /// Pooled connections a request tries (they may turn out closed) before it
 /// opens a fresh one.
@@ -66,6 +71,10 @@ pub struct Upstream {
     closing: watch::Sender<bool>,
     /// Woken when the last tunnel closes.
     tunnels_closed: Notify,
+    /// Counters of this app's slot (shared with the slot's other releases).
+    metrics: Arc<SlotMetrics>,
+    /// The multiplexed connection, for apps spoken to in HTTP/2 (h2c).
+    h2: Mutex<Option<H2Conn>>,
 }
 
 /// Counters of one upstream since it was created.
@@ -92,7 +101,8 @@ pub enum DrainOutcome {
 impl Upstream {
     /// Describes a release of `app` running in `slot`, reachable at `addr`.
     pub fn new(app: &str, slot: &str, release: &str, addr: SocketAddr) -> Arc<Upstream> {
-        Arc::new(Upstream {
+        let metrics = crate::metrics::global().slot(app, slot);
+        let upstream = Arc::new(Upstream {
             app: Arc::from(app),
             slot: Box::from(slot),
             release: Box::from(release),
@@ -108,7 +118,15 @@ impl Upstream {
             upgraded: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             tunnels_closed: Notify::new(),
-        })
+            metrics: Arc::clone(&metrics),
+            h2: Mutex::new(None),
+        });
+        metrics.track(&upstream);
+        upstream
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<SlotMetrics> {
+        &self.metrics
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -211,6 +229,7 @@ impl Upstream {
             }
         };
         self.pool.clear();
+        self.lock_h2().take();
         outcome
     }
 
@@ -372,6 +391,62 @@ impl Upstream {
         }
     }
 
+    /// Sends `req` over this upstream's HTTP/2 connection (opened on first
+    /// use, and again when it closed); waits for the response head.
+    pub(crate) async fn send_h2(
+        &self,
+        req: Request<RequestBody>,
+        settings: &ProxySettings,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let mut sender = self.h2_sender(settings).await?;
+        match tokio::time::timeout(settings.upstream_response_timeout, sender.send_request(req))
+            .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.send_error(error)),
+            Err(_elapsed) => Err(ForwardError::ResponseTimeout {
+                app: self.app.clone(),
+                timeout: settings.upstream_response_timeout,
+            }),
+        }
+    }
+
+    fn lock_h2(&self) -> MutexGuard<'_, Option<H2Conn>> {
+        self.h2.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn h2_sender(&self, settings: &ProxySettings) -> Result<H2Conn, ForwardError> {
+        if let Some(sender) = self.lock_h2().as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        // Two requests may both connect here; the later one's connection
+        // replaces the earlier in the slot, and both work.
+        let stream = match tokio::time::timeout(
+            settings.upstream_connect_timeout,
+            tokio::net::TcpStream::connect(self.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(self.connect_failed(ConnectError::Io(e), settings)),
+            Err(_) => return Err(self.connect_failed(ConnectError::Timeout, settings)),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.connect_failed(ConnectError::Handshake(e), settings))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        *self.lock_h2() = Some(sender.clone());
+        Ok(sender)
+    }
+
     /// A pooled connection ready for a request, if any.
     async fn take_ready(&self, settings: &ProxySettings) -> Option<Taken> {
         while let Some(mut taken) = self.pool.take() {
@@ -399,29 +474,33 @@ impl Upstream {
     ) -> Result<PooledConn, ForwardError> {
         match pool::connect(self.addr, settings.upstream_connect_timeout, upgrades).await {
             Ok(conn) => Ok(conn),
-            Err(e) => {
-                self.connect_errors.fetch_add(1, Ordering::Relaxed);
-                let app = self.app.clone();
-                Err(match e {
-                    ConnectError::Timeout => {
-                        tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
-                            "connecting to upstream timed out");
-                        ForwardError::ConnectTimeout {
-                            app,
-                            timeout: settings.upstream_connect_timeout,
-                        }
-                    }
-                    ConnectError::Io(source) => {
-                        tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
-                            error = %source, "connecting to upstream failed");
-                        ForwardError::Connect { app, source }
-                    }
-                    ConnectError::Handshake(source) => {
-                        tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
-                            error = %source, "upstream connection handshake failed");
-                        ForwardError::Upstream { app, source }
-                    }
-                })
+            Err(e) => Err(self.connect_failed(e, settings)),
+        }
+    }
+
+    /// Counts and logs a failed connection attempt; the error to answer.
+    fn connect_failed(&self, e: ConnectError, settings: &ProxySettings) -> ForwardError {
+        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connect_error();
+        let app = self.app.clone();
+        match e {
+            ConnectError::Timeout => {
+                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                    "connecting to upstream timed out");
+                ForwardError::ConnectTimeout {
+                    app,
+                    timeout: settings.upstream_connect_timeout,
+                }
+            }
+            ConnectError::Io(source) => {
+                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                    error = %source, "connecting to upstream failed");
+                ForwardError::Connect { app, source }
+            }
+            ConnectError::Handshake(source) => {
+                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                    error = %source, "upstream connection handshake failed");
+                ForwardError::Upstream { app, source }
             }
         }
     }

@@ -68,7 +68,8 @@ async fn ws_backend(name: &'static str) -> WsBackend {
                         });
                         let _ = tx.send(text);
                     }
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
                         return;
                     }
                 }

@@ -191,10 +191,23 @@ impl Store {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
             let now = now_ms();
+            let source = new.source.as_ref();
             tx.execute(
-                "INSERT INTO deployments (app, trigger, version, release_id, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
-                params![new.app, new.trigger, new.version, new.release_id, now],
+                "INSERT INTO deployments (app, trigger, version, release_id, state, created_at,
+                    source_provider, source_delivery, source_ref, source_commit, source_build)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    new.app,
+                    new.trigger,
+                    new.version,
+                    new.release_id,
+                    now,
+                    source.map(|s| &s.provider),
+                    source.and_then(|s| s.delivery.as_ref()),
+                    source.map(|s| &s.git_ref),
+                    source.map(|s| &s.commit),
+                    source.and_then(|s| s.build.as_ref()),
+                ],
             )?;
             let id = tx.last_insert_rowid();
             let message = format!(
@@ -421,8 +434,164 @@ fn insert_event(
     })
 }
 
+/// The git trigger: build progress, commits of releases, webhook deliveries.
+impl Store {
+    /// Records the build progress of a deployment built from git.
+    pub fn set_source_build(&self, deployment_id: i64, build: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET source_build = ?2 WHERE id = ?1",
+            params![deployment_id, build],
+        )?;
+        Ok(())
+    }
+
+    /// Records the commit a deployment actually builds (an annotated tag's
+    /// object resolved to its commit).
+    pub fn set_source_commit(&self, deployment_id: i64, commit: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET source_commit = ?2 WHERE id = ?1",
+            params![deployment_id, commit],
+        )?;
+        Ok(())
+    }
+
+    /// Records the commit a release was built from.
+    pub fn set_release_commit(&self, release_id: i64, commit: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE releases SET source_commit = ?2 WHERE id = ?1",
+            params![release_id, commit],
+        )?;
+        Ok(())
+    }
+
+    /// The commit a release was built from, if it was built from git.
+    pub fn release_commit(&self, release_id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT source_commit FROM releases WHERE id = ?1",
+                [release_id],
+                |row| row.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Records a verified webhook delivery. `None` when this provider's
+    /// delivery id was recorded before (a redelivery): nothing is written.
+    pub fn insert_delivery(&self, new: &NewDelivery) -> Result<Option<DeliveryRecord>> {
+        let now = now_ms();
+        let id = {
+            let conn = self.conn();
+            let inserted = conn.execute(
+                "INSERT INTO webhook_deliveries (provider, delivery_id, event, repository, ref_kind, ref_name,
+                    commit_sha, apps, status, reason, received_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                 ON CONFLICT (provider, delivery_id) DO NOTHING",
+                params![
+                    new.provider,
+                    new.delivery_id,
+                    new.event,
+                    new.repository,
+                    new.ref_kind,
+                    new.ref_name,
+                    new.commit,
+                    new.apps.join(","),
+                    new.status,
+                    new.reason,
+                    now
+                ],
+            )?;
+            if inserted == 0 {
+                return Ok(None);
+            }
+            conn.last_insert_rowid()
+        };
+        self.delivery(id)
+    }
+
+    pub fn delivery(&self, id: i64) -> Result<Option<DeliveryRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{DELIVERY_SELECT} WHERE id = ?1"),
+                [id],
+                delivery_from,
+            )
+            .optional()?)
+    }
+
+    /// Deliveries waiting to be dispatched, oldest first.
+    pub fn queued_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare(&format!("{DELIVERY_SELECT} WHERE status = 'queued' ORDER BY id"))?;
+        let rows = statement.query_map([], delivery_from)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The newest deliveries first.
+    pub fn deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare(&format!("{DELIVERY_SELECT} ORDER BY id DESC LIMIT ?1"))?;
+        let rows = statement.query_map([limit as i64], delivery_from)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Records how a queued delivery ended: `dispatched` (with the
+    /// deployments it started), `ignored` or `failed` (with the reason).
+    pub fn finish_delivery(
+        &self,
+        id: i64,
+        status: &str,
+        reason: Option<&str>,
+        deployments: &[i64],
+    ) -> Result<()> {
+        let deployments: Vec<String> = deployments.iter().map(i64::to_string).collect();
+        self.conn().execute(
+            "UPDATE webhook_deliveries SET status = ?2, reason = ?3, deployments = ?4, updated_at = ?5 WHERE id = ?1",
+            params![id, status, reason, deployments.join(","), now_ms()],
+        )?;
+        Ok(())
+    }
+}
+
+const DELIVERY_SELECT: &str = "SELECT id, provider, delivery_id, event, repository, ref_kind, ref_name, commit_sha,
+        apps, status, reason, deployments, received_at, updated_at FROM webhook_deliveries";
+
+fn delivery_from(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let list = |text: Option<String>| -> Vec<String> {
+        text.unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    Ok(DeliveryRecord {
+        id: row.get(0)?,
+        provider: row.get(1)?,
+        delivery_id: row.get(2)?,
+        event: row.get(3)?,
+        repository: row.get(4)?,
+        ref_kind: row.get(5)?,
+        ref_name: row.get(6)?,
+        commit: row.get(7)?,
+        apps: list(row.get(8)?),
+        status: row.get(9)?,
+        reason: row.get(10)?,
+        deployments: list(row.get(11)?)
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect(),
+        received_at: row.get(12)?,
+        updated_at: row.get(13)?,
+    })
+}
+
 const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.app, d.trigger, d.version, d.release_id, d.target_slot,
-        d.from_release_id, fr.version, d.from_slot, d.state, d.reason, d.created_at, d.started_at, d.finished_at
+        d.from_release_id, fr.version, d.from_slot, d.state, d.reason, d.created_at, d.started_at, d.finished_at,
+        d.source_provider, d.source_delivery, d.source_ref, d.source_commit, d.source_build
      FROM deployments d LEFT JOIN releases fr ON fr.id = d.from_release_id";
 
 fn deployment_from(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
@@ -441,6 +610,20 @@ fn deployment_from(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
         created_at: row.get(11)?,
         started_at: row.get(12)?,
         finished_at: row.get(13)?,
+        source: match (
+            row.get::<_, Option<String>>(14)?,
+            row.get::<_, Option<String>>(16)?,
+            row.get::<_, Option<String>>(17)?,
+        ) {
+            (Some(provider), Some(git_ref), Some(commit)) => Some(DeploymentSource {
+                provider,
+                delivery: row.get(15)?,
+                git_ref,
+                commit,
+                build: row.get(18)?,
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -60,6 +60,63 @@ pub struct DeploymentRecord {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// What started a deployment built from git (webhook or `deploy --ref`).
+    pub source: Option<DeploymentSource>,
+}
+
+/// The trigger facts of a deployment built from git.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeploymentSource {
+    /// `github`, `gitlab`, `gitea`, `bitbucket`, or `cli` for `deploy --ref`.
+    pub provider: String,
+    /// The provider's delivery id (webhooks only).
+    pub delivery: Option<String>,
+    /// The full ref, e.g. `refs/tags/v1.2-cicd`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The commit built (full sha).
+    pub commit: String,
+    /// Progress of the build: `fetching`, `building`, `built`, `failed`, `skipped`.
+    pub build: Option<String>,
+}
+
+/// A webhook delivery as accepted by the receiver.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub provider: String,
+    pub delivery_id: String,
+    pub event: String,
+    pub repository: Option<String>,
+    /// `branch` or `tag`.
+    pub ref_kind: Option<String>,
+    pub ref_name: Option<String>,
+    pub commit: Option<String>,
+    /// The apps whose rules matched.
+    pub apps: Vec<String>,
+    /// `queued`, `dispatched`, `ignored`, `failed`.
+    pub status: String,
+    pub reason: Option<String>,
+    /// Deployment ids started for it.
+    pub deployments: Vec<i64>,
+    pub received_at: i64,
+    pub updated_at: i64,
+}
+
+/// A delivery to record: `status` is `queued` for work, `ignored` (with
+/// a reason) for a verified delivery that deploys nothing.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub provider: String,
+    pub delivery_id: String,
+    pub event: String,
+    pub repository: Option<String>,
+    pub ref_kind: Option<String>,
+    pub ref_name: Option<String>,
+    pub commit: Option<String>,
+    pub apps: Vec<String>,
+    pub status: String,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -79,6 +136,8 @@ pub struct NewDeployment {
     pub version: String,
     /// Set when the release already exists (a rollback to a recorded release).
     pub release_id: Option<i64>,
+    /// Set for a deployment built from git.
+    pub source: Option<DeploymentSource>,
 }
 
 #[derive(Debug, Clone)]

@@ -56,6 +56,33 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     CREATE INDEX events_by_deployment ON events (deployment_id, id);",
+    // 2: the git trigger: what started each deployment (provider, delivery,
+    // ref, commit, build progress), the commit of each built release, and
+    // the inbox of accepted webhook deliveries.
+    "ALTER TABLE deployments ADD COLUMN source_provider TEXT;
+    ALTER TABLE deployments ADD COLUMN source_delivery TEXT;
+    ALTER TABLE deployments ADD COLUMN source_ref TEXT;
+    ALTER TABLE deployments ADD COLUMN source_commit TEXT;
+    ALTER TABLE deployments ADD COLUMN source_build TEXT;
+    ALTER TABLE releases ADD COLUMN source_commit TEXT;
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        repository TEXT,
+        ref_kind TEXT,
+        ref_name TEXT,
+        commit_sha TEXT,
+        apps TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        reason TEXT,
+        deployments TEXT,
+        received_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (provider, delivery_id)
+    );
+    CREATE INDEX webhook_deliveries_by_status ON webhook_deliveries (status, id);",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -17,6 +17,7 @@ fn deploy(store: &Store, version: &str) -> DeploymentRecord {
             trigger: "cli".into(),
             version: version.into(),
             release_id: None,
+            source: None,
         })
         .unwrap()
 }

@@ -32,6 +32,8 @@ routes:
   <health path>      200 ok (see --health-*)
   /slow?ms=N         sleeps N ms, then 200 version=<V> slept=<N>
   /echo              echoes the request body (streaming)
+  /count             reads the request body (keeping nothing), answers
+                     version=<V> bytes=<N>
   /headers           the request headers as `name: value` lines
   /bytes?n=N         N bytes of body
   /status?code=N     answers status N

@@ -297,6 +297,26 @@ async fn handle(st: &'static State, req: Request<Incoming>) -> Response<Body> {
             );
             res
         }
+        "/count" => {
+            // Reads the body frame by frame, keeping nothing.
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                match frame {
+                    Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(e) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            Body::Full(Some(Bytes::from(format!(
+                                "reading the body failed: {e}\n"
+                            )))),
+                        )
+                    }
+                }
+            }
+            let body = format!("version={} bytes={total}\n", st.args.version);
+            text(StatusCode::OK, Body::Full(Some(Bytes::from(body))))
+        }
         "/headers" => {
             let mut out = String::with_capacity(512);
             for (name, value) in req.headers() {

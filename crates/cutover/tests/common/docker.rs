@@ -104,6 +104,14 @@ pub fn build_image(tags: &[&str], dockerfile: &str, args: &[(&str, &str)]) {
     }
     argv.push(context.path().display().to_string());
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    // Concurrent first builds of identical layers can race inside the
+    // legacy builder ("failed to register layer"); a second try succeeds.
+    for _ in 0..2 {
+        if docker(&argv).status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     docker_ok(&argv);
 }
 

@@ -1,0 +1,173 @@
+//! `[webhook]`: the git webhook receiver (GitHub, GitLab, Gitea/Forgejo,
+//! Bitbucket). Secrets are named by files or environment variables and
+//! read by the receiver when it starts; they never sit in the model.
+
+use crate::docker::SecretSource;
+use crate::error::ConfigError;
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+/// One value or a list of them (two secrets at once, for rotation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(value) => vec![value.clone()],
+            OneOrMany::Many(values) => values.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub listen: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub max_body: Option<ByteSize>,
+    pub read_timeout: Option<HumanDuration>,
+    pub github_secret_file: Option<Spanned<OneOrMany>>,
+    pub github_secret_env: Option<Spanned<OneOrMany>>,
+    pub gitlab_token_file: Option<Spanned<OneOrMany>>,
+    pub gitlab_token_env: Option<Spanned<OneOrMany>>,
+    pub gitea_secret_file: Option<Spanned<OneOrMany>>,
+    pub gitea_secret_env: Option<Spanned<OneOrMany>>,
+    pub bitbucket_secret_file: Option<Spanned<OneOrMany>>,
+    pub bitbucket_secret_env: Option<Spanned<OneOrMany>>,
+}
+
+/// The webhook receiver. See the README's "Git trigger".
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The receiver's own listener.
+    pub listen: SocketAddr,
+    /// Endpoints are `POST {path_prefix}/github|gitlab|gitea|bitbucket`.
+    pub path_prefix: String,
+    /// Bodies beyond are refused with 413.
+    pub max_body: u64,
+    /// The longest a client may take to send headers and body.
+    pub read_timeout: Duration,
+    /// Accepted secrets per provider (one or two); no secret: that
+    /// provider's endpoint is off.
+    pub github: Vec<SecretSource>,
+    pub gitlab: Vec<SecretSource>,
+    pub gitea: Vec<SecretSource>,
+    pub bitbucket: Vec<SecretSource>,
+}
+
+pub(crate) fn validate(
+    spanned: &Spanned<RawWebhook>,
+    base: &Path,
+    file: &Path,
+    text: &str,
+) -> Result<WebhookConfig, ConfigError> {
+    let error = |span: std::ops::Range<usize>, message: String| {
+        ConfigError::at(file, text, Some(span), message)
+    };
+    let raw = spanned.get_ref();
+    let listen = match &raw.listen {
+        None => {
+            return Err(error(
+                spanned.span(),
+                "[webhook] needs `listen`, the address of the receiver's own listener, e.g. listen = \"127.0.0.1:9000\"".to_string(),
+            ))
+        }
+        Some(addr) => addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+            error(
+                addr.span(),
+                format!(
+                    "`{}` is not a listen address; write it like \"127.0.0.1:9000\"",
+                    addr.get_ref()
+                ),
+            )
+        })?,
+    };
+    let path_prefix = match &raw.path_prefix {
+        None => "/_cutover/hooks".to_string(),
+        Some(prefix) => {
+            let value = prefix.get_ref().trim().trim_end_matches('/').to_string();
+            let ok = value.starts_with('/')
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+            if !ok && !value.is_empty() {
+                return Err(error(
+                    prefix.span(),
+                    format!("path_prefix `{}` must be a path like \"/_cutover/hooks\" (letters, digits, `/`, `-`, `_`, `.`)", prefix.get_ref()),
+                ));
+            }
+            value
+        }
+    };
+    let secrets = |provider: &str,
+                   files: &Option<Spanned<OneOrMany>>,
+                   envs: &Option<Spanned<OneOrMany>>|
+     -> Result<Vec<SecretSource>, ConfigError> {
+        let mut found = Vec::new();
+        if let Some(files) = files {
+            for path in files.get_ref().values() {
+                if path.trim().is_empty() {
+                    return Err(error(files.span(), "a secret file path must not be empty".to_string()));
+                }
+                found.push(SecretSource::File(base.join(path.trim())));
+            }
+        }
+        if let Some(envs) = envs {
+            for name in envs.get_ref().values() {
+                let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    return Err(error(envs.span(), format!("`{name}` is not an environment variable name")));
+                }
+                found.push(SecretSource::Env(name));
+            }
+        }
+        if found.len() > 2 {
+            let span = files.as_ref().map_or_else(|| spanned.span(), Spanned::span);
+            return Err(error(
+                span,
+                format!("{provider} has {} secrets; at most two are accepted at once (the current and the next, while rotating)", found.len()),
+            ));
+        }
+        Ok(found)
+    };
+    let config = WebhookConfig {
+        listen,
+        path_prefix,
+        max_body: raw.max_body.map_or(25 << 20, |s| s.0),
+        read_timeout: raw.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        github: secrets("github", &raw.github_secret_file, &raw.github_secret_env)?,
+        gitlab: secrets("gitlab", &raw.gitlab_token_file, &raw.gitlab_token_env)?,
+        gitea: secrets("gitea", &raw.gitea_secret_file, &raw.gitea_secret_env)?,
+        bitbucket: secrets(
+            "bitbucket",
+            &raw.bitbucket_secret_file,
+            &raw.bitbucket_secret_env,
+        )?,
+    };
+    if config.github.is_empty()
+        && config.gitlab.is_empty()
+        && config.gitea.is_empty()
+        && config.bitbucket.is_empty()
+    {
+        return Err(error(
+            spanned.span(),
+            "[webhook] has no secret: a webhook is accepted only when signed, so set at least one of github_secret_file, gitlab_token_file, gitea_secret_file, bitbucket_secret_file (or their *_env forms)".to_string(),
+        ));
+    }
+    if config.read_timeout.is_zero() || config.max_body == 0 {
+        return Err(error(
+            spanned.span(),
+            "read_timeout and max_body must be larger than 0".to_string(),
+        ));
+    }
+    Ok(config)
+}
