@@ -66,6 +66,18 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
         listeners.push((local, listener));
     }
 
+    // The webhook receiver binds before recovery too, so a port clash stops
+    // the start before anything is touched.
+    let webhooks = match &config.webhook {
+        Some(_) => Some((
+            cutover_webhook::Receiver::bind(Arc::new(config.clone()), store.clone())
+                .await
+                .map_err(Failure::failed)?,
+            store.clone(),
+        )),
+        None => None,
+    };
+
     let engine = Engine::start(Arc::new(config.clone()), store, router.clone())
         .await
         .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
@@ -107,6 +119,20 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
         }));
     }
 
+    let mut webhook_line = String::new();
+    if let Some((receiver, store)) = webhooks {
+        if let Some(addr) = receiver.local_addr() {
+            webhook_line = format!(", webhooks on {addr}");
+        }
+        cutover_webhook::spawn_dispatcher(engine.clone(), store, receiver.wake());
+        let serving = receiver.serve(stop_signal());
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "the webhook receiver stopped");
+            }
+        });
+    }
+
     let socket = admin.path().to_path_buf();
     let mut admin_task = tokio::spawn(admin.serve(engine.clone(), stop_signal()));
 
@@ -121,7 +147,7 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
         None => bound.join(", "),
     };
     let line = format!(
-        "cutover serving {serving} (apps: {apps}), admin socket {}",
+        "cutover serving {serving} (apps: {apps}){webhook_line}, admin socket {}",
         socket.display()
     );
     println!("{line}");

@@ -69,6 +69,8 @@ async fn dispatch(engine: &Engine, store: &Store, delivery: DeliveryRecord) {
                 tracing::info!(app = %app, delivery = %delivery.delivery_id, "webhook delivery deploys nothing: {why}");
                 skipped.push(format!("{app}: {why}"));
             }
+            // Shutting down: the delivery stays queued for the next start.
+            Err(EngineError::Stopped) => return,
             Err(e) => {
                 tracing::warn!(app = %app, delivery = %delivery.delivery_id, "webhook delivery could not be deployed: {e}");
                 failed.push(format!("{app}: {e}"));
