@@ -487,6 +487,8 @@ impl Actor {
         }
         let Some(live) = &self.live else { return };
         let addr = live.addr;
+        let runtime_id = live.runtime_id.clone();
+        let driver = self.context.driver.clone();
         let config = self.context.app.health.clone();
         let health = self.health.clone();
         let app = self.context.name().to_string();
@@ -496,7 +498,14 @@ impl Actor {
             let mut was_healthy = true;
             loop {
                 tokio::time::sleep(config.interval).await;
-                let result = health::check(addr, &config).await;
+                // The HTTP check, and the runtime's own (a Docker HEALTHCHECK).
+                let result = match health::check(addr, &config).await {
+                    Ok(()) => match driver.check(&runtime_id).await {
+                        cutover_drivers::RuntimeHealth::Failing(why) => Err(why),
+                        _ => Ok(()),
+                    },
+                    Err(why) => Err(why),
+                };
                 health.store(
                     if result.is_ok() {
                         HEALTH_OK
