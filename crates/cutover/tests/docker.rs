@@ -32,6 +32,8 @@ struct DockerApp {
 
 struct Options<'a> {
     deploy_timeout: &'a str,
+    /// App-level keys (release safety) beyond the defaults.
+    app: String,
     /// `[app.docker]` keys beyond the defaults (image, port, stop_timeout).
     docker: String,
     /// The image repository (without tag); default `cutover-test/<app>`.
@@ -42,6 +44,7 @@ impl Default for Options<'_> {
     fn default() -> Self {
         Options {
             deploy_timeout: "20s",
+            app: String::new(),
             docker: String::new(),
             repository: None,
         }
@@ -60,6 +63,7 @@ impl DockerApp {
 [[app]]
 name = "{app}"
 drain_timeout = "10s"
+{app_keys}
 
 [app.health]
 path = "/health"
@@ -74,6 +78,7 @@ stop_timeout = "2s"
 "#,
             deploy_timeout = options.deploy_timeout,
             docker = options.docker,
+            app_keys = options.app,
         ));
         let cleanup = Cleanup::new(&daemon.state_dir(), &[&repository]);
         DockerApp {
@@ -390,4 +395,54 @@ fn docker_rollback_under_load_returns_to_previous_image_without_failures() {
     eventually(Duration::from_secs(10), "only v1 runs", || {
         container_versions(&t.instance()) == ["v1"]
     });
+}
+
+/// Release safety is the engine's, so it holds for containers too:
+/// preview before a manual promotion, then a rollback inside `keep_old`
+/// that is a pure switch to the container still running idle.
+#[test]
+fn docker_preview_promotion_and_instant_rollback_within_keep_old() {
+    let t = DockerApp::start(
+        "dk-safety",
+        Options {
+            app: "promotion = \"manual\"\nkeep_old = \"60s\"".to_string(),
+            ..Options::default()
+        },
+    );
+    build_image(&[&t.image("v1"), &t.image("v2")], "Dockerfile", &[]);
+    for version in ["v1", "v2"] {
+        t.daemon
+            .ok(&["deploy", &t.app, "--version", version, "--no-wait"]);
+        eventually(Duration::from_secs(20), "awaiting promotion", || {
+            t.status()["current_deployment"]["state"] == "awaiting_promotion"
+        });
+        if version == "v2" {
+            let header = [("X-Cutover-Preview", "1")];
+            let mut connection = common::http::Connection::open(t.daemon.proxy_port).unwrap();
+            assert_eq!(
+                connection.get_with("/", &header).unwrap().body.trim(),
+                "version=v2"
+            );
+            assert_eq!(connection.get("/").unwrap().body.trim(), "version=v1");
+        }
+        t.daemon.ok(&["promote", &t.app]);
+        eventually(Duration::from_secs(20), "promoted", || {
+            t.status()["live_version"] == version
+        });
+    }
+    eventually(Duration::from_secs(10), "v1 kept idle next to v2", || {
+        let mut versions = container_versions(&t.instance());
+        versions.sort();
+        versions == ["v1", "v2"]
+    });
+    let load = t.load();
+    std::thread::sleep(Duration::from_millis(200));
+    let output = t.daemon.ok(&["rollback", &t.app]);
+    std::thread::sleep(Duration::from_millis(200));
+    let report = load.stop();
+    assert!(output.contains("instant rollback"), "{output}");
+    assert!(!output.contains("starting"), "{output}");
+    assert_eq!(report.failures(), Vec::<&str>::new());
+    report.assert_versions_in_order(&["v2", "v1"]);
+    assert_eq!(t.status()["live_version"], "v1");
 }
