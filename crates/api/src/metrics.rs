@@ -95,7 +95,10 @@ pub(crate) async fn render(engine: &Engine, transitions: &HealthTransitions) -> 
             .into_response();
     }
     (
-        [(CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)],
+        [(
+            CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
         text,
     )
         .into_response()
@@ -191,12 +194,14 @@ impl Collector for EngineSnapshot {
                     bucket.1 += 1;
                 }
             }
-            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                durations.iter().sum(),
-                durations.len() as u64,
-                &buckets,
-                None,
-            )?;
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(
+                    durations.iter().sum(),
+                    durations.len() as u64,
+                    &buckets,
+                    None,
+                )?;
         }
 
         let mut family = encoder.encode_descriptor(
@@ -207,7 +212,8 @@ impl Collector for EngineSnapshot {
         )?;
         for app in &self.apps {
             let running = i64::from(app.current_deployment.is_some());
-            ConstGauge::new(running).encode(family.encode_family(&[("app", app.name.as_str())])?)?;
+            ConstGauge::new(running)
+                .encode(family.encode_family(&[("app", app.name.as_str())])?)?;
         }
         let mut family = encoder.encode_descriptor(
             "cutover_deployments_queued",
@@ -263,8 +269,9 @@ impl Collector for EngineSnapshot {
                 ("unknown", LiveHealth::Unknown),
             ] {
                 let on = i64::from(app.health == value);
-                ConstGauge::new(on)
-                    .encode(family.encode_family(&[("app", app.name.as_str()), ("state", state)])?)?;
+                ConstGauge::new(on).encode(
+                    family.encode_family(&[("app", app.name.as_str()), ("state", state)])?,
+                )?;
             }
         }
         let mut family = encoder.encode_descriptor(

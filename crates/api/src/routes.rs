@@ -57,7 +57,9 @@ pub(crate) fn router_with_shutdown(engine: Engine, shutdown: Shutdown) -> Router
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/events", get(deployment_events))
         .route("/metrics", get(metrics))
-        .layer(axum::Extension(crate::metrics::HealthTransitions::start(&engine)))
+        .layer(axum::Extension(crate::metrics::HealthTransitions::start(
+            &engine,
+        )))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ApiState { engine, shutdown })
@@ -65,7 +67,9 @@ pub(crate) fn router_with_shutdown(engine: Engine, shutdown: Shutdown) -> Router
 
 async fn metrics(
     State(state): State<ApiState>,
-    axum::Extension(transitions): axum::Extension<std::sync::Arc<crate::metrics::HealthTransitions>>,
+    axum::Extension(transitions): axum::Extension<
+        std::sync::Arc<crate::metrics::HealthTransitions>,
+    >,
 ) -> Response {
     crate::metrics::render(&state.engine, &transitions).await
 }
@@ -110,8 +114,7 @@ struct DeployBody {
 }
 
 impl Expected for DeployBody {
-    const EXPECTED: &'static str =
-        r#"{"version": "v2", "force": false} or {"ref": "v1.2-cicd"} (force and trigger are optional)"#;
+    const EXPECTED: &'static str = r#"{"version": "v2", "force": false} or {"ref": "v1.2-cicd"} (force and trigger are optional)"#;
 }
 
 /// Triggers are stored and shown; keep them to a short, plain alphabet.

@@ -12,6 +12,8 @@
 //! - [`model`]: the validated, typed configuration (paths resolved,
 //!   defaults applied, cross-field rules checked).
 //! - [`error`]: [`ConfigError`], which names file, line, column and problem.
+//! - [`tls`]: the built-in proxy's TLS keys (`tls_listen`, `[[proxy.tls]]`,
+//!   `redirect_http`).
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod model;
 pub mod nginx;
 mod raw;
 pub mod source;
+pub mod tls;
 pub mod units;
 pub mod webhook;
 
@@ -29,4 +32,5 @@ pub use error::ConfigError;
 pub use model::*;
 pub use nginx::{NginxConfig, SshConfig};
 pub use source::{DeployOn, RefKind, SourceConfig};
+pub use tls::{TlsCert, TlsConfig};
 pub use webhook::WebhookConfig;

@@ -76,9 +76,20 @@ pub struct ProxyConfig {
     pub access_log: AccessLog,
     /// Where access log lines go; `None`: standard output.
     pub access_log_file: Option<PathBuf>,
+    /// HTTPS listeners, their certificates, the redirect of cleartext.
+    pub tls: crate::tls::TlsConfig,
     /// `mode = "nginx"`: cutover drives this nginx and listens for no
     /// client traffic itself. `None`: the built-in proxy (the default).
     pub nginx: Option<crate::nginx::NginxConfig>,
+}
+
+/// `[[app]] upstream_protocol`: how the proxy talks to the app's releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive connections (the default).
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge (gRPC servers).
+    H2c,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +119,8 @@ pub struct AppConfig {
     pub keep_old: Duration,
     pub promotion: Promotion,
     pub preview_header: String,
+    /// How the proxy talks to this app's releases.
+    pub upstream_protocol: UpstreamProtocol,
     /// How many deployment requests may wait behind the running one.
     /// Requests beyond it replace the newest waiting one (bursts collapse).
     pub max_queued: usize,
@@ -416,7 +429,21 @@ impl Validator<'_> {
                 .upstream_response_timeout
                 .map_or(Duration::from_secs(60), |d| d.0),
             access_log,
-            access_log_file: raw.access_log_file.map(|file| self.base_dir().join(file)),
+            access_log_file: raw
+                .access_log_file
+                .clone()
+                .map(|file| self.base_dir().join(file)),
+            tls: crate::tls::validate(
+                crate::tls::RawTlsKeys {
+                    listen: raw.tls_listen.as_ref(),
+                    certs: raw.tls.as_ref(),
+                    redirect_http: raw.redirect_http.as_ref(),
+                    nginx_mode,
+                },
+                &self.base_dir(),
+                self.file,
+                self.source,
+            )?,
             nginx,
         })
     }
@@ -509,6 +536,20 @@ impl Validator<'_> {
                 .clone()
                 .unwrap_or_else(|| "X-Cutover-Preview".to_string()),
             max_queued,
+            upstream_protocol: match raw.upstream_protocol.as_ref() {
+                None => UpstreamProtocol::Http1,
+                Some(p) if p.get_ref() == "http1" => UpstreamProtocol::Http1,
+                Some(p) if p.get_ref() == "h2c" => UpstreamProtocol::H2c,
+                Some(p) => {
+                    return Err(self.error(
+                        p,
+                        format!(
+                            "upstream_protocol `{}` is not known; use \"http1\" (the default) or \"h2c\" (HTTP/2 without TLS, e.g. gRPC)",
+                            p.get_ref()
+                        ),
+                    ))
+                }
+            },
             auto_promote_after: raw.auto_promote_after.map(|d| d.0),
             auto_abort_after: raw.auto_abort_after.map(|d| d.0),
             verify: self.verify(raw)?,

@@ -98,17 +98,18 @@ pub(crate) fn mode(
     let error = |span: std::ops::Range<usize>, message: String| {
         ConfigError::at(file, source, Some(span), message)
     };
-    let nginx =
-        match mode.map(|m| m.get_ref().as_str()) {
-            None | Some("builtin") => false,
-            Some("nginx") => true,
-            Some(other) => return Err(error(
+    let nginx = match mode.map(|m| m.get_ref().as_str()) {
+        None | Some("builtin") => false,
+        Some("nginx") => true,
+        Some(other) => {
+            return Err(error(
                 mode.map_or(0..0, Spanned::span),
                 format!(
                     "proxy mode `{other}` is not known; use \"builtin\" (the default) or \"nginx\""
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if let (false, Some(section)) = (nginx, section) {
         return Err(error(
             section.span(),
@@ -182,6 +183,13 @@ pub(crate) fn validate(
     )?;
     let pid_file = path(section.pid_file.as_ref(), "/run/nginx.pid", "pid_file")?;
     let log_dir = path(section.log_dir.as_ref(), "/var/log/nginx", "log_dir")?;
+    if let (Some(raw), true) = (&section.log_dir, log_dir.to_string_lossy().contains('$')) {
+        return Err(error(
+            raw.span(),
+            "`log_dir` must not contain `$`: nginx would read a variable in the access_log path"
+                .to_string(),
+        ));
+    }
 
     let command = |value: Option<&Spanned<Vec<String>>>, default: Vec<String>, key: &str| {
         let Some(value) = value else {
@@ -262,18 +270,19 @@ fn validate_ssh(
             format!("ssh host `{}` is not a host name or address: no spaces, quotes, `@`, `%`, or leading `-` (put the user in `user`)", raw.host.get_ref().escape_debug()),
         ));
     }
-    let user =
-        match &raw.user {
-            None => None,
-            Some(user) if plain(user.get_ref()) => Some(user.get_ref().clone()),
-            Some(user) => return Err(error(
+    let user = match &raw.user {
+        None => None,
+        Some(user) if plain(user.get_ref()) => Some(user.get_ref().clone()),
+        Some(user) => {
+            return Err(error(
                 user.span(),
                 format!(
                     "ssh user `{}` is not a user name: no spaces, quotes, `@`, `%`, or leading `-`",
                     user.get_ref().escape_debug()
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let port = match &raw.port {
         None => 22,
         Some(port) => match u16::try_from(*port.get_ref()) {

@@ -31,6 +31,9 @@ pub struct RawProxy {
     pub upstream_response_timeout: Option<HumanDuration>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_file: Option<String>,
+    pub tls_listen: Option<Vec<Spanned<String>>>,
+    pub tls: Option<Spanned<Vec<crate::tls::RawTls>>>,
+    pub redirect_http: Option<Spanned<bool>>,
     pub nginx: Option<Spanned<crate::nginx::RawNginx>>,
 }
 
@@ -49,6 +52,7 @@ pub struct RawApp {
     pub keep_old: Option<HumanDuration>,
     pub promotion: Option<Spanned<String>>,
     pub preview_header: Option<String>,
+    pub upstream_protocol: Option<Spanned<String>>,
     pub max_queued: Option<Spanned<i64>>,
     pub auto_promote_after: Option<HumanDuration>,
     pub auto_abort_after: Option<HumanDuration>,

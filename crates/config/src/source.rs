@@ -140,8 +140,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) && pattern[p] != '*'
-        {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) && pattern[p] != '*' {
             p += 1;
             t += 1;
         } else if p < pattern.len() && pattern[p] == '*' {
@@ -286,7 +285,9 @@ pub(crate) fn validate(
     let build_timeout = raw
         .build_timeout
         .map_or(Duration::from_secs(30 * 60), |d| d.0);
-    let fetch_timeout = raw.fetch_timeout.map_or(Duration::from_secs(5 * 60), |d| d.0);
+    let fetch_timeout = raw
+        .fetch_timeout
+        .map_or(Duration::from_secs(5 * 60), |d| d.0);
     if build_timeout.is_zero() || fetch_timeout.is_zero() {
         return Err(error(
             spanned.span(),

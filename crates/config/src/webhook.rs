@@ -116,16 +116,23 @@ pub(crate) fn validate(
         if let Some(files) = files {
             for path in files.get_ref().values() {
                 if path.trim().is_empty() {
-                    return Err(error(files.span(), "a secret file path must not be empty".to_string()));
+                    return Err(error(
+                        files.span(),
+                        "a secret file path must not be empty".to_string(),
+                    ));
                 }
                 found.push(SecretSource::File(base.join(path.trim())));
             }
         }
         if let Some(envs) = envs {
             for name in envs.get_ref().values() {
-                let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let ok =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !ok {
-                    return Err(error(envs.span(), format!("`{name}` is not an environment variable name")));
+                    return Err(error(
+                        envs.span(),
+                        format!("`{name}` is not an environment variable name"),
+                    ));
                 }
                 found.push(SecretSource::Env(name));
             }

@@ -41,7 +41,7 @@ pub enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Deploy a version of an app and, by default, follow it to the end.
+    /// Deploy a version of an app (or build a git ref of it) and, by default, follow it to the end.
     Deploy(DeployArgs),
     /// Show each app's live slot, release, health and current deployment.
     Status(StatusArgs),
@@ -95,13 +95,19 @@ impl WaitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["version", "git_ref"])))]
 pub struct DeployArgs {
     /// The app to deploy.
     pub app: String,
     /// The version to deploy (1-128 letters, digits, `.`, `_`, `-`, `+`).
     #[arg(long, value_name = "V")]
-    pub version: String,
-    /// Deploy even when this version is already live.
+    pub version: Option<String>,
+    /// Build this branch or tag (or full ref) of the app's [app.source] and
+    /// deploy the result, like a webhook would.
+    #[arg(long = "ref", value_name = "REF", conflicts_with = "version")]
+    pub git_ref: Option<String>,
+    /// Deploy even when this version (or commit) is already live, or the
+    /// commit is older than the live one.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -225,6 +231,18 @@ mod tests {
                 .wait
                 .wait()
         );
+    }
+
+    #[test]
+    fn deploy_takes_a_version_or_a_ref() {
+        let deploy = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Deploy(d) => d,
+            other => panic!("{other:?}"),
+        };
+        let by_ref = deploy(&["deploy", "web", "--ref", "v1-cicd"]);
+        assert_eq!(by_ref.git_ref.as_deref(), Some("v1-cicd"));
+        assert_eq!(by_ref.version, None);
+        assert!(parse(&["deploy", "web", "--ref", "x", "--version", "v1"]).is_err());
     }
 
     #[test]

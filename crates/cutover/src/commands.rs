@@ -86,7 +86,10 @@ pub fn config_check(global: &GlobalArgs) -> Outcome {
 
 pub async fn deploy(global: &GlobalArgs, args: &DeployArgs) -> Outcome {
     let client = client(global)?;
-    let body = json!({ "version": args.version, "force": args.force });
+    let body = match &args.git_ref {
+        Some(git_ref) => json!({ "ref": git_ref, "force": args.force }),
+        None => json!({ "version": args.version, "force": args.force }),
+    };
     let path = format!("/v1/apps/{}/deployments", segment(&args.app));
     let record: Value = client.post(&path, Some(&body)).await?;
     finish(&client, global.json, record, args.wait.wait()).await

@@ -17,6 +17,20 @@ pub struct Deployment {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Set for deployments built from git (webhook or `deploy --ref`).
+    #[serde(default)]
+    pub source: Option<Source>,
+}
+
+/// The trigger facts of a deployment built from git.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Source {
+    pub provider: String,
+    pub delivery: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit: String,
+    pub build: Option<String>,
 }
 
 impl Deployment {

@@ -108,9 +108,7 @@ pub fn status_table(apps: &[AppStatus]) -> String {
                 app.in_flight.to_string(),
                 app.current_deployment
                     .as_ref()
-                    .map_or("-".to_string(), |d| {
-                        format!("{} ({}, {})", d.id, d.version, d.state)
-                    }),
+                    .map_or("-".to_string(), current_deployment),
                 if app.queued.is_empty() {
                     "-".to_string()
                 } else {
@@ -137,6 +135,34 @@ pub fn status_table(apps: &[AppStatus]) -> String {
     )
 }
 
+/// `7 (v2, checking)`; a build in progress shows as such:
+/// `7 (v2-cicd-1a2b3c4d5e6f, preparing: building refs/tags/v2-cicd)`.
+fn current_deployment(d: &Deployment) -> String {
+    match d
+        .source
+        .as_ref()
+        .and_then(|s| Some((s, s.build.as_deref()?)))
+    {
+        Some((source, build @ ("queued" | "fetching" | "building"))) => format!(
+            "{} ({}, {}: {build} {})",
+            d.id, d.version, d.state, source.git_ref
+        ),
+        _ => format!("{} ({}, {})", d.id, d.version, d.state),
+    }
+}
+
+/// What started a deployment built from git: `github refs/tags/v2 1a2b3c4d5e6f`.
+fn source_cell(d: &Deployment) -> String {
+    d.source.as_ref().map_or("-".to_string(), |s| {
+        format!(
+            "{} {} {}",
+            s.provider,
+            s.git_ref,
+            &s.commit[..12.min(s.commit.len())]
+        )
+    })
+}
+
 /// The first line of a reason, cut to `max` characters.
 pub fn truncate(text: &str, max: usize) -> String {
     let first = text.lines().next().unwrap_or("");
@@ -152,6 +178,9 @@ pub fn truncate(text: &str, max: usize) -> String {
 }
 
 pub fn history_table(deployments: &[Deployment]) -> String {
+    // Apps built from git get the trigger's facts: provider, ref, commit
+    // and the provider's delivery id.
+    let from_git = deployments.iter().any(|d| d.source.is_some());
     let rows: Vec<Vec<String>> = deployments
         .iter()
         .map(|d| {
@@ -160,7 +189,7 @@ pub fn history_table(deployments: &[Deployment]) -> String {
                 Some(end) => duration_ms(end - start),
                 None => "-".to_string(),
             };
-            vec![
+            let mut row = vec![
                 d.id.to_string(),
                 d.trigger.clone(),
                 d.version.clone(),
@@ -169,26 +198,34 @@ pub fn history_table(deployments: &[Deployment]) -> String {
                 d.state.clone(),
                 duration,
                 time_ms(start),
+            ];
+            if from_git {
+                row.push(source_cell(d));
+                row.push(dash(d.source.as_ref().and_then(|s| s.delivery.as_deref())));
+            }
+            row.push(
                 d.reason
                     .as_deref()
                     .map_or(String::new(), |r| truncate(r, 60)),
-            ]
+            );
+            row
         })
         .collect();
-    table(
-        &[
-            "ID",
-            "TRIGGER",
-            "VERSION",
-            "FROM",
-            "SLOT",
-            "STATE",
-            "DURATION",
-            "STARTED (UTC)",
-            "REASON",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "ID",
+        "TRIGGER",
+        "VERSION",
+        "FROM",
+        "SLOT",
+        "STATE",
+        "DURATION",
+        "STARTED (UTC)",
+    ];
+    if from_git {
+        header.extend(["SOURCE", "DELIVERY"]);
+    }
+    header.push("REASON");
+    table(&header, &rows)
 }
 
 #[cfg(test)]
@@ -208,6 +245,7 @@ mod tests {
             created_at: 1_000,
             started_at: Some(1_100),
             finished_at: Some(4_210),
+            source: None,
         }
     }
 
@@ -263,6 +301,41 @@ mod tests {
             &[vec!["xyz".into(), "1".into(), "".into()]],
         );
         assert_eq!(text, "A    LONGER  C\nxyz  1\n");
+    }
+
+    #[test]
+    fn git_deployments_show_their_trigger_and_build() {
+        let mut built = deployment("succeeded");
+        built.trigger = "webhook".into();
+        built.source = Some(crate::model::Source {
+            provider: "github".into(),
+            delivery: Some("72d3162e-cc78".into()),
+            git_ref: "refs/tags/v2-cicd".into(),
+            commit: "1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d".into(),
+            build: Some("built".into()),
+        });
+        let table = history_table(&[built.clone(), deployment("failed")]);
+        assert!(table.contains("SOURCE"), "{table}");
+        assert!(
+            table.contains("github refs/tags/v2-cicd 1a2b3c4d5e6f  72d3162e-cc78"),
+            "{table}"
+        );
+        // Without git deployments the table keeps its columns.
+        assert!(!history_table(&[deployment("failed")]).contains("SOURCE"));
+
+        let mut building = built;
+        building.state = "preparing".into();
+        if let Some(source) = building.source.as_mut() {
+            source.build = Some("building".into());
+        }
+        assert_eq!(
+            current_deployment(&building),
+            "12 (v2, preparing: building refs/tags/v2-cicd)"
+        );
+        assert_eq!(
+            current_deployment(&deployment("checking")),
+            "12 (v2, checking)"
+        );
     }
 
     #[test]

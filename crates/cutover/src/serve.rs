@@ -52,6 +52,12 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
             .collect(),
     );
 
+    for app in &config.apps {
+        if app.upstream_protocol == cutover_config::UpstreamProtocol::H2c {
+            router.set_upstream_protocol(&app.name, cutover_proxy::UpstreamProtocol::H2c);
+        }
+    }
+
     // In nginx front mode nginx takes the client traffic: no listener here.
     let listen = match &config.proxy.nginx {
         Some(_) => &[][..],
@@ -64,6 +70,18 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
         })?;
         let local = listener.local_addr().unwrap_or(*addr);
         listeners.push((local, listener));
+    }
+    // HTTPS: certificates first, so that a bad file stops the start here.
+    let tls = load_tls(&config)?;
+    let mut tls_listeners = Vec::with_capacity(config.proxy.tls.listen.len());
+    if tls.is_some() {
+        for addr in &config.proxy.tls.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                Failure::failed(format!("cannot listen on {addr} ([proxy] tls_listen): {e}"))
+            })?;
+            let local = listener.local_addr().unwrap_or(*addr);
+            tls_listeners.push((local, listener));
+        }
     }
 
     // The webhook receiver binds before recovery too, so a port clash stops
@@ -100,18 +118,39 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
     let bound: Vec<String> = listeners
         .iter()
         .map(|(local, _)| local.to_string())
+        .chain(
+            tls_listeners
+                .iter()
+                .map(|(local, _)| format!("https://{local}")),
+        )
         .collect();
     let options = proxy_options(&config)?;
-    spawn_reload_on_sighup(options.clone());
-    let mut proxies = Vec::with_capacity(listeners.len());
-    for (local, listener) in listeners {
-        let serving = cutover_proxy::serve_with(
-            listener,
-            router.clone(),
-            settings,
-            options.clone(),
-            stop_signal(),
-        );
+    spawn_reload_on_sighup(options.clone(), tls.clone());
+    let _watch_certificates = tls
+        .as_ref()
+        .map(|tls| tls.watch(CERTIFICATE_CHECK_INTERVAL));
+    let redirect_https = tls_listeners
+        .first()
+        .map(|(local, _)| local.port())
+        .filter(|_| config.proxy.tls.redirect_http);
+    let mut proxies = Vec::with_capacity(listeners.len() + tls_listeners.len());
+    let plain = listeners.into_iter().map(|listener| {
+        let options = cutover_proxy::ServeOptions {
+            redirect_https,
+            ..options.clone()
+        };
+        (listener, options)
+    });
+    let secure = tls_listeners.into_iter().map(|listener| {
+        let options = cutover_proxy::ServeOptions {
+            tls: tls.clone(),
+            ..options.clone()
+        };
+        (listener, options)
+    });
+    for ((local, listener), options) in plain.chain(secure) {
+        let serving =
+            cutover_proxy::serve_with(listener, router.clone(), settings, options, stop_signal());
         proxies.push(tokio::spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(%local, %error, "a proxy listener stopped");
@@ -220,12 +259,40 @@ fn proxy_options(config: &Config) -> Result<cutover_proxy::ServeOptions, Failure
     };
     Ok(cutover_proxy::ServeOptions {
         access_log,
-        ..Default::default()
+        tls: None,
+        redirect_https: None,
     })
 }
 
-/// SIGHUP: reopen the access log file (after log rotation).
-fn spawn_reload_on_sighup(options: cutover_proxy::ServeOptions) {
+/// How often the certificate files are checked for changes.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The HTTPS listeners' certificates (`[[proxy.tls]]`), if any; a file that
+/// is missing or unusable stops the start with an error naming it.
+fn load_tls(config: &Config) -> Result<Option<cutover_proxy::Tls>, Failure> {
+    if config.proxy.tls.certs.is_empty() || config.proxy.nginx.is_some() {
+        return Ok(None);
+    }
+    let files = config
+        .proxy
+        .tls
+        .certs
+        .iter()
+        .map(|c| cutover_proxy::CertKeyFiles {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+        })
+        .collect();
+    let tls = cutover_proxy::Tls::load(files).map_err(|e| {
+        Failure::failed(format!("{e} ([[proxy.tls]] in {})", config.file.display()))
+    })?;
+    tracing::info!(names = %tls.names().join(", "), "TLS certificates loaded");
+    Ok(Some(tls))
+}
+
+/// SIGHUP: reopen the access log file (after log rotation) and reload the
+/// TLS certificates (keeping the current ones if the files are bad).
+fn spawn_reload_on_sighup(options: cutover_proxy::ServeOptions, tls: Option<cutover_proxy::Tls>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
@@ -236,9 +303,12 @@ fn spawn_reload_on_sighup(options: cutover_proxy::ServeOptions) {
     };
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP received; reopening the access log");
+            tracing::info!("SIGHUP received; reopening the access log, reloading certificates");
             if let Some(log) = &options.access_log {
                 log.reopen();
+            }
+            if let Some(tls) = &tls {
+                tls.reload_and_log("SIGHUP");
             }
         }
     });

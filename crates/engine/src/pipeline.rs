@@ -168,7 +168,10 @@ async fn resolve(source: &SourceConfig, reference: &str) -> Result<(String, Stri
             redactor.apply(&source.repo),
             reference.escape_debug()
         ))),
-        [one] => Ok((one.name.clone(), validate_commit(one.commit()).map_err(EngineError::Conflict)?)),
+        [one] => Ok((
+            one.name.clone(),
+            validate_commit(one.commit()).map_err(EngineError::Conflict)?,
+        )),
         _ => Err(EngineError::BadRequest(format!(
             "`{}` names both a branch and a tag; pass refs/heads/{0} or refs/tags/{0}",
             reference.escape_debug()
@@ -192,7 +195,12 @@ pub fn split_ref(full_ref: &str) -> Result<(RefKind, &str), String> {
 /// with `-`, at most 255 bytes. Shell metacharacters that git allows (`$`,
 /// `(`, backticks, `;`) are fine: a ref name is only ever passed as data.
 pub fn check_ref_name(name: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("ref name `{}` is not accepted: {why}", name.escape_debug()));
+    let bad = |why: &str| {
+        Err(format!(
+            "ref name `{}` is not accepted: {why}",
+            name.escape_debug()
+        ))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -202,10 +210,9 @@ pub fn check_ref_name(name: &str) -> Result<(), String> {
     if name.starts_with('-') {
         return bad("it starts with `-`");
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
-    {
+    if let Some(c) = name.chars().find(|c| {
+        c.is_control() || c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    }) {
         return bad(&format!("it contains {c:?}"));
     }
     if name.contains("..") || name.contains("@{") || name == "@" {
@@ -239,17 +246,22 @@ pub fn validate_commit(commit: &str) -> Result<String, String> {
 /// alphabet, then the commit's first 12 digits (`v1.2-cicd-1a2b3c4d5e6f`).
 pub fn version_for(kind: RefKind, name: &str, commit: &str) -> String {
     let _ = kind;
-    let mut label: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    label = label.trim_start_matches(['-', '.']).to_string();
+    let mut label = String::with_capacity(name.len());
+    for c in name.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            c
+        } else {
+            '-'
+        };
+        // Runs of replaced characters collapse to one `-`.
+        if !(c == '-' && label.ends_with('-')) {
+            label.push(c);
+        }
+    }
+    let mut label = label
+        .trim_start_matches(['-', '.'])
+        .trim_end_matches('-')
+        .to_string();
     label.truncate(96);
     if label.is_empty() {
         label = "git".to_string();
@@ -314,7 +326,9 @@ impl Notes {
         let id = self.id;
         match blocking(move || store.note(id, &message)).await {
             Ok(event) => self.events.publish(event),
-            Err(e) => tracing::error!(app = %self.app, deployment = id, "cannot record build output: {e}"),
+            Err(e) => {
+                tracing::error!(app = %self.app, deployment = id, "cannot record build output: {e}")
+            }
         }
     }
 
@@ -356,7 +370,9 @@ async fn build_release(job: &mut DeploymentJob, notes: &Notes) -> Result<Release
         )));
     };
     let Some(facts) = job.record.source.clone() else {
-        return Err(Stop::Failed("internal error: a build without source facts".to_string()));
+        return Err(Stop::Failed(
+            "internal error: a build without source facts".to_string(),
+        ));
     };
     let version = job.record.version.clone();
     let (kind, ref_name) = split_ref(&facts.git_ref).map_err(Stop::Failed)?;
@@ -366,9 +382,8 @@ async fn build_release(job: &mut DeploymentJob, notes: &Notes) -> Result<Release
     let mut redactor = url_redactor(&source.repo);
     let mut secret_env = Vec::new();
     for (name, secret) in &source.secret_env {
-        let value = read_secret(secret).map_err(|why| {
-            Stop::Failed(format!("cannot read the build secret {name}: {why}"))
-        })?;
+        let value = read_secret(secret)
+            .map_err(|why| Stop::Failed(format!("cannot read the build secret {name}: {why}")))?;
         redactor.add(&value);
         secret_env.push((name.clone(), value));
     }
@@ -390,7 +405,9 @@ async fn build_release(job: &mut DeploymentJob, notes: &Notes) -> Result<Release
                 .await
                 .map_err(|e| e.describe("creating the workspace"))?;
         }
-        let refspec = format!("+{git_ref}:refs/cutover/{}", &git_ref["refs/".len()..]);
+        // One scratch ref for every fetch (no clash between `a` and `a/b`);
+        // built commits stay reachable under refs/cutover/built/.
+        let refspec = format!("+{git_ref}:refs/cutover/fetched");
         git.run(&[
             "fetch",
             "--quiet",
@@ -423,7 +440,15 @@ async fn build_release(job: &mut DeploymentJob, notes: &Notes) -> Result<Release
         }
     };
     if commit != requested {
-        note(job, &format!("tag object {} points at commit {}", short(&requested), short(&commit))).await;
+        note(
+            job,
+            &format!(
+                "tag object {} points at commit {}",
+                short(&requested),
+                short(&commit)
+            ),
+        )
+        .await;
         let store = context.store.clone();
         let (id, c) = (job.record.id, commit.clone());
         let _ = blocking(move || store.set_source_commit(id, &c)).await;
@@ -488,12 +513,17 @@ async fn build_release(job: &mut DeploymentJob, notes: &Notes) -> Result<Release
             .map_err(|e| e.describe("cleaning the workspace"))?;
         Ok::<_, String>(())
     };
-    until_cancelled(job, checkout).await?.map_err(Stop::Failed)?;
+    until_cancelled(job, checkout)
+        .await?
+        .map_err(Stop::Failed)?;
 
     // Ask again: the ref must still point at the commit checked out.
-    let remote = until_cancelled(job, git.ls_remote(&source.repo, std::slice::from_ref(&git_ref)))
-        .await?
-        .map_err(|e| Stop::Failed(e.describe(&format!("re-checking {git_ref} at {repo_shown}"))))?;
+    let remote = until_cancelled(
+        job,
+        git.ls_remote(&source.repo, std::slice::from_ref(&git_ref)),
+    )
+    .await?
+    .map_err(|e| Stop::Failed(e.describe(&format!("re-checking {git_ref} at {repo_shown}"))))?;
     match remote.first() {
         None => {
             return Err(Stop::Aborted(format!(
@@ -502,13 +532,36 @@ async fn build_release(job: &mut DeploymentJob, notes: &Notes) -> Result<Release
             )))
         }
         Some(now) if now.commit() != commit => {
-            return Err(Stop::Aborted(format!(
-                "{git_ref} moved from {} to {} since; not deploying an outdated commit (the newer push deploys the newer one)",
-                short(&commit),
-                short(now.commit())
-            )))
+            // A server that did not say what the tag peels to: peel it here
+            // (the fetch brought the tag object).
+            let peeled_here = match (&now.peeled, validate_commit(&now.object)) {
+                (None, Ok(object)) => git
+                    .run(&[
+                        "rev-parse",
+                        "--verify",
+                        "--quiet",
+                        &format!("{object}^{{commit}}"),
+                    ])
+                    .await
+                    .ok()
+                    .map(|out| out.trim().to_string()),
+                _ => None,
+            };
+            if peeled_here.as_deref() != Some(commit.as_str()) {
+                return Err(Stop::Aborted(format!(
+                    "{git_ref} moved from {} to {} since; not deploying an outdated commit (the newer push deploys the newer one)",
+                    short(&commit),
+                    short(now.commit())
+                )));
+            }
         }
         Some(_) => {}
+    }
+
+    // Keep the commit reachable: a later build compares against it.
+    let keep = format!("refs/cutover/built/{commit}");
+    if let Err(e) = git.run(&["update-ref", &keep, &commit]).await {
+        note(job, &e.describe("keeping a ref to the commit")).await;
     }
 
     notes.build_state("building").await;
@@ -525,7 +578,9 @@ async fn build_release(job: &mut DeploymentJob, notes: &Notes) -> Result<Release
         ("CUTOVER_VERSION".to_string(), version.clone()),
         ("CUTOVER_DEPLOYMENT".to_string(), job.record.id.to_string()),
     ]);
-    let log_path = context.logs_dir.join(format!("{}-build.log", job.record.id));
+    let log_path = context
+        .logs_dir
+        .join(format!("{}-build.log", job.record.id));
     note(
         job,
         &format!(
@@ -596,9 +651,8 @@ fn read_secret(secret: &cutover_config::docker::SecretSource) -> Result<String, 
     let value = match secret {
         SecretSource::File(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        SecretSource::Env(name) => {
-            std::env::var(name).map_err(|_| format!("the environment variable {name} is not set"))?
-        }
+        SecretSource::Env(name) => std::env::var(name)
+            .map_err(|_| format!("the environment variable {name} is not set"))?,
     };
     let value = value.trim_end_matches(['\r', '\n']).to_string();
     if value.is_empty() {
@@ -637,7 +691,18 @@ async fn run_steps(
         let header = format!("step {}/{}: {shown}", index + 1, steps.len());
         let _ = log.write_all(format!("$ {shown}\n").as_bytes()).await;
         notes.note(header).await;
-        let result = run_step(argv, dir, env, deadline, budget, &mut log, notes, redactor, &mut output).await;
+        let result = run_step(
+            argv,
+            dir,
+            env,
+            deadline,
+            budget,
+            &mut log,
+            notes,
+            redactor,
+            &mut output,
+        )
+        .await;
         let _ = log.flush().await;
         if let Err(why) = result {
             let tail: Vec<&str> = output.tail.iter().map(String::as_str).collect();
@@ -773,7 +838,9 @@ async fn pump(mut reader: impl AsyncRead + Unpin, lines: mpsc::Sender<String>) {
         pending.extend_from_slice(&chunk[..read]);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
             if lines.send(text).await.is_err() {
                 return;
             }
@@ -877,12 +944,40 @@ mod tests {
 
     #[test]
     fn ref_names_follow_git_and_refuse_options() {
-        for ok in ["main", "v1.0-cicd", "feature/x", "$(touch${IFS}x)", "a;b", "`id`", "ü"] {
+        for ok in [
+            "main",
+            "v1.0-cicd",
+            "feature/x",
+            "$(touch${IFS}x)",
+            "a;b",
+            "`id`",
+            "ü",
+        ] {
             assert!(check_ref_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-x", "--upload-pack=evil", "a b", "a..b", "a~1", "a^", "a:b", "a?", "a*", "a[",
-            "a\\b", "@", "a@{1}", ".hidden", "a/.b", "a.lock", "a/", "/a", "a//b", "a.", "a\nb",
+            "",
+            "-x",
+            "--upload-pack=evil",
+            "a b",
+            "a..b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            "@",
+            "a@{1}",
+            ".hidden",
+            "a/.b",
+            "a.lock",
+            "a/",
+            "/a",
+            "a//b",
+            "a.",
+            "a\nb",
         ] {
             assert!(check_ref_name(bad).is_err(), "{bad:?}");
         }
@@ -903,8 +998,14 @@ mod tests {
     #[test]
     fn versions_derive_from_ref_and_commit() {
         let sha = "1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d";
-        assert_eq!(version_for(RefKind::Tag, "v1.2-cicd", sha), "v1.2-cicd-1a2b3c4d5e6f");
-        assert_eq!(version_for(RefKind::Branch, "feature/$(x)", sha), "feature--x--1a2b3c4d5e6f");
+        assert_eq!(
+            version_for(RefKind::Tag, "v1.2-cicd", sha),
+            "v1.2-cicd-1a2b3c4d5e6f"
+        );
+        assert_eq!(
+            version_for(RefKind::Branch, "feature/$(x)", sha),
+            "feature-x-1a2b3c4d5e6f"
+        );
         assert_eq!(version_for(RefKind::Branch, "..", sha), "git-1a2b3c4d5e6f");
     }
 }

@@ -3,7 +3,6 @@
 //! (`cutover nginx-config APP`).
 
 use cutover_config::{AppConfig, NginxConfig};
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -88,12 +87,69 @@ fn size(bytes: u64) -> String {
     }
 }
 
+/// A word of nginx's configuration language holding exactly `value`: as is
+/// when it is plain, else double-quoted with `\\` and `"` escaped. (A `$`
+/// stays a `$`: only `access_log` reads variables, and `log_dir` may not
+/// contain one.)
+fn nginx_word(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:*~+=@%,".contains(c));
+    if plain {
+        return value.to_string();
+    }
+    let mut quoted = String::from("\"");
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// `text` on one comment line: control characters (a newline would end the
+/// comment) are shown escaped.
+fn comment(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// An argv as a person would type it, on one comment line.
+fn argv_comment(argv: &[String]) -> String {
+    let words: Vec<String> = argv
+        .iter()
+        .map(|word| {
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-/:=+@%,".contains(c));
+            if plain {
+                word.clone()
+            } else {
+                crate::host::quote(word)
+            }
+        })
+        .collect();
+    comment(&words.join(" "))
+}
+
 /// A complete, commented nginx site for `app`: the upstream include, the
 /// keep-alive pool, the seed's forwarded headers, WebSocket upgrades,
 /// `client_max_body_size` from `[proxy] max_body`, access and error logs.
 /// `include_is_global`: nginx.conf already includes the upstream file (then
 /// the `include` line is left commented out, or nginx would see the
-/// upstream twice).
+/// upstream twice). Every value from the configuration is quoted for nginx,
+/// or escaped in comments.
 pub fn site_config(
     nginx: &NginxConfig,
     app: &AppConfig,
@@ -102,160 +158,114 @@ pub fn site_config(
 ) -> String {
     let name = &app.name;
     let upstream = NginxConfig::upstream_name(name);
-    let include = nginx.include_path(name);
-    let include = include.display();
-    let connection = format!("$cutover_{name}_connection");
+    let include_path = nginx.include_path(name).display().to_string();
+    let include = nginx_word(&include_path);
+    let include_dir = comment(&nginx.include_dir.display().to_string());
+    // nginx variable names are letters, digits and `_` only.
+    let connection = format!("$cutover_{}_connection", name.replace('-', "_"));
     let default_app = app.hosts.iter().any(|h| h == "*");
-    let names: Vec<&str> = app
+    let names: Vec<String> = app
         .hosts
         .iter()
-        .map(String::as_str)
         .filter(|h| *h != "*")
+        .map(|h| nginx_word(h))
         .collect();
     let server_name = if names.is_empty() {
         "_".to_string()
     } else {
         names.join(" ")
     };
-    let log_dir = nginx.log_dir.display();
-
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(
-        w,
-        "# nginx site of the cutover app `{name}`, written by `cutover nginx-config {name}`."
-    );
-    let _ = writeln!(
-        w,
-        "# Put it where nginx.conf includes sites in its `http` block (Debian:"
-    );
-    let _ = writeln!(
-        w,
-        "# /etc/nginx/sites-enabled/{name}.conf), then `nginx -t && nginx -s reload`."
-    );
-    let _ = writeln!(w, "#");
-    let _ = writeln!(
-        w,
-        "# cutover owns {include}. At every switch it writes that"
-    );
-    let _ = writeln!(w, "# file atomically (temp file, fsync, rename) as");
-    let _ = writeln!(
-        w,
-        "#     upstream {upstream} {{ server 127.0.0.1:PORT; keepalive {KEEPALIVE_CONNECTIONS}; }}"
-    );
-    let _ = writeln!(
-        w,
-        "# with the new release's port, validates the whole configuration"
-    );
-    let _ = writeln!(
-        w,
-        "# (`{}`), reloads nginx (`{}`)",
-        nginx.test.join(" "),
-        nginx.reload.join(" ")
-    );
-    let _ = writeln!(
-        w,
-        "# and stops the old release only after the nginx workers that served before"
-    );
-    let _ = writeln!(
-        w,
-        "# the reload have exited (or drain_timeout). If validation or the reload"
-    );
-    let _ = writeln!(
-        w,
-        "# fails, the previous file is put back and the old release keeps serving."
-    );
-    let _ = writeln!(
-        w,
-        "# The file exists after the first `cutover deploy {name} --version V`:"
-    );
-    let _ = writeln!(w, "# deploy once before enabling this site.");
-    let _ = writeln!(w);
-    if include_is_global {
-        let _ = writeln!(
-            w,
-            "# nginx.conf already includes this file (an `include` of its directory),"
-        );
-        let _ = writeln!(
-            w,
-            "# so it stays commented out here: nginx would see the upstream twice."
-        );
-        let _ = writeln!(w, "# include {include};");
+    let default = if default_app { " default_server" } else { "" };
+    let listen: String = nginx
+        .listen
+        .iter()
+        .map(|l| format!("    listen {}{default};\n", nginx_word(l)))
+        .collect();
+    let default_note = if default_app {
+        "    # `hosts` has \"*\": the default server for requests of any other host.\n"
     } else {
-        let _ = writeln!(
-            w,
-            "# The upstream `{upstream}`. If nginx.conf already includes this file's"
-        );
-        let _ = writeln!(
-            w,
-            "# directory (`include {}/*.conf;`), remove this line.",
-            nginx.include_dir.display()
-        );
-        let _ = writeln!(w, "include {include};");
-    }
-    let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "# Requests are sent upstream with `Connection \"\"`, so that connections to the"
-    );
-    let _ = writeln!(
-        w,
-        "# release stay in the keep-alive pool; WebSocket (and other) upgrades get"
-    );
-    let _ = writeln!(w, "# `Connection: upgrade`.");
-    let _ = writeln!(w, "map $http_upgrade {connection} {{");
-    let _ = writeln!(w, "    default upgrade;");
-    let _ = writeln!(w, "    ''      \"\";");
-    let _ = writeln!(w, "}}");
-    let _ = writeln!(w);
-    let _ = writeln!(w, "server {{");
-    for listen in &nginx.listen {
-        let default = if default_app { " default_server" } else { "" };
-        let _ = writeln!(w, "    listen {listen}{default};");
-    }
-    if default_app {
-        let _ = writeln!(
-            w,
-            "    # `hosts` has \"*\": the default server for requests of any other host."
-        );
-    }
-    let _ = writeln!(w, "    server_name {server_name};");
-    let _ = writeln!(w);
-    let _ = writeln!(w, "    # [proxy] max_body: larger request bodies get 413.");
-    let _ = writeln!(w, "    client_max_body_size {};", size(max_body));
-    let _ = writeln!(w);
-    let _ = writeln!(w, "    access_log {log_dir}/{name}.access.log combined;");
-    let _ = writeln!(w, "    error_log {log_dir}/{name}.error.log;");
-    let _ = writeln!(w);
-    let _ = writeln!(w, "    location / {{");
-    let _ = writeln!(w, "        proxy_pass http://{upstream};");
-    let _ = writeln!(
-        w,
-        "        # HTTP/1.1 and no `Connection: close`: the upstream keep-alive pool."
-    );
-    let _ = writeln!(w, "        proxy_http_version 1.1;");
-    let _ = writeln!(w, "        proxy_set_header Connection {connection};");
-    let _ = writeln!(w, "        proxy_set_header Upgrade $http_upgrade;");
-    let _ = writeln!(
-        w,
-        "        # The seed's forwarded headers, plus the scheme."
-    );
-    let _ = writeln!(w, "        proxy_set_header Host $host;");
-    let _ = writeln!(w, "        proxy_set_header X-Real-IP $remote_addr;");
-    let _ = writeln!(
-        w,
-        "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
-    );
-    let _ = writeln!(w, "        proxy_set_header X-Forwarded-Host $host;");
-    let _ = writeln!(w, "        proxy_set_header X-Forwarded-Proto $scheme;");
-    let _ = writeln!(
-        w,
-        "        # A pooled connection the release closed is retried on a new one."
-    );
-    let _ = writeln!(w, "        proxy_next_upstream error timeout;");
-    let _ = writeln!(w, "    }}");
-    let _ = writeln!(w, "}}");
-    out
+        ""
+    };
+    let log_dir = nginx.log_dir.display().to_string();
+    let access_log = nginx_word(&format!("{log_dir}/{name}.access.log"));
+    let error_log = nginx_word(&format!("{log_dir}/{name}.error.log"));
+    let (test, reload) = (argv_comment(&nginx.test), argv_comment(&nginx.reload));
+    let include_block = if include_is_global {
+        format!(
+            "# nginx.conf already includes this file (an `include` of its directory),\n\
+             # so it stays commented out here: nginx would see the upstream twice.\n\
+             # include {include};\n"
+        )
+    } else {
+        format!(
+            "# The upstream `{upstream}`. If nginx.conf already includes this file's\n\
+             # directory (`include {include_dir}/*.conf;`), remove this line.\n\
+             include {include};\n"
+        )
+    };
+    let max_body = size(max_body);
+    let shown_include = comment(&include_path);
+    format!(
+        r#"# nginx site of the cutover app `{name}`, written by `cutover nginx-config {name}`.
+# Put it where nginx.conf includes sites in its `http` block (Debian:
+# /etc/nginx/sites-enabled/{name}.conf), then `nginx -t && nginx -s reload`.
+#
+# cutover owns {shown_include}.
+# At every switch it writes that file atomically (temp file, fsync, rename) as
+#     upstream {upstream} {{ server 127.0.0.1:PORT; keepalive {KEEPALIVE_CONNECTIONS}; }}
+# with the new release's port, validates the whole configuration
+#     {test}
+# reloads nginx
+#     {reload}
+# and stops the old release only after the nginx workers that served before
+# the reload have exited (or drain_timeout). If validation or the reload
+# fails, the previous file is put back and the old release keeps serving.
+# The file exists after the first `cutover deploy {name} --version V`:
+# deploy once before enabling this site.
+
+{include_block}
+# Requests are sent upstream with `Connection ""`, so that connections to the
+# release stay in the keep-alive pool; WebSocket (and other) upgrades get
+# `Connection: upgrade`.
+map $http_upgrade {connection} {{
+    default upgrade;
+    ''      "";
+}}
+
+server {{
+{listen}{default_note}    server_name {server_name};
+
+    # A reload (at every switch) closes the idle keep-alive client connections
+    # of nginx's old workers: an HTTP/1.1 client sending a request on one at
+    # that moment sees it closed before an answer (browsers and most HTTP
+    # libraries retry such a request; HTTP/2 clients get a GOAWAY). If your
+    # clients do not retry, this trades a connection per request for none:
+    # keepalive_timeout 0;
+
+    # [proxy] max_body: larger request bodies get 413.
+    client_max_body_size {max_body};
+
+    access_log {access_log} combined;
+    error_log {error_log};
+
+    location / {{
+        proxy_pass http://{upstream};
+        # HTTP/1.1 and no `Connection: close`: the upstream keep-alive pool.
+        proxy_http_version 1.1;
+        proxy_set_header Connection {connection};
+        proxy_set_header Upgrade $http_upgrade;
+        # The seed's forwarded headers, plus the scheme.
+        proxy_set_header Host $host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Host $host;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        # A pooled connection the release closed is retried on a new one.
+        proxy_next_upstream error timeout;
+    }}
+}}
+"#
+    )
 }
 
 #[cfg(test)]
@@ -302,6 +312,37 @@ mod tests {
             conf,
             file
         ));
+    }
+
+    #[test]
+    fn values_are_quoted_for_nginx_and_escaped_in_comments() {
+        assert_eq!(
+            nginx_word("/etc/nginx/conf.d/web.upstream.conf"),
+            "/etc/nginx/conf.d/web.upstream.conf"
+        );
+        assert_eq!(nginx_word("/a b;c"), "\"/a b;c\"");
+        assert_eq!(nginx_word("say \"hi\" \\"), "\"say \\\"hi\\\" \\\\\"");
+        assert_eq!(comment("a\nb\r"), "a\\nb\\r");
+        assert_eq!(
+            argv_comment(&["nginx".into(), "-s".into(), "a b".into(), "x\ny".into()]),
+            "nginx -s 'a b' 'x\\ny'"
+        );
+    }
+
+    #[test]
+    fn site_variables_stay_valid_for_app_names_with_dashes() {
+        let config = cutover_config::Config::parse(
+            std::path::Path::new("/srv/cutover.toml"),
+            "[proxy]\nmode = \"nginx\"\n[[app]]\nname = \"my-app\"\n[app.process]\ncommand = [\"x\"]\n",
+        )
+        .expect("config");
+        let nginx = config.proxy.nginx.as_ref().expect("nginx");
+        let site = site_config(nginx, &config.apps[0], 1 << 20, false);
+        assert!(
+            site.contains("map $http_upgrade $cutover_my_app_connection {"),
+            "{site}"
+        );
+        assert!(site.contains("proxy_pass http://cutover_my-app;"), "{site}");
     }
 
     #[test]

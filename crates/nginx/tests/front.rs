@@ -95,9 +95,11 @@ impl Setup {
     }
 
     fn serving(&self, body: &str) {
-        eventually(Duration::from_secs(10), &format!("nginx serving {body}"), || {
-            http_get(self.port, "/").is_ok_and(|(status, b)| status == 200 && b == body)
-        });
+        eventually(
+            Duration::from_secs(10),
+            &format!("nginx serving {body}"),
+            || http_get(self.port, "/").is_ok_and(|(status, b)| status == 200 && b == body),
+        );
     }
 }
 
@@ -137,8 +139,14 @@ fn switch_writes_the_include_reloads_and_the_old_workers_exit() {
     assert!(switched.reloaded);
     assert_eq!(switched.old_workers.pids, before);
     s.serving("B");
-    let exit = rt.block_on(s.nginx.wait_exited(&switched.old_workers, Duration::from_secs(20)));
-    assert!(matches!(exit, WorkersExit::Exited { workers: 2, .. }), "{exit:?}");
+    let exit = rt.block_on(
+        s.nginx
+            .wait_exited(&switched.old_workers, Duration::from_secs(20)),
+    );
+    assert!(
+        matches!(exit, WorkersExit::Exited { workers: 2.., .. }),
+        "{exit:?}"
+    );
     assert!(before.iter().all(|w| !support::alive(*w)));
 
     // The same address again changes nothing and reloads nothing.
@@ -162,7 +170,10 @@ fn drain_waits_for_a_long_request_held_by_an_old_worker() {
     let switched = rt.block_on(s.nginx.switch("web", addr(b.port))).unwrap();
     s.serving("B");
     let started = Instant::now();
-    let exit = rt.block_on(s.nginx.wait_exited(&switched.old_workers, Duration::from_secs(30)));
+    let exit = rt.block_on(
+        s.nginx
+            .wait_exited(&switched.old_workers, Duration::from_secs(30)),
+    );
     let waited = started.elapsed();
     assert!(matches!(exit, WorkersExit::Exited { .. }), "{exit:?}");
     assert_eq!(slow.join().unwrap().unwrap(), (200, "A".to_string()));
@@ -175,8 +186,14 @@ fn drain_waits_for_a_long_request_held_by_an_old_worker() {
     let slow = std::thread::spawn(move || http_get(port, "/slow?ms=2000"));
     std::thread::sleep(Duration::from_millis(300));
     let switched = rt.block_on(s.nginx.switch("web", addr(a.port))).unwrap();
-    let exit = rt.block_on(s.nginx.wait_exited(&switched.old_workers, Duration::from_millis(300)));
-    assert!(matches!(exit, WorkersExit::TimedOut { remaining: 1.., .. }), "{exit:?}");
+    let exit = rt.block_on(
+        s.nginx
+            .wait_exited(&switched.old_workers, Duration::from_millis(300)),
+    );
+    assert!(
+        matches!(exit, WorkersExit::TimedOut { remaining: 1.., .. }),
+        "{exit:?}"
+    );
     assert_eq!(slow.join().unwrap().unwrap(), (200, "B".to_string()));
 }
 
@@ -189,14 +206,28 @@ fn rejected_configuration_restores_the_include_with_nginx_message() {
     s.enable_site();
     s.serving("A");
     let good = s.include().unwrap();
-    fs::write(s.dir.path().join("extra/broken.conf"), "this_is_not_nginx on;\n").unwrap();
+    fs::write(
+        s.dir.path().join("extra/broken.conf"),
+        "this_is_not_nginx on;\n",
+    )
+    .unwrap();
     let workers = s.server.workers();
 
-    let error = rt.block_on(s.nginx.switch("web", addr(b.port))).unwrap_err().to_string();
-    assert!(error.contains("unknown directive \"this_is_not_nginx\""), "{error}");
+    let error = rt
+        .block_on(s.nginx.switch("web", addr(b.port)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("unknown directive \"this_is_not_nginx\""),
+        "{error}"
+    );
     assert!(error.contains("was restored"), "{error}");
     assert_eq!(s.include().unwrap(), good);
-    assert_eq!(s.server.workers(), workers, "nginx must not have been reloaded");
+    assert_eq!(
+        s.server.workers(),
+        workers,
+        "nginx must not have been reloaded"
+    );
     s.serving("A");
 
     // Fixed: the switch goes through.
@@ -209,7 +240,11 @@ fn rejected_configuration_restores_the_include_with_nginx_message() {
 fn rejected_first_include_is_removed_again() {
     let s = setup();
     let a = Backend::start("A");
-    fs::write(s.dir.path().join("extra/broken.conf"), "this_is_not_nginx on;\n").unwrap();
+    fs::write(
+        s.dir.path().join("extra/broken.conf"),
+        "this_is_not_nginx on;\n",
+    )
+    .unwrap();
     let error = rt()
         .block_on(s.nginx.switch("web", addr(a.port)))
         .unwrap_err()
@@ -235,7 +270,10 @@ fn failing_reload_command_restores_the_include() {
         "echo 'reload refused: systemd says no' >&2; exit 7".to_string(),
     ];
     let failing = Nginx::new(config);
-    let error = rt.block_on(failing.switch("web", addr(b.port))).unwrap_err().to_string();
+    let error = rt
+        .block_on(failing.switch("web", addr(b.port)))
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("reload refused: systemd says no"), "{error}");
     assert!(error.contains("status 7"), "{error}");
     assert_eq!(s.include().unwrap(), good);
@@ -269,7 +307,11 @@ fn hostile(marker_dir: &Path) -> String {
 fn assert_no_markers(marker_dir: &Path) {
     for n in 1..=5 {
         let marker = marker_dir.join(format!("pwned-{n}"));
-        assert!(!marker.exists(), "{} exists: a value reached a shell", marker.display());
+        assert!(
+            !marker.exists(),
+            "{} exists: a value reached a shell",
+            marker.display()
+        );
     }
 }
 
@@ -278,10 +320,15 @@ fn quoting_keeps_hostile_values_one_word_for_a_posix_shell() {
     let dir = tempfile::tempdir().unwrap();
     let value = hostile(dir.path());
     for value in [value.as_str(), "", "'", "''", "\\'", "a'b'c", "$HOME", "\n"] {
-        let line = cutover_nginx::remote_command_line(&["printf".into(), "%s".into(), value.into()]);
+        let line =
+            cutover_nginx::remote_command_line(&["printf".into(), "%s".into(), value.into()]);
         for shell in ["sh", "bash"] {
             let output = Command::new(shell).arg("-c").arg(&line).output().unwrap();
-            assert_eq!(String::from_utf8_lossy(&output.stdout), value, "{shell}: {line}");
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout),
+                value,
+                "{shell}: {line}"
+            );
         }
     }
     assert_no_markers(dir.path());
@@ -380,9 +427,15 @@ command = ["true"]
     // A failed validation over ssh restores the remote include too.
     fs::write(sites.join("broken.conf"), "this_is_not_nginx on;\n").unwrap();
     let good = fs::read_to_string(include_dir.join("web.upstream.conf")).unwrap();
-    let error = rt.block_on(nginx.switch("web", addr(a.port))).unwrap_err().to_string();
+    let error = rt
+        .block_on(nginx.switch("web", addr(a.port)))
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("this_is_not_nginx"), "{error}");
-    assert_eq!(fs::read_to_string(include_dir.join("web.upstream.conf")).unwrap(), good);
+    assert_eq!(
+        fs::read_to_string(include_dir.join("web.upstream.conf")).unwrap(),
+        good
+    );
 
     assert_no_markers(markers.path());
     drop(sshd);

@@ -122,6 +122,12 @@ impl TimedIo {
         }
     }
 
+    /// Marks the connection as HTTP/2 (negotiated by ALPN, where the
+    /// preface cannot be seen under TLS).
+    pub(crate) fn set_multiplexed(&mut self) {
+        self.multiplexed = true;
+    }
+
     /// Updates the phase from what the service reported since the last call.
     /// Returns whether the connection just became idle.
     fn refresh_phase(&mut self) -> bool {

@@ -38,6 +38,10 @@ pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) settings: ProxySettings,
     pub(crate) access_log: Option<AccessLog>,
+    /// Redirect cleartext requests to HTTPS on this port.
+    pub(crate) redirect_https: Option<u16>,
+    /// `X-Forwarded-Proto`: `http` or `https`.
+    pub(crate) proto: HeaderValue,
 }
 
 /// State of one client connection.
@@ -65,21 +69,32 @@ pub(crate) async fn handle(
     let mut active = Some(active);
     // The upstream of a response the proxy made itself after routing.
     let mut served = None;
-    let (mut response, metrics) =
-        match forward(&ctx, req, &request_id, &mut active, &mut served).await {
-            Ok(response) => {
-                let metrics = served.map(|upstream| Arc::clone(upstream.metrics()));
-                (response, metrics)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, status = %e.status(), "request not proxied");
-                let metrics = match served {
-                    Some(upstream) => Arc::clone(upstream.metrics()),
-                    None => metrics::global().slot(e.app().unwrap_or("-"), metrics::NO_SLOT),
-                };
-                (error_response(&e), Some(metrics))
-            }
-        };
+    let redirect = ctx
+        .shared
+        .redirect_https
+        .filter(|_| !req.uri().path().starts_with(ACME_CHALLENGE));
+    let forwarded = match redirect {
+        Some(port) => Ok(redirect_to_https(&req, port)),
+        None => forward(&ctx, req, &request_id, &mut active, &mut served).await,
+    };
+    let (mut response, metrics) = match forwarded {
+        Ok(response) => {
+            let metrics = match (served, redirect) {
+                (Some(upstream), _) => Some(Arc::clone(upstream.metrics())),
+                (None, Some(_)) => Some(metrics::global().slot("-", metrics::NO_SLOT)),
+                (None, None) => None,
+            };
+            (response, metrics)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, status = %e.status(), "request not proxied");
+            let metrics = match served {
+                Some(upstream) => Arc::clone(upstream.metrics()),
+                None => metrics::global().slot(e.app().unwrap_or("-"), metrics::NO_SLOT),
+            };
+            (error_response(&e), Some(metrics))
+        }
+    };
     response.headers_mut().insert(&X_REQUEST_ID, request_id);
     let status = response.status().as_u16();
     let body = response.body_mut();
@@ -93,6 +108,48 @@ pub(crate) async fn handle(
     // An upgraded connection's tunnel took the mark instead.
     if let Some(active) = active {
         body.hold(active);
+    }
+    response
+}
+
+/// Paths never redirected to HTTPS, so that a certificate can be obtained
+/// over plain HTTP (ACME HTTP-01).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// `308 Permanent Redirect` to the same host and target over HTTPS.
+fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            let host = req.headers().get(HOST)?.to_str().ok()?;
+            Some(crate::router::host_without_port(host).to_owned())
+        });
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        let mut response = Response::new(ResponseBody::full(
+            "cutover: HTTPS required; send a Host header\n",
+        ));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let mut response = Response::new(ResponseBody::full(format!(
+        "cutover: moved to {location}\n"
+    )));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(location) => {
+            response
+                .headers_mut()
+                .insert(http::header::LOCATION, location);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
     }
     response
 }
@@ -212,7 +269,12 @@ async fn forward(
             }
         }
     }
-    headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host.as_ref());
+    headers::add_forwarded(
+        &mut parts.headers,
+        &ctx.client_ip,
+        host.as_ref(),
+        &ctx.shared.proto,
+    );
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     if h2c {
         // The authority travels as `:authority`, not as a Host header.

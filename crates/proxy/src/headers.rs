@@ -15,6 +15,7 @@ pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+#[cfg(test)]
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Headers that describe one connection, never forwarded in either direction
@@ -100,6 +101,7 @@ pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
+    proto: &HeaderValue,
 ) {
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(entry) => {
@@ -111,7 +113,7 @@ pub(crate) fn add_forwarded(
         }
     }
     headers.insert(&X_REAL_IP, client_ip.clone());
-    headers.insert(&X_FORWARDED_PROTO, HTTP.clone());
+    headers.insert(&X_FORWARDED_PROTO, proto.clone());
     match host {
         Some(host) => {
             headers.insert(&X_FORWARDED_HOST, host.clone());
@@ -203,7 +205,12 @@ mod tests {
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static(" 10.0.0.2 "));
         let ip = client_ip_value("127.0.0.1".parse().expect("ip"));
-        add_forwarded(&mut h, &ip, Some(&HeaderValue::from_static("example.com")));
+        add_forwarded(
+            &mut h,
+            &ip,
+            Some(&HeaderValue::from_static("example.com")),
+            &HTTP,
+        );
         let all: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();
         assert_eq!(
             all,

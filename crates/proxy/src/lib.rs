@@ -27,6 +27,12 @@
 //! - `tunnel`: upgraded connections (WebSocket and other `Upgrade`s): the
 //!   byte copy both ways, counted in the upstream's drain, and their closing
 //!   (WebSocket close frame 1001) when a drain times out.
+//! - [`tls`]: [`Tls`], TLS termination with rustls: certificates chosen by
+//!   SNI, reloaded on change keeping the old set on a bad reload.
+//! - [`access_log`]: [`AccessLog`], combined or JSON lines written by their
+//!   own thread behind a bounded queue (overflow dropped and counted).
+//! - [`metrics`]: per app/slot counters in atomics, encoded for Prometheus
+//!   on scrape.
 //! - `conn_io`: the client socket wrapper enforcing the header-read and idle
 //!   timeouts.
 //! - `server`: [`serve`], the accept loop, hyper connections, graceful
@@ -59,6 +65,7 @@ mod pool;
 pub mod router;
 mod server;
 pub mod settings;
+pub mod tls;
 mod tunnel;
 pub mod upstream;
 
@@ -67,4 +74,5 @@ pub use error::ProxyError;
 pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use server::{serve, serve_with, ServeOptions};
 pub use settings::ProxySettings;
+pub use tls::{CertKeyFiles, Tls, TlsError};
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};

@@ -106,7 +106,7 @@ impl RouteTable {
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn host_without_port(host: &str) -> &str {
+pub(crate) fn host_without_port(host: &str) -> &str {
     let host = host.trim();
     if host.starts_with('[') {
         return match host.find(']') {

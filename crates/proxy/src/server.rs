@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -22,6 +23,7 @@ use crate::forward::{self, ConnCtx, Shared};
 use crate::headers;
 use crate::router::Router;
 use crate::settings::ProxySettings;
+use crate::tls::Tls;
 
 /// Pause after an accept error caused by resource exhaustion (e.g. too many
 /// open files): retrying at once would spin. Nothing signals when a
@@ -57,6 +59,13 @@ pub async fn serve(
 pub struct ServeOptions {
     /// Where finished requests are logged; `None`: not logged.
     pub access_log: Option<AccessLog>,
+    /// Terminate TLS on this listener with these certificates (HTTP/2 via
+    /// ALPN); `None`: cleartext (HTTP/1.1, or h2c with prior knowledge).
+    pub tls: Option<Tls>,
+    /// On a cleartext listener: answer every request with a permanent
+    /// redirect (308) to `https://` on this port, except ACME HTTP-01
+    /// challenges (`/.well-known/acme-challenge/`), which are proxied.
+    pub redirect_https: Option<u16>,
 }
 
 /// [`serve`] with [`ServeOptions`].
@@ -72,7 +81,14 @@ pub async fn serve_with(
         router,
         settings,
         access_log: options.access_log,
+        redirect_https: options.redirect_https.filter(|_| options.tls.is_none()),
+        proto: if options.tls.is_some() {
+            HeaderValue::from_static("https")
+        } else {
+            HeaderValue::from_static("http")
+        },
     });
+    let tls = options.tls;
     let builder = Arc::new(connection_builder());
     // Every connection task holds a receiver: shutdown flips the value and
     // then waits until all receivers are gone.
@@ -84,7 +100,7 @@ pub async fn serve_with(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => spawn_connection(&builder, &shared, &stopped, stream, peer),
+                Ok((stream, peer)) => spawn_connection(&builder, &shared, tls.as_ref(), &stopped, stream, peer),
                 Err(e) => {
                     tracing::warn!(%local, error = %e, "accepting a connection failed");
                     if is_resource_exhaustion(&e) {
@@ -123,6 +139,7 @@ fn connection_builder() -> Builder<TokioExecutor> {
 fn spawn_connection(
     builder: &Arc<Builder<TokioExecutor>>,
     shared: &Arc<Shared>,
+    tls: Option<&Tls>,
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -149,27 +166,64 @@ fn spawn_connection(
         async move { Ok::<_, Infallible>(forward::handle(ctx, active, req).await) }
     });
     let builder = Arc::clone(builder);
-    let mut stopped = stopped.clone();
+    let stopped = stopped.clone();
+    let acceptor = tls.map(|tls| tls.acceptor().clone());
     let metrics = crate::metrics::global();
     metrics
         .client_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         let _open = ClientConnection(metrics);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let ended = tokio::select! {
-            ended = conn.as_mut() => ended,
-            _ = async { drop(stopped.wait_for(|stop| *stop).await) } => {
-                // Idle: closes now; busy: after the response in progress.
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let Some(acceptor) = acceptor else {
+            return serve_io(&builder, io, service, stopped, peer).await;
+        };
+        // The handshake reads count as the request head's: the header-read
+        // timeout bounds a client that stalls it.
+        let mut stream = match acceptor.accept(io).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
             }
         };
-        if let Err(e) = ended {
-            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        let (io, session) = stream.get_mut();
+        if session.alpn_protocol() == Some(b"h2") {
+            io.set_multiplexed();
         }
+        serve_io(&builder, stream, service, stopped, peer).await;
     });
+}
+
+/// Runs hyper on one connection until it ends or shutdown closes it.
+async fn serve_io<I, S>(
+    builder: &Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    mut stopped: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::body::ResponseBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+            // Idle: closes now; busy: after the response in progress.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
 }
 
 /// Counts an open client connection until dropped.

@@ -524,8 +524,9 @@ impl Store {
     /// Deliveries waiting to be dispatched, oldest first.
     pub fn queued_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
         let conn = self.conn();
-        let mut statement =
-            conn.prepare(&format!("{DELIVERY_SELECT} WHERE status = 'queued' ORDER BY id"))?;
+        let mut statement = conn.prepare(&format!(
+            "{DELIVERY_SELECT} WHERE status = 'queued' ORDER BY id"
+        ))?;
         let rows = statement.query_map([], delivery_from)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
@@ -557,7 +558,8 @@ impl Store {
     }
 }
 
-const DELIVERY_SELECT: &str = "SELECT id, provider, delivery_id, event, repository, ref_kind, ref_name, commit_sha,
+const DELIVERY_SELECT: &str =
+    "SELECT id, provider, delivery_id, event, repository, ref_kind, ref_name, commit_sha,
         apps, status, reason, deployments, received_at, updated_at FROM webhook_deliveries";
 
 fn delivery_from(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
@@ -620,11 +622,24 @@ fn deployment_from(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
                 delivery: row.get(15)?,
                 git_ref,
                 commit,
-                build: row.get(18)?,
+                build: finished_build(row.get(9)?, row.get(18)?),
             }),
             _ => None,
         },
     })
+}
+
+/// A build that was still waiting or running when its deployment ended
+/// (superseded in the queue, aborted, interrupted by a crash) is reported
+/// as `skipped` or `interrupted`, not as still in progress.
+fn finished_build(state: String, build: Option<String>) -> Option<String> {
+    match build.as_deref() {
+        Some("queued") if is_terminal_state(&state) => Some("skipped".to_string()),
+        Some("fetching" | "building") if is_terminal_state(&state) => {
+            Some("interrupted".to_string())
+        }
+        _ => build,
+    }
 }
 
 fn release_from(row: &Row<'_>, first: usize) -> rusqlite::Result<ReleaseRecord> {

@@ -4,8 +4,8 @@
 //! whenever the receiver queues one. Bursts then collapse in each app's
 //! deployment queue, and the build itself runs in the deployment.
 
-use cutover_engine::{Engine, EngineError, SourceRequest};
 use cutover_config::RefKind;
+use cutover_engine::{Engine, EngineError, SourceRequest};
 use cutover_store::{DeliveryRecord, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,8 +43,16 @@ async fn dispatch(engine: &Engine, store: &Store, delivery: DeliveryRecord) {
         Some("tag") => Some(RefKind::Tag),
         _ => None,
     };
-    let (Some(kind), Some(name), Some(commit)) = (kind, &delivery.ref_name, &delivery.commit) else {
-        finish(store, &delivery, "failed", Some("the delivery has no ref or commit".to_string()), &[]).await;
+    let (Some(kind), Some(name), Some(commit)) = (kind, &delivery.ref_name, &delivery.commit)
+    else {
+        finish(
+            store,
+            &delivery,
+            "failed",
+            Some("the delivery has no ref or commit".to_string()),
+            &[],
+        )
+        .await;
         return;
     };
     let mut started = Vec::new();
@@ -90,7 +98,13 @@ async fn dispatch(engine: &Engine, store: &Store, delivery: DeliveryRecord) {
     finish(store, &delivery, status, reason, &started).await;
 }
 
-async fn finish(store: &Store, delivery: &DeliveryRecord, status: &str, reason: Option<String>, started: &[i64]) {
+async fn finish(
+    store: &Store,
+    delivery: &DeliveryRecord,
+    status: &str,
+    reason: Option<String>,
+    started: &[i64],
+) {
     let store = store.clone();
     let (id, status, started) = (delivery.id, status.to_string(), started.to_vec());
     let result = tokio::task::spawn_blocking(move || {
@@ -98,6 +112,9 @@ async fn finish(store: &Store, delivery: &DeliveryRecord, status: &str, reason: 
     })
     .await;
     if !matches!(result, Ok(Ok(()))) {
-        tracing::error!(delivery = id, "cannot record how a webhook delivery was dispatched");
+        tracing::error!(
+            delivery = id,
+            "cannot record how a webhook delivery was dispatched"
+        );
     }
 }

@@ -138,7 +138,10 @@ pub fn normalize(provider: Provider, event: &str, body: &Value) -> Result<Normal
             other => Ok(ignored_event(provider, other)),
         },
         Provider::GitLab => {
-            let kind = body.get("object_kind").and_then(Value::as_str).unwrap_or("");
+            let kind = body
+                .get("object_kind")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             match (event, kind) {
                 ("Push Hook" | "Tag Push Hook" | "System Hook", "push" | "tag_push") => {
                     gitlab(body).map(|p| Normalized::Pushes(vec![p]))
@@ -198,7 +201,11 @@ fn urls(value: &Value, paths: &[&[&str]]) -> Vec<String> {
 fn github_style(provider: Provider, body: &Value) -> Result<PushEvent, String> {
     let full_ref = text(body, &["ref"]).ok_or("the push payload has no `ref`")?;
     let after = text(body, &["after"]).unwrap_or("");
-    let deleted = body.get("deleted").and_then(Value::as_bool).unwrap_or(false) || is_zero(after);
+    let deleted = body
+        .get("deleted")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || is_zero(after);
     // For an annotated tag `after` is the tag object; head_commit is the commit.
     let commit = text(body, &["head_commit", "id"])
         .or(Some(after).filter(|a| !a.is_empty()))

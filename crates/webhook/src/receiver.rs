@@ -65,12 +65,13 @@ impl Receiver {
                 .map_err(WebhookError::Secret)?;
             secrets.insert(provider, read);
         }
-        let listener = TcpListener::bind(webhook.listen)
-            .await
-            .map_err(|source| WebhookError::Listen {
-                addr: webhook.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(webhook.listen)
+                .await
+                .map_err(|source| WebhookError::Listen {
+                    addr: webhook.listen,
+                    source,
+                })?;
         Ok(Receiver {
             listener,
             shared: Arc::new(Shared {
@@ -94,7 +95,10 @@ impl Receiver {
 
     /// Serves until `shutdown` resolves (requests in progress finish on
     /// their own tasks).
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), WebhookError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), WebhookError> {
         let mut builder = http1::Builder::new();
         builder
             .keep_alive(false)
@@ -211,11 +215,19 @@ async fn handle(shared: &Shared, request: http::Request<Incoming>, peer: SocketA
         Err(_) => {
             return error(
                 StatusCode::REQUEST_TIMEOUT,
-                format!("the body did not arrive within read_timeout ({:?})", shared.webhook.read_timeout),
+                format!(
+                    "the body did not arrive within read_timeout ({:?})",
+                    shared.webhook.read_timeout
+                ),
             )
         }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}")),
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body failed: {e}"),
+            )
+        }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
 
@@ -263,10 +275,18 @@ async fn accept(
             )))
         }
         // No id from the provider: the same body is the same delivery.
-        None => format!("sha256-{}", signature::sign_sha256(b"cutover-delivery", body)),
+        None => format!(
+            "sha256-{}",
+            signature::sign_sha256(b"cutover-delivery", body)
+        ),
     };
     let json = parse_body(headers, body).map_err(bad)?;
-    let normalized = normalize(provider, &event, &json).map_err(|why| bad(format!("{why}: this is not a {} push payload", provider.as_str())))?;
+    let normalized = normalize(provider, &event, &json).map_err(|why| {
+        bad(format!(
+            "{why}: this is not a {} push payload",
+            provider.as_str()
+        ))
+    })?;
     let pushes = match normalized {
         Normalized::Ping => {
             tracing::info!(provider = provider.as_str(), %delivery, "webhook ping");
@@ -337,7 +357,9 @@ async fn accept(
     let queued: Vec<&NewDelivery> = rows.iter().filter(|r| r.status == "queued").collect();
     for row in &rows {
         match &row.reason {
-            Some(reason) => tracing::info!(provider = provider.as_str(), delivery = %row.delivery_id, "webhook ignored: {reason}"),
+            Some(reason) => {
+                tracing::info!(provider = provider.as_str(), delivery = %row.delivery_id, "webhook ignored: {reason}")
+            }
             None => tracing::info!(
                 provider = provider.as_str(),
                 delivery = %row.delivery_id,
@@ -384,7 +406,12 @@ async fn record(shared: &Shared, rows: Vec<NewDelivery>) -> Result<Option<i64>, 
         Ok(first)
     })
     .await
-    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("recording the delivery failed: {e}")))?
+    .map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("recording the delivery failed: {e}"),
+        )
+    })?
     .map_err(|e: cutover_store::StoreError| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -439,7 +466,11 @@ fn percent_decode(input: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The apps a push deploys, or why it deploys none.
 pub fn route(config: &Config, push: &PushEvent) -> Result<Vec<String>, String> {
-    let what = format!("{} `{}`", push.kind.map_or("ref", |k| k.as_str()), push.name.escape_debug());
+    let what = format!(
+        "{} `{}`",
+        push.kind.map_or("ref", |k| k.as_str()),
+        push.name.escape_debug()
+    );
     if push.deleted {
         return Err(format!("{what} was deleted; deletions deploy nothing"));
     }
@@ -481,12 +512,21 @@ pub fn route(config: &Config, push: &PushEvent) -> Result<Vec<String>, String> {
 /// name) when configured, else by URL, or by the full name against the
 /// path of `repo`.
 fn same_repository(source: &cutover_config::SourceConfig, push: &PushEvent) -> bool {
-    let full_name = push.repository.full_name.as_deref().map(|n| n.trim_matches('/').to_ascii_lowercase());
+    let full_name = push
+        .repository
+        .full_name
+        .as_deref()
+        .map(|n| n.trim_matches('/').to_ascii_lowercase());
     if let Some(wanted) = &source.repository {
         return full_name.as_deref() == Some(wanted.to_ascii_lowercase().as_str());
     }
     let repo = normalize_url(&source.repo);
-    if push.repository.urls.iter().any(|url| normalize_url(url) == repo) {
+    if push
+        .repository
+        .urls
+        .iter()
+        .any(|url| normalize_url(url) == repo)
+    {
         return true;
     }
     match (full_name, repo.split_once('/')) {
@@ -501,7 +541,10 @@ mod tests {
 
     #[test]
     fn form_bodies_are_decoded() {
-        assert_eq!(percent_decode(b"%7B%22a%22%3A1%7D+x").ok(), Some(b"{\"a\":1} x".to_vec()));
+        assert_eq!(
+            percent_decode(b"%7B%22a%22%3A1%7D+x").ok(),
+            Some(b"{\"a\":1} x".to_vec())
+        );
         assert!(percent_decode(b"%zz").is_err());
         assert!(percent_decode(b"%4").is_err());
     }

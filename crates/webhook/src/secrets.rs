@@ -27,8 +27,9 @@ impl fmt::Debug for Secret {
 /// Reads one secret; the error names where it was looked for, never the value.
 pub fn read(source: &SecretSource, key: &str) -> Result<Secret, String> {
     let value = match source {
-        SecretSource::File(path) => std::fs::read(path)
-            .map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?,
+        SecretSource::File(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?
+        }
         SecretSource::Env(name) => std::env::var_os(name)
             .map(|v| v.into_encoded_bytes())
             .ok_or_else(|| format!("{key}: the environment variable {name} is not set"))?,
@@ -42,7 +43,9 @@ pub fn read(source: &SecretSource, key: &str) -> Result<Secret, String> {
             SecretSource::File(path) => path.display().to_string(),
             SecretSource::Env(name) => format!("${name}"),
         };
-        return Err(format!("{key} {place} is empty; a webhook secret must not be empty"));
+        return Err(format!(
+            "{key} {place} is empty; a webhook secret must not be empty"
+        ));
     }
     Ok(Secret(value))
 }

@@ -44,22 +44,25 @@ pub fn verify(
         Provider::Gitea => {
             // Gitea sends X-Gitea-Signature, Forgejo X-Forgejo-Signature
             // (bare hex); both also send X-Hub-Signature-256.
-            if let Some(value) =
-                header(headers, "x-forgejo-signature").or_else(|| header(headers, "x-gitea-signature"))
+            if let Some(value) = header(headers, "x-forgejo-signature")
+                .or_else(|| header(headers, "x-gitea-signature"))
             {
                 return verify_hmac(value.trim(), body, secrets);
             }
             match header(headers, "x-hub-signature-256") {
-                Some(value) => verify_hmac(prefixed_sha256(value, "X-Hub-Signature-256")?, body, secrets),
+                Some(value) => verify_hmac(
+                    prefixed_sha256(value, "X-Hub-Signature-256")?,
+                    body,
+                    secrets,
+                ),
                 None => Err(Unauthorized(
                     "the X-Gitea-Signature (or X-Forgejo-Signature) header is missing".to_string(),
                 )),
             }
         }
         Provider::Bitbucket => {
-            let value = header(headers, "x-hub-signature").ok_or_else(|| {
-                Unauthorized("the X-Hub-Signature header is missing".to_string())
-            })?;
+            let value = header(headers, "x-hub-signature")
+                .ok_or_else(|| Unauthorized("the X-Hub-Signature header is missing".to_string()))?;
             let hex = prefixed_sha256(value, "X-Hub-Signature")?;
             verify_hmac(hex, body, secrets)
         }
@@ -67,15 +70,15 @@ pub fn verify(
             let token = header(headers, "x-gitlab-token")
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| Unauthorized("the X-Gitlab-Token header is missing".to_string()))?;
-            let matched = secrets
-                .iter()
-                .fold(subtle::Choice::from(0), |any, secret| {
-                    any | secret.bytes().ct_eq(token.as_bytes())
-                });
+            let matched = secrets.iter().fold(subtle::Choice::from(0), |any, secret| {
+                any | secret.bytes().ct_eq(token.as_bytes())
+            });
             if bool::from(matched) {
                 Ok(())
             } else {
-                Err(Unauthorized("the X-Gitlab-Token does not match".to_string()))
+                Err(Unauthorized(
+                    "the X-Gitlab-Token does not match".to_string(),
+                ))
             }
         }
     }
@@ -120,7 +123,9 @@ fn verify_hmac(hex_signature: &str, body: &[u8], secrets: &[Secret]) -> Result<(
     if matched {
         Ok(())
     } else {
-        Err(Unauthorized("the signature does not match the body".to_string()))
+        Err(Unauthorized(
+            "the signature does not match the body".to_string(),
+        ))
     }
 }
 
@@ -132,4 +137,18 @@ pub fn sign_sha256(secret: &[u8], body: &[u8]) -> String {
     };
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GitHub's published example ("Validating webhook deliveries").
+    #[test]
+    fn githubs_test_vector() {
+        assert_eq!(
+            sign_sha256(b"It's a Secret to Everybody", b"Hello, World!"),
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
 }

@@ -5,8 +5,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod docker;
+pub mod git;
 pub mod http;
 pub mod load;
+pub mod nginx;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;

@@ -128,8 +128,11 @@ impl Git<'_> {
         repo: &str,
         refs: &[String],
     ) -> Result<Vec<RemoteRef>, GitFailure> {
+        // `<ref>^{}` too: without it an annotated tag's peeled line is left out.
+        let peeled: Vec<String> = refs.iter().map(|r| format!("{r}^{{}}")).collect();
         let mut args = vec!["ls-remote", "--", repo];
         args.extend(refs.iter().map(String::as_str));
+        args.extend(peeled.iter().map(String::as_str));
         let listing = self.run(&args).await?;
         Ok(parse_ls_remote(&listing)
             .into_iter()
@@ -145,7 +148,12 @@ fn git_env() -> Vec<(String, String)> {
     env.push(("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()));
     env.push(("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()));
     env.push(("LC_ALL".to_string(), "C".to_string()));
-    for name in ["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "SSL_CERT_FILE"] {
+    for name in [
+        "SSH_AUTH_SOCK",
+        "GIT_SSH_COMMAND",
+        "GIT_SSL_CAINFO",
+        "SSL_CERT_FILE",
+    ] {
         if let Ok(value) = std::env::var(name) {
             env.push((name.to_string(), value));
         }

@@ -155,7 +155,10 @@ http {{
         server.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if server.try_master().is_some_and(|m| children_of(m).len() >= 2) {
+            if server
+                .try_master()
+                .is_some_and(|m| children_of(m).len() >= 2)
+            {
                 return server;
             }
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
@@ -200,11 +203,7 @@ http {{
     }
 
     fn try_master(&self) -> Option<u32> {
-        fs::read_to_string(&self.pid_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
     }
 
     pub fn master(&self) -> u32 {
@@ -215,7 +214,7 @@ http {{
         children_of(self.master())
     }
 
-    /// Reloads and waits until new workers run.
+    /// Reloads and waits until the new workers run and the old ones are gone.
     pub fn reload(&self) {
         let before = self.workers();
         let output = Command::new(&self.reload_argv()[0])
@@ -232,6 +231,14 @@ http {{
             assert!(
                 Instant::now() < deadline,
                 "nginx did not reload:\n{}",
+                self.error_log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while self.workers().iter().any(|w| before.contains(w)) {
+            assert!(
+                Instant::now() < deadline,
+                "nginx's old workers did not exit:\n{}",
                 self.error_log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
