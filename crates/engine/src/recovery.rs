@@ -46,6 +46,16 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         }
     }
 
+    // nginx keeps its configuration across our crash: it may point at a
+    // release that the switch never recorded as live. Point it back at the
+    // recorded live release (which was serving: invariant 1 allows it)
+    // before that other release is stopped below.
+    if let (true, Some(live)) = (context.front.is_nginx(), &live) {
+        if let Err(why) = context.front.set_live(&app, Some(live.upstream.clone())).await {
+            tracing::error!(app = %app, "cannot point nginx back at the live release: {why}");
+        }
+    }
+
     for slot in Slot::ALL.into_iter().filter(|s| Some(*s) != live_slot) {
         if let Some(slot_record) = record.slot(slot.as_str()) {
             if let Some(runtime_id) = &slot_record.runtime_id {
