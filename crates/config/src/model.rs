@@ -574,25 +574,47 @@ impl Validator<'_> {
     fn verify(&self, raw: &RawApp) -> Result<Option<VerifyConfig>, ConfigError> {
         let Some(window) = raw.verify_for.map(|d| d.0).filter(|d| !d.is_zero()) else {
             if let Some(ratio) = &raw.verify_max_error_ratio {
-                return Err(self.error(ratio, "verify_max_error_ratio needs verify_for (how long to watch)"));
+                return Err(self.error(
+                    ratio,
+                    "verify_max_error_ratio needs verify_for (how long to watch)",
+                ));
             }
             return Ok(None);
         };
         let max_error_ratio = match &raw.verify_max_error_ratio {
             None => 0.05,
             Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
-            Some(r) => return Err(self.error(r, "verify_max_error_ratio must be between 0.0 and 1.0, e.g. 0.05")),
+            Some(r) => {
+                return Err(self.error(
+                    r,
+                    "verify_max_error_ratio must be between 0.0 and 1.0, e.g. 0.05",
+                ))
+            }
         };
         let command = match &raw.verify_command {
             None => None,
-            Some(c) if c.get_ref().first().is_some_and(|p| !p.trim().is_empty()) => Some(c.get_ref().clone()),
-            Some(c) => return Err(self.error(c, "verify_command must name a program, e.g. [\"./smoke.sh\"]")),
+            Some(c) if c.get_ref().first().is_some_and(|p| !p.trim().is_empty()) => {
+                Some(c.get_ref().clone())
+            }
+            Some(c) => {
+                return Err(self.error(
+                    c,
+                    "verify_command must name a program, e.g. [\"./smoke.sh\"]",
+                ))
+            }
         };
-        Ok(Some(VerifyConfig { window, max_error_ratio, min_requests: 20, command }))
+        Ok(Some(VerifyConfig {
+            window,
+            max_error_ratio,
+            min_requests: 20,
+            command,
+        }))
     }
 
     fn shift(&self, raw: &RawApp) -> Result<Option<ShiftConfig>, ConfigError> {
-        let Some(shift) = &raw.shift else { return Ok(None) };
+        let Some(shift) = &raw.shift else {
+            return Ok(None);
+        };
         let steps = &shift.get_ref().steps;
         let increasing = steps.windows(2).all(|w| w[0] < w[1]);
         let in_range = steps.iter().all(|s| (1..=100).contains(s));
@@ -606,15 +628,26 @@ impl Validator<'_> {
         if every.is_zero() {
             return Err(self.error(shift, "shift.every must be longer than 0s, e.g. \"30s\""));
         }
-        Ok(Some(ShiftConfig { steps: steps.iter().map(|s| *s as u8).collect(), every }))
+        Ok(Some(ShiftConfig {
+            steps: steps.iter().map(|s| *s as u8).collect(),
+            every,
+        }))
     }
 
     fn hooks(&self, raw: &RawApp) -> Result<HooksConfig, ConfigError> {
         let Some(hooks) = &raw.hooks else {
-            return Ok(HooksConfig { timeout: Duration::from_secs(60), ..HooksConfig::default() });
+            return Ok(HooksConfig {
+                timeout: Duration::from_secs(60),
+                ..HooksConfig::default()
+            });
         };
         let value = hooks.get_ref();
-        for command in value.before_switch.iter().chain(&value.after_switch).chain(&value.on_failure) {
+        for command in value
+            .before_switch
+            .iter()
+            .chain(&value.after_switch)
+            .chain(&value.on_failure)
+        {
             if command.first().is_none_or(|p| p.trim().is_empty()) {
                 return Err(self.error(hooks, "every hook must be an argv list naming a program, e.g. [\"./smoke.sh\", \"--fast\"]"));
             }

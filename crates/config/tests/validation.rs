@@ -138,15 +138,28 @@ fn release_safety_settings_parse_and_bad_ones_are_refused() {
     assert_eq!(app.auto_abort_after, Some(Duration::from_secs(3600)));
     assert_eq!(app.keep_old, Duration::from_secs(300));
     let verify = app.verify.as_ref().unwrap();
-    assert_eq!((verify.window, verify.max_error_ratio), (Duration::from_secs(120), 0.1));
+    assert_eq!(
+        (verify.window, verify.max_error_ratio),
+        (Duration::from_secs(120), 0.1)
+    );
     assert_eq!(app.shift.as_ref().unwrap().steps, vec![10, 50, 100]);
-    assert_eq!(app.hooks.before_switch, vec![vec!["./smoke.sh".to_string()]]);
+    assert_eq!(
+        app.hooks.before_switch,
+        vec![vec!["./smoke.sh".to_string()]]
+    );
     assert_eq!(app.hooks.timeout, Duration::from_secs(10));
 
-    let bad_steps = error_of(&GOOD.replace("drain_timeout = \"5s\"", "shift = { steps = [50, 10], every = \"30s\" }"));
+    let bad_steps = error_of(&GOOD.replace(
+        "drain_timeout = \"5s\"",
+        "shift = { steps = [50, 10], every = \"30s\" }",
+    ));
     assert!(bad_steps.contains("increasing percentages"), "{bad_steps}");
-    let bad_ratio = error_of(&GOOD.replace("drain_timeout = \"5s\"", "verify_for = \"1m\"\nverify_max_error_ratio = 5.0"));
+    let bad_ratio = error_of(&GOOD.replace(
+        "drain_timeout = \"5s\"",
+        "verify_for = \"1m\"\nverify_max_error_ratio = 5.0",
+    ));
     assert!(bad_ratio.contains("between 0.0 and 1.0"), "{bad_ratio}");
-    let bad_hook = error_of(&GOOD.replace("drain_timeout = \"5s\"", "hooks = { after_switch = [[]] }"));
+    let bad_hook =
+        error_of(&GOOD.replace("drain_timeout = \"5s\"", "hooks = { after_switch = [[]] }"));
     assert!(bad_hook.contains("argv list"), "{bad_hook}");
 }

@@ -51,7 +51,11 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
     // recorded live release (which was serving: invariant 1 allows it)
     // before that other release is stopped below.
     if let (true, Some(live)) = (context.front.is_nginx(), &live) {
-        if let Err(why) = context.front.set_live(&app, Some(live.upstream.clone())).await {
+        if let Err(why) = context
+            .front
+            .set_live(&app, Some(live.upstream.clone()))
+            .await
+        {
             tracing::error!(app = %app, "cannot point nginx back at the live release: {why}");
         }
     }
