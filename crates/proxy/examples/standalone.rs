@@ -14,8 +14,27 @@ use std::process::ExitCode;
 
 use cutover_proxy::{ProxySettings, Router, Upstream};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // STANDALONE_CURRENT_THREAD=1: a single-threaded runtime (for profiling).
+    let runtime = if std::env::var_os("STANDALONE_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("standalone: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
         eprintln!("usage: standalone LISTEN_ADDR UPSTREAM_ADDR");

@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access_log::{AccessLog, Entry};
 use crate::conn_io::ConnGuard;
+use crate::h1::LeanBody;
 use crate::metrics::SlotMetrics;
 use crate::pool::PooledConn;
 use crate::upstream::InFlightGuard;
@@ -136,12 +137,50 @@ enum Kind {
 
 #[derive(Debug)]
 struct UpstreamBody {
-    body: Incoming,
-    /// The connection the response arrives on; back to the pool on a clean end.
-    conn: Option<PooledConn>,
+    source: Source,
     /// Keeps the upstream's in-flight count up until the body ends.
     in_flight: Option<InFlightGuard>,
     ended: bool,
+}
+
+/// Where an upstream body comes from.
+#[derive(Debug)]
+enum Source {
+    /// hyper's client connection (requests with a body, upgrades, HTTP/2).
+    Hyper {
+        body: Incoming,
+        /// The connection the response arrives on; back to the pool on a
+        /// clean end (`None` for HTTP/2).
+        conn: Option<PooledConn>,
+    },
+    /// The lean client, which owns its connection until the body ends.
+    Lean(LeanBody),
+}
+
+/// Errors of a response body, whichever client read it.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Source {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Source::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Source::Lean(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper { body, .. } => body.is_end_stream(),
+            Source::Lean(body) => body.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper { body, .. } => body.size_hint(),
+            Source::Lean(body) => body.size_hint(),
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -149,10 +188,20 @@ impl UpstreamBody {
     /// releases the in-flight count. In this order, so that a drain that
     /// sees zero can clear the pool knowing nothing is added to it later.
     fn release(&mut self, clean: bool) {
-        if let Some(conn) = self.conn.take() {
-            if clean {
-                if let Some(guard) = &self.in_flight {
-                    guard.upstream().recycle(conn);
+        match &mut self.source {
+            Source::Hyper { conn, .. } => {
+                if let (Some(conn), true) = (conn.take(), clean) {
+                    if let Some(guard) = &self.in_flight {
+                        guard.upstream().recycle(conn);
+                    }
+                }
+            }
+            Source::Lean(body) => {
+                // Taken either way: a connection that is not reusable closes now.
+                if let (Some(conn), true) = (body.take_reusable(), clean) {
+                    if let Some(guard) = &self.in_flight {
+                        guard.upstream().recycle_lean(conn);
+                    }
                 }
             }
         }
@@ -162,7 +211,7 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let clean = self.ended || self.body.is_end_stream();
+        let clean = self.ended || self.source.is_end_stream();
         self.release(clean);
     }
 }
@@ -193,10 +242,19 @@ impl ResponseBody {
         conn: Option<PooledConn>,
         in_flight: InFlightGuard,
     ) -> Self {
+        Self::from_source(Source::Hyper { body, conn }, in_flight)
+    }
+
+    /// A body read by the lean client; its connection goes back to the
+    /// pool when it ends cleanly.
+    pub(crate) fn lean(body: LeanBody, in_flight: InFlightGuard) -> Self {
+        Self::from_source(Source::Lean(body), in_flight)
+    }
+
+    fn from_source(source: Source, in_flight: InFlightGuard) -> Self {
         ResponseBody {
             kind: Kind::Upstream(UpstreamBody {
-                body,
-                conn,
+                source,
                 in_flight: Some(in_flight),
                 ended: false,
             }),
@@ -268,12 +326,12 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(bytes) => match bytes.take() {
@@ -288,10 +346,10 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
             },
-            Kind::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
+            Kind::Upstream(up) => match up.source.poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
-                    let ended = up.body.is_end_stream();
+                    let ended = up.source.is_end_stream();
                     this.count(&frame);
                     if ended {
                         this.finish();
@@ -316,7 +374,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(up) => up.ended || up.body.is_end_stream(),
+            Kind::Upstream(up) => up.ended || up.source.is_end_stream(),
         }
     }
 
@@ -324,7 +382,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(up) => up.body.size_hint(),
+            Kind::Upstream(up) => up.source.size_hint(),
         }
     }
 }

@@ -42,6 +42,12 @@ pub(crate) enum ForwardError {
     #[error("app '{app}': its release switched protocols without being asked to")]
     UnexpectedSwitch { app: Arc<str> },
     #[error("app '{app}': its release failed to answer")]
+    Exchange {
+        app: Arc<str>,
+        #[source]
+        source: crate::h1::ExchangeError,
+    },
+    #[error("app '{app}': its release failed to answer")]
     Upstream {
         app: Arc<str>,
         #[source]
@@ -62,6 +68,7 @@ impl ForwardError {
             }
             ForwardError::Connect { .. }
             | ForwardError::Upstream { .. }
+            | ForwardError::Exchange { .. }
             | ForwardError::UnexpectedSwitch { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -74,6 +81,7 @@ impl ForwardError {
             | ForwardError::Connect { app, .. }
             | ForwardError::ResponseTimeout { app, .. }
             | ForwardError::Upstream { app, .. }
+            | ForwardError::Exchange { app, .. }
             | ForwardError::UnexpectedSwitch { app } => Some(app),
             _ => None,
         }
@@ -87,6 +95,7 @@ impl ForwardError {
                 | ForwardError::Connect { .. }
                 | ForwardError::ResponseTimeout { .. }
                 | ForwardError::Upstream { .. }
+                | ForwardError::Exchange { .. }
                 | ForwardError::UnexpectedSwitch { .. }
         )
     }

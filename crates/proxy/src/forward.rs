@@ -16,6 +16,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::body::{Exchange, RequestBody, ResponseBody};
 use crate::conn_io::{ConnActivity, ConnGuard};
 use crate::error::ForwardError;
+use crate::h1;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics;
 use crate::pool::PooledConn;
@@ -246,6 +247,54 @@ async fn forward(
             .get_all(TE)
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
+
+    // The hot path: no body, no upgrade, plain HTTP/1.1 upstream. The head
+    // is written out with the forwarding rules applied on the fly.
+    if !h2c && upgrade.is_none() && h1::eligible(&parts.method, body.is_end_stream()) {
+        let origin;
+        let uri = if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+            origin = origin_form(&parts.uri);
+            &origin
+        } else {
+            &parts.uri
+        };
+        let head = headers::ProxiedHead {
+            method: &parts.method,
+            uri,
+            headers: &parts.headers,
+            host: host.as_ref().or(upstream.fallback_host()),
+            forwarded_host: host.as_ref(),
+            client_ip: &ctx.client_ip,
+            proto: &ctx.shared.proto,
+            request_id,
+        };
+        return match upstream.send_lean(&head, settings).await {
+            Ok(exchanged) => {
+                let (mut parts, ()) = exchanged.head.into_parts();
+                let body = h1::LeanBody::new(exchanged.conn, exchanged.framing);
+                if exchanged.hop_by_hop {
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                }
+                if let Some(cookie) = sticky {
+                    parts.headers.append(SET_COOKIE, cookie);
+                }
+                if parts.status.is_server_error() {
+                    upstream.count_5xx();
+                }
+                Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::lean(body, in_flight),
+                ))
+            }
+            Err(e) => {
+                if e.is_upstream_fault() {
+                    upstream.count_5xx();
+                }
+                *served = Some(Arc::clone(upstream));
+                Err(e)
+            }
+        };
+    }
 
     let stripped = headers::strip_hop_by_hop(&mut parts.headers);
     // hyper already answered `Expect: 100-continue` towards the client.

@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 
 use http::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
+use http::{Method, Uri};
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -57,24 +58,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Removes the headers a `Connection` header names. Allocates only when it
 /// names something other than the usual `keep-alive` / `close` / `upgrade`.
 fn remove_connection_options(headers: &mut HeaderMap) {
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(&CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for option in value.split(',') {
-            let option = option.trim();
-            if option.is_empty()
-                || option.eq_ignore_ascii_case("keep-alive")
-                || option.eq_ignore_ascii_case("close")
-                || option.eq_ignore_ascii_case("upgrade")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
-                named.push(name);
-            }
-        }
-    }
-    for name in named {
+    for name in connection_options(headers) {
         headers.remove(name);
     }
 }
@@ -141,6 +125,104 @@ fn join_forwarded_for<'a>(
     joined.extend_from_slice(client_ip.as_bytes());
     // Made of valid header values and ", ": valid too.
     HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+}
+
+/// A client's request as it goes upstream on the lean path, written out
+/// without rewriting its `HeaderMap`: the same rules as
+/// [`strip_hop_by_hop`] and [`add_forwarded`] applied while encoding.
+pub(crate) struct ProxiedHead<'a> {
+    pub(crate) method: &'a Method,
+    /// Origin-form target.
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+    /// The Host to send: the client's (from the target or its Host header)
+    /// or the upstream's address when the client gave none.
+    pub(crate) host: Option<&'a HeaderValue>,
+    /// The host the client asked for (`X-Forwarded-Host`), if any.
+    pub(crate) forwarded_host: Option<&'a HeaderValue>,
+    pub(crate) client_ip: &'a HeaderValue,
+    pub(crate) proto: &'a HeaderValue,
+    pub(crate) request_id: &'a HeaderValue,
+}
+
+/// Headers the proxy sets itself (the client's values are replaced).
+fn set_by_proxy(name: &HeaderName) -> bool {
+    *name == HOST
+        || *name == EXPECT
+        || *name == X_REAL_IP
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == X_REQUEST_ID
+        || *name == X_FORWARDED_FOR
+}
+
+impl crate::h1::Head for ProxiedHead<'_> {
+    fn method(&self) -> &Method {
+        self.method
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        use crate::h1::header_line;
+        crate::h1::request_line(out, self.method, self.uri);
+        if let Some(host) = self.host {
+            header_line(out, b"host", host.as_bytes());
+        }
+        // Headers a `Connection` header names are hop-by-hop too.
+        let named: Vec<HeaderName> = if self.headers.contains_key(&CONNECTION) {
+            connection_options(self.headers)
+        } else {
+            Vec::new()
+        };
+        let mut has_length = false;
+        for (name, value) in self.headers {
+            if is_hop_by_hop(name) || set_by_proxy(name) || named.contains(name) {
+                continue;
+            }
+            has_length |= *name == CONTENT_LENGTH;
+            header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        // X-Forwarded-For: the client's values, then the client.
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for value in self.headers.get_all(&X_FORWARDED_FOR) {
+            let value = value.as_bytes().trim_ascii();
+            if !value.is_empty() {
+                out.extend_from_slice(value);
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.client_ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        header_line(out, b"x-real-ip", self.client_ip.as_bytes());
+        header_line(out, b"x-forwarded-proto", self.proto.as_bytes());
+        if let Some(host) = self.forwarded_host {
+            header_line(out, b"x-forwarded-host", host.as_bytes());
+        }
+        header_line(out, b"x-request-id", self.request_id.as_bytes());
+        crate::h1::end_head(out, self.method, has_length);
+    }
+}
+
+/// The header names a `Connection` header lists, other than the usual
+/// `keep-alive` / `close` / `upgrade`.
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for value in headers.get_all(&CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for option in value.split(',') {
+            let option = option.trim();
+            if option.is_empty()
+                || option.eq_ignore_ascii_case("keep-alive")
+                || option.eq_ignore_ascii_case("close")
+                || option.eq_ignore_ascii_case("upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    named
 }
 
 /// The client's `X-Request-Id` if it is sane, else a new random one.

@@ -15,6 +15,9 @@
 //!   a request: retried on another connection when a pooled one hands it
 //!   back unsent, replayed once when a bodiless idempotent request meets a
 //!   long-idle connection closing under it.
+//! - `h1`: the lean HTTP/1.1 client of the hot path: bodiless idempotent
+//!   requests are written and their responses read by the request's own
+//!   future on a pooled `TcpStream` (no connection task, no channels).
 //! - `pool`: the keep-alive connections of one upstream (hyper's HTTP/1.1
 //!   client connections, each driven by its own task; a LIFO stack of idle
 //!   senders with the time they went idle).
@@ -59,6 +62,7 @@ mod body;
 mod conn_io;
 pub mod error;
 mod forward;
+mod h1;
 mod headers;
 pub mod metrics;
 mod pool;

@@ -19,38 +19,71 @@ pub(crate) type PooledConn = SendRequest<RequestBody>;
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
-#[derive(Debug, Default)]
-pub(crate) struct Pool {
-    idle: Mutex<Vec<IdleConn>>,
+/// A connection that can wait in a [`Pool`].
+pub(crate) trait Pooled {
+    /// Whether it is known to be unusable (closed by the upstream).
+    fn is_closed(&mut self) -> bool;
+}
+
+impl Pooled for PooledConn {
+    fn is_closed(&mut self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+impl Pooled for Box<crate::h1::Conn> {
+    /// Unknown without a syscall (readiness stays set after the last read):
+    /// a connection the upstream closed meanwhile shows as a close before
+    /// the response, and the (idempotent) request goes out again.
+    fn is_closed(&mut self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug)]
-struct IdleConn {
-    conn: PooledConn,
+pub(crate) struct Pool<C = PooledConn> {
+    idle: Mutex<Vec<IdleConn<C>>>,
+}
+
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct IdleConn<C> {
+    conn: C,
     since: Instant,
 }
 
 /// A connection taken from the pool, with how long it sat idle there.
 #[derive(Debug)]
-pub(crate) struct Taken {
-    pub(crate) conn: PooledConn,
+pub(crate) struct Taken<C = PooledConn> {
+    pub(crate) conn: C,
     pub(crate) idle_for: Duration,
 }
 
-impl Pool {
-    fn lock(&self) -> MutexGuard<'_, Vec<IdleConn>> {
+impl<C: Pooled> Pool<C> {
+    fn lock(&self) -> MutexGuard<'_, Vec<IdleConn<C>>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection that is still open.
-    pub(crate) fn take(&self) -> Option<Taken> {
+    pub(crate) fn take(&self) -> Option<Taken<C>> {
         let found = {
             let mut idle = self.lock();
             loop {
                 match idle.pop() {
-                    Some(entry) if entry.conn.is_closed() => continue,
-                    other => break other,
+                    Some(mut entry) => {
+                        if !entry.conn.is_closed() {
+                            break Some(entry);
+                        }
+                    }
+                    None => break None,
                 }
             }
         };
@@ -61,7 +94,7 @@ impl Pool {
     }
 
     /// Keeps `conn` for reuse, unless it is closed or the pool is full.
-    pub(crate) fn put(&self, conn: PooledConn) {
+    pub(crate) fn put(&self, mut conn: C) {
         if conn.is_closed() {
             return;
         }

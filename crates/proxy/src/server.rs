@@ -163,7 +163,13 @@ fn spawn_connection(
     let service = service_fn(move |req| {
         let active = ctx.activity.begin();
         let ctx = Arc::clone(&ctx);
-        async move { Ok::<_, Infallible>(forward::handle(ctx, active, req).await) }
+        // Boxed: hyper keeps room for one request future per connection for
+        // the connection's whole life; a box is only allocated per request,
+        // so idle keep-alive connections do not hold a request's worth of
+        // state (several KiB).
+        let handling: BoxedHandling =
+            Box::pin(async move { Ok::<_, Infallible>(forward::handle(ctx, active, req).await) });
+        handling
     });
     let builder = Arc::clone(builder);
     let stopped = stopped.clone();
@@ -225,6 +231,10 @@ async fn serve_io<I, S>(
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
 }
+
+type BoxedHandling = std::pin::Pin<
+    Box<dyn Future<Output = Result<http::Response<crate::body::ResponseBody>, Infallible>> + Send>,
+>;
 
 /// Counts an open client connection until dropped.
 struct ClientConnection(&'static crate::metrics::ProxyMetrics);

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::body::{RequestBody, RequestBodyError};
 use crate::error::ForwardError;
+use crate::h1;
 use crate::metrics::SlotMetrics;
 use crate::pool::{self, ConnectError, Pool, PooledConn, Taken};
 use crate::settings::ProxySettings;
@@ -65,6 +66,8 @@ pub struct Upstream {
     responses_5xx: AtomicU64,
     connect_errors: AtomicU64,
     pool: Pool,
+    /// Keep-alive connections of the lean client (`h1`), for bodiless requests.
+    lean: Pool<Box<h1::Conn>>,
     /// Upgraded connections (tunnels) open on this upstream.
     upgraded: AtomicUsize,
     /// Set when a drain timed out: open tunnels close (see `tunnel`).
@@ -115,6 +118,7 @@ impl Upstream {
             responses_5xx: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             pool: Pool::default(),
+            lean: Pool::default(),
             upgraded: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             tunnels_closed: Notify::new(),
@@ -169,7 +173,7 @@ impl Upstream {
 
     /// Idle keep-alive connections currently pooled.
     pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count()
+        self.pool.idle_count() + self.lean.idle_count()
     }
 
     pub fn stats(&self) -> UpstreamStats {
@@ -229,6 +233,7 @@ impl Upstream {
             }
         };
         self.pool.clear();
+        self.lean.clear();
         self.lock_h2().take();
         outcome
     }
@@ -292,6 +297,75 @@ impl Upstream {
 
     pub(crate) fn count_5xx(&self) {
         self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives a lean connection whose exchange ended cleanly back to the pool.
+    pub(crate) fn recycle_lean(&self, conn: Box<h1::Conn>) {
+        if !self.retired.load(Ordering::SeqCst) {
+            self.lean.put(conn);
+        }
+    }
+
+    /// Sends a bodiless, idempotent request with the lean client and waits
+    /// for the response head. A reused connection that closes before any
+    /// response byte (the upstream timed it out just then) is not an error:
+    /// the request goes out again, on another pooled or a new connection.
+    pub(crate) async fn send_lean<H: h1::Head>(
+        &self,
+        req: &H,
+        settings: &ProxySettings,
+    ) -> Result<h1::Exchanged, ForwardError> {
+        let mut pooled_attempts = 0;
+        loop {
+            let taken = if pooled_attempts < MAX_POOLED_ATTEMPTS {
+                self.lean.take()
+            } else {
+                None
+            };
+            let reused = taken.is_some();
+            let conn = match taken {
+                Some(taken) => {
+                    pooled_attempts += 1;
+                    taken.conn
+                }
+                None => self.connect_lean(settings).await?,
+            };
+            match conn.exchange(req, settings.upstream_response_timeout).await {
+                Ok(exchanged) => return Ok(exchanged),
+                Err(h1::ExchangeError::ClosedBeforeResponse(_)) if reused => {
+                    tracing::debug!(app = %self.app, addr = %self.addr,
+                        "reused upstream connection closed under the request; sending it again");
+                }
+                Err(h1::ExchangeError::Timeout(timeout)) => {
+                    return Err(ForwardError::ResponseTimeout {
+                        app: self.app.clone(),
+                        timeout,
+                    })
+                }
+                Err(source) => {
+                    tracing::warn!(app = %self.app, addr = %self.addr, slot = %self.slot,
+                        error = %source, "upstream failed to answer");
+                    return Err(ForwardError::Exchange {
+                        app: self.app.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn connect_lean(&self, settings: &ProxySettings) -> Result<Box<h1::Conn>, ForwardError> {
+        let timeout = settings.upstream_connect_timeout;
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(addr = %self.addr, error = %e, "could not set TCP_NODELAY on upstream connection");
+                }
+                Ok(h1::Conn::new(stream))
+            }
+            Ok(Err(e)) => Err(self.connect_failed(ConnectError::Io(e), settings)),
+            Err(_) => Err(self.connect_failed(ConnectError::Timeout, settings)),
+        }
     }
 
     /// Gives a connection whose exchange ended cleanly back to the pool.

@@ -581,12 +581,182 @@ async fn idempotent_request_on_a_connection_closed_as_it_was_sent_is_replayed() 
     }
     assert_eq!(upstream.stats().responses_5xx, 0);
 
-    // A POST is never sent twice: the upstream may have acted on it.
-    let post = Request::post("/")
-        .header(HOST, "example.com")
-        .body(Full::new(Bytes::from_static(b"data")))
-        .expect("request");
-    let reply = client.request(post).await.expect("request");
+    // A POST is never sent twice: the upstream may have acted on it. (The
+    // first POST opens a connection of its own, as requests with a body do;
+    // the second reuses it and meets the close.)
+    let post = || {
+        Request::post("/")
+            .header(HOST, "example.com")
+            .body(Full::new(Bytes::from_static(b"data")))
+            .expect("request")
+    };
+    let reply = client.request(post()).await.expect("request");
+    assert_eq!(reply.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = client.request(post()).await.expect("request");
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     backend.abort();
+}
+
+/// A raw HTTP/1.1 backend answering by path with hand-written framings;
+/// counts the connections it accepted.
+async fn framing_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let (response, close): (&[u8], bool) = match target.as_str() {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+                            false,
+                        ),
+                        "/close" => (b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close", true),
+                        "/nobody" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+                        "/head" => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
+                        "/early" => (
+                            b"HTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                            false,
+                        ),
+                        "/hop" => (
+                            b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=5\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-end: 2\r\ncontent-length: 3\r\n\r\nhop",
+                            false,
+                        ),
+                        _ => (b"NOT HTTP AT ALL\r\n\r\n", true),
+                    };
+                    if stream.write_all(response).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test]
+async fn every_response_framing_passes_through_and_only_reusable_connections_are_reused() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, backend) = framing_backend().await;
+    let (router, upstream) = single_app(addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut client = Client::connect(proxy.addr).await;
+
+    for _ in 0..3 {
+        let reply = client
+            .get("example.com", "/chunked")
+            .await
+            .expect("request");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "hello world")
+        );
+        let reply = client.get("example.com", "/nobody").await.expect("request");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::NO_CONTENT, "")
+        );
+        let reply = client.get("example.com", "/early").await.expect("request");
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+        let head = Request::head("/head")
+            .header(HOST, "example.com")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let reply = client.request(head).await.expect("request");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.headers.get(CONTENT_LENGTH).map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        let reply = client.get("example.com", "/hop").await.expect("request");
+        assert_eq!(reply.body, "hop");
+        assert!(
+            reply.headers.get("x-hop").is_none(),
+            "a Connection-named header"
+        );
+        assert!(reply.headers.get("keep-alive").is_none());
+        assert_eq!(
+            reply.headers.get("x-end").map(|v| v.as_bytes()),
+            Some(&b"2"[..])
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection carried every reusable exchange"
+    );
+
+    // A body delimited by the connection's close: whole, and not reused.
+    let reply = client.get("example.com", "/close").await.expect("request");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "until close")
+    );
+    let reply = client
+        .get("example.com", "/chunked")
+        .await
+        .expect("request");
+    assert_eq!(reply.body, "hello world");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // Not HTTP: 502, the client connection stays usable.
+    let reply = client
+        .get("example.com", "/garbage")
+        .await
+        .expect("request");
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    let reply = client.get("example.com", "/nobody").await.expect("request");
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(upstream.in_flight(), 0);
+    backend.abort();
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_the_same_for_requests_with_a_body() {
+    let backend = echo_headers_backend().await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut client = Client::connect(proxy.addr).await;
+    let request = Request::post("/path")
+        .header(HOST, "app.example.com")
+        .header("x-forwarded-for", "10.1.1.1")
+        .header("x-real-ip", "10.9.9.9")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop")
+        .body(Full::new(Bytes::from_static(b"body")))
+        .expect("request");
+    let reply = client.request(request).await.expect("request");
+    let seen = &reply.body;
+    assert_eq!(header_lines(seen, "host"), ["app.example.com"]);
+    assert_eq!(
+        header_lines(seen, "x-forwarded-for"),
+        ["10.1.1.1, 127.0.0.1"]
+    );
+    assert_eq!(header_lines(seen, "x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(header_lines(seen, "x-forwarded-host"), ["app.example.com"]);
+    assert!(header_lines(seen, "x-secret").is_empty());
 }
