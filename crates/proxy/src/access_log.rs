@@ -403,6 +403,24 @@ fn clf_time(line: &mut String, time: SystemTime) {
     let _ = write!(line, "{day:02}/{month}/{year}:{h:02}:{m:02}:{s:02} +0000");
 }
 
+/// `Tue, 10 Oct 2000 13:55:36 GMT` (IMF-fixdate, for `Date` headers).
+pub(crate) fn http_date(out: &mut Vec<u8>, time: SystemTime) {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let (year, month, day, h, m, s, _) = civil(time);
+    let month = MONTHS[(month as usize).clamp(1, 12) - 1];
+    let weekday = DAYS[(days % 7) as usize];
+    let _ = std::io::Write::write_fmt(
+        out,
+        format_args!("{weekday}, {day:02} {month} {year} {h:02}:{m:02}:{s:02} GMT"),
+    );
+}
+
 /// `2000-10-10T13:55:36.123Z`
 fn rfc3339(line: &mut String, time: SystemTime) {
     let (year, month, day, h, m, s, ms) = civil(time);
@@ -458,6 +476,13 @@ mod tests {
              \"bytes\":2326,\"duration_ms\":1.500,\"request_id\":\"abc\",\"app\":\"web\",\"slot\":null,\
              \"release\":null,\"referer\":null,\"user_agent\":\"agent \\\"quoted\\\" \\\\ é\"}"
         );
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        let mut out = Vec::new();
+        http_date(&mut out, UNIX_EPOCH + Duration::from_secs(784_111_777));
+        assert_eq!(out, b"Sun, 06 Nov 1994 08:49:37 GMT");
     }
 
     #[test]

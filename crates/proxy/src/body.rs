@@ -22,6 +22,7 @@ use crate::conn_io::ConnGuard;
 use crate::h1::LeanBody;
 use crate::metrics::SlotMetrics;
 use crate::pool::PooledConn;
+use crate::server_h1::NativeBody;
 use crate::upstream::InFlightGuard;
 
 /// Why a request body could not be forwarded.
@@ -30,20 +31,61 @@ pub(crate) enum RequestBodyError {
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("reading the request body from the client failed")]
-    Client(#[source] hyper::Error),
+    Client(#[source] BoxError),
+}
+
+/// A client's request body, whichever server read the request head: hyper
+/// (HTTP/2) or the proxy's own HTTP/1.1 server.
+#[derive(Debug)]
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Native(NativeBody),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            ClientBody::Native(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Native(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Native(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// The client's request body, limited to `limit` bytes while it streams.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
     /// `None`: no body (a replayed bodiless request).
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     remaining: u64,
     limit: u64,
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming, limit: u64) -> Self {
+    pub(crate) fn new(inner: ClientBody, limit: u64) -> Self {
         RequestBody {
             inner: Some(inner),
             remaining: limit,

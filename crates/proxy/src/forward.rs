@@ -10,10 +10,9 @@ use http::header::{
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
-use hyper::upgrade::OnUpgrade;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::body::{Exchange, RequestBody, ResponseBody};
+use crate::body::{ClientBody, Exchange, RequestBody, ResponseBody};
 use crate::conn_io::{ConnActivity, ConnGuard};
 use crate::error::ForwardError;
 use crate::h1;
@@ -21,9 +20,11 @@ use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics;
 use crate::pool::PooledConn;
 use crate::router::{AppRoute, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
+use crate::server_h1::{NativeUpgrade, Upgraded};
 use crate::settings::ProxySettings;
 use crate::tunnel::Tunnel;
 use crate::upstream::{InFlightGuard, Upstream};
+use tokio::sync::oneshot;
 
 /// How often a request re-reads the route table when the upstream it picked
 /// was retired meanwhile. One re-read suffices when the engine retires only
@@ -58,7 +59,7 @@ pub(crate) struct ConnCtx {
 pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
     active: ConnGuard,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let request_id = headers::request_id(req.headers());
@@ -118,7 +119,7 @@ pub(crate) async fn handle(
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// `308 Permanent Redirect` to the same host and target over HTTPS.
-fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> {
+fn redirect_to_https(req: &Request<ClientBody>, port: u16) -> Response<ResponseBody> {
     let host = req
         .uri()
         .authority()
@@ -157,7 +158,7 @@ fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBod
 
 /// The request's facts for its access log line (the rest is filled in when
 /// the response ends).
-fn log_entry(ctx: &ConnCtx, req: &Request<Incoming>, request_id: &HeaderValue) -> Box<Entry> {
+fn log_entry(ctx: &ConnCtx, req: &Request<ClientBody>, request_id: &HeaderValue) -> Box<Entry> {
     let headers = req.headers();
     Box::new(Entry {
         time: SystemTime::now(),
@@ -183,27 +184,25 @@ fn log_entry(ctx: &ConnCtx, req: &Request<Incoming>, request_id: &HeaderValue) -
 
 /// What a client's upgrade request asked for.
 struct UpgradeRequest {
-    on_upgrade: OnUpgrade,
+    on_upgrade: oneshot::Receiver<Upgraded>,
     protocol: HeaderValue,
 }
 
-/// An HTTP/1.1 request with `Connection: upgrade` and an `Upgrade` header:
-/// takes its upgrade handle (then the protocol is switched once a 101
-/// response has been sent).
-fn take_upgrade(req: &mut Request<Incoming>) -> Option<UpgradeRequest> {
-    if req.version() != Version::HTTP_11 || !headers::connection_has(req.headers(), "upgrade") {
-        return None;
-    }
+/// An HTTP/1.1 request with `Connection: upgrade` and an `Upgrade` header
+/// (the HTTP/1.1 server marked it): takes its upgrade handle (then the
+/// protocol is switched once a 101 response has been sent).
+fn take_upgrade(req: &mut Request<ClientBody>) -> Option<UpgradeRequest> {
+    let handle = req.extensions_mut().remove::<NativeUpgrade>()?;
     let protocol = req.headers().get(UPGRADE)?.clone();
     Some(UpgradeRequest {
-        on_upgrade: hyper::upgrade::on(req),
+        on_upgrade: handle.take()?,
         protocol,
     })
 }
 
 async fn forward(
     ctx: &ConnCtx,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     request_id: &HeaderValue,
     active: &mut Option<ConnGuard>,
     served: &mut Option<Arc<Upstream>>,

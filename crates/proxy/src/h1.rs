@@ -304,9 +304,14 @@ const STACK_HEADERS: usize = 32;
 /// Parses a complete head at the front of `buf` (consuming it), or `None`
 /// if more bytes are needed.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, ExchangeError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -467,7 +472,7 @@ fn framing(
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunked {
+pub(crate) enum Chunked {
     /// Reading a chunk-size line.
     Size,
     /// Inside a chunk's data.
@@ -522,7 +527,18 @@ impl LeanBody {
         let clean = self.state == BodyState::Done && self.reusable;
         let conn = self.conn.take()?;
         // Bytes after the response: the upstream is out of step; do not reuse.
-        (clean && conn.buf.is_empty()).then_some(conn)
+        if !clean || !conn.buf.is_empty() {
+            return None;
+        }
+        // One read that must find nothing: it proves the connection still
+        // open and in step, and clears the socket's readiness, so that the
+        // next exchange waits for its response to be announced instead of
+        // reading at once (which on a shared core makes the upstream run
+        // for every single request).
+        match conn.stream.try_read(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(conn),
+            _ => None,
+        }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -638,7 +654,7 @@ impl Body for LeanBody {
     }
 }
 
-enum Step {
+pub(crate) enum Step {
     Data(Bytes, Chunked),
     Next(Chunked),
     Trailers(HeaderMap),
@@ -646,7 +662,7 @@ enum Step {
 }
 
 /// One step of the chunked decoder over the buffered bytes.
-fn step_chunked(state: Chunked, buf: &mut BytesMut) -> io::Result<Step> {
+pub(crate) fn step_chunked(state: Chunked, buf: &mut BytesMut) -> io::Result<Step> {
     match state {
         Chunked::Size => {
             let Some(end) = find_crlf(buf) else {

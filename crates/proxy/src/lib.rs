@@ -38,8 +38,11 @@
 //!   on scrape.
 //! - `conn_io`: the client socket wrapper enforcing the header-read and idle
 //!   timeouts.
-//! - `server`: [`serve`], the accept loop, hyper connections, graceful
-//!   shutdown.
+//! - `server`: [`serve`], the accept loop, TLS, HTTP/1.1 or HTTP/2 per
+//!   connection (hyper serves HTTP/2), graceful shutdown.
+//! - `server_h1`: the HTTP/1.1 server: request heads, streamed request
+//!   bodies, responses, keep-alive without buffers while idle, upgrades,
+//!   header-read and idle timeouts.
 //! - [`error`]: [`ProxyError`] and the per-request error type.
 //!
 //! `examples/standalone.rs` runs the proxy alone in front of one backend,
@@ -68,6 +71,7 @@ pub mod metrics;
 mod pool;
 pub mod router;
 mod server;
+mod server_h1;
 pub mod settings;
 pub mod tls;
 mod tunnel;

@@ -1,6 +1,6 @@
-//! The accept loop and client connections: HTTP/1.1 with keep-alive and
-//! upgrades, HTTP/2 (h2c with prior knowledge), the timeouts of
-//! [`crate::conn_io`], and graceful shutdown.
+//! The accept loop and client connections: TLS, telling HTTP/1.1 (served
+//! by `server_h1`) from HTTP/2 (hyper: h2c with prior knowledge, or ALPN
+//! `h2`), and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,19 +9,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::HeaderValue;
+use hyper::server::conn::http2::Builder as Http2Builder;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
+use crate::body::ClientBody;
 use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
 use crate::forward::{self, ConnCtx, Shared};
 use crate::headers;
 use crate::router::Router;
+use crate::server_h1::{self, ClientIo, Prefixed};
 use crate::settings::ProxySettings;
 use crate::tls::Tls;
 
@@ -118,26 +122,22 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// HTTP/1.1 (with upgrades) and HTTP/2 (h2c prior knowledge, or h2 over
-/// TLS): the protocol is recognised by the connection's first bytes.
-fn connection_builder() -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
+/// hyper's HTTP/2 server (h2c with prior knowledge, or h2 over TLS).
+fn connection_builder() -> Http2Builder<TokioExecutor> {
+    let mut builder = Http2Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        // TimedIo enforces the header and idle timeouts (see conn_io).
-        .header_read_timeout(None);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS);
     builder
 }
 
+/// How an HTTP/2 connection starts (RFC 9113 section 3.4): the method
+/// `PRI` is not HTTP/1.
+const H2_PREFACE_START: &[u8] = b"PRI ";
+
 /// Serves one client connection on its own task.
 fn spawn_connection(
-    builder: &Arc<Builder<TokioExecutor>>,
+    builder: &Arc<Http2Builder<TokioExecutor>>,
     shared: &Arc<Shared>,
     tls: Option<&Tls>,
     stopped: &watch::Receiver<bool>,
@@ -147,29 +147,10 @@ fn spawn_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
     }
-    let activity = Arc::new(ConnActivity::default());
-    let settings = &shared.settings;
-    let io = TimedIo::new(
-        stream,
-        Arc::clone(&activity),
-        settings.header_read_timeout,
-        settings.idle_timeout,
-    );
     let ctx = Arc::new(ConnCtx {
         shared: Arc::clone(shared),
         client_ip: headers::client_ip_value(peer.ip()),
-        activity,
-    });
-    let service = service_fn(move |req| {
-        let active = ctx.activity.begin();
-        let ctx = Arc::clone(&ctx);
-        // Boxed: hyper keeps room for one request future per connection for
-        // the connection's whole life; a box is only allocated per request,
-        // so idle keep-alive connections do not hold a request's worth of
-        // state (several KiB).
-        let handling: BoxedHandling =
-            Box::pin(async move { Ok::<_, Infallible>(forward::handle(ctx, active, req).await) });
-        handling
+        activity: Arc::new(ConnActivity::default()),
     });
     let builder = Arc::clone(builder);
     let stopped = stopped.clone();
@@ -180,49 +161,137 @@ fn spawn_connection(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         let _open = ClientConnection(metrics);
-        let Some(acceptor) = acceptor else {
-            return serve_io(&builder, io, service, stopped, peer).await;
-        };
-        // The handshake reads count as the request head's: the header-read
-        // timeout bounds a client that stalls it.
-        let mut stream = match acceptor.accept(io).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
+        match acceptor {
+            None => serve_plain(stream, ctx, &builder, stopped, peer).await,
+            // Boxed, like HTTP/2 below: the task of a plain HTTP/1.1
+            // connection stays the size of what it needs.
+            Some(acceptor) => {
+                Box::pin(serve_tls(stream, acceptor, ctx, &builder, stopped, peer)).await
             }
-        };
-        let (io, session) = stream.get_mut();
-        if session.alpn_protocol() == Some(b"h2") {
-            io.set_multiplexed();
         }
-        serve_io(&builder, stream, service, stopped, peer).await;
     });
 }
 
-/// Runs hyper on one connection until it ends or shutdown closes it.
-async fn serve_io<I, S>(
-    builder: &Builder<TokioExecutor>,
+/// A cleartext connection: HTTP/2 if it starts with the HTTP/2 preface
+/// (h2c with prior knowledge), else HTTP/1.1.
+async fn serve_plain(
+    mut stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    builder: &Http2Builder<TokioExecutor>,
+    stopped: watch::Receiver<bool>,
+    peer: SocketAddr,
+) {
+    let settings = ctx.shared.settings;
+    let mut first = BytesMut::with_capacity(4096);
+    let mut waiting = stopped.clone();
+    let sniff = tokio::time::timeout(settings.header_read_timeout, async {
+        // Enough bytes to tell the protocols apart (one read, nearly always).
+        while first.len() < H2_PREFACE_START.len() && H2_PREFACE_START.starts_with(&first) {
+            if stream.read_buf(&mut first).await? == 0 {
+                return Ok::<bool, io::Error>(false);
+            }
+        }
+        Ok(true)
+    });
+    let sniffed = tokio::select! {
+        sniffed = sniff => sniffed,
+        // Shutdown: a connection that sent nothing yet is idle; close it.
+        _ = waiting.wait_for(|stop| *stop) => return,
+    };
+    match sniffed {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "client sent nothing in time");
+            return;
+        }
+    }
+    if first.starts_with(H2_PREFACE_START) {
+        let mut io = TimedIo::new(
+            stream,
+            Arc::clone(&ctx.activity),
+            settings.header_read_timeout,
+            settings.idle_timeout,
+        );
+        io.set_multiplexed();
+        let io = Prefixed {
+            prefix: first.freeze(),
+            io,
+        };
+        Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
+    } else {
+        server_h1::serve(ClientIo::Tcp(stream), first, ctx, stopped).await;
+    }
+}
+
+/// A TLS connection: HTTP/2 if ALPN chose it, else HTTP/1.1.
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Arc<ConnCtx>,
+    builder: &Http2Builder<TokioExecutor>,
+    stopped: watch::Receiver<bool>,
+    peer: SocketAddr,
+) {
+    let settings = ctx.shared.settings;
+    // The handshake reads count as the request head's: the header-read
+    // timeout bounds a client that stalls it.
+    let io = TimedIo::new(
+        stream,
+        Arc::clone(&ctx.activity),
+        settings.header_read_timeout,
+        settings.idle_timeout,
+    );
+    let mut stream = match acceptor.accept(io).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let (io, session) = stream.get_mut();
+    if session.alpn_protocol() == Some(b"h2") {
+        io.set_multiplexed();
+        Box::pin(serve_h2(builder, stream, ctx, stopped, peer)).await;
+    } else {
+        server_h1::serve(
+            ClientIo::Tls(Box::new(stream)),
+            BytesMut::new(),
+            ctx,
+            stopped,
+        )
+        .await;
+    }
+}
+
+/// Runs hyper's HTTP/2 server on one connection until it ends or shutdown
+/// closes it.
+async fn serve_h2<I>(
+    builder: &Http2Builder<TokioExecutor>,
     io: I,
-    service: S,
+    ctx: Arc<ConnCtx>,
     mut stopped: watch::Receiver<bool>,
     peer: SocketAddr,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<crate::body::ResponseBody>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let active = ctx.activity.begin();
+        let ctx = Arc::clone(&ctx);
+        // Boxed: hyper keeps room for one request future per stream slot;
+        // a box is only allocated per request.
+        let handling: BoxedHandling = Box::pin(async move {
+            let req = req.map(ClientBody::Hyper);
+            Ok::<_, Infallible>(forward::handle(ctx, active, req).await)
+        });
+        handling
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
         _ = async { drop(stopped.wait_for(|stop| *stop).await) } => {
-            // Idle: closes now; busy: after the response in progress.
+            // Idle: closes now; busy: after the streams in progress.
             conn.as_mut().graceful_shutdown();
             conn.await
         }

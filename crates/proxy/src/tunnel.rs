@@ -26,10 +26,11 @@ use std::time::Duration;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::conn_io::ConnGuard;
 use crate::pool::PooledConn;
+use crate::server_h1::Upgraded;
 use crate::upstream::{InFlightGuard, TunnelGuard};
 
 /// Longest wait for the frame in progress to end before a close frame can
@@ -48,7 +49,9 @@ const GOING_AWAY: [u8; 12] = *b"\x03\xe9going away";
 
 /// One upgraded client connection and its upstream connection.
 pub(crate) struct Tunnel {
-    pub(crate) client: OnUpgrade,
+    /// The client's connection, handed over by the HTTP/1.1 server once the
+    /// 101 has been sent.
+    pub(crate) client: oneshot::Receiver<Upgraded>,
     pub(crate) upstream: OnUpgrade,
     /// Kept until the upgrade resolved: the upstream connection's sender.
     pub(crate) upstream_conn: PooledConn,
@@ -80,15 +83,19 @@ impl Tunnel {
         } = self;
         let closing = registration.closing();
         let app = in_flight.upstream().app().to_owned();
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
-            Err(e) => {
-                tracing::debug!(%app, error = %e, "upgrade did not complete");
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(_), _) => {
+                tracing::debug!(%app, "the client connection closed before switching protocols");
+                return;
+            }
+            (_, Err(e)) => {
+                tracing::debug!(%app, error = %e, "the upstream connection did not switch protocols");
                 return;
             }
         };
         drop(upstream_conn);
-        let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
+        let (client_read, client_write) = tokio::io::split(client);
         let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
         let to_upstream = pump(
             client_read,

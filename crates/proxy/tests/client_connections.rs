@@ -173,3 +173,157 @@ async fn serve_returns_after_shutdown_once_the_in_flight_request_finishes() {
         "no longer listening"
     );
 }
+
+/// A backend answering with the Host header it got.
+async fn host_backend() -> Backend {
+    Backend::start(|req| async move {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        common::text(StatusCode::OK, host)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_1_0_clients_get_close_or_keep_alive_as_they_ask() {
+    let backend = host_backend().await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+
+    // No Host, no keep-alive: the upstream's address as Host; then closed.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.ends_with(&backend.addr.to_string()), "{answer}");
+
+    // Keep-alive asked: two requests on one connection.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: a.test\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .expect("write");
+        let mut data = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !data.ends_with(b"a.test") {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&data));
+            data.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&data).to_ascii_lowercase();
+        assert!(head.contains("connection: keep-alive"), "{head}");
+        assert!(head.contains("content-length: 6"), "{head}");
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let backend =
+        Backend::start(
+            |req| async move { common::text(StatusCode::OK, req.uri().path().to_owned()) },
+        )
+        .await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let one = answer.find("\r\n\r\n/one").expect("first");
+    let two = answer.find("\r\n\r\n/two").expect("second");
+    let three = answer.find("\r\n\r\n/three").expect("third");
+    assert!(one < two && two < three, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
+}
+
+#[tokio::test]
+async fn malformed_or_oversized_request_heads_get_400_or_431_and_a_close() {
+    let backend = Backend::named("ok").await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let cases: [(Vec<u8>, &str); 3] = [
+        (b"GARBAGE\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (request, expected) in cases {
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        let _ = stream.write_all(&request).await;
+        let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(expected), "{expected}: {answer}");
+    }
+    assert_eq!(
+        backend.requests(),
+        0,
+        "nothing malformed reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_stream_upstream_and_the_connection_stays_usable() {
+    let backend = Backend::start(|req| async move {
+        let body = req.into_body().collect().await.expect("body").to_bytes();
+        common::text(StatusCode::OK, format!("got {}", body.len()))
+    })
+    .await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    for _ in 0..2 {
+        stream
+            .write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .expect("write head");
+        let mut data = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !data.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0);
+            data.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            data.starts_with(b"HTTP/1.1 100 Continue"),
+            "{}",
+            String::from_utf8_lossy(&data)
+        );
+        stream
+            .write_all(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            .await
+            .expect("write body");
+        let mut data = Vec::new();
+        while !data.ends_with(b"got 11") {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&data));
+            data.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            data.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&data)
+        );
+    }
+}

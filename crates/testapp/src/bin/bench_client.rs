@@ -9,9 +9,10 @@
 //! - `load`: N keep-alive connections sending GET requests back to back until
 //!   standard input closes (or a line arrives), then one summary line:
 //!   `requests=… ok=… failed=… reconnects=… elapsed_s=… failures=kind:n,…`.
-//!   A request counts as failed when it got no complete 2xx response: a
-//!   refused or reset connection, a connection closed before or during the
-//!   response, or any other status. A failed connection is reopened.
+//!   A request counts as failed when it got no complete 2xx response within
+//!   10 s: a refused or reset connection, a connection closed before or
+//!   during the response, no answer, or any other status. A failed
+//!   connection is reopened.
 //! - `idle`: opens N connections, sends one GET on each (so that they are
 //!   established through the proxy as keep-alive connections), prints
 //!   `ready N` and keeps them open, idle, until standard input closes.
@@ -31,6 +32,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+/// A request without a complete answer by then counts as failed (`timeout`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "usage: cutover-bench-client load|idle ADDR [--conns N] [--path P] [--host H]";
 
@@ -192,7 +196,13 @@ async fn load(options: Options, stop: Arc<AtomicBool>) -> ExitCode {
                             },
                         };
                         requests.fetch_add(1, Ordering::Relaxed);
-                        match get(conn, &options.path, &options.host).await {
+                        let answered = tokio::time::timeout(
+                            REQUEST_TIMEOUT,
+                            get(conn, &options.path, &options.host),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err("timeout".to_string()));
+                        match answered {
                             Ok(()) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -211,9 +221,13 @@ async fn load(options: Options, stop: Arc<AtomicBool>) -> ExitCode {
                     }
                 }));
             }
-            for client in clients {
-                let _ = client.await;
-            }
+            // Requests still running when asked to stop get a few seconds.
+            let all = async {
+                for client in clients {
+                    let _ = client.await;
+                }
+            };
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, all).await;
         })
         .await;
     let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
