@@ -5,6 +5,7 @@ use crate::raw::{RawApp, RawConfig, RawHealth, RawProcess};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -65,6 +66,9 @@ pub struct Config {
     pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
+/// Most proxy worker threads `[proxy] workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
@@ -73,6 +77,9 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_response_timeout: Duration,
+    /// Threads serving client traffic, each with its own event loop;
+    /// `None`: one per CPU (`workers = "auto"`, the default).
+    pub workers: Option<NonZeroUsize>,
     pub access_log: AccessLog,
     /// Where access log lines go; `None`: standard output.
     pub access_log_file: Option<PathBuf>,
@@ -372,6 +379,28 @@ impl Validator<'_> {
         })
     }
 
+    /// `[proxy] workers`: a count from 1 to [`MAX_WORKERS`], or "auto"
+    /// (`None`).
+    fn workers(&self, value: &Spanned<toml::Value>) -> Result<Option<NonZeroUsize>, ConfigError> {
+        let count = match value.get_ref() {
+            toml::Value::String(word) if word == "auto" => return Ok(None),
+            toml::Value::Integer(n) => usize::try_from(*n)
+                .ok()
+                .filter(|n| *n <= MAX_WORKERS)
+                .and_then(NonZeroUsize::new),
+            _ => None,
+        };
+        count.map(Some).ok_or_else(|| {
+            self.error(
+                value,
+                format!(
+                    "workers must be a number from 1 to {MAX_WORKERS} or \"auto\" (one per CPU), not `{}`",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
     fn proxy(&self, raw: crate::raw::RawProxy) -> Result<ProxyConfig, ConfigError> {
         let nginx_mode = crate::nginx::mode(
             raw.mode.as_ref(),
@@ -404,6 +433,10 @@ impl Validator<'_> {
                 ))
             }
         };
+        let workers = match raw.workers.as_ref() {
+            None => None,
+            Some(value) => Some(self.workers(value)?).flatten(),
+        };
         let nginx = if nginx_mode {
             Some(crate::nginx::validate(
                 raw.nginx.as_ref(),
@@ -428,6 +461,7 @@ impl Validator<'_> {
             upstream_response_timeout: raw
                 .upstream_response_timeout
                 .map_or(Duration::from_secs(60), |d| d.0),
+            workers,
             access_log,
             access_log_file: raw
                 .access_log_file

@@ -29,6 +29,8 @@ pub struct RawProxy {
     pub idle_timeout: Option<HumanDuration>,
     pub upstream_connect_timeout: Option<HumanDuration>,
     pub upstream_response_timeout: Option<HumanDuration>,
+    /// A count, or "auto".
+    pub workers: Option<Spanned<toml::Value>>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_file: Option<String>,
     pub tls_listen: Option<Vec<Spanned<String>>>,

@@ -163,3 +163,37 @@ fn release_safety_settings_parse_and_bad_ones_are_refused() {
         error_of(&GOOD.replace("drain_timeout = \"5s\"", "hooks = { after_switch = [[]] }"));
     assert!(bad_hook.contains("argv list"), "{bad_hook}");
 }
+
+#[test]
+fn proxy_workers_are_one_per_cpu_unless_a_count_is_given() {
+    assert_eq!(parse(GOOD).expect("valid").proxy.workers, None);
+    let auto = GOOD.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nworkers = \"auto\"",
+    );
+    assert_eq!(parse(&auto).expect("valid").proxy.workers, None);
+    let three = GOOD.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nworkers = 3",
+    );
+    assert_eq!(
+        parse(&three).expect("valid").proxy.workers.map(|n| n.get()),
+        Some(3)
+    );
+}
+
+#[test]
+fn proxy_workers_outside_one_to_the_maximum_are_rejected_at_their_line() {
+    for bad in ["0", "-2", "100000", "\"many\"", "2.5"] {
+        let text = GOOD.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:0\"]\nworkers = {bad}"),
+        );
+        let error = error_of(&text);
+        assert!(error.starts_with("/srv/cutover.toml:6:11: "), "{error}");
+        assert!(
+            error.contains("workers must be a number from 1 to 256 or \"auto\""),
+            "{error}"
+        );
+    }
+}

@@ -124,7 +124,10 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
                 .map(|(local, _)| format!("https://{local}")),
         )
         .collect();
-    let options = proxy_options(&config)?;
+    let mut options = proxy_options(&config)?;
+    if !(listeners.is_empty() && tls_listeners.is_empty()) {
+        options.workers = Some(proxy_workers(&config)?);
+    }
     spawn_reload_on_sighup(options.clone(), tls.clone());
     let _watch_certificates = tls
         .as_ref()
@@ -261,7 +264,17 @@ fn proxy_options(config: &Config) -> Result<cutover_proxy::ServeOptions, Failure
         access_log,
         tls: None,
         redirect_https: None,
+        workers: None,
     })
+}
+
+/// The proxy's worker threads (`[proxy] workers`, one per CPU by default).
+fn proxy_workers(config: &Config) -> Result<cutover_proxy::Workers, Failure> {
+    match config.proxy.workers {
+        Some(count) => cutover_proxy::Workers::start(count),
+        None => cutover_proxy::Workers::start_per_cpu(),
+    }
+    .map_err(|e| Failure::failed(format!("cannot start the proxy's worker threads: {e}")))
 }
 
 /// How often the certificate files are checked for changes.

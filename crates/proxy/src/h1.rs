@@ -29,7 +29,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -144,7 +144,8 @@ impl Conn {
                 if self.timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ExchangeError::Timeout(timeout)));
                 }
-                read_more(&self.stream, &mut self.buf, cx).map_err(|e| closed_or_io(e, !received))
+                read_more(&mut self.stream, &mut self.buf, cx)
+                    .map_err(|e| closed_or_io(e, !received))
             })
             .await?;
             if read == 0 {
@@ -181,22 +182,21 @@ fn closed_or_io(e: io::Error, before_response: bool) -> ExchangeError {
 }
 
 /// Reads what is available into `buf`; `Ok(0)` on EOF.
+///
+/// Through `poll_read` on purpose: a read that does not fill the buffer
+/// clears the socket's readiness (epoll is edge-triggered), so the next
+/// exchange on this connection waits for its response to be announced
+/// instead of first trying a read that finds nothing.
 fn read_more(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        if buf.capacity() - buf.len() < READ_SIZE / 4 {
-            buf.reserve(READ_SIZE);
-        }
-        match stream.try_read_buf(buf) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Poll::Ready(Err(e)),
-        }
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
     }
+    let read = stream.read_buf(buf);
+    std::pin::pin!(read).poll(cx)
 }
 
 /// A bodiless request head that can write itself out.
@@ -530,15 +530,7 @@ impl LeanBody {
         if !clean || !conn.buf.is_empty() {
             return None;
         }
-        // One read that must find nothing: it proves the connection still
-        // open and in step, and clears the socket's readiness, so that the
-        // next exchange waits for its response to be announced instead of
-        // reading at once (which on a shared core makes the upstream run
-        // for every single request).
-        match conn.stream.try_read(&mut [0u8; 1]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(conn),
-            _ => None,
-        }
+        Some(conn)
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -594,7 +586,7 @@ impl Body for LeanBody {
                         };
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    match ready!(read_more(&conn.stream, &mut conn.buf, cx)) {
+                    match ready!(read_more(&mut conn.stream, &mut conn.buf, cx)) {
                         Ok(0) => return this.fail(premature()),
                         Ok(_) => continue,
                         Err(e) => return this.fail(e),
@@ -605,7 +597,7 @@ impl Body for LeanBody {
                         let data = conn.buf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    match ready!(read_more(&conn.stream, &mut conn.buf, cx)) {
+                    match ready!(read_more(&mut conn.stream, &mut conn.buf, cx)) {
                         Ok(0) => {
                             this.state = BodyState::Done;
                             this.reusable = false;
@@ -629,7 +621,7 @@ impl Body for LeanBody {
                         return Poll::Ready(None);
                     }
                     Ok(Step::NeedMore) => {
-                        match ready!(read_more(&conn.stream, &mut conn.buf, cx)) {
+                        match ready!(read_more(&mut conn.stream, &mut conn.buf, cx)) {
                             Ok(0) => return this.fail(premature()),
                             Ok(_) => continue,
                             Err(e) => return this.fail(e),

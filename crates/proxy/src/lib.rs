@@ -38,8 +38,11 @@
 //!   on scrape.
 //! - `conn_io`: the client socket wrapper enforcing the header-read and idle
 //!   timeouts.
-//! - `server`: [`serve`], the accept loop, TLS, HTTP/1.1 or HTTP/2 per
+//! - `server`: [`serve`], the accept loops, TLS, HTTP/1.1 or HTTP/2 per
 //!   connection (hyper serves HTTP/2), graceful shutdown.
+//! - `workers`: [`Workers`], the data plane's threads, each with its own
+//!   single-threaded event loop accepting from the shared listening socket;
+//!   a connection and its upstream connections stay on one thread.
 //! - `server_h1`: the HTTP/1.1 server: request heads, streamed request
 //!   bodies, responses, keep-alive without buffers while idle, upgrades,
 //!   header-read and idle timeouts.
@@ -76,6 +79,7 @@ pub mod settings;
 pub mod tls;
 mod tunnel;
 pub mod upstream;
+mod workers;
 
 pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
 pub use error::ProxyError;
@@ -84,3 +88,4 @@ pub use server::{serve, serve_with, ServeOptions};
 pub use settings::ProxySettings;
 pub use tls::{CertKeyFiles, Tls, TlsError};
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};
+pub use workers::Workers;

@@ -1,6 +1,11 @@
 //! Keep-alive connections to one upstream: a small LIFO stack of idle HTTP/1.1
 //! senders, plus opening new ones. Each [`crate::Upstream`] owns its own
 //! pool, so connections never cross releases and vanish with their upstream.
+//!
+//! A pool keeps one stack per proxy worker thread ([`crate::Workers`]): a
+//! connection's socket is registered with the event loop of the thread that
+//! opened it, and used from another thread every readiness event would
+//! cross threads (two wake-ups, and a wait whenever its own loop is busy).
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,8 +21,11 @@ use crate::body::RequestBody;
 /// The sending half of one HTTP/1.1 connection to an upstream.
 pub(crate) type PooledConn = SendRequest<RequestBody>;
 
-/// Idle connections kept per upstream; more are closed when they come back.
+/// Idle connections kept per upstream and worker; more are closed when they
+/// come back.
 const MAX_IDLE: usize = 256;
+/// Stacks per pool: workers share one only beyond this many.
+const SHARDS: usize = 16;
 
 /// A connection that can wait in a [`Pool`].
 pub(crate) trait Pooled {
@@ -32,9 +40,9 @@ impl Pooled for PooledConn {
 }
 
 impl Pooled for Box<crate::h1::Conn> {
-    /// Unknown without a syscall (readiness stays set after the last read):
-    /// a connection the upstream closed meanwhile shows as a close before
-    /// the response, and the (idempotent) request goes out again.
+    /// Unknown without a syscall, which every request would pay for: a
+    /// connection the upstream closed meanwhile shows as a close before the
+    /// response, and the (idempotent) request goes out again.
     fn is_closed(&mut self) -> bool {
         false
     }
@@ -42,13 +50,13 @@ impl Pooled for Box<crate::h1::Conn> {
 
 #[derive(Debug)]
 pub(crate) struct Pool<C = PooledConn> {
-    idle: Mutex<Vec<IdleConn<C>>>,
+    shards: [Mutex<Vec<IdleConn<C>>>; SHARDS],
 }
 
 impl<C> Default for Pool<C> {
     fn default() -> Self {
         Pool {
-            idle: Mutex::new(Vec::new()),
+            shards: std::array::from_fn(|_| Mutex::new(Vec::new())),
         }
     }
 }
@@ -67,9 +75,9 @@ pub(crate) struct Taken<C = PooledConn> {
 }
 
 impl<C: Pooled> Pool<C> {
+    /// The calling worker's stack.
     fn lock(&self) -> MutexGuard<'_, Vec<IdleConn<C>>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards[crate::workers::current() % SHARDS])
     }
 
     /// The most recently used idle connection that is still open.
@@ -110,13 +118,20 @@ impl<C: Pooled> Pool<C> {
 
     /// Closes every idle connection.
     pub(crate) fn clear(&self) {
-        let idle = std::mem::take(&mut *self.lock());
-        drop(idle);
+        for shard in &self.shards {
+            let idle = std::mem::take(&mut *lock(shard));
+            drop(idle);
+        }
     }
 
     pub(crate) fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
+}
+
+fn lock<T>(shard: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the Vec inconsistent.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Why a new upstream connection could not be opened.

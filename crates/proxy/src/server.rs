@@ -28,6 +28,7 @@ use crate::router::Router;
 use crate::server_h1::{self, ClientIo, Prefixed};
 use crate::settings::ProxySettings;
 use crate::tls::Tls;
+use crate::workers::Workers;
 
 /// Pause after an accept error caused by resource exhaustion (e.g. too many
 /// open files): retrying at once would spin. Nothing signals when a
@@ -70,6 +71,9 @@ pub struct ServeOptions {
     /// redirect (308) to `https://` on this port, except ACME HTTP-01
     /// challenges (`/.well-known/acme-challenge/`), which are proxied.
     pub redirect_https: Option<u16>,
+    /// Accept and serve connections on these worker threads, each with its
+    /// own event loop; `None`: on the runtime that calls [`serve_with`].
+    pub workers: Option<Workers>,
 }
 
 /// [`serve`] with [`ServeOptions`].
@@ -92,21 +96,88 @@ pub async fn serve_with(
             HeaderValue::from_static("http")
         },
     });
-    let tls = options.tls;
-    let builder = Arc::new(connection_builder());
-    // Every connection task holds a receiver: shutdown flips the value and
-    // then waits until all receivers are gone.
+    let acceptor = Arc::new(Acceptor {
+        shared,
+        tls: options.tls,
+        builder: connection_builder(),
+    });
+    // Accept loops and connection tasks each hold a receiver: shutdown
+    // flips the value and then waits until all receivers are gone.
     let (stop, stopped) = watch::channel(false);
-    tokio::pin!(shutdown);
+    let mut loops = Vec::new();
+    // Held until every connection has ended: the last clone of the workers
+    // stops their threads.
+    let workers = options.workers;
+    match &workers {
+        None => {
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&acceptor),
+                stopped.clone(),
+            )));
+        }
+        Some(workers) => {
+            // Every worker polls its own registration of one listening
+            // socket; the kernel hands each connection to one of them.
+            let shared_socket = listener.into_std().map_err(ProxyError::Listener)?;
+            for handle in workers.handles() {
+                let socket = shared_socket.try_clone().map_err(ProxyError::Listener)?;
+                let acceptor = Arc::clone(&acceptor);
+                let stopped = stopped.clone();
+                loops.push(handle.spawn(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_loop(listener, acceptor, stopped).await,
+                        Err(e) => {
+                            tracing::error!(%local, error = %e, "a proxy worker cannot accept connections");
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    drop(stopped);
     tracing::debug!(%local, "proxy accepting connections");
+    shutdown.await;
+    stop.send_replace(true);
+    for accepting in loops {
+        // A panicking accept loop has nothing left to clean up here.
+        let _ = accepting.await;
+    }
+    tracing::debug!(%local, connections = stop.receiver_count(), "proxy shutting down; finishing in-flight requests");
+    stop.closed().await;
+    drop(workers);
+    Ok(())
+}
+
+/// What every connection of one listener is served with.
+struct Acceptor {
+    shared: Arc<Shared>,
+    tls: Option<Tls>,
+    builder: Http2Builder<TokioExecutor>,
+}
+
+/// Accepts connections until `stopped` turns true, each served on its own
+/// task of the current runtime.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Arc<Acceptor>,
+    stopped: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    let mut stopping = stopped.clone();
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            _ = async { drop(stopping.wait_for(|stop| *stop).await) } => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => spawn_connection(&builder, &shared, tls.as_ref(), &stopped, stream, peer),
+                Ok((stream, peer)) => {
+                    spawn_connection(&acceptor, &stopped, stream, peer);
+                    // One connection per turn: other workers woken for the
+                    // same burst of connections get their share.
+                    tokio::task::yield_now().await;
+                }
                 Err(e) => {
-                    tracing::warn!(%local, error = %e, "accepting a connection failed");
+                    tracing::warn!(?local, error = %e, "accepting a connection failed");
                     if is_resource_exhaustion(&e) {
                         tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     }
@@ -114,12 +185,6 @@ pub async fn serve_with(
             },
         }
     }
-    drop(listener);
-    drop(stopped);
-    tracing::debug!(%local, connections = stop.receiver_count(), "proxy shutting down; finishing in-flight requests");
-    stop.send_replace(true);
-    stop.closed().await;
-    Ok(())
 }
 
 /// hyper's HTTP/2 server (h2c with prior knowledge, or h2 over TLS).
@@ -137,9 +202,7 @@ const H2_PREFACE_START: &[u8] = b"PRI ";
 
 /// Serves one client connection on its own task.
 fn spawn_connection(
-    builder: &Arc<Http2Builder<TokioExecutor>>,
-    shared: &Arc<Shared>,
-    tls: Option<&Tls>,
+    acceptor: &Arc<Acceptor>,
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -148,25 +211,26 @@ fn spawn_connection(
         tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
     }
     let ctx = Arc::new(ConnCtx {
-        shared: Arc::clone(shared),
+        shared: Arc::clone(&acceptor.shared),
         client_ip: headers::client_ip_value(peer.ip()),
         activity: Arc::new(ConnActivity::default()),
     });
-    let builder = Arc::clone(builder);
+    let acceptor = Arc::clone(acceptor);
     let stopped = stopped.clone();
-    let acceptor = tls.map(|tls| tls.acceptor().clone());
     let metrics = crate::metrics::global();
     metrics
         .client_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         let _open = ClientConnection(metrics);
-        match acceptor {
-            None => serve_plain(stream, ctx, &builder, stopped, peer).await,
+        let builder = &acceptor.builder;
+        match acceptor.tls.as_ref() {
+            None => serve_plain(stream, ctx, builder, stopped, peer).await,
             // Boxed, like HTTP/2 below: the task of a plain HTTP/1.1
             // connection stays the size of what it needs.
-            Some(acceptor) => {
-                Box::pin(serve_tls(stream, acceptor, ctx, &builder, stopped, peer)).await
+            Some(tls) => {
+                let tls = tls.acceptor().clone();
+                Box::pin(serve_tls(stream, tls, ctx, builder, stopped, peer)).await
             }
         }
     });

@@ -84,24 +84,58 @@ async fn switch_sends_every_new_request_on_a_keepalive_connection_to_the_new_ups
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_many_switches_under_keepalive_load() {
-    const CLIENTS: usize = 8;
-    const SWITCHES: usize = 50;
-    const MAX_REQUESTS_PER_CLIENT: usize = 50_000;
-
     let router = Router::new(vec![("web".into(), vec!["*".into()])]);
-    let mut backend = release_backend(0).await;
+    let backend = release_backend(0).await;
     router.set_live(
         "web",
         Some(Upstream::new("web", "blue", "r0", backend.addr)),
     );
     let proxy = Proxy::start(router.clone(), fast_settings()).await;
+    switches_under_keepalive_load_fail_no_request(router, backend, proxy.addr).await;
+}
+
+/// The same with the proxy's own worker threads (each client connection and
+/// its upstream connections live on one of them), as in `cutover serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_across_many_switches_on_proxy_worker_threads() {
+    let router = Router::new(vec![("web".into(), vec!["*".into()])]);
+    let backend = release_backend(0).await;
+    router.set_live(
+        "web",
+        Some(Upstream::new("web", "blue", "r0", backend.addr)),
+    );
+    let mut proxy = Proxy::start_on_workers(router.clone(), fast_settings(), 3).await;
+    let addr = proxy.addr;
+    switches_under_keepalive_load_fail_no_request(router, backend, addr).await;
+
+    // Shutdown with workers: accepting stops and the serve call returns.
+    proxy.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(10), proxy.task)
+        .await
+        .expect("serve returns after shutdown")
+        .expect("serve task")
+        .expect("serve ends cleanly");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}
+
+async fn switches_under_keepalive_load_fail_no_request(
+    router: Router,
+    mut backend: Backend,
+    proxy: std::net::SocketAddr,
+) {
+    const CLIENTS: usize = 8;
+    const SWITCHES: usize = 50;
+    const MAX_REQUESTS_PER_CLIENT: usize = 50_000;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), proxy.addr);
+        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), proxy);
         clients.push(tokio::spawn(async move {
             let mut client = Client::connect(addr).await;
             for _ in 0..MAX_REQUESTS_PER_CLIENT {

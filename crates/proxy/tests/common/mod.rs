@@ -140,13 +140,35 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(router: Router, settings: ProxySettings) -> Proxy {
+        Proxy::start_with(router, settings, cutover_proxy::ServeOptions::default()).await
+    }
+
+    /// Serving on `count` worker threads of its own, as `cutover serve` does.
+    pub async fn start_on_workers(router: Router, settings: ProxySettings, count: usize) -> Proxy {
+        let workers = cutover_proxy::Workers::start(
+            std::num::NonZeroUsize::new(count).expect("at least one worker"),
+        )
+        .expect("start workers");
+        let options = cutover_proxy::ServeOptions {
+            workers: Some(workers),
+            ..Default::default()
+        };
+        Proxy::start_with(router, settings, options).await
+    }
+
+    pub async fn start_with(
+        router: Router,
+        settings: ProxySettings,
+        options: cutover_proxy::ServeOptions,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cutover_proxy::serve(
+        let task = tokio::spawn(cutover_proxy::serve_with(
             listener,
             router,
             settings,
+            options,
             async move {
                 let _ = rx.await;
             },
