@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,11 @@ use http::HeaderValue;
 use hyper::server::conn::http2::Builder as Http2Builder;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::access_log::AccessLog;
 use crate::body::ClientBody;
@@ -104,37 +107,32 @@ pub async fn serve_with(
     // Accept loops and connection tasks each hold a receiver: shutdown
     // flips the value and then waits until all receivers are gone.
     let (stop, stopped) = watch::channel(false);
-    let mut loops = Vec::new();
     // Held until every connection has ended: the last clone of the workers
     // stops their threads.
     let workers = options.workers;
-    match &workers {
-        None => {
-            loops.push(tokio::spawn(accept_loop(
-                listener,
-                Arc::clone(&acceptor),
-                stopped.clone(),
-            )));
-        }
-        Some(workers) => {
-            // Every worker polls its own registration of one listening
-            // socket; the kernel hands each connection to one of them.
-            let shared_socket = listener.into_std().map_err(ProxyError::Listener)?;
-            for handle in workers.handles() {
-                let socket = shared_socket.try_clone().map_err(ProxyError::Listener)?;
-                let acceptor = Arc::clone(&acceptor);
-                let stopped = stopped.clone();
-                loops.push(handle.spawn(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, acceptor, stopped).await,
-                        Err(e) => {
-                            tracing::error!(%local, error = %e, "a proxy worker cannot accept connections");
-                        }
-                    }
-                }));
-            }
-        }
+    // Every accept loop polls its own registration of one listening socket.
+    let socket = listener.into_std().map_err(ProxyError::Listener)?;
+    let handles: Vec<Option<tokio::runtime::Handle>> = match &workers {
+        None => vec![None],
+        Some(workers) => workers.handles().iter().cloned().map(Some).collect(),
+    };
+    let balance = Arc::new(Balance::new(handles.len()));
+    let mut loops = Vec::with_capacity(handles.len());
+    for (slot, handle) in handles.into_iter().enumerate() {
+        let socket = socket.try_clone().map_err(ProxyError::Listener)?;
+        let accepting = accept_loop(
+            socket,
+            Arc::clone(&acceptor),
+            Arc::clone(&balance),
+            slot,
+            stopped.clone(),
+        );
+        loops.push(match handle {
+            Some(handle) => handle.spawn(accepting),
+            None => tokio::spawn(accepting),
+        });
     }
+    drop(socket);
     drop(stopped);
     tracing::debug!(%local, "proxy accepting connections");
     shutdown.await;
@@ -156,33 +154,138 @@ struct Acceptor {
     builder: Http2Builder<TokioExecutor>,
 }
 
+/// Open connections per accept loop, so that the loops of several workers
+/// share the connections out evenly.
+///
+/// Every accept loop is told of every new connection; one that holds more
+/// than its share leaves the connection to the others for a moment, then
+/// takes it if it is still waiting. Without this, the worker that happens
+/// to run first takes a whole burst of connections (a client opening its
+/// pool), and one core serves most keep-alive connections for their whole
+/// life while the other idles.
+struct Balance {
+    open: Box<[AtomicUsize]>,
+    /// Woken whenever a loop accepts a connection.
+    accepted: Notify,
+}
+
+/// Connections over the least loaded loop's count a loop may hold before
+/// it defers.
+const BALANCE_SLACK: usize = 1;
+/// How long a loop over its share leaves a new connection to the others.
+const BALANCE_DEFER: Duration = Duration::from_millis(1);
+
+impl Balance {
+    fn new(loops: usize) -> Balance {
+        Balance {
+            open: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
+            accepted: Notify::new(),
+        }
+    }
+
+    fn over_share(&self, slot: usize) -> bool {
+        let mine = self.open[slot].load(Ordering::Relaxed);
+        let least = self
+            .open
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        mine > least + BALANCE_SLACK
+    }
+
+    fn opened(self: &Arc<Balance>, slot: usize) -> OpenConnection {
+        self.open[slot].fetch_add(1, Ordering::Relaxed);
+        if self.open.len() > 1 {
+            self.accepted.notify_waiters();
+        }
+        OpenConnection {
+            balance: Arc::clone(self),
+            slot,
+        }
+    }
+}
+
+/// One connection counted in its accept loop's share until dropped.
+struct OpenConnection {
+    balance: Arc<Balance>,
+    slot: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.balance.open[self.slot].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until `stopped` turns true, each served on its own
 /// task of the current runtime.
 async fn accept_loop(
-    listener: TcpListener,
+    socket: std::net::TcpListener,
     acceptor: Arc<Acceptor>,
+    balance: Arc<Balance>,
+    slot: usize,
     stopped: watch::Receiver<bool>,
 ) {
-    let local = listener.local_addr().ok();
+    let local = socket.local_addr().ok();
+    // Deprecated because the safe constructor cannot know that the owner
+    // keeps its descriptor; a `std::net::TcpListener` does, for its whole
+    // life (the replacement is `unsafe`, which this workspace forbids).
+    #[allow(deprecated)]
+    let registered = AsyncFd::with_interest(socket, Interest::READABLE);
+    let listener = match registered {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(?local, error = %e, "a proxy worker cannot accept connections");
+            return;
+        }
+    };
     let mut stopping = stopped.clone();
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             biased;
             _ = async { drop(stopping.wait_for(|stop| *stop).await) } => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    spawn_connection(&acceptor, &stopped, stream, peer);
-                    // One connection per turn: other workers woken for the
-                    // same burst of connections get their share.
-                    tokio::task::yield_now().await;
+            accepted = accept(&listener, &balance, slot) => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let open = balance.opened(slot);
+                spawn_connection(&acceptor, &stopped, stream, peer, open);
+            }
+            Err(e) => {
+                tracing::warn!(?local, error = %e, "accepting a connection failed");
+                if is_resource_exhaustion(&e) {
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
-                Err(e) => {
-                    tracing::warn!(?local, error = %e, "accepting a connection failed");
-                    if is_resource_exhaustion(&e) {
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    }
-                }
-            },
+            }
+        }
+    }
+}
+
+/// The next connection, left to the other loops for a moment when this one
+/// holds more than its share.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+    balance: &Balance,
+    slot: usize,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if balance.over_share(slot) {
+            // Until another loop took a connection (perhaps this one), or
+            // briefly: a loop that waited longer could find the others over
+            // their share too, and then nobody would be accepting.
+            let taken = balance.accepted.notified();
+            let _ = tokio::time::timeout(BALANCE_DEFER, taken).await;
+        }
+        match ready.try_io(|listener| listener.get_ref().accept()) {
+            Ok(Ok((stream, peer))) => {
+                stream.set_nonblocking(true)?;
+                return Ok((TcpStream::from_std(stream)?, peer));
+            }
+            Ok(Err(e)) => return Err(e),
+            // Taken by another loop (or none yet): wait for the next one.
+            Err(_would_block) => continue,
         }
     }
 }
@@ -206,6 +309,7 @@ fn spawn_connection(
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
+    open: OpenConnection,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
@@ -222,7 +326,7 @@ fn spawn_connection(
         .client_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
-        let _open = ClientConnection(metrics);
+        let _open = (ClientConnection(metrics), open);
         let builder = &acceptor.builder;
         match acceptor.tls.as_ref() {
             None => serve_plain(stream, ctx, builder, stopped, peer).await,
@@ -388,4 +492,107 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::num::NonZeroUsize;
+
+    /// Two workers' accept loops on one listening socket, as `serve_with`
+    /// runs them, with their shared connection counts.
+    fn two_accept_loops() -> (
+        crate::Workers,
+        SocketAddr,
+        Arc<Balance>,
+        watch::Sender<bool>,
+    ) {
+        let workers = crate::Workers::start(NonZeroUsize::new(2).unwrap()).unwrap();
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let acceptor = Arc::new(Acceptor {
+            shared: Arc::new(Shared {
+                router: Router::new(Vec::new()),
+                settings: ProxySettings::default(),
+                access_log: None,
+                redirect_https: None,
+                proto: HeaderValue::from_static("http"),
+            }),
+            tls: None,
+            builder: connection_builder(),
+        });
+        let balance = Arc::new(Balance::new(2));
+        let (stop, stopped) = watch::channel(false);
+        for (slot, handle) in workers.handles().iter().enumerate() {
+            handle.spawn(accept_loop(
+                socket.try_clone().unwrap(),
+                Arc::clone(&acceptor),
+                Arc::clone(&balance),
+                slot,
+                stopped.clone(),
+            ));
+        }
+        (workers, addr, balance, stop)
+    }
+
+    fn counts(balance: &Balance) -> Vec<usize> {
+        balance
+            .open
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    #[test]
+    fn connections_arriving_together_are_shared_out_between_worker_accept_loops() {
+        const CLIENTS: usize = 40;
+        let (_workers, addr, balance, _stop) = two_accept_loops();
+        // A client opening its pool: a burst of connections that stay open.
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while counts(&balance).iter().sum::<usize>() < CLIENTS {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not all accepted: {:?}",
+                counts(&balance)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let counts = counts(&balance);
+        // Evenly, give or take a loop that was not scheduled within the
+        // deferral on a busy machine; without balancing, the first loop to
+        // run takes nearly all of them.
+        assert!(
+            counts.iter().all(|&n| n >= CLIENTS / 4),
+            "connections per accept loop: {counts:?}"
+        );
+        drop(clients);
+    }
+
+    #[test]
+    fn closed_connections_leave_the_count_of_the_loop_that_accepted_them() {
+        let (_workers, addr, balance, _stop) = two_accept_loops();
+        let clients: Vec<_> = (0..6)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while counts(&balance).iter().sum::<usize>() < 6 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(clients);
+        while counts(&balance).iter().sum::<usize>() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                counts(&balance)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
