@@ -68,6 +68,8 @@ const MAX_HEADERS: usize = 100;
 const HEAD_BUFFER: usize = 4096;
 /// Bytes asked of the transport per body read.
 const BODY_READ: usize = 16 * 1024;
+/// Bytes set aside per response for its head (and a small body).
+const RESPONSE_BUFFER: usize = 512;
 /// A first body frame up to this size is copied behind the response head
 /// so that both go out in one write.
 const COALESCE: usize = 16 * 1024;
@@ -637,7 +639,6 @@ pub(crate) async fn serve(
     let mut timer = Box::pin(tokio::time::sleep_until(deadline(
         settings.header_read_timeout,
     )));
-    let mut out: Vec<u8> = Vec::new();
     let mut first = true;
     loop {
         let head = match read_head(&mut reader, &mut timer, first, &ctx, &mut stopped).await {
@@ -649,110 +650,121 @@ pub(crate) async fn serve(
             }
         };
         first = false;
-        let Head {
-            request,
-            body: framing,
-            keep_alive,
-            expect_continue,
-            upgrade,
-        } = head;
-        let asked = Asked {
-            head_method: request.method() == Method::HEAD,
-            version: request.version(),
-            keep_alive,
-        };
-        let (parts, ()) = request.into_parts();
-
-        // The body reads from the connection while the request is served.
-        let slot: Option<ReaderSlot>;
-        let mut held = None;
-        let body = match framing {
-            RequestFraming::None => {
-                held = Some(reader);
-                slot = None;
-                ClientBody::Empty
-            }
-            framing => {
-                if expect_continue
-                    && write
-                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                let shared: ReaderSlot = Arc::new(Mutex::new(None));
-                slot = Some(shared.clone());
-                ClientBody::Native(NativeBody {
-                    reader: Some(reader),
-                    state: match framing {
-                        RequestFraming::Exact(n) => BodyState::Exact(n),
-                        _ => BodyState::Chunked(Chunked::Size),
-                    },
-                    slot: shared,
-                })
-            }
-        };
-        let mut request = Request::from_parts(parts, body);
-        let mut upgraded_tx = None;
-        if upgrade && held.is_some() {
-            let (tx, rx) = oneshot::channel();
-            request
-                .extensions_mut()
-                .insert(NativeUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            upgraded_tx = Some(tx);
-        }
-
-        let active = ctx.activity.begin();
-        // Boxed: a task's size is that of its largest state, and serving a
-        // request is large; an idle connection should not pay for it.
-        let exchange = Box::pin(async {
-            let response = forward::handle(Arc::clone(&ctx), active, request).await;
-            let closing = *stopped.borrow();
-            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            let written = write_response(&mut write, &mut out, response, &asked, closing).await;
-            (switching, written)
-        });
-        let (switching, keep) = match exchange.await {
-            (switching, Ok(keep)) => (switching, keep),
-            (_, Err(e)) => {
-                tracing::debug!(error = %e, "writing a response to the client failed");
-                return;
-            }
-        };
-        if switching {
-            if let (Some(tx), Some(reader)) = (upgraded_tx.take(), held.take()) {
-                if let Some(io) = ClientIo::rejoin(reader.io, write) {
-                    let _ = tx.send(Upgraded {
-                        prefix: reader.buf.freeze(),
-                        io,
-                    });
-                }
-            }
-            return;
-        }
-        // The next request needs the connection back from the body; a body
-        // not read to its end leaves the connection out of step: close.
-        let back = match (held, slot) {
-            (Some(reader), _) => Some(reader),
-            (None, Some(slot)) => slot.lock().unwrap_or_else(PoisonError::into_inner).take(),
-            (None, None) => None,
-        };
-        let (true, Some(back)) = (keep, back) else {
-            let _ = write.shutdown().await;
+        // Boxed: what serving a request needs is large, and only exists
+        // while one is served; an idle connection's task stays small.
+        let served = Box::pin(serve_request(head, reader, write, &ctx, &stopped)).await;
+        let Some((back, same)) = served else {
             return;
         };
         reader = back;
+        write = same;
         if reader.buf.is_empty() {
             // An idle connection keeps no buffer.
             reader.buf = BytesMut::new();
         }
-        out = if out.capacity() > 2048 {
-            Vec::new()
-        } else {
-            out
-        };
     }
+}
+
+/// Serves one request whose head was read: its body is read from `reader`
+/// while the request is forwarded, and the response written to `write`.
+/// Returns both when the connection goes on with another request.
+async fn serve_request(
+    head: Head,
+    reader: Reader,
+    mut write: WriteSide,
+    ctx: &Arc<ConnCtx>,
+    stopped: &watch::Receiver<bool>,
+) -> Option<(Reader, WriteSide)> {
+    let Head {
+        request,
+        body: framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    } = head;
+    let asked = Asked {
+        head_method: request.method() == Method::HEAD,
+        version: request.version(),
+        keep_alive,
+    };
+    let (parts, ()) = request.into_parts();
+
+    // The body reads from the connection while the request is served.
+    let slot: Option<ReaderSlot>;
+    let mut held = None;
+    let body = match framing {
+        RequestFraming::None => {
+            held = Some(reader);
+            slot = None;
+            ClientBody::Empty
+        }
+        framing => {
+            if expect_continue
+                && write
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return None;
+            }
+            let shared: ReaderSlot = Arc::new(Mutex::new(None));
+            slot = Some(shared.clone());
+            ClientBody::Native(NativeBody {
+                reader: Some(reader),
+                state: match framing {
+                    RequestFraming::Exact(n) => BodyState::Exact(n),
+                    _ => BodyState::Chunked(Chunked::Size),
+                },
+                slot: shared,
+            })
+        }
+    };
+    let mut request = Request::from_parts(parts, body);
+    let mut upgraded_tx = None;
+    if upgrade && held.is_some() {
+        let (tx, rx) = oneshot::channel();
+        request
+            .extensions_mut()
+            .insert(NativeUpgrade(Arc::new(Mutex::new(Some(rx)))));
+        upgraded_tx = Some(tx);
+    }
+
+    let active = ctx.activity.begin();
+    let response = forward::handle(Arc::clone(ctx), active, request).await;
+    let closing = *stopped.borrow();
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // Room for a typical response head and a small body in one write.
+    let mut out = Vec::with_capacity(RESPONSE_BUFFER);
+    let keep = match write_response(&mut write, &mut out, response, &asked, closing).await {
+        Ok(keep) => keep,
+        Err(e) => {
+            tracing::debug!(error = %e, "writing a response to the client failed");
+            return None;
+        }
+    };
+    if switching {
+        if let (Some(tx), Some(reader)) = (upgraded_tx.take(), held.take()) {
+            if let Some(io) = ClientIo::rejoin(reader.io, write) {
+                let _ = tx.send(Upgraded {
+                    prefix: reader.buf.freeze(),
+                    io,
+                });
+            }
+        }
+        return None;
+    }
+    // The next request needs the connection back from the body; a body
+    // not read to its end leaves the connection out of step: close.
+    let back = match (held, slot) {
+        (Some(reader), _) => Some(reader),
+        (None, Some(slot)) => slot.lock().unwrap_or_else(PoisonError::into_inner).take(),
+        (None, None) => None,
+    };
+    let (true, Some(back)) = (keep, back) else {
+        let _ = write.shutdown().await;
+        return None;
+    };
+    Some((back, write))
 }
 
 fn deadline(after: Duration) -> Instant {
