@@ -545,6 +545,15 @@ impl LeanBody {
     }
 }
 
+/// The part of a body of `remaining` bytes that is in `buf` (not empty),
+/// and how many bytes of the body are left after it.
+pub(crate) fn split_body_part(buf: &mut BytesMut, remaining: u64) -> (Bytes, u64) {
+    let n = buf
+        .len()
+        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+    (buf.split_to(n).freeze(), remaining - n as u64)
+}
+
 fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
@@ -573,12 +582,7 @@ impl Body for LeanBody {
                 BodyState::Done => return Poll::Ready(None),
                 BodyState::Exact(remaining) => {
                     if !conn.buf.is_empty() {
-                        let n = conn
-                            .buf
-                            .len()
-                            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                        let data = conn.buf.split_to(n).freeze();
-                        let left = remaining - n as u64;
+                        let (data, left) = split_body_part(&mut conn.buf, remaining);
                         this.state = if left == 0 {
                             BodyState::Done
                         } else {

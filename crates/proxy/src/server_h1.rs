@@ -381,12 +381,8 @@ impl Body for NativeBody {
                 }
                 BodyState::Exact(remaining) => {
                     if !reader.buf.is_empty() {
-                        let n = reader
-                            .buf
-                            .len()
-                            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                        let data = reader.buf.split_to(n).freeze();
-                        this.state = BodyState::Exact(remaining - n as u64);
+                        let (data, left) = h1::split_body_part(&mut reader.buf, remaining);
+                        this.state = BodyState::Exact(left);
                         if this.state == BodyState::Exact(0) {
                             this.done();
                         }

@@ -84,12 +84,7 @@ async fn switch_sends_every_new_request_on_a_keepalive_connection_to_the_new_ups
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_many_switches_under_keepalive_load() {
-    let router = Router::new(vec![("web".into(), vec!["*".into()])]);
-    let backend = release_backend(0).await;
-    router.set_live(
-        "web",
-        Some(Upstream::new("web", "blue", "r0", backend.addr)),
-    );
+    let (router, backend) = web_live_on_release_0().await;
     let proxy = Proxy::start(router.clone(), fast_settings()).await;
     switches_under_keepalive_load_fail_no_request(router, backend, proxy.addr).await;
 }
@@ -98,12 +93,7 @@ async fn no_request_fails_across_many_switches_under_keepalive_load() {
 /// its upstream connections live on one of them), as in `cutover serve`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_many_switches_on_proxy_worker_threads() {
-    let router = Router::new(vec![("web".into(), vec!["*".into()])]);
-    let backend = release_backend(0).await;
-    router.set_live(
-        "web",
-        Some(Upstream::new("web", "blue", "r0", backend.addr)),
-    );
+    let (router, backend) = web_live_on_release_0().await;
     let mut proxy = Proxy::start_on_workers(router.clone(), fast_settings(), 3).await;
     let addr = proxy.addr;
     switches_under_keepalive_load_fail_no_request(router, backend, addr).await;
@@ -119,6 +109,17 @@ async fn no_request_fails_across_many_switches_on_proxy_worker_threads() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the listener is closed after shutdown"
     );
+}
+
+/// App `web` on every host, live on release `r0`.
+async fn web_live_on_release_0() -> (Router, Backend) {
+    let router = Router::new(vec![("web".into(), vec!["*".into()])]);
+    let backend = release_backend(0).await;
+    router.set_live(
+        "web",
+        Some(Upstream::new("web", "blue", "r0", backend.addr)),
+    );
+    (router, backend)
 }
 
 async fn switches_under_keepalive_load_fail_no_request(
