@@ -184,9 +184,12 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
     } else {
         apps.join(", ")
     };
-    let serving = match &config.proxy.nginx {
-        Some(nginx) => format!("through nginx ({})", nginx.conf.display()),
-        None => bound.join(", "),
+    let serving = match (&config.proxy.nginx, &options.workers) {
+        (Some(nginx), _) => format!("through nginx ({})", nginx.conf.display()),
+        (None, Some(workers)) => {
+            format!("{} on {} proxy workers", bound.join(", "), workers.count())
+        }
+        (None, None) => bound.join(", "),
     };
     let line = format!(
         "cutover serving {serving} (apps: {apps}){webhook_line}, admin socket {}",
