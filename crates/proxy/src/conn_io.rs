@@ -1,8 +1,9 @@
-//! Client connection timeouts, enforced by wrapping the socket.
-//!
-//! hyper's own `header_read_timeout` also runs while a keep-alive connection
-//! waits for its next request, so it cannot tell a slow header sender from
-//! an idle client. [`TimedIo`] keeps the two apart:
+//! Client connection timeouts, enforced by wrapping the socket, for what
+//! `server_h1` does not time itself: the TLS handshake (the wrapper stays
+//! under the TLS stream afterwards, where its clocks agree with
+//! `server_h1`'s), and HTTP/2 connections (hyper serves them, and its own
+//! timeouts cannot tell a slow header sender from an idle client).
+//! [`TimedIo`] keeps the two apart:
 //!
 //! - **headers**: from the connection's start, or from the first byte of a
 //!   later request, until the request head is complete:
@@ -32,9 +33,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-
-/// How an HTTP/2 connection starts (RFC 9113 section 3.4).
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// Requests of one client connection, as seen by the service.
 #[derive(Debug, Default)]
@@ -83,13 +81,11 @@ pub(crate) struct TimedIo {
     phase: Phase,
     /// `started` when the phase was last derived.
     seen_started: u64,
-    /// An HTTP/2 connection (it began with the h2 preface): bytes between
+    /// An HTTP/2 connection ([`TimedIo::set_multiplexed`]): bytes between
     /// requests are frames of the connection itself (pings, settings,
     /// window updates), not the start of a request head, so they do not end
     /// the idle phase.
     multiplexed: bool,
-    /// No byte has been read yet.
-    fresh: bool,
     /// Fires at or before the current phase's deadline.
     timer: Pin<Box<Sleep>>,
 }
@@ -117,13 +113,12 @@ impl TimedIo {
             phase: Phase::Headers(Some(deadline)),
             seen_started: 0,
             multiplexed: false,
-            fresh: true,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 
-    /// Marks the connection as HTTP/2 (negotiated by ALPN, where the
-    /// preface cannot be seen under TLS).
+    /// Marks the connection as HTTP/2 (its preface seen by the server, or
+    /// `h2` negotiated by ALPN).
     pub(crate) fn set_multiplexed(&mut self) {
         self.multiplexed = true;
     }
@@ -193,10 +188,6 @@ impl AsyncRead for TimedIo {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
-                if this.fresh && !read.is_empty() {
-                    this.fresh = false;
-                    this.multiplexed = read.starts_with(H2_PREFACE_START);
-                }
                 if !read.is_empty() && !this.multiplexed && matches!(this.phase, Phase::Idle(_)) {
                     this.phase = Phase::Headers(None);
                 }
