@@ -435,7 +435,7 @@ impl Validator<'_> {
         };
         let workers = match raw.workers.as_ref() {
             None => None,
-            Some(value) => Some(self.workers(value)?).flatten(),
+            Some(value) => self.workers(value)?,
         };
         let nginx = if nginx_mode {
             Some(crate::nginx::validate(

@@ -34,6 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::settings::deadline_after;
+
 /// Requests of one client connection, as seen by the service.
 #[derive(Debug, Default)]
 pub(crate) struct ConnActivity {
@@ -88,13 +90,6 @@ pub(crate) struct TimedIo {
     multiplexed: bool,
     /// Fires at or before the current phase's deadline.
     timer: Pin<Box<Sleep>>,
-}
-
-/// `now + timeout`, saturating far in the future.
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 impl TimedIo {

@@ -33,6 +33,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::settings::deadline_after;
+
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers a response head may have.
@@ -105,11 +107,7 @@ impl Conn {
         if let Err(e) = self.stream.write_all(&self.head).await {
             return Err(closed_or_io(e, true));
         }
-        self.timer.as_mut().reset(
-            Instant::now()
-                .checked_add(timeout)
-                .unwrap_or_else(far_future),
-        );
+        self.timer.as_mut().reset(deadline_after(timeout));
         let head_only = *req.method() == Method::HEAD;
         loop {
             match self.read_head(timeout).await? {
@@ -158,10 +156,6 @@ impl Conn {
             received = true;
         }
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// An I/O error: before any response byte, a close of the connection is
@@ -527,10 +521,7 @@ impl LeanBody {
         let clean = self.state == BodyState::Done && self.reusable;
         let conn = self.conn.take()?;
         // Bytes after the response: the upstream is out of step; do not reuse.
-        if !clean || !conn.buf.is_empty() {
-            return None;
-        }
-        Some(conn)
+        (clean && conn.buf.is_empty()).then_some(conn)
     }
 
     pub(crate) fn is_done(&self) -> bool {

@@ -39,7 +39,7 @@ use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -53,12 +53,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Rea
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::body::{ClientBody, ResponseBody};
 use crate::conn_io::TimedIo;
 use crate::forward::{self, ConnCtx};
 use crate::h1::{self, Chunked, Step};
+use crate::settings::deadline_after;
 
 /// Largest request head.
 const MAX_HEAD: usize = 64 * 1024;
@@ -632,7 +633,7 @@ pub(crate) async fn serve(
         io: read,
         buf: prefix,
     };
-    let mut timer = Box::pin(tokio::time::sleep_until(deadline(
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline_after(
         settings.header_read_timeout,
     )));
     let mut first = true;
@@ -763,12 +764,6 @@ async fn serve_request(
     Some((back, write))
 }
 
-fn deadline(after: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
 /// Waits for and reads the next request head. `Ok(None)`: the connection
 /// is done (EOF, idle or header timeout, shutdown while idle).
 async fn read_head(
@@ -784,7 +779,7 @@ async fn read_head(
     // the header clock only if that byte did not bring a whole head (moving
     // a deadline earlier costs a timer re-registration; later is cheap).
     let mut header_clock = first || !reader.buf.is_empty();
-    timer.as_mut().reset(deadline(if header_clock {
+    timer.as_mut().reset(deadline_after(if header_clock {
         settings.header_read_timeout
     } else {
         settings.idle_timeout
@@ -796,7 +791,9 @@ async fn read_head(
             }
             if !header_clock {
                 header_clock = true;
-                timer.as_mut().reset(deadline(settings.header_read_timeout));
+                timer
+                    .as_mut()
+                    .reset(deadline_after(settings.header_read_timeout));
             }
         } else if !header_clock {
             // Idle: wait without a buffer.

@@ -32,3 +32,11 @@ impl Default for ProxySettings {
         }
     }
 }
+
+/// `now + timeout` on tokio's clock, saturating far in the future (a
+/// configured timeout may be huge).
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
