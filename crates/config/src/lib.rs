@@ -19,6 +19,7 @@
 
 pub mod docker;
 pub mod error;
+pub mod git_ref;
 pub mod model;
 pub mod nginx;
 mod raw;

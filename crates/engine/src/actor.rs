@@ -1,56 +1,26 @@
 //! The per-app actor: owns the app's live release, runs one job (a
 //! deployment, or the health gate after a restart) at a time, queues the
-//! rest, collapses bursts and answers status.
+//! rest, collapses bursts and answers status. On shutdown it brings its
+//! job to a safe point (see [`Actor::stop_at_safe_point`]) before it ends.
 
-use crate::deployment::{self, DeploymentJob, Outcome, Standby};
-use crate::engine::{blocking, AppStatus, DeployRequest, LiveHealth};
+use crate::blocking::blocking;
+use crate::cancel::{self, Canceller, Interrupt};
+use crate::context::{AppContext, LiveRelease, Standby};
+use crate::deployment::{self, DeploymentJob, Outcome};
 use crate::error::EngineError;
-use crate::events::EventBus;
-use crate::front::Front;
 use crate::health;
+use crate::journal::Journal;
+use crate::model::{state_of, AppStatus, DeployRequest, LiveHealth, Trigger};
 use crate::recovery::{self, Recovered};
-use cutover_config::{AppConfig, Promotion, Slot};
-use cutover_drivers::{Driver, ExitWatch};
-use cutover_proxy::Upstream;
-use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord, Store};
+use crate::slots;
+use cutover_config::Promotion;
+use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-
-/// What every part of an app's control plane shares.
-#[derive(Clone)]
-pub(crate) struct AppContext {
-    pub app: Arc<AppConfig>,
-    /// Where hooks and verification commands run: the config file's directory.
-    pub work_dir: PathBuf,
-    pub logs_dir: PathBuf,
-    pub driver: Arc<dyn Driver>,
-    pub store: Store,
-    /// Where traffic enters: the built-in proxy or nginx.
-    pub front: Front,
-    pub events: EventBus,
-}
-
-impl AppContext {
-    pub(crate) fn name(&self) -> &str {
-        &self.app.name
-    }
-}
-
-/// The release serving an app's traffic.
-#[derive(Clone)]
-pub(crate) struct LiveRelease {
-    pub slot: Slot,
-    pub release: ReleaseRecord,
-    pub runtime_id: String,
-    pub addr: SocketAddr,
-    pub upstream: Arc<Upstream>,
-    pub exited: ExitWatch,
-}
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
@@ -75,7 +45,14 @@ pub(crate) enum Command {
     Status {
         reply: Reply<AppStatus>,
     },
-    Shutdown,
+}
+
+/// How the daemon's stop reaches an actor, mini-redis style: one signal
+/// broadcast to every actor, and a completion sender each actor holds
+/// until it has stopped (the engine waits for the last one to drop).
+pub(crate) struct Lifecycle {
+    pub shutdown: watch::Receiver<bool>,
+    pub stopped: mpsc::Sender<()>,
 }
 
 pub(crate) struct ActorHandle {
@@ -100,7 +77,7 @@ enum Job {
 
 struct RunningDeployment {
     record: DeploymentRecord,
-    cancel: watch::Sender<bool>,
+    cancel: Canceller,
     promote: watch::Sender<bool>,
     committed: Arc<AtomicBool>,
     task: JoinHandle<Outcome>,
@@ -119,7 +96,11 @@ struct Actor {
     monitor: Option<JoinHandle<()>>,
 }
 
-pub(crate) fn spawn(context: AppContext, recovered: Recovered) -> ActorHandle {
+pub(crate) fn spawn(
+    context: AppContext,
+    recovered: Recovered,
+    lifecycle: Lifecycle,
+) -> ActorHandle {
     let (commands, receiver) = mpsc::channel(64);
     let mut actor = Actor {
         context,
@@ -135,7 +116,7 @@ pub(crate) fn spawn(context: AppContext, recovered: Recovered) -> ActorHandle {
         let context = actor.context.clone();
         actor.job = Some(Job::Gate(tokio::spawn(recovery::gate(context, live))));
     }
-    tokio::spawn(actor.run(receiver));
+    tokio::spawn(actor.run(receiver, lifecycle));
     ActorHandle { commands }
 }
 
@@ -144,11 +125,13 @@ const HEALTH_OK: u8 = 1;
 const HEALTH_BAD: u8 = 2;
 
 impl Actor {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut lifecycle: Lifecycle) {
         loop {
             tokio::select! {
+                // A dropped engine stops the actor as a shutdown does.
+                () = shutdown_requested(&mut lifecycle.shutdown) => break,
                 command = commands.recv() => match command {
-                    None | Some(Command::Shutdown) => break,
+                    None => break,
                     Some(command) => self.handle(command).await,
                 },
                 finished = wait_job(&mut self.job) => {
@@ -158,8 +141,42 @@ impl Actor {
                 }
             }
         }
+        self.stop_at_safe_point().await;
+        drop(lifecycle.stopped);
+    }
+
+    /// The daemon is stopping. Waiting deployments are recorded as aborted;
+    /// a running one is interrupted: before its commit it halts at its
+    /// current step (new release stopped, reason recorded, live release
+    /// untouched), after it (draining) it finishes. The recovery health
+    /// gate is simply dropped: the next start checks again. Releases keep
+    /// running; the engine bounds how long this may take.
+    async fn stop_at_safe_point(&mut self) {
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();
+        }
+        let reason = format!(
+            "{} before it started; nothing changed",
+            Interrupt::Shutdown.reason()
+        );
+        for queued in std::mem::take(&mut self.queue) {
+            self.transition(queued.record.id, DeploymentState::Aborted, &reason)
+                .await;
+        }
+        match self.job.take() {
+            Some(Job::Gate(task)) => task.abort(),
+            Some(Job::Deployment(running)) => {
+                tracing::info!(app = %self.context.name(), deployment = running.record.id,
+                    "shutting down: bringing the running deployment to a safe point");
+                running.cancel.interrupt(Interrupt::Shutdown);
+                if let Err(e) = running.task.await {
+                    tracing::error!(app = %self.context.name(), "the deployment task ended abnormally: {e}");
+                }
+            }
+            Some(Job::Retire(task)) => {
+                let _ = task.await;
+            }
+            None => {}
         }
     }
 
@@ -181,7 +198,6 @@ impl Actor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status().await);
             }
-            Command::Shutdown => {}
         }
     }
 
@@ -272,7 +288,7 @@ impl Actor {
             .ok_or_else(|| EngineError::NothingToRollBack(self.context.name().to_string()))?;
         let request = DeployRequest {
             version,
-            trigger: "rollback".to_string(),
+            trigger: Trigger::ROLLBACK.to_string(),
             force: true,
             source: None,
         };
@@ -289,7 +305,7 @@ impl Actor {
                         running.record.id
                     )));
                 }
-                let _ = running.cancel.send(true);
+                running.cancel.interrupt(Interrupt::Abort);
                 Ok(running.record.clone())
             }
             _ => Err(EngineError::NothingInProgress {
@@ -312,7 +328,7 @@ impl Actor {
         let record = blocking(move || store.deployment(id))
             .await?
             .ok_or(EngineError::UnknownDeployment(id))?;
-        if record.state != DeploymentState::AwaitingPromotion.as_str() {
+        if state_of(&record) != Some(DeploymentState::AwaitingPromotion) {
             return Err(EngineError::Conflict(format!(
                 "deployment {id} of {name} is `{}`, not awaiting promotion{}",
                 record.state,
@@ -351,7 +367,7 @@ impl Actor {
             let context = self.context.clone();
             tracing::info!(app = %context.name(), slot = %standby.slot, "keep_old ended: stopping the idle {}", standby.release.version);
             self.job = Some(Job::Retire(tokio::spawn(async move {
-                deployment::stop_slot(&context, standby.slot, &standby.runtime_id).await;
+                slots::stop(&context, standby.slot, &standby.runtime_id).await;
             })));
         }
     }
@@ -430,26 +446,28 @@ impl Actor {
             let Some(next) = self.queue.pop_front() else {
                 return;
             };
-            let (cancel, cancelled) = watch::channel(false);
+            let (cancel, cancel_signal) = cancel::channel();
             let (promote, promoted) = watch::channel(false);
             let committed = Arc::new(AtomicBool::new(false));
+            let trigger = Trigger::of(&next.record);
             // A rollback to the release kept idle is instant; any other
             // deployment takes over its slot (and stops it there).
             let standby = self.standby.take().filter(|standby| {
-                next.record.trigger == "rollback"
-                    && next.record.release_id == Some(standby.release.id)
+                trigger == Trigger::Rollback && next.record.release_id == Some(standby.release.id)
             });
             let job = DeploymentJob {
+                journal: Journal::new(&self.context, next.record.id),
                 context: self.context.clone(),
                 record: next.record.clone(),
+                trigger,
                 force: next.force,
                 live: self.live.clone(),
-                cancelled,
+                cancel: cancel_signal,
                 promoted,
                 committed: committed.clone(),
-                standby,
+                started_at: Instant::now(),
             };
-            let task = tokio::spawn(deployment::run(job));
+            let task = tokio::spawn(deployment::run(job, standby));
             self.job = Some(Job::Deployment(Box::new(RunningDeployment {
                 record: next.record,
                 cancel,
@@ -461,23 +479,11 @@ impl Actor {
     }
 
     async fn transition(&self, id: i64, state: DeploymentState, message: &str) {
-        let store = self.context.store.clone();
-        let message = message.to_string();
-        match blocking(move || store.transition(id, state, &message)).await {
-            Ok(event) => self.context.events.publish(event),
-            Err(e) => {
-                tracing::error!(app = %self.context.name(), deployment = id, "cannot record {}: {e}", state.as_str())
-            }
-        }
+        Journal::new(&self.context, id).step(state, message).await;
     }
 
     async fn publish_all(&self, id: i64) {
-        let store = self.context.store.clone();
-        if let Ok(events) = blocking(move || store.events(id, 0)).await {
-            for event in events {
-                self.context.events.publish(event);
-            }
-        }
+        Journal::new(&self.context, id).publish_stored().await;
     }
 
     /// Keeps checking the live release every `interval` so status shows its health.
@@ -486,62 +492,70 @@ impl Actor {
             monitor.abort();
         }
         let Some(live) = &self.live else { return };
-        let addr = live.addr;
-        let runtime_id = live.runtime_id.clone();
-        let driver = self.context.driver.clone();
-        let config = self.context.app.health.clone();
-        let health = self.health.clone();
-        let app = self.context.name().to_string();
-        let events = self.context.events.clone();
-        health.store(HEALTH_OK, Ordering::Relaxed);
-        self.monitor = Some(tokio::spawn(async move {
-            let mut was_healthy = true;
-            loop {
-                tokio::time::sleep(config.interval).await;
-                // The HTTP check, and the runtime's own (a Docker HEALTHCHECK).
-                let result = match health::check(addr, &config).await {
-                    Ok(()) => match driver.check(&runtime_id).await {
-                        cutover_drivers::RuntimeHealth::Failing(why) => Err(why),
-                        _ => Ok(()),
-                    },
-                    Err(why) => Err(why),
-                };
-                health.store(
-                    if result.is_ok() {
-                        HEALTH_OK
-                    } else {
-                        HEALTH_BAD
-                    },
-                    Ordering::Relaxed,
-                );
-                let change = match (&result, was_healthy) {
-                    (Err(why), true) => Some((
-                        "unhealthy",
-                        format!("the live release of {app} turned unhealthy: {why}"),
-                    )),
-                    (Ok(()), false) => Some((
-                        "healthy",
-                        format!("the live release of {app} is healthy again"),
-                    )),
-                    _ => None,
-                };
-                if let Some((kind, message)) = change {
-                    if kind == "unhealthy" {
-                        tracing::warn!(app = %app, "{message}");
-                    } else {
-                        tracing::info!(app = %app, "{message}");
-                    }
-                    events.publish_app(crate::AppEvent {
-                        app: app.clone(),
-                        at: cutover_store::now_ms(),
-                        kind: kind.to_string(),
-                        message,
-                    });
-                }
-                was_healthy = result.is_ok();
-            }
-        }));
+        self.health.store(HEALTH_OK, Ordering::Relaxed);
+        let watched = Monitored {
+            context: self.context.clone(),
+            addr: live.addr,
+            runtime_id: live.runtime_id.clone(),
+            health: self.health.clone(),
+        };
+        self.monitor = Some(tokio::spawn(watched.run()));
     }
+}
+
+/// The live release under watch, for `status` and app events.
+struct Monitored {
+    context: AppContext,
+    addr: std::net::SocketAddr,
+    runtime_id: String,
+    health: Arc<AtomicU8>,
+}
+
+impl Monitored {
+    async fn run(self) {
+        let config = self.context.app.health.clone();
+        let app = self.context.name().to_string();
+        let mut was_healthy = true;
+        loop {
+            tokio::time::sleep(config.interval).await;
+            let result = self.check(&config).await;
+            let flag = if result.is_ok() { HEALTH_OK } else { HEALTH_BAD };
+            self.health.store(flag, Ordering::Relaxed);
+            let (kind, message) = match (&result, was_healthy) {
+                (Err(why), true) => {
+                    let message = format!("the live release of {app} turned unhealthy: {why}");
+                    tracing::warn!(app = %app, "{message}");
+                    ("unhealthy", message)
+                }
+                (Ok(()), false) => {
+                    let message = format!("the live release of {app} is healthy again");
+                    tracing::info!(app = %app, "{message}");
+                    ("healthy", message)
+                }
+                _ => continue,
+            };
+            was_healthy = result.is_ok();
+            self.context.events.publish_app(crate::AppEvent {
+                app: app.clone(),
+                at: cutover_store::now_ms(),
+                kind: kind.to_string(),
+                message,
+            });
+        }
+    }
+
+    /// The HTTP check, and the runtime's own (a Docker HEALTHCHECK).
+    async fn check(&self, config: &cutover_config::HealthConfig) -> Result<(), String> {
+        health::check(self.addr, config).await?;
+        match self.context.driver.check(&self.runtime_id).await {
+            cutover_drivers::RuntimeHealth::Failing(why) => Err(why),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 enum Finished {

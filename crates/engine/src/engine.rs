@@ -1,64 +1,38 @@
 //! The engine handle: what the admin API (and tests) call.
 
-use crate::actor::{self, ActorHandle, Command};
+use crate::actor::{self, ActorHandle, Command, Lifecycle};
+use crate::blocking::blocking;
+use crate::context::AppContext;
 use crate::error::EngineError;
 use crate::events::EventBus;
-use crate::recovery;
-use cutover_config::{Config, DriverConfig, Slot};
+use crate::front::Front;
+use crate::model::{AppStatus, DeployRequest, DeploymentDetail, SourceRequest};
+use crate::{pipeline, recovery};
+use cutover_config::git_ref::{split_ref, validate_commit};
+use cutover_config::{AppConfig, Config, DriverConfig, Slot, SourceConfig};
 use cutover_drivers::docker::DockerDriver;
 use cutover_drivers::process::ProcessDriver;
 use cutover_drivers::Driver;
 use cutover_proxy::Router;
-use cutover_store::{AppRecord, DeploymentRecord, EventRecord, SlotRecord, Store};
-use serde::Serialize;
+use cutover_store::{AppRecord, DeploymentRecord, DeploymentSource, EventRecord, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
 
-/// A request to deploy a version of an app.
-#[derive(Debug, Clone)]
-pub struct DeployRequest {
-    pub version: String,
-    /// Who asked: `cli`, `rollback`, `webhook`, ...
-    pub trigger: String,
-    /// Deploy even when this version is already live.
-    pub force: bool,
-    /// For a deployment built from git: the trigger facts (the build runs
-    /// in the deployment's `preparing` step).
-    pub source: Option<cutover_store::DeploymentSource>,
-}
+/// Shutdown always allows at least this long: store writes, a hook, and
+/// stopping a release whose stop_timeout is short all fit.
+const SHUTDOWN_FLOOR: Duration = Duration::from_secs(10);
 
-/// Health of the live release as last observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LiveHealth {
-    Healthy,
-    Unhealthy,
-    Unknown,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AppStatus {
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub driver: &'static str,
-    pub live_slot: Option<String>,
-    pub live_version: Option<String>,
-    pub health: LiveHealth,
-    /// Requests in flight on the live release right now.
-    pub in_flight: usize,
-    pub current_deployment: Option<DeploymentRecord>,
-    /// Ids of deployments waiting behind the current one.
-    pub queued: Vec<i64>,
-    pub slots: Vec<SlotRecord>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeploymentDetail {
-    #[serde(flatten)]
-    pub deployment: DeploymentRecord,
-    pub events: Vec<EventRecord>,
+/// How a shutdown of the engine ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// Every app's actor stopped at a safe point.
+    Complete { took: Duration },
+    /// Some deployment was still finishing when the bound ran out; the
+    /// next start's recovery records and cleans it up.
+    TimedOut { bound: Duration },
 }
 
 /// The control plane. Cheap to clone.
@@ -72,6 +46,10 @@ struct Inner {
     store: Store,
     events: EventBus,
     apps: BTreeMap<String, ActorHandle>,
+    /// Broadcast to every actor: stop at a safe point.
+    shutdown: watch::Sender<bool>,
+    /// Closes once every actor has stopped (each holds a sender).
+    stopped: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 impl Engine {
@@ -86,45 +64,26 @@ impl Engine {
         router: Router,
     ) -> Result<Engine, EngineError> {
         let events = EventBus::new();
-        let instance = config.state_dir.display().to_string();
-        let mut apps = BTreeMap::new();
         let front = match &config.proxy.nginx {
-            Some(nginx) => {
-                crate::front::Front::nginx(cutover_nginx::Nginx::new(nginx.clone()), router.clone())
-            }
-            None => crate::front::Front::Builtin(router.clone()),
+            Some(nginx) => Front::nginx(cutover_nginx::Nginx::new(nginx.clone()), router.clone()),
+            None => Front::Builtin(router.clone()),
         };
+        let (shutdown, shutdown_signal) = watch::channel(false);
+        let (stopped_sender, stopped) = mpsc::channel(1);
+        let mut apps = BTreeMap::new();
         for app in &config.apps {
             let store_for_app = store.clone();
             let name = app.name.clone();
             tokio::task::spawn_blocking(move || store_for_app.ensure_app(&name))
                 .await
                 .map_err(|_| EngineError::Stopped)??;
-            let driver: Arc<dyn Driver> = match &app.driver {
-                DriverConfig::Process(process) => {
-                    Arc::new(ProcessDriver::new(&app.name, process.clone(), &instance))
-                }
-                DriverConfig::Docker(docker) => Arc::new(DockerDriver::new(
-                    &app.name,
-                    docker.clone(),
-                    &config.state_dir,
-                )),
-            };
-            let context = actor::AppContext {
-                app: Arc::new(app.clone()),
-                work_dir: config
-                    .file
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(".")),
-                logs_dir: config.logs_dir().join(&app.name),
-                driver,
-                store: store.clone(),
-                front: front.clone(),
-                events: events.clone(),
-            };
+            let context = app_context(&config, app, &store, &front, &events);
             let recovered = recovery::recover(&context).await?;
-            apps.insert(app.name.clone(), actor::spawn(context, recovered));
+            let lifecycle = Lifecycle {
+                shutdown: shutdown_signal.clone(),
+                stopped: stopped_sender.clone(),
+            };
+            apps.insert(app.name.clone(), actor::spawn(context, recovered, lifecycle));
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -132,6 +91,8 @@ impl Engine {
                 store,
                 events,
                 apps,
+                shutdown,
+                stopped: Mutex::new(Some(stopped)),
             }),
         })
     }
@@ -264,22 +225,146 @@ impl Engine {
             })
     }
 
-    /// Stops the actors (waiting for none of the running releases to stop:
-    /// releases keep serving while cutover is down).
-    pub async fn shutdown(&self) {
-        for handle in self.inner.apps.values() {
-            let _ = handle.commands.send(Command::Shutdown).await;
+    /// How long [`Engine::shutdown`] waits at most: the largest of
+    /// [`SHUTDOWN_FLOOR`] and, over the apps, drain_timeout + the driver's
+    /// stop_timeout + the hook timeout. That is what the slowest safe point
+    /// takes: a committed deployment drains the old release and stops it;
+    /// an interrupted one drains the new release (after a shift or a
+    /// verification had sent traffic to it), stops it and runs `on_failure`.
+    pub fn shutdown_bound(&self) -> Duration {
+        shutdown_bound(&self.inner.config)
+    }
+
+    /// Stops every app's actor at a safe point and waits for all of them,
+    /// up to [`Engine::shutdown_bound`]: waiting deployments are recorded
+    /// as aborted, a running one is interrupted before its commit (its new
+    /// release stopped, the live one untouched) or finishes after it. The
+    /// releases keep serving while cutover is down.
+    pub async fn shutdown(&self) -> ShutdownOutcome {
+        let began = Instant::now();
+        let bound = self.shutdown_bound();
+        let _ = self.inner.shutdown.send(true);
+        let stopped = self.inner.stopped.lock().ok().and_then(|mut s| s.take());
+        let Some(mut stopped) = stopped else {
+            return ShutdownOutcome::Complete { took: Duration::ZERO };
+        };
+        // recv() yields None once the last actor dropped its sender.
+        match tokio::time::timeout(bound, stopped.recv()).await {
+            Ok(_) => ShutdownOutcome::Complete {
+                took: began.elapsed(),
+            },
+            Err(_) => ShutdownOutcome::TimedOut { bound },
         }
+    }
+
+    /// Queues a deployment that builds `request.commit` of the app's
+    /// `[app.source]` and deploys the result. Returns at once.
+    pub async fn deploy_source(
+        &self,
+        app: &str,
+        request: SourceRequest,
+    ) -> Result<DeploymentRecord, EngineError> {
+        self.source_of(app)?;
+        let (kind, name) = split_ref(&request.git_ref).map_err(EngineError::BadRequest)?;
+        let commit = validate_commit(&request.commit).map_err(EngineError::BadRequest)?;
+        let version = pipeline::version_for(kind, name, &commit);
+        let source = DeploymentSource {
+            provider: request.provider,
+            delivery: request.delivery,
+            git_ref: request.git_ref,
+            commit,
+            build: Some("queued".to_string()),
+        };
+        let request = DeployRequest {
+            version,
+            trigger: request.trigger,
+            force: request.force,
+            source: Some(source),
+        };
+        self.deploy(app, request).await
+    }
+
+    /// `cutover deploy APP --ref REF`: asks the repository where `reference`
+    /// (a branch or tag name, or a full ref) points, then queues the same
+    /// build and deployment a webhook would.
+    pub async fn deploy_ref(
+        &self,
+        app: &str,
+        reference: &str,
+        force: bool,
+        trigger: &str,
+    ) -> Result<DeploymentRecord, EngineError> {
+        let source = self.source_of(app)?.clone();
+        let (git_ref, commit) = pipeline::resolve_ref(&source, reference).await?;
+        let request = SourceRequest {
+            provider: "cli".to_string(),
+            delivery: None,
+            git_ref,
+            commit,
+            force,
+            trigger: trigger.to_string(),
+        };
+        self.deploy_source(app, request).await
+    }
+
+    fn source_of(&self, app: &str) -> Result<&SourceConfig, EngineError> {
+        let config = self
+            .config()
+            .app(app)
+            .ok_or_else(|| EngineError::UnknownApp(app.to_string()))?;
+        config.source.as_ref().ok_or_else(|| {
+            EngineError::BadRequest(format!(
+                "app `{app}` has no [app.source] (repo, build, artifact), so it cannot be deployed from a git ref; deploy a version with --version"
+            ))
+        })
     }
 }
 
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, cutover_store::StoreError> + Send + 'static,
-) -> Result<T, EngineError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| EngineError::Stopped)?
-        .map_err(EngineError::from)
+fn shutdown_bound(config: &Config) -> Duration {
+    config
+        .apps
+        .iter()
+        .map(|app| {
+            let stop = match &app.driver {
+                DriverConfig::Process(process) => process.stop_timeout,
+                DriverConfig::Docker(docker) => docker.stop_timeout,
+            };
+            app.drain_timeout + stop + app.hooks.timeout
+        })
+        .fold(SHUTDOWN_FLOOR, Duration::max)
+}
+
+fn app_context(
+    config: &Config,
+    app: &AppConfig,
+    store: &Store,
+    front: &Front,
+    events: &EventBus,
+) -> AppContext {
+    let instance = config.state_dir.display().to_string();
+    let driver: Arc<dyn Driver> = match &app.driver {
+        DriverConfig::Process(process) => {
+            Arc::new(ProcessDriver::new(&app.name, process.clone(), &instance))
+        }
+        DriverConfig::Docker(docker) => Arc::new(DockerDriver::new(
+            &app.name,
+            docker.clone(),
+            &config.state_dir,
+        )),
+    };
+    AppContext {
+        app: Arc::new(app.clone()),
+        work_dir: config
+            .file
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        logs_dir: config.logs_dir().join(&app.name),
+        driver,
+        store: store.clone(),
+        front: front.clone(),
+        events: events.clone(),
+    }
 }
 
 /// A version ends up in argv, file names and logs: keep it to a safe alphabet.

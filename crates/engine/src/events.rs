@@ -1,7 +1,7 @@
 //! Deployment events: persisted by the store, then published here so that
 //! followers (`cutover deploy` over SSE) see them as they happen.
 
-use crate::engine::blocking;
+use crate::blocking::blocking;
 use crate::error::EngineError;
 use cutover_store::{is_terminal_state, EventRecord, Store};
 use tokio::sync::{broadcast, mpsc};

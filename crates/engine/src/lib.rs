@@ -8,26 +8,40 @@
 //!
 //! # Layout
 //!
-//! - [`Engine`] (`engine.rs`): the handle the admin API uses; starts one
-//!   actor per app after recovery.
-//! - `actor.rs`: the per-app actor: queue, collapse of bursts, abort.
-//! - `deployment.rs`: one deployment, step by step, with clean-up on failure.
-//! - `rollout.rs`: preview, promotion, hooks, gradual shifting, the switch,
-//!   verification after it and the switch back when it fails.
-//! - `hooks.rs`: running lifecycle hooks and verification commands.
+//! Modules below only call modules further down this list (no import
+//! cycles; ARCHITECTURE.md has the graph):
+//!
+//! - [`Engine`] (`engine.rs`): the handle the admin API and the webhook
+//!   dispatcher use; starts one actor per app after recovery, stops them
+//!   at a safe point on shutdown.
+//! - `actor.rs`: the per-app actor: queue, collapse of bursts, abort,
+//!   promotion, status, the live release's monitor, shutdown.
 //! - `recovery.rs`: what a start after a stop or crash does: adopt the live
 //!   release (or start it again), fail interrupted deployments, remove orphans.
-//! - [`health`]: HTTP health checks and the fast polling used while deploying.
-//! - `events.rs`: the broadcast of deployment events followed over SSE.
+//! - `deployment/`: one deployment as a state machine — a runner (`mod.rs`)
+//!   and one module per step (prepare, check, promote, switch, verify,
+//!   finish).
+//! - `pipeline.rs` (+ `pipeline/`): the git trigger's build — fetch, check
+//!   out, build, keep the artifact — from plain inputs, reporting to a journal.
+//! - `hooks.rs`: lifecycle hooks and verification commands (argv, env, timeout).
+//! - `journal.rs`: a deployment's transitions and notes, stored then published.
+//! - `slots.rs`: [`SlotState`](slots::SlotState) and the slot records.
+//! - `cancel.rs`: abort and shutdown requests to a running deployment.
+//! - `context.rs`: what an app's control plane shares; live and standby releases.
 //! - `front.rs`: where traffic enters — the built-in proxy's route table or
 //!   an nginx that cutover drives — and how a switch and a drain happen there.
+//! - [`health`]: HTTP health checks and the fast polling used while deploying.
+//! - `events.rs`: the broadcast of deployment events followed over SSE.
 //! - `log_tail.rs`: the tail of a release's log for failure reasons.
-//! - [`pipeline`]: the git trigger's build — fetch, check out, build, keep
-//!   the artifact — run in the `preparing` step of a deployment from git.
+//! - `model.rs`: requests and answers of the API; [`Trigger`](model::Trigger).
+//! - `blocking.rs`: store calls on the blocking pool.
 
 #![forbid(unsafe_code)]
 
 mod actor;
+mod blocking;
+mod cancel;
+mod context;
 mod deployment;
 mod engine;
 mod error;
@@ -35,13 +49,15 @@ mod events;
 mod front;
 pub mod health;
 mod hooks;
+mod journal;
 mod log_tail;
-pub mod pipeline;
+mod model;
+mod pipeline;
 mod recovery;
-mod rollout;
+mod slots;
 
-pub use engine::{AppStatus, DeployRequest, DeploymentDetail, Engine, LiveHealth};
+pub use engine::{Engine, ShutdownOutcome};
 pub use error::EngineError;
 pub use events::AppEvent;
 pub use log_tail::tail_lines;
-pub use pipeline::SourceRequest;
+pub use model::{AppStatus, DeployRequest, DeploymentDetail, LiveHealth, SourceRequest};

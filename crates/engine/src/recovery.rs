@@ -3,15 +3,15 @@
 //! health check before traffic goes to it; interrupted deployments are
 //! recorded as failed and their releases stopped; orphans are removed.
 
-use crate::actor::{AppContext, LiveRelease};
-use crate::deployment::stop_slot;
-use crate::engine::blocking;
+use crate::blocking::blocking;
+use crate::context::{AppContext, LiveRelease};
 use crate::error::EngineError;
 use crate::health::{self, Unhealthy};
+use crate::slots::{self, SlotFacts, SlotState};
 use cutover_config::Slot;
 use cutover_drivers::{ReleaseSpec, StartedRelease};
 use cutover_proxy::Upstream;
-use cutover_store::{now_ms, DeploymentState, SlotRecord, SlotUpdate};
+use cutover_store::{now_ms, DeploymentState, SlotRecord};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -64,24 +64,12 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         if let Some(slot_record) = record.slot(slot.as_str()) {
             if let Some(runtime_id) = &slot_record.runtime_id {
                 tracing::info!(app = %app, %slot, "stopping the release left running in {slot} by an interrupted deployment");
-                stop_slot(context, slot, runtime_id).await;
+                slots::stop(context, slot, runtime_id).await;
             }
         }
     }
 
-    for deployment in unfinished {
-        let message = format!(
-            "interrupted: cutover stopped during `{}`; on restart the release it started was stopped and {} kept serving",
-            deployment.state,
-            live.as_ref().map_or_else(|| "nothing".to_string(), |l: &LiveRelease| format!("{} ({})", l.slot, l.release.version))
-        );
-        let store = context.store.clone();
-        let id = deployment.id;
-        let event =
-            blocking(move || store.transition(id, DeploymentState::Failed, &message)).await?;
-        context.events.publish(event);
-        tracing::warn!(app = %app, deployment = id, "recorded interrupted deployment as failed");
-    }
+    fail_interrupted(context, unfinished, live.as_ref()).await?;
 
     let keep: Vec<String> = live.iter().map(|l| l.runtime_id.clone()).collect();
     match context.driver.stop_orphans(&app, &keep).await {
@@ -92,6 +80,32 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         Err(e) => tracing::error!(app = %app, "looking for orphaned releases failed: {e}"),
     }
     Ok(Recovered { live })
+}
+
+/// Deployments that were running when cutover stopped are recorded as
+/// failed (their releases were stopped above).
+async fn fail_interrupted(
+    context: &AppContext,
+    unfinished: Vec<cutover_store::DeploymentRecord>,
+    live: Option<&LiveRelease>,
+) -> Result<(), EngineError> {
+    let serving = live.map_or_else(
+        || "nothing".to_string(),
+        |l| format!("{} ({})", l.slot, l.release.version),
+    );
+    for deployment in unfinished {
+        let message = format!(
+            "interrupted: cutover stopped during `{}`; on restart the release it started was stopped and {serving} kept serving",
+            deployment.state,
+        );
+        let store = context.store.clone();
+        let id = deployment.id;
+        let event =
+            blocking(move || store.transition(id, DeploymentState::Failed, &message)).await?;
+        context.events.publish(event);
+        tracing::warn!(app = %context.name(), deployment = id, "recorded interrupted deployment as failed");
+    }
+    Ok(())
 }
 
 async fn adopt_or_restart(
@@ -134,18 +148,13 @@ async fn adopt_or_restart(
     };
     match context.driver.start(&spec).await {
         Ok(started) => {
-            let update = SlotUpdate {
-                state: "live".to_string(),
+            let facts = SlotFacts {
                 release_id: Some(release.id),
                 runtime_id: Some(started.runtime_id.clone()),
                 addr: Some(started.addr.to_string()),
                 log_path: Some(log_path.display().to_string()),
             };
-            let store = context.store.clone();
-            let name = app.to_string();
-            if let Err(e) = blocking(move || store.set_slot(&name, slot.as_str(), &update)).await {
-                tracing::error!(app = %app, %slot, "cannot record the restarted release: {e}");
-            }
+            slots::record(context, slot, SlotState::Live, facts).await;
             Some(live_release(context, slot, release, started))
         }
         Err(e) => {

@@ -92,7 +92,7 @@ impl Git<'_> {
         let mut child = command
             .spawn()
             .map_err(|e| GitFailure::Other(format!("cannot run git: {e}")))?;
-        let guard = super::GroupGuard::new(child.id());
+        let guard = super::child::GroupGuard::new(child.id());
         let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take())
         else {
             return Err(GitFailure::Other("cannot capture git's output".to_string()));
@@ -144,7 +144,7 @@ impl Git<'_> {
 /// The environment of git commands: enough to find git, credentials and
 /// ssh keys, and never a prompt.
 fn git_env() -> Vec<(String, String)> {
-    let mut env = super::base_env();
+    let mut env = super::child::base_env();
     env.push(("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()));
     env.push(("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()));
     env.push(("LC_ALL".to_string(), "C".to_string()));

@@ -1,0 +1,96 @@
+//! One deployment as an explicit state machine. The runner below owns the
+//! job and moves it through [`Stage`]s; each stage is one function in a
+//! module of its own that does that step's work, records its transition in
+//! the journal first ("persist, then act") and hands the next stage what
+//! it needs — so a stage can only hold what exists at that point (no
+//! "release was lost" state). Steps call down into the journal, hooks,
+//! pipeline, front, driver and store, never back up.
+//!
+//! ```text
+//! Prepare ──▶ Start ──▶ Check ──▶ Promote ──▶ Switch ──▶ [Verify] ──▶ Commit ─▶ succeeded
+//!  (preparing) (starting) (checking) ([awaiting_   (switching)  (verifying)  (draining,
+//!                          ▲          promotion])                             retiring)
+//!  CheckStandby ───────────┘ instant rollback: the release kept under keep_old
+//! ```
+//!
+//! Any stage before the commit may halt: before traffic reached the new
+//! release it is stopped and the reason recorded (`failed`/`aborted`);
+//! after (a failed shift step or verification) traffic goes back first
+//! (`rolled_back`). An abort or a shutdown interrupts the stage's wait and
+//! halts there; a committed deployment runs to its end.
+
+mod check;
+mod finish;
+mod job;
+mod prepare;
+mod promote;
+mod switch;
+mod verify;
+
+pub(crate) use job::{DeploymentJob, Outcome};
+
+use crate::context::Standby;
+use job::{Candidate, Placed, Switched};
+
+/// Where a deployment is, holding exactly what that step works on.
+enum Stage {
+    /// `preparing`: find or build the release, prepare the target slot.
+    Prepare,
+    /// `starting`: start the placed release.
+    Start(Placed),
+    /// `checking`: the started release must become healthy.
+    Check(Candidate),
+    /// `checking` once: an instant rollback to the release kept idle.
+    CheckStandby(Standby),
+    /// Preview and, with manual promotion, `awaiting_promotion`.
+    Promote(Candidate),
+    /// `before_switch` hooks, shift, `switching`.
+    Switch(Candidate),
+    /// `verifying`: the new release is watched with the old one ready.
+    Verify(Switched),
+    /// `draining`, `retiring`, `succeeded`: past the point of no abort.
+    Commit(Switched),
+}
+
+/// Runs the deployment to its end. `standby`: the release kept idle under
+/// `keep_old` that this rollback switches back to without starting anything.
+pub(crate) async fn run(mut job: DeploymentJob, standby: Option<Standby>) -> Outcome {
+    let mut stage = match standby {
+        Some(standby) => Stage::CheckStandby(standby),
+        None => Stage::Prepare,
+    };
+    loop {
+        let next = match stage {
+            Stage::Prepare => prepare::prepare(&mut job).await.map(Stage::Start),
+            Stage::Start(placed) => prepare::start(&mut job, placed).await.map(Stage::Check),
+            Stage::Check(new) => check::check(&mut job, new).await.map(|new| healthy(&job, new)),
+            Stage::CheckStandby(standby) => check::check_standby(&mut job, standby)
+                .await
+                .map(|new| healthy(&job, new)),
+            Stage::Promote(new) => promote::promote(&mut job, new).await.map(Stage::Switch),
+            Stage::Switch(new) => switch::switch(&mut job, new).await.map(switched),
+            Stage::Verify(switched) => verify::verify(&mut job, switched).await.map(Stage::Commit),
+            Stage::Commit(switched) => return finish::commit(&job, switched).await,
+        };
+        stage = match next {
+            Ok(next) => next,
+            Err(halt) => return finish::halt(&job, halt).await,
+        };
+    }
+}
+
+/// After `checking`: a rollback switches at once; anything else may be
+/// previewed and wait for promotion first.
+fn healthy(job: &DeploymentJob, new: Candidate) -> Stage {
+    match job.is_rollback() {
+        true => Stage::Switch(new),
+        false => Stage::Promote(new),
+    }
+}
+
+fn switched(switched: Switched) -> Stage {
+    match switched.verify {
+        Some(_) => Stage::Verify(switched),
+        None => Stage::Commit(switched),
+    }
+}

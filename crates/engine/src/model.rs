@@ -1,0 +1,113 @@
+//! What callers of the engine send and get back, and the engine's names
+//! for the strings the store keeps (a trigger is parsed here, once).
+
+use cutover_store::{DeploymentRecord, DeploymentState, EventRecord, SlotRecord};
+use serde::Serialize;
+
+/// A request to deploy a version of an app.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub version: String,
+    /// Who asked: `cli`, `rollback`, `webhook`, ...
+    pub trigger: String,
+    /// Deploy even when this version is already live.
+    pub force: bool,
+    /// For a deployment built from git: the trigger facts (the build runs
+    /// in the deployment's `preparing` step).
+    pub source: Option<cutover_store::DeploymentSource>,
+}
+
+/// A request to build a commit of an app's source and deploy it.
+#[derive(Debug, Clone)]
+pub struct SourceRequest {
+    /// `github`, `gitlab`, `gitea`, `bitbucket`, or `cli`.
+    pub provider: String,
+    /// The provider's delivery id.
+    pub delivery: Option<String>,
+    /// The full ref: `refs/heads/<branch>` or `refs/tags/<tag>`.
+    pub git_ref: String,
+    /// The commit (full sha) the ref pointed at when the push happened.
+    pub commit: String,
+    /// Deploy even a commit that is live already or older than the live one.
+    pub force: bool,
+    /// Recorded as the deployment's trigger (`webhook`, `cli`).
+    pub trigger: String,
+}
+
+/// Health of the live release as last observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveHealth {
+    Healthy,
+    Unhealthy,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub driver: &'static str,
+    pub live_slot: Option<String>,
+    pub live_version: Option<String>,
+    pub health: LiveHealth,
+    /// Requests in flight on the live release right now.
+    pub in_flight: usize,
+    pub current_deployment: Option<DeploymentRecord>,
+    /// Ids of deployments waiting behind the current one.
+    pub queued: Vec<i64>,
+    pub slots: Vec<SlotRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentDetail {
+    #[serde(flatten)]
+    pub deployment: DeploymentRecord,
+    pub events: Vec<EventRecord>,
+}
+
+/// Who started a deployment, as far as the engine's rules care: a rollback
+/// skips preview, promotion, shifting and verification, and may reuse the
+/// release kept idle under `keep_old`. Every other trigger (`cli`,
+/// `webhook`, a caller's own label) deploys the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    Rollback,
+    Other,
+}
+
+impl Trigger {
+    pub(crate) const ROLLBACK: &'static str = "rollback";
+
+    /// The trigger of a stored deployment.
+    pub(crate) fn of(record: &DeploymentRecord) -> Trigger {
+        if record.trigger == Self::ROLLBACK {
+            Trigger::Rollback
+        } else {
+            Trigger::Other
+        }
+    }
+}
+
+/// The state of a stored deployment (`None` for a name this version of
+/// cutover does not know).
+pub(crate) fn state_of(record: &DeploymentRecord) -> Option<DeploymentState> {
+    use DeploymentState::*;
+    [
+        Queued,
+        Preparing,
+        Starting,
+        Checking,
+        AwaitingPromotion,
+        Switching,
+        Verifying,
+        Draining,
+        Retiring,
+        Succeeded,
+        Failed,
+        Aborted,
+        RolledBack,
+    ]
+    .into_iter()
+    .find(|state| state.as_str() == record.state)
+}
