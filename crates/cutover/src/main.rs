@@ -43,7 +43,9 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(run(cli));
-    // Do not wait for lingering connection tasks.
+    // `serve` has already waited (within bounds) for the proxy's requests
+    // and for the engine to bring every deployment to a safe point; what
+    // may linger now is idle connection tasks, not worth waiting for.
     runtime.shutdown_background();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,199 +4,60 @@
 //! the same state_dir stops before its recovery could touch the first's
 //! releases; then the store, the proxy listeners, the engine (recovery),
 //! the proxy and the admin API. On SIGTERM/SIGINT the listeners stop
-//! accepting, in-flight proxy requests finish, the engine stops and the
-//! admin socket is removed. Releases keep running: they are separate
-//! process groups, adopted again by the next start.
+//! accepting; in-flight proxy requests finish while the engine brings every
+//! app to a safe point (a running deployment halts at its step and cleans
+//! up, or finishes once committed), each within its bound; then the admin
+//! socket is removed. Releases keep running: they are separate process
+//! groups, adopted again by the next start.
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::failure::{Failure, Outcome};
 use cutover_api::AdminSocket;
 use cutover_config::Config;
-use cutover_engine::Engine;
+use cutover_engine::{Engine, ShutdownOutcome};
 use cutover_proxy::{ProxySettings, Router};
 use cutover_store::Store;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
 
 pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
     init_tracing(args.log_format);
-
-    for dir in [config.state_dir.clone(), config.logs_dir()] {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Failure::failed(format!(
-                "cannot create {}: {e}; check that state_dir is writable",
-                dir.display()
-            ))
-        })?;
-    }
+    create_state_dirs(&config)?;
     let admin = AdminSocket::bind(&config.admin.socket)
         .await
         .map_err(Failure::failed)?;
-
-    let store = {
-        let path = config.database_path();
-        tokio::task::spawn_blocking(move || Store::open(&path))
-            .await
-            .map_err(|e| Failure::failed(format!("opening the state database failed: {e}")))?
-            .map_err(Failure::failed)?
-    };
-
-    let router = Router::new(
-        config
-            .apps
-            .iter()
-            .map(|app| (app.name.clone(), app.hosts.clone()))
-            .collect(),
-    );
-
-    for app in &config.apps {
-        if app.upstream_protocol == cutover_config::UpstreamProtocol::H2c {
-            router.set_upstream_protocol(&app.name, cutover_proxy::UpstreamProtocol::H2c);
-        }
-    }
-
-    // In nginx front mode nginx takes the client traffic: no listener here.
-    let listen = match &config.proxy.nginx {
-        Some(_) => &[][..],
-        None => &config.proxy.listen[..],
-    };
-    let mut listeners = Vec::with_capacity(listen.len());
-    for addr in listen {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            Failure::failed(format!("cannot listen on {addr} ([proxy] listen): {e}"))
-        })?;
-        let local = listener.local_addr().unwrap_or(*addr);
-        listeners.push((local, listener));
-    }
-    // HTTPS: certificates first, so that a bad file stops the start here.
-    let tls = load_tls(&config)?;
-    let mut tls_listeners = Vec::with_capacity(config.proxy.tls.listen.len());
-    if tls.is_some() {
-        for addr in &config.proxy.tls.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                Failure::failed(format!("cannot listen on {addr} ([proxy] tls_listen): {e}"))
-            })?;
-            let local = listener.local_addr().unwrap_or(*addr);
-            tls_listeners.push((local, listener));
-        }
-    }
-
+    let store = open_store(&config).await?;
+    let router = route_table(&config);
+    let listeners = Listeners::bind(&config).await?;
     // The webhook receiver binds before recovery too, so a port clash stops
     // the start before anything is touched.
     let webhooks = match &config.webhook {
-        Some(_) => Some((
+        Some(_) => Some(
             cutover_webhook::Receiver::bind(Arc::new(config.clone()), store.clone())
                 .await
                 .map_err(Failure::failed)?,
-            store.clone(),
-        )),
+        ),
         None => None,
     };
-
-    let engine = Engine::start(Arc::new(config.clone()), store, router.clone())
+    let engine = Engine::start(Arc::new(config.clone()), store.clone(), router.clone())
         .await
         .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
 
     let (stop, stopped) = watch::channel(false);
-    let stop_signal = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
+    let proxies = listeners.serve(&config, &router, &stopped)?;
+    let webhook_line = match webhooks {
+        Some(receiver) => serve_webhooks(receiver, &engine, store, &stopped),
+        None => String::new(),
     };
-
-    let settings = ProxySettings {
-        max_body: config.proxy.max_body,
-        header_read_timeout: config.proxy.header_read_timeout,
-        idle_timeout: config.proxy.idle_timeout,
-        upstream_connect_timeout: config.proxy.upstream_connect_timeout,
-        upstream_response_timeout: config.proxy.upstream_response_timeout,
-    };
-    let bound: Vec<String> = listeners
-        .iter()
-        .map(|(local, _)| local.to_string())
-        .chain(
-            tls_listeners
-                .iter()
-                .map(|(local, _)| format!("https://{local}")),
-        )
-        .collect();
-    let mut options = proxy_options(&config)?;
-    if !(listeners.is_empty() && tls_listeners.is_empty()) {
-        options.workers = Some(proxy_workers(&config)?);
-    }
-    spawn_reload_on_sighup(options.clone(), tls.clone());
-    let _watch_certificates = tls
-        .as_ref()
-        .map(|tls| tls.watch(CERTIFICATE_CHECK_INTERVAL));
-    let redirect_https = tls_listeners
-        .first()
-        .map(|(local, _)| local.port())
-        .filter(|_| config.proxy.tls.redirect_http);
-    let mut proxies = Vec::with_capacity(listeners.len() + tls_listeners.len());
-    let plain = listeners.into_iter().map(|listener| {
-        let options = cutover_proxy::ServeOptions {
-            redirect_https,
-            ..options.clone()
-        };
-        (listener, options)
-    });
-    let secure = tls_listeners.into_iter().map(|listener| {
-        let options = cutover_proxy::ServeOptions {
-            tls: tls.clone(),
-            ..options.clone()
-        };
-        (listener, options)
-    });
-    for ((local, listener), options) in plain.chain(secure) {
-        let serving =
-            cutover_proxy::serve_with(listener, router.clone(), settings, options, stop_signal());
-        proxies.push(tokio::spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::error!(%local, %error, "a proxy listener stopped");
-            }
-        }));
-    }
-
-    let mut webhook_line = String::new();
-    if let Some((receiver, store)) = webhooks {
-        if let Some(addr) = receiver.local_addr() {
-            webhook_line = format!(", webhooks on {addr}");
-        }
-        cutover_webhook::spawn_dispatcher(engine.clone(), store, receiver.wake());
-        let serving = receiver.serve(stop_signal());
-        tokio::spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::error!(%error, "the webhook receiver stopped");
-            }
-        });
-    }
-
     let socket = admin.path().to_path_buf();
-    let mut admin_task = tokio::spawn(admin.serve(engine.clone(), stop_signal()));
-
-    let apps: Vec<&str> = config.apps.iter().map(|app| app.name.as_str()).collect();
-    let apps = if apps.is_empty() {
-        "none".to_string()
-    } else {
-        apps.join(", ")
-    };
-    let serving = match (&config.proxy.nginx, &options.workers) {
-        (Some(nginx), _) => format!("through nginx ({})", nginx.conf.display()),
-        (None, Some(workers)) => {
-            format!("{} on {} proxy workers", bound.join(", "), workers.count())
-        }
-        (None, None) => bound.join(", "),
-    };
-    let line = format!(
-        "cutover serving {serving} (apps: {apps}){webhook_line}, admin socket {}",
-        socket.display()
-    );
-    println!("{line}");
-    tracing::info!("{line}");
+    let mut admin_task = tokio::spawn(admin.serve(engine.clone(), stop_signal(&stopped)));
+    announce(&config, &proxies, &webhook_line, &socket);
 
     let admin_ended = tokio::select! {
         signal = terminate_signal() => {
@@ -206,9 +67,39 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
         ended = &mut admin_task => Some(ended),
     };
     let _ = stop.send(true);
+    shut_down(&config, proxies.tasks, &engine).await;
+    admin_outcome(admin_ended, admin_task).await
+}
 
-    // In-flight proxy requests finish; an endless response (a stream) is
-    // bounded by the longest drain timeout.
+type AdminEnded = Result<Result<(), cutover_api::ApiError>, tokio::task::JoinError>;
+
+/// The daemon's exit status from how the admin API ended: by itself it is
+/// a failure; after a signal it should end cleanly.
+async fn admin_outcome(
+    admin_ended: Option<AdminEnded>,
+    admin_task: JoinHandle<Result<(), cutover_api::ApiError>>,
+) -> Outcome {
+    let ended = match admin_ended {
+        Some(Ok(Ok(()))) => return Err(Failure::failed("the admin API stopped unexpectedly")),
+        Some(ended) => ended,
+        None => admin_task.await,
+    };
+    match ended {
+        Ok(Ok(())) => {
+            tracing::info!("cutover stopped");
+            Ok(())
+        }
+        Ok(Err(error)) => Err(Failure::failed(error)),
+        Err(error) => Err(Failure::failed(format!("the admin API failed: {error}"))),
+    }
+}
+
+/// After the stop signal: in-flight proxy requests finish (an endless
+/// response, a stream, is bounded by the longest drain timeout) while the
+/// engine brings every app to a safe point (bounded by its own
+/// [`Engine::shutdown_bound`]); both run at once, so the daemon exits
+/// within the larger of the two bounds.
+async fn shut_down(config: &Config, proxies: Vec<JoinHandle<()>>, engine: &Engine) {
     let grace = config
         .apps
         .iter()
@@ -217,29 +108,241 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
         .unwrap_or(Duration::ZERO)
         .max(Duration::from_secs(5));
     let proxies_done = async {
-        for proxy in proxies {
-            let _ = proxy.await;
+        let drained = tokio::time::timeout(grace, async {
+            for proxy in proxies {
+                let _ = proxy.await;
+            }
+        });
+        if drained.await.is_err() {
+            tracing::warn!("proxy requests still in flight after {grace:?}; closing them");
         }
     };
-    if tokio::time::timeout(grace, proxies_done).await.is_err() {
-        tracing::warn!("proxy requests still in flight after {grace:?}; closing them");
-    }
-    engine.shutdown().await;
-
-    match admin_ended {
-        // The admin API stopped by itself: that is a failure of the daemon.
-        Some(Ok(Ok(()))) => Err(Failure::failed("the admin API stopped unexpectedly")),
-        Some(Ok(Err(error))) => Err(Failure::failed(error)),
-        Some(Err(error)) => Err(Failure::failed(format!("the admin API failed: {error}"))),
-        None => match admin_task.await {
-            Ok(Ok(())) => {
-                tracing::info!("cutover stopped");
-                Ok(())
+    let engine_done = async {
+        match engine.shutdown().await {
+            ShutdownOutcome::Complete { took } => {
+                tracing::info!("the deployment engine stopped at a safe point after {:.2}s", took.as_secs_f64())
             }
-            Ok(Err(error)) => Err(Failure::failed(error)),
-            Err(error) => Err(Failure::failed(format!("the admin API failed: {error}"))),
-        },
+            ShutdownOutcome::TimedOut { bound } => tracing::warn!(
+                "a deployment was still finishing after {bound:?}; the next start records and cleans it up"
+            ),
+        }
+    };
+    tokio::join!(proxies_done, engine_done);
+}
+
+fn stop_signal(stopped: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stopped = stopped.clone();
+    async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
     }
+}
+
+fn create_state_dirs(config: &Config) -> Result<(), Failure> {
+    for dir in [config.state_dir.clone(), config.logs_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Failure::failed(format!(
+                "cannot create {}: {e}; check that state_dir is writable",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> Result<Store, Failure> {
+    let path = config.database_path();
+    tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(|e| Failure::failed(format!("opening the state database failed: {e}")))?
+        .map_err(Failure::failed)
+}
+
+fn route_table(config: &Config) -> Router {
+    let router = Router::new(
+        config
+            .apps
+            .iter()
+            .map(|app| (app.name.clone(), app.hosts.clone()))
+            .collect(),
+    );
+    for app in &config.apps {
+        if app.upstream_protocol == cutover_config::UpstreamProtocol::H2c {
+            router.set_upstream_protocol(&app.name, cutover_proxy::UpstreamProtocol::H2c);
+        }
+    }
+    router
+}
+
+/// The proxy's listeners, bound before recovery so a port clash stops the
+/// start before anything is touched.
+struct Listeners {
+    plain: Vec<(SocketAddr, TcpListener)>,
+    secure: Vec<(SocketAddr, TcpListener)>,
+    tls: Option<cutover_proxy::Tls>,
+}
+
+/// The proxy listeners serving, and how to name them.
+struct Proxies {
+    tasks: Vec<JoinHandle<()>>,
+    /// What serves client traffic, for the startup line.
+    serving: String,
+    /// Reloads changed certificate files while the daemon runs.
+    _certificate_watch: Option<JoinHandle<()>>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Listeners, Failure> {
+        // In nginx front mode nginx takes the client traffic: no listener here.
+        let listen = match &config.proxy.nginx {
+            Some(_) => &[][..],
+            None => &config.proxy.listen[..],
+        };
+        let plain = bind_all(listen, "[proxy] listen").await?;
+        // HTTPS: certificates first, so that a bad file stops the start here.
+        let tls = load_tls(config)?;
+        let secure = match tls {
+            Some(_) => bind_all(&config.proxy.tls.listen, "[proxy] tls_listen").await?,
+            None => Vec::new(),
+        };
+        Ok(Listeners { plain, secure, tls })
+    }
+
+    fn serve(
+        self,
+        config: &Config,
+        router: &Router,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<Proxies, Failure> {
+        let settings = ProxySettings {
+            max_body: config.proxy.max_body,
+            header_read_timeout: config.proxy.header_read_timeout,
+            idle_timeout: config.proxy.idle_timeout,
+            upstream_connect_timeout: config.proxy.upstream_connect_timeout,
+            upstream_response_timeout: config.proxy.upstream_response_timeout,
+        };
+        let mut options = proxy_options(config)?;
+        if !(self.plain.is_empty() && self.secure.is_empty()) {
+            options.workers = Some(proxy_workers(config)?);
+        }
+        let serving = self.describe(config, &options);
+        spawn_reload_on_sighup(options.clone(), self.tls.clone());
+        let certificate_watch = self
+            .tls
+            .as_ref()
+            .map(|tls| tls.watch(CERTIFICATE_CHECK_INTERVAL));
+        let redirect_https = self
+            .secure
+            .first()
+            .map(|(local, _)| local.port())
+            .filter(|_| config.proxy.tls.redirect_http);
+        let plain = self.plain.into_iter().map(|listener| {
+            let options = cutover_proxy::ServeOptions {
+                redirect_https,
+                ..options.clone()
+            };
+            (listener, options)
+        });
+        let tls = self.tls;
+        let secure = self.secure.into_iter().map(|listener| {
+            let options = cutover_proxy::ServeOptions {
+                tls: tls.clone(),
+                ..options.clone()
+            };
+            (listener, options)
+        });
+        let mut tasks = Vec::new();
+        for ((local, listener), options) in plain.chain(secure) {
+            let serving = cutover_proxy::serve_with(
+                listener,
+                router.clone(),
+                settings,
+                options,
+                stop_signal(stopped),
+            );
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = serving.await {
+                    tracing::error!(%local, %error, "a proxy listener stopped");
+                }
+            }));
+        }
+        Ok(Proxies {
+            tasks,
+            serving,
+            _certificate_watch: certificate_watch,
+        })
+    }
+
+    fn describe(&self, config: &Config, options: &cutover_proxy::ServeOptions) -> String {
+        let bound: Vec<String> = self
+            .plain
+            .iter()
+            .map(|(local, _)| local.to_string())
+            .chain(
+                self.secure
+                    .iter()
+                    .map(|(local, _)| format!("https://{local}")),
+            )
+            .collect();
+        match (&config.proxy.nginx, &options.workers) {
+            (Some(nginx), _) => format!("through nginx ({})", nginx.conf.display()),
+            (None, Some(workers)) => {
+                format!("{} on {} proxy workers", bound.join(", "), workers.count())
+            }
+            (None, None) => bound.join(", "),
+        }
+    }
+}
+
+async fn bind_all(
+    addrs: &[SocketAddr],
+    key: &str,
+) -> Result<Vec<(SocketAddr, TcpListener)>, Failure> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Failure::failed(format!("cannot listen on {addr} ({key}): {e}")))?;
+        let local = listener.local_addr().unwrap_or(*addr);
+        listeners.push((local, listener));
+    }
+    Ok(listeners)
+}
+
+/// Starts the webhook dispatcher and receiver; returns the startup line's part.
+fn serve_webhooks(
+    receiver: cutover_webhook::Receiver,
+    engine: &Engine,
+    store: Store,
+    stopped: &watch::Receiver<bool>,
+) -> String {
+    let line = receiver
+        .local_addr()
+        .map(|addr| format!(", webhooks on {addr}"))
+        .unwrap_or_default();
+    cutover_webhook::spawn_dispatcher(engine.clone(), store, receiver.wake());
+    let serving = receiver.serve(stop_signal(stopped));
+    tokio::spawn(async move {
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "the webhook receiver stopped");
+        }
+    });
+    line
+}
+
+fn announce(config: &Config, proxies: &Proxies, webhook_line: &str, socket: &std::path::Path) {
+    let apps: Vec<&str> = config.apps.iter().map(|app| app.name.as_str()).collect();
+    let apps = if apps.is_empty() {
+        "none".to_string()
+    } else {
+        apps.join(", ")
+    };
+    let line = format!(
+        "cutover serving {} (apps: {apps}){webhook_line}, admin socket {}",
+        proxies.serving,
+        socket.display()
+    );
+    println!("{line}");
+    tracing::info!("{line}");
 }
 
 /// The proxy listeners' options from `[proxy]`: the access log.

@@ -519,7 +519,11 @@ impl Monitored {
         loop {
             tokio::time::sleep(config.interval).await;
             let result = self.check(&config).await;
-            let flag = if result.is_ok() { HEALTH_OK } else { HEALTH_BAD };
+            let flag = if result.is_ok() {
+                HEALTH_OK
+            } else {
+                HEALTH_BAD
+            };
             self.health.store(flag, Ordering::Relaxed);
             let (kind, message) = match (&result, was_healthy) {
                 (Err(why), true) => {

@@ -83,7 +83,10 @@ impl Engine {
                 shutdown: shutdown_signal.clone(),
                 stopped: stopped_sender.clone(),
             };
-            apps.insert(app.name.clone(), actor::spawn(context, recovered, lifecycle));
+            apps.insert(
+                app.name.clone(),
+                actor::spawn(context, recovered, lifecycle),
+            );
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -246,7 +249,9 @@ impl Engine {
         let _ = self.inner.shutdown.send(true);
         let stopped = self.inner.stopped.lock().ok().and_then(|mut s| s.take());
         let Some(mut stopped) = stopped else {
-            return ShutdownOutcome::Complete { took: Duration::ZERO };
+            return ShutdownOutcome::Complete {
+                took: Duration::ZERO,
+            };
         };
         // recv() yields None once the last actor dropped its sender.
         match tokio::time::timeout(bound, stopped.recv()).await {

@@ -46,7 +46,10 @@ impl HookFacts<'_> {
         let mut env = vec![
             ("CUTOVER_HOOK".to_string(), hook.to_string()),
             ("CUTOVER_APP".to_string(), self.app.to_string()),
-            ("CUTOVER_DEPLOYMENT".to_string(), self.deployment.to_string()),
+            (
+                "CUTOVER_DEPLOYMENT".to_string(),
+                self.deployment.to_string(),
+            ),
             ("CUTOVER_TRIGGER".to_string(), self.trigger.to_string()),
             ("CUTOVER_VERSION".to_string(), self.version.to_string()),
         ];

@@ -120,7 +120,9 @@ async fn build_release(
     workspace.fetch(cancel).await?;
     let commit = workspace.resolve_commit(&requested, cancel).await?;
     if let (false, Some(live)) = (input.force, &input.live) {
-        workspace.refuse_live_or_older(&commit, live, cancel).await?;
+        workspace
+            .refuse_live_or_older(&commit, live, cancel)
+            .await?;
     }
     workspace.checkout(&commit, cancel).await?;
     workspace.recheck_ref(&commit, cancel).await?;
@@ -192,9 +194,10 @@ impl Workspace<'_> {
                 repo,
                 &refspec,
             ];
-            self.git.run(&args).await.map_err(|e| {
-                e.describe(&format!("fetching {git_ref} from {}", self.repo_shown))
-            })?;
+            self.git
+                .run(&args)
+                .await
+                .map_err(|e| e.describe(&format!("fetching {git_ref} from {}", self.repo_shown)))?;
             Ok::<_, String>(())
         };
         cancel.until(fetch).await?.map_err(BuildError::Failed)
@@ -294,10 +297,7 @@ impl Workspace<'_> {
         let refs = [git_ref.to_string()];
         let listing = self.git.ls_remote(&self.input.source.repo, &refs);
         let remote = cancel.until(listing).await?.map_err(|e| {
-            BuildError::Failed(e.describe(&format!(
-                "re-checking {git_ref} at {}",
-                self.repo_shown
-            )))
+            BuildError::Failed(e.describe(&format!("re-checking {git_ref} at {}", self.repo_shown)))
         })?;
         let now = match remote.first() {
             None => {
@@ -424,7 +424,10 @@ fn url_redactor(repo: &str) -> Redactor {
 }
 
 /// Finds where a branch, tag or full ref points in the app's repository.
-pub(crate) async fn resolve_ref(source: &SourceConfig, reference: &str) -> Result<(String, String), EngineError> {
+pub(crate) async fn resolve_ref(
+    source: &SourceConfig,
+    reference: &str,
+) -> Result<(String, String), EngineError> {
     let reference = reference.trim();
     let candidates: Vec<String> = if reference.starts_with("refs/") {
         split_ref(reference).map_err(EngineError::BadRequest)?;

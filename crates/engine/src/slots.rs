@@ -64,7 +64,8 @@ pub(crate) async fn record(context: &AppContext, slot: Slot, state: SlotState, f
 pub(crate) async fn set_state(context: &AppContext, slot: Slot, state: SlotState) {
     let store = context.store.clone();
     let name = context.name().to_string();
-    if let Err(e) = blocking(move || store.set_slot_state(&name, slot.as_str(), state.as_str())).await
+    if let Err(e) =
+        blocking(move || store.set_slot_state(&name, slot.as_str(), state.as_str())).await
     {
         tracing::error!(app = %context.name(), %slot, "cannot record the slot: {e}");
     }

@@ -64,7 +64,10 @@ fn log_tail(log_path: &Path) -> String {
 
 /// An instant rollback: the standby release is already running; one health
 /// check and it is ready to take traffic.
-pub(crate) async fn check_standby(job: &mut DeploymentJob, standby: Standby) -> Result<Candidate, Halt> {
+pub(crate) async fn check_standby(
+    job: &mut DeploymentJob,
+    standby: Standby,
+) -> Result<Candidate, Halt> {
     if let Err(stop) = record_plan(job, standby.release.id, standby.slot).await {
         return Err(Halt::before_traffic(stop, Leftover::Nothing));
     }
@@ -97,7 +100,9 @@ async fn check_once(job: &mut DeploymentJob, new: &Candidate) -> Result<(), Stop
     );
     job.journal.step(DeploymentState::Checking, &checking).await;
     if let Some(how) = new.started.exited.exited() {
-        return Err(Stop::Failed(format!("the idle release {version} in {slot} {how}")));
+        return Err(Stop::Failed(format!(
+            "the idle release {version} in {slot} {how}"
+        )));
     }
     let health = job.context.app.health.clone();
     job.cancel

@@ -33,7 +33,9 @@ pub(crate) async fn commit(job: &DeploymentJob, switched: Switched) -> Outcome {
         live.slot,
         job.started_at.elapsed().as_secs_f64()
     );
-    job.journal.step(DeploymentState::Succeeded, &succeeded).await;
+    job.journal
+        .step(DeploymentState::Succeeded, &succeeded)
+        .await;
     Outcome::Succeeded { live, standby }
 }
 
@@ -43,7 +45,12 @@ async fn run_after_switch_hooks(job: &DeploymentJob, new: &Candidate) {
     if hooks.is_empty() {
         return;
     }
-    let env = job.hook_env("after_switch", Some(new.slot()), Some(new.started.addr), None);
+    let env = job.hook_env(
+        "after_switch",
+        Some(new.slot()),
+        Some(new.started.addr),
+        None,
+    );
     if let Err(why) = job.run_hooks("after_switch", hooks, &env).await {
         let message = format!("the after_switch hook failed ({why}); the deployment goes on");
         job.journal.note(&message).await;
@@ -99,7 +106,10 @@ async fn fail_before_traffic(job: &DeploymentJob, stop: Stop, leftover: Leftover
     job.context.front.set_preview(job.app(), None);
     let (state, reason) = match stop {
         Stop::Failed(reason) => (DeploymentState::Failed, reason),
-        Stop::Aborted(reason) => (DeploymentState::Aborted, format!("{reason}; nothing changed")),
+        Stop::Aborted(reason) => (
+            DeploymentState::Aborted,
+            format!("{reason}; nothing changed"),
+        ),
     };
     let slot = clean_up(job, leftover).await;
     job.journal.step(state, &reason).await;
@@ -134,7 +144,9 @@ async fn retire_reverted(job: &DeploymentJob, new: &Candidate) {
         .front
         .drain(job.app(), Some(&new.upstream), timeout)
         .await;
-    job.journal.note(&drained.message(new.slot(), timeout)).await;
+    job.journal
+        .note(&drained.message(new.slot(), timeout))
+        .await;
     slots::stop(&job.context, new.slot(), &new.started.runtime_id).await;
 }
 

@@ -89,7 +89,15 @@ impl DeploymentJob {
     ) -> Result<(), String> {
         let context = &self.context;
         let timeout = context.app.hooks.timeout;
-        hooks::run_list(&self.journal, &context.work_dir, timeout, name, commands, env).await
+        hooks::run_list(
+            &self.journal,
+            &context.work_dir,
+            timeout,
+            name,
+            commands,
+            env,
+        )
+        .await
     }
 }
 

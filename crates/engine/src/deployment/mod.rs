@@ -63,7 +63,9 @@ pub(crate) async fn run(mut job: DeploymentJob, standby: Option<Standby>) -> Out
         let next = match stage {
             Stage::Prepare => prepare::prepare(&mut job).await.map(Stage::Start),
             Stage::Start(placed) => prepare::start(&mut job, placed).await.map(Stage::Check),
-            Stage::Check(new) => check::check(&mut job, new).await.map(|new| healthy(&job, new)),
+            Stage::Check(new) => check::check(&mut job, new)
+                .await
+                .map(|new| healthy(&job, new)),
             Stage::CheckStandby(standby) => check::check_standby(&mut job, standby)
                 .await
                 .map(|new| healthy(&job, new)),

@@ -21,15 +21,24 @@ pub(crate) async fn prepare(job: &mut DeploymentJob) -> Result<Placed, Halt> {
 
 async fn prepare_release(job: &mut DeploymentJob) -> Result<Placed, Stop> {
     let (app, version) = (job.app().to_string(), job.version().to_string());
-    let target = job.live.as_ref().map_or(Slot::Blue, |live| live.slot.other());
-    if let Some(live) = job.live.as_ref().filter(|l| l.release.version == version && !job.force) {
+    let target = job
+        .live
+        .as_ref()
+        .map_or(Slot::Blue, |live| live.slot.other());
+    if let Some(live) = job
+        .live
+        .as_ref()
+        .filter(|l| l.release.version == version && !job.force)
+    {
         return Err(Stop::Failed(format!(
             "{app} {version} is already live in {}; nothing to do",
             live.slot
         )));
     }
     let preparing = format!("preparing {app} {version} for slot {target}");
-    job.journal.step(DeploymentState::Preparing, &preparing).await;
+    job.journal
+        .step(DeploymentState::Preparing, &preparing)
+        .await;
     let release = find_or_build_release(job).await?;
     record_plan(job, release.id, target).await?;
     let log_path = job
@@ -88,7 +97,10 @@ async fn build_from_git(job: &mut DeploymentJob) -> Result<pipeline::Built, Stop
         )));
     };
     let Some(facts) = job.record.source.clone() else {
-        return Err(Stop::Failed(format!("deployment {} has no source facts", job.record.id)));
+        return Err(Stop::Failed(format!(
+            "deployment {} has no source facts",
+            job.record.id
+        )));
     };
     let live = match job.force {
         true => None,
@@ -130,7 +142,11 @@ async fn live_commit(job: &DeploymentJob) -> Option<LiveCommit> {
 /// `starting`: the slot is recorded as starting, then the driver starts
 /// the release there.
 pub(crate) async fn start(job: &mut DeploymentJob, placed: Placed) -> Result<Candidate, Halt> {
-    let (app, version, target) = (job.app().to_string(), job.version().to_string(), placed.slot);
+    let (app, version, target) = (
+        job.app().to_string(),
+        job.version().to_string(),
+        placed.slot,
+    );
     let starting = format!("starting {app} {version} in slot {target}");
     job.journal.step(DeploymentState::Starting, &starting).await;
     let facts = SlotFacts {
@@ -144,7 +160,10 @@ pub(crate) async fn start(job: &mut DeploymentJob, placed: Placed) -> Result<Can
         Ok(Ok(started)) => started,
         Ok(Err(e)) => {
             let why = format!("could not start {app} {version} in slot {target}: {e}");
-            return Err(Halt::before_traffic(Stop::Failed(why), Leftover::Placed(placed)));
+            return Err(Halt::before_traffic(
+                Stop::Failed(why),
+                Leftover::Placed(placed),
+            ));
         }
         Err(why) => return Err(Halt::before_traffic(why.into(), Leftover::Placed(placed))),
     };
@@ -169,7 +188,11 @@ fn release_spec(job: &DeploymentJob, placed: &Placed) -> ReleaseSpec {
 }
 
 /// Records which release goes to which slot, and what was live before.
-pub(crate) async fn record_plan(job: &DeploymentJob, release_id: i64, target: Slot) -> Result<(), Stop> {
+pub(crate) async fn record_plan(
+    job: &DeploymentJob,
+    release_id: i64,
+    target: Slot,
+) -> Result<(), Stop> {
     let plan = DeploymentPlan {
         release_id,
         target_slot: target.as_str().to_string(),

@@ -55,7 +55,9 @@ async fn await_promotion(job: &mut DeploymentJob, new: &Candidate) -> Result<(),
         "{version} is healthy and waiting for `cutover promote {}`{timers}",
         app.name
     );
-    job.journal.step(DeploymentState::AwaitingPromotion, &waiting).await;
+    job.journal
+        .step(DeploymentState::AwaitingPromotion, &waiting)
+        .await;
     let mut exited = new.started.exited.clone();
     let promoted = tokio::select! {
         _ = job.promoted.wait_for(|promoted| *promoted) => Ok("promoted by `cutover promote`".to_string()),

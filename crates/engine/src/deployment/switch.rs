@@ -21,7 +21,12 @@ pub(crate) async fn switch(job: &mut DeploymentJob, new: Candidate) -> Result<Sw
         None => new,
     };
     job.context.front.set_preview(job.app(), None);
-    let previous = match job.context.front.set_live(job.app(), Some(new.upstream.clone())).await {
+    let previous = match job
+        .context
+        .front
+        .set_live(job.app(), Some(new.upstream.clone()))
+        .await
+    {
         Ok(previous) => previous,
         // Only nginx can refuse; then nothing changed.
         Err(why) => {
@@ -50,10 +55,17 @@ pub(crate) async fn switch(job: &mut DeploymentJob, new: Candidate) -> Result<Sw
 /// The `before_switch` hooks, a last look for an abort, and the switch
 /// recorded before traffic moves (without that record it must not).
 async fn before_switch(job: &mut DeploymentJob, new: &Candidate) -> Result<(), Stop> {
-    let env = job.hook_env("before_switch", Some(new.slot()), Some(new.started.addr), None);
+    let env = job.hook_env(
+        "before_switch",
+        Some(new.slot()),
+        Some(new.started.addr),
+        None,
+    );
     let hooks = job.context.app.hooks.before_switch.clone();
     if let Err(reason) = job.run_hooks("before_switch", &hooks, &env).await {
-        return Err(Stop::Aborted(format!("the before_switch hook failed: {reason}")));
+        return Err(Stop::Aborted(format!(
+            "the before_switch hook failed: {reason}"
+        )));
     }
     if let Some(why) = job.cancel.requested() {
         return Err(why.into());
@@ -65,7 +77,11 @@ async fn before_switch(job: &mut DeploymentJob, new: &Candidate) -> Result<(), S
         new.slot(),
         new.version()
     );
-    match job.journal.step(DeploymentState::Switching, &switching).await {
+    match job
+        .journal
+        .step(DeploymentState::Switching, &switching)
+        .await
+    {
         true => Ok(()),
         false => Err(Stop::Failed(
             "the switch could not be recorded in the state store; nothing changed".to_string(),

@@ -55,7 +55,12 @@ pub(crate) async fn verify(job: &mut DeploymentJob, switched: Switched) -> Resul
     };
     let (app, from) = (job.app().to_string(), job.live_label());
     let new = &switched.new;
-    if let Err(why) = job.context.front.set_live(&app, switched.previous.clone()).await {
+    if let Err(why) = job
+        .context
+        .front
+        .set_live(&app, switched.previous.clone())
+        .await
+    {
         // Only nginx can refuse: the new release keeps serving.
         let message = format!(
             "{}; switching back to {from} FAILED, {} ({}) stays live: {why}",
@@ -69,7 +74,12 @@ pub(crate) async fn verify(job: &mut DeploymentJob, switched: Switched) -> Resul
     let back = job.live.as_ref().map(|l| l.slot);
     let message = format!("{}; switching back to {from}", failure.reason);
     job.journal
-        .switch(back, SlotState::Stopping, DeploymentState::Switching, &message)
+        .switch(
+            back,
+            SlotState::Stopping,
+            DeploymentState::Switching,
+            &message,
+        )
         .await;
     Err(Halt::Reverted {
         new: switched.new,
@@ -127,7 +137,10 @@ async fn watch_window(
     let mut next_check = Instant::now() + health.interval;
     let mut failed_checks = 0;
     let mut exited = new.started.exited.clone();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+    while let Some(left) = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
         tokio::select! {
             _ = tokio::time::sleep(VERIFY_TICK.min(left)) => {}
             why = job.cancel.interrupted() => return Err(VerifyFailure {

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 /// Finds the one file the artifact glob names in the checkout and copies it
 /// to `into/<file name>`, so the release stays runnable after the next
 /// build cleans the workspace.
-pub(super) fn keep_artifact(workspace: &Path, pattern: &str, into: &Path) -> Result<PathBuf, String> {
+pub(super) fn keep_artifact(
+    workspace: &Path,
+    pattern: &str,
+    into: &Path,
+) -> Result<PathBuf, String> {
     let found = find_files(workspace, pattern);
     let file = match found.as_slice() {
         [] => {
@@ -81,4 +85,3 @@ fn find_files(root: &Path, pattern: &str) -> Vec<PathBuf> {
     current.sort();
     current
 }
-

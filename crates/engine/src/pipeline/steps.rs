@@ -219,4 +219,3 @@ async fn pump(mut reader: impl AsyncRead + Unpin, lines: mpsc::Sender<String>) {
             .await;
     }
 }
-
