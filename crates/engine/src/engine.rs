@@ -230,10 +230,13 @@ impl Engine {
 
     /// How long [`Engine::shutdown`] waits at most: the largest of
     /// [`SHUTDOWN_FLOOR`] and, over the apps, drain_timeout + the driver's
-    /// stop_timeout + the hook timeout. That is what the slowest safe point
-    /// takes: a committed deployment drains the old release and stops it;
-    /// an interrupted one drains the new release (after a shift or a
-    /// verification had sent traffic to it), stops it and runs `on_failure`.
+    /// stop_timeout + the hook timeout for each configured hook. That is
+    /// what the slowest safe point takes: a committed deployment runs its
+    /// `after_switch` hooks, drains the old release and stops it; an
+    /// interrupted one finishes a running `before_switch` hook, drains the
+    /// new release (when a shift or verification had sent traffic to it),
+    /// stops it and runs `on_failure`. Health checks, promotion waits,
+    /// verification windows and builds are interrupted, not waited for.
     pub fn shutdown_bound(&self) -> Duration {
         shutdown_bound(&self.inner.config)
     }
@@ -334,7 +337,11 @@ fn shutdown_bound(config: &Config) -> Duration {
                 DriverConfig::Process(process) => process.stop_timeout,
                 DriverConfig::Docker(docker) => docker.stop_timeout,
             };
-            app.drain_timeout + stop + app.hooks.timeout
+            let hooks = &app.hooks;
+            let hook_lists = [&hooks.before_switch, &hooks.after_switch, &hooks.on_failure];
+            let hook_count = hook_lists.iter().map(|list| list.len()).sum::<usize>();
+            let hook_time = hooks.timeout * u32::try_from(hook_count).unwrap_or(u32::MAX);
+            app.drain_timeout + stop + hook_time
         })
         .fold(SHUTDOWN_FLOOR, Duration::max)
 }
