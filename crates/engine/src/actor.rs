@@ -539,7 +539,7 @@ impl Monitored {
                 _ => continue,
             };
             was_healthy = result.is_ok();
-            self.context.events.publish_app(crate::AppEvent {
+            self.context.events.publish_app(crate::events::AppEvent {
                 app: app.clone(),
                 at: cutover_store::now_ms(),
                 kind: kind.to_string(),

@@ -197,7 +197,7 @@ impl Engine {
     pub fn app_events(
         &self,
         app: &str,
-    ) -> Result<tokio::sync::broadcast::Receiver<crate::AppEvent>, EngineError> {
+    ) -> Result<tokio::sync::broadcast::Receiver<crate::events::AppEvent>, EngineError> {
         self.actor(app)?;
         Ok(self.inner.events.subscribe_apps())
     }
