@@ -77,3 +77,34 @@ impl CancelSignal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_first_interrupt_asked_for_is_the_one_reported() {
+        let (canceller, mut signal) = channel();
+        canceller.interrupt(Interrupt::Abort);
+        canceller.interrupt(Interrupt::Shutdown);
+        assert_eq!(signal.requested(), Some(Interrupt::Abort));
+        assert_eq!(signal.interrupted().await, Interrupt::Abort);
+    }
+
+    #[tokio::test]
+    async fn work_is_cut_short_by_an_interrupt_and_runs_to_its_end_without_one() {
+        let (canceller, mut signal) = channel();
+        assert_eq!(signal.until(async { 7 }).await, Ok(7));
+        let asker = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            canceller.interrupt(Interrupt::Shutdown);
+            canceller
+        });
+        let waited = signal.until(std::future::pending::<()>()).await;
+        assert_eq!(waited, Err(Interrupt::Shutdown));
+        // Asked before: the work does not even start.
+        assert_eq!(signal.until(async { 7 }).await, Err(Interrupt::Shutdown));
+        drop(asker.await);
+    }
+}

@@ -396,3 +396,39 @@ fn validate_version(version: &str) -> Result<(), EngineError> {
         )))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(apps: &str) -> Config {
+        let source = format!("state_dir = \"state\"\n{apps}");
+        Config::parse(Path::new("/srv/cutover.toml"), &source).unwrap()
+    }
+
+    const APP: &str = r#"
+[[app]]
+name = "web"
+drain_timeout = "40s"
+[app.health]
+path = "/health"
+[app.process]
+command = ["./web", "{port}"]
+stop_timeout = "5s"
+"#;
+
+    #[test]
+    fn shutdown_waits_for_the_slowest_safe_point_and_at_least_the_floor() {
+        assert_eq!(shutdown_bound(&config("")), SHUTDOWN_FLOOR);
+        assert_eq!(shutdown_bound(&config(APP)), Duration::from_secs(45));
+        let with_hooks = format!(
+            "{APP}[app.hooks]\ntimeout = \"10s\"\nbefore_switch = [[\"./smoke\"]]\non_failure = [[\"./page\"], [\"./log\"]]\n"
+        );
+        assert_eq!(
+            shutdown_bound(&config(&with_hooks)),
+            Duration::from_secs(75)
+        );
+    }
+}
