@@ -229,7 +229,7 @@ impl Engine {
     }
 
     /// How long [`Engine::shutdown`] waits at most: the largest of
-    /// [`SHUTDOWN_FLOOR`] and, over the apps, drain_timeout + the driver's
+    /// a floor of 10 s and, over the apps, drain_timeout + the driver's
     /// stop_timeout + the hook timeout for each configured hook. That is
     /// what the slowest safe point takes: a committed deployment runs its
     /// `after_switch` hooks, drains the old release and stops it; an

@@ -25,7 +25,7 @@
 //!   out, build, keep the artifact — from plain inputs, reporting to a journal.
 //! - `hooks.rs`: lifecycle hooks and verification commands (argv, env, timeout).
 //! - `journal.rs`: a deployment's transitions and notes, stored then published.
-//! - `slots.rs`: [`SlotState`](slots::SlotState) and the slot records.
+//! - `slots.rs`: `SlotState` and the slot records.
 //! - `cancel.rs`: abort and shutdown requests to a running deployment.
 //! - `context.rs`: what an app's control plane shares; live and standby releases.
 //! - `front.rs`: where traffic enters — the built-in proxy's route table or
@@ -33,7 +33,7 @@
 //! - [`health`]: HTTP health checks and the fast polling used while deploying.
 //! - `events.rs`: the broadcast of deployment events followed over SSE.
 //! - `log_tail.rs`: the tail of a release's log for failure reasons.
-//! - `model.rs`: requests and answers of the API; [`Trigger`](model::Trigger).
+//! - `model.rs`: requests and answers of the API; `Trigger`.
 //! - `blocking.rs`: store calls on the blocking pool.
 
 #![forbid(unsafe_code)]

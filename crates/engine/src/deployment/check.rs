@@ -3,7 +3,6 @@
 //! `deploy_timeout`, or once for a release kept idle under `keep_old`.
 
 use super::job::{Candidate, DeploymentJob, Halt, Leftover, Placed, Stop};
-use super::prepare::record_plan;
 use crate::context::Standby;
 use crate::health::{self, Unhealthy};
 use crate::log_tail::tail_lines;
@@ -68,7 +67,7 @@ pub(crate) async fn check_standby(
     job: &mut DeploymentJob,
     standby: Standby,
 ) -> Result<Candidate, Halt> {
-    if let Err(stop) = record_plan(job, standby.release.id, standby.slot).await {
+    if let Err(stop) = job.record_plan(standby.release.id, standby.slot).await {
         return Err(Halt::before_traffic(stop, Leftover::Nothing));
     }
     let log_path = standby.log_path.clone().unwrap_or_else(|| {

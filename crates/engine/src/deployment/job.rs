@@ -1,6 +1,7 @@
 //! What a running deployment owns, what each step hands to the next, and
 //! how a deployment can end.
 
+use crate::blocking::blocking;
 use crate::cancel::{CancelSignal, Interrupt};
 use crate::context::{AppContext, LiveRelease, Standby};
 use crate::hooks::{self, HookFacts};
@@ -9,7 +10,7 @@ use crate::model::Trigger;
 use cutover_config::{Slot, VerifyConfig};
 use cutover_drivers::StartedRelease;
 use cutover_proxy::Upstream;
-use cutover_store::{DeploymentRecord, DeploymentState, ReleaseRecord};
+use cutover_store::{DeploymentPlan, DeploymentRecord, DeploymentState, ReleaseRecord};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -78,6 +79,20 @@ impl DeploymentJob {
             reason,
         }
         .env(hook)
+    }
+
+    /// Records which release goes to which slot, and what was live before.
+    pub(crate) async fn record_plan(&self, release_id: i64, target: Slot) -> Result<(), Stop> {
+        let plan = DeploymentPlan {
+            release_id,
+            target_slot: target.as_str().to_string(),
+            from_release_id: self.live.as_ref().map(|l| l.release.id),
+            from_slot: self.live.as_ref().map(|l| l.slot.as_str().to_string()),
+        };
+        let (store, id) = (self.context.store.clone(), self.record.id);
+        blocking(move || store.set_deployment_plan(id, &plan))
+            .await
+            .map_err(|e| Stop::Failed(format!("cannot record the deployment plan: {e}")))
     }
 
     /// Runs a hook list; the first failure stops it and says why.

@@ -7,7 +7,7 @@ use crate::pipeline::{self, BuildError, BuildInput, LiveCommit};
 use crate::slots::{self, SlotFacts, SlotState};
 use cutover_config::Slot;
 use cutover_drivers::ReleaseSpec;
-use cutover_store::{DeploymentPlan, DeploymentState, ReleaseRecord};
+use cutover_store::{DeploymentState, ReleaseRecord};
 use std::path::PathBuf;
 
 /// `preparing`: the release to deploy (built first when it comes from
@@ -40,7 +40,7 @@ async fn prepare_release(job: &mut DeploymentJob) -> Result<Placed, Stop> {
         .step(DeploymentState::Preparing, &preparing)
         .await;
     let release = find_or_build_release(job).await?;
-    record_plan(job, release.id, target).await?;
+    job.record_plan(release.id, target).await?;
     let log_path = job
         .context
         .logs_dir
@@ -185,25 +185,6 @@ fn release_spec(job: &DeploymentJob, placed: &Placed) -> ReleaseSpec {
         log_path: placed.log_path.clone(),
         artifact: placed.release.artifact.as_ref().map(PathBuf::from),
     }
-}
-
-/// Records which release goes to which slot, and what was live before.
-pub(crate) async fn record_plan(
-    job: &DeploymentJob,
-    release_id: i64,
-    target: Slot,
-) -> Result<(), Stop> {
-    let plan = DeploymentPlan {
-        release_id,
-        target_slot: target.as_str().to_string(),
-        from_release_id: job.live.as_ref().map(|l| l.release.id),
-        from_slot: job.live.as_ref().map(|l| l.slot.as_str().to_string()),
-    };
-    let store = job.context.store.clone();
-    let id = job.record.id;
-    blocking(move || store.set_deployment_plan(id, &plan))
-        .await
-        .map_err(|e| Stop::Failed(format!("cannot record the deployment plan: {e}")))
 }
 
 /// Something not live may still run in the target slot (left by an
