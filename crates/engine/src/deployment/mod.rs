@@ -7,10 +7,12 @@
 //! pipeline, front, driver and store, never back up.
 //!
 //! ```text
-//! Prepare ──▶ Start ──▶ Check ──▶ Promote ──▶ Switch ──▶ [Verify] ──▶ Commit ─▶ succeeded
-//!  (preparing) (starting) (checking) ([awaiting_   (switching)  (verifying)  (draining,
-//!                          ▲          promotion])                             retiring)
-//!  CheckStandby ───────────┘ instant rollback: the release kept under keep_old
+//! stage:  Prepare ─▶ Start ─▶ Check ─▶ Promote ─────────▶ Switch ─▶ [Verify] ─▶ Commit
+//! state:  preparing  starting checking [awaiting_promotion] switching verifying   retiring
+//!                                                          then draining          succeeded
+//!                                                          or verifying
+//! rollback: Check ─▶ Switch (no preview, promotion, shift or verification)
+//! instant rollback: CheckStandby (checking once) ─▶ Switch
 //! ```
 //!
 //! Any stage before the commit may halt: before traffic reached the new
