@@ -5,16 +5,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod common;
 
+use common::{http_get, Backend};
 use cutover_config::Config;
 use cutover_nginx::{Nginx, WorkersExit};
+use cutover_test_support::nginx::NginxServer;
+use cutover_test_support::ports::free_port;
+use cutover_test_support::process::alive;
+use cutover_test_support::sshd::SshServer;
+use cutover_test_support::toml::{toml_list, toml_str};
+use cutover_test_support::wait::eventually;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{eventually, http_get, toml_list, toml_str, Backend, NginxServer, SshServer};
 
 /// A site served by a test nginx, driven by a `Nginx` from a parsed config.
 struct Setup {
@@ -42,7 +48,7 @@ fn setup() -> Setup {
         fs::create_dir_all(d).unwrap();
     }
     let server = NginxServer::start(&prefix, &[extra.join("*.conf"), sites.join("*.conf")]);
-    let port = support::free_port();
+    let port = free_port();
     let text = format!(
         r#"
 [proxy]
@@ -147,7 +153,7 @@ fn switch_writes_the_include_reloads_and_the_old_workers_exit() {
         matches!(exit, WorkersExit::Exited { workers: 2.., .. }),
         "{exit:?}"
     );
-    assert!(before.iter().all(|w| !support::alive(*w)));
+    assert!(before.iter().all(|w| !alive(*w)));
 
     // The same address again changes nothing and reloads nothing.
     let workers = s.server.workers();
@@ -365,7 +371,7 @@ fn remote_mode_over_ssh_runs_argv_without_shell_interpolation() {
         argument_file.display().to_string(),
     ];
     reload.extend(server.reload_argv());
-    let port = support::free_port();
+    let port = free_port();
     let text = format!(
         r#"
 [proxy]

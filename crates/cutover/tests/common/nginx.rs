@@ -3,15 +3,15 @@
 //! with its own prefix and configuration in the temporary directory), the
 //! test app as releases; optionally over a real sshd on 127.0.0.1.
 
-use super::{free_port, testapp_bin, Daemon};
+use super::Daemon;
+use cutover_test_support::binaries;
+use cutover_test_support::nginx::NginxServer;
+use cutover_test_support::ports::free_port;
+use cutover_test_support::sshd::SshServer;
+use cutover_test_support::toml::{toml_list, toml_str};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-#[path = "../../../nginx/tests/support/mod.rs"]
-pub mod support;
-
-use support::{toml_list, toml_str, NginxServer, SshServer};
 
 /// How the nginx-mode daemon is configured.
 pub struct FrontOptions {
@@ -134,7 +134,7 @@ stop_timeout = "5s"
             reload = toml_list(&reload),
             drain = options.drain_timeout,
             app_extra = options.app_extra,
-            testapp = testapp_bin().display(),
+            testapp = binaries::testapp().display(),
             behaviours = behaviours.display(),
         );
         let config_path = root.join("cutover.toml");
