@@ -14,7 +14,7 @@ use cutover_test_support::nginx::NginxServer;
 use cutover_test_support::ports::free_port;
 use cutover_test_support::process::alive;
 use cutover_test_support::sshd::SshServer;
-use cutover_test_support::toml::{toml_list, toml_str};
+use cutover_test_support::toml::toml_str;
 use cutover_test_support::wait::eventually;
 use std::fs;
 use std::net::SocketAddr;
@@ -56,24 +56,13 @@ mode = "nginx"
 listen = ["127.0.0.1:{port}"]
 max_body = "8MB"
 [proxy.nginx]
-conf = {conf}
-include_dir = {include_dir}
-pid_file = {pid}
-log_dir = {logs}
-test = {test}
-reload = {reload}
-
+{nginx_keys}
 [[app]]
 name = "web"
 [app.process]
 command = ["true"]
 "#,
-        conf = toml_str(&server.conf.display().to_string()),
-        include_dir = toml_str(&include_dir.display().to_string()),
-        pid = toml_str(&server.pid_file.display().to_string()),
-        logs = toml_str(&prefix.display().to_string()),
-        test = toml_list(&server.test_argv()),
-        reload = toml_list(&server.reload_argv()),
+        nginx_keys = server.cutover_keys(&include_dir, &server.reload_argv()),
     );
     let config = Config::parse(&dir.path().join("cutover.toml"), &text).unwrap();
     let nginx = Nginx::new(config.proxy.nginx.clone().unwrap());
@@ -378,29 +367,15 @@ fn remote_mode_over_ssh_runs_argv_without_shell_interpolation() {
 mode = "nginx"
 listen = ["127.0.0.1:{port}"]
 [proxy.nginx]
-conf = {conf}
-include_dir = {include_dir}
-pid_file = {pid}
-log_dir = {logs}
-test = {test}
-reload = {reload}
-ssh = {{ host = "127.0.0.1", port = {ssh_port}, user = {user}, identity_file = {key}, known_hosts_file = {known} }}
+{nginx_keys}{ssh}
 
 [[app]]
 name = "web"
 [app.process]
 command = ["true"]
 "#,
-        conf = toml_str(&server.conf.display().to_string()),
-        include_dir = toml_str(&include_dir.display().to_string()),
-        pid = toml_str(&server.pid_file.display().to_string()),
-        logs = toml_str(&prefix.display().to_string()),
-        test = toml_list(&server.test_argv()),
-        reload = toml_list(&reload),
-        ssh_port = sshd.port,
-        user = toml_str(&sshd.user),
-        key = toml_str(&sshd.identity_file.display().to_string()),
-        known = toml_str(&sshd.known_hosts_file.display().to_string()),
+        nginx_keys = server.cutover_keys(&include_dir, &reload),
+        ssh = sshd.cutover_key(),
     );
     let config = Config::parse(&dir.path().join("cutover.toml"), &text).unwrap();
     let nginx_config = config.proxy.nginx.clone().unwrap();

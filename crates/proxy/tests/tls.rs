@@ -4,20 +4,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, single_app, Backend};
+use common::{fast_settings, single_app, Backend, Proxy};
 use cutover_proxy::{CertKeyFiles, Router, ServeOptions, Tls, TlsError};
 use cutover_test_support::tls::{handshake, replace_file, served_cert, Ca, Leaf};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 
 /// Writes a leaf's files under `dir` as `<name>.crt` / `<name>.key`.
 fn write_pair(dir: &Path, name: &str, leaf: &Leaf) -> CertKeyFiles {
@@ -25,20 +23,9 @@ fn write_pair(dir: &Path, name: &str, leaf: &Leaf) -> CertKeyFiles {
     CertKeyFiles { cert, key }
 }
 
-async fn start(router: Router, options: ServeOptions) -> (SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(cutover_proxy::serve_with(
-        listener,
-        router,
-        fast_settings(),
-        options,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (addr, tx)
+/// The proxy with the test's fast settings and `options`.
+async fn start(router: Router, options: ServeOptions) -> Proxy {
+    Proxy::start_with(router, fast_settings(), options).await
 }
 
 /// A backend that answers with the `X-Forwarded-Proto` it got and the HTTP
@@ -70,7 +57,7 @@ async fn sni_picks_the_certificate_whose_names_match_and_unknown_names_get_the_f
     assert_eq!(tls.names(), ["a.test", "b.test", "*.b.test"]);
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls),
@@ -78,6 +65,7 @@ async fn sni_picks_the_certificate_whose_names_match_and_unknown_names_get_the_f
         },
     )
     .await;
+    let addr = proxy.addr;
 
     let connector = ca.connector(&[b"http/1.1"]);
     assert_eq!(served_cert(&connector, addr, "a.test").await, a.der);
@@ -99,7 +87,7 @@ async fn https_requests_reach_the_upstream_with_x_forwarded_proto_https() {
     let tls = Tls::load(vec![write_pair(dir.path(), "a", &ca.leaf(&["a.test"]))]).expect("load");
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls),
@@ -107,6 +95,7 @@ async fn https_requests_reach_the_upstream_with_x_forwarded_proto_https() {
         },
     )
     .await;
+    let addr = proxy.addr;
 
     // HTTP/1.1 (ALPN http/1.1).
     let (stream, _) = handshake(&ca.connector(&[b"http/1.1"]), addr, "a.test")
@@ -174,7 +163,7 @@ async fn replaced_certificate_files_are_picked_up_without_a_restart() {
     let _watch = tls.watch(Duration::from_millis(50));
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls),
@@ -182,6 +171,7 @@ async fn replaced_certificate_files_are_picked_up_without_a_restart() {
         },
     )
     .await;
+    let addr = proxy.addr;
     let connector = ca.connector(&[b"http/1.1"]);
     assert_eq!(served_cert(&connector, addr, "a.test").await, first.der);
 
@@ -206,7 +196,7 @@ async fn broken_replacement_is_reported_and_the_old_certificate_keeps_serving() 
     let tls = Tls::load(vec![files.clone()]).expect("load");
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls.clone()),
@@ -214,6 +204,7 @@ async fn broken_replacement_is_reported_and_the_old_certificate_keeps_serving() 
         },
     )
     .await;
+    let addr = proxy.addr;
     let connector = ca.connector(&[b"http/1.1"]);
 
     // A key that belongs to another certificate.
@@ -279,7 +270,7 @@ fn missing_or_unusable_files_are_clear_errors_at_start() {
 async fn cleartext_listener_redirects_to_https_except_acme_challenges() {
     let backend = Backend::named("challenge-answer").await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             redirect_https: Some(8443),
@@ -287,6 +278,7 @@ async fn cleartext_listener_redirects_to_https_except_acme_challenges() {
         },
     )
     .await;
+    let addr = proxy.addr;
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\n\r\n")

@@ -3,6 +3,7 @@
 //! never the system's nginx, never /etc/nginx.
 
 use crate::process::{alive, children_of, log_to, signal, stop_child};
+use crate::toml::{toml_list, toml_str};
 use nix::sys::signal::Signal;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -120,6 +121,21 @@ http {{
         let mut argv = vec![NGINX.to_string(), "-s".to_string(), "reload".to_string()];
         argv.extend(self.base_args());
         argv
+    }
+
+    /// The keys of cutover's `[proxy.nginx]` table for this instance, with
+    /// cutover's include directory `include_dir` and `reload` as the reload
+    /// command (`reload_argv()` unless a test wraps it).
+    pub fn cutover_keys(&self, include_dir: &Path, reload: &[String]) -> String {
+        format!(
+            "conf = {}\ninclude_dir = {}\npid_file = {}\nlog_dir = {}\ntest = {}\nreload = {}\n",
+            toml_str(&self.conf.display().to_string()),
+            toml_str(&include_dir.display().to_string()),
+            toml_str(&self.pid_file.display().to_string()),
+            toml_str(&self.prefix.display().to_string()),
+            toml_list(&self.test_argv()),
+            toml_list(reload),
+        )
     }
 
     fn try_master(&self) -> Option<u32> {

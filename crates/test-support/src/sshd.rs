@@ -4,6 +4,7 @@
 
 use crate::ports::free_port;
 use crate::process::{log_to, stop_child};
+use crate::toml::toml_str;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -103,6 +104,17 @@ impl SshServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The `ssh = { … }` key of cutover's `[proxy.nginx]` table for this server.
+    pub fn cutover_key(&self) -> String {
+        format!(
+            "ssh = {{ host = \"127.0.0.1\", port = {}, user = {}, identity_file = {}, known_hosts_file = {} }}",
+            self.port,
+            toml_str(&self.user),
+            toml_str(&self.identity_file.display().to_string()),
+            toml_str(&self.known_hosts_file.display().to_string()),
+        )
     }
 
     pub fn log(&self) -> String {

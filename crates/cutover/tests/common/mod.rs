@@ -93,6 +93,11 @@ stop_timeout = "5s"
             testapp = binaries::testapp().display(),
             behaviours = behaviours.display(),
         );
+        Daemon::launch(dir, proxy_port, &config)
+    }
+
+    /// Writes `config` to `<dir>/cutover.toml` and starts the daemon on it.
+    fn launch(dir: tempfile::TempDir, proxy_port: u16, config: &str) -> Daemon {
         let config_path = dir.path().join("cutover.toml");
         fs::write(&config_path, config).unwrap();
         let mut daemon = Daemon {
@@ -296,16 +301,7 @@ impl Daemon {
         let config = format!(
             "state_dir = \"state\"\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n\n{apps}\n"
         );
-        let config_path = dir.path().join("cutover.toml");
-        fs::write(&config_path, config).unwrap();
-        let mut daemon = Daemon {
-            dir,
-            config: config_path,
-            proxy_port,
-            child: None,
-        };
-        daemon.spawn();
-        daemon
+        Daemon::launch(dir, proxy_port, &config)
     }
 }
 
