@@ -323,3 +323,83 @@ pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8])
     bytes.extend_from_slice(body);
     exchange(addr, &bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A server on a free port that reads one request head per entry of
+    /// `answers` on one connection and writes that answer back; closes after
+    /// the last. Returns the port and the request heads it received.
+    fn serve(answers: &'static [&'static str]) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut heads = Vec::new();
+            for answer in answers {
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                heads.push(head);
+                reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            }
+            heads
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn keep_alive_connection_reads_length_chunked_and_close_delimited_bodies_in_turn() {
+        let (port, server) = serve(&[
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\nuntil close",
+        ]);
+        let mut connection = Connection::open(port).unwrap();
+        assert_eq!(connection.get("/a").unwrap().text(), "hello");
+        assert_eq!(connection.get("/b").unwrap().text(), "abcde");
+        let empty = connection.get("/c").unwrap();
+        assert_eq!((empty.status, empty.body.len()), (204, 0));
+        let last = connection.get_with("/d", &[("X-Test", "1")]).unwrap();
+        assert_eq!(last.status, 503);
+        assert_eq!(last.header("connection"), Some("close"));
+        assert_eq!(last.text(), "until close");
+        let heads = server.join().unwrap();
+        assert!(heads[0].starts_with(&format!(
+            "GET /a HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: cutover-e2e\r\n"
+        )));
+        assert!(heads[3].contains("X-Test: 1\r\n"), "{}", heads[3]);
+    }
+
+    #[test]
+    fn a_status_line_that_is_not_http_1_1_is_an_error() {
+        let (port, _server) = serve(&["SSH-2.0-OpenSSH\r\n\r\n"]);
+        let error = Connection::open(port).unwrap().get("/").unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn post_adds_content_length_and_reads_the_reply_until_close() {
+        let (port, server) = serve(&["HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok"]);
+        let reply = post(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "/hook",
+            &[("X-Event", "push")],
+            b"{}",
+        );
+        assert_eq!((reply.status, reply.body.as_str()), (202, "ok"));
+        let head = &server.join().unwrap()[0];
+        assert!(head.contains("Content-Length: 2\r\n"), "{head}");
+        assert!(head.contains("X-Event: push\r\n"), "{head}");
+    }
+}

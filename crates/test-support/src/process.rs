@@ -193,3 +193,33 @@ pub fn log_to(path: &Path) -> (Stdio, Stdio) {
         .unwrap_or_else(|e| panic!("cannot open the log {}: {e}", path.display()));
     (log.try_clone().unwrap().into(), log.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn a_spawned_child_is_alive_listed_and_found_until_stopped() {
+        let mut child = Command::new("sleep")
+            .arg("60.123")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(alive(pid));
+        assert!(children_of(std::process::id()).contains(&pid));
+        assert_eq!(find_by_args(&["sleep", "60.123"]), Some(pid));
+        assert!(rss_of(pid) > 0);
+        stop_child(&mut child, Duration::from_secs(5));
+        assert!(!alive(pid));
+        assert!(!children_of(std::process::id()).contains(&pid));
+    }
+
+    #[test]
+    fn signals_never_reach_pid_0_or_1() {
+        assert!(target(0).is_none());
+        assert!(target(1).is_none());
+        assert_eq!(target(2), Some(Pid::from_raw(2)));
+    }
+}
