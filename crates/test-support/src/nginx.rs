@@ -2,7 +2,7 @@
 //! prefix, configuration, pid file and logs in a temporary directory:
 //! never the system's nginx, never /etc/nginx.
 
-use crate::process::{alive, children_of, log_to, signal, stop_child};
+use crate::process::{alive, children_of, log_to, signal, stop_child, wait_ready};
 use crate::toml::{toml_list, toml_str};
 use nix::sys::signal::Signal;
 use std::fs;
@@ -66,36 +66,32 @@ http {{
             child: None,
         };
         let (stdout, stderr) = log_to(&prefix.join("nginx.out"));
-        let child = Command::new(NGINX)
+        let mut child = Command::new(NGINX)
             .args(server.base_args())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap();
-        server.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if server
-                .try_master()
-                .is_some_and(|m| children_of(m).len() >= 2)
-            {
-                return server;
-            }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "nginx exited at start ({status}):\n{}\n{}",
+        wait_ready(
+            &mut child,
+            "nginx",
+            (Duration::from_secs(10), Duration::from_millis(20)),
+            || {
+                server
+                    .try_master()
+                    .is_some_and(|m| children_of(m).len() >= 2)
+            },
+            || {
+                format!(
+                    "{}\n{}",
                     fs::read_to_string(prefix.join("nginx.out")).unwrap_or_default(),
                     server.error_log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not start:\n{}",
-                server.error_log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                )
+            },
+        );
+        server.child = Some(child);
+        server
     }
 
     fn base_args(&self) -> Vec<String> {

@@ -184,6 +184,32 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
     }
 }
 
+/// Polls `ready` every `every` until it holds. Fails if `child` exits
+/// first, or stops it and fails once `within` passed; `diagnostics()` (its
+/// log, say) goes into the message.
+pub fn wait_ready(
+    child: &mut Child,
+    what: &str,
+    (within, every): (Duration, Duration),
+    mut ready: impl FnMut() -> bool,
+    diagnostics: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            panic!("{what} exited at start ({status}):\n{}", diagnostics());
+        }
+        if Instant::now() >= deadline {
+            stop_child(child, Duration::from_secs(5));
+            panic!(
+                "{what} did not come up within {within:?}:\n{}",
+                diagnostics()
+            );
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Stdout and stderr for a child, both appended to the file at `path`.
 pub fn log_to(path: &Path) -> (Stdio, Stdio) {
     let log = fs::OpenOptions::new()

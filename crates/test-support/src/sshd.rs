@@ -3,12 +3,12 @@
 //! of its own: never the system's sshd or keys.
 
 use crate::ports::free_port;
-use crate::process::{log_to, stop_child};
+use crate::process::{log_to, stop_child, wait_ready};
 use crate::toml::toml_str;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const SSHD: &str = "/usr/sbin/sshd";
 
@@ -73,7 +73,7 @@ impl SshServer {
         // sshd's privilege separation directory.
         fs::create_dir_all("/run/sshd").unwrap();
         let (stdout, stderr) = log_to(&dir.join("sshd.log"));
-        let child = Command::new(SSHD)
+        let mut child = Command::new(SSHD)
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -87,23 +87,17 @@ impl SshServer {
             identity_file,
             known_hosts_file,
             dir: dir.to_path_buf(),
-            child: Some(child),
+            child: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if server.ssh(&["true"]).status.success() {
-                return server;
-            }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sshd exited at start ({status}):\n{}", server.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not accept a login:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(
+            &mut child,
+            "sshd (accepting a login)",
+            (Duration::from_secs(10), Duration::from_millis(50)),
+            || server.ssh(&["true"]).status.success(),
+            || server.log(),
+        );
+        server.child = Some(child);
+        server
     }
 
     /// The `ssh = { … }` key of cutover's `[proxy.nginx]` table for this server.

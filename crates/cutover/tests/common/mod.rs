@@ -11,7 +11,7 @@ pub mod proxy;
 use cutover_test_support::binaries;
 use cutover_test_support::http::{self, Connection};
 use cutover_test_support::ports::free_port;
-use cutover_test_support::process::{self, log_to, signal, wait_exit};
+use cutover_test_support::process::{self, log_to, signal, wait_exit, wait_ready};
 use nix::sys::signal::Signal;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -128,7 +128,7 @@ stop_timeout = "5s"
 
     pub fn spawn(&mut self) {
         let (stdout, stderr) = log_to(&self.dir.path().join("serve.log"));
-        let child = Command::new(binaries::cutover())
+        let mut child = Command::new(binaries::cutover())
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
@@ -137,20 +137,14 @@ stop_timeout = "5s"
             .stderr(stderr)
             .spawn()
             .unwrap();
+        wait_ready(
+            &mut child,
+            "cutover serve",
+            (Duration::from_secs(20), Duration::from_millis(50)),
+            || self.cli(&["status", "--json"]).status.success(),
+            || self.serve_log(),
+        );
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.cli(&["status", "--json"]);
-            if status.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cutover serve did not come up:\n{}",
-                self.serve_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     pub fn serve_log(&self) -> String {
