@@ -5,7 +5,7 @@
 //! and a local registry.
 
 use crate::ports::free_port;
-use crate::process::log_to;
+use crate::process::spawn_logged;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -248,14 +248,10 @@ impl Registry {
             ),
         )
         .unwrap();
-        let (stdout, stderr) = log_to(&dir.path().join("registry.log"));
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
+        let child = spawn_logged(
+            Command::new("docker-registry").arg("serve").arg(&config),
+            &dir.path().join("registry.log"),
+        )
             .unwrap_or_else(|e| {
                 panic!("cannot run docker-registry ({e}): install Debian's docker-registry (scripts/test does)")
             });

@@ -2,12 +2,12 @@
 //! prefix, configuration, pid file and logs in a temporary directory:
 //! never the system's nginx, never /etc/nginx.
 
-use crate::process::{alive, children_of, log_to, signal, stop_child, wait_ready};
+use crate::process::{alive, children_of, signal, spawn_logged, stop_child, wait_ready};
 use crate::toml::{toml_list, toml_str};
 use nix::sys::signal::Signal;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub const NGINX: &str = "/usr/sbin/nginx";
@@ -65,14 +65,11 @@ http {{
             error_log: prefix.join("error.log"),
             child: None,
         };
-        let (stdout, stderr) = log_to(&prefix.join("nginx.out"));
-        let mut child = Command::new(NGINX)
-            .args(server.base_args())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_logged(
+            Command::new(NGINX).args(server.base_args()),
+            &prefix.join("nginx.out"),
+        )
+        .unwrap();
         wait_ready(
             &mut child,
             "nginx",

@@ -6,7 +6,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::fs;
 use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -210,8 +210,19 @@ pub fn wait_ready(
     }
 }
 
+/// Starts `command` with stdin closed and stdout and stderr appended to
+/// the file at `log`.
+pub fn spawn_logged(command: &mut Command, log: &Path) -> std::io::Result<Child> {
+    let (stdout, stderr) = log_to(log);
+    command
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+}
+
 /// Stdout and stderr for a child, both appended to the file at `path`.
-pub fn log_to(path: &Path) -> (Stdio, Stdio) {
+fn log_to(path: &Path) -> (Stdio, Stdio) {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -223,7 +234,6 @@ pub fn log_to(path: &Path) -> (Stdio, Stdio) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     #[test]
     fn a_spawned_child_is_alive_listed_and_found_until_stopped() {

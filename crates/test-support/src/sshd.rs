@@ -3,7 +3,7 @@
 //! of its own: never the system's sshd or keys.
 
 use crate::ports::free_port;
-use crate::process::{log_to, stop_child, wait_ready};
+use crate::process::{spawn_logged, stop_child, wait_ready};
 use crate::toml::toml_str;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -72,15 +72,11 @@ impl SshServer {
         .unwrap();
         // sshd's privilege separation directory.
         fs::create_dir_all("/run/sshd").unwrap();
-        let (stdout, stderr) = log_to(&dir.join("sshd.log"));
-        let mut child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_logged(
+            Command::new(SSHD).args(["-D", "-e", "-f"]).arg(&config),
+            &dir.join("sshd.log"),
+        )
+        .unwrap();
         let mut server = SshServer {
             port,
             user,

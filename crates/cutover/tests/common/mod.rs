@@ -11,7 +11,7 @@ pub mod proxy;
 use cutover_test_support::binaries;
 use cutover_test_support::http::{self, Connection};
 use cutover_test_support::ports::free_port;
-use cutover_test_support::process::{self, log_to, signal, wait_exit, wait_ready};
+use cutover_test_support::process::{self, signal, spawn_logged, wait_exit, wait_ready};
 use nix::sys::signal::Signal;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -127,16 +127,14 @@ stop_timeout = "5s"
     }
 
     pub fn spawn(&mut self) {
-        let (stdout, stderr) = log_to(&self.dir.path().join("serve.log"));
-        let mut child = Command::new(binaries::cutover())
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_logged(
+            Command::new(binaries::cutover())
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config),
+            &self.dir.path().join("serve.log"),
+        )
+        .unwrap();
         wait_ready(
             &mut child,
             "cutover serve",
