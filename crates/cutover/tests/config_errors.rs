@@ -5,13 +5,14 @@
 
 mod common;
 
+use cutover_test_support::binaries;
 use std::process::Command;
 
 fn run(args: &[&str], config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cutover.toml");
     std::fs::write(&path, config).unwrap();
-    let output = Command::new(common::cutover_bin())
+    let output = Command::new(binaries::cutover())
         .args(args)
         .arg("--config")
         .arg(&path)
@@ -90,7 +91,7 @@ fn both_drivers_in_one_app_are_rejected_with_file_line_and_problem() {
 
 #[test]
 fn missing_config_file_is_a_usage_error() {
-    let output = Command::new(common::cutover_bin())
+    let output = Command::new(binaries::cutover())
         .args(["config", "check", "--config", "/nonexistent/cutover.toml"])
         .output()
         .unwrap();

@@ -5,8 +5,10 @@
 
 mod common;
 
-use common::load::Load;
-use common::{eventually, AppOptions, Daemon};
+use common::{AppOptions, Daemon};
+use cutover_test_support::load::Load;
+use cutover_test_support::wait::eventually;
+use cutover_test_support::{http, ports, process};
 use std::time::{Duration, Instant};
 
 const LOAD_CLIENTS: usize = 8;
@@ -89,7 +91,7 @@ fn slow_request_on_old_slot_completes_and_drain_ends_when_it_does() {
     let port = daemon.proxy_port;
     let slow = std::thread::spawn(move || {
         let started = Instant::now();
-        let response = common::http::get(port, "/slow?ms=3000");
+        let response = http::get(port, "/slow?ms=3000");
         (response, started.elapsed())
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -99,7 +101,7 @@ fn slow_request_on_old_slot_completes_and_drain_ends_when_it_does() {
     let (response, _) = slow.join().unwrap();
 
     assert_eq!(response.status, 200);
-    assert_eq!(response.body.trim(), "version=v1 slept=3000");
+    assert_eq!(response.text().trim(), "version=v1 slept=3000");
     assert!(output.contains("drained after"), "{output}");
     // Generous bound: the drain waited for the slow request (~2.7 s left),
     // far less than the 30 s drain_timeout.
@@ -116,11 +118,11 @@ fn slow_request_on_old_slot_completes_and_drain_ends_when_it_does() {
         ["v2"],
         "v1 must be stopped once drained"
     );
-    assert_eq!(daemon.get("/").body.trim(), "version=v2");
+    assert_eq!(daemon.get("/").text().trim(), "version=v2");
 }
 
 fn assert_failed_deploy_changes_nothing(flags: &str, fixed_ports: bool, expected_reason: &str) {
-    let ports = fixed_ports.then(|| (common::free_port(), common::free_port()));
+    let ports = fixed_ports.then(|| (ports::free_port(), ports::free_port()));
     let daemon = Daemon::start(AppOptions {
         deploy_timeout: "3s",
         fixed_ports: ports,
@@ -174,7 +176,7 @@ fn assert_failed_deploy_changes_nothing(flags: &str, fixed_ports: bool, expected
     assert_eq!(status["live_version"], "v1");
     let last = &history(&daemon)[0];
     assert_eq!(last["state"], "failed");
-    assert_eq!(daemon.get("/").body.trim(), "version=v1");
+    assert_eq!(daemon.get("/").text().trim(), "version=v1");
 }
 
 /// Invariant 2, each way a new release can fail.
@@ -360,7 +362,7 @@ fn kill_9_right_after_switch_serves_v2_and_stops_v1() {
     let mut daemon = Daemon::start(AppOptions::default());
     daemon.deploy("v1");
     let port = daemon.proxy_port;
-    let slow = std::thread::spawn(move || common::http::try_get(port, "/slow?ms=4000"));
+    let slow = std::thread::spawn(move || http::try_get(port, "/slow?ms=4000"));
     std::thread::sleep(Duration::from_millis(200));
     daemon.ok(&["deploy", "web", "--version", "v2", "--no-wait"]);
     eventually(Duration::from_secs(10), "deployment draining", || {
@@ -407,7 +409,7 @@ fn live_release_that_died_while_cutover_was_down_is_started_again() {
     daemon.deploy("v1");
     daemon.kill9();
     for (pid, _) in daemon.releases() {
-        common::kill_release_group(pid);
+        process::kill_group(pid);
     }
     eventually(Duration::from_secs(5), "v1 gone", || {
         daemon.releases().is_empty()

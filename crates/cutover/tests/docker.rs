@@ -9,12 +9,14 @@
 
 mod common;
 
-use common::docker::{
+use common::Daemon;
+use cutover_test_support::docker::{
     build_context, build_image, container_versions, containers, docker, image_exists,
     require_docker, unique, Cleanup, Registry,
 };
-use common::load::Load;
-use common::{eventually, Daemon};
+use cutover_test_support::http::Connection;
+use cutover_test_support::load::Load;
+use cutover_test_support::wait::eventually;
 use std::time::Duration;
 
 const LOAD_CLIENTS: usize = 8;
@@ -221,7 +223,7 @@ fn assert_bad_image_fails_deploy(
     });
     assert_eq!(t.status()["live_version"], "v1");
     assert_eq!(t.history()[0]["state"], "failed");
-    assert_eq!(t.daemon.get("/").body.trim(), "version=v1");
+    assert_eq!(t.daemon.get("/").text().trim(), "version=v1");
 }
 
 #[test]
@@ -418,12 +420,12 @@ fn docker_preview_promotion_and_instant_rollback_within_keep_old() {
         });
         if version == "v2" {
             let header = [("X-Cutover-Preview", "1")];
-            let mut connection = common::http::Connection::open(t.daemon.proxy_port).unwrap();
+            let mut connection = Connection::open(t.daemon.proxy_port).unwrap();
             assert_eq!(
-                connection.get_with("/", &header).unwrap().body.trim(),
+                connection.get_with("/", &header).unwrap().text().trim(),
                 "version=v2"
             );
-            assert_eq!(connection.get("/").unwrap().body.trim(), "version=v1");
+            assert_eq!(connection.get("/").unwrap().text().trim(), "version=v1");
         }
         t.daemon.ok(&["promote", &t.app]);
         eventually(Duration::from_secs(20), "promoted", || {

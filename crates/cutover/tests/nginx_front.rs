@@ -12,10 +12,12 @@
 
 mod common;
 
-use common::load::{Load, LoadReport};
-use common::nginx::support::alive;
 use common::nginx::{FrontOptions, NginxFront};
-use common::{eventually, AppOptions, Daemon};
+use common::{AppOptions, Daemon};
+use cutover_test_support::load::{Load, LoadReport};
+use cutover_test_support::process::alive;
+use cutover_test_support::wait::eventually;
+use cutover_test_support::{binaries, http};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,7 +171,7 @@ fn long_request_on_v1_across_the_switch_completes() {
     let port = daemon.proxy_port;
     let slow = std::thread::spawn(move || {
         let started = Instant::now();
-        (common::http::get(port, "/slow?ms=3000"), started.elapsed())
+        (http::get(port, "/slow?ms=3000"), started.elapsed())
     });
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
@@ -180,13 +182,13 @@ fn long_request_on_v1_across_the_switch_completes() {
 
     assert!(output.contains("succeeded"), "{output}");
     assert_eq!(response.status, 200);
-    assert_eq!(response.body.trim(), "version=v1 slept=3000");
+    assert_eq!(response.text().trim(), "version=v1 slept=3000");
     assert!(
         took >= Duration::from_millis(2000) && took < Duration::from_secs(25),
         "the drain must wait for the request (about 2.7s left), not drain_timeout (30s): {took:?}"
     );
     assert!(output.contains("have exited"), "{output}");
-    assert_eq!(daemon.get("/").body.trim(), "version=v2");
+    assert_eq!(daemon.get("/").text().trim(), "version=v2");
     assert_eq!(daemon.release_versions(), ["v2"]);
     assert!(release_gone.unwrap() > last_worker_alive.unwrap());
 }
@@ -226,7 +228,7 @@ fn broken_nginx_config_fails_the_deploy_restores_the_include_and_v1_serves() {
         workers,
         "nginx must not have been reloaded"
     );
-    assert_eq!(daemon.get("/").body.trim(), "version=v1");
+    assert_eq!(daemon.get("/").text().trim(), "version=v1");
     assert_eq!(daemon.release_versions(), ["v1"]);
     assert_eq!(daemon.status()["live_version"], "v1");
 
@@ -256,7 +258,7 @@ fn failing_reload_command_fails_the_deploy_restores_the_include_and_v1_serves() 
     );
     assert_eq!(last_deployment(daemon)["state"], "failed");
     assert_eq!(front.include(), include);
-    assert_eq!(daemon.get("/").body.trim(), "version=v1");
+    assert_eq!(daemon.get("/").text().trim(), "version=v1");
     assert_eq!(daemon.release_versions(), ["v1"]);
 
     front.fail_reload(None);
@@ -324,7 +326,7 @@ fn restart_adopts_the_live_release_without_reloading_nginx_and_rollback_works() 
     eventually(Duration::from_secs(10), "v1 live again", || {
         front.daemon.status()["health"] == "healthy"
     });
-    assert_eq!(front.daemon.get("/").body.trim(), "version=v1");
+    assert_eq!(front.daemon.get("/").text().trim(), "version=v1");
     assert_eq!(
         front.nginx.workers(),
         workers,
@@ -369,7 +371,7 @@ command = ["./web"]
 "#,
     )
     .unwrap();
-    let output = std::process::Command::new(common::cutover_bin())
+    let output = std::process::Command::new(binaries::cutover())
         .args(["nginx-config", "web", "--config"])
         .arg(&config)
         .output()
@@ -407,7 +409,7 @@ command = ["./web"]
         "[proxy]\nmode = \"nginx\"\n[proxy.nginx]\nconf = \"/srv/none/nginx.conf\"\n[[app]]\nname = \"web\"\n[app.process]\ncommand = [\"./web\"]\n",
     )
     .unwrap();
-    let output = std::process::Command::new(common::cutover_bin())
+    let output = std::process::Command::new(binaries::cutover())
         .args(["nginx-config", "web", "--config"])
         .arg(&config)
         .output()
@@ -425,7 +427,7 @@ command = ["./web"]
         "[proxy]\nmode = \"nginx\"\n[[app]]\nname = \"web\"\nshift = { steps = [10, 100], every = \"10s\" }\n[app.process]\ncommand = [\"./web\"]\n",
     )
     .unwrap();
-    let output = std::process::Command::new(common::cutover_bin())
+    let output = std::process::Command::new(binaries::cutover())
         .args(["config", "check", "--config"])
         .arg(&config)
         .output()

@@ -4,12 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/proxy.rs"]
-mod proxy_support;
 
-use common::http::Connection;
-use common::{eventually, AppOptions, Daemon};
-use proxy_support::{daemon_with_proxy, sample, scrape};
+use common::proxy::{daemon_with_proxy, sample, scrape, serve_pid};
+use common::{AppOptions, Daemon};
+use cutover_test_support::http::Connection;
+use cutover_test_support::process;
+use cutover_test_support::wait::eventually;
 use std::time::Duration;
 
 fn log_lines(daemon: &Daemon, file: &str) -> Vec<String> {
@@ -171,10 +171,7 @@ fn access_log_file_is_reopened_on_sighup_after_rotation() {
         daemon.dir.path().join("access.log.1"),
     )
     .unwrap();
-    common::signal(
-        proxy_support::serve_pid(&daemon),
-        nix::sys::signal::Signal::SIGHUP,
-    );
+    process::signal(serve_pid(&daemon), nix::sys::signal::Signal::SIGHUP);
     // The reopen is asynchronous: keep sending until a line lands in the new file.
     eventually(Duration::from_secs(10), "a line in the new file", || {
         daemon.get("/after-rotation");

@@ -5,11 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/proxy.rs"]
-mod proxy_support;
 
+use common::proxy::{daemon_with_proxy, serve_pid};
 use common::AppOptions;
-use proxy_support::{daemon_with_proxy, serve_pid, RssSampler};
+use cutover_test_support::process::{rss_of, RssSampler};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -65,7 +64,7 @@ fn one_gib_upload_streams_through_the_daemon_with_flat_memory() {
     let daemon = daemon_with_proxy(AppOptions::default(), "max_body = \"2GB\"", "");
     daemon.deploy("v1");
     let pid = serve_pid(&daemon);
-    let before = proxy_support::rss_of(pid);
+    let before = rss_of(pid);
 
     let mut stream = TcpStream::connect(("127.0.0.1", daemon.proxy_port)).unwrap();
     stream

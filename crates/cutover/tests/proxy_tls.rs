@@ -7,70 +7,22 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/proxy.rs"]
-mod proxy_support;
 
-use common::{eventually, free_port, AppOptions, Daemon};
+use common::proxy::{daemon_with_proxy, serve_pid};
+use common::{AppOptions, Daemon};
+use cutover_test_support::http::Connection;
+use cutover_test_support::ports::free_port;
+use cutover_test_support::tls::{handshake, replace_file, served_cert, Ca};
+use cutover_test_support::wait::eventually;
+use cutover_test_support::{binaries, process};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_support::daemon_with_proxy;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-
-struct Ca {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).unwrap().der().clone();
-        Ca { params, key, der }
-    }
-
-    /// Writes a leaf for `name` to `<dir>/<file>.crt` and `.key`; returns its DER.
-    fn write_leaf(&self, dir: &Path, file: &str, name: &str) -> CertificateDer<'static> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        let cert = params
-            .signed_by(&key, &rcgen::Issuer::from_params(&self.params, &self.key))
-            .unwrap();
-        replace(&dir.join(format!("{file}.key")), &key.serialize_pem());
-        replace(&dir.join(format!("{file}.crt")), &cert.pem());
-        cert.der().clone()
-    }
-
-    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        TlsConnector::from(Arc::new(config))
-    }
-}
-
-/// Write aside, then rename: what certificate tools do.
-fn replace(path: &Path, content: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -80,20 +32,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn tls_connect(
-    connector: &TlsConnector,
-    port: u16,
-    name: &str,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    connector
-        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
-        .await
-}
-
-async fn served_cert(connector: &TlsConnector, port: u16, name: &str) -> CertificateDer<'static> {
-    let stream = tls_connect(connector, port, name).await.unwrap();
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+/// 127.0.0.1:`port`.
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A daemon with an HTTPS listener serving `a.test` and `b.test` from
@@ -143,10 +84,13 @@ fn sni_picks_each_hosts_certificate_and_replaced_files_are_served_without_restar
     let rt = runtime();
     let connector = ca.connector(&[b"http/1.1"]);
     rt.block_on(async {
-        assert_eq!(served_cert(&connector, tls_port, "a.test").await, a);
-        assert_eq!(served_cert(&connector, tls_port, "b.test").await, b);
+        assert_eq!(served_cert(&connector, local(tls_port), "a.test").await, a);
+        assert_eq!(served_cert(&connector, local(tls_port), "b.test").await, b);
         // A request over TLS reaches the release, marked as HTTPS.
-        let stream = tls_connect(&connector, tls_port, "a.test").await.unwrap();
+        let stream = handshake(&connector, local(tls_port), "a.test")
+            .await
+            .unwrap()
+            .0;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
@@ -167,17 +111,14 @@ fn sni_picks_each_hosts_certificate_and_replaced_files_are_served_without_restar
     eventually(
         Duration::from_secs(15),
         "the replaced certificate is served",
-        || rt.block_on(served_cert(&connector, tls_port, "a.test")) == a2,
+        || rt.block_on(served_cert(&connector, local(tls_port), "a.test")) == a2,
     );
 
     // A broken replacement for b.test (a key of another certificate): the
     // reload fails loudly and b.test keeps its certificate.
     let stray = rcgen::KeyPair::generate().unwrap();
-    replace(&dir.join("b.key"), &stray.serialize_pem());
-    common::signal(
-        proxy_support::serve_pid(&daemon),
-        nix::sys::signal::Signal::SIGHUP,
-    );
+    replace_file(&dir.join("b.key"), &stray.serialize_pem());
+    process::signal(serve_pid(&daemon), nix::sys::signal::Signal::SIGHUP);
     eventually(
         Duration::from_secs(15),
         "the failed reload is reported",
@@ -189,8 +130,14 @@ fn sni_picks_each_hosts_certificate_and_replaced_files_are_served_without_restar
     );
     let log = daemon.serve_log();
     assert!(log.contains("b.key"), "the error names the file:\n{log}");
-    assert_eq!(rt.block_on(served_cert(&connector, tls_port, "b.test")), b);
-    assert_eq!(rt.block_on(served_cert(&connector, tls_port, "a.test")), a2);
+    assert_eq!(
+        rt.block_on(served_cert(&connector, local(tls_port), "b.test")),
+        b
+    );
+    assert_eq!(
+        rt.block_on(served_cert(&connector, local(tls_port), "a.test")),
+        a2
+    );
     assert_eq!(daemon.get("/").status, 200, "still serving");
 }
 
@@ -257,13 +204,16 @@ fn http2_streams_over_h2c_and_tls_fail_nothing_across_a_switch() {
     let seen_tls = Arc::new(Mutex::new(Vec::new()));
     let connector = ca.connector(&[b"h2"]);
     let loads = rt.block_on(async {
-        let tcp = TcpStream::connect(proxy).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
         let (h2c, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let stream = tls_connect(&connector, tls_port, "a.test").await.unwrap();
+        let stream = handshake(&connector, local(tls_port), "a.test")
+            .await
+            .unwrap()
+            .0;
         assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (h2, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -317,7 +267,7 @@ fn plain_http_is_redirected_to_https_when_asked() {
     let ca = Ca::new();
     let (daemon, tls_port, _, _) = tls_daemon(&ca, "redirect_http = true");
     daemon.deploy("v1");
-    let mut conn = common::http::Connection::open(daemon.proxy_port).unwrap();
+    let mut conn = Connection::open(daemon.proxy_port).unwrap();
     let reply = conn.get("/path?q=1").unwrap();
     assert_eq!(reply.status, 308);
     assert_eq!(
@@ -340,7 +290,7 @@ fn missing_certificate_file_stops_the_start_with_a_clear_error() {
         ),
     )
     .unwrap();
-    let output = std::process::Command::new(common::cutover_bin())
+    let output = std::process::Command::new(binaries::cutover())
         .args(["serve", "--config"])
         .arg(&config)
         .output()

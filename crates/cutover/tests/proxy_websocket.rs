@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{eventually, AppOptions, Daemon};
+use common::{AppOptions, Daemon};
+use cutover_test_support::wait::eventually;
 use std::net::TcpStream;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

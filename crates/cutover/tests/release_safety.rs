@@ -7,8 +7,10 @@
 
 mod common;
 
-use common::load::{ClientOptions, Load};
-use common::{eventually, AppOptions, Daemon};
+use common::{AppOptions, Daemon};
+use cutover_test_support::http::Connection;
+use cutover_test_support::load::{ClientOptions, Load};
+use cutover_test_support::wait::eventually;
 use std::time::Duration;
 
 const MAX_REQUESTS: usize = 20_000;
@@ -97,7 +99,7 @@ fn preview_header_reaches_the_new_release_before_promotion_and_promote_switches_
     let report = load.stop();
     assert_eq!(report.failures(), Vec::<&str>::new());
     report.assert_versions_in_order(&["v1", "v2"]);
-    assert_eq!(daemon.get("/").body.trim(), "version=v2");
+    assert_eq!(daemon.get("/").text().trim(), "version=v2");
 }
 
 /// `auto_abort_after` expires: the deployment is aborted, v2 is gone, v1 untouched.
@@ -115,14 +117,14 @@ fn auto_abort_after_expiry_aborts_and_leaves_v1_serving() {
     assert!(said.contains("auto_abort_after"), "{said}");
     assert_eq!(last_deployment(&daemon)["state"], "aborted");
     assert_eq!(daemon.release_versions(), ["v1"]);
-    assert_eq!(daemon.get("/").body.trim(), "version=v1");
+    assert_eq!(daemon.get("/").text().trim(), "version=v1");
     let header = [("X-Cutover-Preview", "1")];
-    let previewed = common::http::Connection::open(daemon.proxy_port)
+    let previewed = Connection::open(daemon.proxy_port)
         .unwrap()
         .get_with("/", &header)
         .unwrap();
     assert_eq!(
-        previewed.body.trim(),
+        previewed.text().trim(),
         "version=v1",
         "no preview after the abort"
     );
@@ -278,7 +280,7 @@ fn gradual_shift_sends_each_steps_share_and_keeps_sticky_clients_on_one_release(
     eventually(Duration::from_secs(30), "v2 fully live", || {
         last_deployment(&daemon)["state"] == "succeeded"
     });
-    assert_eq!(daemon.get("/").body.trim(), "version=v2");
+    assert_eq!(daemon.get("/").text().trim(), "version=v2");
 }
 
 /// A failing before_switch hook stops the deployment before any switch.

@@ -8,8 +8,9 @@
 mod common;
 
 use common::git::{daemon_for, Repo, BUILD_TOKEN};
-use common::load::Load;
-use common::{eventually, Daemon};
+use common::Daemon;
+use cutover_test_support::load::Load;
+use cutover_test_support::wait::eventually;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

@@ -6,17 +6,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cutover/tests/common/docker.rs"]
-mod fixtures;
-
 use cutover_config::docker::DockerNetwork;
 use cutover_config::{DockerConfig, Slot, SlotPorts};
 use cutover_drivers::docker::DockerDriver;
 use cutover_drivers::{Driver, ReleaseSpec, RuntimeHealth, StartedRelease};
-use fixtures::{build_image, containers, docker_ok, image_exists, require_docker, Cleanup};
+use cutover_test_support::docker::{
+    self as fixtures, build_image, containers, docker_ok, image_exists, require_docker, Cleanup,
+};
+use cutover_test_support::http::Connection;
+use cutover_test_support::ports::free_port;
+use cutover_test_support::wait::eventually_async;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -100,16 +101,10 @@ impl Fixture {
     }
 }
 
+/// GET on a connection of its own; the response body.
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
+    let response = Connection::to(addr)?.get_with(path, &[("Connection", "close")])?;
+    Ok(response.text())
 }
 
 async fn wait_serving(addr: SocketAddr, body: &str) {
@@ -129,12 +124,8 @@ async fn wait_serving(addr: SocketAddr, body: &str) {
     }
 }
 
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_async(SOON, Duration::from_millis(100), what, condition).await;
 }
 
 fn read(path: &Path) -> String {
@@ -410,7 +401,7 @@ async fn fixed_host_port_already_taken_is_a_clear_error() {
     build_image(&[&f.image("v1")], "Dockerfile", &[]);
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap().port();
-    let free = fixtures_free_port();
+    let free = free_port();
     let mut config = f.config();
     config.host_ports = Some(SlotPorts {
         blue: free,
@@ -428,14 +419,6 @@ async fn fixed_host_port_already_taken_is_a_clear_error() {
     let started = start(&driver, &f.spec(Slot::Blue, "v1")).await;
     assert_eq!(started.addr.port(), free);
     wait_serving(started.addr, "version=v1").await;
-}
-
-fn fixtures_free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Images cutover built beyond `keep_images` go once their container is
@@ -487,7 +470,7 @@ async fn images_beyond_keep_images_are_removed_but_never_foreign_ones() {
 async fn host_network_release_listens_on_its_slot_port() {
     let f = Fixture::new("dd-host");
     build_image(&[&f.image("v1")], "Dockerfile", &[]);
-    let (blue, green) = (fixtures_free_port(), fixtures_free_port());
+    let (blue, green) = (free_port(), free_port());
     let mut config = f.config();
     config.network = DockerNetwork::Host;
     config.host_ports = Some(SlotPorts { blue, green });

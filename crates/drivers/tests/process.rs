@@ -6,8 +6,8 @@
 use cutover_config::{ProcessConfig, Slot, SlotPorts, StopSignal};
 use cutover_drivers::process::{ProcessDriver, RuntimeId};
 use cutover_drivers::{Driver, DriverError, ReleaseSpec, StartedRelease};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use cutover_test_support::process;
+use cutover_test_support::wait::eventually_async;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -88,33 +88,20 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         for pgid in self.groups.lock().map(|g| g.clone()).unwrap_or_default() {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            if let Ok(pgid) = u32::try_from(pgid) {
+                process::kill_group(pgid);
+            }
         }
     }
 }
 
-/// (state, start time) from /proc/<pid>/stat.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((
-        fields.first()?.chars().next()?,
-        fields.get(19)?.parse().ok()?,
-    ))
-}
-
 /// Exists and has not exited (a zombie has exited: it only waits to be reaped).
 fn running(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+    u32::try_from(pid).is_ok_and(process::alive)
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually(what: &str, done: impl FnMut() -> bool) {
+    eventually_async(SOON, Duration::from_millis(20), what, done).await;
 }
 
 /// Waits until the log contains `needle`; returns the whole log.
@@ -240,9 +227,7 @@ async fn fixed_port_already_taken_fails_before_spawning() {
 #[tokio::test]
 async fn fixed_port_is_passed_to_the_release() {
     let f = Fixture::new();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = free.local_addr().expect("addr").port();
-    drop(free);
+    let port = cutover_test_support::ports::free_port();
     let mut config = f.config(&[
         "sh",
         "-c",

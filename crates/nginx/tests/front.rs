@@ -5,16 +5,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod common;
 
+use common::{http_get, Backend};
 use cutover_config::Config;
 use cutover_nginx::{Nginx, WorkersExit};
+use cutover_test_support::nginx::NginxServer;
+use cutover_test_support::ports::free_port;
+use cutover_test_support::process::alive;
+use cutover_test_support::sshd::SshServer;
+use cutover_test_support::toml::toml_str;
+use cutover_test_support::wait::eventually;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{eventually, http_get, toml_list, toml_str, Backend, NginxServer, SshServer};
 
 /// A site served by a test nginx, driven by a `Nginx` from a parsed config.
 struct Setup {
@@ -42,7 +48,7 @@ fn setup() -> Setup {
         fs::create_dir_all(d).unwrap();
     }
     let server = NginxServer::start(&prefix, &[extra.join("*.conf"), sites.join("*.conf")]);
-    let port = support::free_port();
+    let port = free_port();
     let text = format!(
         r#"
 [proxy]
@@ -50,24 +56,13 @@ mode = "nginx"
 listen = ["127.0.0.1:{port}"]
 max_body = "8MB"
 [proxy.nginx]
-conf = {conf}
-include_dir = {include_dir}
-pid_file = {pid}
-log_dir = {logs}
-test = {test}
-reload = {reload}
-
+{nginx_keys}
 [[app]]
 name = "web"
 [app.process]
 command = ["true"]
 "#,
-        conf = toml_str(&server.conf.display().to_string()),
-        include_dir = toml_str(&include_dir.display().to_string()),
-        pid = toml_str(&server.pid_file.display().to_string()),
-        logs = toml_str(&prefix.display().to_string()),
-        test = toml_list(&server.test_argv()),
-        reload = toml_list(&server.reload_argv()),
+        nginx_keys = server.cutover_keys(&include_dir, &server.reload_argv()),
     );
     let config = Config::parse(&dir.path().join("cutover.toml"), &text).unwrap();
     let nginx = Nginx::new(config.proxy.nginx.clone().unwrap());
@@ -147,7 +142,7 @@ fn switch_writes_the_include_reloads_and_the_old_workers_exit() {
         matches!(exit, WorkersExit::Exited { workers: 2.., .. }),
         "{exit:?}"
     );
-    assert!(before.iter().all(|w| !support::alive(*w)));
+    assert!(before.iter().all(|w| !alive(*w)));
 
     // The same address again changes nothing and reloads nothing.
     let workers = s.server.workers();
@@ -365,36 +360,22 @@ fn remote_mode_over_ssh_runs_argv_without_shell_interpolation() {
         argument_file.display().to_string(),
     ];
     reload.extend(server.reload_argv());
-    let port = support::free_port();
+    let port = free_port();
     let text = format!(
         r#"
 [proxy]
 mode = "nginx"
 listen = ["127.0.0.1:{port}"]
 [proxy.nginx]
-conf = {conf}
-include_dir = {include_dir}
-pid_file = {pid}
-log_dir = {logs}
-test = {test}
-reload = {reload}
-ssh = {{ host = "127.0.0.1", port = {ssh_port}, user = {user}, identity_file = {key}, known_hosts_file = {known} }}
+{nginx_keys}{ssh}
 
 [[app]]
 name = "web"
 [app.process]
 command = ["true"]
 "#,
-        conf = toml_str(&server.conf.display().to_string()),
-        include_dir = toml_str(&include_dir.display().to_string()),
-        pid = toml_str(&server.pid_file.display().to_string()),
-        logs = toml_str(&prefix.display().to_string()),
-        test = toml_list(&server.test_argv()),
-        reload = toml_list(&reload),
-        ssh_port = sshd.port,
-        user = toml_str(&sshd.user),
-        key = toml_str(&sshd.identity_file.display().to_string()),
-        known = toml_str(&sshd.known_hosts_file.display().to_string()),
+        nginx_keys = server.cutover_keys(&include_dir, &reload),
+        ssh = sshd.cutover_key(),
     );
     let config = Config::parse(&dir.path().join("cutover.toml"), &text).unwrap();
     let nginx_config = config.proxy.nginx.clone().unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, single_app, text, Backend, Client, Proxy};
+use common::{fast_settings, single_app, tcp_server, text, Backend, Client, Proxy};
 use cutover_proxy::{ProxySettings, Router, Upstream};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Request, StatusCode};
@@ -513,37 +513,31 @@ async fn closing_backend(mode: CloseMode) -> (std::net::SocketAddr, tokio::task:
         }
         true
     }
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut answered = 0;
-                loop {
-                    let head = match mode {
-                        CloseMode::WhenIdleFor(idle) if answered > 0 => {
-                            match tokio::time::timeout(idle, read_head(&mut stream)).await {
-                                Ok(head) => head,
-                                Err(_) => return, // idle too long: close
-                            }
+    let (addr, task) = tcp_server(move |mut stream| {
+        async move {
+            let mut answered = 0;
+            loop {
+                let head = match mode {
+                    CloseMode::WhenIdleFor(idle) if answered > 0 => {
+                        match tokio::time::timeout(idle, read_head(&mut stream)).await {
+                            Ok(head) => head,
+                            Err(_) => return, // idle too long: close
                         }
-                        _ => read_head(&mut stream).await,
-                    };
-                    if !head || (matches!(mode, CloseMode::OnSecondRequest) && answered == 1) {
-                        return; // dropping the stream closes the connection
                     }
-                    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if stream.write_all(response).await.is_err() {
-                        return;
-                    }
-                    answered += 1;
+                    _ => read_head(&mut stream).await,
+                };
+                if !head || (matches!(mode, CloseMode::OnSecondRequest) && answered == 1) {
+                    return; // dropping the stream closes the connection
                 }
-            });
+                let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(response).await.is_err() {
+                    return;
+                }
+                answered += 1;
+            }
         }
-    });
+    })
+    .await;
     (addr, task)
 }
 
@@ -606,55 +600,49 @@ async fn framing_backend() -> (
     tokio::task::JoinHandle<()>,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let accepted = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
-                    let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                    let (response, close): (&[u8], bool) = match target.as_str() {
-                        "/chunked" => (
-                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
-                            false,
-                        ),
-                        "/close" => (b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close", true),
-                        "/nobody" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
-                        "/head" => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
-                        "/early" => (
-                            b"HTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-                            false,
-                        ),
-                        "/hop" => (
-                            b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=5\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-end: 2\r\ncontent-length: 3\r\n\r\nhop",
-                            false,
-                        ),
-                        _ => (b"NOT HTTP AT ALL\r\n\r\n", true),
-                    };
-                    if stream.write_all(response).await.is_err() || close {
-                        return;
+    let (addr, task) = tcp_server(move |mut stream| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 4);
+                let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                let (response, close): (&[u8], bool) = match target.as_str() {
+                    "/chunked" => (
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+                        false,
+                    ),
+                    "/close" => (b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close", true),
+                    "/nobody" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+                    "/head" => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
+                    "/early" => (
+                        b"HTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                        false,
+                    ),
+                    "/hop" => (
+                        b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=5\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-end: 2\r\ncontent-length: 3\r\n\r\nhop",
+                        false,
+                    ),
+                    _ => (b"NOT HTTP AT ALL\r\n\r\n", true),
+                };
+                if stream.write_all(response).await.is_err() || close {
+                    return;
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, accepted, task)
 }
 

@@ -12,14 +12,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, single_app, Backend, Proxy};
+use common::{fast_settings, single_app, tcp_server, Backend, Proxy};
 use cutover_proxy::{DrainOutcome, Router, Upstream, UpstreamProtocol};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 async fn h2_client(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
     let stream = TcpStream::connect(addr).await.expect("connect");
@@ -134,40 +134,32 @@ impl Body for WithTrailers {
 /// An HTTP/2-only server (prior knowledge) that reports what it received
 /// and ends each response with `grpc-status: 0` trailers.
 async fn h2_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let te = req
-                        .headers()
-                        .get(http::header::TE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-")
-                        .to_owned();
-                    let report = format!(
-                        "{:?} {} {} te={te}",
-                        req.version(),
-                        req.uri().authority().map_or("-", |a| a.as_str()),
-                        req.uri().path()
-                    );
-                    let mut trailers = HeaderMap::new();
-                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                    Ok::<_, Infallible>(Response::new(WithTrailers {
-                        data: Some(Bytes::from(report)),
-                        trailers: Some(trailers),
-                    }))
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (addr, _) = tcp_server(move |stream| async move {
+        let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let te = req
+                .headers()
+                .get(http::header::TE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let report = format!(
+                "{:?} {} {} te={te}",
+                req.version(),
+                req.uri().authority().map_or("-", |a| a.as_str()),
+                req.uri().path()
+            );
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            Ok::<_, Infallible>(Response::new(WithTrailers {
+                data: Some(Bytes::from(report)),
+                trailers: Some(trailers),
+            }))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await;
     addr
 }
 

@@ -5,11 +5,10 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{fast_settings, single_app, Backend, Client};
+use common::{fast_settings, single_app, Backend, Client, Proxy};
 use cutover_proxy::{AccessLog, AccessLogFormat, AccessLogTarget, Router, ServeOptions, Upstream};
 use http::StatusCode;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 /// The value of a sample line of the proxy's metrics starting with `series`.
 fn metric(series: &str) -> Option<f64> {
@@ -20,25 +19,6 @@ fn metric(series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series))
         .and_then(|rest| rest.trim().parse().ok())
-}
-
-async fn start_proxy(
-    router: Router,
-    options: ServeOptions,
-) -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(cutover_proxy::serve_with(
-        listener,
-        router,
-        fast_settings(),
-        options,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (addr, tx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,14 +34,16 @@ async fn access_log_behind_a_stalled_writer_drops_and_counts_lines_and_requests_
         AccessLogTarget::File(path.into()),
     )
     .expect("access log");
-    let (addr, _stop) = start_proxy(
+    let proxy = Proxy::start_with(
         router,
+        fast_settings(),
         ServeOptions {
             access_log: Some(log),
             ..Default::default()
         },
     )
     .await;
+    let addr = proxy.addr;
 
     let dropped_before = metric("cutover_proxy_access_log_dropped_total").unwrap_or(0.0);
     const CLIENTS: usize = 4;
@@ -112,7 +94,8 @@ async fn metrics_count_requests_by_status_class_latency_and_connect_errors() {
         "metrics-app",
         Some(Upstream::new("metrics-app", "blue", "v1", backend.addr)),
     );
-    let (addr, _stop) = start_proxy(router.clone(), ServeOptions::default()).await;
+    let proxy = Proxy::start(router.clone(), fast_settings()).await;
+    let addr = proxy.addr;
     let mut client = Client::connect(addr).await;
     for _ in 0..5 {
         assert_eq!(

@@ -8,9 +8,10 @@
 
 mod common;
 
+use cutover_test_support::process::{rss_of, RssSampler};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,53 +36,7 @@ static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Resident set size of this process, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Samples the resident set every few ms until dropped; `peak()` is the max.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start() -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(rss()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let (peak, stop) = (peak.clone(), stop.clone());
-            move || {
-                while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss(), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        });
-        RssSampler {
-            peak,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.fetch_max(rss(), Ordering::Relaxed).max(rss())
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    rss_of(std::process::id())
 }
 
 /// `total` bytes (or endless with `None`) made of one shared 64 KiB chunk:
@@ -184,7 +139,7 @@ async fn one_gib_upload_under_max_body_streams_through_with_flat_memory() {
         .body(Generated::new(Some(GIB), produced.clone()))
         .expect("request");
     let before = rss();
-    let sampler = RssSampler::start();
+    let sampler = RssSampler::start(std::process::id());
     let response = sender.send_request(request).await.expect("response");
     let status = response.status();
     let body = response
@@ -237,7 +192,7 @@ async fn endless_response_to_a_slow_client_is_held_back_not_buffered() {
         .expect("request");
 
     let before = rss();
-    let sampler = RssSampler::start();
+    let sampler = RssSampler::start(std::process::id());
     let response = sender.send_request(request).await.expect("response");
     assert_eq!(response.status(), StatusCode::OK);
     // The client reads nothing for a while: the upstream must be held back.

@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{fast_settings, get, single_app, text, Backend, ChannelBody, Client, Proxy};
 use cutover_proxy::{DrainOutcome, Router, Upstream};
+use cutover_test_support::load::Load;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Mutex};
@@ -35,10 +35,10 @@ async fn until_in_flight(upstream: &Upstream, n: usize) {
     panic!("upstream never reached {n} in-flight requests");
 }
 
-/// Waits (bounded) until `counter` reaches `n`.
-async fn until_at_least(counter: &AtomicUsize, n: usize) {
+/// Waits (bounded) until `load` got `n` answers.
+async fn until_at_least(load: &Load, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while counter.load(Ordering::SeqCst) < n {
+    while load.answered() < n {
         assert!(
             tokio::time::Instant::now() < deadline,
             "load stalled below {n} requests"
@@ -130,36 +130,16 @@ async fn switches_under_keepalive_load_fail_no_request(
     const CLIENTS: usize = 8;
     const SWITCHES: usize = 50;
     const MAX_REQUESTS_PER_CLIENT: usize = 50_000;
+    const MAX_LOAD_TIME: Duration = Duration::from_secs(120);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), proxy);
-        clients.push(tokio::spawn(async move {
-            let mut client = Client::connect(addr).await;
-            for _ in 0..MAX_REQUESTS_PER_CLIENT {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                match client.get("example.com", "/").await {
-                    Ok(reply) if reply.status == StatusCode::OK && reply.body.starts_with('r') => {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(reply) => failures
-                        .lock()
-                        .await
-                        .push(format!("{}: {}", reply.status, reply.body)),
-                    Err(e) => {
-                        failures.lock().await.push(format!("client error: {e}"));
-                        client = Client::connect(addr).await;
-                    }
-                }
-            }
-        }));
-    }
-    until_at_least(&ok, 100).await;
+    // Keep-alive clients on threads of their own, each on one connection.
+    let load = Load::start(
+        proxy.port(),
+        CLIENTS,
+        MAX_REQUESTS_PER_CLIENT,
+        MAX_LOAD_TIME,
+    );
+    until_at_least(&load, 100).await;
 
     // Each switch: start the new release, publish it, drain the old one,
     // then stop the old process, as the engine does.
@@ -176,22 +156,29 @@ async fn switches_under_keepalive_load_fail_no_request(
         backend.stop();
         backend = next_backend;
         retired.push((old.clone(), old.stats().requests));
-        let before = ok.load(Ordering::SeqCst);
-        until_at_least(&ok, before + 20).await;
+        let before = load.answered();
+        until_at_least(&load, before + 20).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.await.expect("client task");
-    }
+    let report = tokio::task::spawn_blocking(move || load.stop())
+        .await
+        .expect("load stops");
 
-    let failures = failures.lock().await;
+    let failures = report.failures();
     assert!(
         failures.is_empty(),
         "{} failed requests: {:?}",
         failures.len(),
         &failures[..failures.len().min(10)]
     );
-    assert!(ok.load(Ordering::SeqCst) >= 100 + 20 * SWITCHES);
+    for client in &report.clients {
+        for version in &client.versions {
+            assert!(
+                version.starts_with('r'),
+                "answered by no release: {version}"
+            );
+        }
+    }
+    assert!(report.requests() >= 100 + 20 * SWITCHES);
     for (old, served_when_drained) in retired {
         assert_eq!(old.in_flight(), 0);
         assert_eq!(

@@ -4,138 +4,28 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, single_app, Backend};
+use common::{fast_settings, single_app, Backend, Proxy};
 use cutover_proxy::{CertKeyFiles, Router, ServeOptions, Tls, TlsError};
+use cutover_test_support::tls::{handshake, replace_file, served_cert, Ca, Leaf};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio_rustls::TlsConnector;
-
-/// A test CA that signs leaf certificates.
-struct Ca {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = rcgen::KeyPair::generate().expect("ca key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "cutover test CA");
-        let cert = params.self_signed(&key).expect("ca cert");
-        Ca {
-            der: cert.der().clone(),
-            params,
-            key,
-        }
-    }
-
-    /// A leaf for `names`: (cert PEM, key PEM, cert DER).
-    fn leaf(&self, names: &[&str]) -> (String, String, CertificateDer<'static>) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).expect("leaf");
-        (cert.pem(), key.serialize_pem(), cert.der().clone())
-    }
-
-    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).expect("root");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        TlsConnector::from(Arc::new(config))
-    }
-}
+use tokio::net::TcpStream;
 
 /// Writes a leaf's files under `dir` as `<name>.crt` / `<name>.key`.
-fn write_pair(
-    dir: &Path,
-    name: &str,
-    pem: &(String, String, CertificateDer<'static>),
-) -> CertKeyFiles {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, &pem.0).expect("write cert");
-    std::fs::write(&key, &pem.1).expect("write key");
+fn write_pair(dir: &Path, name: &str, leaf: &Leaf) -> CertKeyFiles {
+    let (cert, key) = leaf.write(dir, name);
     CertKeyFiles { cert, key }
 }
 
-/// Replaces a file the way deployment tools do: write aside, then rename.
-fn replace(path: &Path, content: &str) {
-    let tmp: PathBuf = path.with_extension("tmp");
-    std::fs::write(&tmp, content).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-async fn start(router: Router, options: ServeOptions) -> (SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(cutover_proxy::serve_with(
-        listener,
-        router,
-        fast_settings(),
-        options,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (addr, tx)
-}
-
-/// Handshakes with `name` as SNI; returns the stream and the leaf certificate served.
-async fn handshake(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-    name: &str,
-) -> Result<
-    (
-        tokio_rustls::client::TlsStream<TcpStream>,
-        CertificateDer<'static>,
-    ),
-    std::io::Error,
-> {
-    let tcp = TcpStream::connect(addr).await?;
-    let server_name = ServerName::try_from(name.to_owned()).expect("name");
-    let stream = connector.connect(server_name, tcp).await?;
-    let leaf = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first().cloned())
-        .expect("a certificate");
-    Ok((stream, leaf))
-}
-
-async fn served_cert(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-    name: &str,
-) -> CertificateDer<'static> {
-    handshake(connector, addr, name).await.expect("handshake").1
+/// The proxy with the test's fast settings and `options`.
+async fn start(router: Router, options: ServeOptions) -> Proxy {
+    Proxy::start_with(router, fast_settings(), options).await
 }
 
 /// A backend that answers with the `X-Forwarded-Proto` it got and the HTTP
@@ -167,7 +57,7 @@ async fn sni_picks_the_certificate_whose_names_match_and_unknown_names_get_the_f
     assert_eq!(tls.names(), ["a.test", "b.test", "*.b.test"]);
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls),
@@ -175,13 +65,14 @@ async fn sni_picks_the_certificate_whose_names_match_and_unknown_names_get_the_f
         },
     )
     .await;
+    let addr = proxy.addr;
 
     let connector = ca.connector(&[b"http/1.1"]);
-    assert_eq!(served_cert(&connector, addr, "a.test").await, a.2);
-    assert_eq!(served_cert(&connector, addr, "b.test").await, b.2);
+    assert_eq!(served_cert(&connector, addr, "a.test").await, a.der);
+    assert_eq!(served_cert(&connector, addr, "b.test").await, b.der);
     assert_eq!(
         served_cert(&connector, addr, "www.b.test").await,
-        b.2,
+        b.der,
         "wildcard"
     );
     // An unknown name gets the default (first) certificate, which the
@@ -196,7 +87,7 @@ async fn https_requests_reach_the_upstream_with_x_forwarded_proto_https() {
     let tls = Tls::load(vec![write_pair(dir.path(), "a", &ca.leaf(&["a.test"]))]).expect("load");
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls),
@@ -204,6 +95,7 @@ async fn https_requests_reach_the_upstream_with_x_forwarded_proto_https() {
         },
     )
     .await;
+    let addr = proxy.addr;
 
     // HTTP/1.1 (ALPN http/1.1).
     let (stream, _) = handshake(&ca.connector(&[b"http/1.1"]), addr, "a.test")
@@ -271,7 +163,7 @@ async fn replaced_certificate_files_are_picked_up_without_a_restart() {
     let _watch = tls.watch(Duration::from_millis(50));
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls),
@@ -279,14 +171,15 @@ async fn replaced_certificate_files_are_picked_up_without_a_restart() {
         },
     )
     .await;
+    let addr = proxy.addr;
     let connector = ca.connector(&[b"http/1.1"]);
-    assert_eq!(served_cert(&connector, addr, "a.test").await, first.2);
+    assert_eq!(served_cert(&connector, addr, "a.test").await, first.der);
 
     let second = ca.leaf(&["a.test"]);
-    replace(&files.key, &second.1);
-    replace(&files.cert, &second.0);
+    replace_file(&files.key, &second.key_pem);
+    replace_file(&files.cert, &second.cert_pem);
     for _ in 0..200 {
-        if served_cert(&connector, addr, "a.test").await == second.2 {
+        if served_cert(&connector, addr, "a.test").await == second.der {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -303,7 +196,7 @@ async fn broken_replacement_is_reported_and_the_old_certificate_keeps_serving() 
     let tls = Tls::load(vec![files.clone()]).expect("load");
     let backend = proto_backend().await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             tls: Some(tls.clone()),
@@ -311,43 +204,44 @@ async fn broken_replacement_is_reported_and_the_old_certificate_keeps_serving() 
         },
     )
     .await;
+    let addr = proxy.addr;
     let connector = ca.connector(&[b"http/1.1"]);
 
     // A key that belongs to another certificate.
     let other = ca.leaf(&["a.test"]);
-    replace(&files.key, &other.1);
+    replace_file(&files.key, &other.key_pem);
     assert!(tls.changed_on_disk());
     let error = tls.reload().expect_err("a mismatched key is refused");
     assert!(matches!(error, TlsError::BadKey { .. }), "{error}");
     assert!(error.to_string().contains("a.key"), "{error}");
-    assert_eq!(served_cert(&connector, addr, "a.test").await, good.2);
+    assert_eq!(served_cert(&connector, addr, "a.test").await, good.der);
     assert!(
         !tls.changed_on_disk(),
         "a broken set is not retried until it changes again"
     );
 
     // Not PEM at all.
-    replace(&files.cert, "this is not a certificate\n");
+    replace_file(&files.cert, "this is not a certificate\n");
     let error = tls.reload().expect_err("garbage is refused");
     assert!(matches!(error, TlsError::NoCert { .. }), "{error}");
     assert!(error.to_string().contains("a.crt"), "{error}");
     // A missing key file (next to a good certificate).
-    replace(&files.cert, &good.0);
+    replace_file(&files.cert, &good.cert_pem);
     std::fs::remove_file(&files.key).expect("remove");
     let error = tls.reload().expect_err("a missing key is refused");
     assert!(error.to_string().contains("a.key"), "{error}");
     assert_eq!(
         served_cert(&connector, addr, "a.test").await,
-        good.2,
+        good.der,
         "still the old certificate"
     );
 
     // Fixed files are taken again.
     let fixed = ca.leaf(&["a.test"]);
-    replace(&files.key, &fixed.1);
-    replace(&files.cert, &fixed.0);
+    replace_file(&files.key, &fixed.key_pem);
+    replace_file(&files.cert, &fixed.cert_pem);
     assert_eq!(tls.reload().expect("reload"), ["a.test"]);
-    assert_eq!(served_cert(&connector, addr, "a.test").await, fixed.2);
+    assert_eq!(served_cert(&connector, addr, "a.test").await, fixed.der);
 }
 
 #[test]
@@ -376,7 +270,7 @@ fn missing_or_unusable_files_are_clear_errors_at_start() {
 async fn cleartext_listener_redirects_to_https_except_acme_challenges() {
     let backend = Backend::named("challenge-answer").await;
     let (router, _) = single_app(backend.addr);
-    let (addr, _stop) = start(
+    let proxy = start(
         router,
         ServeOptions {
             redirect_https: Some(8443),
@@ -384,6 +278,7 @@ async fn cleartext_listener_redirects_to_https_except_acme_challenges() {
         },
     )
     .await;
+    let addr = proxy.addr;
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\n\r\n")

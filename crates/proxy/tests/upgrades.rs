@@ -7,11 +7,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{fast_settings, single_app, Proxy};
+use common::{fast_settings, single_app, tcp_server, Proxy};
 use cutover_proxy::{DrainOutcome, ProxySettings, Upstream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
@@ -39,43 +39,36 @@ impl Drop for WsBackend {
 }
 
 async fn ws_backend(name: &'static str) -> WsBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (tx, events) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+    let (addr, task) = tcp_server(move |stream| {
+        let tx = tx.clone();
+        async move {
+            #[allow(clippy::result_large_err)] // tungstenite's callback signature
+            let callback = |_req: &ServerRequest, mut res: ServerResponse| {
+                res.headers_mut()
+                    .insert("x-backend", http::HeaderValue::from_static(name));
+                Ok::<_, ErrorResponse>(res)
             };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)] // tungstenite's callback signature
-                let callback = |_req: &ServerRequest, mut res: ServerResponse| {
-                    res.headers_mut()
-                        .insert("x-backend", http::HeaderValue::from_static(name));
-                    Ok::<_, ErrorResponse>(res)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if let Message::Binary(data) = &message {
-                        let _ = tx.send(format!("binary {}", data.len()));
-                    }
-                    if let Message::Close(frame) = &message {
-                        let text = frame.as_ref().map_or("close none".into(), |f| {
-                            format!("close {} {}", u16::from(f.code), f.reason)
-                        });
-                        let _ = tx.send(text);
-                    }
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
-                    }
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                return;
+            };
+            while let Some(Ok(message)) = ws.next().await {
+                if let Message::Binary(data) = &message {
+                    let _ = tx.send(format!("binary {}", data.len()));
                 }
-            });
+                if let Message::Close(frame) = &message {
+                    let text = frame.as_ref().map_or("close none".into(), |f| {
+                        format!("close {} {}", u16::from(f.code), f.reason)
+                    });
+                    let _ = tx.send(text);
+                }
+                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     WsBackend { addr, events, task }
 }
 
@@ -289,37 +282,31 @@ async fn close_frame_waits_for_the_end_of_a_frame_in_progress() {
 
 /// A backend for `Upgrade: raw-echo`: 101, then echoes raw bytes.
 async fn raw_upgrade_backend() -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                if !head.contains("upgrade: raw-echo") || !head.contains("connection: upgrade") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\nno")
-                        .await;
+    let (addr, task) = tcp_server(move |mut stream| {
+        async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
                     return;
                 }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            if !head.contains("upgrade: raw-echo") || !head.contains("connection: upgrade") {
                 let _ = stream
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: raw-echo\r\n\r\n")
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\nno")
                     .await;
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+                return;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: raw-echo\r\n\r\n")
+                .await;
+            let (mut r, mut w) = stream.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         }
-    });
+    })
+    .await;
     (addr, task)
 }
 

@@ -8,7 +8,8 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{free_port, run_to_exit, App, Conn};
+use common::{connect, run_to_exit, App};
+use cutover_test_support::ports::free_port;
 
 #[test]
 fn listening_line_and_root() {
@@ -54,12 +55,12 @@ fn keep_alive_serves_many_requests_on_one_connection() {
     let app = App::start(&["--port", "0", "--version", "ka", "--threads", "2"]);
     let mut c = app.connect();
     for _ in 0..50 {
-        let r = c.request("GET", "/", &[], b"");
+        let r = c.request("GET", "/", &[], b"").unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "version=ka\n");
         assert_ne!(r.header("connection"), Some("close"));
     }
-    assert_eq!(c.request("GET", "/health", &[], b"").text(), "ok");
+    assert_eq!(c.request("GET", "/health", &[], b"").unwrap().text(), "ok");
 }
 
 #[test]
@@ -110,28 +111,32 @@ fn echo_with_length_and_chunked() {
     let app = App::start(&["--port", "0"]);
     let mut c = app.connect();
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let r = c.request(
-        "POST",
-        "/echo",
-        &[("Content-Type", "application/x-test")],
-        &body,
-    );
+    let r = c
+        .request(
+            "POST",
+            "/echo",
+            &[("Content-Type", "application/x-test")],
+            &body,
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/x-test"));
     assert_eq!(r.body, body);
 
     // Chunked request body on the same keep-alive connection.
     let chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-    let r = c.request(
-        "POST",
-        "/echo",
-        &[("Transfer-Encoding", "chunked")],
-        chunked,
-    );
+    let r = c
+        .request(
+            "POST",
+            "/echo",
+            &[("Transfer-Encoding", "chunked")],
+            chunked,
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "hello world");
 
-    let r = c.request("POST", "/echo", &[], b"");
+    let r = c.request("POST", "/echo", &[], b"").unwrap();
     assert_eq!((r.status, r.body.len()), (200, 0));
 }
 
@@ -144,16 +149,17 @@ fn echo_streams_before_the_request_body_ends() {
         "/echo",
         &[("Transfer-Encoding", "chunked")],
         b"5\r\nfirst\r\n",
-    );
+    )
+    .unwrap();
     // The response head and the first chunk arrive while the request body
     // is still open.
-    let (status, headers) = c.read_head();
+    let (status, headers) = c.read_head().unwrap();
     assert_eq!(status, 200);
     assert!(headers
         .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v == "chunked"));
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked"));
     let mut first = [0u8; 10];
-    c.reader.read_exact(&mut first).unwrap();
+    c.reader().read_exact(&mut first).unwrap();
     assert_eq!(&first, b"5\r\nfirst\r\n");
     c.stream().write_all(b"0\r\n\r\n").unwrap();
 }
@@ -161,16 +167,19 @@ fn echo_streams_before_the_request_body_ends() {
 #[test]
 fn headers_lists_request_headers() {
     let app = App::start(&["--port", "0"]);
-    let r = app.connect().request(
-        "GET",
-        "/headers",
-        &[
-            ("X-Forwarded-For", "10.1.2.3"),
-            ("X-Real-IP", "10.1.2.3"),
-            ("X-Forwarded-Host", "example.test"),
-        ],
-        b"",
-    );
+    let r = app
+        .connect()
+        .request(
+            "GET",
+            "/headers",
+            &[
+                ("X-Forwarded-For", "10.1.2.3"),
+                ("X-Real-IP", "10.1.2.3"),
+                ("X-Forwarded-Host", "example.test"),
+            ],
+            b"",
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
     let t = r.text();
     for line in [
@@ -188,13 +197,18 @@ fn bytes_returns_exact_sizes() {
     let app = App::start(&["--port", "0"]);
     let mut c = app.connect();
     for n in [0usize, 1, 65_536, 65_537, 1_048_576] {
-        let r = c.request("GET", &format!("/bytes?n={n}"), &[], b"");
+        let r = c
+            .request("GET", &format!("/bytes?n={n}"), &[], b"")
+            .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-length"), Some(n.to_string().as_str()));
         assert_eq!(r.body.len(), n);
         assert!(r.body.iter().all(|&b| b == b'x'));
     }
-    assert_eq!(c.request("GET", "/bytes?n=-1", &[], b"").status, 400);
+    assert_eq!(
+        c.request("GET", "/bytes?n=-1", &[], b"").unwrap().status,
+        400
+    );
 }
 
 #[test]
@@ -220,17 +234,19 @@ fn status_sse_and_not_found() {
 fn upgrade_echoes_raw_bytes() {
     let app = App::start(&["--port", "0"]);
     let mut c = app.connect();
-    let r = c.request(
-        "GET",
-        "/upgrade",
-        &[("Connection", "Upgrade"), ("Upgrade", "echo")],
-        b"",
-    );
+    let r = c
+        .request(
+            "GET",
+            "/upgrade",
+            &[("Connection", "Upgrade"), ("Upgrade", "echo")],
+            b"",
+        )
+        .unwrap();
     assert_eq!(r.status, 101);
     assert_eq!(r.header("upgrade"), Some("echo"));
     c.stream().write_all(b"ping over the tunnel").unwrap();
     let mut buf = [0u8; 20];
-    c.reader.read_exact(&mut buf).unwrap();
+    c.reader().read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping over the tunnel");
 
     assert_eq!(
@@ -245,11 +261,11 @@ fn fail_ratio_is_deterministic() {
     let app = App::start(&["--port", "0", "--fail-ratio", "0.25"]);
     let mut c = app.connect();
     let statuses: Vec<u16> = (0..8)
-        .map(|_| c.request("GET", "/", &[], b"").status)
+        .map(|_| c.request("GET", "/", &[], b"").unwrap().status)
         .collect();
     assert_eq!(statuses, [200, 200, 200, 500, 200, 200, 200, 500]);
     // Other routes do not count and never fail.
-    assert_eq!(c.request("GET", "/health", &[], b"").status, 200);
+    assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200);
 
     let app = App::start(&["--port", "0", "--fail-ratio", "1"]);
     assert_eq!(app.get("/").status, 500);
@@ -326,15 +342,18 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
 
     // An idle keep-alive connection (one request already served).
     let mut idle = app.connect();
-    assert_eq!(idle.request("GET", "/", &[], b"").status, 200);
+    assert_eq!(idle.request("GET", "/", &[], b"").unwrap().status, 200);
 
     // A connection that never sent anything.
     let mut silent = app.connect();
 
     // A request in flight.
     let port = app.port;
-    let slow =
-        std::thread::spawn(move || Conn::open(port).request("GET", "/slow?ms=1500", &[], b""));
+    let slow = std::thread::spawn(move || {
+        connect(port)
+            .request("GET", "/slow?ms=1500", &[], b"")
+            .unwrap()
+    });
     std::thread::sleep(Duration::from_millis(200));
 
     let t = Instant::now();
@@ -388,8 +407,11 @@ fn second_signal_exits_at_once() {
     let mut app = App::start(&["--port", "0"]);
     let port = app.port;
     let _slow = std::thread::spawn(move || {
-        let _ =
-            std::panic::catch_unwind(|| Conn::open(port).request("GET", "/slow?ms=5000", &[], b""));
+        let _ = std::panic::catch_unwind(|| {
+            connect(port)
+                .request("GET", "/slow?ms=5000", &[], b"")
+                .unwrap()
+        });
     });
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();

@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use cutover_test_support::http::Reply;
 use std::time::Duration;
 
 const WEB: &str = "https://github.com/Codertocat/Hello-World.git";

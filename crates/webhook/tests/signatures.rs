@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use cutover_test_support::http::{exchange, reply_of};
 use cutover_webhook::secrets::Secret;
 use cutover_webhook::{signature, Provider};
 use http::{HeaderMap, HeaderValue};
@@ -405,7 +406,7 @@ fn unknown_endpoints_are_404_and_other_methods_405() {
     assert_eq!(reply.status, 401, "{}", reply.body);
     let unknown = harness.post("svn", &[], b"{}");
     assert_eq!(unknown.status, 404, "{}", unknown.body);
-    let get = raw(
+    let get = exchange(
         harness.addr,
         format!(
             "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -506,7 +507,7 @@ fn bodies_beyond_max_body_are_413_and_slow_bodies_time_out() {
         request.extend_from_slice(b"\r\n");
     }
     request.extend_from_slice(b"0\r\n\r\n");
-    let reply = raw(harness.addr, &request);
+    let reply = exchange(harness.addr, &request);
     assert_eq!(reply.status, 413, "{}", reply.body);
 
     // A body that never arrives: answered after read_timeout, not held open.
@@ -523,7 +524,7 @@ fn bodies_beyond_max_body_are_413_and_slow_bodies_time_out() {
     let started = std::time::Instant::now();
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
-    let reply = parse_reply(&answer, started.elapsed());
+    let reply = reply_of(&answer, started.elapsed());
     assert_eq!(reply.status, 408, "{}", reply.body);
     assert!(reply.took < Duration::from_secs(5), "{:?}", reply.took);
     assert!(harness.deliveries().is_empty());

@@ -3,12 +3,13 @@
 //! a working clone to commit and push from, a daemon configured to build
 //! from it, and a client that posts signed GitHub-style webhooks.
 
-use super::{free_port, testapp_bin, Daemon};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use super::Daemon;
+use cutover_test_support::http::{self, Reply};
+use cutover_test_support::ports::free_port;
+use cutover_test_support::{binaries, git};
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
 
 pub const WEBHOOK_SECRET: &str = "webhook secret for tests";
 pub const BUILD_TOKEN: &str = "build-token-s3cr3t";
@@ -32,103 +33,36 @@ printf '#!/bin/sh\nexec "%s" --port "$1" --version "%s"\n' "$TESTAPP" "$(cat MES
 echo "built dist/app.sh"
 "#;
 
+/// The app's repository: [`git::Repo`] whose commits set `MESSAGE`, the
+/// version the built app answers with.
 pub struct Repo {
-    pub dir: tempfile::TempDir,
-    pub bare: PathBuf,
-    pub work: PathBuf,
+    pub git: git::Repo,
 }
 
-/// Runs git with a fixed identity and no user or system configuration.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+impl Deref for Repo {
+    type Target = git::Repo;
+
+    fn deref(&self) -> &git::Repo {
+        &self.git
+    }
 }
 
 impl Repo {
     /// A bare repository with one commit on `main` (MESSAGE `r0`).
     pub fn new() -> Repo {
-        let dir = tempfile::tempdir().unwrap();
-        let bare = dir.path().join("origin.git");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        git(
-            dir.path(),
-            &[
-                "init",
-                "--quiet",
-                "--bare",
-                "-b",
-                "main",
-                bare.to_str().unwrap(),
-            ],
-        );
-        git(&work, &["init", "--quiet", "-b", "main"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        std::fs::write(work.join("build.sh"), BUILD_SH).unwrap();
-        let repo = Repo { dir, bare, work };
+        let repo = Repo {
+            git: git::Repo::new(),
+        };
+        std::fs::write(repo.work.join("build.sh"), BUILD_SH).unwrap();
         repo.commit("r0");
         repo.push("main");
         repo
     }
 
-    pub fn url(&self) -> String {
-        format!("file://{}", self.bare.display())
-    }
-
     /// Commits MESSAGE = `message`; the new commit's sha.
     pub fn commit(&self, message: &str) -> String {
         std::fs::write(self.work.join("MESSAGE"), message).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        self.rev("HEAD")
-    }
-
-    pub fn rev(&self, rev: &str) -> String {
-        git(&self.work, &["rev-parse", rev])
-    }
-
-    /// Pushes HEAD to the branch `branch` (any name git accepts).
-    pub fn push(&self, branch: &str) {
-        git(
-            &self.work,
-            &[
-                "push",
-                "--quiet",
-                "--force",
-                "origin",
-                &format!("HEAD:refs/heads/{branch}"),
-            ],
-        );
-    }
-
-    /// Tags HEAD (annotated with a message, or lightweight) and pushes the
-    /// tag; the sha the tag ref points at (the tag object when annotated).
-    pub fn tag(&self, name: &str, annotated: bool) -> String {
-        if annotated {
-            git(&self.work, &["tag", "-a", "-m", name, name]);
-        } else {
-            git(&self.work, &["tag", name]);
-        }
-        git(
-            &self.work,
-            &["push", "--quiet", "origin", &format!("refs/tags/{name}")],
-        );
-        git(&self.work, &["rev-parse", &format!("refs/tags/{name}")])
+        self.git.commit(message)
     }
 
     /// Files that count builds and hold the gate of slow builds.
@@ -185,7 +119,7 @@ listen = "127.0.0.1:{webhook_port}"
 github_secret_file = "{secret}"
 "#,
             url = self.url(),
-            testapp = testapp_bin().display(),
+            testapp = binaries::testapp().display(),
             counter = self.counter().display(),
             gate = self.gate().display(),
             token = token.display(),
@@ -213,13 +147,6 @@ pub struct Hooks {
     pub repo_url: String,
 }
 
-#[derive(Debug)]
-pub struct HookReply {
-    pub status: u16,
-    pub body: String,
-    pub took: Duration,
-}
-
 impl Hooks {
     /// A GitHub push of `full_ref` at `after` (with `head_commit` when given).
     pub fn push(
@@ -228,7 +155,7 @@ impl Hooks {
         full_ref: &str,
         after: &str,
         head_commit: Option<&str>,
-    ) -> HookReply {
+    ) -> Reply {
         let body = serde_json::json!({
             "ref": full_ref,
             "before": "0000000000000000000000000000000000000000",
@@ -245,39 +172,21 @@ impl Hooks {
         )
     }
 
-    pub fn post(&self, headers: &[(&str, &str)], body: &[u8]) -> HookReply {
+    pub fn post(&self, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         let signature = format!(
             "sha256={}",
             cutover_webhook::signature::sign_sha256(WEBHOOK_SECRET.as_bytes(), body)
         );
-        let mut request = format!(
-            "POST /_cutover/hooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Hub-Signature-256: {signature}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        let started = Instant::now();
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        let took = started.elapsed();
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP answer from the webhook receiver: {text:?}"));
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        HookReply { status, body, took }
+        let mut signed = vec![
+            ("Content-Type", "application/json"),
+            ("X-Hub-Signature-256", signature.as_str()),
+        ];
+        signed.extend_from_slice(headers);
+        http::post(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            "/_cutover/hooks/github",
+            &signed,
+            body,
+        )
     }
 }

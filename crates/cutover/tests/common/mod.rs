@@ -4,41 +4,19 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-pub mod docker;
 pub mod git;
-pub mod http;
-pub mod load;
 pub mod nginx;
+pub mod proxy;
 
+use cutover_test_support::binaries;
+use cutover_test_support::http::{self, Connection};
+use cutover_test_support::ports::free_port;
+use cutover_test_support::process::{self, signal, spawn_logged, wait_exit, wait_ready};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-pub fn cutover_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cutover"))
-}
-
-pub fn testapp_bin() -> PathBuf {
-    let path = cutover_bin().with_file_name("cutover-testapp");
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, done by scripts/test)",
-        path.display()
-    );
-    path
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Options of the one app (`web`) that the harness configures.
 pub struct AppOptions {
@@ -112,9 +90,14 @@ stop_timeout = "5s"
             drain = options.drain_timeout,
             deploy = options.deploy_timeout,
             extra = options.extra,
-            testapp = testapp_bin().display(),
+            testapp = binaries::testapp().display(),
             behaviours = behaviours.display(),
         );
+        Daemon::launch(dir, proxy_port, &config)
+    }
+
+    /// Writes `config` to `<dir>/cutover.toml` and starts the daemon on it.
+    fn launch(dir: tempfile::TempDir, proxy_port: u16, config: &str) -> Daemon {
         let config_path = dir.path().join("cutover.toml");
         fs::write(&config_path, config).unwrap();
         let mut daemon = Daemon {
@@ -144,34 +127,22 @@ stop_timeout = "5s"
     }
 
     pub fn spawn(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("serve.log"))
-            .unwrap();
-        let child = Command::new(cutover_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_logged(
+            Command::new(binaries::cutover())
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config),
+            &self.dir.path().join("serve.log"),
+        )
+        .unwrap();
+        wait_ready(
+            &mut child,
+            "cutover serve",
+            (Duration::from_secs(20), Duration::from_millis(50)),
+            || self.cli(&["status", "--json"]).status.success(),
+            || self.serve_log(),
+        );
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.cli(&["status", "--json"]);
-            if status.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cutover serve did not come up:\n{}",
-                self.serve_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     pub fn serve_log(&self) -> String {
@@ -180,7 +151,7 @@ stop_timeout = "5s"
 
     /// Runs the CLI against this daemon's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cutover_bin())
+        Command::new(binaries::cutover())
             .args(args)
             .arg("--config")
             .arg(&self.config)
@@ -234,14 +205,10 @@ stop_timeout = "5s"
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while child.try_wait().unwrap().is_none() {
-                assert!(
-                    Instant::now() < deadline,
-                    "cutover serve did not exit after SIGTERM"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert!(
+                wait_exit(&mut child, Duration::from_secs(15)).is_some(),
+                "cutover serve did not exit after SIGTERM"
+            );
         }
     }
 
@@ -258,22 +225,16 @@ stop_timeout = "5s"
 
     /// GET on the admin API over its unix socket; the JSON answer.
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
-        use std::io::{Read, Write};
-        let mut stream =
-            std::os::unix::net::UnixStream::connect(self.state_dir().join("admin.sock")).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: cutover\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        serde_json::from_str(body)
-            .unwrap_or_else(|e| panic!("admin GET {path}: not JSON ({e}): {answer}"))
+        let answer = self.admin_request(path);
+        serde_json::from_slice(&answer.body)
+            .unwrap_or_else(|e| panic!("admin GET {path}: not JSON ({e}): {answer:?}"))
+    }
+
+    /// GET on the admin API over its unix socket, on a connection of its own.
+    pub fn admin_request(&self, path: &str) -> http::Response {
+        Connection::unix(&self.state_dir().join("admin.sock"), "cutover")
+            .and_then(|mut admin| admin.get_with(path, &[("Connection", "close")]))
+            .unwrap_or_else(|e| panic!("admin GET {path} failed: {e}"))
     }
 
     /// Opens a streaming admin GET (SSE); read it with [`read_until`].
@@ -308,7 +269,8 @@ stop_timeout = "5s"
         let deadline = Instant::now() + within;
         loop {
             if let Ok(response) = http::try_get(self.proxy_port, "/") {
-                if response.status == 200 && response.body.trim() == format!("version={version}") {
+                if response.status == 200 && response.text().trim() == format!("version={version}")
+                {
                     return;
                 }
             }
@@ -331,43 +293,16 @@ impl Daemon {
         let config = format!(
             "state_dir = \"state\"\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n\n{apps}\n"
         );
-        let config_path = dir.path().join("cutover.toml");
-        fs::write(&config_path, config).unwrap();
-        let mut daemon = Daemon {
-            dir,
-            config: config_path,
-            proxy_port,
-            child: None,
-        };
-        daemon.spawn();
-        daemon
+        Daemon::launch(dir, proxy_port, &config)
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // Releases lead their own process group.
         for (pid, _) in self.releases() {
-            kill_release_group(pid);
-        }
-    }
-}
-
-/// Sends a signal to one process. Never to pid 0 or 1: those would mean
-/// "my group" or "everything".
-pub fn signal(pid: u32, signal: Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 1 {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
-        }
-    }
-}
-
-/// SIGKILLs a release's whole process group (releases lead their own group).
-pub fn kill_release_group(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 1 {
-            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            process::kill_group(pid);
         }
     }
 }
@@ -388,12 +323,7 @@ pub fn releases_of_instance(state_dir: &Path) -> Vec<(u32, String)> {
             continue;
         };
         // Zombies have an empty environ; skip processes that are exiting.
-        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        {
+        if !process::alive(pid) {
             continue;
         }
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
@@ -439,13 +369,4 @@ pub fn read_until(
         }
     }
     String::from_utf8_lossy(&seen).into_owned()
-}
-
-/// Polls `condition` until it holds, failing with `what` after `within`.
-pub fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }

@@ -3,15 +3,14 @@
 //! with its own prefix and configuration in the temporary directory), the
 //! test app as releases; optionally over a real sshd on 127.0.0.1.
 
-use super::{free_port, testapp_bin, Daemon};
+use super::Daemon;
+use cutover_test_support::binaries;
+use cutover_test_support::nginx::NginxServer;
+use cutover_test_support::ports::free_port;
+use cutover_test_support::sshd::SshServer;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-#[path = "../../../nginx/tests/support/mod.rs"]
-pub mod support;
-
-use support::{toml_list, toml_str, NginxServer, SshServer};
 
 /// How the nginx-mode daemon is configured.
 pub struct FrontOptions {
@@ -84,16 +83,10 @@ impl NginxFront {
             options.reload_argument.clone().unwrap_or_default(),
         ];
         reload.extend(nginx.reload_argv());
-        let ssh = match &sshd {
-            Some(sshd) => format!(
-                "ssh = {{ host = \"127.0.0.1\", port = {}, user = {}, identity_file = {}, known_hosts_file = {} }}",
-                sshd.port,
-                toml_str(&sshd.user),
-                toml_str(&sshd.identity_file.display().to_string()),
-                toml_str(&sshd.known_hosts_file.display().to_string()),
-            ),
-            None => String::new(),
-        };
+        let ssh = sshd
+            .as_ref()
+            .map(SshServer::cutover_key)
+            .unwrap_or_default();
         let config = format!(
             r#"
 state_dir = "state"
@@ -104,13 +97,7 @@ listen = ["127.0.0.1:{port}"]
 max_body = "16MB"
 
 [proxy.nginx]
-conf = {conf}
-include_dir = {include_dir}
-pid_file = {pid_file}
-log_dir = {log_dir}
-test = {test}
-reload = {reload}
-{ssh}
+{nginx_keys}{ssh}
 
 [[app]]
 name = "web"
@@ -126,15 +113,10 @@ interval = "1s"
 command = ["sh", "-c", 'exec "$0" --port "$1" --version "$2" $(cat "$3/$2.args" 2>/dev/null)', "{testapp}", "{{port}}", "{{version}}", "{behaviours}"]
 stop_timeout = "5s"
 "#,
-            conf = toml_str(&nginx.conf.display().to_string()),
-            include_dir = toml_str(&include_dir.display().to_string()),
-            pid_file = toml_str(&nginx.pid_file.display().to_string()),
-            log_dir = toml_str(&prefix.display().to_string()),
-            test = toml_list(&nginx.test_argv()),
-            reload = toml_list(&reload),
+            nginx_keys = nginx.cutover_keys(&include_dir, &reload),
             drain = options.drain_timeout,
             app_extra = options.app_extra,
-            testapp = testapp_bin().display(),
+            testapp = binaries::testapp().display(),
             behaviours = behaviours.display(),
         );
         let config_path = root.join("cutover.toml");

@@ -1,12 +1,8 @@
 //! Helpers for the proxy's end-to-end tests (`tests/proxy_*.rs`): a daemon
-//! with extra `[proxy]` keys, the daemon's process id and memory.
-//!
-//! Included by those tests with `#[path = "common/proxy.rs"] mod proxy_support;`
-//! next to `mod common;`.
+//! with extra `[proxy]` keys, the daemon's process id, its metrics.
 
-#![allow(dead_code, clippy::unwrap_used)]
-
-use crate::common::{AppOptions, Daemon};
+use super::{AppOptions, Daemon};
+use cutover_test_support::process;
 use std::fs;
 
 /// A daemon whose `[proxy]` table also has `proxy_keys` (TOML lines), and
@@ -30,107 +26,14 @@ pub fn daemon_with_proxy(options: AppOptions, proxy_keys: &str, tail: &str) -> D
 /// The process id of this daemon's `cutover serve`.
 pub fn serve_pid(daemon: &Daemon) -> u32 {
     let config = daemon.config.to_string_lossy().into_owned();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "serve") && args.contains(&config) {
-            return pid;
-        }
-    }
-    panic!("no `cutover serve` process for {config}");
-}
-
-/// Resident set size of a process, in bytes (0 if it is gone).
-pub fn rss_of(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Samples a process's resident set in a thread until `stop()`; returns the peak.
-pub struct RssSampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    pub fn start(pid: u32) -> RssSampler {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                let mut peak = rss_of(pid);
-                while !stop.load(Ordering::Relaxed) {
-                    peak = peak.max(rss_of(pid));
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                peak.max(rss_of(pid))
-            }
-        });
-        RssSampler { stop, thread }
-    }
-
-    pub fn stop(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
+    process::find_by_args(&["serve", &config])
+        .unwrap_or_else(|| panic!("no `cutover serve` process for {config}"))
 }
 
 /// GET on the admin API over its unix socket: (status, body).
 pub fn admin_get_text(daemon: &Daemon, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(daemon.state_dir().join("admin.sock")).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: cutover\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
+    let answer = daemon.admin_request(path);
+    (answer.status, answer.text())
 }
 
 /// One sample of Prometheus text: name, labels, value.

@@ -108,6 +108,27 @@ impl Drop for Backend {
     }
 }
 
+/// A raw TCP server on 127.0.0.1: `serve` is called for each accepted
+/// connection, as it is accepted, and its future runs as a task of its own.
+/// Aborting the returned task stops accepting.
+pub async fn tcp_server<F, Fut>(serve: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve(stream));
+        }
+    });
+    (addr, task)
+}
+
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
     let mut response = Response::new(Full::new(body.into()).boxed());
     *response.status_mut() = status;

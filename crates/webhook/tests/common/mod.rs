@@ -5,12 +5,12 @@
 
 use cutover_config::Config;
 use cutover_store::{DeliveryRecord, Store};
+use cutover_test_support::http::{self, Reply};
 use cutover_webhook::Receiver;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 pub const GITHUB_NEXT_SECRET: &str = "the next github secret";
@@ -135,60 +135,13 @@ impl Drop for Harness {
     }
 }
 
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub body: String,
-    pub took: Duration,
-}
-
-impl Reply {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// One request on a fresh connection; `Content-Length` is added.
+/// One POST on a fresh connection; `Content-Length` is added.
 pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    raw(addr, &bytes)
-}
-
-/// Sends raw bytes and reads the answer until the server closes.
-pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    // The server may answer (413) and close before reading everything.
-    let _ = stream.write_all(bytes);
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    parse_reply(&answer, started.elapsed())
-}
-
-pub fn parse_reply(answer: &[u8], took: Duration) -> Reply {
-    let text = String::from_utf8_lossy(answer);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Reply { status, body, took }
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    http::post(addr, path, &headers, body)
 }
 
 pub fn hmac_hex(secret: &str, body: &[u8]) -> String {

@@ -1,12 +1,11 @@
 //! Docker fixtures for tests against a real dockerd, through the `docker`
 //! CLI: test images built `FROM scratch` with a static busybox (see
 //! `tests/fixtures/docker/`), container listings by cutover's labels, and a
-//! guard that removes a test's containers and images even when it fails.
-//! Self-contained (std and tempfile only) so other crates' tests can
-//! include it with `#[path]`.
+//! guard that removes a test's containers and images even when it fails,
+//! and a local registry.
 
-#![allow(dead_code, clippy::unwrap_used)]
-
+use crate::ports::free_port;
+use crate::process::spawn_logged;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -239,11 +238,7 @@ pub struct Registry {
 impl Registry {
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -253,14 +248,10 @@ impl Registry {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
+        let child = spawn_logged(
+            Command::new("docker-registry").arg("serve").arg(&config),
+            &dir.path().join("registry.log"),
+        )
             .unwrap_or_else(|e| {
                 panic!("cannot run docker-registry ({e}): install Debian's docker-registry (scripts/test does)")
             });

@@ -2,7 +2,8 @@
 //! only if the server closes it cleanly between requests), recording every
 //! answer so tests can assert 0 failures and the order of versions seen.
 
-use super::http::Connection;
+use crate::http::Connection;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub struct Load {
     stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
     clients: Vec<JoinHandle<ClientReport>>,
 }
 
@@ -20,7 +22,7 @@ pub struct ClientOptions {
     pub header: Option<(String, String)>,
     /// Keep and send back cookies the server sets (like a browser).
     pub keep_cookies: bool,
-    /// Pause between requests.
+    /// Pause between requests (default 2 ms).
     pub pause: Option<Duration>,
 }
 
@@ -93,16 +95,28 @@ impl Load {
         options: ClientOptions,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let bounds = Bounds {
+            max_requests,
+            max_time,
+        };
         let clients = (0..clients)
             .map(|_| {
-                let stop = stop.clone();
+                let (stop, answered) = (stop.clone(), answered.clone());
                 let options = options.clone();
-                std::thread::spawn(move || {
-                    run_client(port, &stop, max_requests, max_time, &options)
-                })
+                std::thread::spawn(move || run_client(port, &stop, &answered, bounds, &options))
             })
             .collect();
-        Load { stop, clients }
+        Load {
+            stop,
+            answered,
+            clients,
+        }
+    }
+
+    /// Requests answered with 200 so far, across all clients.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
     }
 
     /// Waits for every client to reach its request bound, then reports.
@@ -116,23 +130,28 @@ impl Load {
         }
     }
 
+    /// Tells every client to stop after its current request, then reports.
     pub fn stop(self) -> LoadReport {
         self.stop.store(true, Ordering::SeqCst);
-        LoadReport {
-            clients: self
-                .clients
-                .into_iter()
-                .map(|c| c.join().expect("load client panicked"))
-                .collect(),
-        }
+        self.stop_when_done()
     }
+}
+
+/// When a client stops by itself.
+#[derive(Clone, Copy)]
+struct Bounds {
+    max_requests: usize,
+    max_time: Duration,
 }
 
 fn run_client(
     port: u16,
     stop: &AtomicBool,
-    max_requests: usize,
-    max_time: Duration,
+    answered: &AtomicUsize,
+    Bounds {
+        max_requests,
+        max_time,
+    }: Bounds,
     options: &ClientOptions,
 ) -> ClientReport {
     let mut report = ClientReport::default();
@@ -170,13 +189,11 @@ fn run_client(
                         cookie = set.split(';').next().map(str::to_string);
                     }
                 }
-                let version = response
-                    .body
-                    .trim()
-                    .strip_prefix("version=")
-                    .unwrap_or(response.body.trim())
-                    .to_string();
-                report.versions.push(version);
+                let body = response.text();
+                let version = body.trim();
+                let version = version.strip_prefix("version=").unwrap_or(version);
+                report.versions.push(version.to_string());
+                answered.fetch_add(1, Ordering::SeqCst);
                 if response
                     .header("connection")
                     .is_some_and(|v| v.eq_ignore_ascii_case("close"))
@@ -188,7 +205,7 @@ fn run_client(
                 report.failures.push(format!(
                     "status {}: {}",
                     response.status,
-                    response.body.trim()
+                    response.text().trim()
                 ));
                 connection = None;
             }

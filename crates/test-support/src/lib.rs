@@ -1,0 +1,40 @@
+//! Fixtures shared by the integration tests of every cutover crate. Used
+//! only as a dev-dependency; it depends on no workspace crate, so each
+//! crate's tests can use it without a cycle. Everything here starts real
+//! things (processes, sockets, servers) on loopback and stops only what it
+//! started, by PID, never by name.
+//!
+//! # Layout
+//!
+//! - [`ports`]: a free loopback port.
+//! - [`wait`]: polling until a condition holds, blocking or async.
+//! - [`process`]: signals by PID, process state and children from /proc,
+//!   resident memory, stopping a child gracefully, log files for children.
+//! - [`binaries`]: the workspace's built binaries (`cutover`, `cutover-testapp`).
+//! - [`http`]: a blocking HTTP/1.1 client over TCP or unix sockets that
+//!   writes exactly the request it is given and reads one framed response.
+//! - [`load`]: bounded keep-alive load (N clients) with a per-client record
+//!   of the versions answered.
+//! - [`tls`]: a test CA (rcgen) signing leaf certificates, a client
+//!   connector trusting it, handshakes that report the served certificate.
+//! - [`docker`]: the `docker` CLI, test images `FROM scratch`, container
+//!   listings by cutover's labels, clean-up guards, a local registry.
+//! - [`nginx`]: Debian's nginx with its own prefix and configuration.
+//! - [`sshd`]: Debian's sshd on loopback with throwaway keys.
+//! - [`git`]: git with a fixed identity; a bare origin with a working clone.
+//! - [`toml`]: TOML string and list literals for configs the tests write.
+
+#![allow(clippy::unwrap_used)] // Fixtures: a failure to set up fails the test.
+
+pub mod binaries;
+pub mod docker;
+pub mod git;
+pub mod http;
+pub mod load;
+pub mod nginx;
+pub mod ports;
+pub mod process;
+pub mod sshd;
+pub mod tls;
+pub mod toml;
+pub mod wait;
