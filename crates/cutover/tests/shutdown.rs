@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{eventually, AppOptions, Daemon};
+use common::{AppOptions, Daemon};
+use cutover_test_support::http;
+use cutover_test_support::wait::eventually;
 use std::time::{Duration, Instant};
 
 /// The bound for these apps (drain 1s, stop 5s, no hooks): the engine's
@@ -89,7 +91,7 @@ fn sigterm_while_draining_lets_the_committed_deployment_finish() {
     });
     daemon.deploy("v1");
     let port = daemon.proxy_port;
-    let slow = std::thread::spawn(move || common::http::try_get(port, "/slow?ms=1500"));
+    let slow = std::thread::spawn(move || http::try_get(port, "/slow?ms=1500"));
     std::thread::sleep(Duration::from_millis(200));
     daemon.ok(&["deploy", "web", "--version", "v2", "--no-wait"]);
     eventually(Duration::from_secs(10), "deployment draining", || {
