@@ -128,30 +128,28 @@ async fn pull(
         ..CreateImageOptions::default()
     };
     info!("pulling image {reference}");
-    let mut stream = docker.create_image(Some(options), None, credentials);
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            let detail = client::message(&e);
-            let lower = detail.to_ascii_lowercase();
-            let not_found = client::is_not_found(&e)
-                || lower.contains("not found")
-                || lower.contains("manifest unknown")
-                || lower.contains("does not exist");
-            if !client::is_engine_refusal(&e) {
-                return Err(client.error(format!("pulling image {reference}"), e));
-            }
-            return Err(if not_found {
-                DockerError::ImageNotFound {
-                    image: reference.to_string(),
-                    detail,
-                }
-            } else {
-                DockerError::PullFailed {
-                    image: reference.to_string(),
-                    detail,
-                }
-            });
+    let stream = docker.create_image(Some(options), None, credentials);
+    if let Some(e) = first_error(stream).await {
+        let detail = client::message(&e);
+        let lower = detail.to_ascii_lowercase();
+        let not_found = client::is_not_found(&e)
+            || lower.contains("not found")
+            || lower.contains("manifest unknown")
+            || lower.contains("does not exist");
+        if !client::is_engine_refusal(&e) {
+            return Err(client.error(format!("pulling image {reference}"), e));
         }
+        return Err(if not_found {
+            DockerError::ImageNotFound {
+                image: reference.to_string(),
+                detail,
+            }
+        } else {
+            DockerError::PullFailed {
+                image: reference.to_string(),
+                detail,
+            }
+        });
     }
     info!("pulled image {reference}");
     Ok(())
@@ -169,20 +167,31 @@ async fn push(
         ..PushImageOptions::default()
     };
     info!("pushing image {reference}");
-    let mut stream = docker.push_image(repository, Some(options), credentials);
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            if !client::is_engine_refusal(&e) {
-                return Err(client.error(format!("pushing image {reference}"), e));
-            }
-            return Err(DockerError::PushFailed {
-                image: reference.to_string(),
-                detail: client::message(&e),
-            });
+    let stream = docker.push_image(repository, Some(options), credentials);
+    if let Some(e) = first_error(stream).await {
+        if !client::is_engine_refusal(&e) {
+            return Err(client.error(format!("pushing image {reference}"), e));
         }
+        return Err(DockerError::PushFailed {
+            image: reference.to_string(),
+            detail: client::message(&e),
+        });
     }
     info!("pushed image {reference}");
     Ok(())
+}
+
+/// Reads a progress stream to its end; the error that ended it early.
+async fn first_error<T>(
+    stream: impl futures_util::Stream<Item = Result<T, bollard::errors::Error>>,
+) -> Option<bollard::errors::Error> {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// Packs the context, streams the build (its output at debug level, the
