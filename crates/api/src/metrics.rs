@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use cutover_config::Slot;
 use cutover_engine::{AppStatus, Engine, LiveHealth};
 use cutover_store::{is_terminal_state, DeploymentRecord};
 use prometheus_client::collector::Collector;
@@ -155,7 +156,16 @@ fn duration_seconds(d: &DeploymentRecord) -> Option<f64> {
 
 impl Collector for EngineSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // Deployments by outcome, and how long they took.
+        self.encode_finished(&mut encoder)?;
+        self.encode_queue(&mut encoder)?;
+        self.encode_live(&mut encoder)?;
+        self.encode_health(&mut encoder)
+    }
+}
+
+impl EngineSnapshot {
+    /// Deployments by outcome, and how long they took.
+    fn encode_finished(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut outcomes: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
         for (app, deployments) in &self.history {
             for d in deployments {
@@ -183,27 +193,20 @@ impl Collector for EngineSnapshot {
         )?;
         for ((app, outcome), durations) in &outcomes {
             let labels = [("app", *app), ("outcome", *outcome)];
-            // Each bucket's own count: prometheus-client adds them up.
-            let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
-                .iter()
-                .chain([&f64::INFINITY])
-                .map(|bound| (*bound, 0))
-                .collect();
-            for duration in durations {
-                if let Some(bucket) = buckets.iter_mut().find(|(bound, _)| duration <= bound) {
-                    bucket.1 += 1;
-                }
-            }
             family
                 .encode_family(&labels)?
                 .encode_histogram::<NoLabelSet>(
                     durations.iter().sum(),
                     durations.len() as u64,
-                    &buckets,
+                    &duration_buckets(durations),
                     None,
                 )?;
         }
+        Ok(())
+    }
 
+    /// The deployment running and those waiting, per app.
+    fn encode_queue(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "cutover_deployment_running",
             "1 while a deployment of the app runs.",
@@ -225,7 +228,11 @@ impl Collector for EngineSnapshot {
             ConstGauge::new(app.queued.len() as i64)
                 .encode(family.encode_family(&[("app", app.name.as_str())])?)?;
         }
+        Ok(())
+    }
 
+    /// Each app's live slot and release.
+    fn encode_live(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "cutover_live_slot",
             "1 for the slot that serves the app's traffic, 0 for the other.",
@@ -233,7 +240,7 @@ impl Collector for EngineSnapshot {
             MetricType::Gauge,
         )?;
         for app in &self.apps {
-            for slot in ["blue", "green"] {
+            for slot in Slot::ALL.map(Slot::as_str) {
                 let live = i64::from(app.live_slot.as_deref() == Some(slot));
                 ConstGauge::new(live)
                     .encode(family.encode_family(&[("app", app.name.as_str()), ("slot", slot)])?)?;
@@ -255,7 +262,11 @@ impl Collector for EngineSnapshot {
                 ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
             }
         }
+        Ok(())
+    }
 
+    /// The live release's health, and its transitions since start.
+    fn encode_health(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "cutover_live_health",
             "Last health-check result of the live release: 1 for the current state.",
@@ -293,4 +304,19 @@ impl Collector for EngineSnapshot {
         )?)?;
         Ok(())
     }
+}
+
+/// Each bucket's own count: prometheus-client adds them up.
+fn duration_buckets(durations: &[f64]) -> Vec<(f64, u64)> {
+    let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+        .iter()
+        .chain([&f64::INFINITY])
+        .map(|bound| (*bound, 0))
+        .collect();
+    for duration in durations {
+        if let Some(bucket) = buckets.iter_mut().find(|(bound, _)| duration <= bound) {
+            bucket.1 += 1;
+        }
+    }
+    buckets
 }

@@ -7,12 +7,13 @@
 //! an environment variable and read by the driver when it needs it, so it
 //! never sits in the configuration model (which is `Debug` and gets logged).
 
-use crate::error::ConfigError;
-use crate::model::SlotPorts;
+use crate::error::{ConfigError, Located};
+use crate::model::{slot_ports, SlotPorts};
 use crate::raw::RawPorts;
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
@@ -142,210 +143,41 @@ pub(crate) fn validate(
     file: &Path,
     source: &str,
 ) -> Result<DockerConfig, ConfigError> {
-    let error = |span: std::ops::Range<usize>, message: String| {
-        ConfigError::at(file, source, Some(span), message)
-    };
+    docker_config(spanned, app, base).map_err(|located| ConfigError::located(file, source, located))
+}
+
+/// The section's checks, one field group each, in the order problems are
+/// reported.
+fn docker_config(
+    spanned: &Spanned<RawDocker>,
+    app: &str,
+    base: &Path,
+) -> Result<DockerConfig, Located> {
     let raw = spanned.get_ref();
-    if !app.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(error(
-            spanned.span(),
-            format!("app `{app}` runs in containers named `{app}-blue` and `{app}-green`, and Docker names must start with a letter or digit; rename the app"),
-        ));
-    }
-
-    let image = raw.image.get_ref().trim().to_string();
-    if !image.contains("{version}") {
-        return Err(error(
-            raw.image.span(),
-            format!("image `{image}` must contain {{version}} so that every release runs its own image, e.g. \"{app}:{{version}}\" or \"registry.local:5000/{app}:{{version}}\""),
-        ));
-    }
-    let sample = image.replace("{version}", "v1");
-    if let Err(problem) = check_reference(&sample) {
-        return Err(error(
-            raw.image.span(),
-            format!("image `{image}` is not a valid image reference: {problem}"),
-        ));
-    }
-
-    let network = match raw.network.as_ref().map(|n| n.get_ref().trim()) {
-        None | Some("bridge") | Some("default") => DockerNetwork::Bridge,
-        Some("host") => DockerNetwork::Host,
-        Some("none") => {
-            return Err(error(
-                raw.network.as_ref().map_or(0..0, Spanned::span),
-                "network = \"none\" leaves the release unreachable; use \"bridge\", \"host\" or a network's name".to_string(),
-            ))
-        }
-        Some(name) if valid_name(name) => DockerNetwork::Named(name.to_string()),
-        Some(name) => {
-            return Err(error(
-                raw.network.as_ref().map_or(0..0, Spanned::span),
-                format!("network `{name}` is not a valid Docker network name; use \"bridge\", \"host\" or the name of a network created with `docker network create`"),
-            ))
-        }
-    };
-
-    let host_ports = match &raw.host_ports {
-        None => None,
-        Some(p) => {
-            let ports = p.get_ref();
-            if ports.blue == 0 || ports.green == 0 || ports.blue == ports.green {
-                return Err(error(
-                    p.span(),
-                    "host_ports.blue and host_ports.green must be two different non-zero ports"
-                        .to_string(),
-                ));
-            }
-            Some(SlotPorts {
-                blue: ports.blue,
-                green: ports.green,
-            })
-        }
-    };
-    let port = match (&raw.port, &network) {
-        (Some(port), DockerNetwork::Host) => {
-            return Err(error(
-                port.span(),
-                "with network = \"host\" the container listens on the host itself: remove `port` and set host_ports = { blue = …, green = … } (the release gets its slot's port in $PORT)".to_string(),
-            ))
-        }
-        (None, DockerNetwork::Host) => {
-            if host_ports.is_none() {
-                return Err(error(
-                    raw.network.as_ref().map_or(spanned.span(), Spanned::span),
-                    "network = \"host\" needs host_ports = { blue = …, green = … }: both slots share the host's network, so each listens on its own port (given to the release in $PORT)".to_string(),
-                ));
-            }
-            0
-        }
-        (None, _) => 8080,
-        (Some(port), _) => match u16::try_from(*port.get_ref()) {
-            Ok(p) if p > 0 => p,
-            _ => {
-                return Err(error(
-                    port.span(),
-                    format!("port {} is not a port; use the port the app listens on inside the container, 1-65535", port.get_ref()),
-                ))
-            }
-        },
-    };
-
-    let build = match &raw.build {
-        None => None,
-        Some(b) => {
-            let build = b.get_ref();
-            let context = build.context.as_deref().unwrap_or(".");
-            let context = if Path::new(context).is_absolute() {
-                context.to_string()
-            } else {
-                base.join(context).display().to_string()
-            };
-            let dockerfile = build
-                .dockerfile
-                .clone()
-                .unwrap_or_else(|| "Dockerfile".to_string());
-            if dockerfile.trim().is_empty() || Path::new(&dockerfile).is_absolute() {
-                return Err(error(
-                    b.span(),
-                    format!("build.dockerfile `{dockerfile}` must be a path inside the build context, e.g. \"Dockerfile\" or \"docker/Dockerfile.web\""),
-                ));
-            }
-            if let Some(bad) = build.args.keys().find(|k| !valid_arg_name(k)) {
-                return Err(error(
-                    b.span(),
-                    format!(
-                        "build argument `{bad}` is not a valid name; use letters, digits and `_`"
-                    ),
-                ));
-            }
-            Some(DockerBuild {
-                context,
-                dockerfile,
-                args: build.args.clone(),
-            })
-        }
-    };
-    let push = raw.push.as_ref().is_some_and(|p| *p.get_ref());
-    if let (true, None) = (push, &build) {
-        let span = raw.push.as_ref().map_or(0..0, Spanned::span);
-        return Err(error(
-            span,
-            "push = true needs a `build` to push: cutover pushes the images it builds".to_string(),
-        ));
-    }
-
+    check_container_names(app, spanned.span())?;
+    let image = image(&raw.image, app)?;
+    let network = network(raw.network.as_ref())?;
+    let host_ports = raw
+        .host_ports
+        .as_ref()
+        .map(|ports| slot_ports(ports, "host_ports"))
+        .transpose()?;
+    let port = container_port(spanned, &network, host_ports.is_some())?;
+    let build = raw.build.as_ref().map(|b| build(b, base)).transpose()?;
+    let push = push(raw.push.as_ref(), build.is_some())?;
     if let Some(bad) = raw.env.keys().find(|k| k.is_empty() || k.contains('=')) {
-        return Err(error(
+        return Err((
             spanned.span(),
             format!("environment variable name `{bad}` in [app.docker] env is not valid"),
         ));
     }
-
-    let mut volumes = Vec::with_capacity(raw.volumes.len());
-    for volume in &raw.volumes {
-        let resolved = resolve_volume(volume.get_ref(), base)
-            .map_err(|problem| error(volume.span(), problem))?;
-        volumes.push(resolved);
-    }
-
-    let labels = match &raw.labels {
-        None => BTreeMap::new(),
-        Some(labels) => {
-            if let Some(bad) = labels
-                .get_ref()
-                .keys()
-                .find(|k| k.starts_with(RESERVED_LABEL_PREFIX) || k.trim().is_empty())
-            {
-                return Err(error(
-                    labels.span(),
-                    format!("label `{bad}` is not allowed: labels starting with `{RESERVED_LABEL_PREFIX}` are set by cutover itself"),
-                ));
-            }
-            labels.get_ref().clone()
-        }
-    };
-
-    let memory = match &raw.memory {
-        None => None,
-        Some(m) if m.get_ref().0 >= 6 << 20 && i64::try_from(m.get_ref().0).is_ok() => {
-            Some(m.get_ref().0)
-        }
-        Some(m) => {
-            return Err(error(
-                m.span(),
-                "memory must be at least \"6MB\" (Docker's minimum), e.g. \"512MB\"".to_string(),
-            ))
-        }
-    };
-    let cpus = match &raw.cpus {
-        None => None,
-        Some(c) if c.get_ref().is_finite() && *c.get_ref() >= 0.01 && *c.get_ref() <= 1024.0 => {
-            Some(*c.get_ref())
-        }
-        Some(c) => {
-            return Err(error(
-                c.span(),
-                format!(
-                    "cpus = {} is not a CPU limit; use a number like 0.5 or 2",
-                    c.get_ref()
-                ),
-            ))
-        }
-    };
-    let keep_images =
-        match &raw.keep_images {
-            None => 3,
-            Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as usize,
-            Some(n) => return Err(error(
-                n.span(),
-                "keep_images must be between 1 and 100 (the live release's image is always kept)"
-                    .to_string(),
-            )),
-        };
-
-    let registry = registry_auth(raw, base).map_err(|(span, message)| error(span, message))?;
-
+    let volumes = raw
+        .volumes
+        .iter()
+        .map(|volume| {
+            resolve_volume(volume.get_ref(), base).map_err(|problem| (volume.span(), problem))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(DockerConfig {
         image,
         build,
@@ -354,18 +186,184 @@ pub(crate) fn validate(
         host_ports,
         env: raw.env.clone(),
         volumes,
-        labels,
+        labels: labels(raw.labels.as_ref())?,
         network,
-        memory,
-        cpus,
+        memory: raw.memory.as_ref().map(memory).transpose()?,
+        cpus: raw.cpus.as_ref().map(cpus).transpose()?,
         stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
-        keep_images,
-        registry,
+        keep_images: raw.keep_images.as_ref().map_or(Ok(3), keep_images)?,
+        registry: registry_auth(raw, base)?,
         socket: raw.socket.as_ref().map(|s| base.join(s)),
     })
 }
 
-type Located = (std::ops::Range<usize>, String);
+fn check_container_names(app: &str, span: Range<usize>) -> Result<(), Located> {
+    if app.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Ok(());
+    }
+    Err((
+        span,
+        format!("app `{app}` runs in containers named `{app}-blue` and `{app}-green`, and Docker names must start with a letter or digit; rename the app"),
+    ))
+}
+
+fn image(raw: &Spanned<String>, app: &str) -> Result<String, Located> {
+    let image = raw.get_ref().trim().to_string();
+    if !image.contains("{version}") {
+        return Err((
+            raw.span(),
+            format!("image `{image}` must contain {{version}} so that every release runs its own image, e.g. \"{app}:{{version}}\" or \"registry.local:5000/{app}:{{version}}\""),
+        ));
+    }
+    let sample = image.replace("{version}", "v1");
+    if let Err(problem) = check_reference(&sample) {
+        return Err((
+            raw.span(),
+            format!("image `{image}` is not a valid image reference: {problem}"),
+        ));
+    }
+    Ok(image)
+}
+
+fn network(raw: Option<&Spanned<String>>) -> Result<DockerNetwork, Located> {
+    let span = || raw.map_or(0..0, Spanned::span);
+    match raw.map(|n| n.get_ref().trim()) {
+        None | Some("bridge") | Some("default") => Ok(DockerNetwork::Bridge),
+        Some("host") => Ok(DockerNetwork::Host),
+        Some("none") => Err((
+            span(),
+            "network = \"none\" leaves the release unreachable; use \"bridge\", \"host\" or a network's name".to_string(),
+        )),
+        Some(name) if valid_name(name) => Ok(DockerNetwork::Named(name.to_string())),
+        Some(name) => Err((
+            span(),
+            format!("network `{name}` is not a valid Docker network name; use \"bridge\", \"host\" or the name of a network created with `docker network create`"),
+        )),
+    }
+}
+
+/// The port inside the container: none with host networking (the release
+/// listens on its slot's host port), else `port` or 8080.
+fn container_port(
+    spanned: &Spanned<RawDocker>,
+    network: &DockerNetwork,
+    has_host_ports: bool,
+) -> Result<u16, Located> {
+    let raw = spanned.get_ref();
+    match (&raw.port, network) {
+        (Some(port), DockerNetwork::Host) => Err((
+            port.span(),
+            "with network = \"host\" the container listens on the host itself: remove `port` and set host_ports = { blue = …, green = … } (the release gets its slot's port in $PORT)".to_string(),
+        )),
+        (None, DockerNetwork::Host) if !has_host_ports => Err((
+            raw.network.as_ref().map_or(spanned.span(), Spanned::span),
+            "network = \"host\" needs host_ports = { blue = …, green = … }: both slots share the host's network, so each listens on its own port (given to the release in $PORT)".to_string(),
+        )),
+        (None, DockerNetwork::Host) => Ok(0),
+        (None, _) => Ok(8080),
+        (Some(port), _) => match u16::try_from(*port.get_ref()) {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err((
+                port.span(),
+                format!("port {} is not a port; use the port the app listens on inside the container, 1-65535", port.get_ref()),
+            )),
+        },
+    }
+}
+
+fn build(spanned: &Spanned<RawDockerBuild>, base: &Path) -> Result<DockerBuild, Located> {
+    let build = spanned.get_ref();
+    let context = build.context.as_deref().unwrap_or(".");
+    let context = if Path::new(context).is_absolute() {
+        context.to_string()
+    } else {
+        base.join(context).display().to_string()
+    };
+    let dockerfile = build
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| "Dockerfile".to_string());
+    if dockerfile.trim().is_empty() || Path::new(&dockerfile).is_absolute() {
+        return Err((
+            spanned.span(),
+            format!("build.dockerfile `{dockerfile}` must be a path inside the build context, e.g. \"Dockerfile\" or \"docker/Dockerfile.web\""),
+        ));
+    }
+    if let Some(bad) = build.args.keys().find(|k| !valid_arg_name(k)) {
+        return Err((
+            spanned.span(),
+            format!("build argument `{bad}` is not a valid name; use letters, digits and `_`"),
+        ));
+    }
+    Ok(DockerBuild {
+        context,
+        dockerfile,
+        args: build.args.clone(),
+    })
+}
+
+fn push(raw: Option<&Spanned<bool>>, has_build: bool) -> Result<bool, Located> {
+    let push = raw.is_some_and(|p| *p.get_ref());
+    if push && !has_build {
+        return Err((
+            raw.map_or(0..0, Spanned::span),
+            "push = true needs a `build` to push: cutover pushes the images it builds".to_string(),
+        ));
+    }
+    Ok(push)
+}
+
+fn labels(
+    raw: Option<&Spanned<BTreeMap<String, String>>>,
+) -> Result<BTreeMap<String, String>, Located> {
+    let Some(labels) = raw else {
+        return Ok(BTreeMap::new());
+    };
+    if let Some(bad) = labels
+        .get_ref()
+        .keys()
+        .find(|k| k.starts_with(RESERVED_LABEL_PREFIX) || k.trim().is_empty())
+    {
+        return Err((
+            labels.span(),
+            format!("label `{bad}` is not allowed: labels starting with `{RESERVED_LABEL_PREFIX}` are set by cutover itself"),
+        ));
+    }
+    Ok(labels.get_ref().clone())
+}
+
+fn memory(raw: &Spanned<ByteSize>) -> Result<u64, Located> {
+    let bytes = raw.get_ref().0;
+    if bytes >= 6 << 20 && i64::try_from(bytes).is_ok() {
+        return Ok(bytes);
+    }
+    Err((
+        raw.span(),
+        "memory must be at least \"6MB\" (Docker's minimum), e.g. \"512MB\"".to_string(),
+    ))
+}
+
+fn cpus(raw: &Spanned<f64>) -> Result<f64, Located> {
+    let cpus = *raw.get_ref();
+    if cpus.is_finite() && (0.01..=1024.0).contains(&cpus) {
+        return Ok(cpus);
+    }
+    Err((
+        raw.span(),
+        format!("cpus = {cpus} is not a CPU limit; use a number like 0.5 or 2"),
+    ))
+}
+
+fn keep_images(raw: &Spanned<i64>) -> Result<usize, Located> {
+    match usize::try_from(*raw.get_ref()) {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err((
+            raw.span(),
+            "keep_images must be between 1 and 100 (the live release's image is always kept)"
+                .to_string(),
+        )),
+    }
+}
 
 fn registry_auth(raw: &RawDocker, base: &Path) -> Result<Option<RegistryAuth>, Located> {
     let password = match (&raw.registry_password_file, &raw.registry_password_env) {

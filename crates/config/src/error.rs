@@ -4,6 +4,10 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// A problem at a span of the file, before the file is named: what the
+/// section validators return, so that they need not carry file and text.
+pub(crate) type Located = (Range<usize>, String);
+
 /// A configuration problem, located in its file when it came from one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -25,6 +29,11 @@ impl ConfigError {
             position: span.map(|span| line_and_column(source, span.start)),
             message: message.into(),
         }
+    }
+
+    /// Names the file of a problem found at a span of it.
+    pub(crate) fn located(file: &Path, source: &str, (span, message): Located) -> Self {
+        ConfigError::at(file, source, Some(span), message)
     }
 
     pub(crate) fn unlocated(file: &Path, message: impl Into<String>) -> Self {

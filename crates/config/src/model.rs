@@ -1,7 +1,7 @@
 //! The validated configuration model.
 
-use crate::error::ConfigError;
-use crate::raw::{RawApp, RawConfig, RawHealth, RawProcess};
+use crate::error::{ConfigError, Located};
+use crate::raw::{RawApp, RawConfig, RawHealth, RawPorts, RawProcess};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -219,6 +219,21 @@ impl SlotPorts {
     }
 }
 
+/// Fixed ports per slot (`ports` of a process, `host_ports` of a container).
+pub(crate) fn slot_ports(raw: &Spanned<RawPorts>, key: &str) -> Result<SlotPorts, Located> {
+    let ports = raw.get_ref();
+    if ports.blue == 0 || ports.green == 0 || ports.blue == ports.green {
+        return Err((
+            raw.span(),
+            format!("{key}.blue and {key}.green must be two different non-zero ports"),
+        ));
+    }
+    Ok(SlotPorts {
+        blue: ports.blue,
+        green: ports.green,
+    })
+}
+
 /// Signals an operator may choose to stop a release with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopSignal {
@@ -299,6 +314,10 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn error<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> ConfigError {
         ConfigError::at(self.file, self.source, Some(spanned.span()), message)
+    }
+
+    fn locate(&self, located: Located) -> ConfigError {
+        ConfigError::located(self.file, self.source, located)
     }
 
     fn base_dir(&self) -> PathBuf {
@@ -401,6 +420,32 @@ impl Validator<'_> {
         })
     }
 
+    /// `[proxy] listen`; not given: 127.0.0.1:8080.
+    fn listen(&self, raw: Option<&[Spanned<String>]>) -> Result<Vec<SocketAddr>, ConfigError> {
+        let Some(list) = raw else {
+            return Ok(vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
+        };
+        list.iter()
+            .map(|addr| {
+                addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    self.error(addr, format!("`{}` is not a listen address; write it like \"127.0.0.1:8080\" or \"[::]:80\"", addr.get_ref()))
+                })
+            })
+            .collect()
+    }
+
+    fn access_log(&self, raw: Option<&Spanned<String>>) -> Result<AccessLog, ConfigError> {
+        match raw.map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "combined")) => Ok(AccessLog::Combined),
+            Some((_, "json")) => Ok(AccessLog::Json),
+            Some((_, "off")) => Ok(AccessLog::Off),
+            Some((spanned, other)) => Err(self.error(
+                spanned,
+                format!("access_log `{other}` is not known; use \"combined\", \"json\" or \"off\""),
+            )),
+        }
+    }
+
     fn proxy(&self, raw: crate::raw::RawProxy) -> Result<ProxyConfig, ConfigError> {
         let nginx_mode = crate::nginx::mode(
             raw.mode.as_ref(),
@@ -409,30 +454,8 @@ impl Validator<'_> {
             self.source,
         )?;
         let listen_given = raw.listen.is_some();
-        let listen = match raw.listen {
-            None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
-            Some(list) => list
-                .iter()
-                .map(|addr| {
-                    addr.get_ref().parse::<SocketAddr>().map_err(|_| {
-                        self.error(addr, format!("`{}` is not a listen address; write it like \"127.0.0.1:8080\" or \"[::]:80\"", addr.get_ref()))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let access_log = match raw.access_log.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("combined") => AccessLog::Combined,
-            Some("json") => AccessLog::Json,
-            Some("off") => AccessLog::Off,
-            Some(other) => {
-                return Err(self.error(
-                    raw.access_log.as_ref().expect("matched Some"),
-                    format!(
-                        "access_log `{other}` is not known; use \"combined\", \"json\" or \"off\""
-                    ),
-                ))
-            }
-        };
+        let listen = self.listen(raw.listen.as_deref())?;
+        let access_log = self.access_log(raw.access_log.as_ref())?;
         let workers = match raw.workers.as_ref() {
             None => None,
             Some(value) => self.workers(value)?,
@@ -489,76 +512,15 @@ impl Validator<'_> {
         state_dir: &Path,
     ) -> Result<AppConfig, ConfigError> {
         let raw = spanned.get_ref();
-        let name = raw.name.get_ref();
-        let name_ok = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-            && !name.starts_with('-');
-        if !name_ok {
-            return Err(self.error(
-                &raw.name,
-                format!("app name `{name}` is not valid: use 1-63 lowercase letters, digits, `-` or `_`, not starting with `-`"),
-            ));
-        }
-        let hosts = match &raw.hosts {
-            None => vec!["*".to_string()],
-            Some(hosts) if hosts.is_empty() => {
-                return Err(self.error(
-                    &raw.name,
-                    format!("app `{name}` has an empty `hosts` list; omit it or use [\"*\"]"),
-                ))
-            }
-            Some(hosts) => hosts
-                .iter()
-                .map(|h| {
-                    let host = h.get_ref().trim().to_ascii_lowercase();
-                    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
-                        Err(self.error(h, format!("`{}` is not a host name", h.get_ref())))
-                    } else {
-                        Ok(host)
-                    }
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let promotion = match raw.promotion.as_ref().map(|p| p.get_ref().as_str()) {
-            None | Some("auto") => Promotion::Auto,
-            Some("manual") => Promotion::Manual,
-            Some(other) => {
-                return Err(self.error(
-                    raw.promotion.as_ref().expect("matched Some"),
-                    format!("promotion `{other}` is not known; use \"auto\" or \"manual\""),
-                ))
-            }
-        };
+        let name = self.app_name(&raw.name)?;
+        let hosts = self.hosts(raw)?;
+        let promotion = self.promotion(raw.promotion.as_ref())?;
         let max_queued = match &raw.max_queued {
             None => 1,
             Some(n) if (0..=100).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => return Err(self.error(n, "max_queued must be between 0 and 100")),
         };
-        let driver = match (&raw.process, &raw.docker) {
-            (Some(_), Some(docker)) => {
-                return Err(self.error(
-                    docker,
-                    format!("app `{name}` has both [app.process] and [app.docker]; an app runs with exactly one driver, remove one"),
-                ))
-            }
-            (None, Some(docker)) => DriverConfig::Docker(crate::docker::validate(
-                docker,
-                name,
-                base,
-                self.file,
-                self.source,
-            )?),
-            (None, None) => {
-                return Err(self.error(
-                    &raw.name,
-                    format!("app `{name}` has no driver: add an [app.process] section with a `command` or an [app.docker] section with an `image`"),
-                ))
-            }
-            (Some(process), None) => DriverConfig::Process(self.process(process, base)?),
-        };
+        let driver = self.driver(raw, base)?;
         Ok(AppConfig {
             name: name.clone(),
             hosts,
@@ -570,20 +532,7 @@ impl Validator<'_> {
                 .clone()
                 .unwrap_or_else(|| "X-Cutover-Preview".to_string()),
             max_queued,
-            upstream_protocol: match raw.upstream_protocol.as_ref() {
-                None => UpstreamProtocol::Http1,
-                Some(p) if p.get_ref() == "http1" => UpstreamProtocol::Http1,
-                Some(p) if p.get_ref() == "h2c" => UpstreamProtocol::H2c,
-                Some(p) => {
-                    return Err(self.error(
-                        p,
-                        format!(
-                            "upstream_protocol `{}` is not known; use \"http1\" (the default) or \"h2c\" (HTTP/2 without TLS, e.g. gRPC)",
-                            p.get_ref()
-                        ),
-                    ))
-                }
-            },
+            upstream_protocol: self.upstream_protocol(raw.upstream_protocol.as_ref())?,
             auto_promote_after: raw.auto_promote_after.map(|d| d.0),
             auto_abort_after: raw.auto_abort_after.map(|d| d.0),
             verify: self.verify(raw)?,
@@ -603,6 +552,98 @@ impl Validator<'_> {
                 None => None,
             },
         })
+    }
+
+    fn app_name<'n>(&self, raw: &'n Spanned<String>) -> Result<&'n String, ConfigError> {
+        let name = raw.get_ref();
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            && !name.starts_with('-');
+        if !name_ok {
+            return Err(self.error(
+                raw,
+                format!("app name `{name}` is not valid: use 1-63 lowercase letters, digits, `-` or `_`, not starting with `-`"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Host-header patterns, lowercased; not given: `*` (the default app).
+    fn hosts(&self, raw: &RawApp) -> Result<Vec<String>, ConfigError> {
+        match &raw.hosts {
+            None => Ok(vec!["*".to_string()]),
+            Some(hosts) if hosts.is_empty() => Err(self.error(
+                &raw.name,
+                format!(
+                    "app `{}` has an empty `hosts` list; omit it or use [\"*\"]",
+                    raw.name.get_ref()
+                ),
+            )),
+            Some(hosts) => hosts
+                .iter()
+                .map(|h| {
+                    let host = h.get_ref().trim().to_ascii_lowercase();
+                    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+                        Err(self.error(h, format!("`{}` is not a host name", h.get_ref())))
+                    } else {
+                        Ok(host)
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn promotion(&self, raw: Option<&Spanned<String>>) -> Result<Promotion, ConfigError> {
+        match raw.map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "auto")) => Ok(Promotion::Auto),
+            Some((_, "manual")) => Ok(Promotion::Manual),
+            Some((spanned, other)) => Err(self.error(
+                spanned,
+                format!("promotion `{other}` is not known; use \"auto\" or \"manual\""),
+            )),
+        }
+    }
+
+    /// Exactly one of `[app.process]` and `[app.docker]`.
+    fn driver(&self, raw: &RawApp, base: &Path) -> Result<DriverConfig, ConfigError> {
+        let name = raw.name.get_ref();
+        match (&raw.process, &raw.docker) {
+            (Some(_), Some(docker)) => Err(self.error(
+                docker,
+                format!("app `{name}` has both [app.process] and [app.docker]; an app runs with exactly one driver, remove one"),
+            )),
+            (None, Some(docker)) => Ok(DriverConfig::Docker(crate::docker::validate(
+                docker,
+                name,
+                base,
+                self.file,
+                self.source,
+            )?)),
+            (None, None) => Err(self.error(
+                &raw.name,
+                format!("app `{name}` has no driver: add an [app.process] section with a `command` or an [app.docker] section with an `image`"),
+            )),
+            (Some(process), None) => Ok(DriverConfig::Process(self.process(process, base)?)),
+        }
+    }
+
+    fn upstream_protocol(
+        &self,
+        raw: Option<&Spanned<String>>,
+    ) -> Result<UpstreamProtocol, ConfigError> {
+        match raw.map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "http1")) => Ok(UpstreamProtocol::Http1),
+            Some((_, "h2c")) => Ok(UpstreamProtocol::H2c),
+            Some((spanned, other)) => Err(self.error(
+                spanned,
+                format!(
+                    "upstream_protocol `{other}` is not known; use \"http1\" (the default) or \"h2c\" (HTTP/2 without TLS, e.g. gRPC)"
+                ),
+            )),
+        }
     }
 
     fn verify(&self, raw: &RawApp) -> Result<Option<VerifyConfig>, ConfigError> {
@@ -743,22 +784,12 @@ impl Validator<'_> {
                 "`command` must name a program, e.g. [\"java\", \"-jar\", \"app.jar\"]",
             ));
         }
-        let ports = match &raw.ports {
-            None => None,
-            Some(p) => {
-                let ports = p.get_ref();
-                if ports.blue == 0 || ports.green == 0 || ports.blue == ports.green {
-                    return Err(self.error(
-                        p,
-                        "ports.blue and ports.green must be two different non-zero ports",
-                    ));
-                }
-                Some(SlotPorts {
-                    blue: ports.blue,
-                    green: ports.green,
-                })
-            }
-        };
+        let ports = raw
+            .ports
+            .as_ref()
+            .map(|ports| slot_ports(ports, "ports"))
+            .transpose()
+            .map_err(|located| self.locate(located))?;
         let stop_signal = match &raw.stop_signal {
             None => StopSignal::Term,
             Some(s) => StopSignal::parse(s.get_ref()).ok_or_else(|| {

@@ -9,7 +9,7 @@
 //! (`-o` options are split on whitespace, `%` tokens are expanded) are
 //! checked so they reach it unchanged.
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Located};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -128,9 +128,14 @@ pub(crate) fn validate(
     file: &Path,
     source: &str,
 ) -> Result<NginxConfig, ConfigError> {
-    let error = |span: std::ops::Range<usize>, message: String| {
-        ConfigError::at(file, source, Some(span), message)
-    };
+    nginx_config(raw, listen, base).map_err(|located| ConfigError::located(file, source, located))
+}
+
+fn nginx_config(
+    raw: Option<&Spanned<RawNginx>>,
+    listen: Option<&[SocketAddr]>,
+    base: &Path,
+) -> Result<NginxConfig, Located> {
     let empty = RawNginx {
         conf: None,
         include_dir: None,
@@ -141,75 +146,30 @@ pub(crate) fn validate(
         ssh: None,
     };
     let section = raw.map_or(&empty, Spanned::get_ref);
-
-    let ssh = match &section.ssh {
-        None => None,
-        Some(ssh) => Some(validate_ssh(ssh, base, file, source)?),
+    let ssh = section
+        .ssh
+        .as_ref()
+        .map(|ssh| ssh_config(ssh, base))
+        .transpose()?;
+    let paths = HostPaths {
+        base,
+        remote: ssh.is_some(),
     };
-    let remote = ssh.is_some();
-    // Paths on the nginx host: absolute when that host is remote, else
-    // relative to the config file's directory.
-    let path = |value: Option<&Spanned<String>>, default: &str, key: &str| {
-        let Some(value) = value else {
-            return Ok(PathBuf::from(default));
-        };
-        let text = value.get_ref();
-        if text.trim().is_empty() {
-            return Err(error(value.span(), format!("`{key}` must not be empty")));
-        }
-        if text.contains('\0') {
-            return Err(error(
-                value.span(),
-                format!("`{key}` must not contain a NUL character"),
-            ));
-        }
-        let path = Path::new(text);
-        if path.is_absolute() {
-            Ok(path.to_path_buf())
-        } else if remote {
-            Err(error(
-                value.span(),
-                format!("`{key}` = \"{text}\" must be an absolute path: with `ssh` it names a file on the nginx host"),
-            ))
-        } else {
-            Ok(base.join(path))
-        }
-    };
-    let conf = path(section.conf.as_ref(), "/etc/nginx/nginx.conf", "conf")?;
-    let include_dir = path(
+    let conf = paths.get(section.conf.as_ref(), "/etc/nginx/nginx.conf", "conf")?;
+    let include_dir = paths.get(
         section.include_dir.as_ref(),
         "/etc/nginx/conf.d",
         "include_dir",
     )?;
-    let pid_file = path(section.pid_file.as_ref(), "/run/nginx.pid", "pid_file")?;
-    let log_dir = path(section.log_dir.as_ref(), "/var/log/nginx", "log_dir")?;
+    let pid_file = paths.get(section.pid_file.as_ref(), "/run/nginx.pid", "pid_file")?;
+    let log_dir = paths.get(section.log_dir.as_ref(), "/var/log/nginx", "log_dir")?;
     if let (Some(raw), true) = (&section.log_dir, log_dir.to_string_lossy().contains('$')) {
-        return Err(error(
+        return Err((
             raw.span(),
             "`log_dir` must not contain `$`: nginx would read a variable in the access_log path"
                 .to_string(),
         ));
     }
-
-    let command = |value: Option<&Spanned<Vec<String>>>, default: Vec<String>, key: &str| {
-        let Some(value) = value else {
-            return Ok(default);
-        };
-        let argv = value.get_ref();
-        if argv.first().is_none_or(|p| p.trim().is_empty()) {
-            return Err(error(
-                value.span(),
-                format!("`{key}` must be an argv list naming a program, e.g. [\"nginx\", \"-s\", \"reload\"] or [\"systemctl\", \"reload\", \"nginx\"]"),
-            ));
-        }
-        if argv.iter().any(|a| a.contains('\0')) {
-            return Err(error(
-                value.span(),
-                format!("`{key}` must not contain a NUL character"),
-            ));
-        }
-        Ok(argv.clone())
-    };
     let conf_text = conf.display().to_string();
     let test = command(
         section.test.as_ref(),
@@ -243,15 +203,73 @@ pub(crate) fn validate(
     })
 }
 
-fn validate_ssh(
-    spanned: &Spanned<RawSsh>,
-    base: &Path,
-    file: &Path,
-    source: &str,
-) -> Result<SshConfig, ConfigError> {
-    let error = |span: std::ops::Range<usize>, message: String| {
-        ConfigError::at(file, source, Some(span), message)
+/// Paths on the nginx host: absolute when that host is remote, else
+/// relative to the config file's directory.
+struct HostPaths<'a> {
+    base: &'a Path,
+    remote: bool,
+}
+
+impl HostPaths<'_> {
+    fn get(
+        &self,
+        value: Option<&Spanned<String>>,
+        default: &str,
+        key: &str,
+    ) -> Result<PathBuf, Located> {
+        let Some(value) = value else {
+            return Ok(PathBuf::from(default));
+        };
+        let text = value.get_ref();
+        if text.trim().is_empty() {
+            return Err((value.span(), format!("`{key}` must not be empty")));
+        }
+        if text.contains('\0') {
+            return Err((
+                value.span(),
+                format!("`{key}` must not contain a NUL character"),
+            ));
+        }
+        let path = Path::new(text);
+        if path.is_absolute() {
+            Ok(path.to_path_buf())
+        } else if self.remote {
+            Err((
+                value.span(),
+                format!("`{key}` = \"{text}\" must be an absolute path: with `ssh` it names a file on the nginx host"),
+            ))
+        } else {
+            Ok(self.base.join(path))
+        }
+    }
+}
+
+/// `test` and `reload`: argv lists, `default` when not given.
+fn command(
+    value: Option<&Spanned<Vec<String>>>,
+    default: Vec<String>,
+    key: &str,
+) -> Result<Vec<String>, Located> {
+    let Some(value) = value else {
+        return Ok(default);
     };
+    let argv = value.get_ref();
+    if argv.first().is_none_or(|p| p.trim().is_empty()) {
+        return Err((
+            value.span(),
+            format!("`{key}` must be an argv list naming a program, e.g. [\"nginx\", \"-s\", \"reload\"] or [\"systemctl\", \"reload\", \"nginx\"]"),
+        ));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err((
+            value.span(),
+            format!("`{key}` must not contain a NUL character"),
+        ));
+    }
+    Ok(argv.clone())
+}
+
+fn ssh_config(spanned: &Spanned<RawSsh>, base: &Path) -> Result<SshConfig, Located> {
     let raw = spanned.get_ref();
     // A host or user name that could be read as an option, or that carries
     // a second name, is refused: ssh gets them as separate argv elements
@@ -265,7 +283,7 @@ fn validate_ssh(
     };
     let host = raw.host.get_ref().trim().to_string();
     if !plain(&host) {
-        return Err(error(
+        return Err((
             raw.host.span(),
             format!("ssh host `{}` is not a host name or address: no spaces, quotes, `@`, `%`, or leading `-` (put the user in `user`)", raw.host.get_ref().escape_debug()),
         ));
@@ -274,7 +292,7 @@ fn validate_ssh(
         None => None,
         Some(user) if plain(user.get_ref()) => Some(user.get_ref().clone()),
         Some(user) => {
-            return Err(error(
+            return Err((
                 user.span(),
                 format!(
                     "ssh user `{}` is not a user name: no spaces, quotes, `@`, `%`, or leading `-`",
@@ -288,7 +306,7 @@ fn validate_ssh(
         Some(port) => match u16::try_from(*port.get_ref()) {
             Ok(p) if p > 0 => p,
             _ => {
-                return Err(error(
+                return Err((
                     port.span(),
                     format!("ssh port {} is not a port (1-65535)", port.get_ref()),
                 ))
@@ -306,7 +324,7 @@ fn validate_ssh(
                 c.is_whitespace() || c.is_control() || matches!(c, '%' | '\'' | '"' | '\\')
             });
         if bad {
-            return Err(error(
+            return Err((
                 value.span(),
                 format!("ssh {key} `{}` must be a path without spaces, quotes, `%`, `\\` or a leading `~`", text.escape_debug()),
             ));

@@ -8,7 +8,7 @@
 //! build runs, so they never sit in the configuration model.
 
 use crate::docker::SecretSource;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Located};
 use crate::units::HumanDuration;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -189,112 +189,43 @@ pub(crate) fn validate(
     file: &Path,
     text: &str,
 ) -> Result<SourceConfig, ConfigError> {
-    let error = |span: std::ops::Range<usize>, message: String| {
-        ConfigError::at(file, text, Some(span), message)
-    };
-    let raw = spanned.get_ref();
+    source_config(spanned, app, base, state_dir)
+        .map_err(|located| ConfigError::located(file, text, located))
+}
 
-    let mut repo = raw.repo.get_ref().trim().to_string();
-    if !repo.contains("://") && !repo.starts_with('/') && !repo.contains(':') {
-        // A relative local path: relative to the config file, like every path.
-        repo = base.join(&repo).display().to_string();
-    }
-    if !repo_is_acceptable(&repo) {
-        return Err(error(
-            raw.repo.span(),
-            format!("repo `{}` is not a repository git may fetch from here: use an https://, ssh://, git:// or file:// URL, user@host:path, or a path", raw.repo.get_ref().escape_debug()),
+/// The section's checks, one field group each, in the order problems are
+/// reported.
+fn source_config(
+    spanned: &Spanned<RawSource>,
+    app: &str,
+    base: &Path,
+    state_dir: &Path,
+) -> Result<SourceConfig, Located> {
+    let raw = spanned.get_ref();
+    let repo = repo(&raw.repo, base)?;
+    let repository = raw.repository.as_ref().map(repository).transpose()?;
+    let deploy_on = raw
+        .deploy_on
+        .as_ref()
+        .map_or(Ok(DeployOn::default()), deploy_on)?;
+    if raw
+        .build
+        .iter()
+        .any(|step| step.first().is_none_or(|program| program.trim().is_empty()))
+    {
+        return Err((
+            spanned.span(),
+            format!("every build step of app `{app}` must be an argv list naming a program, e.g. [\"./gradlew\", \"bootJar\"]"),
         ));
     }
-
-    let repository = match &raw.repository {
-        None => None,
-        Some(name) => {
-            let value = name.get_ref().trim().trim_matches('/').to_string();
-            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(error(
-                    name.span(),
-                    "repository must be the repository's name as the git host spells it, e.g. \"team/web\"".to_string(),
-                ));
-            }
-            Some(value)
-        }
-    };
-
-    let deploy_on = match &raw.deploy_on {
-        None => DeployOn::default(),
-        Some(on) => {
-            let value = on.get_ref();
-            for pattern in value.branches.iter().chain(&value.tags) {
-                if pattern.trim().is_empty() || pattern.chars().any(|c| c.is_control()) {
-                    return Err(error(
-                        on.span(),
-                        "deploy_on patterns must not be empty, e.g. { branches = [\"main\"], tags = [\"*cicd*\"] }".to_string(),
-                    ));
-                }
-            }
-            DeployOn {
-                branches: value.branches.clone(),
-                tags: value.tags.clone(),
-            }
-        }
-    };
-
-    for step in &raw.build {
-        if step.first().is_none_or(|program| program.trim().is_empty()) {
-            return Err(error(
-                spanned.span(),
-                format!("every build step of app `{app}` must be an argv list naming a program, e.g. [\"./gradlew\", \"bootJar\"]"),
-            ));
-        }
-    }
-
-    let artifact = match &raw.artifact {
-        None => None,
-        Some(glob) => {
-            let value = glob.get_ref().trim();
-            let escapes = Path::new(value)
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir));
-            if value.is_empty() || value.starts_with('/') || escapes {
-                return Err(error(
-                    glob.span(),
-                    format!("artifact `{value}` must be a file glob inside the checkout, e.g. \"build/libs/*.jar\""),
-                ));
-            }
-            Some(value.to_string())
-        }
-    };
-
-    for name in raw.env.keys().chain(raw.secret_env_files.keys()) {
-        let ok = !name.is_empty()
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok || name.starts_with("CUTOVER_") {
-            return Err(error(
-                spanned.span(),
-                format!("build environment variable `{name}` is not allowed: use letters, digits and `_`, not starting with a digit or CUTOVER_"),
-            ));
-        }
-    }
+    let artifact = raw.artifact.as_ref().map(artifact).transpose()?;
+    check_build_env(spanned)?;
     let secret_env = raw
         .secret_env_files
         .iter()
         .map(|(name, path)| (name.clone(), SecretSource::File(base.join(path))))
         .collect();
-
-    let build_timeout = raw
-        .build_timeout
-        .map_or(Duration::from_secs(30 * 60), |d| d.0);
-    let fetch_timeout = raw
-        .fetch_timeout
-        .map_or(Duration::from_secs(5 * 60), |d| d.0);
-    if build_timeout.is_zero() || fetch_timeout.is_zero() {
-        return Err(error(
-            spanned.span(),
-            "build_timeout and fetch_timeout must be longer than 0s".to_string(),
-        ));
-    }
-
+    let (build_timeout, fetch_timeout) = timeouts(spanned)?;
     Ok(SourceConfig {
         repo,
         repository,
@@ -308,6 +239,99 @@ pub(crate) fn validate(
         workspace: state_dir.join("workspaces").join(app),
         artifacts_dir: state_dir.join("artifacts").join(app),
     })
+}
+
+fn repo(raw: &Spanned<String>, base: &Path) -> Result<String, Located> {
+    let mut repo = raw.get_ref().trim().to_string();
+    if !repo.contains("://") && !repo.starts_with('/') && !repo.contains(':') {
+        // A relative local path: relative to the config file, like every path.
+        repo = base.join(&repo).display().to_string();
+    }
+    if !repo_is_acceptable(&repo) {
+        return Err((
+            raw.span(),
+            format!("repo `{}` is not a repository git may fetch from here: use an https://, ssh://, git:// or file:// URL, user@host:path, or a path", raw.get_ref().escape_debug()),
+        ));
+    }
+    Ok(repo)
+}
+
+fn repository(raw: &Spanned<String>) -> Result<String, Located> {
+    let value = raw.get_ref().trim().trim_matches('/').to_string();
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            raw.span(),
+            "repository must be the repository's name as the git host spells it, e.g. \"team/web\""
+                .to_string(),
+        ));
+    }
+    Ok(value)
+}
+
+fn deploy_on(raw: &Spanned<RawDeployOn>) -> Result<DeployOn, Located> {
+    let value = raw.get_ref();
+    for pattern in value.branches.iter().chain(&value.tags) {
+        if pattern.trim().is_empty() || pattern.chars().any(|c| c.is_control()) {
+            return Err((
+                raw.span(),
+                "deploy_on patterns must not be empty, e.g. { branches = [\"main\"], tags = [\"*cicd*\"] }".to_string(),
+            ));
+        }
+    }
+    Ok(DeployOn {
+        branches: value.branches.clone(),
+        tags: value.tags.clone(),
+    })
+}
+
+fn artifact(raw: &Spanned<String>) -> Result<String, Located> {
+    let value = raw.get_ref().trim();
+    let escapes = Path::new(value)
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir));
+    if value.is_empty() || value.starts_with('/') || escapes {
+        return Err((
+            raw.span(),
+            format!("artifact `{value}` must be a file glob inside the checkout, e.g. \"build/libs/*.jar\""),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// Names of `env` and `secret_env_files`: plain names, never `CUTOVER_*`
+/// (cutover's own variables of the build).
+fn check_build_env(spanned: &Spanned<RawSource>) -> Result<(), Located> {
+    let raw = spanned.get_ref();
+    for name in raw.env.keys().chain(raw.secret_env_files.keys()) {
+        let ok = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok || name.starts_with("CUTOVER_") {
+            return Err((
+                spanned.span(),
+                format!("build environment variable `{name}` is not allowed: use letters, digits and `_`, not starting with a digit or CUTOVER_"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `build_timeout` (30 minutes) and `fetch_timeout` (5 minutes).
+fn timeouts(spanned: &Spanned<RawSource>) -> Result<(Duration, Duration), Located> {
+    let raw = spanned.get_ref();
+    let build_timeout = raw
+        .build_timeout
+        .map_or(Duration::from_secs(30 * 60), |d| d.0);
+    let fetch_timeout = raw
+        .fetch_timeout
+        .map_or(Duration::from_secs(5 * 60), |d| d.0);
+    if build_timeout.is_zero() || fetch_timeout.is_zero() {
+        return Err((
+            spanned.span(),
+            "build_timeout and fetch_timeout must be longer than 0s".to_string(),
+        ));
+    }
+    Ok((build_timeout, fetch_timeout))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `[proxy]` TLS keys: `tls_listen`, `[[proxy.tls]]` certificate/key files
 //! and `redirect_http`.
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Located};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,26 +47,11 @@ pub(crate) fn validate(
     file: &Path,
     source: &str,
 ) -> Result<TlsConfig, ConfigError> {
-    let error = |span: std::ops::Range<usize>, message: String| {
-        ConfigError::at(file, source, Some(span), message)
-    };
-    let listen = match raw.listen {
-        None => Vec::new(),
-        Some(list) => list
-            .iter()
-            .map(|addr| {
-                addr.get_ref().parse::<SocketAddr>().map_err(|_| {
-                    error(
-                        addr.span(),
-                        format!(
-                            "`{}` is not a listen address; write it like \"0.0.0.0:443\" or \"[::]:443\"",
-                            addr.get_ref()
-                        ),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    tls_config(raw, base).map_err(|located| ConfigError::located(file, source, located))
+}
+
+fn tls_config(raw: RawTlsKeys<'_>, base: &Path) -> Result<TlsConfig, Located> {
+    let listen = listen(raw.listen)?;
     let certs: Vec<TlsCert> = raw
         .certs
         .map(|certs| {
@@ -81,7 +66,36 @@ pub(crate) fn validate(
         })
         .unwrap_or_default();
     let redirect_http = raw.redirect_http.is_some_and(|r| *r.get_ref());
+    check_combination(&raw, &listen)?;
+    Ok(TlsConfig {
+        listen,
+        certs,
+        redirect_http,
+    })
+}
 
+fn listen(raw: Option<&Vec<Spanned<String>>>) -> Result<Vec<SocketAddr>, Located> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|addr| {
+            addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+                (
+                    addr.span(),
+                    format!(
+                        "`{}` is not a listen address; write it like \"0.0.0.0:443\" or \"[::]:443\"",
+                        addr.get_ref()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The keys only make sense together: listeners with certificates, a
+/// redirect with listeners, none of them in nginx mode.
+fn check_combination(raw: &RawTlsKeys<'_>, listen: &[SocketAddr]) -> Result<(), Located> {
     if raw.nginx_mode {
         if let Some(span) = raw
             .certs
@@ -89,7 +103,7 @@ pub(crate) fn validate(
             .or(raw.redirect_http.map(Spanned::span))
             .or(raw.listen.and_then(|l| l.first()).map(Spanned::span))
         {
-            return Err(error(
+            return Err((
                 span,
                 "TLS keys of [proxy] belong to the built-in proxy; in nginx mode configure TLS in nginx".into(),
             ));
@@ -97,19 +111,19 @@ pub(crate) fn validate(
     }
     if let Some(certs) = raw.certs {
         if listen.is_empty() {
-            return Err(error(
+            return Err((
                 certs.span(),
                 "[[proxy.tls]] certificates need HTTPS listeners: add `tls_listen = [\"0.0.0.0:443\"]` to [proxy]".into(),
             ));
         }
         if certs.get_ref().is_empty() {
-            return Err(error(
+            return Err((
                 certs.span(),
                 "`tls` is empty; add [[proxy.tls]] tables with `cert` and `key`".into(),
             ));
         }
     } else if let Some(first) = raw.listen.and_then(|l| l.first()) {
-        return Err(error(
+        return Err((
             first.span(),
             "`tls_listen` needs certificates: add [[proxy.tls]] tables with `cert` and `key` files"
                 .into(),
@@ -117,18 +131,14 @@ pub(crate) fn validate(
     }
     if let Some(redirect) = raw.redirect_http {
         if *redirect.get_ref() && listen.is_empty() {
-            return Err(error(
+            return Err((
                 redirect.span(),
                 "`redirect_http = true` needs HTTPS listeners (`tls_listen` and [[proxy.tls]])"
                     .into(),
             ));
         }
     }
-    Ok(TlsConfig {
-        listen,
-        certs,
-        redirect_http,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! read by the receiver when it starts; they never sit in the model.
 
 use crate::docker::SecretSource;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Located};
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -70,76 +70,18 @@ pub(crate) fn validate(
     file: &Path,
     text: &str,
 ) -> Result<WebhookConfig, ConfigError> {
-    let error = |span: std::ops::Range<usize>, message: String| {
-        ConfigError::at(file, text, Some(span), message)
-    };
+    webhook_config(spanned, base).map_err(|located| ConfigError::located(file, text, located))
+}
+
+fn webhook_config(spanned: &Spanned<RawWebhook>, base: &Path) -> Result<WebhookConfig, Located> {
     let raw = spanned.get_ref();
-    let listen = match &raw.listen {
-        None => {
-            return Err(error(
-                spanned.span(),
-                "[webhook] needs `listen`, the address of the receiver's own listener, e.g. listen = \"127.0.0.1:9000\"".to_string(),
-            ))
-        }
-        Some(addr) => addr.get_ref().parse::<SocketAddr>().map_err(|_| {
-            error(
-                addr.span(),
-                format!(
-                    "`{}` is not a listen address; write it like \"127.0.0.1:9000\"",
-                    addr.get_ref()
-                ),
-            )
-        })?,
-    };
-    let path_prefix = match &raw.path_prefix {
-        None => "/_cutover/hooks".to_string(),
-        Some(prefix) => {
-            let value = prefix.get_ref().trim().trim_end_matches('/').to_string();
-            let ok = value.starts_with('/')
-                && value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
-            if !ok && !value.is_empty() {
-                return Err(error(
-                    prefix.span(),
-                    format!("path_prefix `{}` must be a path like \"/_cutover/hooks\" (letters, digits, `/`, `-`, `_`, `.`)", prefix.get_ref()),
-                ));
-            }
-            value
-        }
-    };
     let secrets = |provider: &str,
                    files: &Option<Spanned<OneOrMany>>,
-                   envs: &Option<Spanned<OneOrMany>>|
-     -> Result<Vec<SecretSource>, ConfigError> {
-        let mut found = Vec::new();
-        if let Some(files) = files {
-            for path in files.get_ref().values() {
-                if path.trim().is_empty() {
-                    return Err(error(
-                        files.span(),
-                        "a secret file path must not be empty".to_string(),
-                    ));
-                }
-                found.push(SecretSource::File(base.join(path.trim())));
-            }
-        }
-        if let Some(envs) = envs {
-            for name in envs.get_ref().values() {
-                let ok =
-                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !ok {
-                    return Err(error(
-                        envs.span(),
-                        format!("`{name}` is not an environment variable name"),
-                    ));
-                }
-                found.push(SecretSource::Env(name));
-            }
-        }
+                   envs: &Option<Spanned<OneOrMany>>| {
+        let found = secrets(files.as_ref(), envs.as_ref(), base)?;
         if found.len() > 2 {
             let span = files.as_ref().map_or_else(|| spanned.span(), Spanned::span);
-            return Err(error(
+            return Err((
                 span,
                 format!("{provider} has {} secrets; at most two are accepted at once (the current and the next, while rotating)", found.len()),
             ));
@@ -147,8 +89,11 @@ pub(crate) fn validate(
         Ok(found)
     };
     let config = WebhookConfig {
-        listen,
-        path_prefix,
+        listen: listen(spanned)?,
+        path_prefix: raw
+            .path_prefix
+            .as_ref()
+            .map_or_else(|| Ok("/_cutover/hooks".to_string()), path_prefix)?,
         max_body: raw.max_body.map_or(25 << 20, |s| s.0),
         read_timeout: raw.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
         github: secrets("github", &raw.github_secret_file, &raw.github_secret_env)?,
@@ -165,16 +110,83 @@ pub(crate) fn validate(
         && config.gitea.is_empty()
         && config.bitbucket.is_empty()
     {
-        return Err(error(
+        return Err((
             spanned.span(),
             "[webhook] has no secret: a webhook is accepted only when signed, so set at least one of github_secret_file, gitlab_token_file, gitea_secret_file, bitbucket_secret_file (or their *_env forms)".to_string(),
         ));
     }
     if config.read_timeout.is_zero() || config.max_body == 0 {
-        return Err(error(
+        return Err((
             spanned.span(),
             "read_timeout and max_body must be larger than 0".to_string(),
         ));
     }
     Ok(config)
+}
+
+fn listen(spanned: &Spanned<RawWebhook>) -> Result<SocketAddr, Located> {
+    let Some(addr) = &spanned.get_ref().listen else {
+        return Err((
+            spanned.span(),
+            "[webhook] needs `listen`, the address of the receiver's own listener, e.g. listen = \"127.0.0.1:9000\"".to_string(),
+        ));
+    };
+    addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+        (
+            addr.span(),
+            format!(
+                "`{}` is not a listen address; write it like \"127.0.0.1:9000\"",
+                addr.get_ref()
+            ),
+        )
+    })
+}
+
+fn path_prefix(raw: &Spanned<String>) -> Result<String, Located> {
+    let value = raw.get_ref().trim().trim_end_matches('/').to_string();
+    let ok = value.starts_with('/')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if !ok && !value.is_empty() {
+        return Err((
+            raw.span(),
+            format!("path_prefix `{}` must be a path like \"/_cutover/hooks\" (letters, digits, `/`, `-`, `_`, `.`)", raw.get_ref()),
+        ));
+    }
+    Ok(value)
+}
+
+/// One provider's secrets: files (resolved against `base`), then variables.
+fn secrets(
+    files: Option<&Spanned<OneOrMany>>,
+    envs: Option<&Spanned<OneOrMany>>,
+    base: &Path,
+) -> Result<Vec<SecretSource>, Located> {
+    let mut found = Vec::new();
+    if let Some(files) = files {
+        for path in files.get_ref().values() {
+            if path.trim().is_empty() {
+                return Err((
+                    files.span(),
+                    "a secret file path must not be empty".to_string(),
+                ));
+            }
+            found.push(SecretSource::File(base.join(path.trim())));
+        }
+    }
+    if let Some(envs) = envs {
+        for name in envs.get_ref().values() {
+            let ok =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err((
+                    envs.span(),
+                    format!("`{name}` is not an environment variable name"),
+                ));
+            }
+            found.push(SecretSource::Env(name));
+        }
+    }
+    Ok(found)
 }

@@ -154,11 +154,15 @@ pub enum SlotArg {
 }
 
 impl SlotArg {
-    pub fn as_str(self) -> &'static str {
+    pub fn slot(self) -> cutover_config::Slot {
         match self {
-            SlotArg::Blue => "blue",
-            SlotArg::Green => "green",
+            SlotArg::Blue => cutover_config::Slot::Blue,
+            SlotArg::Green => cutover_config::Slot::Green,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.slot().as_str()
     }
 }
 

@@ -117,12 +117,12 @@ async fn finish(client: &Client, json: bool, record: Value, wait: bool) -> Outco
     let deployment = detail.deployment;
     if json {
         print_json(&value);
-    } else if deployment.state == "succeeded" {
+    } else if deployment.succeeded() {
         println(&output::outcome_line(&deployment));
     } else {
         eprintln!("{}", output::outcome_line(&deployment));
     }
-    if deployment.state == "succeeded" {
+    if deployment.succeeded() {
         Ok(())
     } else {
         Err(Failure::quiet(FAILED))
@@ -297,10 +297,10 @@ pub async fn abort(global: &GlobalArgs, args: &AbortArgs) -> Outcome {
     let deployment = detail.deployment;
     if global.json {
         print_json(&value);
-    } else if deployment.state != "succeeded" {
+    } else if !deployment.succeeded() {
         println(&output::outcome_line(&deployment));
     }
-    if deployment.state == "succeeded" {
+    if deployment.succeeded() {
         Err(Failure::failed(format!(
             "the abort came too late: deployment {} of {} had already switched and succeeded; `cutover rollback {}` returns to the previous release",
             deployment.id, deployment.app, deployment.app

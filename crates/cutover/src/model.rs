@@ -1,6 +1,7 @@
 //! The admin API's answers as the CLI reads them. Fields the CLI does not
 //! use are ignored, so the daemon may add fields freely.
 
+use cutover_store::DeploymentState;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,8 +35,18 @@ pub struct Source {
 }
 
 impl Deployment {
+    /// The lifecycle state, when it is one this CLI knows (a newer daemon
+    /// may report others).
+    pub fn lifecycle(&self) -> Option<DeploymentState> {
+        DeploymentState::parse(&self.state)
+    }
+
     pub fn is_terminal(&self) -> bool {
-        cutover_store::is_terminal_state(&self.state)
+        self.lifecycle().is_some_and(DeploymentState::is_terminal)
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.lifecycle() == Some(DeploymentState::Succeeded)
     }
 }
 

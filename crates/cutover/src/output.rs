@@ -1,6 +1,7 @@
 //! Text output: tables, durations, times. No colours.
 
 use crate::model::{AppStatus, Deployment, Event};
+use cutover_store::DeploymentState;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Renders rows under a header, columns separated by two spaces, without
@@ -68,8 +69,8 @@ pub fn outcome_line(deployment: &Deployment) -> String {
         .reason
         .as_deref()
         .unwrap_or("no reason was recorded");
-    match deployment.state.as_str() {
-        "succeeded" => {
+    match deployment.lifecycle() {
+        Some(DeploymentState::Succeeded) => {
             let took = deployment.finished_at.map_or(String::from("?"), |end| {
                 duration_ms(end - deployment.created_at)
             });
@@ -79,8 +80,13 @@ pub fn outcome_line(deployment: &Deployment) -> String {
                 deployment.id, deployment.app, deployment.app, deployment.version
             )
         }
-        "rolled_back" => format!("deployment {} rolled back: {reason}", deployment.id),
-        state => format!("deployment {} {state}: {reason}", deployment.id),
+        Some(DeploymentState::RolledBack) => {
+            format!("deployment {} rolled back: {reason}", deployment.id)
+        }
+        _ => format!(
+            "deployment {} {}: {reason}",
+            deployment.id, deployment.state
+        ),
     }
 }
 

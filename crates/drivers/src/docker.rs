@@ -41,6 +41,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
 };
+use bollard::Docker;
 use client::Client;
 use cutover_config::docker::DockerNetwork;
 use cutover_config::{DockerConfig, Slot};
@@ -135,13 +136,7 @@ impl Driver for DockerDriver {
 
     async fn stop_orphans(&self, app: &str, keep: &[String]) -> Result<Vec<String>, DriverError> {
         let docker = self.inner.client.get().await?;
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_INSTANCE}={}", self.inner.instance),
-                format!("{LABEL_APP}={app}"),
-            ],
-        )]);
+        let filters = app_filter(&self.inner.instance, app);
         let containers = docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
@@ -235,15 +230,48 @@ impl Inner {
         Ok(())
     }
 
+    /// Create, start, attach output and exit watch, find the address.
     async fn start(&self, spec: &ReleaseSpec) -> Result<StartedRelease, DriverError> {
         let docker = self.client.get().await?;
         let reference = image::reference(&self.config, &spec.version)?;
         let name = DockerDriver::container_name(&self.app, spec.slot);
         self.remove_previous(&name).await?;
+        let ports = self.ports(spec.slot)?;
+        let body = self.create_body(spec, &reference, &ports);
+        // The log file exists (and can be quoted) even if nothing is written.
+        logs::open(&spec.log_path).map_err(|source| DriverError::Log {
+            path: spec.log_path.clone(),
+            source,
+        })?;
+        let id = self.create(docker, &name, &reference, body).await?;
+        self.start_created(docker, &id, &name, &ports, spec.slot)
+            .await?;
+        let output = logs::spawn(
+            docker.clone(),
+            id.clone(),
+            spec.log_path.clone(),
+            self.cursor(&id),
+        );
+        let label = format!("{name} ({})", spec.version);
+        let exited = watch::spawn(docker.clone(), id.clone(), label, output);
+        let addr = self.address(docker, &id, &name, &ports).await?;
+        info!(
+            app = %self.app, slot = %spec.slot, version = %spec.version, container = %logs::short(&id), %addr,
+            "started container {name} ({}) from {reference} on {addr}",
+            logs::short(&id)
+        );
+        Ok(StartedRelease {
+            addr,
+            runtime_id: id,
+            exited,
+        })
+    }
 
-        let host_port = self.config.host_ports.map(|ports| ports.of(spec.slot));
+    /// Where a slot's release listens and how it is reached.
+    fn ports(&self, slot: Slot) -> Result<ContainerPorts, DockerError> {
+        let host_port = self.config.host_ports.map(|ports| ports.of(slot));
         if let Some(port) = host_port {
-            ensure_port_free(port, spec.slot)?;
+            ensure_port_free(port, slot)?;
         }
         let host = self.config.network == DockerNetwork::Host;
         // In the host's network the release listens on its slot's port.
@@ -251,8 +279,21 @@ impl Inner {
             (true, Some(port)) => (port, false),
             _ => (self.config.port, true),
         };
-        let port_key = format!("{listen_port}/tcp");
+        Ok(ContainerPorts {
+            host_port,
+            listen_port,
+            publish,
+            port_key: format!("{listen_port}/tcp"),
+        })
+    }
 
+    /// The container's environment, labels, ports and limits.
+    fn create_body(
+        &self,
+        spec: &ReleaseSpec,
+        reference: &str,
+        ports: &ContainerPorts,
+    ) -> ContainerCreateBody {
         let mut env: Vec<String> = self
             .config
             .env
@@ -260,7 +301,7 @@ impl Inner {
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
         env.extend([
-            format!("PORT={listen_port}"),
+            format!("PORT={}", ports.listen_port),
             format!("CUTOVER_APP={}", spec.app),
             format!("CUTOVER_SLOT={}", spec.slot),
             format!("CUTOVER_VERSION={}", spec.version),
@@ -280,22 +321,21 @@ impl Inner {
             (LABEL_DEPLOYMENT.to_string(), spec.deployment_id.to_string()),
             (LABEL_LOG.to_string(), spec.log_path.display().to_string()),
         ]);
-        let port_bindings = publish.then(|| {
+        let port_bindings = ports.publish.then(|| {
             HashMap::from([(
-                port_key.clone(),
+                ports.port_key.clone(),
                 Some(vec![PortBinding {
                     host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
-                    host_port: Some(host_port.map_or_else(String::new, |p| p.to_string())),
+                    host_port: Some(ports.host_port.map_or_else(String::new, |p| p.to_string())),
                 }]),
             )])
         });
-        let stop_seconds = stop_seconds(self.config.stop_timeout);
-        let body = ContainerCreateBody {
-            image: Some(reference.clone()),
+        ContainerCreateBody {
+            image: Some(reference.to_string()),
             env: Some(env),
             labels: Some(labels),
-            exposed_ports: publish.then(|| vec![port_key.clone()]),
-            stop_timeout: Some(i64::from(stop_seconds)),
+            exposed_ports: ports.publish.then(|| vec![ports.port_key.clone()]),
+            stop_timeout: Some(i64::from(stop_seconds(self.config.stop_timeout))),
             host_config: Some(HostConfig {
                 port_bindings,
                 network_mode: Some(self.config.network.mode().to_string()),
@@ -305,112 +345,98 @@ impl Inner {
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
-        };
-        // The log file exists (and can be quoted) even if nothing is written.
-        logs::open(&spec.log_path).map_err(|source| DriverError::Log {
-            path: spec.log_path.clone(),
-            source,
-        })?;
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..CreateContainerOptions::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| {
-                let message = client::message(&e);
-                if client::status(&e) == Some(404) {
-                    DockerError::ImageNotFound {
-                        image: reference.clone(),
-                        detail: message,
-                    }
-                } else {
-                    self.client.error(format!("creating container {name}"), e)
-                }
-            })?;
-        let id = created.id;
-        if let Err(e) = docker.start_container(&id, None).await {
-            let message = client::message(&e);
-            let _ = docker.remove_container(&id, Some(remove_options())).await;
-            let lower = message.to_ascii_lowercase();
-            return Err(DriverError::Docker(
-                if lower.contains("port is already allocated")
-                    || lower.contains("address already in use")
-                {
-                    match host_port {
-                        Some(port) => DockerError::PortInUse {
-                            port,
-                            slot: spec.slot,
-                        },
-                        None => DockerError::PublishFailed {
-                            container: name,
-                            message,
-                        },
-                    }
-                } else if client::status(&e).is_some() {
-                    DockerError::StartFailed {
-                        container: name,
-                        message,
-                    }
-                } else {
-                    self.client.error(format!("starting container {name}"), e)
-                },
-            ));
         }
-        let output = logs::spawn(
-            docker.clone(),
-            id.clone(),
-            spec.log_path.clone(),
-            self.cursor(&id),
-        );
-        let label = format!("{name} ({})", spec.version);
-        let exited = watch::spawn(docker.clone(), id.clone(), label, output);
+    }
 
-        let addr = match host_port {
-            Some(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            None => {
-                let inspected = docker
-                    .inspect_container(&id, None)
-                    .await
-                    .map_err(|e| self.client.error(format!("inspecting container {name}"), e))?;
-                match published_port(&inspected, &port_key) {
-                    Some(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                    // Already gone (an entrypoint that fails at once): the
-                    // exit watch reports how, with the output in the log.
-                    None if !is_running(&inspected) => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                    None => {
-                        let _ = docker.remove_container(&id, Some(remove_options())).await;
-                        return Err(DockerError::NoPublishedPort {
-                            container: name,
-                            port: listen_port,
-                        }
-                        .into());
-                    }
-                }
-            }
+    /// Creates the container named `name`; its id.
+    async fn create(
+        &self,
+        docker: &Docker,
+        name: &str,
+        reference: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, DockerError> {
+        let options = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..CreateContainerOptions::default()
         };
-        info!(
-            app = %self.app, slot = %spec.slot, version = %spec.version, container = %logs::short(&id), %addr,
-            "started container {name} ({}) from {reference} on {addr}",
-            logs::short(&id)
-        );
-        Ok(StartedRelease {
-            addr,
-            runtime_id: id,
-            exited,
-        })
+        match docker.create_container(Some(options), body).await {
+            Ok(created) => Ok(created.id),
+            Err(e) if client::status(&e) == Some(404) => Err(DockerError::ImageNotFound {
+                image: reference.to_string(),
+                detail: client::message(&e),
+            }),
+            Err(e) => Err(self.client.error(format!("creating container {name}"), e)),
+        }
+    }
+
+    /// Starts a created container; one that does not start is removed.
+    async fn start_created(
+        &self,
+        docker: &Docker,
+        id: &str,
+        name: &str,
+        ports: &ContainerPorts,
+        slot: Slot,
+    ) -> Result<(), DockerError> {
+        let Err(e) = docker.start_container(id, None).await else {
+            return Ok(());
+        };
+        let message = client::message(&e);
+        let _ = docker.remove_container(id, Some(remove_options())).await;
+        let lower = message.to_ascii_lowercase();
+        let container = name.to_string();
+        Err(
+            if lower.contains("port is already allocated")
+                || lower.contains("address already in use")
+            {
+                match ports.host_port {
+                    Some(port) => DockerError::PortInUse { port, slot },
+                    None => DockerError::PublishFailed { container, message },
+                }
+            } else if client::status(&e).is_some() {
+                DockerError::StartFailed { container, message }
+            } else {
+                self.client.error(format!("starting container {name}"), e)
+            },
+        )
+    }
+
+    /// The address the proxy reaches a started container at.
+    async fn address(
+        &self,
+        docker: &Docker,
+        id: &str,
+        name: &str,
+        ports: &ContainerPorts,
+    ) -> Result<SocketAddr, DockerError> {
+        if let Some(port) = ports.host_port {
+            return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        }
+        let inspected = docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| self.client.error(format!("inspecting container {name}"), e))?;
+        match published_port(&inspected, &ports.port_key) {
+            Some(port) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            // Already gone (an entrypoint that fails at once): the
+            // exit watch reports how, with the output in the log.
+            None if !is_running(&inspected) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
+            None => {
+                let _ = docker.remove_container(id, Some(remove_options())).await;
+                Err(DockerError::NoPublishedPort {
+                    container: name.to_string(),
+                    port: ports.listen_port,
+                })
+            }
+        }
     }
 
     /// Removes the container that holds `name` if it is one of ours.
     async fn remove_previous(&self, name: &str) -> Result<(), DockerError> {
         let docker = self.client.get().await?;
-        let inspected = match docker.inspect_container(name, None).await {
-            Ok(inspected) => inspected,
-            Err(e) if client::is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(self.client.error(format!("inspecting container {name}"), e)),
+        let Some(inspected) = self.inspect(docker, name, name).await? else {
+            return Ok(());
         };
         let id = inspected.id.clone().unwrap_or_else(|| name.to_string());
         if let Err(owner) = self.owns(&inspected) {
@@ -422,6 +448,21 @@ impl Inner {
         let version = label(&inspected, LABEL_RELEASE).unwrap_or("?");
         info!(app = %self.app, container = %logs::short(&id), "removing the previous container {name} ({version}) to reuse its slot");
         self.stop(&id).await
+    }
+
+    /// The container `id` (a name or an id) as Docker sees it; `None` when
+    /// there is none. `what` names it in errors.
+    async fn inspect(
+        &self,
+        docker: &Docker,
+        id: &str,
+        what: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match docker.inspect_container(id, None).await {
+            Ok(inspected) => Ok(Some(inspected)),
+            Err(e) if client::is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.client.error(format!("inspecting container {what}"), e)),
+        }
     }
 
     /// Ok if the container carries this instance's and app's labels;
@@ -438,14 +479,8 @@ impl Inner {
 
     async fn stop(&self, id: &str) -> Result<(), DockerError> {
         let docker = self.client.get().await?;
-        let inspected = match docker.inspect_container(id, None).await {
-            Ok(inspected) => inspected,
-            Err(e) if client::is_not_found(&e) => return Ok(()),
-            Err(e) => {
-                return Err(self
-                    .client
-                    .error(format!("inspecting container {}", logs::short(id)), e))
-            }
+        let Some(inspected) = self.inspect(docker, id, logs::short(id)).await? else {
+            return Ok(());
         };
         if let Err(owner) = self.owns(&inspected) {
             return Err(DockerError::NotOurs {
@@ -453,12 +488,7 @@ impl Inner {
                 owner,
             });
         }
-        let name = inspected
-            .name
-            .as_deref()
-            .unwrap_or(id)
-            .trim_start_matches('/')
-            .to_string();
+        let name = container_name(&inspected, id);
         let began = std::time::Instant::now();
         if is_running(&inspected) {
             let options = StopContainerOptions {
@@ -489,17 +519,9 @@ impl Inner {
         recorded: SocketAddr,
     ) -> Result<Option<StartedRelease>, DockerError> {
         let docker = self.client.get().await?;
-        let inspected = match docker.inspect_container(id, None).await {
-            Ok(inspected) => inspected,
-            Err(e) if client::is_not_found(&e) => {
-                info!(app = %self.app, container = %logs::short(id), "container {} is gone; nothing to adopt", logs::short(id));
-                return Ok(None);
-            }
-            Err(e) => {
-                return Err(self
-                    .client
-                    .error(format!("inspecting container {}", logs::short(id)), e))
-            }
+        let Some(inspected) = self.inspect(docker, id, logs::short(id)).await? else {
+            info!(app = %self.app, container = %logs::short(id), "container {} is gone; nothing to adopt", logs::short(id));
+            return Ok(None);
         };
         if let Err(owner) = self.owns(&inspected) {
             warn!(app = %self.app, container = %logs::short(id), "not adopting container {}: it belongs to {owner}", logs::short(id));
@@ -509,12 +531,7 @@ impl Inner {
             info!(app = %self.app, container = %logs::short(id), "container {} is not running; nothing to adopt", logs::short(id));
             return Ok(None);
         }
-        let name = inspected
-            .name
-            .as_deref()
-            .unwrap_or(id)
-            .trim_start_matches('/')
-            .to_string();
+        let name = container_name(&inspected, id);
         let addr = self
             .config
             .host_ports
@@ -618,12 +635,44 @@ impl Inner {
     }
 }
 
+/// How a container's port is set up: where the release listens inside it
+/// and whether (and on which host port) it is published on 127.0.0.1.
+struct ContainerPorts {
+    /// The slot's fixed host port, if any.
+    host_port: Option<u16>,
+    listen_port: u16,
+    publish: bool,
+    /// `<listen_port>/tcp`, Docker's name of the port.
+    port_key: String,
+}
+
+/// A list filter for what this instance made for `app` (its labels).
+fn app_filter(instance: &str, app: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_INSTANCE}={instance}"),
+            format!("{LABEL_APP}={app}"),
+        ],
+    )])
+}
+
 fn remove_options() -> RemoveContainerOptions {
     RemoveContainerOptions {
         force: true,
         v: true,
         ..RemoveContainerOptions::default()
     }
+}
+
+/// The container's name without Docker's leading `/`; its id without one.
+fn container_name(inspected: &ContainerInspectResponse, id: &str) -> String {
+    inspected
+        .name
+        .as_deref()
+        .unwrap_or(id)
+        .trim_start_matches('/')
+        .to_string()
 }
 
 fn label<'a>(inspected: &'a ContainerInspectResponse, name: &str) -> Option<&'a str> {

@@ -229,6 +229,7 @@ impl Inner {
         command::resolve_program(first, &self.config.working_dir, path_var.as_deref())
     }
 
+    /// Port, command, spawn, identify the process, watch its exit.
     async fn start(&self, spec: &ReleaseSpec) -> Result<StartedRelease, DriverError> {
         let port = match self.config.ports {
             Some(ports) => {
@@ -244,9 +245,51 @@ impl Inner {
             program: String::new(),
             problem: "the command is empty".to_string(),
         })?;
-        let (stdout, stderr) = open_log(&spec.log_path)?;
+        let log = open_log(&spec.log_path)?;
+        let mut command = self.command(spec, &program, (first, args), port, log);
+        let mut child = command.spawn().map_err(|e| DriverError::Spawn {
+            program: first.to_string_lossy().into_owned(),
+            source: io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (executing {} in working dir {})",
+                    program.display(),
+                    self.config.working_dir.display()
+                ),
+            ),
+        })?;
+        let (pid, stat) = identify(&mut child, first, spec.slot).await?;
+        let id = RuntimeId {
+            pid,
+            start: stat.start,
+            port,
+        };
+        let exited = self.watch_child(child, id, spec.slot);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        info!(
+            app = %self.app, slot = %spec.slot, version = %spec.version, pid, %addr,
+            "started {} (pid {pid}) on {addr}: {}",
+            spec.slot,
+            display_argv(&argv)
+        );
+        Ok(StartedRelease {
+            addr,
+            runtime_id: id.to_string(),
+            exited,
+        })
+    }
 
-        let mut command = tokio::process::Command::new(&program);
+    /// The release's command: its own process group, no stdin, output to
+    /// the log, and the marker variables in its environment.
+    fn command(
+        &self,
+        spec: &ReleaseSpec,
+        program: &Path,
+        (first, args): (&OsString, &[OsString]),
+        port: u16,
+        (stdout, stderr): (File, File),
+    ) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(program);
         command
             .arg0(first)
             .args(args)
@@ -271,47 +314,21 @@ impl Inner {
             .env(ENV_DEPLOYMENT, spec.deployment_id.to_string())
             .env(ENV_PORT, port.to_string())
             .env(ENV_INSTANCE, &self.instance);
+        command
+    }
 
-        let mut child = command.spawn().map_err(|e| DriverError::Spawn {
-            program: first.to_string_lossy().into_owned(),
-            source: io::Error::new(
-                e.kind(),
-                format!(
-                    "{e} (executing {} in working dir {})",
-                    program.display(),
-                    self.config.working_dir.display()
-                ),
-            ),
-        })?;
-        // Until we wait for it, the child cannot be reaped, so its /proc
-        // entry is there even if it exited already.
-        let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
-        let stat = pid.and_then(procfs::stat);
-        let (Some(pid), Some(stat)) = (pid, stat) else {
-            match pid {
-                Some(pid) => drop(killpg(Pid::from_raw(pid), Signal::SIGKILL)),
-                None => drop(child.start_kill()),
-            }
-            let _ = child.wait().await;
-            return Err(DriverError::Io {
-                context: format!(
-                    "started {} for {} but could not read its /proc entry",
-                    first.to_string_lossy(),
-                    spec.slot
-                ),
-                source: io::Error::from(io::ErrorKind::NotFound),
-            });
-        };
-        let id = RuntimeId {
-            pid,
-            start: stat.start,
-            port,
-        };
+    /// Waits for the child in the background: the exit watch of the release.
+    fn watch_child(
+        &self,
+        mut child: tokio::process::Child,
+        id: RuntimeId,
+        slot: Slot,
+    ) -> ExitWatch {
         let (sender, receiver) = watch::channel(None);
         self.lock_children().insert(id.process(), receiver.clone());
         let children = Arc::clone(&self.children);
         let app = self.app.clone();
-        let slot = spec.slot;
+        let pid = id.pid;
         tokio::spawn(async move {
             let description = match child.wait().await {
                 Ok(status) => describe_exit(status),
@@ -324,20 +341,37 @@ impl Inner {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id.process());
         });
-
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        info!(
-            app = %self.app, slot = %spec.slot, version = %spec.version, pid, %addr,
-            "started {} (pid {pid}) on {addr}: {}",
-            spec.slot,
-            display_argv(&argv)
-        );
-        Ok(StartedRelease {
-            addr,
-            runtime_id: id.to_string(),
-            exited: ExitWatch::new(receiver),
-        })
+        ExitWatch::new(receiver)
     }
+}
+
+/// The spawned child's pid and `/proc` stat (its start time identifies it);
+/// a child that cannot be identified is killed.
+async fn identify(
+    child: &mut tokio::process::Child,
+    first: &OsStr,
+    slot: Slot,
+) -> Result<(i32, procfs::Stat), DriverError> {
+    // Until we wait for it, the child cannot be reaped, so its /proc
+    // entry is there even if it exited already.
+    let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
+    let stat = pid.and_then(procfs::stat);
+    if let (Some(pid), Some(stat)) = (pid, stat) {
+        return Ok((pid, stat));
+    }
+    match pid {
+        Some(pid) => drop(killpg(Pid::from_raw(pid), Signal::SIGKILL)),
+        None => drop(child.start_kill()),
+    }
+    let _ = child.wait().await;
+    Err(DriverError::Io {
+        context: format!(
+            "started {} for {} but could not read its /proc entry",
+            first.to_string_lossy(),
+            slot
+        ),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
 }
 
 impl Inner {

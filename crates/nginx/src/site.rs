@@ -156,13 +156,82 @@ pub fn site_config(
     max_body: u64,
     include_is_global: bool,
 ) -> String {
+    // nginx variable names are letters, digits and `_` only.
+    let connection = format!("$cutover_{}_connection", app.name.replace('-', "_"));
+    format!(
+        "{}\n{}\n{}\n{}",
+        site_header(nginx, &app.name),
+        include_block(nginx, &app.name, include_is_global),
+        connection_map(&connection),
+        server_block(nginx, app, max_body, &connection),
+    )
+}
+
+/// What the site is for and what cutover does with the upstream file.
+fn site_header(nginx: &NginxConfig, name: &str) -> String {
+    let upstream = NginxConfig::upstream_name(name);
+    let shown_include = comment(&nginx.include_path(name).display().to_string());
+    let (test, reload) = (argv_comment(&nginx.test), argv_comment(&nginx.reload));
+    format!(
+        r#"# nginx site of the cutover app `{name}`, written by `cutover nginx-config {name}`.
+# Put it where nginx.conf includes sites in its `http` block (Debian:
+# /etc/nginx/sites-enabled/{name}.conf), then `nginx -t && nginx -s reload`.
+#
+# cutover owns {shown_include}.
+# At every switch it writes that file atomically (temp file, fsync, rename) as
+#     upstream {upstream} {{ server 127.0.0.1:PORT; keepalive {KEEPALIVE_CONNECTIONS}; }}
+# with the new release's port, validates the whole configuration
+#     {test}
+# reloads nginx
+#     {reload}
+# and stops the old release only after the nginx workers that served before
+# the reload have exited (or drain_timeout). If validation or the reload
+# fails, the previous file is put back and the old release keeps serving.
+# The file exists after the first `cutover deploy {name} --version V`:
+# deploy once before enabling this site.
+"#
+    )
+}
+
+/// The `include` of the upstream file; commented out when nginx.conf
+/// includes it already.
+fn include_block(nginx: &NginxConfig, name: &str, include_is_global: bool) -> String {
+    let include = nginx_word(&nginx.include_path(name).display().to_string());
+    if include_is_global {
+        return format!(
+            "# nginx.conf already includes this file (an `include` of its directory),\n\
+             # so it stays commented out here: nginx would see the upstream twice.\n\
+             # include {include};\n"
+        );
+    }
+    let upstream = NginxConfig::upstream_name(name);
+    let include_dir = comment(&nginx.include_dir.display().to_string());
+    format!(
+        "# The upstream `{upstream}`. If nginx.conf already includes this file's\n\
+         # directory (`include {include_dir}/*.conf;`), remove this line.\n\
+         include {include};\n"
+    )
+}
+
+/// The `Connection` header sent upstream: empty (keep-alive) unless the
+/// client asks for an upgrade.
+fn connection_map(connection: &str) -> String {
+    format!(
+        r#"# Requests are sent upstream with `Connection ""`, so that connections to the
+# release stay in the keep-alive pool; WebSocket (and other) upgrades get
+# `Connection: upgrade`.
+map $http_upgrade {connection} {{
+    default upgrade;
+    ''      "";
+}}
+"#
+    )
+}
+
+/// The `server` block: listeners, host names, body limit, logs, proxying.
+fn server_block(nginx: &NginxConfig, app: &AppConfig, max_body: u64, connection: &str) -> String {
     let name = &app.name;
     let upstream = NginxConfig::upstream_name(name);
-    let include_path = nginx.include_path(name).display().to_string();
-    let include = nginx_word(&include_path);
-    let include_dir = comment(&nginx.include_dir.display().to_string());
-    // nginx variable names are letters, digits and `_` only.
-    let connection = format!("$cutover_{}_connection", name.replace('-', "_"));
     let default_app = app.hosts.iter().any(|h| h == "*");
     let names: Vec<String> = app
         .hosts
@@ -189,50 +258,9 @@ pub fn site_config(
     let log_dir = nginx.log_dir.display().to_string();
     let access_log = nginx_word(&format!("{log_dir}/{name}.access.log"));
     let error_log = nginx_word(&format!("{log_dir}/{name}.error.log"));
-    let (test, reload) = (argv_comment(&nginx.test), argv_comment(&nginx.reload));
-    let include_block = if include_is_global {
-        format!(
-            "# nginx.conf already includes this file (an `include` of its directory),\n\
-             # so it stays commented out here: nginx would see the upstream twice.\n\
-             # include {include};\n"
-        )
-    } else {
-        format!(
-            "# The upstream `{upstream}`. If nginx.conf already includes this file's\n\
-             # directory (`include {include_dir}/*.conf;`), remove this line.\n\
-             include {include};\n"
-        )
-    };
     let max_body = size(max_body);
-    let shown_include = comment(&include_path);
     format!(
-        r#"# nginx site of the cutover app `{name}`, written by `cutover nginx-config {name}`.
-# Put it where nginx.conf includes sites in its `http` block (Debian:
-# /etc/nginx/sites-enabled/{name}.conf), then `nginx -t && nginx -s reload`.
-#
-# cutover owns {shown_include}.
-# At every switch it writes that file atomically (temp file, fsync, rename) as
-#     upstream {upstream} {{ server 127.0.0.1:PORT; keepalive {KEEPALIVE_CONNECTIONS}; }}
-# with the new release's port, validates the whole configuration
-#     {test}
-# reloads nginx
-#     {reload}
-# and stops the old release only after the nginx workers that served before
-# the reload have exited (or drain_timeout). If validation or the reload
-# fails, the previous file is put back and the old release keeps serving.
-# The file exists after the first `cutover deploy {name} --version V`:
-# deploy once before enabling this site.
-
-{include_block}
-# Requests are sent upstream with `Connection ""`, so that connections to the
-# release stay in the keep-alive pool; WebSocket (and other) upgrades get
-# `Connection: upgrade`.
-map $http_upgrade {connection} {{
-    default upgrade;
-    ''      "";
-}}
-
-server {{
+        r#"server {{
 {listen}{default_note}    server_name {server_name};
 
     # A reload (at every switch) closes the idle keep-alive client connections

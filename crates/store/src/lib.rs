@@ -214,7 +214,7 @@ impl Store {
                 "deployment of {} {} requested by {}",
                 new.app, new.version, new.trigger
             );
-            insert_event(&tx, id, now, "queued", &message)?;
+            insert_event(&tx, id, now, DeploymentState::Queued.as_str(), &message)?;
             tx.commit()?;
             id
         };

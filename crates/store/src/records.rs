@@ -176,6 +176,29 @@ pub enum DeploymentState {
 }
 
 impl DeploymentState {
+    pub const ALL: [DeploymentState; 13] = [
+        DeploymentState::Queued,
+        DeploymentState::Preparing,
+        DeploymentState::Starting,
+        DeploymentState::Checking,
+        DeploymentState::AwaitingPromotion,
+        DeploymentState::Switching,
+        DeploymentState::Verifying,
+        DeploymentState::Draining,
+        DeploymentState::Retiring,
+        DeploymentState::Succeeded,
+        DeploymentState::Failed,
+        DeploymentState::Aborted,
+        DeploymentState::RolledBack,
+    ];
+
+    /// The state a stored name stands for; `None` for an unknown name.
+    pub fn parse(name: &str) -> Option<DeploymentState> {
+        DeploymentState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentState::Queued => "queued",
@@ -207,5 +230,29 @@ impl DeploymentState {
 
 /// Whether a stored state name is terminal.
 pub fn is_terminal_state(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "aborted" | "rolled_back")
+    DeploymentState::parse(state).is_some_and(DeploymentState::is_terminal)
+}
+
+/// Where a webhook delivery stands (`webhook_deliveries.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Recorded, waiting for the dispatcher.
+    Queued,
+    /// Deployments were started for it.
+    Dispatched,
+    /// It deploys nothing (the reason says why).
+    Ignored,
+    /// Dispatching it failed.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Queued => "queued",
+            DeliveryStatus::Dispatched => "dispatched",
+            DeliveryStatus::Ignored => "ignored",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
 }

@@ -91,25 +91,63 @@ fn parse_num<T: std::str::FromStr>(flag: &str, value: &str, what: &str) -> Resul
         .or_else(|_| err(format!("{flag}: expected {what}, got {value:?}")))
 }
 
+/// A number of `range`; `what` names it when it is not a number.
+fn parse_within<T>(
+    flag: &str,
+    value: &str,
+    what: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ArgError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display,
+{
+    let n: T = parse_num(flag, value, what)?;
+    if !range.contains(&n) {
+        return err(format!(
+            "{flag}: expected {}-{}, got {n}",
+            range.start(),
+            range.end()
+        ));
+    }
+    Ok(n)
+}
+
+/// The options that take a value.
+const VALUE_FLAGS: [&str; 11] = [
+    "--port",
+    "--version",
+    "--threads",
+    "--health-path",
+    "--health-status",
+    "--health-body",
+    "--healthy-after",
+    "--start-delay",
+    "--exit-at-start",
+    "--exit-after",
+    "--fail-ratio",
+];
+
 /// Parses the arguments (without the program name). `env_port` is the value
 /// of the `PORT` environment variable, if set.
 pub fn parse<I>(args: I, env_port: Option<String>) -> Result<ParseOutcome, ArgError>
 where
     I: IntoIterator<Item = String>,
 {
+    let mut parsed = Args {
+        port: 0,
+        version: String::from("dev"),
+        threads: 1,
+        health_path: String::from("/health"),
+        health_status: 200,
+        health_body: String::from("ok"),
+        healthy_after_ms: None,
+        start_delay_ms: None,
+        exit_at_start: None,
+        exit_after_ms: None,
+        fail_ratio: 0.0,
+        ignore_sigterm: false,
+    };
     let mut port: Option<u16> = None;
-    let mut version = String::from("dev");
-    let mut threads = 1usize;
-    let mut health_path = String::from("/health");
-    let mut health_status = 200u16;
-    let mut health_body = String::from("ok");
-    let mut healthy_after_ms = None;
-    let mut start_delay_ms = None;
-    let mut exit_at_start = None;
-    let mut exit_after_ms = None;
-    let mut fail_ratio = 0.0f64;
-    let mut ignore_sigterm = false;
-
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
@@ -126,23 +164,10 @@ where
             if inline.is_some() {
                 return err("--ignore-sigterm takes no value");
             }
-            ignore_sigterm = true;
+            parsed.ignore_sigterm = true;
             continue;
         }
-        let known = [
-            "--port",
-            "--version",
-            "--threads",
-            "--health-path",
-            "--health-status",
-            "--health-body",
-            "--healthy-after",
-            "--start-delay",
-            "--exit-at-start",
-            "--exit-after",
-            "--fail-ratio",
-        ];
-        if !known.contains(&flag.as_str()) {
+        if !VALUE_FLAGS.contains(&flag.as_str()) {
             return err(format!("unknown option {flag:?} (see --help)"));
         }
         let value = match inline {
@@ -152,82 +177,70 @@ where
                 None => return err(format!("{flag} needs a value")),
             },
         };
-        let f = flag.as_str();
-        match f {
-            "--port" => port = Some(parse_num(f, &value, "a port number 0-65535")?),
-            "--version" => {
-                if value.is_empty() || value.chars().any(|c| c.is_control()) {
-                    return err("--version: expected a non-empty label without control characters");
-                }
-                version = value;
-            }
-            "--threads" => {
-                let n: usize = parse_num(f, &value, "a thread count")?;
-                if !(1..=1024).contains(&n) {
-                    return err(format!("--threads: expected 1-1024, got {n}"));
-                }
-                threads = n;
-            }
-            "--health-path" => {
-                if !value.starts_with('/') {
-                    return err(format!("--health-path: must start with '/', got {value:?}"));
-                }
-                health_path = value;
-            }
-            "--health-status" => {
-                let code: u16 = parse_num(f, &value, "an HTTP status code")?;
-                if !(200..=599).contains(&code) {
-                    return err(format!("--health-status: expected 200-599, got {code}"));
-                }
-                health_status = code;
-            }
-            "--health-body" => health_body = value,
-            "--healthy-after" => healthy_after_ms = Some(parse_num(f, &value, "milliseconds")?),
-            "--start-delay" => start_delay_ms = Some(parse_num(f, &value, "milliseconds")?),
-            "--exit-at-start" => {
-                let code: i32 = parse_num(f, &value, "an exit code 0-255")?;
-                if !(0..=255).contains(&code) {
-                    return err(format!("--exit-at-start: expected 0-255, got {code}"));
-                }
-                exit_at_start = Some(code);
-            }
-            "--exit-after" => exit_after_ms = Some(parse_num(f, &value, "milliseconds")?),
-            "--fail-ratio" => {
-                let r: f64 = parse_num(f, &value, "a ratio 0.0-1.0")?;
-                if !(0.0..=1.0).contains(&r) {
-                    return err(format!("--fail-ratio: expected 0.0-1.0, got {value}"));
-                }
-                fail_ratio = r;
-            }
-            _ => unreachable!("checked against `known`"),
+        if flag == "--port" {
+            port = Some(parse_num(&flag, &value, "a port number 0-65535")?);
+        } else {
+            set_option(&mut parsed, &flag, value)?;
         }
     }
+    parsed.port = resolve_port(port, env_port, parsed.exit_at_start.is_some())?;
+    Ok(ParseOutcome::Run(Box::new(parsed)))
+}
 
-    let port = match (port, env_port) {
-        (Some(p), _) => p,
+/// Sets the option `flag` (one of [`VALUE_FLAGS`] but `--port`) to `value`.
+fn set_option(args: &mut Args, f: &str, value: String) -> Result<(), ArgError> {
+    match f {
+        "--version" => {
+            if value.is_empty() || value.chars().any(|c| c.is_control()) {
+                return err("--version: expected a non-empty label without control characters");
+            }
+            args.version = value;
+        }
+        "--threads" => args.threads = parse_within(f, &value, "a thread count", 1..=1024)?,
+        "--health-path" => {
+            if !value.starts_with('/') {
+                return err(format!("--health-path: must start with '/', got {value:?}"));
+            }
+            args.health_path = value;
+        }
+        "--health-status" => {
+            args.health_status = parse_within(f, &value, "an HTTP status code", 200..=599)?;
+        }
+        "--health-body" => args.health_body = value,
+        "--healthy-after" => args.healthy_after_ms = Some(parse_num(f, &value, "milliseconds")?),
+        "--start-delay" => args.start_delay_ms = Some(parse_num(f, &value, "milliseconds")?),
+        "--exit-at-start" => {
+            args.exit_at_start = Some(parse_within(f, &value, "an exit code 0-255", 0..=255)?);
+        }
+        "--exit-after" => args.exit_after_ms = Some(parse_num(f, &value, "milliseconds")?),
+        "--fail-ratio" => {
+            let r: f64 = parse_num(f, &value, "a ratio 0.0-1.0")?;
+            if !(0.0..=1.0).contains(&r) {
+                return err(format!("--fail-ratio: expected 0.0-1.0, got {value}"));
+            }
+            args.fail_ratio = r;
+        }
+        _ => unreachable!("checked against `VALUE_FLAGS`"),
+    }
+    Ok(())
+}
+
+/// `--port`, else `PORT`; none needed by a release that exits at start.
+fn resolve_port(
+    flag: Option<u16>,
+    env_port: Option<String>,
+    exits_at_start: bool,
+) -> Result<u16, ArgError> {
+    match (flag, env_port) {
+        (Some(p), _) => Ok(p),
         (None, Some(env)) => env.trim().parse::<u16>().or_else(|_| {
             err(format!(
                 "env PORT: expected a port number 0-65535, got {env:?}"
             ))
-        })?,
-        (None, None) if exit_at_start.is_some() => 0,
-        (None, None) => return err("no port: pass --port N or set PORT"),
-    };
-
-    Ok(ParseOutcome::Run(Box::new(Args {
-        port,
-        version,
-        threads,
-        health_path,
-        health_status,
-        health_body,
-        healthy_after_ms,
-        start_delay_ms,
-        exit_at_start,
-        exit_after_ms,
-        fail_ratio,
-        ignore_sigterm,
-    })))
+        }),
+        (None, None) if exits_at_start => Ok(0),
+        (None, None) => err("no port: pass --port N or set PORT"),
+    }
 }
 
 /// Whether the `n`-th request (1-based) to `/` should fail for ratio `r`:

@@ -128,63 +128,19 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
-
-    let state: &'static State = Box::leak(Box::new(State {
-        root_body: Bytes::from(format!("version={}\n", args.version)),
-        fail_body: Bytes::from(format!("version={} error=injected\n", args.version)),
-        health_body: Bytes::from(args.health_body.clone()),
-        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
-        root_count: AtomicU64::new(0),
-        listening_since: Instant::now(),
-        args,
-    }));
-    let http: &'static http1::Builder = Box::leak(Box::new({
-        let mut b = http1::Builder::new();
-        b.keep_alive(true);
-        b
-    }));
-
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "cutover-testapp {} listening on 127.0.0.1:{port}",
-            state.args.version
-        );
-        let _ = out.flush();
-    }
-
-    if let Some(ms) = state.args.exit_after_ms {
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            eprintln!("testapp: exiting after {ms} ms as asked (code 1)");
-            std::process::exit(1);
-        });
-    }
+    let state = State::leak(args);
+    announce(state, port);
 
     // Every connection task holds a receiver; shutdown flips the value and
     // waits until all receivers are gone (i.e. all connections finished).
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-
-    {
-        let mut sig = pin!(next_signal(&mut sigterm, &mut sigint, ignore_term));
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut sig => break,
-                res = listener.accept() => match res {
-                    Ok((stream, _)) => {
-                        tokio::spawn(serve_conn(stream, state, http, shutdown_rx.clone()));
-                    }
-                    Err(e) => {
-                        // e.g. EMFILE: back off instead of spinning.
-                        eprintln!("testapp: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                },
-            }
-        }
-    }
+    serve_until_signal(
+        &listener,
+        state,
+        &shutdown_rx,
+        next_signal(&mut sigterm, &mut sigint, ignore_term),
+    )
+    .await;
 
     eprintln!("testapp: shutting down");
     drop(listener);
@@ -195,6 +151,73 @@ async fn run(args: Args) -> ExitCode {
         _ = next_signal(&mut sigterm, &mut sigint, ignore_term) => {
             eprintln!("testapp: second signal, exiting now");
             ExitCode::from(1)
+        }
+    }
+}
+
+impl State {
+    /// The state of a server that listens now, shared for the rest of the
+    /// process.
+    fn leak(args: Args) -> &'static State {
+        Box::leak(Box::new(State {
+            root_body: Bytes::from(format!("version={}\n", args.version)),
+            fail_body: Bytes::from(format!("version={} error=injected\n", args.version)),
+            health_body: Bytes::from(args.health_body.clone()),
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+            root_count: AtomicU64::new(0),
+            listening_since: Instant::now(),
+            args,
+        }))
+    }
+}
+
+/// The "listening" line tests wait for, then the `--exit-after` timer.
+fn announce(state: &'static State, port: u16) {
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "cutover-testapp {} listening on 127.0.0.1:{port}",
+            state.args.version
+        );
+        let _ = out.flush();
+    }
+    if let Some(ms) = state.args.exit_after_ms {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            eprintln!("testapp: exiting after {ms} ms as asked (code 1)");
+            std::process::exit(1);
+        });
+    }
+}
+
+/// Accepts connections, each served on its own task, until `stop` resolves.
+async fn serve_until_signal(
+    listener: &TcpListener,
+    state: &'static State,
+    shutdown: &watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let http: &'static http1::Builder = Box::leak(Box::new({
+        let mut b = http1::Builder::new();
+        b.keep_alive(true);
+        b
+    }));
+    let mut stop = pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            res = listener.accept() => match res {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_conn(stream, state, http, shutdown.clone()));
+                }
+                Err(e) => {
+                    // e.g. EMFILE: back off instead of spinning.
+                    eprintln!("testapp: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
         }
     }
 }
@@ -268,97 +291,114 @@ async fn handle(st: &'static State, req: Request<Incoming>) -> Response<Body> {
     }
     let query = req.uri().query();
     match path {
-        "/" => {
-            let n = st.root_count.fetch_add(1, Ordering::Relaxed) + 1;
-            if args::should_fail(n, st.args.fail_ratio) {
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Body::Full(Some(st.fail_body.clone())),
-                )
-            } else {
-                text(StatusCode::OK, Body::Full(Some(st.root_body.clone())))
-            }
-        }
-        "/slow" => {
-            let ms = match num_param(query, "ms") {
-                Ok(ms) => ms,
-                Err(res) => return *res,
-            };
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            let body = format!("version={} slept={ms}\n", st.args.version);
-            text(StatusCode::OK, Body::Full(Some(Bytes::from(body))))
-        }
-        "/echo" => {
-            let ct = req.headers().get(CONTENT_TYPE).cloned();
-            let mut res = Response::new(Body::Echo(req.into_body()));
-            res.headers_mut().insert(
-                CONTENT_TYPE,
-                ct.unwrap_or(HeaderValue::from_static("application/octet-stream")),
-            );
-            res
-        }
-        "/count" => {
-            // Reads the body frame by frame, keeping nothing.
-            let mut body = req.into_body();
-            let mut total = 0u64;
-            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-                match frame {
-                    Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
-                    Err(e) => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            Body::Full(Some(Bytes::from(format!(
-                                "reading the body failed: {e}\n"
-                            )))),
-                        )
-                    }
-                }
-            }
-            let body = format!("version={} bytes={total}\n", st.args.version);
-            text(StatusCode::OK, Body::Full(Some(Bytes::from(body))))
-        }
-        "/headers" => {
-            let mut out = String::with_capacity(512);
-            for (name, value) in req.headers() {
-                out.push_str(name.as_str());
-                out.push_str(": ");
-                out.push_str(&String::from_utf8_lossy(value.as_bytes()));
-                out.push('\n');
-            }
-            text(StatusCode::OK, Body::Full(Some(Bytes::from(out))))
-        }
-        "/bytes" => match num_param(query, "n") {
-            Ok(n) => {
-                let mut res = Response::new(Body::Repeat {
-                    chunk: st.chunk.clone(),
-                    remaining: n,
-                });
-                res.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                res
-            }
-            Err(res) => *res,
-        },
-        "/status" => match num_param(query, "code")
-            .ok()
-            .and_then(|c| u16::try_from(c).ok())
-            .and_then(|c| StatusCode::from_u16(c).ok())
-        {
-            Some(code) if code.as_u16() >= 200 => text(
-                code,
-                Body::Full(Some(Bytes::from(format!("status={}\n", code.as_u16())))),
-            ),
-            _ => text(
-                StatusCode::BAD_REQUEST,
-                Body::from_static("bad or missing query parameter code (200-999)\n"),
-            ),
-        },
+        "/" => root(st),
+        "/slow" => slow(st, query).await,
+        "/echo" => echo(req),
+        "/count" => count(st, req).await,
+        "/headers" => headers(&req),
+        "/bytes" => bytes(st, query),
+        "/status" => status(query),
         "/sse" => sse(st, query),
         "/upgrade" => upgrade(req),
         "/ws" => websocket(st, req),
         _ => text(StatusCode::NOT_FOUND, Body::from_static("not found\n")),
+    }
+}
+
+/// `version=<V>`, or a 500 for the requests `--fail-ratio` picks.
+fn root(st: &'static State) -> Response<Body> {
+    let n = st.root_count.fetch_add(1, Ordering::Relaxed) + 1;
+    if args::should_fail(n, st.args.fail_ratio) {
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Body::Full(Some(st.fail_body.clone())),
+        )
+    } else {
+        text(StatusCode::OK, Body::Full(Some(st.root_body.clone())))
+    }
+}
+
+async fn slow(st: &'static State, query: Option<&str>) -> Response<Body> {
+    let ms = match num_param(query, "ms") {
+        Ok(ms) => ms,
+        Err(res) => return *res,
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let body = format!("version={} slept={ms}\n", st.args.version);
+    text(StatusCode::OK, Body::Full(Some(Bytes::from(body))))
+}
+
+fn echo(req: Request<Incoming>) -> Response<Body> {
+    let ct = req.headers().get(CONTENT_TYPE).cloned();
+    let mut res = Response::new(Body::Echo(req.into_body()));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        ct.unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    res
+}
+
+/// Reads the body frame by frame, keeping nothing.
+async fn count(st: &'static State, req: Request<Incoming>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut total = 0u64;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        match frame {
+            Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    Body::Full(Some(Bytes::from(format!("reading the body failed: {e}\n")))),
+                )
+            }
+        }
+    }
+    let body = format!("version={} bytes={total}\n", st.args.version);
+    text(StatusCode::OK, Body::Full(Some(Bytes::from(body))))
+}
+
+fn headers(req: &Request<Incoming>) -> Response<Body> {
+    let mut out = String::with_capacity(512);
+    for (name, value) in req.headers() {
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        out.push('\n');
+    }
+    text(StatusCode::OK, Body::Full(Some(Bytes::from(out))))
+}
+
+fn bytes(st: &'static State, query: Option<&str>) -> Response<Body> {
+    match num_param(query, "n") {
+        Ok(n) => {
+            let mut res = Response::new(Body::Repeat {
+                chunk: st.chunk.clone(),
+                remaining: n,
+            });
+            res.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            res
+        }
+        Err(res) => *res,
+    }
+}
+
+fn status(query: Option<&str>) -> Response<Body> {
+    match num_param(query, "code")
+        .ok()
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        Some(code) if code.as_u16() >= 200 => text(
+            code,
+            Body::Full(Some(Bytes::from(format!("status={}\n", code.as_u16())))),
+        ),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            Body::from_static("bad or missing query parameter code (200-999)\n"),
+        ),
     }
 }
 

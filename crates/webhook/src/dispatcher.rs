@@ -6,7 +6,7 @@
 
 use cutover_config::RefKind;
 use cutover_engine::{Engine, EngineError, SourceRequest};
-use cutover_store::{DeliveryRecord, Store};
+use cutover_store::{DeliveryRecord, DeliveryStatus, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -48,7 +48,7 @@ async fn dispatch(engine: &Engine, store: &Store, delivery: DeliveryRecord) {
         finish(
             store,
             &delivery,
-            "failed",
+            DeliveryStatus::Failed,
             Some("the delivery has no ref or commit".to_string()),
             &[],
         )
@@ -88,11 +88,11 @@ async fn dispatch(engine: &Engine, store: &Store, delivery: DeliveryRecord) {
     let mut reasons = skipped;
     reasons.extend(failed.iter().cloned());
     let status = if !failed.is_empty() {
-        "failed"
+        DeliveryStatus::Failed
     } else if started.is_empty() {
-        "ignored"
+        DeliveryStatus::Ignored
     } else {
-        "dispatched"
+        DeliveryStatus::Dispatched
     };
     let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     finish(store, &delivery, status, reason, &started).await;
@@ -101,14 +101,14 @@ async fn dispatch(engine: &Engine, store: &Store, delivery: DeliveryRecord) {
 async fn finish(
     store: &Store,
     delivery: &DeliveryRecord,
-    status: &str,
+    status: DeliveryStatus,
     reason: Option<String>,
     started: &[i64],
 ) {
     let store = store.clone();
-    let (id, status, started) = (delivery.id, status.to_string(), started.to_vec());
+    let (id, started) = (delivery.id, started.to_vec());
     let result = tokio::task::spawn_blocking(move || {
-        store.finish_delivery(id, &status, reason.as_deref(), &started)
+        store.finish_delivery(id, status.as_str(), reason.as_deref(), &started)
     })
     .await;
     if !matches!(result, Ok(Ok(()))) {

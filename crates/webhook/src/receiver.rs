@@ -16,7 +16,7 @@ use crate::WebhookError;
 use bytes::Bytes;
 use cutover_config::git_ref::{check_ref_name, validate_commit};
 use cutover_config::{Config, WebhookConfig};
-use cutover_store::{NewDelivery, Store};
+use cutover_store::{DeliveryStatus, NewDelivery, Store};
 use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -153,89 +153,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Answer {
 }
 
 async fn handle(shared: &Shared, request: http::Request<Incoming>, peer: SocketAddr) -> Answer {
-    let prefix = shared.webhook.path_prefix.as_str();
-    let path = request.uri().path().to_string();
-    let Some(provider) = path
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .and_then(Provider::from_segment)
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}; webhooks go to POST {prefix}/github, /gitlab, /gitea or /bitbucket"),
-        );
+    let (provider, secrets) = match endpoint(shared, &request) {
+        Ok(endpoint) => endpoint,
+        Err(refused) => return *refused,
     };
-    if request.method() != Method::POST {
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} is not allowed on {path}; use POST", request.method()),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
-        return response;
-    }
-    let secrets = shared
-        .secrets
-        .get(&provider)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if secrets.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "the {0} endpoint is off: no {0} secret is configured in [webhook]",
-                provider.as_str()
-            ),
-        );
-    }
-    let max = shared.webhook.max_body;
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than max_body ({max} bytes)"),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
-        return too_large();
-    }
     let (parts, body) = request.into_parts();
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    let body = match tokio::time::timeout(
-        shared.webhook.read_timeout,
-        Limited::new(body, limit).collect(),
-    )
-    .await
-    {
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the body did not arrive within read_timeout ({:?})",
-                    shared.webhook.read_timeout
-                ),
-            )
-        }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("reading the body failed: {e}"),
-            )
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let body = match read_body(shared, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(refused) => return *refused,
     };
-
     if let Err(unauthorized) = signature::verify(provider, &parts.headers, &body, secrets) {
         tracing::warn!(provider = provider.as_str(), %peer, "webhook refused: {}", unauthorized.0);
         return error(StatusCode::UNAUTHORIZED, unauthorized.0);
     }
-
     match accept(shared, provider, &parts.headers, &body).await {
         Ok(answer) => answer,
         Err((status, message)) => {
@@ -245,7 +175,99 @@ async fn handle(shared: &Shared, request: http::Request<Incoming>, peer: SocketA
     }
 }
 
+/// The provider a request is for, and its secrets: the path names an
+/// endpoint that is on, and the method is POST.
+fn endpoint<'s>(
+    shared: &'s Shared,
+    request: &http::Request<Incoming>,
+) -> Result<(Provider, &'s [Secret]), Box<Answer>> {
+    let prefix = shared.webhook.path_prefix.as_str();
+    let path = request.uri().path();
+    let Some(provider) = path
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(Provider::from_segment)
+    else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}; webhooks go to POST {prefix}/github, /gitlab, /gitea or /bitbucket"),
+        )));
+    };
+    if request.method() != Method::POST {
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed on {path}; use POST", request.method()),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+        return Err(Box::new(response));
+    }
+    let secrets = shared
+        .secrets
+        .get(&provider)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if secrets.is_empty() {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the {0} endpoint is off: no {0} secret is configured in [webhook]",
+                provider.as_str()
+            ),
+        )));
+    }
+    Ok((provider, secrets))
+}
+
+/// The whole body, at most `max_body` bytes, within `read_timeout`.
+async fn read_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Box<Answer>> {
+    let max = shared.webhook.max_body;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than max_body ({max} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(Box::new(too_large()));
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match tokio::time::timeout(
+        shared.webhook.read_timeout,
+        Limited::new(body, limit).collect(),
+    )
+    .await
+    {
+        Err(_) => Err(Box::new(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within read_timeout ({:?})",
+                shared.webhook.read_timeout
+            ),
+        ))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Box::new(too_large())),
+        Ok(Err(e)) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body failed: {e}"),
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
 type Rejection = (StatusCode, String);
+
+fn bad(message: String) -> Rejection {
+    (StatusCode::BAD_REQUEST, message)
+}
 
 /// A verified delivery: normalise, apply the rules, record, answer.
 async fn accept(
@@ -254,32 +276,8 @@ async fn accept(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Answer, Rejection> {
-    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
-    let event = provider.event(headers).ok_or_else(|| {
-        bad(format!(
-            "the event header is missing ({})",
-            match provider {
-                Provider::GitHub => "X-GitHub-Event",
-                Provider::GitLab => "X-Gitlab-Event",
-                Provider::Gitea => "X-Gitea-Event or X-Forgejo-Event",
-                Provider::Bitbucket => "X-Event-Key",
-            }
-        ))
-    })?;
-    let delivery = match provider.delivery(headers) {
-        Some(id) if valid_delivery_id(&id) => id,
-        Some(id) => {
-            return Err(bad(format!(
-                "the delivery id `{}` is not valid (1-200 printable characters)",
-                id.escape_debug()
-            )))
-        }
-        // No id from the provider: the same body is the same delivery.
-        None => format!(
-            "sha256-{}",
-            signature::sign_sha256(b"cutover-delivery", body)
-        ),
-    };
+    let event = event(provider, headers)?;
+    let delivery = delivery_id(provider, headers, body)?;
     let json = parse_body(headers, body).map_err(bad)?;
     let normalized = normalize(provider, &event, &json).map_err(|why| {
         bad(format!(
@@ -302,51 +300,19 @@ async fn accept(
                 ref_name: None,
                 commit: None,
                 apps: Vec::new(),
-                status: "ignored".to_string(),
+                status: DeliveryStatus::Ignored.as_str().to_string(),
                 reason: Some(reason.clone()),
             };
             record(shared, vec![row]).await?;
-            tracing::info!(provider = provider.as_str(), %delivery, "webhook ignored: {reason}");
-            return Ok(answer(
-                StatusCode::OK,
-                json!({ "status": "ignored", "delivery": delivery, "reason": reason }),
-            ));
+            return Ok(ignored(provider, &delivery, reason));
+        }
+        Normalized::Pushes(pushes) if pushes.is_empty() => {
+            let reason = "the push changed no branch or tag".to_string();
+            return Ok(ignored(provider, &delivery, reason));
         }
         Normalized::Pushes(pushes) => pushes,
     };
-    if pushes.is_empty() {
-        let reason = "the push changed no branch or tag".to_string();
-        tracing::info!(provider = provider.as_str(), %delivery, "webhook ignored: {reason}");
-        return Ok(answer(
-            StatusCode::OK,
-            json!({ "status": "ignored", "delivery": delivery, "reason": reason }),
-        ));
-    }
-
-    let mut rows = Vec::with_capacity(pushes.len());
-    for (index, push) in pushes.iter().enumerate() {
-        let delivery_id = if index == 0 {
-            delivery.clone()
-        } else {
-            format!("{delivery}#{index}")
-        };
-        let (apps, reason) = match route(&shared.config, push) {
-            Ok(apps) => (apps, None),
-            Err(reason) => (Vec::new(), Some(reason)),
-        };
-        rows.push(NewDelivery {
-            provider: provider.as_str().to_string(),
-            delivery_id,
-            event: event.clone(),
-            repository: Some(push.repository.describe()),
-            ref_kind: push.kind.map(|k| k.as_str().to_string()),
-            ref_name: Some(push.name.clone()),
-            commit: push.commit.clone(),
-            status: if apps.is_empty() { "ignored" } else { "queued" }.to_string(),
-            apps,
-            reason,
-        });
-    }
+    let rows = delivery_rows(shared, provider, &delivery, &event, &pushes);
     let Some(recorded) = record(shared, rows.clone()).await? else {
         tracing::info!(provider = provider.as_str(), %delivery, "webhook redelivered; already accepted, not building again");
         return Ok(answer(
@@ -354,23 +320,11 @@ async fn accept(
             json!({ "status": "duplicate", "delivery": delivery, "reason": "this delivery was received before; it is not built again" }),
         ));
     };
-    let queued: Vec<&NewDelivery> = rows.iter().filter(|r| r.status == "queued").collect();
-    for row in &rows {
-        match &row.reason {
-            Some(reason) => {
-                tracing::info!(provider = provider.as_str(), delivery = %row.delivery_id, "webhook ignored: {reason}")
-            }
-            None => tracing::info!(
-                provider = provider.as_str(),
-                delivery = %row.delivery_id,
-                "webhook accepted: {} {} at {} deploys {}",
-                row.ref_kind.as_deref().unwrap_or("ref"),
-                row.ref_name.as_deref().unwrap_or(""),
-                row.commit.as_deref().unwrap_or(""),
-                row.apps.join(", ")
-            ),
-        }
-    }
+    log_rows(provider, &rows);
+    let queued: Vec<&NewDelivery> = rows
+        .iter()
+        .filter(|r| r.status == DeliveryStatus::Queued.as_str())
+        .collect();
     if queued.is_empty() {
         let reasons: Vec<&str> = rows.iter().filter_map(|r| r.reason.as_deref()).collect();
         return Ok(answer(
@@ -387,6 +341,105 @@ async fn accept(
         StatusCode::ACCEPTED,
         json!({ "status": "accepted", "delivery": delivery, "id": recorded, "apps": apps }),
     ))
+}
+
+fn event(provider: Provider, headers: &HeaderMap) -> Result<String, Rejection> {
+    provider.event(headers).ok_or_else(|| {
+        bad(format!(
+            "the event header is missing ({})",
+            match provider {
+                Provider::GitHub => "X-GitHub-Event",
+                Provider::GitLab => "X-Gitlab-Event",
+                Provider::Gitea => "X-Gitea-Event or X-Forgejo-Event",
+                Provider::Bitbucket => "X-Event-Key",
+            }
+        ))
+    })
+}
+
+/// The provider's delivery id; without one, the same body is the same
+/// delivery.
+fn delivery_id(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<String, Rejection> {
+    match provider.delivery(headers) {
+        Some(id) if valid_delivery_id(&id) => Ok(id),
+        Some(id) => Err(bad(format!(
+            "the delivery id `{}` is not valid (1-200 printable characters)",
+            id.escape_debug()
+        ))),
+        None => Ok(format!(
+            "sha256-{}",
+            signature::sign_sha256(b"cutover-delivery", body)
+        )),
+    }
+}
+
+/// A delivery that deploys nothing: logged, answered 200 with the reason.
+fn ignored(provider: Provider, delivery: &str, reason: String) -> Answer {
+    tracing::info!(provider = provider.as_str(), %delivery, "webhook ignored: {reason}");
+    answer(
+        StatusCode::OK,
+        json!({ "status": "ignored", "delivery": delivery, "reason": reason }),
+    )
+}
+
+/// One inbox row per pushed ref: the first under the delivery's own id,
+/// the others as `<id>#<n>`; queued for the apps whose rules match it.
+fn delivery_rows(
+    shared: &Shared,
+    provider: Provider,
+    delivery: &str,
+    event: &str,
+    pushes: &[PushEvent],
+) -> Vec<NewDelivery> {
+    let mut rows = Vec::with_capacity(pushes.len());
+    for (index, push) in pushes.iter().enumerate() {
+        let delivery_id = if index == 0 {
+            delivery.to_string()
+        } else {
+            format!("{delivery}#{index}")
+        };
+        let (apps, reason) = match route(&shared.config, push) {
+            Ok(apps) => (apps, None),
+            Err(reason) => (Vec::new(), Some(reason)),
+        };
+        let status = if apps.is_empty() {
+            DeliveryStatus::Ignored
+        } else {
+            DeliveryStatus::Queued
+        };
+        rows.push(NewDelivery {
+            provider: provider.as_str().to_string(),
+            delivery_id,
+            event: event.to_string(),
+            repository: Some(push.repository.describe()),
+            ref_kind: push.kind.map(|k| k.as_str().to_string()),
+            ref_name: Some(push.name.clone()),
+            commit: push.commit.clone(),
+            status: status.as_str().to_string(),
+            apps,
+            reason,
+        });
+    }
+    rows
+}
+
+fn log_rows(provider: Provider, rows: &[NewDelivery]) {
+    for row in rows {
+        match &row.reason {
+            Some(reason) => {
+                tracing::info!(provider = provider.as_str(), delivery = %row.delivery_id, "webhook ignored: {reason}")
+            }
+            None => tracing::info!(
+                provider = provider.as_str(),
+                delivery = %row.delivery_id,
+                "webhook accepted: {} {} at {} deploys {}",
+                row.ref_kind.as_deref().unwrap_or("ref"),
+                row.ref_name.as_deref().unwrap_or(""),
+                row.commit.as_deref().unwrap_or(""),
+                row.apps.join(", ")
+            ),
+        }
+    }
 }
 
 /// Inserts the rows; `None` when the first (the delivery's own id) was

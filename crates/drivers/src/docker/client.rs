@@ -140,6 +140,12 @@ pub(super) fn status(e: &BollardError) -> Option<u16> {
     }
 }
 
+/// Whether the engine itself refused (an answer, or an error in a progress
+/// stream), rather than the call failing to reach it.
+pub(super) fn is_engine_refusal(e: &BollardError) -> bool {
+    status(e).is_some() || matches!(e, BollardError::DockerStreamError { .. })
+}
+
 pub(super) fn is_not_found(e: &BollardError) -> bool {
     status(e) == Some(404)
 }

@@ -128,32 +128,28 @@ async fn pull(
         ..CreateImageOptions::default()
     };
     info!("pulling image {reference}");
-    let mut stream = docker.create_image(Some(options), None, credentials);
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            let detail = client::message(&e);
-            let lower = detail.to_ascii_lowercase();
-            let not_found = client::is_not_found(&e)
-                || lower.contains("not found")
-                || lower.contains("manifest unknown")
-                || lower.contains("does not exist");
-            if client::status(&e).is_none()
-                && !matches!(e, bollard::errors::Error::DockerStreamError { .. })
-            {
-                return Err(client.error(format!("pulling image {reference}"), e));
-            }
-            return Err(if not_found {
-                DockerError::ImageNotFound {
-                    image: reference.to_string(),
-                    detail,
-                }
-            } else {
-                DockerError::PullFailed {
-                    image: reference.to_string(),
-                    detail,
-                }
-            });
+    let stream = docker.create_image(Some(options), None, credentials);
+    if let Some(e) = first_error(stream).await {
+        let detail = client::message(&e);
+        let lower = detail.to_ascii_lowercase();
+        let not_found = client::is_not_found(&e)
+            || lower.contains("not found")
+            || lower.contains("manifest unknown")
+            || lower.contains("does not exist");
+        if !client::is_engine_refusal(&e) {
+            return Err(client.error(format!("pulling image {reference}"), e));
         }
+        return Err(if not_found {
+            DockerError::ImageNotFound {
+                image: reference.to_string(),
+                detail,
+            }
+        } else {
+            DockerError::PullFailed {
+                image: reference.to_string(),
+                detail,
+            }
+        });
     }
     info!("pulled image {reference}");
     Ok(())
@@ -171,24 +167,35 @@ async fn push(
         ..PushImageOptions::default()
     };
     info!("pushing image {reference}");
-    let mut stream = docker.push_image(repository, Some(options), credentials);
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            if client::status(&e).is_none()
-                && !matches!(e, bollard::errors::Error::DockerStreamError { .. })
-            {
-                return Err(client.error(format!("pushing image {reference}"), e));
-            }
-            return Err(DockerError::PushFailed {
-                image: reference.to_string(),
-                detail: client::message(&e),
-            });
+    let stream = docker.push_image(repository, Some(options), credentials);
+    if let Some(e) = first_error(stream).await {
+        if !client::is_engine_refusal(&e) {
+            return Err(client.error(format!("pushing image {reference}"), e));
         }
+        return Err(DockerError::PushFailed {
+            image: reference.to_string(),
+            detail: client::message(&e),
+        });
     }
     info!("pushed image {reference}");
     Ok(())
 }
 
+/// Reads a progress stream to its end; the error that ended it early.
+async fn first_error<T>(
+    stream: impl futures_util::Stream<Item = Result<T, bollard::errors::Error>>,
+) -> Option<bollard::errors::Error> {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// Packs the context, streams the build (its output at debug level, the
+/// last lines kept for the error) and cleans up after a failed one.
 async fn build_image(
     client: &Client,
     build: &DockerBuild,
@@ -211,10 +218,6 @@ async fn build_image(
                 problem: e.to_string(),
             })??
     };
-    let labels = HashMap::from([
-        (LABEL_APP.to_string(), app.to_string()),
-        (LABEL_INSTANCE.to_string(), instance.to_string()),
-    ]);
     let options = BuildImageOptions {
         dockerfile,
         t: Some(reference.to_string()),
@@ -227,24 +230,23 @@ async fn build_image(
                 .map(|(name, value)| (name.clone(), expand(value)))
                 .collect(),
         ),
-        labels: Some(labels),
+        labels: Some(HashMap::from([
+            (LABEL_APP.to_string(), app.to_string()),
+            (LABEL_INSTANCE.to_string(), instance.to_string()),
+        ])),
         ..BuildImageOptions::default()
     };
     let registry_config =
         credentials.map(|c| HashMap::from([(c.serveraddress.clone().unwrap_or_default(), c)]));
     info!(app, "building image {reference} from {}", context.display());
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(BUILD_TAIL_LINES + 1);
-    // Images of the steps this build made (not those it took from the
-    // cache): a failed build leaves them dangling, without our labels.
-    let mut made: Vec<String> = Vec::new();
-    let mut cached = false;
+    let mut progress = BuildProgress::default();
     let mut stream = docker.build_image(
         options,
         registry_config,
         Some(bollard::body_full(archive.into())),
     );
     while let Some(item) = stream.next().await {
-        match item {
+        let e = match item {
             Ok(info) => {
                 for line in info
                     .stream
@@ -252,53 +254,73 @@ async fn build_image(
                     .chain(info.status.iter())
                     .flat_map(|t| t.lines())
                 {
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        continue;
-                    }
-                    debug!(app, "build {reference}: {line}");
-                    match line.trim().strip_prefix("---> ") {
-                        Some("Using cache") => cached = true,
-                        Some(id) if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                            if !cached {
-                                made.push(id.to_string());
-                            }
-                            cached = false;
-                        }
-                        _ => {}
-                    }
-                    if tail.len() == BUILD_TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line.to_string());
+                    progress.note(app, reference, line);
                 }
+                continue;
             }
-            Err(e) => {
-                if client::status(&e).is_none()
-                    && !matches!(e, bollard::errors::Error::DockerStreamError { .. })
-                {
-                    return Err(client.error(format!("building image {reference}"), e));
-                }
-                // Best effort: Docker refuses (409) if anything depends on them.
-                for id in made.iter().rev() {
-                    let _ = docker
-                        .remove_image(
-                            id,
-                            None::<bollard::query_parameters::RemoveImageOptions>,
-                            None,
-                        )
-                        .await;
-                }
-                return Err(DockerError::BuildFailed {
-                    image: reference.to_string(),
-                    reason: client::message(&e).trim().to_string(),
-                    tail: Vec::from(tail).join("\n"),
-                });
-            }
+            Err(e) => e,
+        };
+        if !client::is_engine_refusal(&e) {
+            return Err(client.error(format!("building image {reference}"), e));
         }
+        progress.remove_made(docker).await;
+        return Err(DockerError::BuildFailed {
+            image: reference.to_string(),
+            reason: client::message(&e).trim().to_string(),
+            tail: Vec::from(progress.tail).join("\n"),
+        });
     }
     info!(app, "built image {reference}");
     Ok(())
+}
+
+/// What a running build has said so far.
+#[derive(Default)]
+struct BuildProgress {
+    /// The last [`BUILD_TAIL_LINES`] lines of output.
+    tail: VecDeque<String>,
+    /// Images of the steps this build made (not those it took from the
+    /// cache): a failed build leaves them dangling, without our labels.
+    made: Vec<String>,
+    /// The step being read was taken from the cache.
+    cached: bool,
+}
+
+impl BuildProgress {
+    fn note(&mut self, app: &str, reference: &str, line: &str) {
+        let line = line.trim_end();
+        if line.is_empty() {
+            return;
+        }
+        debug!(app, "build {reference}: {line}");
+        match line.trim().strip_prefix("---> ") {
+            Some("Using cache") => self.cached = true,
+            Some(id) if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                if !self.cached {
+                    self.made.push(id.to_string());
+                }
+                self.cached = false;
+            }
+            _ => {}
+        }
+        if self.tail.len() == BUILD_TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    /// Best effort: Docker refuses (409) if anything depends on them.
+    async fn remove_made(&self, docker: &bollard::Docker) {
+        for id in self.made.iter().rev() {
+            let _ = docker
+                .remove_image(
+                    id,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
+        }
+    }
 }
 
 /// The build context as a tar archive (symlinks kept as links).

@@ -6,9 +6,10 @@
 //! already present when cutover first used it is never recorded, so never
 //! removed: cutover removes only what it created.
 
+use super::app_filter;
 use super::client::{self, Client};
-use super::{LABEL_APP, LABEL_INSTANCE};
 use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::Docker;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -116,13 +117,7 @@ pub(super) async fn clean(
     let Ok(docker) = client.get().await else {
         return;
     };
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_INSTANCE}={instance}"),
-            format!("{LABEL_APP}={app}"),
-        ],
-    )]);
+    let filters = app_filter(instance, app);
     let containers = match docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -140,6 +135,8 @@ pub(super) async fn clean(
             return;
         }
     };
+    let existing: HashSet<&str> = containers.iter().filter_map(|c| c.id.as_deref()).collect();
+    remove_stale_cursors(cursors, &existing);
     // Containers name their image by the reference they were created with;
     // an image also in use under another tag is only untagged (Docker
     // itself refuses to remove an image a container uses).
@@ -147,79 +144,112 @@ pub(super) async fn clean(
         .iter()
         .filter_map(|c| c.image.as_deref())
         .collect();
+    remove_old_recorded(docker, records, app, keep, &in_use).await;
     let in_use_ids: HashSet<&str> = containers
         .iter()
         .filter_map(|c| c.image_id.as_deref())
         .collect();
-    let existing: HashSet<&str> = containers.iter().filter_map(|c| c.id.as_deref()).collect();
-    if let Ok(entries) = std::fs::read_dir(cursors) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !existing.contains(name.to_string_lossy().as_ref()) {
-                let _ = std::fs::remove_file(entry.path());
-            }
+    remove_dangling(docker, app, filters, &in_use_ids).await;
+}
+
+/// Log cursors are named by container id; those of gone containers go.
+fn remove_stale_cursors(cursors: &Path, existing: &HashSet<&str>) {
+    let Ok(entries) = std::fs::read_dir(cursors) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !existing.contains(name.to_string_lossy().as_ref()) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
+}
 
+/// Removes the recorded images beyond the newest `keep` that no container
+/// uses, and saves the records of the rest.
+async fn remove_old_recorded(
+    docker: &Docker,
+    records: &Records,
+    app: &str,
+    keep: usize,
+    in_use: &HashSet<&str>,
+) {
     let mut all = records.load();
     all.sort_by_key(|record| std::cmp::Reverse(record.last_used_ms));
     let mut kept = Vec::new();
     for (index, record) in all.into_iter().enumerate() {
-        if index < keep || in_use.contains(record.reference.as_str()) {
+        let keep_record = index < keep
+            || in_use.contains(record.reference.as_str())
+            || !remove_recorded(docker, app, keep, &record).await;
+        if keep_record {
             kept.push(record);
-            continue;
-        }
-        // Only the tag cutover made, and only while it still names the image
-        // cutover recorded (someone may have re-tagged it since).
-        match docker.inspect_image(&record.reference).await {
-            Ok(image) if image.id.as_deref() == Some(record.id.as_str()) => {}
-            Ok(_) => {
-                debug!(
-                    app,
-                    "{} now names another image; forgetting it", record.reference
-                );
-                continue;
-            }
-            Err(e) if client::is_not_found(&e) => continue,
-            Err(e) => {
-                warn!(app, "cannot inspect image {}: {e}", record.reference);
-                kept.push(record);
-                continue;
-            }
-        }
-        match docker
-            .remove_image(&record.reference, None::<RemoveImageOptions>, None)
-            .await
-        {
-            Ok(_) => info!(
-                app,
-                "removed image {} (keeping the newest {keep})", record.reference
-            ),
-            Err(e) if client::is_not_found(&e) => {}
-            Err(e) if client::status(&e) == Some(409) => {
-                debug!(
-                    app,
-                    "image {} is still in use: {}",
-                    record.reference,
-                    client::message(&e)
-                );
-                kept.push(record);
-            }
-            Err(e) => {
-                warn!(app, "cannot remove image {}: {e}", record.reference);
-                kept.push(record);
-            }
         }
     }
     if let Err(e) = records.save(&kept) {
         warn!(app, "cannot write the image records: {e}");
     }
+}
 
-    let mut dangling = filters;
-    dangling.insert("dangling".to_string(), vec!["true".to_string()]);
+/// Removes one recorded image; false when its record must stay (it could
+/// not be checked or removed), true when it can be forgotten.
+async fn remove_recorded(docker: &Docker, app: &str, keep: usize, record: &ImageRecord) -> bool {
+    // Only the tag cutover made, and only while it still names the image
+    // cutover recorded (someone may have re-tagged it since).
+    match docker.inspect_image(&record.reference).await {
+        Ok(image) if image.id.as_deref() == Some(record.id.as_str()) => {}
+        Ok(_) => {
+            debug!(
+                app,
+                "{} now names another image; forgetting it", record.reference
+            );
+            return true;
+        }
+        Err(e) if client::is_not_found(&e) => return true,
+        Err(e) => {
+            warn!(app, "cannot inspect image {}: {e}", record.reference);
+            return false;
+        }
+    }
+    match docker
+        .remove_image(&record.reference, None::<RemoveImageOptions>, None)
+        .await
+    {
+        Ok(_) => {
+            info!(
+                app,
+                "removed image {} (keeping the newest {keep})", record.reference
+            );
+            true
+        }
+        Err(e) if client::is_not_found(&e) => true,
+        Err(e) if client::status(&e) == Some(409) => {
+            debug!(
+                app,
+                "image {} is still in use: {}",
+                record.reference,
+                client::message(&e)
+            );
+            false
+        }
+        Err(e) => {
+            warn!(app, "cannot remove image {}: {e}", record.reference);
+            false
+        }
+    }
+}
+
+/// Removes dangling images labelled with the app (left by its builds) that
+/// no container uses.
+async fn remove_dangling(
+    docker: &Docker,
+    app: &str,
+    mut filters: HashMap<String, Vec<String>>,
+    in_use_ids: &HashSet<&str>,
+) {
+    filters.insert("dangling".to_string(), vec!["true".to_string()]);
     let images = match docker
         .list_images(Some(ListImagesOptions {
-            filters: Some(dangling),
+            filters: Some(filters),
             ..ListImagesOptions::default()
         }))
         .await
