@@ -33,7 +33,7 @@ use super::body::Decoder;
 use super::encode::{self, RequestFraming};
 use super::head::{self, HeadError, ParsedResponse, ResponseHead};
 use super::io::{write_all_vectored, Prefixed};
-use crate::body::{RequestBody, RequestBodyError};
+use crate::body::RequestBodyError;
 use crate::settings::deadline_after;
 
 /// Bytes asked of the kernel per read.
@@ -48,6 +48,15 @@ pub(crate) trait OutgoingHead {
     /// sent as `framing`, and the empty line.
     fn encode(&self, out: &mut Vec<u8>, framing: RequestFraming);
 }
+
+/// A request body as the client sends it (the proxy's is
+/// [`crate::body::RequestBody`]).
+pub(crate) trait RequestBodySource:
+    Body<Data = Bytes, Error = RequestBodyError> + Unpin
+{
+}
+
+impl<B: Body<Data = Bytes, Error = RequestBodyError> + Unpin> RequestBodySource for B {}
 
 /// One keep-alive HTTP/1.1 connection to an upstream.
 #[derive(Debug)]
@@ -121,10 +130,10 @@ impl UpstreamConn {
 
     /// Sends a request (head, then `body` if any) and reads the response
     /// head, within `timeout` from the end of the request head.
-    pub(crate) async fn exchange<H: OutgoingHead>(
+    pub(crate) async fn exchange<H: OutgoingHead, B: RequestBodySource>(
         mut self: Box<Self>,
         req: &H,
-        body: Option<&mut RequestBody>,
+        body: Option<&mut B>,
         timeout: Duration,
     ) -> Result<Exchanged, ExchangeError> {
         let body = body.filter(|body| !body.is_end_stream());
@@ -175,9 +184,9 @@ impl UpstreamConn {
 
     /// Streams the request body while watching for the response. `Some`:
     /// a final response head arrived before the body was all sent.
-    async fn send_body(
+    async fn send_body<B: RequestBodySource>(
         &mut self,
-        body: &mut RequestBody,
+        body: &mut B,
         chunked: bool,
         to_head: bool,
         timeout: Duration,
@@ -260,9 +269,9 @@ fn next_head(buf: &mut BytesMut, to_head: bool) -> Result<Option<FinalHead>, Hea
 }
 
 /// Writes the body's frames as they come: as is, or as chunks.
-async fn write_body(
+async fn write_body<B: RequestBodySource>(
     write: &mut WriteHalf<'_>,
-    body: &mut RequestBody,
+    body: &mut B,
     chunked: bool,
 ) -> Result<(), ExchangeError> {
     let mut scratch = Vec::new();
@@ -412,5 +421,233 @@ impl Body for Http1Body {
 
     fn size_hint(&self) -> SizeHint {
         self.decoder.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::BoxError;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    struct TestHead {
+        method: Method,
+        upgrade: bool,
+    }
+
+    impl OutgoingHead for TestHead {
+        fn method(&self) -> &Method {
+            &self.method
+        }
+
+        fn upgrade(&self) -> bool {
+            self.upgrade
+        }
+
+        fn encode(&self, out: &mut Vec<u8>, framing: RequestFraming) {
+            encode::request_line(out, &self.method, &http::Uri::from_static("/"));
+            encode::header_line(out, b"host", b"test");
+            if self.upgrade {
+                out.extend_from_slice(b"connection: upgrade\r\nupgrade: test\r\n");
+            }
+            encode::end_request_head(out, &self.method, framing, false);
+        }
+    }
+
+    fn get() -> TestHead {
+        TestHead {
+            method: Method::GET,
+            upgrade: false,
+        }
+    }
+
+    fn post() -> TestHead {
+        TestHead {
+            method: Method::POST,
+            upgrade: false,
+        }
+    }
+
+    /// A body of unknown length fed through a channel.
+    struct ChannelBody(mpsc::Receiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = RequestBodyError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|data| data.map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    type NoBody = ChannelBody;
+
+    /// A backend answering each connection's first request with `answer`
+    /// once it has read `until` (the end of the head, or of the body).
+    async fn backend(
+        until: &'static [u8],
+        answer: &'static [u8],
+    ) -> (TcpStream, mpsc::Receiver<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (seen_tx, seen) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !request.windows(until.len()).any(|w| w == until) {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(answer).await;
+            let _ = seen_tx.send(request).await;
+            // Keep the connection open (and unread) until the test ends.
+            std::future::pending::<()>().await;
+        });
+        (TcpStream::connect(addr).await.expect("connect"), seen)
+    }
+
+    async fn read_body(body: &mut Http1Body) -> Result<Vec<u8>, BoxError> {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_size_goes_chunked_and_the_connection_stays_reusable() {
+        let (stream, mut seen) = backend(
+            b"0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await;
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = ChannelBody(rx);
+        tx.send(Bytes::from_static(b"hello ")).await.expect("send");
+        tx.send(Bytes::from_static(b"world")).await.expect("send");
+        drop(tx);
+        let exchanged = UpstreamConn::new(stream)
+            .exchange(&post(), Some(&mut body), TIMEOUT)
+            .await
+            .expect("exchange");
+        assert_eq!(exchanged.head.response.status(), 200);
+        let request = String::from_utf8(seen.recv().await.expect("request")).expect("utf-8");
+        assert!(
+            request.contains("transfer-encoding: chunked\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"),
+            "{request}"
+        );
+        let mut body = Http1Body::new(exchanged.conn, &exchanged.head);
+        let data = read_body(&mut body).await.expect("body");
+        assert_eq!(data, b"ok");
+        assert!(body.take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_early_response_stops_the_upload_and_the_connection_is_not_reused() {
+        let (stream, _seen) = backend(
+            b"\r\n\r\n",
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!",
+        )
+        .await;
+        // A body that never ends: only the early response can end the exchange.
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = ChannelBody(rx);
+        let exchanged = UpstreamConn::new(stream)
+            .exchange(&post(), Some(&mut body), TIMEOUT)
+            .await
+            .expect("exchange");
+        drop(tx);
+        assert_eq!(exchanged.head.response.status(), 413);
+        assert!(!exchanged.head.reusable);
+        let mut body = Http1Body::new(exchanged.conn, &exchanged.head);
+        let data = read_body(&mut body).await.expect("body");
+        assert_eq!(data, b"big!");
+        assert!(body.take_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_101_hands_the_connection_over_only_when_the_request_asked_to_switch() {
+        const SWITCH: &[u8] =
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nearly bytes";
+        let (stream, _seen) = backend(b"\r\n\r\n", SWITCH).await;
+        let asked = TestHead {
+            method: Method::GET,
+            upgrade: true,
+        };
+        let exchanged = UpstreamConn::new(stream)
+            .exchange(&asked, None::<&mut NoBody>, TIMEOUT)
+            .await
+            .expect("exchange");
+        assert!(exchanged.switched);
+        let upgraded = (*exchanged.conn).into_upgraded();
+        assert_eq!(&upgraded.prefix[..], b"early bytes");
+
+        let (stream, _seen) = backend(b"\r\n\r\n", SWITCH).await;
+        let unasked = UpstreamConn::new(stream)
+            .exchange(&get(), None::<&mut NoBody>, TIMEOUT)
+            .await;
+        assert!(matches!(unasked, Err(ExchangeError::UnexpectedSwitch)));
+    }
+
+    #[tokio::test]
+    async fn a_close_before_any_response_byte_is_told_apart_from_a_cut_head() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for answer in [&b""[..], b"HTTP/1.1 200 OK\r\ncontent-"] {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut chunk = [0u8; 1024];
+                let _ = stream.read(&mut chunk).await;
+                let _ = stream.write_all(answer).await;
+            }
+        });
+        let conn = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+        let closed = conn.exchange(&get(), None::<&mut NoBody>, TIMEOUT).await;
+        assert!(
+            matches!(closed, Err(ExchangeError::ClosedBeforeResponse(_))),
+            "{closed:?}"
+        );
+        let conn = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+        let cut = conn.exchange(&get(), None::<&mut NoBody>, TIMEOUT).await;
+        assert!(matches!(cut, Err(ExchangeError::Invalid(_))), "{cut:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_no_longer_looks_open() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut open = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+        let (_kept, _) = listener.accept().await.expect("accept");
+        let mut closed = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+        drop(listener.accept().await.expect("accept"));
+        // The FIN arrives and the reactor marks the socket readable.
+        let deadline = Instant::now() + TIMEOUT;
+        while closed.looks_open() {
+            assert!(Instant::now() < deadline, "the close was never seen");
+            closed.stream.readable().await.expect("readable");
+        }
+        assert!(open.looks_open());
     }
 }
