@@ -15,7 +15,7 @@
 //!   whose framing allows reuse, with nothing unexpected left in its buffer.
 
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 use super::body::Decoder;
 use super::encode::{self, RequestFraming};
 use super::head::{self, HeadError, ParsedResponse, ResponseHead};
-use super::io::{write_all_vectored, Prefixed};
+use super::io::{write_chunk, Prefixed};
 use crate::body::RequestBodyError;
 use crate::settings::deadline_after;
 
@@ -280,18 +280,8 @@ async fn write_body<B: RequestBodySource>(
         let Ok(data) = frame.map_err(ExchangeError::Body)?.into_data() else {
             continue;
         };
-        if data.is_empty() {
-            continue;
-        }
         let written = if chunked {
-            scratch.clear();
-            encode::chunk_header(&mut scratch, data.len());
-            let parts = [
-                IoSlice::new(&scratch),
-                IoSlice::new(&data),
-                IoSlice::new(b"\r\n"),
-            ];
-            write_all_vectored(write, &parts).await
+            write_chunk(write, &mut scratch, &data).await
         } else {
             write.write_all(&data).await
         };

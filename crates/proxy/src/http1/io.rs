@@ -251,3 +251,23 @@ pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+/// One chunk of a chunked body (nothing for empty data, which would read as
+/// the last chunk), in as few writes as the transport allows.
+pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    scratch: &mut Vec<u8>,
+    data: &[u8],
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    scratch.clear();
+    super::encode::chunk_header(scratch, data.len());
+    let parts = [
+        IoSlice::new(scratch),
+        IoSlice::new(data),
+        IoSlice::new(b"\r\n"),
+    ];
+    write_all_vectored(write, &parts).await
+}

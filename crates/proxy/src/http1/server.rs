@@ -32,7 +32,7 @@
 //!   its request with `Connection: close`, then closes.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
@@ -51,7 +51,7 @@ use tokio::time::Sleep;
 use super::body::Decoder;
 use super::encode;
 use super::head::{self, BodyLength, HeadError, RequestHead};
-use super::io::{write_all_vectored, ClientIo, ReadSide, Upgraded, WriteSide};
+use super::io::{write_chunk, ClientIo, ReadSide, Upgraded, WriteSide};
 use crate::body::{ClientBody, ResponseBody};
 use crate::forward::{self, ConnCtx};
 use crate::settings::deadline_after;
@@ -515,20 +515,11 @@ async fn write_data(
     data: &Bytes,
     chunked: bool,
 ) -> io::Result<()> {
-    if data.is_empty() {
-        return Ok(());
+    if chunked {
+        write_chunk(write, scratch, data).await
+    } else {
+        write.write_all(data).await
     }
-    if !chunked {
-        return write.write_all(data).await;
-    }
-    scratch.clear();
-    encode::chunk_header(scratch, data.len());
-    let parts = [
-        IoSlice::new(scratch),
-        IoSlice::new(data),
-        IoSlice::new(b"\r\n"),
-    ];
-    write_all_vectored(write, &parts).await
 }
 
 /// A request body read from the connection while the request is served.
