@@ -19,10 +19,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access_log::{AccessLog, Entry};
 use crate::conn_io::ConnGuard;
-use crate::h1::LeanBody;
+use crate::http1::client::Http1Body;
+use crate::http1::server::NativeBody;
 use crate::metrics::SlotMetrics;
-use crate::pool::PooledConn;
-use crate::server_h1::NativeBody;
 use crate::upstream::InFlightGuard;
 
 /// Why a request body could not be forwarded.
@@ -78,8 +77,7 @@ impl Body for ClientBody {
 /// The client's request body, limited to `limit` bytes while it streams.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
-    /// `None`: no body (a replayed bodiless request).
-    inner: Option<ClientBody>,
+    inner: ClientBody,
     remaining: u64,
     limit: u64,
 }
@@ -87,17 +85,9 @@ pub(crate) struct RequestBody {
 impl RequestBody {
     pub(crate) fn new(inner: ClientBody, limit: u64) -> Self {
         RequestBody {
-            inner: Some(inner),
+            inner,
             remaining: limit,
             limit,
-        }
-    }
-
-    pub(crate) fn empty() -> Self {
-        RequestBody {
-            inner: None,
-            remaining: 0,
-            limit: 0,
         }
     }
 }
@@ -111,10 +101,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        let Some(inner) = &mut this.inner else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
@@ -135,14 +122,11 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(inner) => inner.size_hint(),
-            None => SizeHint::with_exact(0),
-        }
+        self.inner.size_hint()
     }
 }
 
@@ -187,16 +171,11 @@ struct UpstreamBody {
 
 /// Where an upstream body comes from.
 #[derive(Debug)]
-enum Source {
-    /// hyper's client connection (requests with a body, upgrades, HTTP/2).
-    Hyper {
-        body: Incoming,
-        /// The connection the response arrives on; back to the pool on a
-        /// clean end (`None` for HTTP/2).
-        conn: Option<PooledConn>,
-    },
-    /// The lean client, which owns its connection until the body ends.
-    Lean(LeanBody),
+pub(crate) enum Source {
+    /// An HTTP/1.1 connection, owned until the body ends, then recycled.
+    Http1(Http1Body),
+    /// hyper's HTTP/2 client (h2c upstreams).
+    Http2(Incoming),
 }
 
 /// Errors of a response body, whichever client read it.
@@ -205,22 +184,22 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl Source {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self {
-            Source::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
-            Source::Lean(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Source::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Source::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Source::Hyper { body, .. } => body.is_end_stream(),
-            Source::Lean(body) => body.is_done(),
+            Source::Http1(body) => body.is_done(),
+            Source::Http2(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Source::Hyper { body, .. } => body.size_hint(),
-            Source::Lean(body) => body.size_hint(),
+            Source::Http1(body) => body.size_hint(),
+            Source::Http2(body) => body.size_hint(),
         }
     }
 }
@@ -230,20 +209,11 @@ impl UpstreamBody {
     /// releases the in-flight count. In this order, so that a drain that
     /// sees zero can clear the pool knowing nothing is added to it later.
     fn release(&mut self, clean: bool) {
-        match &mut self.source {
-            Source::Hyper { conn, .. } => {
-                if let (Some(conn), true) = (conn.take(), clean) {
-                    if let Some(guard) = &self.in_flight {
-                        guard.upstream().recycle(conn);
-                    }
-                }
-            }
-            Source::Lean(body) => {
-                // Taken either way: a connection that is not reusable closes now.
-                if let (Some(conn), true) = (body.take_reusable(), clean) {
-                    if let Some(guard) = &self.in_flight {
-                        guard.upstream().recycle_lean(conn);
-                    }
+        // Taken either way: a connection that is not reusable closes now.
+        if let Source::Http1(body) = &mut self.source {
+            if let (Some(conn), true) = (body.take_reusable(), clean) {
+                if let Some(guard) = &self.in_flight {
+                    guard.upstream().recycle(conn);
                 }
             }
         }
@@ -277,23 +247,9 @@ impl ResponseBody {
         }
     }
 
-    /// An upstream's body; `conn` and `in_flight` live until it ends.
-    /// (`conn`: an HTTP/1.1 connection to recycle; `None` for HTTP/2.)
-    pub(crate) fn upstream(
-        body: Incoming,
-        conn: Option<PooledConn>,
-        in_flight: InFlightGuard,
-    ) -> Self {
-        Self::from_source(Source::Hyper { body, conn }, in_flight)
-    }
-
-    /// A body read by the lean client; its connection goes back to the
-    /// pool when it ends cleanly.
-    pub(crate) fn lean(body: LeanBody, in_flight: InFlightGuard) -> Self {
-        Self::from_source(Source::Lean(body), in_flight)
-    }
-
-    fn from_source(source: Source, in_flight: InFlightGuard) -> Self {
+    /// An upstream's body; `in_flight` (and an HTTP/1.1 connection) live
+    /// until it ends.
+    pub(crate) fn upstream(source: Source, in_flight: InFlightGuard) -> Self {
         ResponseBody {
             kind: Kind::Upstream(UpstreamBody {
                 source,

@@ -1,7 +1,7 @@
 //! Client connection timeouts, enforced by wrapping the socket, for what
-//! `server_h1` does not time itself: the TLS handshake (the wrapper stays
+//! `http1::server` does not time itself: the TLS handshake (the wrapper stays
 //! under the TLS stream afterwards, where its clocks agree with
-//! `server_h1`'s), and HTTP/2 connections (hyper serves them, and its own
+//! `http1::server`'s), and HTTP/2 connections (hyper serves them, and its own
 //! timeouts cannot tell a slow header sender from an idle client).
 //! [`TimedIo`] keeps the two apart:
 //!

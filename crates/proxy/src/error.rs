@@ -45,8 +45,9 @@ pub(crate) enum ForwardError {
     Exchange {
         app: Arc<str>,
         #[source]
-        source: crate::h1::ExchangeError,
+        source: crate::http1::client::ExchangeError,
     },
+    /// An HTTP/2 exchange (hyper) failed.
     #[error("app '{app}': its release failed to answer")]
     Upstream {
         app: Arc<str>,

@@ -9,21 +9,22 @@ use http::header::{
 };
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::body::{ClientBody, Exchange, RequestBody, ResponseBody};
 use crate::conn_io::{ConnActivity, ConnGuard};
 use crate::error::ForwardError;
-use crate::h1;
+use crate::headers::ProxiedHead;
 use crate::headers::{self, X_REQUEST_ID};
+use crate::http1::io::{Prefixed, Upgraded};
+use crate::http1::server::NativeUpgrade;
 use crate::metrics;
-use crate::pool::PooledConn;
 use crate::router::{AppRoute, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
-use crate::server_h1::{NativeUpgrade, Upgraded};
 use crate::settings::ProxySettings;
 use crate::tunnel::Tunnel;
-use crate::upstream::{InFlightGuard, Upstream};
+use crate::upstream::{InFlightGuard, Outgoing, Received, Then, Upstream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 /// How often a request re-reads the route table when the upstream it picked
@@ -208,6 +209,49 @@ async fn forward(
     served: &mut Option<Arc<Upstream>>,
 ) -> Result<Response<ResponseBody>, ForwardError> {
     let settings = &ctx.shared.settings;
+    refuse_early(&req, settings)?;
+    let upgrade = take_upgrade(&mut req);
+    let (parts, body) = req.into_parts();
+    let host = requested_host(&parts);
+    let (in_flight, sticky, protocol) = start_on_live(
+        ctx,
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        &parts.headers,
+    )?;
+    let upstream = Arc::clone(in_flight.upstream());
+    let body = RequestBody::new(body, settings.max_body);
+    let sent = match protocol {
+        UpstreamProtocol::H2c => {
+            let req = h2_request(ctx, parts, body, host.as_ref(), request_id, &upstream);
+            upstream.send(Outgoing::Http2(req), settings).await
+        }
+        UpstreamProtocol::Http1 => {
+            let head = proxied_head(ctx, &parts, host.as_ref(), request_id, &upstream);
+            let head = ProxiedHead {
+                upgrade: upgrade.as_ref().map(|u| &u.protocol),
+                ..head
+            };
+            let body = Some(body);
+            upstream
+                .send(Outgoing::Http1 { head: &head, body }, settings)
+                .await
+        }
+    };
+    *served = Some(Arc::clone(&upstream));
+    match sent {
+        Ok(received) => respond(received, in_flight, sticky, upgrade, active),
+        Err(e) => {
+            if e.is_upstream_fault() {
+                upstream.count_5xx();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Requests refused before routing: CONNECT, and a body whose declared
+/// length is over the limit.
+fn refuse_early(req: &Request<ClientBody>, settings: &ProxySettings) -> Result<(), ForwardError> {
     if req.method() == Method::CONNECT {
         return Err(ForwardError::MethodNotSupported {
             method: Method::CONNECT,
@@ -219,191 +263,127 @@ async fn forward(
             limit: settings.max_body,
         });
     }
-    let upgrade = take_upgrade(&mut req);
-    let (mut parts, body) = req.into_parts();
+    Ok(())
+}
 
-    // The authority of an absolute-form target overrides the Host header.
-    let from_target = parts.uri.authority().is_some();
-    let host = match parts.uri.authority() {
+/// The host the client asked for: the authority of an absolute-form
+/// target overrides the Host header.
+fn requested_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
         Some(authority) => {
             let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
             HeaderValue::from_str(host_port).ok()
         }
         None => parts.headers.get(HOST).cloned(),
-    };
-    let (in_flight, sticky, protocol) = start_on_live(
-        ctx,
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        &parts.headers,
-    )?;
-    let upstream = in_flight.upstream();
-    let h2c = protocol == UpstreamProtocol::H2c;
-    // HTTP/2 has no upgrades; gRPC needs `TE: trailers` to reach the server.
-    let upgrade = upgrade.filter(|_| !h2c);
-    let trailers = h2c
-        && parts
-            .headers
-            .get_all(TE)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
-
-    // The hot path: no body, no upgrade, plain HTTP/1.1 upstream. The head
-    // is written out with the forwarding rules applied on the fly.
-    if !h2c && upgrade.is_none() && h1::eligible(&parts.method, body.is_end_stream()) {
-        let origin;
-        let uri = if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-            origin = origin_form(&parts.uri);
-            &origin
-        } else {
-            &parts.uri
-        };
-        let head = headers::ProxiedHead {
-            method: &parts.method,
-            uri,
-            headers: &parts.headers,
-            host: host.as_ref().or(upstream.fallback_host()),
-            forwarded_host: host.as_ref(),
-            client_ip: &ctx.client_ip,
-            proto: &ctx.shared.proto,
-            request_id,
-        };
-        return match upstream.send_lean(&head, settings).await {
-            Ok(exchanged) => {
-                let (mut parts, ()) = exchanged.head.into_parts();
-                let body = h1::LeanBody::new(exchanged.conn, exchanged.framing);
-                if exchanged.hop_by_hop {
-                    headers::strip_hop_by_hop(&mut parts.headers);
-                }
-                if let Some(cookie) = sticky {
-                    parts.headers.append(SET_COOKIE, cookie);
-                }
-                if parts.status.is_server_error() {
-                    upstream.count_5xx();
-                }
-                Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::lean(body, in_flight),
-                ))
-            }
-            Err(e) => {
-                if e.is_upstream_fault() {
-                    upstream.count_5xx();
-                }
-                *served = Some(Arc::clone(upstream));
-                Err(e)
-            }
-        };
     }
+}
 
-    let stripped = headers::strip_hop_by_hop(&mut parts.headers);
-    // hyper already answered `Expect: 100-continue` towards the client.
+/// The request as it goes to an HTTP/1.1 upstream (forwarding headers
+/// applied while encoding; an absolute-form target is written in origin
+/// form).
+fn proxied_head<'a>(
+    ctx: &'a ConnCtx,
+    parts: &'a http::request::Parts,
+    host: Option<&'a HeaderValue>,
+    request_id: &'a HeaderValue,
+    upstream: &'a Upstream,
+) -> ProxiedHead<'a> {
+    ProxiedHead {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        host: host.or(upstream.fallback_host()),
+        forwarded_host: host,
+        client_ip: &ctx.client_ip,
+        proto: &ctx.shared.proto,
+        request_id,
+        upgrade: None,
+    }
+}
+
+/// The request as it goes to an HTTP/2 (h2c) upstream: the headers
+/// rewritten in place, the authority as `:authority`.
+fn h2_request(
+    ctx: &ConnCtx,
+    mut parts: http::request::Parts,
+    body: RequestBody,
+    host: Option<&HeaderValue>,
+    request_id: &HeaderValue,
+    upstream: &Upstream,
+) -> Request<RequestBody> {
+    // gRPC needs `TE: trailers` to reach the server.
+    let trailers = parts
+        .headers
+        .get_all(TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // The HTTP/1.1 server already answered `Expect: 100-continue`.
     parts.headers.remove(EXPECT);
-    if let Some(upgrade) = &upgrade {
+    // The authority travels as `:authority`, not as a Host header.
+    parts.headers.remove(HOST);
+    headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host, &ctx.shared.proto);
+    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    parts.uri = h2_target(
+        &parts.uri,
+        host.or(upstream.fallback_host()),
+        upstream.addr(),
+    );
+    parts.version = Version::HTTP_2;
+    if trailers {
         parts
             .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(UPGRADE, upgrade.protocol.clone());
+            .insert(TE, HeaderValue::from_static("trailers"));
     }
-    match &host {
-        // Keep the client's Host, unless it came from the target or a
-        // `Connection` header named it.
-        Some(host) if from_target || stripped => {
-            parts.headers.insert(HOST, host.clone());
-        }
-        Some(_) => {}
-        None => {
-            if let Some(fallback) = upstream.fallback_host() {
-                parts.headers.insert(HOST, fallback.clone());
-            }
-        }
-    }
-    headers::add_forwarded(
-        &mut parts.headers,
-        &ctx.client_ip,
-        host.as_ref(),
-        &ctx.shared.proto,
-    );
-    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    if h2c {
-        // The authority travels as `:authority`, not as a Host header.
-        let authority = parts.headers.remove(HOST);
-        parts.uri = h2_target(&parts.uri, authority.as_ref(), upstream.addr());
-        parts.version = Version::HTTP_2;
-        if trailers {
-            parts
-                .headers
-                .insert(TE, HeaderValue::from_static("trailers"));
-        }
-    } else {
-        parts.version = Version::HTTP_11;
-        if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-            parts.uri = origin_form(&parts.uri);
-        }
-    }
-    let req = Request::from_parts(parts, RequestBody::new(body, settings.max_body));
+    Request::from_parts(parts, body)
+}
 
-    let sent = match &upgrade {
-        _ if h2c => upstream
-            .send_h2(req, settings)
-            .await
-            .map(|response| (response, None)),
-        Some(_) => upstream
-            .send_upgrade(req, settings)
-            .await
-            .map(|(response, conn)| (response, Some(conn))),
-        None => upstream
-            .send(req, settings)
-            .await
-            .map(|(response, conn)| (response, Some(conn))),
-    };
-    match sent {
-        Ok((response, conn)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            *served = Some(Arc::clone(upstream));
-            match (upgrade, conn) {
-                (Some(upgrade), Some(conn)) => {
-                    Ok(switch_protocols(response, conn, upgrade, in_flight, active))
-                }
-                // A 101 nobody asked for: hyper does not hand it to us.
-                _ => Err(ForwardError::UnexpectedSwitch {
-                    app: upstream.app_name(),
+/// The one response path: the upstream's head with hop-by-hop headers
+/// stripped and the sticky cookie added, and its body streamed (holding
+/// the request's in-flight count); or, after a 101, the tunnel.
+fn respond(
+    received: Received,
+    in_flight: InFlightGuard,
+    sticky: Option<HeaderValue>,
+    upgrade: Option<UpgradeRequest>,
+    active: &mut Option<ConnGuard>,
+) -> Result<Response<ResponseBody>, ForwardError> {
+    let (mut parts, ()) = received.head.into_parts();
+    let source = match received.then {
+        Then::Body(source) => source,
+        Then::Switched(io) => {
+            return match upgrade {
+                Some(upgrade) => Ok(switch_protocols(parts, io, upgrade, in_flight, active)),
+                None => Err(ForwardError::UnexpectedSwitch {
+                    app: in_flight.upstream().app_name(),
                 }),
             }
         }
-        Ok((response, conn)) => {
-            let (mut parts, body) = response.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            if let Some(cookie) = sticky {
-                parts.headers.append(SET_COOKIE, cookie);
-            }
-            if parts.status.is_server_error() {
-                upstream.count_5xx();
-            }
-            Ok(Response::from_parts(
-                parts,
-                ResponseBody::upstream(body, conn, in_flight),
-            ))
-        }
-        Err(e) => {
-            if e.is_upstream_fault() {
-                upstream.count_5xx();
-            }
-            *served = Some(Arc::clone(upstream));
-            Err(e)
-        }
+    };
+    if received.hop_by_hop {
+        headers::strip_hop_by_hop(&mut parts.headers);
     }
+    if let Some(cookie) = sticky {
+        parts.headers.append(SET_COOKIE, cookie);
+    }
+    if parts.status.is_server_error() {
+        in_flight.upstream().count_5xx();
+    }
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(source, in_flight),
+    ))
 }
 
 /// The upstream agreed to switch protocols: answers the client with the
 /// 101 and starts the tunnel that joins both connections once switched.
 fn switch_protocols(
-    mut response: Response<Incoming>,
-    conn: PooledConn,
+    mut parts: http::response::Parts,
+    upstream_io: Prefixed<TcpStream>,
     upgrade: UpgradeRequest,
     in_flight: InFlightGuard,
     active: &mut Option<ConnGuard>,
 ) -> Response<ResponseBody> {
-    let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let (mut parts, _empty) = response.into_parts();
     let protocol = parts
         .headers
         .get(UPGRADE)
@@ -417,8 +397,7 @@ fn switch_protocols(
     parts.headers.insert(UPGRADE, protocol);
     let tunnel = Tunnel {
         client: upgrade.on_upgrade,
-        upstream: upstream_upgrade,
-        upstream_conn: conn,
+        upstream: upstream_io,
         websocket,
         registration: in_flight.upstream().open_tunnel(),
         in_flight,
@@ -538,14 +517,6 @@ fn h2_target(uri: &Uri, host: Option<&HeaderValue>, addr: std::net::SocketAddr) 
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-/// `http://host/path?q` → `/path?q`.
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
-        _ => Uri::from(PathAndQuery::from_static("/")),
-    }
-}
-
 fn error_response(e: &ForwardError) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(format!("cutover: {e}\n")));
     *response.status_mut() = e.status();
@@ -567,14 +538,6 @@ fn error_response(e: &ForwardError) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn absolute_form_target_becomes_origin_form() {
-        let uri: Uri = "http://example.com:8080/a/b?c=d".parse().expect("uri");
-        assert_eq!(origin_form(&uri), "/a/b?c=d");
-        let uri: Uri = "http://example.com".parse().expect("uri");
-        assert_eq!(origin_form(&uri), "/");
-    }
 
     #[test]
     fn echoed_host_is_bounded() {

@@ -9,6 +9,9 @@ use http::header::{
 };
 use http::{Method, Uri};
 
+use crate::http1::client::OutgoingHead;
+use crate::http1::encode::{self, header_line, RequestFraming};
+
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -127,7 +130,7 @@ fn join_forwarded_for<'a>(
     HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
 }
 
-/// A client's request as it goes upstream on the lean path, written out
+/// A client's request as it goes upstream over HTTP/1.1, written out
 /// without rewriting its `HeaderMap`: the same rules as
 /// [`strip_hop_by_hop`] and [`add_forwarded`] applied while encoding.
 pub(crate) struct ProxiedHead<'a> {
@@ -143,6 +146,8 @@ pub(crate) struct ProxiedHead<'a> {
     pub(crate) client_ip: &'a HeaderValue,
     pub(crate) proto: &'a HeaderValue,
     pub(crate) request_id: &'a HeaderValue,
+    /// The protocol asked for, when the request asks to switch.
+    pub(crate) upgrade: Option<&'a HeaderValue>,
 }
 
 /// Headers the proxy sets itself (the client's values are replaced).
@@ -156,14 +161,17 @@ fn set_by_proxy(name: &HeaderName) -> bool {
         || *name == X_FORWARDED_FOR
 }
 
-impl crate::h1::Head for ProxiedHead<'_> {
+impl OutgoingHead for ProxiedHead<'_> {
     fn method(&self) -> &Method {
         self.method
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
-        use crate::h1::header_line;
-        crate::h1::request_line(out, self.method, self.uri);
+    fn upgrade(&self) -> bool {
+        self.upgrade.is_some()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, framing: RequestFraming) {
+        encode::request_line(out, self.method, self.uri);
         if let Some(host) = self.host {
             header_line(out, b"host", host.as_bytes());
         }
@@ -173,14 +181,33 @@ impl crate::h1::Head for ProxiedHead<'_> {
         } else {
             Vec::new()
         };
+        // A body is framed by the encoder, from what will be sent.
+        let body = framing != RequestFraming::None;
         let mut has_length = false;
         for (name, value) in self.headers {
             if is_hop_by_hop(name) || set_by_proxy(name) || named.contains(name) {
                 continue;
             }
-            has_length |= *name == CONTENT_LENGTH;
+            if *name == CONTENT_LENGTH {
+                if body {
+                    continue;
+                }
+                has_length = true;
+            }
             header_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        self.encode_forwarded(out);
+        if let Some(protocol) = self.upgrade {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+            header_line(out, b"upgrade", protocol.as_bytes());
+        }
+        encode::end_request_head(out, self.method, framing, has_length);
+    }
+}
+
+impl ProxiedHead<'_> {
+    /// `X-Forwarded-*`, `X-Real-IP` and `X-Request-Id`.
+    fn encode_forwarded(&self, out: &mut Vec<u8>) {
         // X-Forwarded-For: the client's values, then the client.
         out.extend_from_slice(b"x-forwarded-for: ");
         for value in self.headers.get_all(&X_FORWARDED_FOR) {
@@ -198,7 +225,6 @@ impl crate::h1::Head for ProxiedHead<'_> {
             header_line(out, b"x-forwarded-host", host.as_bytes());
         }
         header_line(out, b"x-request-id", self.request_id.as_bytes());
-        crate::h1::end_head(out, self.method, has_length);
     }
 }
 

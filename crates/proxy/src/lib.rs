@@ -11,16 +11,22 @@
 //! - [`router`]: [`Router`], the route table behind an `ArcSwap`: Host → app
 //!   → live [`Upstream`]; one lock-free load per request.
 //! - [`upstream`]: [`Upstream`], one release: in-flight count, the
-//!   retire/drain protocol (Dekker-style, see its docs), stats, and sending
-//!   a request: retried on another connection when a pooled one hands it
-//!   back unsent, replayed once when a bodiless idempotent request meets a
-//!   long-idle connection closing under it.
-//! - `h1`: the lean HTTP/1.1 client of the hot path: bodiless idempotent
-//!   requests are written and their responses read by the request's own
-//!   future on a pooled `TcpStream` (no connection task, no channels).
-//! - `pool`: the keep-alive connections of one upstream (hyper's HTTP/1.1
-//!   client connections, each driven by its own task; a LIFO stack of idle
-//!   senders with the time they went idle).
+//!   retire/drain protocol (Dekker-style, see its docs), stats, and its one
+//!   send entry point: HTTP/1.1 on a pooled connection, retried on another
+//!   connection when a pooled one hands the request back unsent, replayed
+//!   when a bodiless idempotent request meets a reused connection closing
+//!   under it; HTTP/2 (h2c upstreams) through hyper.
+//! - `http1`: HTTP/1.1, once, for both sides. `head` (request and response
+//!   heads, the RFC 9112 framing rules), `body` (the one decoder: exact,
+//!   chunked, until close) and `encode` are a sans-IO codec; `server` is a
+//!   client connection served in HTTP/1.1 (`ServerConn`: request heads,
+//!   streamed request bodies, responses, keep-alive without buffers while
+//!   idle, upgrades, header-read and idle timeouts); `client` is one
+//!   keep-alive connection to an upstream (`UpstreamConn`: the request's own
+//!   future writes the head and body and reads the response, no connection
+//!   task, no channels) and the response body read from it.
+//! - `pool`: the idle keep-alive connections of one upstream (a LIFO stack
+//!   per worker), and opening new ones.
 //! - `forward`: the per-request path: route, start on the live upstream,
 //!   rewrite headers, forward, map failures to 404/413/502/503/504.
 //! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, `X-Real-IP`,
@@ -38,14 +44,11 @@
 //!   on scrape.
 //! - `conn_io`: the client socket wrapper enforcing the header-read and idle
 //!   timeouts.
-//! - `server`: [`serve`], the accept loops, TLS, HTTP/1.1 or HTTP/2 per
-//!   connection (hyper serves HTTP/2), graceful shutdown.
+//! - `server`: [`serve`], the accept loops, TLS, HTTP/1.1 (`http1`) or
+//!   HTTP/2 (hyper) per connection, graceful shutdown.
 //! - `workers`: [`Workers`], the data plane's threads, each with its own
 //!   single-threaded event loop accepting from the shared listening socket;
 //!   a connection and its upstream connections stay on one thread.
-//! - `server_h1`: the HTTP/1.1 server: request heads, streamed request
-//!   bodies, responses, keep-alive without buffers while idle, upgrades,
-//!   header-read and idle timeouts.
 //! - [`error`]: [`ProxyError`] and the per-request error type.
 //!
 //! `examples/standalone.rs` runs the proxy alone in front of one backend,
@@ -61,6 +64,10 @@
 //!   count reaches zero, never by sleeping.
 //! - Upstream connections are pooled per [`Upstream`] object, so a new
 //!   release on a reused port never receives an old release's connection.
+//! - HTTP/1 framing (how long a body is, whether a connection persists) is
+//!   decided in one place, `http1::head`, for both sides; an upstream
+//!   connection goes back to its pool only after a complete response whose
+//!   framing allows reuse, with nothing left unread.
 //! - Nothing on a request's path panics on input.
 
 pub mod access_log;
@@ -68,13 +75,12 @@ mod body;
 mod conn_io;
 pub mod error;
 mod forward;
-mod h1;
 mod headers;
+mod http1;
 pub mod metrics;
 mod pool;
 pub mod router;
 mod server;
-mod server_h1;
 pub mod settings;
 pub mod tls;
 mod tunnel;

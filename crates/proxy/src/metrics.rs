@@ -157,102 +157,128 @@ impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let metrics = global();
         let slots = metrics.all_slots();
+        encode_requests(&mut encoder, &slots)?;
+        encode_durations(&mut encoder, &slots)?;
+        encode_open(&mut encoder, &slots)?;
+        encode_connect_errors(&mut encoder, &slots)?;
+        encode_process_wide(&mut encoder, metrics)
+    }
+}
 
-        let mut family = encoder.encode_descriptor(
-            "cutover_proxy_requests",
-            "Requests answered by the proxy, by app, slot and status class.",
-            None,
-            MetricType::Counter,
-        )?;
-        for slot in &slots {
-            for (class, count) in CLASSES.iter().zip(&slot.by_class) {
-                let labels = [("app", &*slot.app), ("slot", &*slot.slot), ("class", class)];
-                ConstCounter::new(count.load(Ordering::Relaxed))
-                    .encode(family.encode_family(&labels)?)?;
-            }
-        }
+type EncodeResult = Result<(), std::fmt::Error>;
 
-        let mut family = encoder.encode_descriptor(
-            "cutover_proxy_request_duration_seconds",
-            "Time from a request's arrival until its response was sent, by app and slot.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for slot in &slots {
-            let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
-            // prometheus-client wants each bucket's own count (it adds them up).
-            let buckets: Vec<(f64, u64)> = BUCKETS
-                .iter()
-                .chain([&f64::INFINITY])
-                .zip(&slot.buckets)
-                .map(|(bound, count)| (*bound, count.load(Ordering::Relaxed)))
-                .collect();
-            let total = buckets.iter().map(|(_, count)| count).sum();
-            let sum = slot.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            family
-                .encode_family(&labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum, total, &buckets, None,
-                )?;
-        }
-
-        let gauges: Vec<(i64, i64)> = slots.iter().map(|slot| slot.gauges()).collect();
-        let mut family = encoder.encode_descriptor(
-            "cutover_proxy_in_flight_requests",
-            "Requests in progress (response not sent completely yet), by app and slot.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (slot, (requests, _)) in slots.iter().zip(&gauges) {
-            let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
-            ConstGauge::new(*requests).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "cutover_proxy_upgraded_connections",
-            "Open upgraded connections (WebSockets and other upgrades), by app and slot.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (slot, (_, upgraded)) in slots.iter().zip(&gauges) {
-            let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
-            ConstGauge::new(*upgraded).encode(family.encode_family(&labels)?)?;
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "cutover_proxy_upstream_connect_errors",
-            "Failed attempts to connect to a release, by app and slot.",
-            None,
-            MetricType::Counter,
-        )?;
-        for slot in &slots {
-            let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
-            ConstCounter::new(slot.connect_errors.load(Ordering::Relaxed))
+fn encode_requests(encoder: &mut DescriptorEncoder, slots: &[Arc<SlotMetrics>]) -> EncodeResult {
+    let mut family = encoder.encode_descriptor(
+        "cutover_proxy_requests",
+        "Requests answered by the proxy, by app, slot and status class.",
+        None,
+        MetricType::Counter,
+    )?;
+    for slot in slots {
+        for (class, count) in CLASSES.iter().zip(&slot.by_class) {
+            let labels = [("app", &*slot.app), ("slot", &*slot.slot), ("class", class)];
+            ConstCounter::new(count.load(Ordering::Relaxed))
                 .encode(family.encode_family(&labels)?)?;
         }
-
-        let client = ConstGauge::new(metrics.client_connections.load(Ordering::Relaxed));
-        client.encode(encoder.encode_descriptor(
-            "cutover_proxy_client_connections",
-            "Open client connections.",
-            None,
-            client.metric_type(),
-        )?)?;
-        let lines = ConstCounter::new(metrics.access_log_lines.load(Ordering::Relaxed));
-        lines.encode(encoder.encode_descriptor(
-            "cutover_proxy_access_log_lines",
-            "Access log lines written.",
-            None,
-            lines.metric_type(),
-        )?)?;
-        let dropped = ConstCounter::new(metrics.access_log_dropped.load(Ordering::Relaxed));
-        dropped.encode(encoder.encode_descriptor(
-            "cutover_proxy_access_log_dropped",
-            "Access log lines dropped because the writer fell behind (requests are never slowed).",
-            None,
-            dropped.metric_type(),
-        )?)?;
-        Ok(())
     }
+    Ok(())
+}
+
+fn encode_durations(encoder: &mut DescriptorEncoder, slots: &[Arc<SlotMetrics>]) -> EncodeResult {
+    let mut family = encoder.encode_descriptor(
+        "cutover_proxy_request_duration_seconds",
+        "Time from a request's arrival until its response was sent, by app and slot.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for slot in slots {
+        let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
+        // prometheus-client wants each bucket's own count (it adds them up).
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .chain([&f64::INFINITY])
+            .zip(&slot.buckets)
+            .map(|(bound, count)| (*bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let total = buckets.iter().map(|(_, count)| count).sum();
+        let sum = slot.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, total, &buckets, None,
+            )?;
+    }
+    Ok(())
+}
+
+/// The gauges of what is open now: requests in flight, upgraded connections.
+fn encode_open(encoder: &mut DescriptorEncoder, slots: &[Arc<SlotMetrics>]) -> EncodeResult {
+    let gauges: Vec<(i64, i64)> = slots.iter().map(|slot| slot.gauges()).collect();
+    let mut family = encoder.encode_descriptor(
+        "cutover_proxy_in_flight_requests",
+        "Requests in progress (response not sent completely yet), by app and slot.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (slot, (requests, _)) in slots.iter().zip(&gauges) {
+        let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
+        ConstGauge::new(*requests).encode(family.encode_family(&labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "cutover_proxy_upgraded_connections",
+        "Open upgraded connections (WebSockets and other upgrades), by app and slot.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (slot, (_, upgraded)) in slots.iter().zip(&gauges) {
+        let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
+        ConstGauge::new(*upgraded).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn encode_connect_errors(
+    encoder: &mut DescriptorEncoder,
+    slots: &[Arc<SlotMetrics>],
+) -> EncodeResult {
+    let mut family = encoder.encode_descriptor(
+        "cutover_proxy_upstream_connect_errors",
+        "Failed attempts to connect to a release, by app and slot.",
+        None,
+        MetricType::Counter,
+    )?;
+    for slot in slots {
+        let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
+        ConstCounter::new(slot.connect_errors.load(Ordering::Relaxed))
+            .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Metrics of the whole proxy: client connections, access log lines.
+fn encode_process_wide(encoder: &mut DescriptorEncoder, metrics: &ProxyMetrics) -> EncodeResult {
+    let client = ConstGauge::new(metrics.client_connections.load(Ordering::Relaxed));
+    client.encode(encoder.encode_descriptor(
+        "cutover_proxy_client_connections",
+        "Open client connections.",
+        None,
+        client.metric_type(),
+    )?)?;
+    let lines = ConstCounter::new(metrics.access_log_lines.load(Ordering::Relaxed));
+    lines.encode(encoder.encode_descriptor(
+        "cutover_proxy_access_log_lines",
+        "Access log lines written.",
+        None,
+        lines.metric_type(),
+    )?)?;
+    let dropped = ConstCounter::new(metrics.access_log_dropped.load(Ordering::Relaxed));
+    dropped.encode(encoder.encode_descriptor(
+        "cutover_proxy_access_log_dropped",
+        "Access log lines dropped because the writer fell behind (requests are never slowed).",
+        None,
+        dropped.metric_type(),
+    )?)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Keep-alive connections to one upstream: a small LIFO stack of idle HTTP/1.1
-//! senders, plus opening new ones. Each [`crate::Upstream`] owns its own
-//! pool, so connections never cross releases and vanish with their upstream.
+//! Keep-alive connections to one upstream: a small LIFO stack of idle
+//! HTTP/1.1 connections, plus opening new ones. Each [`crate::Upstream`]
+//! owns its own pool, so connections never cross releases and vanish with
+//! their upstream.
 //!
 //! A pool keeps one stack per proxy worker thread ([`crate::Workers`]): a
 //! connection's socket is registered with the event loop of the thread that
@@ -10,16 +11,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
-
-/// The sending half of one HTTP/1.1 connection to an upstream.
-pub(crate) type PooledConn = SendRequest<RequestBody>;
+use crate::http1::client::UpstreamConn;
 
 /// Idle connections kept per upstream and worker; more are closed when they
 /// come back.
@@ -27,30 +23,9 @@ const MAX_IDLE: usize = 256;
 /// Stacks per pool: workers share one only beyond this many.
 const SHARDS: usize = 16;
 
-/// A connection that can wait in a [`Pool`].
-pub(crate) trait Pooled {
-    /// Whether it is known to be unusable (closed by the upstream).
-    fn is_closed(&mut self) -> bool;
-}
-
-impl Pooled for PooledConn {
-    fn is_closed(&mut self) -> bool {
-        SendRequest::is_closed(self)
-    }
-}
-
-impl Pooled for Box<crate::h1::Conn> {
-    /// Unknown without a syscall, which every request would pay for: a
-    /// connection the upstream closed meanwhile shows as a close before the
-    /// response, and the (idempotent) request goes out again.
-    fn is_closed(&mut self) -> bool {
-        false
-    }
-}
-
 #[derive(Debug)]
-pub(crate) struct Pool<C = PooledConn> {
-    shards: [Mutex<Vec<IdleConn<C>>>; SHARDS],
+pub(crate) struct Pool<C = Box<UpstreamConn>> {
+    shards: [Mutex<Vec<C>>; SHARDS],
 }
 
 impl<C> Default for Pool<C> {
@@ -61,58 +36,25 @@ impl<C> Default for Pool<C> {
     }
 }
 
-#[derive(Debug)]
-struct IdleConn<C> {
-    conn: C,
-    since: Instant,
-}
-
-/// A connection taken from the pool, with how long it sat idle there.
-#[derive(Debug)]
-pub(crate) struct Taken<C = PooledConn> {
-    pub(crate) conn: C,
-    pub(crate) idle_for: Duration,
-}
-
-impl<C: Pooled> Pool<C> {
+impl<C> Pool<C> {
     /// The calling worker's stack.
-    fn lock(&self) -> MutexGuard<'_, Vec<IdleConn<C>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<C>> {
         lock(&self.shards[crate::workers::current() % SHARDS])
     }
 
-    /// The most recently used idle connection that is still open.
-    pub(crate) fn take(&self) -> Option<Taken<C>> {
-        let found = {
-            let mut idle = self.lock();
-            loop {
-                match idle.pop() {
-                    Some(mut entry) => {
-                        if !entry.conn.is_closed() {
-                            break Some(entry);
-                        }
-                    }
-                    None => break None,
-                }
-            }
-        };
-        found.map(|entry| Taken {
-            conn: entry.conn,
-            idle_for: entry.since.elapsed(),
-        })
+    /// The most recently used idle connection. Whether it is still open is
+    /// unknown without a syscall, which every request would pay for: a
+    /// connection the upstream closed meanwhile shows as a close before the
+    /// response, and the sender decides whether to send again.
+    pub(crate) fn take(&self) -> Option<C> {
+        self.lock().pop()
     }
 
-    /// Keeps `conn` for reuse, unless it is closed or the pool is full.
-    pub(crate) fn put(&self, mut conn: C) {
-        if conn.is_closed() {
-            return;
-        }
-        let entry = IdleConn {
-            conn,
-            since: Instant::now(),
-        };
+    /// Keeps `conn` for reuse, unless the pool is full.
+    pub(crate) fn put(&self, conn: C) {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
-            idle.push(entry);
+            idle.push(conn);
         }
     }
 
@@ -142,15 +84,12 @@ pub(crate) enum ConnectError {
     Handshake(hyper::Error),
 }
 
-/// Opens a new HTTP/1.1 connection to `addr`; its driver runs on its own task
-/// and ends when the connection closes or its sender is dropped. With
-/// `upgrades`, a `101 Switching Protocols` answer hands the connection over
-/// to `hyper::upgrade::on(response)`.
+/// Opens a TCP connection to `addr` (with `TCP_NODELAY`: requests and
+/// responses are written whole).
 pub(crate) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
-    upgrades: bool,
-) -> Result<PooledConn, ConnectError> {
+) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_elapsed) => return Err(ConnectError::Timeout),
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
@@ -159,19 +98,5 @@ pub(crate) async fn connect(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, error = %e, "could not set TCP_NODELAY on upstream connection");
     }
-    let (sender, conn) = Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::spawn(async move {
-        let ended = if upgrades {
-            conn.with_upgrades().await
-        } else {
-            conn.await
-        };
-        if let Err(e) = ended {
-            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(stream)
 }

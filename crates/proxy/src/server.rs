@@ -1,5 +1,5 @@
 //! The accept loop and client connections: TLS, telling HTTP/1.1 (served
-//! by `server_h1`) from HTTP/2 (hyper: h2c with prior knowledge, or ALPN
+//! by `http1::server`) from HTTP/2 (hyper: h2c with prior knowledge, or ALPN
 //! `h2`), and graceful shutdown.
 
 use std::convert::Infallible;
@@ -27,8 +27,9 @@ use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
 use crate::forward::{self, ConnCtx, Shared};
 use crate::headers;
+use crate::http1::io::{ClientIo, Prefixed};
+use crate::http1::server as http1_server;
 use crate::router::Router;
-use crate::server_h1::{self, ClientIo, Prefixed};
 use crate::settings::ProxySettings;
 use crate::tls::Tls;
 use crate::workers::Workers;
@@ -388,7 +389,7 @@ async fn serve_plain(
         };
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
     } else {
-        server_h1::serve(ClientIo::Tcp(stream), first, ctx, stopped).await;
+        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped).await;
     }
 }
 
@@ -422,7 +423,7 @@ async fn serve_tls(
         io.set_multiplexed();
         Box::pin(serve_h2(builder, stream, ctx, stopped, peer)).await;
     } else {
-        server_h1::serve(
+        http1_server::serve(
             ClientIo::Tls(Box::new(stream)),
             BytesMut::new(),
             ctx,

@@ -23,14 +23,12 @@ use std::io;
 use std::pin::pin;
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use crate::conn_io::ConnGuard;
-use crate::pool::PooledConn;
-use crate::server_h1::Upgraded;
+use crate::http1::io::{Prefixed, Upgraded};
 use crate::upstream::{InFlightGuard, TunnelGuard};
 
 /// Longest wait for the frame in progress to end before a close frame can
@@ -52,9 +50,8 @@ pub(crate) struct Tunnel {
     /// The client's connection, handed over by the HTTP/1.1 server once the
     /// 101 has been sent.
     pub(crate) client: oneshot::Receiver<Upgraded>,
-    pub(crate) upstream: OnUpgrade,
-    /// Kept until the upgrade resolved: the upstream connection's sender.
-    pub(crate) upstream_conn: PooledConn,
+    /// The upstream's connection (with what it sent past its 101).
+    pub(crate) upstream: Prefixed<TcpStream>,
     pub(crate) websocket: bool,
     pub(crate) in_flight: InFlightGuard,
     pub(crate) registration: TunnelGuard,
@@ -75,7 +72,6 @@ impl Tunnel {
         let Tunnel {
             client,
             upstream,
-            upstream_conn,
             websocket,
             in_flight,
             registration,
@@ -83,20 +79,12 @@ impl Tunnel {
         } = self;
         let closing = registration.closing();
         let app = in_flight.upstream().app().to_owned();
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(client), Ok(upstream)) => (client, upstream),
-            (Err(_), _) => {
-                tracing::debug!(%app, "the client connection closed before switching protocols");
-                return;
-            }
-            (_, Err(e)) => {
-                tracing::debug!(%app, error = %e, "the upstream connection did not switch protocols");
-                return;
-            }
+        let Ok(client) = client.await else {
+            tracing::debug!(%app, "the client connection closed before switching protocols");
+            return;
         };
-        drop(upstream_conn);
         let (client_read, client_write) = tokio::io::split(client);
-        let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
+        let (upstream_read, upstream_write) = tokio::io::split(upstream);
         let to_upstream = pump(
             client_read,
             upstream_write,

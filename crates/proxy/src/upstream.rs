@@ -25,14 +25,17 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::body::{RequestBody, RequestBodyError};
+use crate::body::{RequestBody, RequestBodyError, Source};
 use crate::error::ForwardError;
-use crate::h1;
+use crate::headers::ProxiedHead;
+use crate::http1::client::{ExchangeError, Exchanged, Http1Body, OutgoingHead, UpstreamConn};
+use crate::http1::io::Prefixed;
 use crate::metrics::SlotMetrics;
-use crate::pool::{self, ConnectError, Pool, PooledConn, Taken};
+use crate::pool::{self, ConnectError, Pool};
 use crate::settings::ProxySettings;
 
 /// The sending half of an upstream's HTTP/2 connection (cheap to clone).
@@ -43,12 +46,6 @@ type H2Conn = hyper::client::conn::http2::SendRequest<RequestBody>;
 const MAX_POOLED_ATTEMPTS: usize = 16;
 /// Fresh connections a request tries when each closes before taking it.
 const MAX_FRESH_ATTEMPTS: usize = 2;
-/// A pooled connection idle at least this long may meet the upstream's own
-/// idle timeout just as a request goes out; bodiless idempotent requests on
-/// it keep a copy to replay. Connections reused sooner (any busy upstream)
-/// skip the copy: servers close idle connections after seconds, not
-/// milliseconds.
-const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
 
 /// One running release of one app in one slot.
 #[derive(Debug)]
@@ -65,9 +62,8 @@ pub struct Upstream {
     requests: AtomicU64,
     responses_5xx: AtomicU64,
     connect_errors: AtomicU64,
+    /// Idle HTTP/1.1 keep-alive connections.
     pool: Pool,
-    /// Keep-alive connections of the lean client (`h1`), for bodiless requests.
-    lean: Pool<Box<h1::Conn>>,
     /// Upgraded connections (tunnels) open on this upstream.
     upgraded: AtomicUsize,
     /// Set when a drain timed out: open tunnels close (see `tunnel`).
@@ -118,7 +114,6 @@ impl Upstream {
             responses_5xx: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             pool: Pool::default(),
-            lean: Pool::default(),
             upgraded: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             tunnels_closed: Notify::new(),
@@ -173,7 +168,7 @@ impl Upstream {
 
     /// Idle keep-alive connections currently pooled.
     pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count() + self.lean.idle_count()
+        self.pool.idle_count()
     }
 
     pub fn stats(&self) -> UpstreamStats {
@@ -233,7 +228,6 @@ impl Upstream {
             }
         };
         self.pool.clear();
-        self.lean.clear();
         self.lock_h2().take();
         outcome
     }
@@ -299,188 +293,130 @@ impl Upstream {
         self.responses_5xx.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Gives a lean connection whose exchange ended cleanly back to the pool.
-    pub(crate) fn recycle_lean(&self, conn: Box<h1::Conn>) {
-        if !self.retired.load(Ordering::SeqCst) {
-            self.lean.put(conn);
-        }
-    }
-
-    /// Sends a bodiless, idempotent request with the lean client and waits
-    /// for the response head. A reused connection that closes before any
-    /// response byte (the upstream timed it out just then) is not an error:
-    /// the request goes out again, on another pooled or a new connection.
-    pub(crate) async fn send_lean<H: h1::Head>(
-        &self,
-        req: &H,
-        settings: &ProxySettings,
-    ) -> Result<h1::Exchanged, ForwardError> {
-        let mut pooled_attempts = 0;
-        loop {
-            let taken = if pooled_attempts < MAX_POOLED_ATTEMPTS {
-                self.lean.take()
-            } else {
-                None
-            };
-            let reused = taken.is_some();
-            let conn = match taken {
-                Some(taken) => {
-                    pooled_attempts += 1;
-                    taken.conn
-                }
-                None => self.connect_lean(settings).await?,
-            };
-            match conn.exchange(req, settings.upstream_response_timeout).await {
-                Ok(exchanged) => return Ok(exchanged),
-                Err(h1::ExchangeError::ClosedBeforeResponse(_)) if reused => {
-                    tracing::debug!(app = %self.app, addr = %self.addr,
-                        "reused upstream connection closed under the request; sending it again");
-                }
-                Err(h1::ExchangeError::Timeout(timeout)) => {
-                    return Err(ForwardError::ResponseTimeout {
-                        app: self.app.clone(),
-                        timeout,
-                    })
-                }
-                Err(source) => {
-                    tracing::warn!(app = %self.app, addr = %self.addr, slot = %self.slot,
-                        error = %source, "upstream failed to answer");
-                    return Err(ForwardError::Exchange {
-                        app: self.app.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
-    async fn connect_lean(&self, settings: &ProxySettings) -> Result<Box<h1::Conn>, ForwardError> {
-        let timeout = settings.upstream_connect_timeout;
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
-            Ok(Ok(stream)) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(addr = %self.addr, error = %e, "could not set TCP_NODELAY on upstream connection");
-                }
-                Ok(h1::Conn::new(stream))
-            }
-            Ok(Err(e)) => Err(self.connect_failed(ConnectError::Io(e), settings)),
-            Err(_) => Err(self.connect_failed(ConnectError::Timeout, settings)),
-        }
-    }
-
     /// Gives a connection whose exchange ended cleanly back to the pool.
-    pub(crate) fn recycle(&self, conn: PooledConn) {
+    /// Not once retired: a drain that saw the last request end clears the
+    /// pool, and nothing may be added after.
+    pub(crate) fn recycle(&self, conn: Box<UpstreamConn>) {
         if !self.retired.load(Ordering::SeqCst) {
             self.pool.put(conn);
         }
     }
 
-    /// Sends `req` on a pooled connection (or a new one) and waits for the
-    /// response head.
+    /// Sends a request and waits for the response head: the one way out to
+    /// this upstream. HTTP/1.1 goes on a pooled connection (or a new one)
+    /// under the retry policy below; HTTP/2 on the upstream's multiplexed
+    /// connection. Either way the response head must come within
+    /// `upstream_response_timeout`.
     ///
     /// A reused keep-alive connection may have been closed by the upstream
     /// just before the request went out. Two cases are retried:
-    /// - the connection hands the request back unsent: on another connection;
-    /// - a bodiless idempotent request was written on a connection idle for
-    ///   [`REPLAY_AFTER_IDLE`] or more, and the connection closed or reset
-    ///   before any response: once more, on a fresh connection (what nginx's
-    ///   `proxy_next_upstream error` does).
+    /// - the connection hands the request back unsent (it is seen closed
+    ///   before the request, or writing the head fails): on another
+    ///   connection;
+    /// - a bodiless idempotent request was written on a reused connection
+    ///   that closed or reset before any response: again, on another pooled
+    ///   or a new connection (what nginx's `proxy_next_upstream error`
+    ///   does). Other requests are never sent twice: the upstream may have
+    ///   acted on them.
     pub(crate) async fn send(
         &self,
-        mut req: Request<RequestBody>,
+        req: Outgoing<'_>,
         settings: &ProxySettings,
-    ) -> Result<(Response<Incoming>, PooledConn), ForwardError> {
-        let mut pooled_attempts = 0;
-        let mut fresh_attempts = 0;
-        loop {
-            let pooled = if pooled_attempts < MAX_POOLED_ATTEMPTS {
-                self.take_ready(settings).await
-            } else {
-                None
-            };
-            let (mut conn, idle_for) = match pooled {
-                Some(taken) => {
-                    pooled_attempts += 1;
-                    (taken.conn, Some(taken.idle_for))
-                }
-                None => {
-                    fresh_attempts += 1;
-                    (self.connect(settings).await?, None)
-                }
-            };
-            let replay = match idle_for {
-                Some(idle) if idle >= REPLAY_AFTER_IDLE => replayable_copy(&req),
-                _ => None,
-            };
-            let sent = tokio::time::timeout(
-                settings.upstream_response_timeout,
-                conn.try_send_request(req),
-            )
-            .await;
-            let mut error = match sent {
-                Ok(Ok(response)) => return Ok((response, conn)),
-                Err(_elapsed) => {
-                    return Err(ForwardError::ResponseTimeout {
-                        app: self.app.clone(),
-                        timeout: settings.upstream_response_timeout,
-                    })
-                }
-                Ok(Err(error)) => error,
-            };
-            if let Some(unsent) = error.take_message() {
-                if fresh_attempts < MAX_FRESH_ATTEMPTS {
-                    tracing::debug!(app = %self.app, addr = %self.addr, error = %error.error(),
-                        "upstream connection closed before the request was written; retrying");
-                    req = unsent;
-                    continue;
-                }
-            } else if let Some(copy) = replay.filter(|_| closed_before_response(error.error())) {
-                tracing::debug!(app = %self.app, addr = %self.addr, error = %error.error(),
-                    "reused upstream connection closed under an idempotent request; replaying");
-                // Straight to a fresh connection: the pooled ones may be stale too.
-                pooled_attempts = MAX_POOLED_ATTEMPTS;
-                req = copy;
-                continue;
-            }
-            return Err(self.send_error(error.into_error()));
+    ) -> Result<Received, ForwardError> {
+        match req {
+            Outgoing::Http1 { head, body } => self.send_http1(head, body, settings).await,
+            Outgoing::Http2(req) => self.send_http2(req, settings).await,
         }
     }
 
-    /// Sends an upgrade request (`Connection: upgrade`) on a new connection
-    /// that can switch protocols; never pooled, never retried.
-    pub(crate) async fn send_upgrade(
+    async fn send_http1(
         &self,
-        req: Request<RequestBody>,
+        head: &ProxiedHead<'_>,
+        mut body: Option<RequestBody>,
         settings: &ProxySettings,
-    ) -> Result<(Response<Incoming>, PooledConn), ForwardError> {
-        let mut conn = self.connect_with(settings, true).await?;
-        match tokio::time::timeout(settings.upstream_response_timeout, conn.send_request(req)).await
-        {
-            Ok(Ok(response)) => Ok((response, conn)),
-            Ok(Err(error)) => Err(self.send_error(error)),
-            Err(_elapsed) => Err(ForwardError::ResponseTimeout {
-                app: self.app.clone(),
-                timeout: settings.upstream_response_timeout,
-            }),
+    ) -> Result<Received, ForwardError> {
+        let replayable =
+            body.as_ref().is_none_or(Body::is_end_stream) && head.method().is_idempotent();
+        let mut pooled_attempts = 0;
+        let mut fresh_attempts = 0;
+        loop {
+            let (conn, reused) = match self.take_pooled(replayable, &mut pooled_attempts) {
+                Some(conn) => (conn, true),
+                None => {
+                    fresh_attempts += 1;
+                    (self.connect(settings).await?, false)
+                }
+            };
+            let timeout = settings.upstream_response_timeout;
+            match conn.exchange(head, body.as_mut(), timeout).await {
+                Ok(exchanged) => return Ok(Received::from_http1(exchanged)),
+                Err(ExchangeError::Unsent(e)) if reused || fresh_attempts < MAX_FRESH_ATTEMPTS => {
+                    tracing::debug!(app = %self.app, addr = %self.addr, error = %e,
+                        "upstream connection closed before the request was written; retrying");
+                }
+                Err(ExchangeError::ClosedBeforeResponse(_)) if reused && replayable => {
+                    tracing::debug!(app = %self.app, addr = %self.addr,
+                        "reused upstream connection closed under an idempotent request; sending it again");
+                }
+                Err(e) => return Err(self.exchange_failed(e)),
+            }
+        }
+    }
+
+    /// A pooled connection for a request, if any. One that cannot be
+    /// replayed first checks that the upstream did not close the connection
+    /// meanwhile (a replayable one learns it from the exchange, at no cost).
+    fn take_pooled(&self, replayable: bool, attempts: &mut usize) -> Option<Box<UpstreamConn>> {
+        while *attempts < MAX_POOLED_ATTEMPTS {
+            let mut conn = self.pool.take()?;
+            *attempts += 1;
+            if replayable || conn.looks_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, settings: &ProxySettings) -> Result<Box<UpstreamConn>, ForwardError> {
+        match pool::connect(self.addr, settings.upstream_connect_timeout).await {
+            Ok(stream) => Ok(UpstreamConn::new(stream)),
+            Err(e) => Err(self.connect_failed(e, settings)),
+        }
+    }
+
+    /// The error to answer for a failed HTTP/1.1 exchange.
+    fn exchange_failed(&self, error: ExchangeError) -> ForwardError {
+        let app = self.app.clone();
+        match error {
+            ExchangeError::Timeout(timeout) => ForwardError::ResponseTimeout { app, timeout },
+            ExchangeError::Body(RequestBodyError::TooLarge { limit }) => {
+                ForwardError::BodyTooLarge { limit }
+            }
+            ExchangeError::Body(RequestBodyError::Client(_)) => ForwardError::ClientBody,
+            ExchangeError::UnexpectedSwitch => ForwardError::UnexpectedSwitch { app },
+            source => {
+                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                    error = %source, "upstream failed to answer");
+                ForwardError::Exchange { app, source }
+            }
         }
     }
 
     /// Sends `req` over this upstream's HTTP/2 connection (opened on first
     /// use, and again when it closed); waits for the response head.
-    pub(crate) async fn send_h2(
+    async fn send_http2(
         &self,
         req: Request<RequestBody>,
         settings: &ProxySettings,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Received, ForwardError> {
         let mut sender = self.h2_sender(settings).await?;
-        match tokio::time::timeout(settings.upstream_response_timeout, sender.send_request(req))
-            .await
-        {
-            Ok(Ok(response)) => Ok(response),
+        let timeout = settings.upstream_response_timeout;
+        match tokio::time::timeout(timeout, sender.send_request(req)).await {
+            Ok(Ok(response)) => Ok(Received::from_http2(response)),
             Ok(Err(error)) => Err(self.send_error(error)),
             Err(_elapsed) => Err(ForwardError::ResponseTimeout {
                 app: self.app.clone(),
-                timeout: settings.upstream_response_timeout,
+                timeout,
             }),
         }
     }
@@ -495,17 +431,9 @@ impl Upstream {
         }
         // Two requests may both connect here; the later one's connection
         // replaces the earlier in the slot, and both work.
-        let stream = match tokio::time::timeout(
-            settings.upstream_connect_timeout,
-            tokio::net::TcpStream::connect(self.addr),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(self.connect_failed(ConnectError::Io(e), settings)),
-            Err(_) => return Err(self.connect_failed(ConnectError::Timeout, settings)),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = pool::connect(self.addr, settings.upstream_connect_timeout)
+            .await
+            .map_err(|e| self.connect_failed(e, settings))?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -519,37 +447,6 @@ impl Upstream {
         });
         *self.lock_h2() = Some(sender.clone());
         Ok(sender)
-    }
-
-    /// A pooled connection ready for a request, if any.
-    async fn take_ready(&self, settings: &ProxySettings) -> Option<Taken> {
-        while let Some(mut taken) = self.pool.take() {
-            if taken.conn.is_ready() {
-                return Some(taken);
-            }
-            // Just given back: its driver may not have marked it idle yet.
-            let ready =
-                tokio::time::timeout(settings.upstream_connect_timeout, taken.conn.ready()).await;
-            if let Ok(Ok(())) = ready {
-                return Some(taken);
-            }
-        }
-        None
-    }
-
-    async fn connect(&self, settings: &ProxySettings) -> Result<PooledConn, ForwardError> {
-        self.connect_with(settings, false).await
-    }
-
-    async fn connect_with(
-        &self,
-        settings: &ProxySettings,
-        upgrades: bool,
-    ) -> Result<PooledConn, ForwardError> {
-        match pool::connect(self.addr, settings.upstream_connect_timeout, upgrades).await {
-            Ok(conn) => Ok(conn),
-            Err(e) => Err(self.connect_failed(e, settings)),
-        }
     }
 
     /// Counts and logs a failed connection attempt; the error to answer.
@@ -579,7 +476,7 @@ impl Upstream {
         }
     }
 
-    /// Classifies a failed exchange: the client's body, or the upstream.
+    /// Classifies a failed HTTP/2 exchange: the client's body, or the upstream.
     fn send_error(&self, error: hyper::Error) -> ForwardError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
@@ -602,39 +499,61 @@ impl Upstream {
     }
 }
 
-/// A copy of `req` to send again, if it may be replayed: idempotent method
-/// and no body.
-fn replayable_copy(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    if !req.method().is_idempotent() || !req.body().is_end_stream() {
-        return None;
-    }
-    let mut copy = Request::new(RequestBody::empty());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+/// A request on its way to an upstream.
+pub(crate) enum Outgoing<'a> {
+    /// HTTP/1.1: the head is encoded straight from the client's request.
+    Http1 {
+        head: &'a ProxiedHead<'a>,
+        body: Option<RequestBody>,
+    },
+    /// HTTP/2 (h2c upstreams), through hyper.
+    Http2(Request<RequestBody>),
 }
 
-/// Whether the connection ended (EOF or reset) before any response byte.
-fn closed_before_response(error: &hyper::Error) -> bool {
-    if error.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::UnexpectedEof
-            );
+/// A response head from an upstream, and what follows it.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub(crate) head: Response<()>,
+    /// The head may have hop-by-hop headers to strip.
+    pub(crate) hop_by_hop: bool,
+    pub(crate) then: Then,
+}
+
+/// What follows a response head.
+#[derive(Debug)]
+pub(crate) enum Then {
+    Body(Source),
+    /// The upstream switched protocols: its connection, for the tunnel.
+    Switched(Prefixed<TcpStream>),
+}
+
+impl Received {
+    fn from_http1(exchanged: Exchanged) -> Received {
+        let Exchanged {
+            head,
+            conn,
+            switched,
+        } = exchanged;
+        let then = if switched {
+            Then::Switched((*conn).into_upgraded())
+        } else {
+            Then::Body(Source::Http1(Http1Body::new(conn, &head)))
+        };
+        Received {
+            head: head.response,
+            hop_by_hop: head.hop_by_hop,
+            then,
         }
-        source = e.source();
     }
-    false
+
+    fn from_http2(response: Response<Incoming>) -> Received {
+        let (parts, body) = response.into_parts();
+        Received {
+            head: Response::from_parts(parts, ()),
+            hop_by_hop: true,
+            then: Then::Body(Source::Http2(body)),
+        }
+    }
 }
 
 /// Holds one unit of an upstream's in-flight count; released on drop.

@@ -1,0 +1,591 @@
+//! Request and response heads: parsing (httparse) into `http` types whose
+//! header values share the read buffer, and the framing rules of RFC 9112
+//! section 6 that decide how the body after a head is delimited and whether
+//! the connection may carry another message.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+
+use crate::headers::connection_has;
+
+/// Largest head accepted, request or response.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Headers a request head may have (more: 431).
+pub(crate) const MAX_REQUEST_HEADERS: usize = 100;
+/// Headers a response head may have.
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
+/// Headers up to which a head's value positions are kept on the stack.
+const STACK_HEADERS: usize = 32;
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HeadError {
+    #[error("malformed head: {0}")]
+    Malformed(&'static str),
+    #[error("head too large: {0}")]
+    TooLarge(&'static str),
+    #[error("invalid message framing: {0}")]
+    BadFraming(&'static str),
+}
+
+impl HeadError {
+    /// The status a server answers a request head it could not read with.
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            HeadError::Malformed(_) | HeadError::BadFraming(_) => StatusCode::BAD_REQUEST,
+            HeadError::TooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+}
+
+/// How the body after a head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyLength {
+    Empty,
+    Exact(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// A parsed request head and what the connection needs to know about it.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) request: Request<()>,
+    pub(crate) body: BodyLength,
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header, over HTTP/1.1.
+    pub(crate) upgrade: bool,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) response: Response<()>,
+    pub(crate) body: BodyLength,
+    /// Whether the connection may carry another exchange after this body.
+    pub(crate) reusable: bool,
+    /// The head has hop-by-hop headers to strip.
+    pub(crate) hop_by_hop: bool,
+}
+
+/// What a response head at the front of the buffer turned out to be.
+#[derive(Debug)]
+pub(crate) enum ParsedResponse {
+    /// A 1xx other than 101: skipped, the final head follows.
+    Informational,
+    /// `101 Switching Protocols`: what follows is the new protocol.
+    Switching(ResponseHead),
+    Final(ResponseHead),
+}
+
+/// What the header names of a head say, noted while parsing so that framing
+/// and hop-by-hop stripping need no map lookups when the headers concerned
+/// are absent (the usual case).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Facts {
+    connection: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
+    expect: bool,
+    /// `Content-Length` headers seen, and the value of the single one.
+    content_lengths: u8,
+    content_length: Option<u64>,
+    /// Any hop-by-hop header.
+    hop_by_hop: bool,
+}
+
+impl Facts {
+    fn note(&mut self, name: &str, value: &[u8]) {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            14 if is("content-length") => {
+                self.content_lengths = self.content_lengths.saturating_add(1);
+                self.content_length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            }
+            17 if is("transfer-encoding") => {
+                self.transfer_encoding = true;
+                self.hop_by_hop = true;
+            }
+            10 if is("connection") => {
+                self.connection = true;
+                self.hop_by_hop = true;
+            }
+            7 if is("upgrade") => {
+                self.upgrade = true;
+                self.hop_by_hop = true;
+            }
+            6 if is("expect") => self.expect = true,
+            2 if is("te") => self.hop_by_hop = true,
+            7 if is("trailer") => self.hop_by_hop = true,
+            10 if is("keep-alive") => self.hop_by_hop = true,
+            16 if is("proxy-connection") => self.hop_by_hop = true,
+            19 if is("proxy-authorization") => self.hop_by_hop = true,
+            _ => {}
+        }
+    }
+}
+
+/// Where each header's name and value sit in the head's bytes.
+struct Spans {
+    on_stack: [(u32, u32, u32, u32); STACK_HEADERS],
+    on_heap: Vec<(u32, u32, u32, u32)>,
+    count: usize,
+    facts: Facts,
+}
+
+impl Spans {
+    fn note(headers: &[httparse::Header<'_>], base: usize) -> Spans {
+        let mut spans = Spans {
+            on_stack: [(0, 0, 0, 0); STACK_HEADERS],
+            on_heap: Vec::new(),
+            count: headers.len(),
+            facts: Facts::default(),
+        };
+        for (i, header) in headers.iter().enumerate() {
+            spans.facts.note(header.name, header.value);
+            let span = (
+                offset(header.name.as_ptr(), base),
+                header.name.len() as u32,
+                offset(header.value.as_ptr(), base),
+                header.value.len() as u32,
+            );
+            match spans.on_stack.get_mut(i) {
+                Some(slot) => *slot = span,
+                None => spans.on_heap.push(span),
+            }
+        }
+        spans
+    }
+
+    /// The headers as a map whose values share `head`; `room` for headers
+    /// the proxy adds later.
+    fn into_map(self, head: &Bytes, room: usize) -> Result<HeaderMap, HeadError> {
+        let mut map = HeaderMap::with_capacity(self.count + room);
+        let all = self.on_stack[..self.count.min(STACK_HEADERS)]
+            .iter()
+            .chain(self.on_heap.iter());
+        for &(name_at, name_len, value_at, value_len) in all {
+            let (name_at, value_at) = (name_at as usize, value_at as usize);
+            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
+                .map_err(|_| HeadError::Malformed("invalid header name"))?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
+                    .map_err(|_| HeadError::Malformed("invalid header value"))?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+}
+
+fn offset(at: *const u8, base: usize) -> u32 {
+    (at as usize - base) as u32
+}
+
+fn version(minor: Option<u8>) -> Version {
+    if minor == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    }
+}
+
+/// A complete head's length from httparse's answer; `None`: more bytes needed.
+fn complete(
+    status: Result<httparse::Status<usize>, httparse::Error>,
+    buffered: usize,
+) -> Result<Option<usize>, HeadError> {
+    match status {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            Err(HeadError::TooLarge("head over 64 KiB"))
+        }
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered > MAX_HEAD => {
+            Err(HeadError::TooLarge("head over 64 KiB"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge("too many headers")),
+        Err(_) => Err(HeadError::Malformed("not an HTTP/1 head")),
+    }
+}
+
+/// Parses a complete request head at the front of `buf` (consuming it), or
+/// `None` if more bytes are needed.
+pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let status = parsed.parse_with_uninit_headers(buf, &mut slots);
+    let Some(len) = complete(status, buf.len())? else {
+        return Ok(None);
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let version = version(parsed.version);
+    let base = buf.as_ptr() as usize;
+    let path = parsed.path.unwrap_or("");
+    let path_at = offset(path.as_ptr(), base) as usize;
+    let path_span = path_at..path_at + path.len();
+    let spans = Spans::note(parsed.headers, base);
+    let facts = spans.facts;
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_span))
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let headers = spans.into_map(&head, 2)?;
+    let body = request_body(version, &facts, &headers)?;
+    // A request with both framings is a smuggling attempt or a broken
+    // client: its body is read as chunked, and the connection closes after.
+    let keep_alive = keep_alive(version, &facts, &headers)
+        && !(facts.transfer_encoding && facts.content_lengths > 0);
+    let expect_continue = facts.expect
+        && body != BodyLength::Empty
+        && headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = facts.upgrade
+        && version == Version::HTTP_11
+        && facts.connection
+        && connection_has(&headers, "upgrade");
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(RequestHead {
+        request,
+        body,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    }))
+}
+
+/// Parses a complete response head at the front of `buf` (consuming it),
+/// or `None` if more bytes are needed. `to_head`: the request was a HEAD.
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    to_head: bool,
+) -> Result<Option<ParsedResponse>, HeadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let status = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    );
+    let Some(len) = complete(status, buf.len())? else {
+        return Ok(None);
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
+        .map_err(|_| HeadError::Malformed("invalid status code"))?;
+    let version = version(parsed.version);
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        buf.advance(len);
+        return Ok(Some(ParsedResponse::Informational));
+    }
+    let spans = Spans::note(parsed.headers, buf.as_ptr() as usize);
+    let facts = spans.facts;
+    let head = buf.split_to(len).freeze();
+    // Room for the headers the proxy adds (X-Request-Id, a cookie).
+    let headers = spans.into_map(&head, 4)?;
+    let body = response_body(status, to_head, &facts, &headers)?;
+    let reusable = keep_alive(version, &facts, &headers) && body != BodyLength::UntilClose;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    let head = ResponseHead {
+        response,
+        body,
+        reusable,
+        hop_by_hop: facts.hop_by_hop,
+    };
+    Ok(Some(if status == StatusCode::SWITCHING_PROTOCOLS {
+        ParsedResponse::Switching(head)
+    } else {
+        ParsedResponse::Final(head)
+    }))
+}
+
+/// RFC 9112 6.3 for requests: chunked if the last transfer coding is
+/// chunked (any other is refused: the length would be unknowable), else
+/// `Content-Length`, else no body.
+fn request_body(
+    version: Version,
+    facts: &Facts,
+    headers: &HeaderMap,
+) -> Result<BodyLength, HeadError> {
+    match (facts.transfer_encoding, version) {
+        (true, Version::HTTP_10) => Err(HeadError::BadFraming("transfer-encoding in HTTP/1.0")),
+        (true, _) if last_coding_is_chunked(headers) => Ok(BodyLength::Chunked),
+        (true, _) => Err(HeadError::BadFraming("last transfer-coding is not chunked")),
+        (false, _) => Ok(match content_length(facts, headers)? {
+            None | Some(0) => BodyLength::Empty,
+            Some(n) => BodyLength::Exact(n),
+        }),
+    }
+}
+
+/// RFC 9112 6.3 for responses: none to HEAD and for 1xx, 204 and 304;
+/// chunked if the last transfer coding is chunked, until the close for any
+/// other; `Content-Length`; else until the close.
+fn response_body(
+    status: StatusCode,
+    to_head: bool,
+    facts: &Facts,
+    headers: &HeaderMap,
+) -> Result<BodyLength, HeadError> {
+    match status {
+        _ if to_head => Ok(BodyLength::Empty),
+        _ if status.is_informational() => Ok(BodyLength::Empty),
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => Ok(BodyLength::Empty),
+        _ if facts.transfer_encoding && last_coding_is_chunked(headers) => Ok(BodyLength::Chunked),
+        _ if facts.transfer_encoding => Ok(BodyLength::UntilClose),
+        _ => Ok(match content_length(facts, headers)? {
+            Some(0) => BodyLength::Empty,
+            Some(n) => BodyLength::Exact(n),
+            None => BodyLength::UntilClose,
+        }),
+    }
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The `Content-Length`, if any. Several headers, or a list, must agree.
+fn content_length(facts: &Facts, headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+    match (facts.content_lengths, facts.content_length) {
+        (0, _) => return Ok(None),
+        (1, Some(n)) => return Ok(Some(n)),
+        _ => {}
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| HeadError::BadFraming("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::BadFraming("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// Persistence (RFC 9112 9.3): HTTP/1.1 unless `Connection: close`;
+/// HTTP/1.0 only with `Connection: keep-alive`.
+fn keep_alive(version: Version, facts: &Facts, headers: &HeaderMap) -> bool {
+    match version {
+        Version::HTTP_10 => facts.connection && connection_has(headers, "keep-alive"),
+        _ => !(facts.connection && connection_has(headers, "close")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Result<Option<RequestHead>, HeadError> {
+        parse_request(&mut BytesMut::from(text.as_bytes()))
+    }
+
+    fn complete_request(text: &str) -> RequestHead {
+        request(text).expect("valid").expect("complete")
+    }
+
+    fn response(text: &str, to_head: bool) -> Result<ResponseHead, HeadError> {
+        match parse_response(&mut BytesMut::from(text.as_bytes()), to_head)? {
+            Some(ParsedResponse::Final(head) | ParsedResponse::Switching(head)) => Ok(head),
+            other => panic!("not a final head: {other:?}"),
+        }
+    }
+
+    fn length(text: &str, to_head: bool) -> BodyLength {
+        response(text, to_head).expect("valid").body
+    }
+
+    #[test]
+    fn request_heads_parse_with_their_body_framing_and_keep_alive() {
+        let head = complete_request("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(head.request.uri(), "/a?b");
+        assert_eq!(head.body, BodyLength::Empty);
+        assert!(head.keep_alive);
+        let head =
+            complete_request("POST / HTTP/1.1\r\ncontent-length: 5\r\nconnection: close\r\n\r\n");
+        assert_eq!(head.body, BodyLength::Exact(5));
+        assert!(!head.keep_alive);
+        let head = complete_request(
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n",
+        );
+        assert_eq!(head.body, BodyLength::Chunked);
+        assert!(head.expect_continue);
+        assert!(!complete_request("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(complete_request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        let head = complete_request(
+            "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+        );
+        assert!(head.upgrade);
+        assert!(request("GET / HTTP/1.1\r\nHost: x\r\n")
+            .expect("valid")
+            .is_none());
+    }
+
+    #[test]
+    fn a_request_with_both_framings_reads_chunked_and_closes_after() {
+        let head = complete_request(
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(head.body, BodyLength::Chunked);
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn a_request_without_length_has_no_body_but_a_response_reads_until_close() {
+        assert_eq!(
+            complete_request("POST / HTTP/1.1\r\n\r\n").body,
+            BodyLength::Empty
+        );
+        let head = response("HTTP/1.1 200 OK\r\n\r\n", false).expect("valid");
+        assert_eq!(head.body, BodyLength::UntilClose);
+        assert!(!head.reusable);
+    }
+
+    #[test]
+    fn bad_request_heads_are_refused_with_the_fitting_status() {
+        let status = |text: &str| request(text).err().map(HeadError::status);
+        assert_eq!(
+            status("NOT A REQUEST\r\n\r\n"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status("POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let too_large = Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let huge = format!("GET / HTTP/1.1\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(status(&huge), too_large);
+        assert_eq!(status(&format!("{huge}\r\n")), too_large);
+        let many: String = (0..=MAX_REQUEST_HEADERS)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), too_large);
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let cl5 = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+        assert_eq!(length(cl5, false), BodyLength::Exact(5));
+        assert_eq!(length(cl5, true), BodyLength::Empty);
+        assert_eq!(
+            length("HTTP/1.1 204 No Content\r\n\r\n", false),
+            BodyLength::Empty
+        );
+        assert_eq!(
+            length(
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                false
+            ),
+            BodyLength::Empty
+        );
+        let chunked = response(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
+            false,
+        )
+        .expect("valid");
+        assert_eq!(
+            (chunked.body, chunked.reusable),
+            (BodyLength::Chunked, true)
+        );
+        assert_eq!(
+            length("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false),
+            BodyLength::UntilClose
+        );
+        let reusable = |text: &str| response(text, false).expect("valid").reusable;
+        assert!(!reusable(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n"
+        ));
+        assert!(!reusable("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"));
+        assert!(reusable(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n"
+        ));
+        assert!(response(
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert_eq!(
+            length("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n", false),
+            BodyLength::Exact(3)
+        );
+        assert!(response("HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn informational_heads_are_skipped_partial_heads_wait_and_101_switches() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"[..],
+        );
+        assert!(matches!(
+            parse_response(&mut buf, false),
+            Ok(Some(ParsedResponse::Informational))
+        ));
+        assert!(matches!(parse_response(&mut buf, false), Ok(None)));
+        buf.extend_from_slice(b"content-length: 0\r\n\r\n");
+        assert!(matches!(
+            parse_response(&mut buf, false),
+            Ok(Some(ParsedResponse::Final(_)))
+        ));
+        assert!(buf.is_empty());
+        let mut switching = BytesMut::from(
+            &b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nframes"[..],
+        );
+        match parse_response(&mut switching, false) {
+            Ok(Some(ParsedResponse::Switching(head))) => {
+                assert!(head.hop_by_hop);
+                assert_eq!(head.body, BodyLength::Empty);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(&switching[..], b"frames");
+        let mut garbage = BytesMut::from(&b"NOT HTTP\r\n\r\n"[..]);
+        assert!(parse_response(&mut garbage, false).is_err());
+    }
+
+    #[test]
+    fn many_headers_keep_their_order_and_values() {
+        let lines: String = (0..50).map(|i| format!("x-{i}: v{i}\r\n")).collect();
+        let head = response(
+            &format!("HTTP/1.1 200 OK\r\n{lines}content-length: 0\r\n\r\n"),
+            false,
+        )
+        .expect("valid");
+        let headers = head.response.headers();
+        assert_eq!(headers.len(), 51);
+        assert_eq!(headers.get("x-40").map(|v| v.as_bytes()), Some(&b"v40"[..]));
+    }
+}

@@ -1,0 +1,19 @@
+//! HTTP/1.1, once, for both sides of the proxy.
+//!
+//! - `head`, `body`, `encode`: the sans-IO codec. Bytes in, heads and body
+//!   events out; heads and chunks encoded into the caller's buffer. The
+//!   framing rules of RFC 9112 live here and only here (one place to
+//!   harden against request smuggling).
+//! - `server`: [`server::serve`], a client connection served in HTTP/1.1
+//!   (`ServerConn`).
+//! - `client`: `UpstreamConn`, one keep-alive connection to an upstream,
+//!   and `Http1Body`, a response body read from it.
+//! - `io`: transports (TCP or TLS, split and rejoined for upgrades),
+//!   `Prefixed` streams, vectored writes.
+
+pub(crate) mod body;
+pub(crate) mod client;
+pub(crate) mod encode;
+pub(crate) mod head;
+pub(crate) mod io;
+pub(crate) mod server;

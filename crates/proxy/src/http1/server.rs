@@ -1,0 +1,594 @@
+//! The HTTP/1.1 server side: one [`ServerConn`] per client connection reads
+//! request heads, lends the connection to a request's streamed body, writes
+//! responses, keeps the connection alive between requests, hands it over
+//! on an upgrade, and enforces the client timeouts.
+//!
+//! hyper serves HTTP/2 (see `server`); HTTP/1.1 connections are served here
+//! because a reverse proxy needs less than a general server and pays for
+//! the rest on every request and every idle connection:
+//!
+//! - an idle keep-alive connection holds no buffer at all (TCP: the wait for
+//!   the next request needs none), so ten thousand idle clients cost little;
+//! - a request head is parsed once into `http` types whose header values
+//!   share the read buffer;
+//! - a response head and a small body go out in one write.
+//!
+//! # Protocol
+//!
+//! - Heads up to 64 KiB (else 431) with up to 100 headers; malformed: 400.
+//!   Body framing as in `head` (conflicting or unknowable lengths: 400).
+//!   `Expect: 100-continue` is answered when the body will be read.
+//! - A request whose body was not read to its end closes the connection
+//!   after its response.
+//! - Responses: `Content-Length` when the body's size is known, else
+//!   chunked (HTTP/1.1) or delimited by the close (HTTP/1.0). No body for
+//!   HEAD, 1xx, 204 and 304. A `Date` header is added when missing.
+//! - Upgrades: after a `101` the connection (with any bytes already read)
+//!   goes to the tunnel (`tunnel`).
+//! - Timeouts: `header_read_timeout` from a request's first byte until its
+//!   head is complete (a slowloris client is closed); `idle_timeout`
+//!   between requests; none while a request is being served.
+//! - Graceful shutdown: idle connections close at once; a busy one answers
+//!   its request with `Connection: close`, then closes.
+
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Sleep;
+
+use super::body::Decoder;
+use super::encode;
+use super::head::{self, BodyLength, HeadError, RequestHead};
+use super::io::{write_chunk, ClientIo, ReadSide, Upgraded, WriteSide};
+use crate::body::{ClientBody, ResponseBody};
+use crate::forward::{self, ConnCtx};
+use crate::settings::deadline_after;
+
+/// Read buffer taken when a request starts arriving.
+const HEAD_BUFFER: usize = 4096;
+/// Bytes asked of the transport per body read.
+const BODY_READ: usize = 16 * 1024;
+/// Bytes set aside per response for its head (and a small body).
+const RESPONSE_BUFFER: usize = 512;
+/// A first body frame up to this size is copied behind the response head
+/// so that both go out in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// Put in a request's extensions when it asks for an upgrade: receives the
+/// connection once the `101` has been sent.
+/// (Extensions must be `Clone`: the receiver sits in a shared slot.)
+#[derive(Clone)]
+pub(crate) struct NativeUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl NativeUpgrade {
+    pub(crate) fn take(&self) -> Option<oneshot::Receiver<Upgraded>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// The reading side of a connection and the bytes read ahead of what was
+/// parsed.
+struct Reader {
+    io: ReadSide,
+    buf: BytesMut,
+}
+
+/// Where a request body hands the connection back once it was read to its
+/// end (the next request can then be read).
+type ReaderSlot = Arc<Mutex<Option<Reader>>>;
+
+/// Serves HTTP/1.1 requests on `io` until the client closes, a timeout
+/// passes, or shutdown is asked. `prefix`: bytes already read from it.
+pub(crate) async fn serve(
+    io: ClientIo,
+    prefix: BytesMut,
+    ctx: Arc<ConnCtx>,
+    stopped: watch::Receiver<bool>,
+) {
+    let (read, write) = io.split();
+    let timer = Box::pin(tokio::time::sleep_until(deadline_after(
+        ctx.shared.settings.header_read_timeout,
+    )));
+    let conn = ServerConn {
+        reader: Some(Reader {
+            io: read,
+            buf: prefix,
+        }),
+        write,
+        timer,
+        ctx,
+        stopped,
+        first: true,
+    };
+    conn.run().await;
+}
+
+/// One client connection served in HTTP/1.1.
+struct ServerConn {
+    /// `None` while a request's body reads from the connection.
+    reader: Option<Reader>,
+    write: WriteSide,
+    /// The header-read or idle deadline. Moving a deadline later is an
+    /// atomic store in tokio's timer, not a re-registration.
+    timer: Pin<Box<Sleep>>,
+    ctx: Arc<ConnCtx>,
+    stopped: watch::Receiver<bool>,
+    /// No request was read yet.
+    first: bool,
+}
+
+/// What the connection does after a response.
+enum Next {
+    KeepAlive,
+    Close,
+    /// Switched protocols: the connection goes to the tunnel.
+    Upgrade(oneshot::Sender<Upgraded>),
+}
+
+/// What the response writer needs to know about the request.
+struct Asked {
+    head_method: bool,
+    version: Version,
+    keep_alive: bool,
+}
+
+impl ServerConn {
+    async fn run(mut self) {
+        loop {
+            let head = match self.read_head().await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(bad) => {
+                    let _ = self.write_error(bad.status()).await;
+                    return;
+                }
+            };
+            self.first = false;
+            // Boxed: what serving a request needs is large, and only exists
+            // while one is served; an idle connection's task stays small.
+            match Box::pin(self.serve_request(head)).await {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    let _ = self.write.shutdown().await;
+                    return;
+                }
+                Next::Upgrade(handover) => {
+                    if let Some(upgraded) = self.into_upgraded() {
+                        let _ = handover.send(upgraded);
+                    }
+                    return;
+                }
+            }
+            if let Some(reader) = &mut self.reader {
+                if reader.buf.is_empty() {
+                    // An idle connection keeps no buffer.
+                    reader.buf = BytesMut::new();
+                }
+            }
+        }
+    }
+
+    /// Waits for and reads the next request head. `Ok(None)`: the
+    /// connection is done (EOF, idle or header timeout, shutdown while
+    /// idle, or no reader to read with).
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, HeadError> {
+        let settings = &self.ctx.shared.settings;
+        let Some(reader) = &mut self.reader else {
+            return Ok(None);
+        };
+        // A first request (or pipelined bytes already here) starts the header
+        // clock at once; otherwise the idle clock runs until the first byte,
+        // and the header clock only if that byte did not bring a whole head
+        // (moving a deadline earlier costs a timer re-registration; later is
+        // cheap).
+        let mut header_clock = self.first || !reader.buf.is_empty();
+        self.timer.as_mut().reset(deadline_after(if header_clock {
+            settings.header_read_timeout
+        } else {
+            settings.idle_timeout
+        }));
+        loop {
+            if !reader.buf.is_empty() {
+                if let Some(head) = head::parse_request(&mut reader.buf)? {
+                    return Ok(Some(head));
+                }
+                if !header_clock {
+                    header_clock = true;
+                    self.timer
+                        .as_mut()
+                        .reset(deadline_after(settings.header_read_timeout));
+                }
+            } else if !header_clock {
+                // Idle: wait without a buffer.
+                tokio::select! {
+                    biased;
+                    ready = reader.io.readable() => if ready.is_err() { return Ok(None) },
+                    () = self.timer.as_mut() => return Ok(None),
+                    _ = self.stopped.wait_for(|stop| *stop) => return Ok(None),
+                }
+            }
+            if reader.buf.capacity() - reader.buf.len() < 1024 {
+                reader.buf.reserve(HEAD_BUFFER);
+            }
+            let read = tokio::select! {
+                biased;
+                read = reader.io.read_buf(&mut reader.buf) => read,
+                () = self.timer.as_mut() => {
+                    if header_clock {
+                        tracing::debug!("client did not send a complete request head in time");
+                    }
+                    return Ok(None);
+                }
+            };
+            if matches!(read, Ok(0) | Err(_)) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Serves one request whose head was read: its body is read from the
+    /// connection while the request is forwarded, then the response is
+    /// written.
+    async fn serve_request(&mut self, head: RequestHead) -> Next {
+        let asked = Asked {
+            head_method: head.request.method() == Method::HEAD,
+            version: head.request.version(),
+            keep_alive: head.keep_alive,
+        };
+        let Some((request, handover, slot)) = self.start_request(head).await else {
+            return Next::Close;
+        };
+        let active = self.ctx.activity.begin();
+        let response = forward::handle(Arc::clone(&self.ctx), active, request).await;
+        let closing = *self.stopped.borrow();
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let keep = match self.write_response(response, &asked, closing).await {
+            Ok(keep) => keep,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a response to the client failed");
+                return Next::Close;
+            }
+        };
+        match handover {
+            Some(handover) if switching && self.reader.is_some() => return Next::Upgrade(handover),
+            _ if switching => return Next::Close,
+            _ => {}
+        }
+        // The next request needs the connection back from the body; a body
+        // not read to its end leaves the connection out of step: close.
+        if let Some(slot) = slot {
+            self.reader = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+        if keep && self.reader.is_some() {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// The request to forward: its body lent the connection's reader (a
+    /// `100 Continue` first if asked), and an upgrade handle if it asks to
+    /// switch protocols. `None`: the connection failed.
+    async fn start_request(
+        &mut self,
+        head: RequestHead,
+    ) -> Option<(
+        Request<ClientBody>,
+        Option<oneshot::Sender<Upgraded>>,
+        Option<ReaderSlot>,
+    )> {
+        let (parts, ()) = head.request.into_parts();
+        let mut slot = None;
+        let body = match head.body {
+            BodyLength::Empty | BodyLength::UntilClose => ClientBody::Empty,
+            length => {
+                if head.expect_continue
+                    && self
+                        .write
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
+                {
+                    return None;
+                }
+                let shared: ReaderSlot = Arc::new(Mutex::new(None));
+                slot = Some(Arc::clone(&shared));
+                ClientBody::Native(NativeBody {
+                    reader: self.reader.take(),
+                    decoder: Decoder::new(length),
+                    slot: shared,
+                })
+            }
+        };
+        let mut request = Request::from_parts(parts, body);
+        let mut handover = None;
+        if head.upgrade && self.reader.is_some() {
+            let (tx, rx) = oneshot::channel();
+            request
+                .extensions_mut()
+                .insert(NativeUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            handover = Some(tx);
+        }
+        Some((request, handover, slot))
+    }
+
+    /// The connection for the tunnel, with what was read past the request.
+    fn into_upgraded(self) -> Option<Upgraded> {
+        let reader = self.reader?;
+        let io = ClientIo::rejoin(reader.io, self.write)?;
+        Some(Upgraded {
+            prefix: reader.buf.freeze(),
+            io,
+        })
+    }
+
+    /// A minimal response for a request that could not be read; the
+    /// connection closes after it.
+    async fn write_error(&mut self, status: StatusCode) -> io::Result<()> {
+        let reason = status.canonical_reason().unwrap_or("");
+        let body = format!("cutover: {reason}\n");
+        let mut out = Vec::with_capacity(160);
+        encode::status_line(&mut out, status);
+        encode::header_line(&mut out, b"content-type", b"text/plain; charset=utf-8");
+        encode::content_length_line(&mut out, body.len() as u64);
+        encode::date_line(&mut out);
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+        self.write.write_all(&out).await?;
+        self.write.shutdown().await
+    }
+
+    /// Writes a response head and streams its body. Returns whether the
+    /// connection stays open for another request.
+    async fn write_response(
+        &mut self,
+        response: Response<ResponseBody>,
+        asked: &Asked,
+        closing: bool,
+    ) -> io::Result<bool> {
+        let (parts, body) = response.into_parts();
+        let framing = ResponseFraming::new(&parts, body.size_hint(), asked, closing);
+        // Room for a typical response head and a small body in one write.
+        let mut out = Vec::with_capacity(RESPONSE_BUFFER);
+        encode_response_head(&mut out, &parts, &framing, asked.version);
+        if framing.bodyless {
+            self.write.write_all(&out).await?;
+        } else {
+            write_body(&mut self.write, out, body, framing.chunked).await?;
+        }
+        Ok(!framing.close)
+    }
+}
+
+/// How a response goes out to this client.
+struct ResponseFraming {
+    bodyless: bool,
+    /// The body's size, when known.
+    exact: Option<u64>,
+    chunked: bool,
+    close: bool,
+    switching: bool,
+}
+
+impl ResponseFraming {
+    fn new(parts: &Parts, size: SizeHint, asked: &Asked, closing: bool) -> ResponseFraming {
+        let status = parts.status;
+        let bodyless = asked.head_method
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let exact = size.exact();
+        let chunked = !bodyless && exact.is_none() && asked.version == Version::HTTP_11;
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        let close = !switching
+            && (!asked.keep_alive
+                || closing
+                || crate::headers::connection_has(&parts.headers, "close")
+                // An HTTP/1.0 client learns a body of unknown size ended by the close.
+                || (!bodyless && exact.is_none() && !chunked));
+        ResponseFraming {
+            bodyless,
+            exact,
+            chunked,
+            close,
+            switching,
+        }
+    }
+}
+
+/// The status line, the response's headers with framing headers of our
+/// own, `Date` if missing, and the connection's fate.
+fn encode_response_head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    framing: &ResponseFraming,
+    version: Version,
+) {
+    let status = parts.status;
+    encode::status_line(out, status);
+    // HEAD and 304 keep the length the body would have had.
+    let keeps_length =
+        framing.bodyless && status != StatusCode::NO_CONTENT && !status.is_informational();
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        let ours = (*name == CONNECTION && !framing.switching)
+            || (*name == CONTENT_LENGTH && !keeps_length)
+            || *name == TRANSFER_ENCODING;
+        if ours {
+            continue;
+        }
+        has_date |= *name == DATE;
+        encode::header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !framing.bodyless {
+        match framing.exact {
+            Some(n) => encode::content_length_line(out, n),
+            None if framing.chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            None => {}
+        }
+    }
+    if !has_date {
+        encode::date_line(out);
+    }
+    if framing.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the encoded head in `out` and streams `body` after it. The first
+/// frame, if it is already there and small, goes out with the head.
+async fn write_body(
+    write: &mut WriteSide,
+    mut out: Vec<u8>,
+    mut body: ResponseBody,
+    chunked: bool,
+) -> io::Result<()> {
+    let first = match body.frame().now_or_never() {
+        // Nothing yet (a stream that has not started): the head now, so that
+        // the client sees the response begin.
+        None => None,
+        Some(None) => {
+            if chunked {
+                out.extend_from_slice(encode::LAST_CHUNK);
+            }
+            return write.write_all(&out).await;
+        }
+        Some(Some(frame)) => frame.map_err(body_error)?.into_data().ok(),
+    };
+    match first {
+        Some(data) if data.len() <= COALESCE => {
+            if chunked {
+                encode::chunk(&mut out, &data);
+            } else {
+                out.extend_from_slice(&data);
+            }
+            let ended = body.is_end_stream();
+            if ended && chunked {
+                out.extend_from_slice(encode::LAST_CHUNK);
+            }
+            write.write_all(&out).await?;
+            if ended {
+                return Ok(());
+            }
+        }
+        Some(data) => {
+            write.write_all(&out).await?;
+            write_data(write, &mut out, &data, chunked).await?;
+        }
+        // Not started, or trailers (HTTP/1.1 clients get none).
+        None => write.write_all(&out).await?,
+    }
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(body_error)?.into_data() {
+            write_data(write, &mut out, &data, chunked).await?;
+        }
+    }
+    if chunked {
+        write.write_all(encode::LAST_CHUNK).await?;
+    }
+    Ok(())
+}
+
+fn body_error(e: crate::body::BoxError) -> io::Error {
+    io::Error::other(e)
+}
+
+/// One body frame: as is, or as a chunk.
+async fn write_data(
+    write: &mut WriteSide,
+    scratch: &mut Vec<u8>,
+    data: &Bytes,
+    chunked: bool,
+) -> io::Result<()> {
+    if chunked {
+        write_chunk(write, scratch, data).await
+    } else {
+        write.write_all(data).await
+    }
+}
+
+/// A request body read from the connection while the request is served.
+pub(crate) struct NativeBody {
+    reader: Option<Reader>,
+    decoder: Decoder,
+    slot: ReaderSlot,
+}
+
+impl std::fmt::Debug for NativeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeBody")
+            .field("decoder", &self.decoder)
+            .finish()
+    }
+}
+
+impl NativeBody {
+    /// The body was read to its end: the connection goes back at once (the
+    /// upstream client may never poll an ended body again).
+    fn done(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(reader);
+        }
+    }
+}
+
+/// Reads more of the connection into `buf`; `Ok(0)` at EOF.
+fn poll_fill(
+    io: &mut ReadSide,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < BODY_READ / 4 {
+        buf.reserve(BODY_READ);
+    }
+    let read = io.read_buf(buf);
+    pin!(read).poll(cx)
+}
+
+impl Body for NativeBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let Some(Reader { io, buf }) = this.reader.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(this
+            .decoder
+            .poll_frame(buf, cx, |buf, cx| poll_fill(io, buf, cx)));
+        match &polled {
+            // The connection is out of step: it closes after the response.
+            Some(Err(_)) => this.reader = None,
+            Some(Ok(_)) if !this.decoder.is_done() => {}
+            _ => this.done(),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
+    }
+}
