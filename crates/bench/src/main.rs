@@ -30,7 +30,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = config::Cli::parse();
-    match run(cli) {
+    let outcome = run(cli);
+    processes::yield_to_signal_handler();
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

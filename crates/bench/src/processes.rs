@@ -16,15 +16,16 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::procfs::{self, Seen};
 
@@ -35,6 +36,18 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
 /// Set in the environment of every child, inherited by its descendants.
 const MARKER_VARIABLE: &str = "CUTOVER_BENCH_REGISTRY";
+
+/// Set when a signal arrived: the signal thread ends the process.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Blocks for good if a signal is being handled, so that the main thread,
+/// whose children just disappeared, neither reports that as an error nor
+/// exits before the signal thread exits with the signal's status.
+pub fn yield_to_signal_handler() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        thread::park();
+    }
+}
 
 /// A process the bench started (a handle; the registry owns the child).
 #[derive(Debug, Clone)]
@@ -94,20 +107,29 @@ impl Processes {
     }
 
     /// On SIGINT, SIGTERM or SIGHUP: stop every child, run `cleanup`, exit
-    /// with 128 + the signal number. Call before any other thread starts
-    /// (threads inherit the blocked signals; children do not: std resets
-    /// the signal mask of every process it spawns).
+    /// with 128 + the signal number. (A handler, not a blocked mask waited
+    /// on: children inherit a signal mask, they do not inherit handlers.)
     pub fn stop_on_signals(&self, cleanup: impl FnOnce() + Send + 'static) -> Result<()> {
-        let mut signals = SigSet::empty();
-        for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-            signals.add(signal);
-        }
-        signals.thread_block().context("blocking signals")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .context("starting the signal runtime")?;
+        let listen = |kind| runtime.block_on(async { signal(kind) });
+        let mut interrupt = listen(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut terminate = listen(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut hangup = listen(SignalKind::hangup()).context("SIGHUP handler")?;
         let shared = self.shared.clone();
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let Ok(signal) = signals.wait() else { return };
+                let signal = runtime.block_on(async {
+                    tokio::select! {
+                        _ = interrupt.recv() => Signal::SIGINT,
+                        _ = terminate.recv() => Signal::SIGTERM,
+                        _ = hangup.recv() => Signal::SIGHUP,
+                    }
+                });
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 eprintln!("bench: {signal}: stopping everything it started");
                 stop_everything(&shared);
                 cleanup();

@@ -353,10 +353,7 @@ ratios (req/s: higher is better for the first; p99 and proxy CPU per request: lo
         ];
         let targets = [Target::Cutover, Target::NginxKeepalive];
         let text = table(&heading(2), &targets, &rounds);
-        assert!(
-            text.contains("\ncutover            (skipped)\n"),
-            "{text}"
-        );
+        assert!(text.contains("\ncutover            (skipped)\n"), "{text}");
         assert!(text.contains("12.2  (failed in 1 of 2 rounds)\n"), "{text}");
         assert!(text.contains("  cutover/nginx-keepalive  n/a (a target was not measured)\n"));
     }
