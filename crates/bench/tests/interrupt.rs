@@ -19,7 +19,7 @@ fn on_path(name: &str) -> bool {
 /// Processes whose environment carries the bench's registry marker.
 fn started_by(bench_pid: u32) -> Vec<(i32, String)> {
     let marker = format!("CUTOVER_BENCH_REGISTRY={bench_pid}-");
-    let entries = std::fs::read_dir("/proc").unwrap();
+    let entries = std::fs::read_dir("/proc").expect("/proc");
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
