@@ -1,0 +1,217 @@
+//! The cutover target: `cutover serve` with a generated config (app `bench`,
+//! process driver running the testapp), made live with `cutover deploy
+//! bench --version v1`. The CLI and config are the ones in PRODUCT.md.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::net;
+use crate::pin::Pin;
+use crate::processes::{Proc, Processes};
+use crate::procfs;
+
+/// A deploy that takes longer is a failed switch.
+const DEPLOY_LIMIT: Duration = Duration::from_secs(120);
+
+/// The ports of one cutover instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub listen: u16,
+    pub blue: u16,
+    pub green: u16,
+}
+
+/// `cutover.toml`: one app on every host, access log off, W proxy workers.
+pub fn config(dir: &Path, ports: Ports, workers: u32, testapp: &Path) -> String {
+    let dir = dir.display();
+    let testapp = testapp.display();
+    let Ports {
+        listen,
+        blue,
+        green,
+    } = ports;
+    format!(
+        r#"state_dir = "{dir}/state"
+
+[proxy]
+listen = ["127.0.0.1:{listen}"]
+access_log = "off"
+workers = {workers}
+
+[admin]
+socket = "{dir}/state/admin.sock"
+
+[[app]]
+name = "bench"
+hosts = ["*"]
+drain_timeout = "5s"
+
+[app.health]
+path = "/health"
+interval = "1s"
+timeout = "2s"
+deploy_timeout = "30s"
+
+[app.process]
+command = ["{testapp}", "--port", "{{port}}", "--version", "{{version}}", "--threads", "{workers}"]
+ports = {{ blue = {blue}, green = {green} }}
+stop_timeout = "5s"
+"#
+    )
+}
+
+/// How to start one cutover instance.
+pub struct CutoverSpec<'a> {
+    pub binary: &'a Path,
+    pub testapp: &'a Path,
+    pub pin: &'a Pin,
+    pub workers: u32,
+    /// A fresh directory: no recovery of a previous run.
+    pub dir: PathBuf,
+}
+
+/// `cutover serve` running, with v1 live.
+pub struct Cutover {
+    pub proc: Proc,
+    pub port: u16,
+    dir: PathBuf,
+    binary: PathBuf,
+}
+
+impl Cutover {
+    /// Starts `cutover serve`, deploys v1 and checks it answers; on failure
+    /// the error carries the log tails and nothing of it is left running.
+    pub fn start(processes: &Processes, spec: CutoverSpec<'_>) -> Result<Cutover> {
+        let dir = spec.dir;
+        std::fs::create_dir_all(dir.join("state"))?;
+        let ports = Ports {
+            listen: net::free_port()?,
+            blue: net::free_port()?,
+            green: net::free_port()?,
+        };
+        let config_text = config(&dir, ports, spec.workers, spec.testapp);
+        std::fs::write(dir.join("cutover.toml"), config_text)?;
+        let log = File::create(dir.join("serve.log"))?;
+        let mut command = spec.pin.command(spec.binary);
+        // The proxy's worker threads are `workers = W` (nginx:
+        // worker_processes W); the control plane's runtime gets as many.
+        command
+            .env("TOKIO_WORKER_THREADS", spec.workers.to_string())
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("cutover.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let proc = processes.spawn("cutover serve", command)?.proc;
+        let cutover = Cutover {
+            proc,
+            port: ports.listen,
+            dir,
+            binary: spec.binary.to_path_buf(),
+        };
+        if let Err(e) = cutover.make_v1_live(processes) {
+            processes.stop(&cutover.proc);
+            return Err(e);
+        }
+        Ok(cutover)
+    }
+
+    fn make_v1_live(&self, processes: &Processes) -> Result<()> {
+        let listening = net::wait_listening(self.port, Duration::from_secs(30), || {
+            processes.is_running(&self.proc)
+        });
+        if !listening {
+            bail!(
+                "'cutover serve' did not listen on {}; log tail:\n{}",
+                self.port,
+                self.tail("serve.log")
+            );
+        }
+        self.deploy(processes, "v1")
+            .and_then(|()| net::check_version(self.port, "version=v1"))
+            .map_err(|e| {
+                anyhow!(
+                    "deploy did not make v1 live ({e:#}); deploy output:\n{}\n{}",
+                    self.tail("deploy.log"),
+                    self.tail("serve.log")
+                )
+            })
+    }
+
+    /// `cutover deploy bench --version VERSION`, up to two minutes.
+    pub fn deploy(&self, processes: &Processes, version: &str) -> Result<()> {
+        let log = File::create(self.dir.join("deploy.log"))?;
+        let mut command = std::process::Command::new(&self.binary);
+        command
+            .args(["deploy", "bench", "--version", version, "--config"])
+            .arg(self.dir.join("cutover.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let deploy = processes.spawn("cutover deploy", command)?.proc;
+        match processes.wait(&deploy, DEPLOY_LIMIT)? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("cutover deploy {version}: {status}"),
+            None => {
+                processes.stop(&deploy);
+                bail!("cutover deploy {version} took over {DEPLOY_LIMIT:?}")
+            }
+        }
+    }
+
+    /// The app slots `cutover serve` runs now (its descendants).
+    pub fn slot_pids(&self) -> Vec<i32> {
+        procfs::descendants(self.proc.pid)
+            .into_iter()
+            .map(|s| s.pid)
+            .collect()
+    }
+
+    /// Stops `cutover serve` and then its app slots, which it leaves running
+    /// on purpose when it stops.
+    pub fn stop(self, processes: &Processes) {
+        processes.stop(&self.proc);
+    }
+
+    fn tail(&self, file: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_runs_the_testapp_on_the_blue_and_green_ports() {
+        let ports = Ports {
+            listen: 8080,
+            blue: 8081,
+            green: 8082,
+        };
+        let text = config(
+            Path::new("/tmp/b/cut"),
+            ports,
+            2,
+            Path::new("/r/cutover-testapp"),
+        );
+        assert!(text.starts_with("state_dir = \"/tmp/b/cut/state\"\n\n[proxy]\nlisten = [\"127.0.0.1:8080\"]\naccess_log = \"off\"\nworkers = 2\n"), "{text}");
+        assert!(text.contains("socket = \"/tmp/b/cut/state/admin.sock\""));
+        assert!(text.contains(
+            "command = [\"/r/cutover-testapp\", \"--port\", \"{port}\", \"--version\", \"{version}\", \"--threads\", \"2\"]\nports = { blue = 8081, green = 8082 }\n"
+        ));
+        // cutover itself must accept it.
+        let parsed =
+            cutover_config::Config::parse(Path::new("/tmp/b/cut/cutover.toml"), &text).unwrap();
+        assert_eq!(parsed.apps[0].name, "bench");
+        assert_eq!(parsed.proxy.workers.map(|w| w.get()), Some(2));
+        assert_eq!(parsed.proxy.listen[0].port(), 8080);
+    }
+}
