@@ -92,22 +92,5 @@ impl Trigger {
 /// The state of a stored deployment (`None` for a name this version of
 /// cutover does not know).
 pub(crate) fn state_of(record: &DeploymentRecord) -> Option<DeploymentState> {
-    use DeploymentState::*;
-    [
-        Queued,
-        Preparing,
-        Starting,
-        Checking,
-        AwaitingPromotion,
-        Switching,
-        Verifying,
-        Draining,
-        Retiring,
-        Succeeded,
-        Failed,
-        Aborted,
-        RolledBack,
-    ]
-    .into_iter()
-    .find(|state| state.as_str() == record.state)
+    DeploymentState::parse(&record.state)
 }

@@ -4,7 +4,7 @@
 //! Gitea/Forgejo and Bitbucket (Cloud and Data Center) webhooks, and the
 //! dispatcher that turns accepted deliveries into deployments. The build
 //! itself (fetch, checkout, build steps, artifact) is the engine's
-//! (`cutover_engine::pipeline`), run in the deployment's `preparing` step.
+//! (its build pipeline), run in the deployment's `preparing` step.
 //!
 //! # Layout
 //!
