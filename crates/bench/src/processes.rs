@@ -354,14 +354,15 @@ mod tests {
             .unwrap();
         let pid = spawned.proc.pid;
         let deadline = Instant::now() + Duration::from_secs(5);
+        // The forked shell is a descendant a moment before `setsid` makes
+        // it a group leader: wait for the leader, not just the process.
         let grandchild = loop {
-            if let Some(g) = procfs::descendants(pid).first() {
-                break *g;
+            if let Some(g) = procfs::descendants(pid).into_iter().find(|g| g.leads_group) {
+                break g;
             }
-            assert!(Instant::now() < deadline, "no grandchild");
+            assert!(Instant::now() < deadline, "no grandchild leading its group");
             thread::sleep(POLL);
         };
-        assert!(grandchild.leads_group);
         processes.stop(&spawned.proc);
         assert!(gone(pid));
         assert!(gone(grandchild.pid));

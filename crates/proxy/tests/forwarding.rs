@@ -743,3 +743,39 @@ async fn forwarded_headers_are_the_same_for_requests_with_a_body() {
     assert_eq!(header_lines(seen, "x-forwarded-host"), ["app.example.com"]);
     assert!(header_lines(seen, "x-secret").is_empty());
 }
+
+/// RFC 9112 3.2 and RFC 9110 8.6: heads another server could read
+/// differently (no Host in HTTP/1.1, two Hosts, a Content-Length that is not
+/// `1*DIGIT`) are answered 400, the connection closed, nothing forwarded.
+#[tokio::test]
+async fn ambiguous_request_heads_are_refused_with_400_and_never_forwarded() {
+    let backend = body_length_backend().await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let heads: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: +3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3 3\r\n\r\nabc",
+    ];
+    for head in heads {
+        let mut raw = TcpStream::connect(proxy.addr).await.expect("connect");
+        raw.write_all(head).await.expect("write");
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut response))
+            .await
+            .expect("answered and closed")
+            .expect("read");
+        let response = String::from_utf8_lossy(&response);
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{:?} → {response}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    assert_eq!(
+        backend.requests(),
+        0,
+        "no refused request reached the upstream"
+    );
+}

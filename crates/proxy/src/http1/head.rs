@@ -94,6 +94,8 @@ pub(crate) struct Facts {
     transfer_encoding: bool,
     upgrade: bool,
     expect: bool,
+    /// `Host` headers seen (a request must have exactly one, RFC 9112 3.2).
+    hosts: u8,
     /// `Content-Length` headers seen, and the value of the single one.
     content_lengths: u8,
     content_length: Option<u64>,
@@ -107,10 +109,9 @@ impl Facts {
         match name.len() {
             14 if is("content-length") => {
                 self.content_lengths = self.content_lengths.saturating_add(1);
-                self.content_length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
+                self.content_length = decimal(value);
             }
+            4 if is("host") => self.hosts = self.hosts.saturating_add(1),
             17 if is("transfer-encoding") => {
                 self.transfer_encoding = true;
                 self.hop_by_hop = true;
@@ -186,6 +187,17 @@ impl Spans {
     }
 }
 
+/// RFC 9112 3.2: an HTTP/1.1 request without `Host`, or any request with
+/// more than one, MUST be answered 400 — two proxies that pick different
+/// ones would route the same request to different apps.
+fn check_host_count(version: Version, hosts: u8) -> Result<(), HeadError> {
+    match (hosts, version) {
+        (0, Version::HTTP_11) => Err(HeadError::Malformed("HTTP/1.1 request without Host")),
+        (0 | 1, _) => Ok(()),
+        _ => Err(HeadError::Malformed("more than one Host header")),
+    }
+}
+
 fn offset(at: *const u8, base: usize) -> u32 {
     (at as usize - base) as u32
 }
@@ -235,6 +247,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     let path_span = path_at..path_at + path.len();
     let spans = Spans::note(parsed.headers, base);
     let facts = spans.facts;
+    check_host_count(version, facts.hosts)?;
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
@@ -366,6 +379,17 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
+/// `1*DIGIT` (RFC 9110 8.6) as a number: no sign, no inner whitespace, no
+/// other characters, no overflow. `u64::from_str` would take a leading `+`.
+fn decimal(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// The `Content-Length`, if any. Several headers, or a list, must agree.
 fn content_length(facts: &Facts, headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
     match (facts.content_lengths, facts.content_length) {
@@ -375,11 +399,9 @@ fn content_length(facts: &Facts, headers: &HeaderMap) -> Result<Option<u64>, Hea
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| HeadError::BadFraming("invalid content-length"))?;
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = decimal(part.trim_ascii())
+                .ok_or(HeadError::BadFraming("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::BadFraming("conflicting content-length"));
             }
@@ -427,19 +449,20 @@ mod tests {
         assert_eq!(head.request.uri(), "/a?b");
         assert_eq!(head.body, BodyLength::Empty);
         assert!(head.keep_alive);
-        let head =
-            complete_request("POST / HTTP/1.1\r\ncontent-length: 5\r\nconnection: close\r\n\r\n");
+        let head = complete_request(
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
+        );
         assert_eq!(head.body, BodyLength::Exact(5));
         assert!(!head.keep_alive);
         let head = complete_request(
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n",
         );
         assert_eq!(head.body, BodyLength::Chunked);
         assert!(head.expect_continue);
         assert!(!complete_request("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(complete_request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         let head = complete_request(
-            "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
         );
         assert!(head.upgrade);
         assert!(request("GET / HTTP/1.1\r\nHost: x\r\n")
@@ -450,7 +473,7 @@ mod tests {
     #[test]
     fn a_request_with_both_framings_reads_chunked_and_closes_after() {
         let head = complete_request(
-            "POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
         );
         assert_eq!(head.body, BodyLength::Chunked);
         assert!(!head.keep_alive);
@@ -459,7 +482,7 @@ mod tests {
     #[test]
     fn a_request_without_length_has_no_body_but_a_response_reads_until_close() {
         assert_eq!(
-            complete_request("POST / HTTP/1.1\r\n\r\n").body,
+            complete_request("POST / HTTP/1.1\r\nhost: x\r\n\r\n").body,
             BodyLength::Empty
         );
         let head = response("HTTP/1.1 200 OK\r\n\r\n", false).expect("valid");
@@ -475,7 +498,7 @@ mod tests {
             Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n"),
             Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(
@@ -483,17 +506,23 @@ mod tests {
             Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
             Some(StatusCode::BAD_REQUEST)
         );
         let too_large = Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        let huge = format!("GET / HTTP/1.1\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        let huge = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx: {}\r\n",
+            "a".repeat(MAX_HEAD)
+        );
         assert_eq!(status(&huge), too_large);
         assert_eq!(status(&format!("{huge}\r\n")), too_large);
         let many: String = (0..=MAX_REQUEST_HEADERS)
             .map(|i| format!("x-{i}: 1\r\n"))
             .collect();
-        assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), too_large);
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n")),
+            too_large
+        );
     }
 
     #[test]
@@ -587,5 +616,33 @@ mod tests {
         let headers = head.response.headers();
         assert_eq!(headers.len(), 51);
         assert_eq!(headers.get("x-40").map(|v| v.as_bytes()), Some(&b"v40"[..]));
+    }
+
+    #[test]
+    fn host_must_be_present_once_in_http_1_1_and_at_most_once_in_1_0() {
+        let status = |text: &str| request(text).map(|_| ()).map_err(HeadError::status);
+        let bad = Err(StatusCode::BAD_REQUEST);
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n"), bad);
+        assert!(status("GET / HTTP/1.0\r\n\r\n").is_ok());
+        assert!(status("GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn content_length_must_be_digits_only() {
+        let status = |text: &str| request(text).map(|_| ()).map_err(HeadError::status);
+        let bad = Err(StatusCode::BAD_REQUEST);
+        for value in ["+5", "-5", "5x", "0x5", "5 5", "", "18446744073709551616"] {
+            let text = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {value}\r\n\r\n");
+            assert_eq!(status(&text), bad, "content-length {value:?}");
+        }
+        let text = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5, 5\r\n\r\n";
+        assert_eq!(complete_request(text).body, BodyLength::Exact(5));
+        assert_eq!(
+            length("HTTP/1.1 200 OK\r\ncontent-length: 007\r\n\r\n", false),
+            BodyLength::Exact(7)
+        );
+        assert!(response("HTTP/1.1 200 OK\r\ncontent-length: +7\r\n\r\n", false).is_err());
     }
 }
