@@ -449,3 +449,58 @@ fn bad_version_is_refused_with_exit_2_and_changes_nothing() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no app named `nope`"));
 }
+
+/// A single-threaded v1 busy with a long request answers no health check;
+/// once traffic is on v2 that is not the app's health: the live-health
+/// monitor follows the live slot, and `status` tells the truth during the
+/// drain in both formats (v2 live, v1 draining with its request in flight).
+#[test]
+fn a_switch_away_from_a_busy_old_slot_reports_no_unhealthy_transition() {
+    let daemon = Daemon::start(AppOptions::default());
+    daemon.behave("v1", "--threads 1");
+    daemon.deploy("v1");
+    let mut events = daemon.admin_stream("/v1/apps/web/events");
+    let port = daemon.proxy_port;
+    let slow = std::thread::spawn(move || http::get(port, "/slow?ms=8000"));
+    std::thread::sleep(Duration::from_millis(100));
+    let config = daemon.config.clone();
+    let deploy = std::thread::spawn(move || {
+        std::process::Command::new(cutover_test_support::binaries::cutover())
+            .args(["deploy", "web", "--version", "v2", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the deployment draining v1",
+        || daemon.status()["current_deployment"]["state"] == "draining",
+    );
+    let status = daemon.status();
+    assert_eq!(status["live_slot"], "green", "{status}");
+    assert_eq!(status["live_version"], "v2", "{status}");
+    assert_eq!(status["draining"]["slot"], "blue", "{status}");
+    assert_eq!(status["draining"]["version"], "v1", "{status}");
+    assert_eq!(status["draining"]["in_flight"], 1, "{status}");
+    let table = daemon.ok(&["status"]);
+    let row = table.lines().find(|l| l.starts_with("web")).unwrap_or("");
+    assert!(
+        row.contains("green") && row.contains("v2") && row.contains("+1 on blue v1, draining"),
+        "{table}"
+    );
+
+    let deployed = deploy.join().unwrap();
+    assert!(deployed.status.success(), "{deployed:?}");
+    assert_eq!(slow.join().unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = common::read_until(&mut events, "event: unhealthy", Duration::from_secs(1));
+    assert!(!seen.contains("event: unhealthy"), "{seen}");
+    assert_eq!(daemon.status()["health"], "healthy");
+    let samples = common::proxy::scrape(&daemon);
+    let unhealthy = common::proxy::sample(
+        &samples,
+        "cutover_health_transitions_total",
+        &[("app", "web"), ("to", "unhealthy")],
+    );
+    assert_eq!(unhealthy.unwrap_or(0.0), 0.0);
+}
