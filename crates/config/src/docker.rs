@@ -165,11 +165,12 @@ fn docker_config(
     let port = container_port(spanned, &network, host_ports.is_some())?;
     let build = raw.build.as_ref().map(|b| build(b, base)).transpose()?;
     let push = push(raw.push.as_ref(), build.is_some())?;
-    if let Some(bad) = raw.env.keys().find(|k| k.is_empty() || k.contains('=')) {
-        return Err((
-            spanned.span(),
-            format!("environment variable name `{bad}` in [app.docker] env is not valid"),
-        ));
+    if let Some(problem) = raw
+        .env
+        .iter()
+        .find_map(|(key, value)| crate::model::env_entry_problem(key, value))
+    {
+        return Err((spanned.span(), format!("[app.docker] env: {problem}")));
     }
     let volumes = raw
         .volumes

@@ -275,22 +275,33 @@ impl StopSignal {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(file).map_err(|e| {
-            ConfigError::unlocated(
-                file,
-                format!(
-                    "cannot read the configuration file: {e} (pass another one with --config FILE)"
-                ),
-            )
-        })?;
+        let source = read_config_file(file)?;
         Config::parse(file, &source)
+    }
+
+    /// [`Config::load`], and the files the configuration names must exist
+    /// now (webhook secrets): what `config check` and `serve` use, so that
+    /// a missing file is reported before anything starts.
+    pub fn load_checked(file: &Path) -> Result<Config, ConfigError> {
+        let source = read_config_file(file)?;
+        let raw = raw_config(file, &source)?;
+        Validator {
+            file,
+            source: &source,
+            check_files: true,
+        }
+        .config(raw)
     }
 
     /// Validates configuration text; `file` names it in errors and anchors relative paths.
     pub fn parse(file: &Path, source: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(source)
-            .map_err(|e| ConfigError::at(file, source, e.span(), e.message().trim()))?;
-        Validator { file, source }.config(raw)
+        let raw = raw_config(file, source)?;
+        Validator {
+            file,
+            source,
+            check_files: false,
+        }
+        .config(raw)
     }
 
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
@@ -306,9 +317,79 @@ impl Config {
     }
 }
 
+/// Largest configuration file read: far beyond any real one, and it keeps
+/// `--config /dev/zero` (or a log file named by mistake) from filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+fn read_config_file(file: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| {
+        ConfigError::unlocated(
+            file,
+            format!(
+                "cannot read the configuration file: {e} (pass another one with --config FILE)"
+            ),
+        )
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::unlocated(
+            file,
+            format!(
+                "the configuration file is larger than {} MiB, so it is not a cutover.toml; pass the right one with --config FILE",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is not UTF-8 text ({e})"),
+        ))
+    })
+}
+
+/// The file as written; a nesting too deep for the parser is located at
+/// the deepest dotted key, since the parser gives no place for it.
+fn raw_config(file: &Path, source: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(source).map_err(|e| {
+        let message = e.message().trim();
+        match e.span() {
+            Some(span) => ConfigError::at(file, source, Some(span), message),
+            None if message.contains("recursion") => ConfigError::at(
+                file,
+                source,
+                Some(deepest_key(source)),
+                format!("{message}: keys and tables nest too deeply here; cutover.toml never nests more than a few levels"),
+            ),
+            None => ConfigError::unlocated(file, message),
+        }
+    })
+}
+
+/// The span of the line whose key or table header has the most dotted parts.
+fn deepest_key(source: &str) -> std::ops::Range<usize> {
+    let mut deepest = (0, 0..0);
+    let mut offset = 0;
+    for line in source.split_inclusive('\n') {
+        let key = line.split('=').next().unwrap_or(line);
+        let depth = key.matches('.').count() + key.matches('[').count();
+        if depth > deepest.0 {
+            deepest = (depth, offset..offset + line.len());
+        }
+        offset += line.len();
+    }
+    deepest.1
+}
+
 struct Validator<'a> {
     file: &'a Path,
     source: &'a str,
+    /// Whether files the configuration names must exist now.
+    check_files: bool,
 }
 
 impl Validator<'_> {
@@ -332,11 +413,12 @@ impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let base = self.base_dir();
         let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(".cutover"));
-        let proxy = self.proxy(raw.proxy)?;
+        let proxy = self.proxy(&raw.proxy)?;
         let admin = AdminConfig {
             socket: raw
                 .admin
                 .socket
+                .as_ref()
                 .map(|s| base.join(s))
                 .unwrap_or_else(|| state_dir.join("admin.sock")),
         };
@@ -344,8 +426,8 @@ impl Validator<'_> {
         let mut default_host_owner: Option<String> = None;
         let mut host_owners: BTreeMap<String, String> = BTreeMap::new();
         let mut apps = Vec::new();
-        for raw_app in raw.app {
-            let app = self.app(&raw_app, &base, &state_dir)?;
+        for raw_app in &raw.app {
+            let app = self.app(raw_app, &base, &state_dir)?;
             if let (Some(_), Some(shift)) = (&proxy.nginx, &raw_app.get_ref().shift) {
                 return Err(self.error(
                     shift,
@@ -385,9 +467,11 @@ impl Validator<'_> {
                 &base,
                 self.file,
                 self.source,
+                self.check_files,
             )?),
             None => None,
         };
+        self.check_port_clashes(&raw, &proxy, webhook.as_ref())?;
         Ok(Config {
             file: std::path::absolute(self.file).unwrap_or_else(|_| self.file.to_path_buf()),
             state_dir,
@@ -396,6 +480,92 @@ impl Validator<'_> {
             apps,
             webhook,
         })
+    }
+
+    /// Two listeners of cutover, or a listener and a slot's fixed port, on
+    /// one port: the second bind would fail at run time, so refuse it now.
+    fn check_port_clashes(
+        &self,
+        raw: &RawConfig,
+        proxy: &ProxyConfig,
+        webhook: Option<&crate::webhook::WebhookConfig>,
+    ) -> Result<(), ConfigError> {
+        let tls_spans = raw.proxy.tls_listen.iter().flatten();
+        for (addr, spanned) in proxy.tls.listen.iter().zip(tls_spans) {
+            if let Some(plain) = proxy.listen.iter().find(|plain| clash(plain, addr)) {
+                return Err(self.error(
+                    spanned,
+                    format!("tls_listen `{addr}` uses the port of [proxy] listen `{plain}`; one port serves either HTTP or HTTPS, choose another"),
+                ));
+            }
+        }
+        let mut listeners: Vec<(SocketAddr, &str)> = proxy
+            .listen
+            .iter()
+            .map(|addr| (*addr, "[proxy] listen"))
+            .chain(
+                proxy
+                    .tls
+                    .listen
+                    .iter()
+                    .map(|addr| (*addr, "[proxy] tls_listen")),
+            )
+            .collect();
+        if let (Some(webhook), Some(raw_webhook)) = (webhook, &raw.webhook) {
+            if let Some((addr, key)) = listeners
+                .iter()
+                .find(|(addr, _)| clash(addr, &webhook.listen))
+            {
+                let span = raw_webhook
+                    .get_ref()
+                    .listen
+                    .as_ref()
+                    .map_or_else(|| raw_webhook.span(), Spanned::span);
+                return Err(ConfigError::at(self.file, self.source, Some(span), format!(
+                    "[webhook] listen `{}` uses the port of {key} `{addr}`; the webhook receiver needs a port of its own: choose a free one",
+                    webhook.listen
+                )));
+            }
+            listeners.push((webhook.listen, "[webhook] listen"));
+        }
+        for raw_app in &raw.app {
+            self.check_slot_ports(raw_app.get_ref(), &listeners)?;
+        }
+        Ok(())
+    }
+
+    fn check_slot_ports(
+        &self,
+        raw: &RawApp,
+        listeners: &[(SocketAddr, &str)],
+    ) -> Result<(), ConfigError> {
+        let ports = match (&raw.process, &raw.docker) {
+            (Some(process), _) => process.get_ref().ports.as_ref().map(|p| (p, "ports")),
+            (None, Some(docker)) => docker
+                .get_ref()
+                .host_ports
+                .as_ref()
+                .map(|p| (p, "host_ports")),
+            (None, None) => None,
+        };
+        let Some((ports, key)) = ports else {
+            return Ok(());
+        };
+        for (slot, port) in [
+            ("blue", ports.get_ref().blue),
+            ("green", ports.get_ref().green),
+        ] {
+            if let Some((addr, listener)) = listeners.iter().find(|(addr, _)| addr.port() == port) {
+                return Err(self.error(
+                    ports,
+                    format!(
+                        "app `{}`: {key}.{slot} = {port} is the port of {listener} `{addr}`; a release cannot listen where cutover does, choose another port",
+                        raw.name.get_ref()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[proxy] workers`: a count from 1 to [`MAX_WORKERS`], or "auto"
@@ -421,17 +591,33 @@ impl Validator<'_> {
     }
 
     /// `[proxy] listen`; not given: 127.0.0.1:8080.
-    fn listen(&self, raw: Option<&[Spanned<String>]>) -> Result<Vec<SocketAddr>, ConfigError> {
+    fn listen(
+        &self,
+        raw: Option<&Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
         let Some(list) = raw else {
             return Ok(vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
         };
-        list.iter()
-            .map(|addr| {
-                addr.get_ref().parse::<SocketAddr>().map_err(|_| {
-                    self.error(addr, format!("`{}` is not a listen address; write it like \"127.0.0.1:8080\" or \"[::]:80\"", addr.get_ref()))
-                })
-            })
-            .collect()
+        if list.get_ref().is_empty() {
+            return Err(self.error(
+                list,
+                "`listen = []` leaves the proxy without a listener; give at least one address, e.g. listen = [\"127.0.0.1:8080\"], or omit the key for that default",
+            ));
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for addr in list.get_ref() {
+            let parsed = addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.error(addr, format!("`{}` is not a listen address; write it like \"127.0.0.1:8080\" or \"[::]:80\"", addr.get_ref()))
+            })?;
+            if addrs.contains(&parsed) {
+                return Err(self.error(
+                    addr,
+                    format!("`{parsed}` is listed twice in [proxy] listen; a port can be bound once, remove the repeat"),
+                ));
+            }
+            addrs.push(parsed);
+        }
+        Ok(addrs)
     }
 
     fn access_log(&self, raw: Option<&Spanned<String>>) -> Result<AccessLog, ConfigError> {
@@ -446,7 +632,7 @@ impl Validator<'_> {
         }
     }
 
-    fn proxy(&self, raw: crate::raw::RawProxy) -> Result<ProxyConfig, ConfigError> {
+    fn proxy(&self, raw: &crate::raw::RawProxy) -> Result<ProxyConfig, ConfigError> {
         let nginx_mode = crate::nginx::mode(
             raw.mode.as_ref(),
             raw.nginx.as_ref(),
@@ -454,7 +640,7 @@ impl Validator<'_> {
             self.source,
         )?;
         let listen_given = raw.listen.is_some();
-        let listen = self.listen(raw.listen.as_deref())?;
+        let listen = self.listen(raw.listen.as_ref())?;
         let access_log = self.access_log(raw.access_log.as_ref())?;
         let workers = match raw.workers.as_ref() {
             None => None,
@@ -735,9 +921,35 @@ impl Validator<'_> {
         })
     }
 
+    fn process_env(
+        &self,
+        raw: Option<&Spanned<BTreeMap<String, String>>>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let Some(env) = raw else {
+            return Ok(BTreeMap::new());
+        };
+        match env
+            .get_ref()
+            .iter()
+            .find_map(|(key, value)| env_entry_problem(key, value))
+        {
+            Some(problem) => Err(self.error(env, format!("[app.process] env: {problem}"))),
+            None => Ok(env.get_ref().clone()),
+        }
+    }
+
     fn health(&self, raw: &RawHealth) -> Result<HealthConfig, ConfigError> {
         let path = match &raw.path {
             None => "/".to_string(),
+            Some(p) if p.get_ref().contains(|c: char| c.is_control() || c == ' ') => {
+                return Err(self.error(
+                    p,
+                    format!(
+                        "health path {:?} contains a space or a control character, which cannot be sent in a request line; percent-encode it (e.g. %20)",
+                        p.get_ref()
+                    ),
+                ))
+            }
             Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
             Some(p) => {
                 return Err(self.error(
@@ -784,6 +996,12 @@ impl Validator<'_> {
                 "`command` must name a program, e.g. [\"java\", \"-jar\", \"app.jar\"]",
             ));
         }
+        if command.iter().any(|arg| arg.contains('\0')) {
+            return Err(self.error(
+                &raw.command,
+                "`command` has an argument with a NUL character, which no program can receive; remove it",
+            ));
+        }
         let ports = raw
             .ports
             .as_ref()
@@ -799,7 +1017,7 @@ impl Validator<'_> {
         Ok(ProcessConfig {
             command: command.clone(),
             ports,
-            env: raw.env.clone(),
+            env: self.process_env(raw.env.as_ref())?,
             working_dir: raw
                 .working_dir
                 .as_ref()
@@ -807,6 +1025,34 @@ impl Validator<'_> {
             stop_signal,
             stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
         })
+    }
+}
+
+/// Whether binding both addresses would fail: one port (not 0, which
+/// picks a free one) on the same address or on a wildcard one.
+fn clash(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Why an environment entry cannot be handed to a process, if it cannot.
+pub(crate) fn env_entry_problem(key: &str, value: &str) -> Option<String> {
+    if key.is_empty() {
+        Some(
+            "an environment variable name is empty; give it a name, e.g. RUST_LOG = \"info\""
+                .into(),
+        )
+    } else if key.contains(['=', '\0']) {
+        Some(format!(
+            "environment variable name {key:?} contains `=` or a NUL character, which a process environment cannot hold; rename it"
+        ))
+    } else if value.contains('\0') {
+        Some(format!(
+            "the value of environment variable `{key}` contains a NUL character, which a process environment cannot hold; remove it"
+        ))
+    } else {
+        None
     }
 }
 

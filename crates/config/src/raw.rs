@@ -23,7 +23,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawProxy {
     pub mode: Option<Spanned<String>>,
-    pub listen: Option<Vec<Spanned<String>>>,
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body: Option<ByteSize>,
     pub header_read_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
@@ -87,8 +87,7 @@ pub struct RawHealth {
 pub struct RawProcess {
     pub command: Spanned<Vec<String>>,
     pub ports: Option<Spanned<RawPorts>>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
     pub working_dir: Option<String>,
     pub stop_signal: Option<Spanned<String>>,
     pub stop_timeout: Option<HumanDuration>,

@@ -69,16 +69,22 @@ pub(crate) fn validate(
     base: &Path,
     file: &Path,
     text: &str,
+    check_files: bool,
 ) -> Result<WebhookConfig, ConfigError> {
-    webhook_config(spanned, base).map_err(|located| ConfigError::located(file, text, located))
+    webhook_config(spanned, base, check_files)
+        .map_err(|located| ConfigError::located(file, text, located))
 }
 
-fn webhook_config(spanned: &Spanned<RawWebhook>, base: &Path) -> Result<WebhookConfig, Located> {
+fn webhook_config(
+    spanned: &Spanned<RawWebhook>,
+    base: &Path,
+    check_files: bool,
+) -> Result<WebhookConfig, Located> {
     let raw = spanned.get_ref();
     let secrets = |provider: &str,
                    files: &Option<Spanned<OneOrMany>>,
                    envs: &Option<Spanned<OneOrMany>>| {
-        let found = secrets(files.as_ref(), envs.as_ref(), base)?;
+        let found = secrets(files.as_ref(), envs.as_ref(), base, check_files)?;
         if found.len() > 2 {
             let span = files.as_ref().map_or_else(|| spanned.span(), Spanned::span);
             return Err((
@@ -162,6 +168,7 @@ fn secrets(
     files: Option<&Spanned<OneOrMany>>,
     envs: Option<&Spanned<OneOrMany>>,
     base: &Path,
+    check_files: bool,
 ) -> Result<Vec<SecretSource>, Located> {
     let mut found = Vec::new();
     if let Some(files) = files {
@@ -172,7 +179,18 @@ fn secrets(
                     "a secret file path must not be empty".to_string(),
                 ));
             }
-            found.push(SecretSource::File(base.join(path.trim())));
+            let resolved = base.join(path.trim());
+            if check_files && !resolved.is_file() {
+                return Err((
+                    files.span(),
+                    format!(
+                        "secret file `{}` does not exist (resolved to {}); create it holding the secret, or fix the path",
+                        path.trim(),
+                        resolved.display()
+                    ),
+                ));
+            }
+            found.push(SecretSource::File(resolved));
         }
     }
     if let Some(envs) = envs {

@@ -56,7 +56,7 @@ pub fn client(global: &GlobalArgs) -> Result<Client, Failure> {
 
 pub fn config_check(global: &GlobalArgs) -> Outcome {
     let file = global.config.display().to_string();
-    match Config::load(&global.config) {
+    match Config::load_checked(&global.config) {
         Ok(config) => {
             let names: Vec<&str> = config.apps.iter().map(|app| app.name.as_str()).collect();
             if global.json {

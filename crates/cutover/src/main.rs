@@ -62,8 +62,8 @@ async fn run(cli: Cli) -> Outcome {
     let global = &cli.global;
     match &cli.command {
         Command::Serve(args) => {
-            let config =
-                cutover_config::Config::load(&global.config).map_err(|e| Failure::config(&e))?;
+            let config = cutover_config::Config::load_checked(&global.config)
+                .map_err(|e| Failure::config(&e))?;
             serve::run(config, args).await
         }
         Command::Config(ConfigCommand::Check) => commands::config_check(global),

@@ -74,7 +74,17 @@ pub struct AppStatus {
     pub live_version: Option<String>,
     pub health: String,
     pub in_flight: u64,
+    /// The previous release while a deployment drains it.
+    #[serde(default)]
+    pub draining: Option<DrainingRelease>,
     pub current_deployment: Option<Deployment>,
     #[serde(default)]
     pub queued: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DrainingRelease {
+    pub slot: String,
+    pub version: String,
+    pub in_flight: u64,
 }

@@ -111,7 +111,7 @@ pub fn status_table(apps: &[AppStatus]) -> String {
                 dash(app.live_slot.as_deref()),
                 dash(app.live_version.as_deref()),
                 app.health.clone(),
-                app.in_flight.to_string(),
+                in_flight_cell(app),
                 app.current_deployment
                     .as_ref()
                     .map_or("-".to_string(), current_deployment),
@@ -139,6 +139,18 @@ pub fn status_table(apps: &[AppStatus]) -> String {
         ],
         &rows,
     )
+}
+
+/// `3`, and while a deployment drains the previous release `0 (+1 on
+/// blue v5, draining)`: requests still finishing there are in flight too.
+fn in_flight_cell(app: &AppStatus) -> String {
+    match &app.draining {
+        Some(old) => format!(
+            "{} (+{} on {} {}, draining)",
+            app.in_flight, old.in_flight, old.slot, old.version
+        ),
+        None => app.in_flight.to_string(),
+    }
 }
 
 /// `7 (v2, checking)`; a build in progress shows as such:

@@ -137,14 +137,23 @@ fn stop_signal(stopped: &watch::Receiver<bool>) -> impl Future<Output = ()> + Se
     }
 }
 
+/// The state directory and its logs are private to the daemon's user
+/// (0700): they hold the database, release and build logs, artifacts.
+/// An existing directory made with looser modes is tightened.
 fn create_state_dirs(config: &Config) -> Result<(), Failure> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     for dir in [config.state_dir.clone(), config.logs_dir()] {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Failure::failed(format!(
-                "cannot create {}: {e}; check that state_dir is writable",
-                dir.display()
-            ))
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| {
+                Failure::failed(format!(
+                    "cannot create {}: {e}; check that state_dir is writable",
+                    dir.display()
+                ))
+            })?;
     }
     Ok(())
 }

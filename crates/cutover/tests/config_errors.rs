@@ -98,3 +98,48 @@ fn missing_config_file_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/cutover.toml"));
 }
+
+#[test]
+fn a_slot_port_on_the_proxy_port_is_rejected_with_file_line_and_problem() {
+    let config = format!(
+        "[proxy]\nlisten = [\"127.0.0.1:18090\"]\n{GOOD}ports = {{ blue = 18090, green = 18091 }}\n"
+    );
+    assert_rejected(
+        &config,
+        "7:",
+        "ports.blue = 18090 is the port of [proxy] listen",
+    );
+}
+
+#[test]
+fn a_webhook_on_the_proxy_port_is_rejected_with_file_line_and_problem() {
+    let config = format!(
+        "[proxy]\nlisten = [\"127.0.0.1:18092\"]\n{GOOD}[webhook]\nlisten = \"127.0.0.1:18092\"\ngithub_secret_env = \"GH\"\n"
+    );
+    assert_rejected(
+        &config,
+        "8:",
+        "the webhook receiver needs a port of its own",
+    );
+}
+
+#[test]
+fn a_missing_webhook_secret_file_is_rejected_before_anything_starts() {
+    let config =
+        format!("{GOOD}[webhook]\nlisten = \"127.0.0.1:0\"\ngithub_secret_file = \"gh.secret\"\n");
+    assert_rejected(&config, "7:", "secret file `gh.secret` does not exist");
+}
+
+#[test]
+fn an_endless_config_file_is_a_bounded_usage_error() {
+    let started = std::time::Instant::now();
+    let output = Command::new(binaries::cutover())
+        .args(["config", "check", "--config", "/dev/zero"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/dev/zero: "), "{stderr}");
+    assert!(stderr.contains("larger than 4 MiB"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -449,3 +449,84 @@ fn bad_version_is_refused_with_exit_2_and_changes_nothing() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no app named `nope`"));
 }
+
+/// `status` tells the truth during a drain in both formats: v2 is live and
+/// healthy, v1 is shown draining with its request in flight.
+#[test]
+fn status_during_a_drain_shows_the_new_live_release_and_the_draining_one() {
+    let daemon = Daemon::start(AppOptions::default());
+    daemon.deploy("v1");
+    let port = daemon.proxy_port;
+    let slow = std::thread::spawn(move || http::get(port, "/slow?ms=8000"));
+    std::thread::sleep(Duration::from_millis(100));
+    let deploy = deploy_in_background(&daemon, "v2");
+    eventually(
+        Duration::from_secs(10),
+        "the deployment draining v1",
+        || daemon.status()["current_deployment"]["state"] == "draining",
+    );
+    let status = daemon.status();
+    assert_eq!(status["live_slot"], "green", "{status}");
+    assert_eq!(status["live_version"], "v2", "{status}");
+    assert_eq!(status["health"], "healthy", "{status}");
+    assert_eq!(status["draining"]["slot"], "blue", "{status}");
+    assert_eq!(status["draining"]["version"], "v1", "{status}");
+    assert_eq!(status["draining"]["in_flight"], 1, "{status}");
+    let table = daemon.ok(&["status"]);
+    let row = table.lines().find(|l| l.starts_with("web")).unwrap_or("");
+    assert!(
+        row.contains("green") && row.contains("v2") && row.contains("+1 on blue v1, draining"),
+        "{table}"
+    );
+    let deployed = deploy.join().unwrap();
+    assert!(deployed.status.success(), "{deployed:?}");
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert!(daemon.status()["draining"].is_null());
+}
+
+/// `cutover deploy web --version <version>` run on another thread.
+fn deploy_in_background(
+    daemon: &Daemon,
+    version: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let config = daemon.config.clone();
+    let version = version.to_string();
+    std::thread::spawn(move || {
+        std::process::Command::new(cutover_test_support::binaries::cutover())
+            .args(["deploy", "web", "--version", &version, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+}
+
+/// The live-health monitor follows the live slot: while the old release
+/// stops after a switch (here for seconds: its drain timed out and it
+/// finishes a long request before exiting), it refuses connections, which
+/// is not the app's health — no `unhealthy` event, counter or status.
+#[test]
+fn a_switch_reports_no_unhealthy_transition_while_the_old_release_stops() {
+    let daemon = Daemon::start(AppOptions {
+        drain_timeout: "1s",
+        ..AppOptions::default()
+    });
+    daemon.deploy("v1");
+    let mut events = daemon.admin_stream("/v1/apps/web/events");
+    let port = daemon.proxy_port;
+    let slow = std::thread::spawn(move || http::get(port, "/slow?ms=8000"));
+    std::thread::sleep(Duration::from_millis(100));
+    let deployed = daemon.deploy("v2");
+    assert!(deployed.contains("succeeded"), "{deployed}");
+    let _ = slow.join();
+
+    let seen = common::read_until(&mut events, "event: unhealthy", Duration::from_secs(2));
+    assert!(!seen.contains("event: unhealthy"), "{seen}");
+    assert_eq!(daemon.status()["health"], "healthy");
+    let samples = common::proxy::scrape(&daemon);
+    let unhealthy = common::proxy::sample(
+        &samples,
+        "cutover_health_transitions_total",
+        &[("app", "web"), ("to", "unhealthy")],
+    );
+    assert_eq!(unhealthy.unwrap_or(0.0), 0.0);
+}

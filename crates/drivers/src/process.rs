@@ -35,6 +35,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -663,9 +664,11 @@ fn open_log(path: &Path) -> Result<(File, File), DriverError> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(log_error)?;
     }
+    // Release output may hold anything the app prints: the owner's alone.
     let stdout = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(log_error)?;
     let stderr = stdout.try_clone().map_err(log_error)?;

@@ -10,7 +10,7 @@ use crate::deployment::{self, DeploymentJob, Outcome};
 use crate::error::EngineError;
 use crate::health;
 use crate::journal::Journal;
-use crate::model::{state_of, AppStatus, DeployRequest, LiveHealth, Trigger};
+use crate::model::{state_of, AppStatus, DeployRequest, DrainingRelease, LiveHealth, Trigger};
 use crate::recovery::{self, Recovered};
 use crate::slots;
 use cutover_config::Promotion;
@@ -406,17 +406,44 @@ impl Actor {
             (HEALTH_BAD, _) => LiveHealth::Unhealthy,
             _ => LiveHealth::Unknown,
         };
+        // After a switch the routed release is live, though the deployment
+        // that switched is still draining the one `self.live` names.
+        let (live_slot, live_version) = match (&routed, &self.live) {
+            (Some(routed), _) => (
+                Some(routed.slot().to_string()),
+                Some(routed.release().to_string()),
+            ),
+            (None, Some(live)) => (
+                Some(live.slot.as_str().to_string()),
+                Some(live.release.version.clone()),
+            ),
+            (None, None) => None.unzip(),
+        };
         Ok(AppStatus {
             name: self.context.name().to_string(),
             hosts: self.context.app.hosts.clone(),
             driver: self.context.driver.name(),
-            live_slot: self.live.as_ref().map(|l| l.slot.as_str().to_string()),
-            live_version: self.live.as_ref().map(|l| l.release.version.clone()),
+            live_slot,
+            live_version,
             health,
-            in_flight: routed.map_or(0, |u| u.in_flight()),
+            in_flight: routed.as_ref().map_or(0, |u| u.in_flight()),
+            draining: self.draining(routed.as_ref()),
             current_deployment: current,
             queued: self.queue.iter().map(|q| q.record.id).collect(),
             slots: record.map(|r| r.slots).unwrap_or_default(),
+        })
+    }
+
+    /// The previous live release, while the running deployment has moved
+    /// traffic off it and not yet finished.
+    fn draining(&self, routed: Option<&Arc<cutover_proxy::Upstream>>) -> Option<DrainingRelease> {
+        let previous = self.live.as_ref()?;
+        let switched_away = routed.is_some_and(|routed| !Arc::ptr_eq(routed, &previous.upstream));
+        let deploying = matches!(self.job, Some(Job::Deployment(_)));
+        (switched_away && deploying).then(|| DrainingRelease {
+            slot: previous.slot.as_str().to_string(),
+            version: previous.release.version.clone(),
+            in_flight: previous.upstream.in_flight(),
         })
     }
 
@@ -518,7 +545,16 @@ impl Monitored {
         let mut was_healthy = true;
         loop {
             tokio::time::sleep(config.interval).await;
-            let result = self.check(&config).await;
+            let Some(routed) = self.context.front.live(&app) else {
+                continue;
+            };
+            let result = self.check(&config, &routed).await;
+            // A check that outlived a switch judged a release that no longer
+            // takes traffic (it drains, then stops): not the app's health.
+            let still_live = self.context.front.live(&app);
+            if still_live.is_none_or(|live| live.addr() != routed.addr()) {
+                continue;
+            }
             let flag = if result.is_ok() {
                 HEALTH_OK
             } else {
@@ -548,9 +584,19 @@ impl Monitored {
         }
     }
 
-    /// The HTTP check, and the runtime's own (a Docker HEALTHCHECK).
-    async fn check(&self, config: &cutover_config::HealthConfig) -> Result<(), String> {
-        health::check(self.addr, config).await?;
+    /// The HTTP check of the release traffic goes to — after a switch
+    /// that is the new one, not the one this monitor started on, which is
+    /// draining and will stop — and the runtime's own check (a Docker
+    /// HEALTHCHECK) while it is the one started on.
+    async fn check(
+        &self,
+        config: &cutover_config::HealthConfig,
+        routed: &cutover_proxy::Upstream,
+    ) -> Result<(), String> {
+        health::check(routed.addr(), config).await?;
+        if routed.addr() != self.addr {
+            return Ok(());
+        }
         match self.context.driver.check(&self.runtime_id).await {
             cutover_drivers::RuntimeHealth::Failing(why) => Err(why),
             _ => Ok(()),

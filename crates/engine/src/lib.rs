@@ -60,4 +60,6 @@ pub use engine::{Engine, ShutdownOutcome};
 pub use error::EngineError;
 pub use events::AppEvent;
 pub use log_tail::tail_lines;
-pub use model::{AppStatus, DeployRequest, DeploymentDetail, LiveHealth, SourceRequest};
+pub use model::{
+    AppStatus, DeployRequest, DeploymentDetail, DrainingRelease, LiveHealth, SourceRequest,
+};

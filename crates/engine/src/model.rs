@@ -53,10 +53,22 @@ pub struct AppStatus {
     pub health: LiveHealth,
     /// Requests in flight on the live release right now.
     pub in_flight: usize,
+    /// The release traffic just left, while a deployment drains it (or
+    /// keeps it ready during verification); `None` otherwise.
+    pub draining: Option<DrainingRelease>,
     pub current_deployment: Option<DeploymentRecord>,
     /// Ids of deployments waiting behind the current one.
     pub queued: Vec<i64>,
     pub slots: Vec<SlotRecord>,
+}
+
+/// The previous live release while the running deployment drains it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DrainingRelease {
+    pub slot: String,
+    pub version: String,
+    /// Requests still in flight on it.
+    pub in_flight: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]

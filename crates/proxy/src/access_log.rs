@@ -161,10 +161,10 @@ impl Write for Sink {
     }
 }
 
+/// Created owner-only (0600): client addresses and paths are not for
+/// every local user.
 fn open_append(path: &Path) -> Result<File, AccessLogError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
+    std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create(true).append(true), 0o600)
         .open(path)
         .map_err(|source| AccessLogError::Open {
             path: path.to_path_buf(),

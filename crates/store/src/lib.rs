@@ -36,6 +36,11 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("cannot make the state database {path} private to its owner (mode 0600): {source}; check that state_dir is writable")]
+    Private {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the state database {path} was written by a newer cutover (schema {found}, this build knows {known}); upgrade cutover")]
     TooNew {
         path: PathBuf,
@@ -56,6 +61,19 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// Creates the database file owner-only (0600), or tightens an existing
+/// one: it holds deployment history, refs and reasons. SQLite gives its
+/// `-wal` and `-shm` files the database file's mode.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -69,6 +87,10 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        private_file(path).map_err(|source| StoreError::Private {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut conn = Connection::open(path).map_err(open_error)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_error)?;

@@ -28,7 +28,9 @@ pub(super) fn open(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    // Container output may hold anything the app prints: the owner's alone.
+    std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create(true).append(true), 0o600)
+        .open(path)
 }
 
 /// Streams the container's output into `path` until the container stops

@@ -38,7 +38,13 @@ pub(super) async fn run_steps(
     if let Some(parent) = log_path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let mut log = tokio::fs::File::create(log_path)
+    // Build output may hold secrets a step printed: the owner's alone.
+    let mut log = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(log_path)
         .await
         .map_err(|e| format!("cannot create the build log {}: {e}", log_path.display()))?;
     let mut output = Output {
