@@ -15,14 +15,6 @@ const LOAD_CLIENTS: usize = 8;
 const LOAD_MAX_REQUESTS: usize = 20_000;
 const LOAD_MAX_TIME: Duration = Duration::from_secs(60);
 
-fn history(daemon: &Daemon) -> Vec<serde_json::Value> {
-    daemon
-        .json(&["history", "web"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Invariants 1 and 3: v1 → v2 under keep-alive load drops nothing, and no
 /// client goes back to v1 after its first v2.
 #[test]
@@ -174,7 +166,7 @@ fn assert_failed_deploy_changes_nothing(flags: &str, fixed_ports: bool, expected
     );
     let status = daemon.status();
     assert_eq!(status["live_version"], "v1");
-    let last = &history(&daemon)[0];
+    let last = &daemon.history()[0];
     assert_eq!(last["state"], "failed");
     assert_eq!(daemon.get("/").text().trim(), "version=v1");
 }
@@ -237,13 +229,14 @@ fn concurrent_deploys_are_serialised_never_interleaved() {
         second["id"].as_i64().unwrap(),
     );
     eventually(Duration::from_secs(30), "both deployments finished", || {
-        history(&daemon)
+        daemon
+            .history()
             .iter()
             .filter(|d| d["state"] == "succeeded")
             .count()
             == 3
     });
-    let all = history(&daemon);
+    let all = daemon.history();
     let find = |id: i64| all.iter().find(|d| d["id"] == id).unwrap().clone();
     let (a, b) = (find(first_id), find(second_id));
     assert!(
@@ -269,7 +262,7 @@ fn burst_of_deploys_collapses_to_the_newest() {
     eventually(Duration::from_secs(10), "no deployment running", || {
         daemon.status()["current_deployment"].is_null()
     });
-    let all = history(&daemon);
+    let all = daemon.history();
     let v3 = all.iter().find(|d| d["version"] == "v3").unwrap();
     assert_eq!(v3["state"], "aborted");
     assert!(
@@ -314,7 +307,7 @@ fn rollback_under_load_returns_to_previous_release_without_failures() {
     report.assert_versions_in_order(&["v2", "v1"]);
     let status = daemon.status();
     assert_eq!(status["live_version"], "v1");
-    assert_eq!(history(&daemon)[0]["trigger"], "rollback");
+    assert_eq!(daemon.history()[0]["trigger"], "rollback");
 }
 
 #[test]
@@ -345,7 +338,7 @@ fn kill_9_during_checking_keeps_v1_live_and_cleans_up_v2() {
     eventually(Duration::from_secs(10), "v2 cleaned up", || {
         daemon.release_versions() == ["v1"]
     });
-    let last = &history(&daemon)[0];
+    let last = &daemon.history()[0];
     assert_eq!(last["version"], "v2");
     assert_eq!(last["state"], "failed");
     assert!(
@@ -374,7 +367,7 @@ fn kill_9_right_after_switch_serves_v2_and_stops_v1() {
     eventually(Duration::from_secs(15), "v1 stopped", || {
         daemon.release_versions() == ["v2"]
     });
-    let all = history(&daemon);
+    let all = daemon.history();
     assert_eq!(all.len(), 2, "history intact: {all:?}");
     assert_eq!(all[0]["state"], "failed");
     assert!(all[0]["reason"].as_str().unwrap().contains("interrupted"));
@@ -397,7 +390,7 @@ fn restart_after_sigterm_serves_the_live_release_without_a_new_deploy() {
     );
     daemon.spawn();
     daemon.wait_serving("v2", Duration::from_secs(10));
-    let all = history(&daemon);
+    let all = daemon.history();
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|d| d["state"] == "succeeded"));
 }
@@ -444,7 +437,7 @@ fn bad_version_is_refused_with_exit_2_and_changes_nothing() {
     let output = daemon.cli(&["deploy", "web", "--version", "$(touch pwned)"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not valid"));
-    assert!(history(&daemon).is_empty());
+    assert!(daemon.history().is_empty());
     let unknown = daemon.cli(&["deploy", "nope", "--version", "v1"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no app named `nope`"));

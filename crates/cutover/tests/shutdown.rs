@@ -16,14 +16,6 @@ use std::time::{Duration, Instant};
 /// floor of 10s; the proxy's own grace (5s here) runs alongside.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
-fn history(daemon: &Daemon) -> Vec<serde_json::Value> {
-    daemon
-        .json(&["history", "web"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn pid_of(daemon: &Daemon, version: &str) -> Option<u32> {
     daemon
         .releases()
@@ -73,7 +65,7 @@ fn sigterm_during_health_check_wait_aborts_the_deployment_and_keeps_the_live_rel
         Some(v1),
         "v1 was adopted, not restarted"
     );
-    let last = &history(&daemon)[0];
+    let last = &daemon.history()[0];
     assert_eq!(last["version"], "v2");
     assert_eq!(last["state"], "aborted", "{last}");
     let reason = last["reason"].as_str().unwrap();
@@ -116,7 +108,7 @@ fn sigterm_while_draining_lets_the_committed_deployment_finish() {
 
     daemon.spawn();
     daemon.wait_serving("v2", Duration::from_secs(10));
-    let all = history(&daemon);
+    let all = daemon.history();
     assert_eq!(all[0]["version"], "v2");
     assert_eq!(all[0]["state"], "succeeded", "{:?}", all[0]);
 }

@@ -195,6 +195,14 @@ stop_timeout = "5s"
         self.json(&["status", "web"])
     }
 
+    /// `web`'s deployments, newest first.
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        self.json(&["history", "web"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
