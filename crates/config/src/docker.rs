@@ -43,6 +43,7 @@ pub struct RawDocker {
     pub registry_password_file: Option<Spanned<String>>,
     pub registry_password_env: Option<Spanned<String>>,
     pub socket: Option<String>,
+    pub advertise: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +88,10 @@ pub struct DockerConfig {
     pub registry: Option<RegistryAuth>,
     /// The Docker engine's unix socket; `None`: `DOCKER_HOST` or `/var/run/docker.sock`.
     pub socket: Option<PathBuf>,
+    /// `advertise`: the address of this host at which a front on another
+    /// host reaches the release; the port is published on it instead of
+    /// 127.0.0.1. `None`: 127.0.0.1.
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,10 +200,15 @@ fn docker_config(
         keep_images: raw.keep_images.as_ref().map_or(Ok(3), keep_images)?,
         registry: registry_auth(raw, base)?,
         socket: raw.socket.as_ref().map(|s| base.join(s)),
+        advertise: raw
+            .advertise
+            .as_ref()
+            .map(crate::model::advertise)
+            .transpose()?,
     })
 }
 
-fn check_container_names(app: &str, span: Range<usize>) -> Result<(), Located> {
+pub(crate) fn check_container_names(app: &str, span: Range<usize>) -> Result<(), Located> {
     if app.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Ok(());
     }
@@ -208,7 +218,7 @@ fn check_container_names(app: &str, span: Range<usize>) -> Result<(), Located> {
     ))
 }
 
-fn image(raw: &Spanned<String>, app: &str) -> Result<String, Located> {
+pub(crate) fn image(raw: &Spanned<String>, app: &str) -> Result<String, Located> {
     let image = raw.get_ref().trim().to_string();
     if !image.contains("{version}") {
         return Err((
@@ -272,7 +282,7 @@ fn container_port(
     }
 }
 
-fn build(spanned: &Spanned<RawDockerBuild>, base: &Path) -> Result<DockerBuild, Located> {
+pub(crate) fn build(spanned: &Spanned<RawDockerBuild>, base: &Path) -> Result<DockerBuild, Located> {
     let build = spanned.get_ref();
     let context = build.context.as_deref().unwrap_or(".");
     let context = if Path::new(context).is_absolute() {
@@ -303,7 +313,7 @@ fn build(spanned: &Spanned<RawDockerBuild>, base: &Path) -> Result<DockerBuild, 
     })
 }
 
-fn push(raw: Option<&Spanned<bool>>, has_build: bool) -> Result<bool, Located> {
+pub(crate) fn push(raw: Option<&Spanned<bool>>, has_build: bool) -> Result<bool, Located> {
     let push = raw.is_some_and(|p| *p.get_ref());
     if push && !has_build {
         return Err((
@@ -314,7 +324,7 @@ fn push(raw: Option<&Spanned<bool>>, has_build: bool) -> Result<bool, Located> {
     Ok(push)
 }
 
-fn labels(
+pub(crate) fn labels(
     raw: Option<&Spanned<BTreeMap<String, String>>>,
 ) -> Result<BTreeMap<String, String>, Located> {
     let Some(labels) = raw else {
@@ -434,7 +444,7 @@ fn resolve_volume(text: &str, base: &Path) -> Result<String, String> {
 }
 
 /// Docker object names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))

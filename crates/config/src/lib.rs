@@ -14,6 +14,8 @@
 //! - [`error`]: [`ConfigError`], which names file, line, column and problem.
 //! - [`tls`]: the built-in proxy's TLS keys (`tls_listen`, `[[proxy.tls]]`,
 //!   `redirect_http`).
+//! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
+//!   keys of both are checked by the same functions in `docker.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,7 @@ pub mod model;
 pub mod nginx;
 mod raw;
 pub mod source;
+pub mod swarm;
 pub mod tls;
 pub mod units;
 pub mod webhook;
@@ -33,5 +36,6 @@ pub use error::ConfigError;
 pub use model::*;
 pub use nginx::{NginxConfig, SshConfig};
 pub use source::{DeployOn, RefKind, SourceConfig};
+pub use swarm::SwarmConfig;
 pub use tls::{TlsCert, TlsConfig};
 pub use webhook::WebhookConfig;

@@ -141,6 +141,8 @@ pub struct AppConfig {
     pub shift: Option<ShiftConfig>,
     pub hooks: HooksConfig,
     pub health: HealthConfig,
+    /// How the proxy spreads requests over a release's endpoints.
+    pub balance: Balance,
     pub driver: DriverConfig,
     /// The git source and build pipeline (`[app.source]`), when configured.
     pub source: Option<crate::source::SourceConfig>,
@@ -185,10 +187,66 @@ pub struct HealthConfig {
     pub healthy_after: u32,
 }
 
+/// `[app] balance`: how requests are spread over a release's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// The less busy of two endpoints picked at random (the default).
+    #[default]
+    LeastRequests,
+    RoundRobin,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::LeastRequests => "least_requests",
+            Balance::RoundRobin => "round_robin",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum DriverConfig {
     Process(ProcessConfig),
     Docker(crate::docker::DockerConfig),
+    Swarm(crate::swarm::SwarmConfig),
+}
+
+impl DriverConfig {
+    /// How long a release may take to stop once asked.
+    pub fn stop_timeout(&self) -> Duration {
+        match self {
+            DriverConfig::Process(process) => process.stop_timeout,
+            DriverConfig::Docker(docker) => docker.stop_timeout,
+            DriverConfig::Swarm(swarm) => swarm.stop_timeout,
+        }
+    }
+
+    /// `advertise` of a local release (process, docker): the address a
+    /// front on another host reaches this host's releases at. Swarm
+    /// endpoints are node addresses already.
+    pub fn advertise(&self) -> Option<std::net::IpAddr> {
+        match self {
+            DriverConfig::Process(process) => process.advertise,
+            DriverConfig::Docker(docker) => docker.advertise,
+            DriverConfig::Swarm(_) => None,
+        }
+    }
+}
+
+/// `advertise = "10.0.0.5"`: an IP address (a front cannot resolve names
+/// the way this host does), not unspecified.
+pub(crate) fn advertise(raw: &Spanned<String>) -> Result<std::net::IpAddr, Located> {
+    match raw.get_ref().trim().parse::<std::net::IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => Ok(ip),
+        _ => Err((
+            raw.span(),
+            format!(
+                "advertise `{}` is not an IP address of this host; write the address a front on another host reaches it at, e.g. \"10.0.0.5\"",
+                raw.get_ref()
+            ),
+        )),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +260,9 @@ pub struct ProcessConfig {
     pub working_dir: PathBuf,
     pub stop_signal: StopSignal,
     pub stop_timeout: Duration,
+    /// The address a front on another host reaches this host's releases
+    /// at (`None`: 127.0.0.1). cutover itself keeps using 127.0.0.1.
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -725,6 +786,7 @@ impl Validator<'_> {
             shift: self.shift(raw)?,
             hooks: self.hooks(raw)?,
             health: self.health(&raw.health)?,
+            balance: self.balance(raw.balance.as_ref())?,
             driver,
             source: match &raw.source {
                 Some(source) => Some(crate::source::validate(
@@ -793,26 +855,59 @@ impl Validator<'_> {
         }
     }
 
-    /// Exactly one of `[app.process]` and `[app.docker]`.
+    /// Exactly one of `[app.process]`, `[app.docker]` and `[app.swarm]`.
     fn driver(&self, raw: &RawApp, base: &Path) -> Result<DriverConfig, ConfigError> {
         let name = raw.name.get_ref();
-        match (&raw.process, &raw.docker) {
-            (Some(_), Some(docker)) => Err(self.error(
-                docker,
-                format!("app `{name}` has both [app.process] and [app.docker]; an app runs with exactly one driver, remove one"),
-            )),
-            (None, Some(docker)) => Ok(DriverConfig::Docker(crate::docker::validate(
+        let sections = [
+            ("process", raw.process.as_ref().map(Spanned::span)),
+            ("docker", raw.docker.as_ref().map(Spanned::span)),
+            ("swarm", raw.swarm.as_ref().map(Spanned::span)),
+        ];
+        let present: Vec<(&str, std::ops::Range<usize>)> = sections
+            .into_iter()
+            .filter_map(|(section, span)| Some((section, span?)))
+            .collect();
+        if let [(first, _), (second, span), ..] = present.as_slice() {
+            return Err(self.locate((
+                span.clone(),
+                format!("app `{name}` has both [app.{first}] and [app.{second}]; an app runs with exactly one driver, remove one"),
+            )));
+        }
+        if let Some(docker) = &raw.docker {
+            return Ok(DriverConfig::Docker(crate::docker::validate(
                 docker,
                 name,
                 base,
                 self.file,
                 self.source,
-            )?)),
-            (None, None) => Err(self.error(
+            )?));
+        }
+        if let Some(swarm) = &raw.swarm {
+            return Ok(DriverConfig::Swarm(crate::swarm::validate(
+                swarm,
+                name,
+                base,
+                self.file,
+                self.source,
+            )?));
+        }
+        match &raw.process {
+            Some(process) => Ok(DriverConfig::Process(self.process(process, base)?)),
+            None => Err(self.error(
                 &raw.name,
-                format!("app `{name}` has no driver: add an [app.process] section with a `command` or an [app.docker] section with an `image`"),
+                format!("app `{name}` has no driver: add an [app.process] section with a `command`, an [app.docker] section with an `image`, or an [app.swarm] section with an `image`"),
             )),
-            (Some(process), None) => Ok(DriverConfig::Process(self.process(process, base)?)),
+        }
+    }
+
+    fn balance(&self, raw: Option<&Spanned<String>>) -> Result<Balance, ConfigError> {
+        match raw.map(|b| (b, b.get_ref().as_str())) {
+            None | Some((_, "least_requests")) => Ok(Balance::LeastRequests),
+            Some((_, "round_robin")) => Ok(Balance::RoundRobin),
+            Some((spanned, other)) => Err(self.error(
+                spanned,
+                format!("balance `{other}` is not known; use \"least_requests\" (the default) or \"round_robin\""),
+            )),
         }
     }
 
@@ -1024,6 +1119,12 @@ impl Validator<'_> {
                 .map_or_else(|| base.to_path_buf(), |d| base.join(d)),
             stop_signal,
             stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            advertise: raw
+                .advertise
+                .as_ref()
+                .map(advertise)
+                .transpose()
+                .map_err(|located| self.locate(located))?,
         })
     }
 }

@@ -67,6 +67,8 @@ pub struct RawApp {
     pub health: RawHealth,
     pub process: Option<Spanned<RawProcess>>,
     pub docker: Option<Spanned<crate::docker::RawDocker>>,
+    pub swarm: Option<Spanned<crate::swarm::RawSwarm>>,
+    pub balance: Option<Spanned<String>>,
     pub source: Option<Spanned<crate::source::RawSource>>,
 }
 
@@ -91,6 +93,7 @@ pub struct RawProcess {
     pub working_dir: Option<String>,
     pub stop_signal: Option<Spanned<String>>,
     pub stop_timeout: Option<HumanDuration>,
+    pub advertise: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
