@@ -23,17 +23,17 @@
 //! - **stop_orphans**: containers labelled with this instance and app that
 //!   the engine does not keep are stopped and removed.
 
-mod client;
+pub(crate) mod client;
 mod error;
-mod image;
-mod logs;
+pub(crate) mod image;
+pub(crate) mod logs;
 mod retention;
 mod watch;
 
 pub use client::DEFAULT_SOCKET;
 pub use error::DockerError;
 
-use crate::{Driver, DriverError, ReleaseSpec, RuntimeHealth, StartedRelease};
+use crate::{Driver, DriverError, Endpoint, ReleaseSpec, RuntimeHealth, StartedRelease};
 use async_trait::async_trait;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig, PortBinding,
@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tracing::{info, warn};
 
-/// Labels on every container (and built image) of cutover.
+/// Labels on every container (and built image, and swarm service) of cutover.
 pub const LABEL_INSTANCE: &str = "cutover.instance";
 pub const LABEL_APP: &str = "cutover.app";
 pub const LABEL_SLOT: &str = "cutover.slot";
@@ -128,10 +128,13 @@ impl Driver for DockerDriver {
     async fn adopt(
         &self,
         runtime_id: &str,
-        addr: SocketAddr,
+        recorded: &[Endpoint],
     ) -> Result<Option<StartedRelease>, DriverError> {
         check_id(runtime_id)?;
-        Ok(self.inner.adopt(runtime_id, addr).await?)
+        let recorded = recorded
+            .first()
+            .map_or(SocketAddr::from((self.inner.host_ip(), 0)), |e| e.addr);
+        Ok(self.inner.adopt(runtime_id, recorded).await?)
     }
 
     async fn stop_orphans(&self, app: &str, keep: &[String]) -> Result<Vec<String>, DriverError> {
@@ -188,7 +191,7 @@ impl Driver for DockerDriver {
 
 impl Inner {
     async fn prepare(&self, spec: &ReleaseSpec) -> Result<(), DockerError> {
-        let reference = image::reference(&self.config, &spec.version)?;
+        let reference = image::reference(&(&self.config).into(), &spec.version)?;
         if let DockerNetwork::Named(network) = &self.config.network {
             let docker = self.client.get().await?;
             match docker.inspect_network(network, None).await {
@@ -207,7 +210,7 @@ impl Inner {
         }
         let origin = image::ensure(
             &self.client,
-            &self.config,
+            &(&self.config).into(),
             &self.app,
             &self.instance,
             &spec.version,
@@ -233,7 +236,7 @@ impl Inner {
     /// Create, start, attach output and exit watch, find the address.
     async fn start(&self, spec: &ReleaseSpec) -> Result<StartedRelease, DriverError> {
         let docker = self.client.get().await?;
-        let reference = image::reference(&self.config, &spec.version)?;
+        let reference = image::reference(&(&self.config).into(), &spec.version)?;
         let name = DockerDriver::container_name(&self.app, spec.slot);
         self.remove_previous(&name).await?;
         let ports = self.ports(spec.slot)?;
@@ -260,11 +263,14 @@ impl Inner {
             "started container {name} ({}) from {reference} on {addr}",
             logs::short(&id)
         );
-        Ok(StartedRelease {
-            addr,
-            runtime_id: id,
-            exited,
-        })
+        Ok(StartedRelease::single(Endpoint::new(addr, name), id, exited))
+    }
+
+    /// Where published ports are bound and reached: `advertise`, else 127.0.0.1.
+    fn host_ip(&self) -> std::net::IpAddr {
+        self.config
+            .advertise
+            .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
 
     /// Where a slot's release listens and how it is reached.
@@ -325,7 +331,7 @@ impl Inner {
             HashMap::from([(
                 ports.port_key.clone(),
                 Some(vec![PortBinding {
-                    host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+                    host_ip: Some(self.host_ip().to_string()),
                     host_port: Some(ports.host_port.map_or_else(String::new, |p| p.to_string())),
                 }]),
             )])
@@ -411,17 +417,22 @@ impl Inner {
         ports: &ContainerPorts,
     ) -> Result<SocketAddr, DockerError> {
         if let Some(port) = ports.host_port {
-            return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            let ip = match ports.publish {
+                true => self.host_ip(),
+                false => std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+            };
+            return Ok(SocketAddr::from((ip, port)));
         }
         let inspected = docker
             .inspect_container(id, None)
             .await
             .map_err(|e| self.client.error(format!("inspecting container {name}"), e))?;
-        match published_port(&inspected, &ports.port_key) {
-            Some(port) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        let ip = self.host_ip();
+        match published_port(&inspected, &ports.port_key, ip) {
+            Some(port) => Ok(SocketAddr::from((ip, port))),
             // Already gone (an entrypoint that fails at once): the
             // exit watch reports how, with the output in the log.
-            None if !is_running(&inspected) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
+            None if !is_running(&inspected) => Ok(SocketAddr::from((ip, 0))),
             None => {
                 let _ = docker.remove_container(id, Some(remove_options())).await;
                 Err(DockerError::NoPublishedPort {
@@ -536,11 +547,15 @@ impl Inner {
             .config
             .host_ports
             .is_none()
-            .then(|| published_port(&inspected, &format!("{}/tcp", self.config.port)))
+            .then(|| {
+                published_port(
+                    &inspected,
+                    &format!("{}/tcp", self.config.port),
+                    self.host_ip(),
+                )
+            })
             .flatten()
-            .map_or(recorded, |port| {
-                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-            });
+            .map_or(recorded, |port| SocketAddr::from((self.host_ip(), port)));
         let output = match label(&inspected, LABEL_LOG) {
             Some(path) => logs::spawn(
                 docker.clone(),
@@ -558,11 +573,11 @@ impl Inner {
             output,
         );
         info!(app = %self.app, container = %logs::short(id), %addr, "adopted container {name} ({version})");
-        Ok(Some(StartedRelease {
-            addr,
-            runtime_id: id.to_string(),
+        Ok(Some(StartedRelease::single(
+            Endpoint::new(addr, name),
+            id.to_string(),
             exited,
-        }))
+        )))
     }
 
     async fn check(&self, id: &str) -> RuntimeHealth {
@@ -693,8 +708,13 @@ fn is_running(inspected: &ContainerInspectResponse) -> bool {
         .unwrap_or(false)
 }
 
-/// The host port Docker published `port_key` (`8080/tcp`) on, on 127.0.0.1.
-fn published_port(inspected: &ContainerInspectResponse, port_key: &str) -> Option<u16> {
+/// The host port Docker published `port_key` (`8080/tcp`) on, on `ip`.
+fn published_port(
+    inspected: &ContainerInspectResponse,
+    port_key: &str,
+    ip: std::net::IpAddr,
+) -> Option<u16> {
+    let ip = ip.to_string();
     inspected
         .network_settings
         .as_ref()?
@@ -706,7 +726,7 @@ fn published_port(inspected: &ContainerInspectResponse, port_key: &str) -> Optio
         .find(|b| {
             b.host_ip
                 .as_deref()
-                .is_none_or(|ip| ip == "127.0.0.1" || ip.is_empty())
+                .is_none_or(|bound| bound == ip || bound.is_empty())
         })?
         .host_port
         .as_deref()?

@@ -7,19 +7,24 @@
 //!
 //! # Layout
 //!
-//! - [`Driver`], [`ReleaseSpec`], [`StartedRelease`], [`ExitWatch`]: the
+//! - [`Driver`], [`ReleaseSpec`], [`StartedRelease`], [`Endpoint`], [`ExitWatch`]: the
 //!   contract (this file).
 //! - [`process`]: releases as local processes, each in its own process
 //!   group, output appended to a per-release log file.
 //! - [`docker`]: releases as Docker containers (one per slot), output
 //!   streamed into the per-release log file.
+//! - [`swarm`]: releases as Docker Swarm services (one per slot, `replicas`
+//!   tasks, each an [`Endpoint`] on its node), task output prefixed by task
+//!   into the per-release log file; endpoint changes are published.
 
 #![forbid(unsafe_code)]
 
 pub mod docker;
 pub mod process;
+pub mod swarm;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use cutover_config::Slot;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,16 +43,68 @@ pub struct ReleaseSpec {
     pub artifact: Option<PathBuf>,
 }
 
-/// A release that a driver started (or re-adopted after a restart).
-#[derive(Debug)]
-pub struct StartedRelease {
-    /// Where the proxy and the health checks reach the release.
+/// One place a release answers at: a process or container on this host,
+/// or one task of a swarm service on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Where the proxy and the health checks connect.
     pub addr: SocketAddr,
+    /// What it is, for status and logs: `web-blue`, `pid 1234`,
+    /// `web-green.2.k3j4h5@node-1`.
+    pub label: String,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, label: impl Into<String>) -> Endpoint {
+        Endpoint {
+            addr,
+            label: label.into(),
+        }
+    }
+}
+
+/// A release that a driver started (or re-adopted after a restart).
+#[derive(Debug, Clone)]
+pub struct StartedRelease {
+    /// Where the release answers when it was started: one endpoint for a
+    /// process or a container, one per running task for a swarm service.
+    pub endpoints: Vec<Endpoint>,
+    /// Later changes of the endpoints (a task replaced by the orchestrator),
+    /// the whole current set each time; `None` when they never change.
+    pub endpoint_changes: Option<watch::Receiver<Vec<Endpoint>>>,
     /// Opaque, persisted by the engine: lets `stop` and `adopt` find the
     /// release again, also after cutover itself restarted.
     pub runtime_id: String,
     /// Resolves when the release exits.
     pub exited: ExitWatch,
+}
+
+impl StartedRelease {
+    /// A release with one endpoint that never moves (process, container).
+    pub fn single(endpoint: Endpoint, runtime_id: String, exited: ExitWatch) -> StartedRelease {
+        StartedRelease {
+            endpoints: vec![endpoint],
+            endpoint_changes: None,
+            runtime_id,
+            exited,
+        }
+    }
+
+    /// The endpoints as they are now.
+    pub fn current_endpoints(&self) -> Vec<Endpoint> {
+        match &self.endpoint_changes {
+            Some(changes) => changes.borrow().clone(),
+            None => self.endpoints.clone(),
+        }
+    }
+
+    /// The first endpoint's address (hooks' `CUTOVER_ADDR`, messages);
+    /// port 0 when there is none.
+    pub fn first_addr(&self) -> SocketAddr {
+        self.endpoints
+            .first()
+            .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |e| e.addr)
+    }
 }
 
 /// Observes the end of a release: `None` while it runs, then a description
@@ -102,6 +159,8 @@ pub enum DriverError {
     },
     #[error(transparent)]
     Docker(#[from] docker::DockerError),
+    #[error(transparent)]
+    Swarm(#[from] swarm::SwarmError),
 }
 
 /// What a runtime's own health check (a Docker HEALTHCHECK) says about a
@@ -135,11 +194,13 @@ pub trait Driver: Send + Sync + 'static {
     /// Stopping a release that is already gone succeeds.
     async fn stop(&self, runtime_id: &str) -> Result<(), DriverError>;
 
-    /// After cutover restarted: finds the recorded release if it still runs.
+    /// After cutover restarted: finds the recorded release if it still runs
+    /// (`recorded`: its endpoints as last recorded; a driver whose
+    /// endpoints move finds them again).
     async fn adopt(
         &self,
         runtime_id: &str,
-        addr: SocketAddr,
+        recorded: &[Endpoint],
     ) -> Result<Option<StartedRelease>, DriverError>;
 
     /// Stops every release of `app` started by this cutover instance whose

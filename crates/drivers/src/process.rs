@@ -23,7 +23,7 @@ mod runtime_id;
 
 pub use runtime_id::RuntimeId;
 
-use crate::{Driver, DriverError, ExitWatch, ReleaseSpec, StartedRelease};
+use crate::{Driver, DriverError, Endpoint, ExitWatch, ReleaseSpec, StartedRelease};
 use async_trait::async_trait;
 use command::Placeholders;
 use cutover_config::{ProcessConfig, Slot, StopSignal};
@@ -123,9 +123,13 @@ impl Driver for ProcessDriver {
     async fn adopt(
         &self,
         runtime_id: &str,
-        addr: SocketAddr,
+        recorded: &[Endpoint],
     ) -> Result<Option<StartedRelease>, DriverError> {
         let id: RuntimeId = runtime_id.parse()?;
+        let addr = match (id.port, recorded.first()) {
+            (0, Some(endpoint)) => endpoint.addr,
+            (port, _) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        };
         if !procfs::is_running(id.pid, id.start) {
             debug!(app = %self.inner.app, pid = id.pid, "release {id} is gone; nothing to adopt");
             return Ok(None);
@@ -136,11 +140,11 @@ impl Driver for ProcessDriver {
             None => watch_adopted(id),
         };
         info!(app = %self.inner.app, pid = id.pid, %addr, "adopted {}", self.inner.label(id.pid));
-        Ok(Some(StartedRelease {
-            addr,
-            runtime_id: id.to_string(),
+        Ok(Some(StartedRelease::single(
+            Endpoint::new(addr, format!("pid {}", id.pid)),
+            id.to_string(),
             exited,
-        }))
+        )))
     }
 
     async fn stop_orphans(&self, app: &str, keep: &[String]) -> Result<Vec<String>, DriverError> {
@@ -273,11 +277,11 @@ impl Inner {
             spec.slot,
             display_argv(&argv)
         );
-        Ok(StartedRelease {
-            addr,
-            runtime_id: id.to_string(),
+        Ok(StartedRelease::single(
+            Endpoint::new(addr, format!("pid {pid}")),
+            id.to_string(),
             exited,
-        })
+        ))
     }
 
     /// The release's command: its own process group, no stdin, output to

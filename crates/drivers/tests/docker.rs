@@ -9,7 +9,7 @@
 use cutover_config::docker::DockerNetwork;
 use cutover_config::{DockerConfig, Slot, SlotPorts};
 use cutover_drivers::docker::DockerDriver;
-use cutover_drivers::{Driver, ReleaseSpec, RuntimeHealth, StartedRelease};
+use cutover_drivers::{Driver, Endpoint, ReleaseSpec, RuntimeHealth, StartedRelease};
 use cutover_test_support::docker::{
     self as fixtures, build_image, containers, docker_ok, image_exists, require_docker, Cleanup,
 };
@@ -56,6 +56,7 @@ impl Fixture {
 
     fn config(&self) -> DockerConfig {
         DockerConfig {
+            advertise: None,
             image: format!("{}:{{version}}", self.repository),
             build: None,
             push: false,
@@ -152,9 +153,9 @@ async fn container_serves_on_loopback_logs_to_release_log_and_is_removed_on_stop
     let spec = f.spec(Slot::Blue, "v1");
     let started = start(&driver, &spec).await;
 
-    assert!(started.addr.ip().is_loopback(), "{}", started.addr);
-    assert_ne!(started.addr.port(), 0);
-    wait_serving(started.addr, "version=v1").await;
+    assert!(started.first_addr().ip().is_loopback(), "{}", started.first_addr());
+    assert_ne!(started.first_addr().port(), 0);
+    wait_serving(started.first_addr(), "version=v1").await;
     let listed = containers(&f.instance());
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(
@@ -267,14 +268,14 @@ fn adopt_resumes_logs_without_duplicates_and_orphans_are_removed() {
         let driver = f.driver(f.config());
         let live = start(&driver, &f.spec(Slot::Blue, "v1")).await;
         let orphan = start(&driver, &f.spec(Slot::Green, "v2")).await;
-        wait_serving(live.addr, "version=v1").await;
+        wait_serving(live.first_addr(), "version=v1").await;
         let log = f.log_path(Slot::Blue, "v1");
         eventually("first output logged", || {
             read(&log).contains("fixture: serving")
         })
         .await;
         (
-            (live.runtime_id.clone(), live.addr),
+            (live.runtime_id.clone(), live.first_addr()),
             orphan.runtime_id.clone(),
         )
     });
@@ -284,11 +285,11 @@ fn adopt_resumes_logs_without_duplicates_and_orphans_are_removed() {
     second_run.block_on(async {
         let driver = f.driver(f.config());
         let adopted = driver
-            .adopt(&live.0, live.1)
+            .adopt(&live.0, &[Endpoint::new(live.1, "")])
             .await
             .unwrap()
             .expect("the live container is adopted");
-        assert_eq!(adopted.addr, live.1);
+        assert_eq!(adopted.first_addr(), live.1);
         assert!(adopted.exited.exited().is_none());
         tokio::task::spawn_blocking(move || get(live.1, "/after-restart"))
             .await
@@ -325,7 +326,7 @@ fn adopt_resumes_logs_without_duplicates_and_orphans_are_removed() {
         );
         assert_eq!(
             other
-                .adopt(&live.0, live.1)
+                .adopt(&live.0, &[Endpoint::new(live.1, "")])
                 .await
                 .unwrap()
                 .map(|s| s.runtime_id),
@@ -417,8 +418,8 @@ async fn fixed_host_port_already_taken_is_a_clear_error() {
     );
     assert!(containers(&f.instance()).is_empty());
     let started = start(&driver, &f.spec(Slot::Blue, "v1")).await;
-    assert_eq!(started.addr.port(), free);
-    wait_serving(started.addr, "version=v1").await;
+    assert_eq!(started.first_addr().port(), free);
+    wait_serving(started.first_addr(), "version=v1").await;
 }
 
 /// Images cutover built beyond `keep_images` go once their container is
@@ -437,9 +438,9 @@ async fn images_beyond_keep_images_are_removed_but_never_foreign_ones() {
     });
     let driver = f.driver(config);
     let v1 = start(&driver, &f.spec(Slot::Blue, "v1")).await;
-    wait_serving(v1.addr, "version=v1").await;
+    wait_serving(v1.first_addr(), "version=v1").await;
     let v2 = start(&driver, &f.spec(Slot::Green, "v2")).await;
-    wait_serving(v2.addr, "version=v2").await;
+    wait_serving(v2.first_addr(), "version=v2").await;
     assert!(image_exists(&f.image("v1")) && image_exists(&f.image("v2")));
     let built_by = docker_ok(&[
         "image",
@@ -462,7 +463,7 @@ async fn images_beyond_keep_images_are_removed_but_never_foreign_ones() {
     assert!(image_exists(&f.image("foreign")), "cutover did not make it");
     // Deploying v1 again builds it again.
     let again = start(&driver, &f.spec(Slot::Blue, "v1")).await;
-    wait_serving(again.addr, "version=v1").await;
+    wait_serving(again.first_addr(), "version=v1").await;
 }
 
 /// With host networking the release listens on its slot's host port ($PORT).
@@ -476,8 +477,8 @@ async fn host_network_release_listens_on_its_slot_port() {
     config.host_ports = Some(SlotPorts { blue, green });
     let driver = f.driver(config);
     let started = start(&driver, &f.spec(Slot::Green, "v1")).await;
-    assert_eq!(started.addr, SocketAddr::from(([127, 0, 0, 1], green)));
-    wait_serving(started.addr, "version=v1").await;
+    assert_eq!(started.first_addr(), SocketAddr::from(([127, 0, 0, 1], green)));
+    wait_serving(started.first_addr(), "version=v1").await;
     driver.stop(&started.runtime_id).await.unwrap();
 }
 
@@ -509,8 +510,8 @@ async fn named_network_must_exist_and_publishes_on_loopback() {
     docker_ok(&["network", "create", &name]);
     let _network = Network(name.clone());
     let started = start(&driver, &f.spec(Slot::Blue, "v1")).await;
-    assert!(started.addr.ip().is_loopback());
-    wait_serving(started.addr, "version=v1").await;
+    assert!(started.first_addr().ip().is_loopback());
+    wait_serving(started.first_addr(), "version=v1").await;
     let networks = docker_ok(&[
         "inspect",
         "--format",

@@ -5,7 +5,7 @@
 
 use cutover_config::{ProcessConfig, Slot, SlotPorts, StopSignal};
 use cutover_drivers::process::{ProcessDriver, RuntimeId};
-use cutover_drivers::{Driver, DriverError, ReleaseSpec, StartedRelease};
+use cutover_drivers::{Driver, DriverError, Endpoint, ReleaseSpec, StartedRelease};
 use cutover_test_support::process;
 use cutover_test_support::wait::eventually_async;
 use std::collections::BTreeMap;
@@ -45,6 +45,7 @@ impl Fixture {
 
     fn config(&self, command: &[&str]) -> ProcessConfig {
         ProcessConfig {
+            advertise: None,
             command: command.iter().map(|s| s.to_string()).collect(),
             ports: None,
             env: BTreeMap::new(),
@@ -143,12 +144,12 @@ async fn started_release_listens_on_the_port_it_was_given_and_logs_to_its_file()
     ]));
     let spec = f.spec(Slot::Blue);
     let (mut started, id) = f.start(&driver, &spec).await;
-    assert_eq!(started.addr.ip().to_string(), "127.0.0.1");
-    assert_eq!(id.port, started.addr.port());
+    assert_eq!(started.first_addr().ip().to_string(), "127.0.0.1");
+    assert_eq!(id.port, started.first_addr().port());
 
     let deadline = Instant::now() + SOON;
     let mut stream = loop {
-        match tokio::net::TcpStream::connect(started.addr).await {
+        match tokio::net::TcpStream::connect(started.first_addr()).await {
             Ok(stream) => break stream,
             Err(e) => {
                 assert!(
@@ -159,7 +160,7 @@ async fn started_release_listens_on_the_port_it_was_given_and_logs_to_its_file()
                 assert!(
                     Instant::now() < deadline,
                     "nothing listens on {}: {e}",
-                    started.addr
+                    started.first_addr()
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -182,14 +183,14 @@ async fn started_release_listens_on_the_port_it_was_given_and_logs_to_its_file()
     // stdout and stderr both land in the log.
     let log = log_containing(&spec.log_path, "\"GET / HTTP/1.0\" 200").await;
     assert!(
-        log.contains(&format!("port {}", started.addr.port())),
+        log.contains(&format!("port {}", started.first_addr().port())),
         "no startup line in log:\n{log}"
     );
 
     driver.stop(&started.runtime_id).await.expect("stop");
     assert_eq!(wait_exit(&mut started).await, "killed by signal SIGTERM");
     assert!(
-        tokio::net::TcpStream::connect(started.addr).await.is_err(),
+        tokio::net::TcpStream::connect(started.first_addr()).await.is_err(),
         "port still open after stop"
     );
 }
@@ -241,7 +242,7 @@ async fn fixed_port_is_passed_to_the_release() {
     let driver = f.driver(config);
     let spec = f.spec(Slot::Green);
     let (started, _) = f.start(&driver, &spec).await;
-    assert_eq!(started.addr.port(), port);
+    assert_eq!(started.first_addr().port(), port);
     log_containing(&spec.log_path, &format!("arg={port} env={port}")).await;
     driver.stop(&started.runtime_id).await.expect("stop");
 }
@@ -395,7 +396,7 @@ async fn stop_and_adopt_reject_runtime_ids_they_did_not_write() {
         );
         assert!(
             matches!(
-                driver.adopt(garbage, addr).await,
+                driver.adopt(garbage, &[Endpoint::new(addr, "")]).await,
                 Err(DriverError::BadRuntimeId(_))
             ),
             "{garbage}"
@@ -413,7 +414,7 @@ async fn adopt_finds_a_live_release_and_rejects_a_reused_pid() {
         // The driver is dropped here, as when cutover restarts: the
         // release keeps running.
     };
-    let (runtime_id, addr) = (started.runtime_id.clone(), started.addr);
+    let (runtime_id, addr) = (started.runtime_id.clone(), started.first_addr());
     drop(started);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(running(id.pid), "the release died with its driver");
@@ -426,7 +427,7 @@ async fn adopt_finds_a_live_release_and_rejects_a_reused_pid() {
     }
     .to_string();
     assert!(restarted
-        .adopt(&reused, addr)
+        .adopt(&reused, &[Endpoint::new(addr, "")])
         .await
         .expect("adopt")
         .is_none());
@@ -440,12 +441,12 @@ async fn adopt_finds_a_live_release_and_rejects_a_reused_pid() {
     );
 
     let mut adopted = restarted
-        .adopt(&runtime_id, addr)
+        .adopt(&runtime_id, &[Endpoint::new(addr, "")])
         .await
         .expect("adopt")
         .expect("release is live");
     assert_eq!(adopted.runtime_id, runtime_id);
-    assert_eq!(adopted.addr, addr);
+    assert_eq!(adopted.first_addr(), addr);
     assert!(adopted.exited.exited().is_none());
 
     restarted.stop(&runtime_id).await.expect("stop");
@@ -455,7 +456,7 @@ async fn adopt_finds_a_live_release_and_rejects_a_reused_pid() {
         "exited (observed after restart)"
     );
     assert!(restarted
-        .adopt(&runtime_id, addr)
+        .adopt(&runtime_id, &[Endpoint::new(addr, "")])
         .await
         .expect("adopt")
         .is_none());
@@ -568,7 +569,7 @@ async fn placeholders_are_expanded_and_arguments_never_reach_a_shell() {
     let (mut started, _) = f.start(&driver, &spec).await;
     assert_eq!(wait_exit(&mut started).await, "exited with code 0");
     let log = std::fs::read_to_string(&spec.log_path).expect("log");
-    let port = started.addr.port();
+    let port = started.first_addr().port();
     let expected = format!(
         "port={port}\nversion=2.0-{{slot}}\nslot=green\napp=web\nartifact=[/srv/builds/web 2.0.jar]\n{injection}\n{semicolon}\n{{unknown}} {{port\n"
     );
@@ -609,7 +610,7 @@ async fn release_runs_in_its_working_dir_with_its_port_config_env_and_markers() 
 
     let log = std::fs::read_to_string(&spec.log_path).expect("log");
     let lines: Vec<&str> = log.lines().collect();
-    let port = started.addr.port();
+    let port = started.first_addr().port();
     let cwd = format!(
         "cwd={}",
         app_dir.canonicalize().expect("canonical").display()
@@ -713,6 +714,7 @@ async fn helper_cutover_that_gets_killed() {
 /// A release that logs a line every 50ms.
 fn ticking_config(dir: &Path) -> ProcessConfig {
     ProcessConfig {
+            advertise: None,
         command: ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]
             .map(String::from)
             .to_vec(),
@@ -764,7 +766,7 @@ async fn release_keeps_running_and_logging_after_cutover_is_killed_with_sigkill(
     let restarted = ProcessDriver::new("web", ticking_config(&dir), &dir.display().to_string());
     let addr = format!("127.0.0.1:{}", id.port).parse().expect("addr");
     let mut adopted = restarted
-        .adopt(&runtime_id, addr)
+        .adopt(&runtime_id, &[Endpoint::new(addr, "")])
         .await
         .expect("adopt")
         .expect("release is live");

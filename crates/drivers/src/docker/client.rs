@@ -23,7 +23,7 @@ enum Endpoint {
     Tcp(String),
 }
 
-pub(super) struct Client {
+pub(crate) struct Client {
     endpoint: Endpoint,
     timeout: Duration,
     docker: OnceCell<Docker>,
@@ -133,7 +133,7 @@ fn from_docker_host(value: Option<&str>) -> Endpoint {
 }
 
 /// The HTTP status of an answer from the engine, if the error is one.
-pub(super) fn status(e: &BollardError) -> Option<u16> {
+pub(crate) fn status(e: &BollardError) -> Option<u16> {
     match e {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -142,16 +142,16 @@ pub(super) fn status(e: &BollardError) -> Option<u16> {
 
 /// Whether the engine itself refused (an answer, or an error in a progress
 /// stream), rather than the call failing to reach it.
-pub(super) fn is_engine_refusal(e: &BollardError) -> bool {
+pub(crate) fn is_engine_refusal(e: &BollardError) -> bool {
     status(e).is_some() || matches!(e, BollardError::DockerStreamError { .. })
 }
 
-pub(super) fn is_not_found(e: &BollardError) -> bool {
+pub(crate) fn is_not_found(e: &BollardError) -> bool {
     status(e) == Some(404)
 }
 
 /// The engine's own words for an error.
-pub(super) fn message(e: &BollardError) -> String {
+pub(crate) fn message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
         BollardError::DockerStreamError { error } => error.clone(),

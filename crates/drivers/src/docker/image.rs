@@ -21,15 +21,36 @@ const BUILD_TAIL_LINES: usize = 25;
 
 /// How an image came to be present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Origin {
+pub(crate) enum Origin {
     /// It was there already (built or pulled by someone else, or by us earlier).
     Present,
     Pulled,
     Built,
 }
 
+/// Where a release's image comes from: the keys `[app.docker]` and
+/// `[app.swarm]` share.
+pub(crate) struct ImageSource<'a> {
+    /// The reference template, with `{version}`.
+    pub image: &'a str,
+    pub build: Option<&'a DockerBuild>,
+    pub push: bool,
+    pub registry: Option<&'a RegistryAuth>,
+}
+
+impl<'a> From<&'a DockerConfig> for ImageSource<'a> {
+    fn from(config: &'a DockerConfig) -> ImageSource<'a> {
+        ImageSource {
+            image: &config.image,
+            build: config.build.as_ref(),
+            push: config.push,
+            registry: config.registry.as_ref(),
+        }
+    }
+}
+
 /// The image reference of `version`: the configured template expanded.
-pub(super) fn reference(config: &DockerConfig, version: &str) -> Result<String, DockerError> {
+pub(crate) fn reference(config: &ImageSource<'_>, version: &str) -> Result<String, DockerError> {
     check_tag(version).map_err(|problem| DockerError::BadVersion {
         version: version.to_string(),
         problem,
@@ -45,7 +66,7 @@ pub(super) fn reference(config: &DockerConfig, version: &str) -> Result<String, 
 }
 
 /// `registry.local:5000/web:v1` → (`registry.local:5000/web`, `v1`).
-pub(super) fn split_tag(reference: &str) -> (&str, &str) {
+pub(crate) fn split_tag(reference: &str) -> (&str, &str) {
     let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
     match reference[last_slash..].rfind(':') {
         Some(i) => (
@@ -65,9 +86,9 @@ fn registry_of(reference: &str) -> &str {
 }
 
 /// Makes sure the image of `reference` is present locally.
-pub(super) async fn ensure(
+pub(crate) async fn ensure(
     client: &Client,
-    config: &DockerConfig,
+    config: &ImageSource<'_>,
     app: &str,
     instance: &str,
     version: &str,
@@ -82,8 +103,8 @@ pub(super) async fn ensure(
         Err(e) if client::is_not_found(&e) => {}
         Err(e) => return Err(client.error(format!("inspecting image {reference}"), e)),
     }
-    let credentials = credentials(config.registry.as_ref(), reference)?;
-    match &config.build {
+    let credentials = credentials(config.registry, reference)?;
+    match config.build {
         None => {
             pull(client, reference, credentials).await?;
             Ok(Origin::Pulled)
@@ -361,7 +382,7 @@ fn credentials(
     }))
 }
 
-pub(super) fn read_secret(source: &SecretSource) -> Result<String, DockerError> {
+pub(crate) fn read_secret(source: &SecretSource) -> Result<String, DockerError> {
     let (source_name, value) = match source {
         SecretSource::File(path) => (
             format!("the file {}", path.display()),

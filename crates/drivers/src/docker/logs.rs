@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 const CURSOR_EVERY: Duration = Duration::from_millis(50);
 
 /// Opens `path` for appending, creating its directory.
-pub(super) fn open(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -36,7 +36,7 @@ pub(super) fn open(path: &Path) -> std::io::Result<File> {
 /// Streams the container's output into `path` until the container stops
 /// (or is removed), keeping its position in `cursor`. Lines at or before
 /// the position already in `cursor` are skipped.
-pub(super) fn spawn(docker: Docker, id: String, path: PathBuf, cursor: PathBuf) -> JoinHandle<()> {
+pub(crate) fn spawn(docker: Docker, id: String, path: PathBuf, cursor: PathBuf) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut file = match open(&path) {
             Ok(file) => file,
@@ -153,7 +153,7 @@ impl Position {
 }
 
 /// Splits Docker's `2024-05-01T12:00:00.123456789Z ` prefix off a line.
-fn split_timestamp(bytes: &[u8]) -> (Option<(SystemTime, &str)>, &[u8]) {
+pub(crate) fn split_timestamp(bytes: &[u8]) -> (Option<(SystemTime, &str)>, &[u8]) {
     let Some(space) = bytes.iter().take(40).position(|b| *b == b' ') else {
         return (None, bytes);
     };
@@ -167,7 +167,7 @@ fn split_timestamp(bytes: &[u8]) -> (Option<(SystemTime, &str)>, &[u8]) {
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC, as Docker writes it).
-fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let text = text.strip_suffix('Z')?;
     let (date, time) = text.split_once('T')?;
     let mut date_parts = date.splitn(3, '-');
@@ -210,7 +210,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// The first 12 characters of a container id, as Docker shows them.
-pub(super) fn short(id: &str) -> &str {
+pub(crate) fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
