@@ -282,7 +282,10 @@ fn container_port(
     }
 }
 
-pub(crate) fn build(spanned: &Spanned<RawDockerBuild>, base: &Path) -> Result<DockerBuild, Located> {
+pub(crate) fn build(
+    spanned: &Spanned<RawDockerBuild>,
+    base: &Path,
+) -> Result<DockerBuild, Located> {
     let build = spanned.get_ref();
     let context = build.context.as_deref().unwrap_or(".");
     let context = if Path::new(context).is_absolute() {

@@ -72,7 +72,11 @@ pub(crate) fn validate(
     swarm_config(spanned, app, base).map_err(|located| ConfigError::located(file, source, located))
 }
 
-fn swarm_config(spanned: &Spanned<RawSwarm>, app: &str, base: &Path) -> Result<SwarmConfig, Located> {
+fn swarm_config(
+    spanned: &Spanned<RawSwarm>,
+    app: &str,
+    base: &Path,
+) -> Result<SwarmConfig, Located> {
     let raw = spanned.get_ref();
     crate::docker::check_container_names(app, spanned.span())?;
     let image = crate::docker::image(&raw.image, app)?;

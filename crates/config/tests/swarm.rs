@@ -41,7 +41,12 @@ fn a_swarm_app_parses_with_its_balance() {
 #[test]
 fn bad_swarm_sections_are_refused_at_their_place() {
     for (app_keys, swarm_keys, line_col, expected) in [
-        ("", "replicas = 0", "6:12", "replicas = 0 is not a task count"),
+        (
+            "",
+            "replicas = 0",
+            "6:12",
+            "replicas = 0 is not a task count",
+        ),
         ("", "replicas = 5000", "6:12", "1 to 1000 tasks"),
         ("", "port = 70000", "6:8", "is not a port"),
         (
@@ -50,8 +55,18 @@ fn bad_swarm_sections_are_refused_at_their_place() {
             "6:15",
             "not ATTRIBUTE == VALUE",
         ),
-        ("", "networks = [\"a b\"]", "6:12", "not a Docker network name"),
-        ("", "labels = { \"cutover.app\" = \"x\" }", "6:10", "set by cutover itself"),
+        (
+            "",
+            "networks = [\"a b\"]",
+            "6:12",
+            "not a Docker network name",
+        ),
+        (
+            "",
+            "labels = { \"cutover.app\" = \"x\" }",
+            "6:10",
+            "set by cutover itself",
+        ),
         ("", "push = true", "6:8", "needs a `build`"),
         ("", "restart = \"always\"", "6:1", "unknown field `restart`"),
         (
@@ -85,7 +100,8 @@ fn two_drivers_are_refused_at_the_second_section() {
 
 #[test]
 fn advertise_is_an_ip_address_of_a_local_release() {
-    let process = "[[app]]\nname = \"web\"\n[app.process]\ncommand = [\"x\"]\nadvertise = \"127.0.0.2\"\n";
+    let process =
+        "[[app]]\nname = \"web\"\n[app.process]\ncommand = [\"x\"]\nadvertise = \"127.0.0.2\"\n";
     let config = parse(process).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         config.apps[0].driver.advertise(),

@@ -263,7 +263,11 @@ impl Inner {
             "started container {name} ({}) from {reference} on {addr}",
             logs::short(&id)
         );
-        Ok(StartedRelease::single(Endpoint::new(addr, name), id, exited))
+        Ok(StartedRelease::single(
+            Endpoint::new(addr, name),
+            id,
+            exited,
+        ))
     }
 
     /// Where published ports are bound and reached: `advertise`, else 127.0.0.1.

@@ -24,8 +24,8 @@ pub mod process;
 pub mod swarm;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use cutover_config::Slot;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio::sync::watch;

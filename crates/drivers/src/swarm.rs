@@ -177,11 +177,9 @@ impl Inner {
         let reference = image::reference(&self.image_source(), &spec.version)?;
         let name = SwarmDriver::service_name(&self.app, spec.slot);
         self.remove_previous(docker, &name).await?;
-        crate::docker::logs::open(&spec.log_path).map_err(|e| {
-            DockerError::Api {
-                context: format!("opening the release log {}", spec.log_path.display()),
-                message: e.to_string(),
-            }
+        crate::docker::logs::open(&spec.log_path).map_err(|e| DockerError::Api {
+            context: format!("opening the release log {}", spec.log_path.display()),
+            message: e.to_string(),
         })?;
         let body = spec::service_spec(&self.config, &self.instance, spec, &name, &reference);
         let id = match docker.create_service(body, None).await {
@@ -192,7 +190,12 @@ impl Inner {
                     message: client::message(&e),
                 })
             }
-            Err(e) => return Err(self.client.error(format!("creating service {name}"), e).into()),
+            Err(e) => {
+                return Err(self
+                    .client
+                    .error(format!("creating service {name}"), e)
+                    .into())
+            }
         };
         let watched = self.watch(docker, &id, &name, Some(spec.log_path.clone()));
         match self.wait_running(&name, watched.snapshot.clone()).await {
@@ -235,8 +238,9 @@ impl Inner {
         )
     }
 
-    /// Waits until `replicas` tasks run; fails at once on what the engine
-    /// says will not get better.
+    /// Waits until `replicas` tasks run, the same ones in two listings in a
+    /// row (a task whose process exits at once is "running" for a moment);
+    /// fails at once on what the engine says will not get better.
     async fn wait_running(
         &self,
         name: &str,
@@ -245,15 +249,18 @@ impl Inner {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.start_timeout;
         let replicas = self.config.replicas as usize;
+        let mut previous: Option<Vec<Endpoint>> = None;
         loop {
             let seen = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = &seen {
                 if let Some(e) = fatal(name, snapshot) {
                     return Err(e);
                 }
-                if snapshot.endpoints.len() >= replicas {
+                let stable = previous.as_ref() == Some(&snapshot.endpoints);
+                if snapshot.endpoints.len() >= replicas && stable {
                     return Ok(snapshot.endpoints.clone());
                 }
+                previous = Some(snapshot.endpoints.clone());
             }
             let changed = tokio::time::timeout_at(deadline, snapshots.changed()).await;
             if changed.is_err() || matches!(changed, Ok(Err(_))) {
@@ -294,7 +301,10 @@ impl Inner {
                 socket: self.client.describe(),
                 message: client::message(&e),
             }),
-            Err(e) => Err(self.client.error(format!("inspecting service {id}"), e).into()),
+            Err(e) => Err(self
+                .client
+                .error(format!("inspecting service {id}"), e)
+                .into()),
         }
     }
 
@@ -324,7 +334,12 @@ impl Inner {
         match docker.delete_service(id).await {
             Ok(()) => {}
             Err(e) if client::is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(self.client.error(format!("removing service {name}"), e).into()),
+            Err(e) => {
+                return Err(self
+                    .client
+                    .error(format!("removing service {name}"), e)
+                    .into())
+            }
         }
         self.wait_containers_gone(docker, id).await;
         info!(app = %self.app, service = %name, "removed service {name} in {:.1}s", began.elapsed().as_secs_f64());
@@ -395,10 +410,15 @@ impl Inner {
                 ..ListServicesOptions::default()
             }))
             .await
-            .map_err(|e| self.client.error(format!("listing the services of {app}"), e))?;
+            .map_err(|e| {
+                self.client
+                    .error(format!("listing the services of {app}"), e)
+            })?;
         let mut stopped = Vec::new();
         for service in services {
-            let Some(id) = service.id.clone() else { continue };
+            let Some(id) = service.id.clone() else {
+                continue;
+            };
             if keep.contains(&id) || self.owns(&service).is_err() {
                 continue;
             }
@@ -419,7 +439,10 @@ impl Inner {
             Ok(listed) => listed,
             Err(e) => return RuntimeHealth::Pending(e.to_string()),
         };
-        let name = SwarmDriver::service_name(&self.app, Slot::Blue);
+        let name = match docker.inspect_service(id, None).await {
+            Ok(service) => service_name(&service, id),
+            Err(_) => id.to_string(),
+        };
         let snapshot = tasks::snapshot(docker, &self.nodes, &name, self.config.port, &listed).await;
         if let Some(e) = fatal(id, &snapshot) {
             return RuntimeHealth::Failing(format!("was failed by the swarm: {e}"));
@@ -526,7 +549,12 @@ mod tests {
             blocked: Some(Blocked::NoSuitableNode("no suitable node".into())),
             ..Snapshot::default()
         };
-        let message = fatal("web-green", &blocked).map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.contains("no suitable node") && message.contains("constraints"), "{message}");
+        let message = fatal("web-green", &blocked)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("no suitable node") && message.contains("constraints"),
+            "{message}"
+        );
     }
 }

@@ -153,7 +153,11 @@ async fn container_serves_on_loopback_logs_to_release_log_and_is_removed_on_stop
     let spec = f.spec(Slot::Blue, "v1");
     let started = start(&driver, &spec).await;
 
-    assert!(started.first_addr().ip().is_loopback(), "{}", started.first_addr());
+    assert!(
+        started.first_addr().ip().is_loopback(),
+        "{}",
+        started.first_addr()
+    );
     assert_ne!(started.first_addr().port(), 0);
     wait_serving(started.first_addr(), "version=v1").await;
     let listed = containers(&f.instance());
@@ -477,7 +481,10 @@ async fn host_network_release_listens_on_its_slot_port() {
     config.host_ports = Some(SlotPorts { blue, green });
     let driver = f.driver(config);
     let started = start(&driver, &f.spec(Slot::Green, "v1")).await;
-    assert_eq!(started.first_addr(), SocketAddr::from(([127, 0, 0, 1], green)));
+    assert_eq!(
+        started.first_addr(),
+        SocketAddr::from(([127, 0, 0, 1], green))
+    );
     wait_serving(started.first_addr(), "version=v1").await;
     driver.stop(&started.runtime_id).await.unwrap();
 }

@@ -190,7 +190,9 @@ async fn started_release_listens_on_the_port_it_was_given_and_logs_to_its_file()
     driver.stop(&started.runtime_id).await.expect("stop");
     assert_eq!(wait_exit(&mut started).await, "killed by signal SIGTERM");
     assert!(
-        tokio::net::TcpStream::connect(started.first_addr()).await.is_err(),
+        tokio::net::TcpStream::connect(started.first_addr())
+            .await
+            .is_err(),
         "port still open after stop"
     );
 }
@@ -714,7 +716,7 @@ async fn helper_cutover_that_gets_killed() {
 /// A release that logs a line every 50ms.
 fn ticking_config(dir: &Path) -> ProcessConfig {
     ProcessConfig {
-            advertise: None,
+        advertise: None,
         command: ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]
             .map(String::from)
             .to_vec(),

@@ -19,6 +19,8 @@
 //!   connector trusting it, handshakes that report the served certificate.
 //! - [`docker`]: the `docker` CLI, test images `FROM scratch`, container
 //!   listings by cutover's labels, clean-up guards, a local registry.
+//! - [`swarm`]: the swarm-manager check, services by cutover's labels, a
+//!   clean-up guard for a test's services (then its containers and images).
 //! - [`nginx`]: Debian's nginx with its own prefix and configuration.
 //! - [`sshd`]: Debian's sshd on loopback with throwaway keys.
 //! - [`git`]: git with a fixed identity; a bare origin with a working clone.
@@ -35,6 +37,7 @@ pub mod nginx;
 pub mod ports;
 pub mod process;
 pub mod sshd;
+pub mod swarm;
 pub mod tls;
 pub mod toml;
 pub mod wait;

@@ -115,9 +115,7 @@ pub(crate) async fn snapshot(
             None => (IpAddr::V4(Ipv4Addr::LOCALHOST), "unassigned".to_string()),
         };
         let label = task_label(service, task, &hostname);
-        let err = status
-            .and_then(|s| s.err.clone())
-            .filter(|e| !e.is_empty());
+        let err = status.and_then(|s| s.err.clone()).filter(|e| !e.is_empty());
         match state {
             Some(TaskState::RUNNING) if desired_running => {
                 if let Some(published) = published_port(task, port) {

@@ -90,7 +90,8 @@ async fn poll(
             Err(e) => debug!(service = %service.name, "inspecting the service failed: {e}"),
             Ok(_) => match tasks::list(client, docker, &service.id).await {
                 Ok(listed) => {
-                    let now = tasks::snapshot(docker, nodes, &service.name, service.port, &listed).await;
+                    let now =
+                        tasks::snapshot(docker, nodes, &service.name, service.port, &listed).await;
                     if let Some(log) = log {
                         followers.follow(docker, &now, log);
                     }
@@ -120,7 +121,13 @@ impl Followers {
         for (id, label) in &snapshot.running {
             if !self.0.contains_key(id) && !id.is_empty() {
                 let cursor = log.cursors.join(id);
-                let handle = logs::spawn(docker.clone(), id.clone(), label.clone(), log.path.clone(), cursor);
+                let handle = logs::spawn(
+                    docker.clone(),
+                    id.clone(),
+                    label.clone(),
+                    log.path.clone(),
+                    cursor,
+                );
                 self.0.insert(id.clone(), handle);
             }
         }
