@@ -176,7 +176,7 @@ async fn a_two_replica_service_has_one_endpoint_per_task_and_follows_a_replaced_
         .expect("the service still runs");
     assert_eq!(adopted.current_endpoints().len(), 2);
     let stopped = again.stop_orphans(&f.app, &[]).await.unwrap();
-    assert_eq!(stopped, [started.runtime_id.clone()]);
+    assert_eq!(stopped, std::slice::from_ref(&started.runtime_id));
     assert!(f.services().is_empty(), "{:?}", f.services());
     let mut exited = adopted.exited.clone();
     let how = tokio::time::timeout(SOON, exited.wait()).await.unwrap();
