@@ -213,7 +213,7 @@ impl UpstreamBody {
         if let Source::Http1(body) = &mut self.source {
             if let (Some(conn), true) = (body.take_reusable(), clean) {
                 if let Some(guard) = &self.in_flight {
-                    guard.upstream().recycle(conn);
+                    guard.recycle(conn);
                 }
             }
         }

@@ -23,6 +23,8 @@ pub(crate) enum ForwardError {
     NoApp { host: String },
     #[error("app '{app}' has no live release")]
     NoLiveRelease { app: Arc<str> },
+    #[error("app '{app}': its release has no endpoint")]
+    NoEndpoint { app: Arc<str> },
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("reading the request body from the client failed")]
@@ -60,7 +62,9 @@ impl ForwardError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ForwardError::NoApp { .. } => StatusCode::NOT_FOUND,
-            ForwardError::NoLiveRelease { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::NoLiveRelease { .. } | ForwardError::NoEndpoint { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ForwardError::ClientBody => StatusCode::BAD_REQUEST,
             ForwardError::MethodNotSupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -78,6 +82,7 @@ impl ForwardError {
     pub(crate) fn app(&self) -> Option<&str> {
         match self {
             ForwardError::NoLiveRelease { app }
+            | ForwardError::NoEndpoint { app }
             | ForwardError::ConnectTimeout { app, .. }
             | ForwardError::Connect { app, .. }
             | ForwardError::ResponseTimeout { app, .. }

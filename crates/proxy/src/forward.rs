@@ -343,11 +343,12 @@ fn h2_request(
 /// the request's in-flight count); or, after a 101, the tunnel.
 fn respond(
     received: Received,
-    in_flight: InFlightGuard,
+    mut in_flight: InFlightGuard,
     sticky: Option<HeaderValue>,
     upgrade: Option<UpgradeRequest>,
     active: &mut Option<ConnGuard>,
 ) -> Result<Response<ResponseBody>, ForwardError> {
+    in_flight.answered_by(received.endpoint);
     let (mut parts, ()) = received.head.into_parts();
     let source = match received.then {
         Then::Body(source) => source,

@@ -71,8 +71,10 @@
 //! - Nothing on a request's path panics on input.
 
 pub mod access_log;
+pub mod balance;
 mod body;
 mod conn_io;
+pub mod endpoint;
 pub mod error;
 mod forward;
 mod headers;
@@ -88,6 +90,8 @@ pub mod upstream;
 mod workers;
 
 pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
+pub use balance::{Balance, UnknownBalance};
+pub use endpoint::{EndpointSpec, EndpointStats};
 pub use error::ProxyError;
 pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use server::{serve, serve_with, ServeOptions};

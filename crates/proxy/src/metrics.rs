@@ -11,6 +11,7 @@
 //! that run several compare differences).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -49,6 +50,15 @@ pub(crate) struct SlotMetrics {
     sum_micros: AtomicU64,
     connect_errors: AtomicU64,
     upstreams: Mutex<Vec<Weak<Upstream>>>,
+    /// Per endpoint address, across the releases of the slot that had it.
+    endpoints: Mutex<BTreeMap<SocketAddr, Arc<EndpointCounters>>>,
+}
+
+/// Counters of one endpoint address in one slot.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCounters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
 }
 
 impl SlotMetrics {
@@ -61,7 +71,17 @@ impl SlotMetrics {
             sum_micros: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             upstreams: Mutex::new(Vec::new()),
+            endpoints: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The counters of the endpoint at `addr`, created on first use.
+    pub(crate) fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointCounters> {
+        let mut endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(endpoints.entry(addr).or_default())
     }
 
     /// One finished request: its status and the time until its response ended.

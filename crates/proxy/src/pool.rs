@@ -1,7 +1,8 @@
-//! Keep-alive connections to one upstream: a small LIFO stack of idle
-//! HTTP/1.1 connections, plus opening new ones. Each [`crate::Upstream`]
-//! owns its own pool, so connections never cross releases and vanish with
-//! their upstream.
+//! Keep-alive connections to one endpoint of an upstream: a small LIFO
+//! stack of idle HTTP/1.1 connections, plus opening new ones. Each endpoint
+//! of an [`crate::Upstream`] owns its own pool, so connections never cross
+//! releases or endpoints, and vanish with their upstream (or when their
+//! endpoint leaves the set).
 //!
 //! A pool keeps one stack per proxy worker thread ([`crate::Workers`]): a
 //! connection's socket is registered with the event loop of the thread that

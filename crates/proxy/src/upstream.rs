@@ -1,5 +1,6 @@
-//! One running release as the proxy sees it: its address, its connection
-//! pool, its in-flight count and the drain protocol.
+//! One running release as the proxy sees it: its endpoints (see
+//! [`crate::endpoint`]; each with its connection pool), its in-flight count,
+//! the drain protocol, and the one way out to it, [`Upstream::send`].
 //!
 //! # The switch/drain race
 //!
@@ -19,9 +20,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,17 +31,16 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::balance::{self, Balance, Tried};
 use crate::body::{RequestBody, RequestBodyError, Source};
+use crate::endpoint::{Endpoint, EndpointGuard, EndpointSpec, EndpointStats, H2Conn};
 use crate::error::ForwardError;
 use crate::headers::ProxiedHead;
 use crate::http1::client::{ExchangeError, Exchanged, Http1Body, OutgoingHead, UpstreamConn};
 use crate::http1::io::Prefixed;
 use crate::metrics::SlotMetrics;
-use crate::pool::{self, ConnectError, Pool};
+use crate::pool::{self, ConnectError};
 use crate::settings::ProxySettings;
-
-/// The sending half of an upstream's HTTP/2 connection (cheap to clone).
-type H2Conn = hyper::client::conn::http2::SendRequest<RequestBody>;
 
 /// Pooled connections a request tries (they may turn out closed) before it
 /// opens a fresh one.
@@ -47,13 +48,22 @@ const MAX_POOLED_ATTEMPTS: usize = 16;
 /// Fresh connections a request tries when each closes before taking it.
 const MAX_FRESH_ATTEMPTS: usize = 2;
 
-/// One running release of one app in one slot.
+/// One running release of one app in one slot: a set of endpoints.
 #[derive(Debug)]
 pub struct Upstream {
     app: Arc<str>,
     slot: Box<str>,
     release: Box<str>,
-    addr: SocketAddr,
+    /// The current endpoints; one lock-free load per request.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Serializes changes to `endpoints` (the request path never takes it).
+    changing: Mutex<()>,
+    balance: Balance,
+    /// Round-robin position.
+    next: AtomicUsize,
+    /// The first endpoint's address when the set was created or last
+    /// non-empty, for [`Upstream::addr`].
+    first_addr: Mutex<SocketAddr>,
     /// `Host` sent upstream when the client sent none (HTTP/1.0).
     fallback_host: Option<HeaderValue>,
     in_flight: AtomicUsize,
@@ -62,8 +72,6 @@ pub struct Upstream {
     requests: AtomicU64,
     responses_5xx: AtomicU64,
     connect_errors: AtomicU64,
-    /// Idle HTTP/1.1 keep-alive connections.
-    pool: Pool,
     /// Upgraded connections (tunnels) open on this upstream.
     upgraded: AtomicUsize,
     /// Set when a drain timed out: open tunnels close (see `tunnel`).
@@ -72,8 +80,6 @@ pub struct Upstream {
     tunnels_closed: Notify,
     /// Counters of this app's slot (shared with the slot's other releases).
     metrics: Arc<SlotMetrics>,
-    /// The multiplexed connection, for apps spoken to in HTTP/2 (h2c).
-    h2: Mutex<Option<H2Conn>>,
 }
 
 /// Counters of one upstream since it was created.
@@ -98,38 +104,116 @@ pub enum DrainOutcome {
 }
 
 impl Upstream {
-    /// Describes a release of `app` running in `slot`, reachable at `addr`.
+    /// Describes a release of `app` running in `slot`, reachable at `addr`
+    /// (one endpoint, labelled `local`).
     pub fn new(app: &str, slot: &str, release: &str, addr: SocketAddr) -> Arc<Upstream> {
+        Upstream::with_endpoints(
+            app,
+            slot,
+            release,
+            vec![EndpointSpec::local(addr)],
+            Balance::default(),
+        )
+    }
+
+    /// Describes a release of `app` running in `slot` as copies at
+    /// `endpoints`, balanced by `balance`. An endpoint listed twice counts
+    /// once; with none, requests are answered 503 until
+    /// [`Upstream::set_endpoints`] gives some.
+    pub fn with_endpoints(
+        app: &str,
+        slot: &str,
+        release: &str,
+        endpoints: Vec<EndpointSpec>,
+        balance: Balance,
+    ) -> Arc<Upstream> {
         let metrics = crate::metrics::global().slot(app, slot);
+        let endpoints = build_set(&[], endpoints, &metrics);
+        let first_addr = endpoints
+            .first()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |e| e.addr());
         let upstream = Arc::new(Upstream {
             app: Arc::from(app),
             slot: Box::from(slot),
             release: Box::from(release),
-            addr,
-            fallback_host: HeaderValue::from_str(&addr.to_string()).ok(),
+            endpoints: ArcSwap::from_pointee(endpoints),
+            changing: Mutex::new(()),
+            balance,
+            next: AtomicUsize::new(0),
+            first_addr: Mutex::new(first_addr),
+            fallback_host: HeaderValue::from_str(&first_addr.to_string()).ok(),
             in_flight: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             drained: Notify::new(),
             requests: AtomicU64::new(0),
             responses_5xx: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
-            pool: Pool::default(),
             upgraded: AtomicUsize::new(0),
             closing: watch::Sender::new(false),
             tunnels_closed: Notify::new(),
             metrics: Arc::clone(&metrics),
-            h2: Mutex::new(None),
         });
         metrics.track(&upstream);
         upstream
+    }
+
+    /// Replaces the endpoint set while live (e.g. the engine replaced a
+    /// task). Endpoints that stay (same address) keep their counters, pools
+    /// and health, and take the new label; new ones join in rotation (the
+    /// engine adds an endpoint only once its checks pass); those that leave
+    /// take no new request and close their idle connections, while their
+    /// requests in flight still count in [`Upstream::in_flight`], so a drain
+    /// waits for them.
+    pub fn set_endpoints(&self, endpoints: Vec<EndpointSpec>) {
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.endpoints.load_full();
+        let new = build_set(&old, endpoints, &self.metrics);
+        if let Some(first) = new.first() {
+            *self.lock_first_addr() = first.addr();
+        }
+        let leaving: Vec<_> = old
+            .iter()
+            .filter(|e| !new.iter().any(|n| Arc::ptr_eq(e, n)))
+            .cloned()
+            .collect();
+        self.endpoints.store(Arc::new(new));
+        for endpoint in leaving {
+            endpoint.remove();
+        }
+    }
+
+    /// The engine's checks take the endpoint at `addr` out of rotation
+    /// (`false`) or put it back (`true`, which also ends an ejection).
+    /// Unknown addresses are ignored.
+    pub fn set_endpoint_healthy(&self, addr: SocketAddr, healthy: bool) {
+        if let Some(endpoint) = self.endpoints.load().iter().find(|e| e.addr() == addr) {
+            endpoint.set_healthy(healthy);
+        }
+    }
+
+    /// The current endpoints, in the order they were given.
+    pub fn endpoints(&self) -> Vec<EndpointStats> {
+        self.endpoints.load().iter().map(|e| e.stats()).collect()
+    }
+
+    /// How requests are spread over the endpoints.
+    pub fn balance(&self) -> Balance {
+        self.balance
     }
 
     pub(crate) fn metrics(&self) -> &Arc<SlotMetrics> {
         &self.metrics
     }
 
+    /// The first endpoint's address (the only one for single-copy releases).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        *self.lock_first_addr()
+    }
+
+    fn lock_first_addr(&self) -> std::sync::MutexGuard<'_, SocketAddr> {
+        self.first_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn app(&self) -> &str {
@@ -148,7 +232,8 @@ impl Upstream {
         &self.release
     }
 
-    /// Requests started on this upstream whose response has not ended yet.
+    /// Requests started on this upstream whose response has not ended yet,
+    /// on every endpoint, including endpoints that left the set.
     /// Once retired, it may also count, for an instant, a request that is
     /// being turned away to the new upstream.
     pub fn in_flight(&self) -> usize {
@@ -166,9 +251,13 @@ impl Upstream {
         self.retired.load(Ordering::SeqCst)
     }
 
-    /// Idle keep-alive connections currently pooled.
+    /// Idle keep-alive connections currently pooled, over all endpoints.
     pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count()
+        self.endpoints
+            .load()
+            .iter()
+            .map(|e| e.pool.idle_count())
+            .sum()
     }
 
     pub fn stats(&self) -> UpstreamStats {
@@ -180,7 +269,7 @@ impl Upstream {
     }
 
     /// Retires this upstream and waits for its in-flight requests and
-    /// upgraded connections.
+    /// upgraded connections, on every endpoint.
     ///
     /// Call it AFTER the route table no longer points here. From now on no
     /// new request starts on this upstream (one that raced with the switch is
@@ -227,8 +316,9 @@ impl Upstream {
                 };
             }
         };
-        self.pool.clear();
-        self.lock_h2().take();
+        for endpoint in self.endpoints.load().iter() {
+            endpoint.close_idle();
+        }
         outcome
     }
 
@@ -275,7 +365,10 @@ impl Upstream {
             return None;
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        Some(InFlightGuard(Arc::clone(self)))
+        Some(InFlightGuard {
+            upstream: Arc::clone(self),
+            endpoint: None,
+        })
     }
 
     fn end_request(&self) {
@@ -293,31 +386,30 @@ impl Upstream {
         self.responses_5xx.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Gives a connection whose exchange ended cleanly back to the pool.
-    /// Not once retired: a drain that saw the last request end clears the
-    /// pool, and nothing may be added after.
-    pub(crate) fn recycle(&self, conn: Box<UpstreamConn>) {
-        if !self.retired.load(Ordering::SeqCst) {
-            self.pool.put(conn);
+    /// The endpoint for a request's next attempt (see [`crate::balance`]),
+    /// its in-flight count taken; `None` once every endpoint was tried.
+    fn pick(&self, tried: &Tried) -> Option<EndpointGuard> {
+        if tried.is_full() {
+            return None;
+        }
+        let set = self.endpoints.load();
+        balance::pick(self.balance, &set, &self.next, tried).map(Endpoint::begin)
+    }
+
+    /// The error for a request that found no endpoint to try.
+    fn no_endpoint(&self) -> ForwardError {
+        ForwardError::NoEndpoint {
+            app: self.app.clone(),
         }
     }
 
     /// Sends a request and waits for the response head: the one way out to
     /// this upstream. HTTP/1.1 goes on a pooled connection (or a new one)
-    /// under the retry policy below; HTTP/2 on the upstream's multiplexed
-    /// connection. Either way the response head must come within
-    /// `upstream_response_timeout`.
-    ///
-    /// A reused keep-alive connection may have been closed by the upstream
-    /// just before the request went out. Two cases are retried:
-    /// - the connection hands the request back unsent (it is seen closed
-    ///   before the request, or writing the head fails): on another
-    ///   connection;
-    /// - a bodiless idempotent request was written on a reused connection
-    ///   that closed or reset before any response: again, on another pooled
-    ///   or a new connection (what nginx's `proxy_next_upstream error`
-    ///   does). Other requests are never sent twice: the upstream may have
-    ///   acted on them.
+    /// of an endpoint; HTTP/2 on the endpoint's multiplexed connection.
+    /// Either way the response head must come within
+    /// `upstream_response_timeout`. Where a failed attempt goes next is
+    /// decided by one rule, [`retry_rule`]; at most
+    /// [`balance::MAX_ENDPOINT_ATTEMPTS`] endpoints are tried.
     pub(crate) async fn send(
         &self,
         req: Outgoing<'_>,
@@ -337,55 +429,93 @@ impl Upstream {
     ) -> Result<Received, ForwardError> {
         let replayable =
             body.as_ref().is_none_or(Body::is_end_stream) && head.method().is_idempotent();
+        let mut tried = Tried::default();
+        let mut endpoint = self.pick(&tried).ok_or_else(|| self.no_endpoint())?;
+        loop {
+            let failed = match self
+                .send_to(&endpoint, head, body.as_mut(), replayable, settings)
+                .await
+            {
+                Ok(exchanged) => return Ok(Received::from_http1(exchanged, endpoint)),
+                Err(failed) => failed,
+            };
+            tried.push(endpoint.addr());
+            let next = match failed.retry {
+                Retry::OtherEndpoint => self.pick(&tried),
+                Retry::SameEndpoint | Retry::No => None,
+            };
+            let Some(next) = next else {
+                return Err(failed.error);
+            };
+            tracing::debug!(app = %self.app, from = %endpoint.addr(), to = %next.addr(),
+                error = %failed.error, "request not sent or replayable; trying another endpoint");
+            endpoint = next;
+        }
+    }
+
+    /// One endpoint's part of [`Upstream::send`] for HTTP/1.1: pooled
+    /// connections, then fresh ones, as long as the retry rule says to stay
+    /// on this endpoint.
+    async fn send_to(
+        &self,
+        endpoint: &Endpoint,
+        head: &ProxiedHead<'_>,
+        mut body: Option<&mut RequestBody>,
+        replayable: bool,
+        settings: &ProxySettings,
+    ) -> Result<Exchanged, Failed> {
         let mut pooled_attempts = 0;
         let mut fresh_attempts = 0;
         loop {
-            let (conn, reused) = match self.take_pooled(replayable, &mut pooled_attempts) {
+            let (conn, reused) = match take_pooled(endpoint, replayable, &mut pooled_attempts) {
                 Some(conn) => (conn, true),
                 None => {
                     fresh_attempts += 1;
-                    (self.connect(settings).await?, false)
+                    (self.connect(endpoint, settings).await?, false)
                 }
             };
             let timeout = settings.upstream_response_timeout;
-            match conn.exchange(head, body.as_mut(), timeout).await {
-                Ok(exchanged) => return Ok(Received::from_http1(exchanged)),
-                Err(ExchangeError::Unsent(e)) if reused || fresh_attempts < MAX_FRESH_ATTEMPTS => {
-                    tracing::debug!(app = %self.app, addr = %self.addr, error = %e,
-                        "upstream connection closed before the request was written; retrying");
+            let error = match conn.exchange(head, body.as_deref_mut(), timeout).await {
+                Ok(exchanged) => return Ok(exchanged),
+                Err(error) => error,
+            };
+            let attempt = Attempt {
+                reused,
+                replayable,
+                fresh_attempts,
+            };
+            match retry_rule(Failure::Exchange(&error), attempt) {
+                Retry::SameEndpoint => {
+                    tracing::debug!(app = %self.app, addr = %endpoint.addr(), error = %error,
+                        "upstream connection closed before a response; trying another connection");
                 }
-                Err(ExchangeError::ClosedBeforeResponse(_)) if reused && replayable => {
-                    tracing::debug!(app = %self.app, addr = %self.addr,
-                        "reused upstream connection closed under an idempotent request; sending it again");
+                retry => {
+                    endpoint.fail();
+                    return Err(Failed {
+                        error: self.exchange_failed(endpoint, error),
+                        retry,
+                    });
                 }
-                Err(e) => return Err(self.exchange_failed(e)),
             }
         }
     }
 
-    /// A pooled connection for a request, if any. One that cannot be
-    /// replayed first checks that the upstream did not close the connection
-    /// meanwhile (a replayable one learns it from the exchange, at no cost).
-    fn take_pooled(&self, replayable: bool, attempts: &mut usize) -> Option<Box<UpstreamConn>> {
-        while *attempts < MAX_POOLED_ATTEMPTS {
-            let mut conn = self.pool.take()?;
-            *attempts += 1;
-            if replayable || conn.looks_open() {
-                return Some(conn);
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        settings: &ProxySettings,
+    ) -> Result<Box<UpstreamConn>, Failed> {
+        match pool::connect(endpoint.addr(), settings.upstream_connect_timeout).await {
+            Ok(stream) => {
+                endpoint.connected();
+                Ok(UpstreamConn::new(stream))
             }
-        }
-        None
-    }
-
-    async fn connect(&self, settings: &ProxySettings) -> Result<Box<UpstreamConn>, ForwardError> {
-        match pool::connect(self.addr, settings.upstream_connect_timeout).await {
-            Ok(stream) => Ok(UpstreamConn::new(stream)),
-            Err(e) => Err(self.connect_failed(e, settings)),
+            Err(e) => Err(self.connect_failed(endpoint, e, settings)),
         }
     }
 
     /// The error to answer for a failed HTTP/1.1 exchange.
-    fn exchange_failed(&self, error: ExchangeError) -> ForwardError {
+    fn exchange_failed(&self, endpoint: &Endpoint, error: ExchangeError) -> ForwardError {
         let app = self.app.clone();
         match error {
             ExchangeError::Timeout(timeout) => ForwardError::ResponseTimeout { app, timeout },
@@ -395,68 +525,99 @@ impl Upstream {
             ExchangeError::Body(RequestBodyError::Client(_)) => ForwardError::ClientBody,
             ExchangeError::UnexpectedSwitch => ForwardError::UnexpectedSwitch { app },
             source => {
-                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                tracing::warn!(%app, addr = %endpoint.addr(), slot = %self.slot,
                     error = %source, "upstream failed to answer");
                 ForwardError::Exchange { app, source }
             }
         }
     }
 
-    /// Sends `req` over this upstream's HTTP/2 connection (opened on first
-    /// use, and again when it closed); waits for the response head.
+    /// Sends `req` over an endpoint's HTTP/2 connection (opened on first
+    /// use, and again when it closed); waits for the response head. A
+    /// refused connection sends it to another endpoint: nothing was sent.
     async fn send_http2(
         &self,
         req: Request<RequestBody>,
         settings: &ProxySettings,
     ) -> Result<Received, ForwardError> {
-        let mut sender = self.h2_sender(settings).await?;
+        let mut tried = Tried::default();
+        let mut endpoint = self.pick(&tried).ok_or_else(|| self.no_endpoint())?;
+        let mut sender = loop {
+            match self.h2_sender(&endpoint, settings).await {
+                Ok(sender) => break sender,
+                Err(failed) => {
+                    tried.push(endpoint.addr());
+                    match self.pick(&tried) {
+                        Some(next) => endpoint = next,
+                        None => return Err(failed.error),
+                    }
+                }
+            }
+        };
         let timeout = settings.upstream_response_timeout;
         match tokio::time::timeout(timeout, sender.send_request(req)).await {
-            Ok(Ok(response)) => Ok(Received::from_http2(response)),
-            Ok(Err(error)) => Err(self.send_error(error)),
-            Err(_elapsed) => Err(ForwardError::ResponseTimeout {
-                app: self.app.clone(),
-                timeout,
-            }),
+            Ok(Ok(response)) => Ok(Received::from_http2(response, endpoint)),
+            Ok(Err(error)) => {
+                endpoint.fail();
+                Err(self.send_error(&endpoint, error))
+            }
+            Err(_elapsed) => {
+                endpoint.fail();
+                Err(ForwardError::ResponseTimeout {
+                    app: self.app.clone(),
+                    timeout,
+                })
+            }
         }
     }
 
-    fn lock_h2(&self) -> MutexGuard<'_, Option<H2Conn>> {
-        self.h2.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn h2_sender(&self, settings: &ProxySettings) -> Result<H2Conn, ForwardError> {
-        if let Some(sender) = self.lock_h2().as_ref().filter(|s| !s.is_closed()) {
+    async fn h2_sender(
+        &self,
+        endpoint: &Endpoint,
+        settings: &ProxySettings,
+    ) -> Result<H2Conn, Failed> {
+        if let Some(sender) = endpoint.lock_h2().as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
         // Two requests may both connect here; the later one's connection
         // replaces the earlier in the slot, and both work.
-        let stream = pool::connect(self.addr, settings.upstream_connect_timeout)
+        let addr = endpoint.addr();
+        let stream = pool::connect(addr, settings.upstream_connect_timeout)
             .await
-            .map_err(|e| self.connect_failed(e, settings))?;
+            .map_err(|e| self.connect_failed(endpoint, e, settings))?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| self.connect_failed(ConnectError::Handshake(e), settings))?;
-        let addr = self.addr;
+            .map_err(|e| self.connect_failed(endpoint, ConnectError::Handshake(e), settings))?;
+        endpoint.connected();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        *self.lock_h2() = Some(sender.clone());
+        if !endpoint.is_removed() && !self.is_retired() {
+            *endpoint.lock_h2() = Some(sender.clone());
+        }
         Ok(sender)
     }
 
-    /// Counts and logs a failed connection attempt; the error to answer.
-    fn connect_failed(&self, e: ConnectError, settings: &ProxySettings) -> ForwardError {
+    /// Counts and logs a failed connection attempt, ejects the endpoint;
+    /// the error to answer if no other endpoint takes the request.
+    fn connect_failed(
+        &self,
+        endpoint: &Endpoint,
+        e: ConnectError,
+        settings: &ProxySettings,
+    ) -> Failed {
         self.connect_errors.fetch_add(1, Ordering::Relaxed);
         self.metrics.connect_error();
+        endpoint.eject();
         let app = self.app.clone();
-        match e {
+        let addr = endpoint.addr();
+        let error = match e {
             ConnectError::Timeout => {
-                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                tracing::warn!(%app, %addr, slot = %self.slot,
                     "connecting to upstream timed out");
                 ForwardError::ConnectTimeout {
                     app,
@@ -464,20 +625,24 @@ impl Upstream {
                 }
             }
             ConnectError::Io(source) => {
-                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                tracing::warn!(%app, %addr, slot = %self.slot,
                     error = %source, "connecting to upstream failed");
                 ForwardError::Connect { app, source }
             }
             ConnectError::Handshake(source) => {
-                tracing::warn!(%app, addr = %self.addr, slot = %self.slot,
+                tracing::warn!(%app, %addr, slot = %self.slot,
                     error = %source, "upstream connection handshake failed");
                 ForwardError::Upstream { app, source }
             }
+        };
+        Failed {
+            error,
+            retry: retry_rule(Failure::Connect, Attempt::default()),
         }
     }
 
     /// Classifies a failed HTTP/2 exchange: the client's body, or the upstream.
-    fn send_error(&self, error: hyper::Error) -> ForwardError {
+    fn send_error(&self, endpoint: &Endpoint, error: hyper::Error) -> ForwardError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
             if let Some(body) = e.downcast_ref::<RequestBodyError>() {
@@ -490,12 +655,124 @@ impl Upstream {
             }
             source = e.source();
         }
-        tracing::warn!(app = %self.app, addr = %self.addr, slot = %self.slot,
+        tracing::warn!(app = %self.app, addr = %endpoint.addr(), slot = %self.slot,
             error = %error, "upstream failed to answer");
         ForwardError::Upstream {
             app: self.app.clone(),
             source: error,
         }
+    }
+}
+
+/// The new endpoint list for `specs`: endpoints of `old` at the same
+/// address are kept (with the new label), others are created; an address
+/// listed twice counts once.
+fn build_set(
+    old: &[Arc<Endpoint>],
+    specs: Vec<EndpointSpec>,
+    metrics: &SlotMetrics,
+) -> Vec<Arc<Endpoint>> {
+    let mut set: Vec<Arc<Endpoint>> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if set.iter().any(|e| e.addr() == spec.addr) {
+            continue;
+        }
+        let endpoint = match old.iter().find(|e| e.addr() == spec.addr) {
+            Some(kept) => {
+                kept.set_label(&spec.label);
+                Arc::clone(kept)
+            }
+            None => {
+                let counters = metrics.endpoint(spec.addr);
+                Arc::new(Endpoint::new(spec, counters))
+            }
+        };
+        set.push(endpoint);
+    }
+    set
+}
+
+/// A pooled connection of `endpoint` for a request, if any. One that
+/// cannot be replayed first checks that the upstream did not close the
+/// connection meanwhile (a replayable one learns it from the exchange, at
+/// no cost).
+fn take_pooled(
+    endpoint: &Endpoint,
+    replayable: bool,
+    attempts: &mut usize,
+) -> Option<Box<UpstreamConn>> {
+    while *attempts < MAX_POOLED_ATTEMPTS {
+        let mut conn = endpoint.pool.take()?;
+        *attempts += 1;
+        if replayable || conn.looks_open() {
+            return Some(conn);
+        }
+    }
+    None
+}
+
+/// A failed attempt: the error to answer, and where the request may go.
+struct Failed {
+    error: ForwardError,
+    retry: Retry,
+}
+
+/// What failed in an attempt.
+enum Failure<'a> {
+    /// No connection could be opened: nothing was sent.
+    Connect,
+    Exchange(&'a ExchangeError),
+}
+
+/// The facts of an attempt the retry rule weighs.
+#[derive(Default, Clone, Copy)]
+struct Attempt {
+    /// On a pooled keep-alive connection.
+    reused: bool,
+    /// Bodiless (or empty body) and idempotent (RFC 9110 §9.2.2).
+    replayable: bool,
+    /// Fresh connections opened for this request on this endpoint.
+    fresh_attempts: usize,
+}
+
+/// Where a request goes after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Another connection to the same endpoint.
+    SameEndpoint,
+    /// Another endpoint, if one is left to try.
+    OtherEndpoint,
+    /// Nowhere: the failure is the answer.
+    No,
+}
+
+/// The one retry rule. A request that was not sent may go anywhere: on a
+/// reused connection that handed it back unsent, or a fresh one that did
+/// (up to [`MAX_FRESH_ATTEMPTS`]), to the same endpoint; once this
+/// endpoint refused or kept failing, to another. A bodiless idempotent
+/// request whose connection closed before any response may be replayed:
+/// on a reused connection (most likely the keep-alive race: the upstream
+/// closed it idle) to the same endpoint, on a fresh one (the endpoint
+/// likely died under it) to another. Anything else may have been acted on
+/// and is never sent twice.
+fn retry_rule(failure: Failure<'_>, attempt: Attempt) -> Retry {
+    match failure {
+        Failure::Connect => Retry::OtherEndpoint,
+        Failure::Exchange(ExchangeError::Unsent(_)) => {
+            if attempt.reused || attempt.fresh_attempts < MAX_FRESH_ATTEMPTS {
+                Retry::SameEndpoint
+            } else {
+                Retry::OtherEndpoint
+            }
+        }
+        Failure::Exchange(ExchangeError::ClosedBeforeResponse(_)) if attempt.replayable => {
+            if attempt.reused {
+                Retry::SameEndpoint
+            } else {
+                Retry::OtherEndpoint
+            }
+        }
+        Failure::Exchange(_) => Retry::No,
     }
 }
 
@@ -517,6 +794,9 @@ pub(crate) struct Received {
     /// The head may have hop-by-hop headers to strip.
     pub(crate) hop_by_hop: bool,
     pub(crate) then: Then,
+    /// The endpoint that answered: its in-flight count held until the
+    /// response ends (see [`InFlightGuard::answered_by`]).
+    pub(crate) endpoint: EndpointGuard,
 }
 
 /// What follows a response head.
@@ -528,7 +808,7 @@ pub(crate) enum Then {
 }
 
 impl Received {
-    fn from_http1(exchanged: Exchanged) -> Received {
+    fn from_http1(exchanged: Exchanged, endpoint: EndpointGuard) -> Received {
         let Exchanged {
             head,
             conn,
@@ -543,32 +823,58 @@ impl Received {
             head: head.response,
             hop_by_hop: head.hop_by_hop,
             then,
+            endpoint,
         }
     }
 
-    fn from_http2(response: Response<Incoming>) -> Received {
+    fn from_http2(response: Response<Incoming>, endpoint: EndpointGuard) -> Received {
         let (parts, body) = response.into_parts();
         Received {
             head: Response::from_parts(parts, ()),
             hop_by_hop: true,
             then: Then::Body(Source::Http2(body)),
+            endpoint,
         }
     }
 }
 
-/// Holds one unit of an upstream's in-flight count; released on drop.
+/// Holds one unit of an upstream's in-flight count, and once an endpoint
+/// answered, of that endpoint's; released on drop.
 #[derive(Debug)]
-pub(crate) struct InFlightGuard(Arc<Upstream>);
+pub(crate) struct InFlightGuard {
+    upstream: Arc<Upstream>,
+    endpoint: Option<EndpointGuard>,
+}
 
 impl InFlightGuard {
     pub(crate) fn upstream(&self) -> &Arc<Upstream> {
-        &self.0
+        &self.upstream
+    }
+
+    /// The endpoint that answered holds this request until it ends.
+    pub(crate) fn answered_by(&mut self, endpoint: EndpointGuard) {
+        self.endpoint = Some(endpoint);
+    }
+
+    /// Gives a connection whose exchange ended cleanly back to its
+    /// endpoint's pool. Not once retired (a drain that saw the last request
+    /// end clears the pools, and nothing may be added after), nor to an
+    /// endpoint that left the set.
+    pub(crate) fn recycle(&self, conn: Box<UpstreamConn>) {
+        let Some(endpoint) = &self.endpoint else {
+            return;
+        };
+        if !self.upstream.is_retired() && !endpoint.is_removed() {
+            endpoint.pool.put(conn);
+        }
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.end_request();
+        // The endpoint's count first: the upstream's reaching zero ends a drain.
+        self.endpoint = None;
+        self.upstream.end_request();
     }
 }
 
