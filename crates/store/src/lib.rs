@@ -146,17 +146,20 @@ impl Store {
         };
         let mut statement = conn.prepare(
             "SELECT s.slot, s.state, s.runtime_id, s.addr, s.log_path, s.updated_at,
-                    r.id, r.app, r.version, r.driver, r.artifact, r.created_at
+                    r.id, r.app, r.version, r.driver, r.artifact, r.created_at, s.endpoints
              FROM slots s LEFT JOIN releases r ON r.id = s.release_id
              WHERE s.app = ?1 ORDER BY s.slot",
         )?;
         let slots = statement
             .query_map([app], |row| {
+                let addr: Option<String> = row.get(3)?;
+                let endpoints: Option<String> = row.get(12)?;
                 Ok(SlotRecord {
                     slot: row.get(0)?,
                     state: row.get(1)?,
                     runtime_id: row.get(2)?,
-                    addr: row.get(3)?,
+                    endpoints: endpoints_of(endpoints.as_deref(), addr.as_deref()),
+                    addr,
                     log_path: row.get(4)?,
                     updated_at: row.get(5)?,
                     release: match row.get::<_, Option<i64>>(6)? {
@@ -302,9 +305,9 @@ impl Store {
     /// Records what runs in a slot (`runtime_id` / `addr` None when nothing does).
     pub fn set_slot(&self, app: &str, slot: &str, update: &SlotUpdate) -> Result<()> {
         self.conn().execute(
-            "UPDATE slots SET state = ?3, release_id = ?4, runtime_id = ?5, addr = ?6, log_path = ?7, updated_at = ?8
+            "UPDATE slots SET state = ?3, release_id = ?4, runtime_id = ?5, addr = ?6, log_path = ?7, updated_at = ?8, endpoints = ?9
              WHERE app = ?1 AND slot = ?2",
-            params![app, slot, update.state, update.release_id, update.runtime_id, update.addr, update.log_path, now_ms()],
+            params![app, slot, update.state, update.release_id, update.runtime_id, update.addr, update.log_path, now_ms(), endpoints_text(&update.endpoints)],
         )?;
         Ok(())
     }
@@ -313,7 +316,7 @@ impl Store {
     /// ran there and its log (so `cutover logs --slot` still finds it).
     pub fn clear_runtime(&self, app: &str, slot: &str, state: &str) -> Result<()> {
         self.conn().execute(
-            "UPDATE slots SET state = ?3, runtime_id = NULL, addr = NULL, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
+            "UPDATE slots SET state = ?3, runtime_id = NULL, addr = NULL, endpoints = NULL, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
             params![app, slot, state, now_ms()],
         )?;
         Ok(())
@@ -673,4 +676,25 @@ fn release_from(row: &Row<'_>, first: usize) -> rusqlite::Result<ReleaseRecord> 
         artifact: row.get(first + 4)?,
         created_at: row.get(first + 5)?,
     })
+}
+
+/// A slot's endpoints as stored: JSON, or (rows from before endpoints) its
+/// one `addr`.
+fn endpoints_of(json: Option<&str>, addr: Option<&str>) -> Vec<EndpointRecord> {
+    match json.and_then(|text| serde_json::from_str(text).ok()) {
+        Some(endpoints) => endpoints,
+        None => addr
+            .map(|addr| EndpointRecord {
+                addr: addr.to_string(),
+                label: String::new(),
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn endpoints_text(endpoints: &[EndpointRecord]) -> Option<String> {
+    (!endpoints.is_empty())
+        .then(|| serde_json::to_string(endpoints).ok())
+        .flatten()
 }

@@ -27,9 +27,21 @@ pub struct SlotRecord {
     pub state: String,
     pub release: Option<ReleaseRecord>,
     pub runtime_id: Option<String>,
+    /// The first endpoint's address (kept for older readers).
     pub addr: Option<String>,
+    /// Where the release answers (one per swarm task); rows written before
+    /// endpoints existed give their `addr` as the one endpoint.
+    pub endpoints: Vec<EndpointRecord>,
     pub log_path: Option<String>,
     pub updated_at: i64,
+}
+
+/// One endpoint of a release as recorded.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct EndpointRecord {
+    /// `host:port`.
+    pub addr: String,
+    pub label: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -154,6 +166,8 @@ pub struct SlotUpdate {
     pub release_id: Option<i64>,
     pub runtime_id: Option<String>,
     pub addr: Option<String>,
+    /// Every endpoint (`addr` is the first one's).
+    pub endpoints: Vec<EndpointRecord>,
     pub log_path: Option<String>,
 }
 

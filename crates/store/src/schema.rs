@@ -83,6 +83,9 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (provider, delivery_id)
     );
     CREATE INDEX webhook_deliveries_by_status ON webhook_deliveries (status, id);",
+    // 3: a release answers at several endpoints (swarm tasks): a JSON list
+    // of {addr, label}; NULL in older rows, which are read from `addr`.
+    "ALTER TABLE slots ADD COLUMN endpoints TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

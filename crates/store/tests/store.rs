@@ -55,6 +55,7 @@ fn state_written_before_a_crash_is_read_back_after_reopen() {
                 release_id: Some(release.id),
                 runtime_id: Some("pid=1".into()),
                 addr: Some("127.0.0.1:1".into()),
+                endpoints: Vec::new(),
                 log_path: None,
             },
         )
@@ -169,4 +170,47 @@ fn reopening_applies_no_migration_twice() {
     let store = open(&dir);
     store.ensure_app("web").unwrap();
     assert!(store.app("web").unwrap().is_some());
+}
+
+/// A release's endpoints survive a reopen; a slot written with only an
+/// address (as before endpoints existed) reads as that one endpoint.
+#[test]
+fn slot_endpoints_are_recorded_and_old_rows_read_as_one_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.ensure_app("web").unwrap();
+    let endpoints = vec![
+        EndpointRecord {
+            addr: "10.0.0.1:30001".into(),
+            label: "web-green.1.abc@node-1".into(),
+        },
+        EndpointRecord {
+            addr: "10.0.0.2:30002".into(),
+            label: "web-green.2.def@node-2".into(),
+        },
+    ];
+    let update = |slot_endpoints: Vec<EndpointRecord>| SlotUpdate {
+        state: "live".into(),
+        release_id: None,
+        runtime_id: Some("svc".into()),
+        addr: Some("10.0.0.1:30001".into()),
+        endpoints: slot_endpoints,
+        log_path: None,
+    };
+    store
+        .set_slot("web", "green", &update(endpoints.clone()))
+        .unwrap();
+    store.set_slot("web", "blue", &update(Vec::new())).unwrap();
+    drop(store);
+    let app = open(&dir).app("web").unwrap().expect("app exists");
+    assert_eq!(
+        app.slot("green").map(|s| s.endpoints.clone()),
+        Some(endpoints)
+    );
+    let old_style = app
+        .slot("blue")
+        .map(|s| s.endpoints.clone())
+        .unwrap_or_default();
+    assert_eq!(old_style.len(), 1);
+    assert_eq!(old_style[0].addr, "10.0.0.1:30001");
 }
