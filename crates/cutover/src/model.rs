@@ -74,12 +74,25 @@ pub struct AppStatus {
     pub live_version: Option<String>,
     pub health: String,
     pub in_flight: u64,
+    /// Where the live release answers (one per swarm task).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointStatus>,
     /// The previous release while a deployment drains it.
     #[serde(default)]
     pub draining: Option<DrainingRelease>,
     pub current_deployment: Option<Deployment>,
     #[serde(default)]
     pub queued: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EndpointStatus {
+    pub label: String,
+    pub addr: String,
+    pub healthy: bool,
+    pub in_flight: u64,
+    #[serde(default)]
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

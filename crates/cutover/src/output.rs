@@ -127,7 +127,7 @@ pub fn status_table(apps: &[AppStatus]) -> String {
             ]
         })
         .collect();
-    table(
+    let mut text = table(
         &[
             "APP",
             "LIVE",
@@ -136,6 +136,51 @@ pub fn status_table(apps: &[AppStatus]) -> String {
             "IN-FLIGHT",
             "DEPLOYMENT",
             "QUEUED",
+        ],
+        &rows,
+    );
+    let endpoints = endpoints_table(apps);
+    if !endpoints.is_empty() {
+        text.push('\n');
+        text.push_str(&endpoints);
+    }
+    text
+}
+
+/// Each endpoint of each live release (one per swarm task): where it
+/// answers, whether it is in rotation, its requests in flight.
+fn endpoints_table(apps: &[AppStatus]) -> String {
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .flat_map(|app| {
+            app.endpoints.iter().map(|e| {
+                vec![
+                    app.name.clone(),
+                    dash(Some(&e.label)),
+                    e.addr.clone(),
+                    if e.healthy {
+                        "healthy"
+                    } else {
+                        "out of rotation"
+                    }
+                    .to_string(),
+                    e.in_flight.to_string(),
+                    e.requests.to_string(),
+                ]
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    table(
+        &[
+            "APP",
+            "ENDPOINT",
+            "ADDRESS",
+            "HEALTH",
+            "IN-FLIGHT",
+            "REQUESTS",
         ],
         &rows,
     )

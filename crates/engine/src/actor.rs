@@ -427,6 +427,9 @@ impl Actor {
             live_version,
             health,
             in_flight: routed.as_ref().map_or(0, |u| u.in_flight()),
+            endpoints: routed
+                .as_ref()
+                .map_or_else(Vec::new, |u| endpoint_status(u)),
             draining: self.draining(routed.as_ref()),
             current_deployment: current,
             queued: self.queue.iter().map(|q| q.record.id).collect(),
@@ -513,7 +516,9 @@ impl Actor {
         Journal::new(&self.context, id).publish_stored().await;
     }
 
-    /// Keeps checking the live release every `interval` so status shows its health.
+    /// Keeps checking the live release every `interval` so status shows its
+    /// health, each endpoint in or out of rotation, and the endpoint set
+    /// following the driver's (a replaced swarm task).
     fn restart_monitor(&mut self) {
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();
@@ -522,7 +527,8 @@ impl Actor {
         self.health.store(HEALTH_OK, Ordering::Relaxed);
         let watched = Monitored {
             context: self.context.clone(),
-            addr: live.addr,
+            upstream: live.upstream.clone(),
+            endpoints: live.endpoints.clone(),
             runtime_id: live.runtime_id.clone(),
             health: self.health.clone(),
         };
@@ -533,26 +539,32 @@ impl Actor {
 /// The live release under watch, for `status` and app events.
 struct Monitored {
     context: AppContext,
-    addr: std::net::SocketAddr,
+    /// The release this monitor started on (the live one then).
+    upstream: Arc<cutover_proxy::Upstream>,
+    endpoints: crate::context::Endpoints,
     runtime_id: String,
     health: Arc<AtomicU8>,
 }
 
 impl Monitored {
-    async fn run(self) {
+    async fn run(mut self) {
         let config = self.context.app.health.clone();
         let app = self.context.name().to_string();
         let mut was_healthy = true;
         loop {
-            tokio::time::sleep(config.interval).await;
+            self.next_round(config.interval).await;
             let Some(routed) = self.context.front.live(&app) else {
                 continue;
             };
-            let result = self.check(&config, &routed).await;
+            let ours = Arc::ptr_eq(&routed, &self.upstream);
+            if ours {
+                self.follow_endpoints(&config).await;
+            }
+            let result = self.check(&config, &routed, ours).await;
             // A check that outlived a switch judged a release that no longer
             // takes traffic (it drains, then stops): not the app's health.
             let still_live = self.context.front.live(&app);
-            if still_live.is_none_or(|live| live.addr() != routed.addr()) {
+            if still_live.is_none_or(|live| !Arc::ptr_eq(&live, &routed)) {
                 continue;
             }
             let flag = if result.is_ok() {
@@ -584,17 +596,104 @@ impl Monitored {
         }
     }
 
-    /// The HTTP check of the release traffic goes to — after a switch
-    /// that is the new one, not the one this monitor started on, which is
-    /// draining and will stop — and the runtime's own check (a Docker
-    /// HEALTHCHECK) while it is the one started on.
+    /// The next check is due after `interval`, or at once when the
+    /// driver's endpoints changed.
+    async fn next_round(&mut self, interval: std::time::Duration) {
+        match &mut self.endpoints.changes {
+            Some(changes) => {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    changed = changes.changed() => if changed.is_err() {
+                        tokio::time::sleep(interval).await;
+                    },
+                }
+            }
+            None => tokio::time::sleep(interval).await,
+        }
+    }
+
+    /// Endpoints the driver no longer has leave the rotation at once; new
+    /// ones join once they pass a health check.
+    async fn follow_endpoints(&self, config: &cutover_config::HealthConfig) {
+        let current = self.endpoints.current();
+        let known: Vec<std::net::SocketAddr> =
+            self.upstream.endpoints().iter().map(|e| e.addr).collect();
+        let mut keep: Vec<cutover_drivers::Endpoint> = current
+            .iter()
+            .filter(|e| known.contains(&e.addr))
+            .cloned()
+            .collect();
+        let joining: Vec<&cutover_drivers::Endpoint> = current
+            .iter()
+            .filter(|e| !known.contains(&e.addr))
+            .collect();
+        if joining.is_empty() && keep.len() == known.len() {
+            return;
+        }
+        for endpoint in joining {
+            match health::check(endpoint.addr, config).await {
+                Ok(()) => keep.push(endpoint.clone()),
+                Err(why) => {
+                    tracing::debug!(app = %self.context.name(), "new endpoint {} ({}) is not healthy yet: {why}", endpoint.label, endpoint.addr)
+                }
+            }
+        }
+        keep.sort();
+        let now: Vec<std::net::SocketAddr> = keep.iter().map(|e| e.addr).collect();
+        if now.len() == known.len() && now.iter().all(|a| known.contains(a)) {
+            return;
+        }
+        tracing::info!(app = %self.context.name(), "endpoints of the live release now: {}",
+            keep.iter().map(|e| format!("{} ({})", e.label, e.addr)).collect::<Vec<_>>().join(", "));
+        self.upstream
+            .set_endpoints(crate::context::endpoint_specs(&keep));
+        self.refresh_front().await;
+    }
+
+    async fn refresh_front(&self) {
+        if let Err(why) = self.context.front.refresh(self.context.name()).await {
+            tracing::error!(app = %self.context.name(), "cannot update the front with the live endpoints: {why}");
+        }
+    }
+
+    /// The HTTP check of every endpoint of the release traffic goes to —
+    /// after a switch that is the new one, not the one this monitor
+    /// started on, which is draining and will stop — each endpoint of ours
+    /// put in or out of rotation by its result, and the runtime's own check
+    /// (a Docker HEALTHCHECK, swarm tasks) while it is ours.
     async fn check(
         &self,
         config: &cutover_config::HealthConfig,
         routed: &cutover_proxy::Upstream,
+        ours: bool,
     ) -> Result<(), String> {
-        health::check(routed.addr(), config).await?;
-        if routed.addr() != self.addr {
+        let endpoints = routed.endpoints();
+        if endpoints.is_empty() {
+            return Err("the release has no endpoint in rotation".to_string());
+        }
+        let checks = endpoints.iter().map(|e| health::check(e.addr, config));
+        let results = futures_util::future::join_all(checks).await;
+        let mut changed = false;
+        let mut failures = Vec::new();
+        for (endpoint, result) in endpoints.iter().zip(results) {
+            if ours && endpoint.healthy != result.is_ok() {
+                routed.set_endpoint_healthy(endpoint.addr, result.is_ok());
+                changed = true;
+            }
+            if let Err(why) = result {
+                failures.push(match endpoints.len() {
+                    1 => why,
+                    _ => format!("endpoint {} ({}): {why}", endpoint.label, endpoint.addr),
+                });
+            }
+        }
+        if changed {
+            self.refresh_front().await;
+        }
+        if !failures.is_empty() {
+            return Err(failures.join("; "));
+        }
+        if !ours {
             return Ok(());
         }
         match self.context.driver.check(&self.runtime_id).await {
@@ -602,6 +701,21 @@ impl Monitored {
             _ => Ok(()),
         }
     }
+}
+
+fn endpoint_status(upstream: &cutover_proxy::Upstream) -> Vec<crate::model::EndpointStatus> {
+    upstream
+        .endpoints()
+        .into_iter()
+        .map(|e| crate::model::EndpointStatus {
+            label: e.label,
+            addr: e.addr.to_string(),
+            healthy: e.healthy && !e.ejected,
+            in_flight: e.in_flight,
+            requests: e.requests,
+            failures: e.failures,
+        })
+        .collect()
 }
 
 async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {

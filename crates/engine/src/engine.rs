@@ -12,6 +12,7 @@ use cutover_config::git_ref::{split_ref, validate_commit};
 use cutover_config::{AppConfig, Config, DriverConfig, Slot, SourceConfig};
 use cutover_drivers::docker::DockerDriver;
 use cutover_drivers::process::ProcessDriver;
+use cutover_drivers::swarm::SwarmDriver;
 use cutover_drivers::Driver;
 use cutover_proxy::Router;
 use cutover_store::{AppRecord, DeploymentRecord, DeploymentSource, EventRecord, Store};
@@ -65,7 +66,18 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let events = EventBus::new();
         let front = match &config.proxy.nginx {
-            Some(nginx) => Front::nginx(cutover_nginx::Nginx::new(nginx.clone()), router.clone()),
+            Some(nginx) => {
+                let advertise = config
+                    .apps
+                    .iter()
+                    .filter_map(|app| Some((app.name.clone(), app.driver.advertise()?)))
+                    .collect();
+                Front::nginx(
+                    cutover_nginx::Nginx::new(nginx.clone()),
+                    router.clone(),
+                    advertise,
+                )
+            }
             None => Front::Builtin(router.clone()),
         };
         let (shutdown, shutdown_signal) = watch::channel(false);
@@ -333,10 +345,7 @@ fn shutdown_bound(config: &Config) -> Duration {
         .apps
         .iter()
         .map(|app| {
-            let stop = match &app.driver {
-                DriverConfig::Process(process) => process.stop_timeout,
-                DriverConfig::Docker(docker) => docker.stop_timeout,
-            };
+            let stop = app.driver.stop_timeout();
             let hooks = &app.hooks;
             let hook_lists = [&hooks.before_switch, &hooks.after_switch, &hooks.on_failure];
             let hook_count = hook_lists.iter().map(|list| list.len()).sum::<usize>();
@@ -362,6 +371,12 @@ fn app_context(
             &app.name,
             docker.clone(),
             &config.state_dir,
+        )),
+        DriverConfig::Swarm(swarm) => Arc::new(SwarmDriver::new(
+            &app.name,
+            swarm.clone(),
+            &config.state_dir,
+            app.health.deploy_timeout,
         )),
     };
     AppContext {

@@ -18,6 +18,7 @@ use cutover_config::Slot;
 use cutover_nginx::{Nginx, OldWorkers, WorkersExit};
 use cutover_proxy::{DrainOutcome, Preview, Router, Upstream};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,38 @@ pub(crate) struct NginxFront {
     routes: Router,
     /// Per app, the workers that served before its last reload.
     old_workers: Mutex<HashMap<String, OldWorkers>>,
+    /// Per app, `advertise`: what a loopback endpoint is written as in the
+    /// include (nginx runs on another host).
+    advertise: HashMap<String, IpAddr>,
+}
+
+impl NginxFront {
+    /// What the include lists for `upstream`: its endpoints in rotation
+    /// (all of them if none is, rather than none), a loopback address
+    /// written as the app's `advertise` address.
+    fn servers(&self, app: &str, upstream: Option<&Upstream>) -> Vec<SocketAddr> {
+        let Some(upstream) = upstream else {
+            return Vec::new();
+        };
+        let endpoints = upstream.endpoints();
+        let healthy: Vec<SocketAddr> = endpoints
+            .iter()
+            .filter(|e| e.healthy)
+            .map(|e| e.addr)
+            .collect();
+        let chosen = match healthy.is_empty() {
+            true => endpoints.iter().map(|e| e.addr).collect(),
+            false => healthy,
+        };
+        let advertise = self.advertise.get(app);
+        chosen
+            .into_iter()
+            .map(|addr| match advertise {
+                Some(ip) if addr.ip().is_loopback() => SocketAddr::new(*ip, addr.port()),
+                _ => addr,
+            })
+            .collect()
+    }
 }
 
 /// How a drain ended, in the terms of the front.
@@ -65,11 +98,12 @@ impl Drained {
 }
 
 impl Front {
-    pub(crate) fn nginx(nginx: Nginx, routes: Router) -> Front {
+    pub(crate) fn nginx(nginx: Nginx, routes: Router, advertise: HashMap<String, IpAddr>) -> Front {
         Front::Nginx(Arc::new(NginxFront {
             nginx,
             routes,
             old_workers: Mutex::new(HashMap::new()),
+            advertise,
         }))
     }
 
@@ -104,9 +138,10 @@ impl Front {
         match self {
             Front::Builtin(router) => Ok(router.set_live(app, upstream)),
             Front::Nginx(front) => {
+                let servers = front.servers(app, upstream.as_deref());
                 let switched = front
                     .nginx
-                    .switch(app, upstream.as_ref().map(|u| u.addr()))
+                    .switch_to(app, &servers)
                     .await
                     .map_err(|e| e.to_string())?;
                 if switched.reloaded {
@@ -118,6 +153,25 @@ impl Front {
                 Ok(front.routes.set_live(app, upstream))
             }
         }
+    }
+
+    /// The live release's endpoints changed or went in or out of rotation:
+    /// nginx's include follows (rewritten and reloaded only when its content
+    /// changes). The built-in proxy reads the upstream itself: nothing to do.
+    pub(crate) async fn refresh(&self, app: &str) -> Result<(), String> {
+        let Front::Nginx(front) = self else {
+            return Ok(());
+        };
+        let Some(live) = front.routes.live(app) else {
+            return Ok(());
+        };
+        let servers = front.servers(app, Some(&live));
+        front
+            .nginx
+            .switch_to(app, &servers)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Waits until the release behind `upstream` (the one traffic just left)

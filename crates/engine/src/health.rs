@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use cutover_config::HealthConfig;
-use cutover_drivers::{Driver, ExitWatch, RuntimeHealth};
+use cutover_drivers::{Driver, Endpoint, ExitWatch, RuntimeHealth};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -83,14 +83,34 @@ pub enum Unhealthy {
     TimedOut { after: Duration, last: String },
 }
 
-/// The HTTP check and the runtime's own verdict on the release (see
-/// [`Driver::check`]): `Err(Ok(why))` worth retrying, `Err(Err(how))` final.
+/// Checks every endpoint at once; `Err` names the first that failed and
+/// why (also when there is none yet).
+pub async fn check_all(endpoints: &[Endpoint], config: &HealthConfig) -> Result<(), String> {
+    if endpoints.is_empty() {
+        return Err("the release has no endpoint yet (no task running)".to_string());
+    }
+    let checks = endpoints.iter().map(|e| check(e.addr, config));
+    let results = futures_util::future::join_all(checks).await;
+    for (endpoint, result) in endpoints.iter().zip(results) {
+        if let Err(why) = result {
+            return Err(match endpoints.len() {
+                1 => why,
+                _ => format!("endpoint {} ({}): {why}", endpoint.label, endpoint.addr),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The HTTP check of every endpoint and the runtime's own verdict on the
+/// release (see [`Driver::check`]): `Err(Ok(why))` worth retrying,
+/// `Err(Err(how))` final.
 async fn check_release(
-    addr: SocketAddr,
+    endpoints: &[Endpoint],
     config: &HealthConfig,
     (driver, runtime_id): (&dyn Driver, &str),
 ) -> Result<(), Result<String, String>> {
-    let (http, runtime) = tokio::join!(check(addr, config), driver.check(runtime_id));
+    let (http, runtime) = tokio::join!(check_all(endpoints, config), driver.check(runtime_id));
     match (runtime, http) {
         (RuntimeHealth::Failing(how), _) => Err(Err(how)),
         (_, Err(why)) | (RuntimeHealth::Pending(why), Ok(())) => Err(Ok(why)),
@@ -99,11 +119,12 @@ async fn check_release(
 }
 
 /// Polls fast (50 ms, growing to 200 ms, never beyond `interval`) until
-/// `healthy_after` consecutive checks pass (the HTTP check and, through
-/// `runtime` = (driver, runtime id), the runtime's own), the release exits
-/// or fails for good, or the deadline passes. Returns how long it took.
+/// `healthy_after` consecutive checks pass (the HTTP check of every
+/// endpoint `endpoints()` gives at that moment and, through `runtime` =
+/// (driver, runtime id), the runtime's own), the release exits or fails
+/// for good, or the deadline passes. Returns how long it took.
 pub async fn wait_until_healthy(
-    addr: SocketAddr,
+    endpoints: &(dyn Fn() -> Vec<Endpoint> + Send + Sync),
     config: &HealthConfig,
     exited: &mut ExitWatch,
     deadline: Duration,
@@ -119,8 +140,9 @@ pub async fn wait_until_healthy(
         if let Some(how) = exited.exited() {
             return Err(Unhealthy::Exited(how));
         }
+        let now = endpoints();
         let outcome = tokio::select! {
-            outcome = tokio::time::timeout_at(give_up, check_release(addr, config, runtime)) => outcome,
+            outcome = tokio::time::timeout_at(give_up, check_release(&now, config, runtime)) => outcome,
             how = exited.wait() => return Err(Unhealthy::Exited(how)),
         };
         match outcome {

@@ -61,5 +61,6 @@ pub use error::EngineError;
 pub use events::AppEvent;
 pub use log_tail::tail_lines;
 pub use model::{
-    AppStatus, DeployRequest, DeploymentDetail, DrainingRelease, LiveHealth, SourceRequest,
+    AppStatus, DeployRequest, DeploymentDetail, DrainingRelease, EndpointStatus, LiveHealth,
+    SourceRequest,
 };

@@ -53,6 +53,9 @@ pub struct AppStatus {
     pub health: LiveHealth,
     /// Requests in flight on the live release right now.
     pub in_flight: usize,
+    /// Where the live release answers: one endpoint for a process or a
+    /// container, one per task for a swarm service.
+    pub endpoints: Vec<EndpointStatus>,
     /// The release traffic just left, while a deployment drains it (or
     /// keeps it ready during verification); `None` otherwise.
     pub draining: Option<DrainingRelease>,
@@ -60,6 +63,22 @@ pub struct AppStatus {
     /// Ids of deployments waiting behind the current one.
     pub queued: Vec<i64>,
     pub slots: Vec<SlotRecord>,
+}
+
+/// One endpoint of the live release as the proxy sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EndpointStatus {
+    /// The task and node (`web-green.1.k3j4h5@node-1`), or `pid 1234`, or
+    /// the container.
+    pub label: String,
+    pub addr: String,
+    /// In rotation: its checks pass and it is not ejected after refusing
+    /// connections.
+    pub healthy: bool,
+    pub in_flight: usize,
+    /// Requests sent to it, and those that failed on it.
+    pub requests: u64,
+    pub failures: u64,
 }
 
 /// The previous live release while the running deployment drains it.

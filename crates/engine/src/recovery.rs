@@ -4,13 +4,12 @@
 //! recorded as failed and their releases stopped; orphans are removed.
 
 use crate::blocking::blocking;
-use crate::context::{AppContext, LiveRelease};
+use crate::context::{AppContext, Endpoints, LiveRelease};
 use crate::error::EngineError;
 use crate::health::{self, Unhealthy};
 use crate::slots::{self, SlotFacts, SlotState};
 use cutover_config::Slot;
-use cutover_drivers::{ReleaseSpec, StartedRelease};
-use cutover_proxy::Upstream;
+use cutover_drivers::{Endpoint, ReleaseSpec, StartedRelease};
 use cutover_store::{now_ms, DeploymentState, SlotRecord};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,9 +114,18 @@ async fn adopt_or_restart(
 ) -> Option<LiveRelease> {
     let app = context.name();
     let release = record.release.clone()?;
-    let recorded_addr: Option<SocketAddr> = record.addr.as_deref().and_then(|a| a.parse().ok());
-    if let (Some(runtime_id), Some(addr)) = (&record.runtime_id, recorded_addr) {
-        match context.driver.adopt(runtime_id, addr).await {
+    let recorded: Vec<Endpoint> = record
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            Some(Endpoint::new(
+                e.addr.parse::<SocketAddr>().ok()?,
+                e.label.clone(),
+            ))
+        })
+        .collect();
+    if let (Some(runtime_id), false) = (&record.runtime_id, recorded.is_empty()) {
+        match context.driver.adopt(runtime_id, &recorded).await {
             Ok(Some(started)) => {
                 tracing::info!(app = %app, %slot, version = %release.version, "adopted the live release");
                 return Some(live_release(context, slot, release, started));
@@ -148,10 +156,12 @@ async fn adopt_or_restart(
     };
     match context.driver.start(&spec).await {
         Ok(started) => {
+            let endpoints = Endpoints::of(&started);
             let facts = SlotFacts {
                 release_id: Some(release.id),
                 runtime_id: Some(started.runtime_id.clone()),
-                addr: Some(started.addr.to_string()),
+                addr: endpoints.first_addr().map(|a| a.to_string()),
+                endpoints: endpoints.records(),
                 log_path: Some(log_path.display().to_string()),
             };
             slots::record(context, slot, SlotState::Live, facts).await;
@@ -170,17 +180,18 @@ fn live_release(
     release: cutover_store::ReleaseRecord,
     started: StartedRelease,
 ) -> LiveRelease {
+    let endpoints = Endpoints::of(&started);
     LiveRelease {
         slot,
-        upstream: Upstream::new(
-            context.name(),
-            slot.as_str(),
+        upstream: crate::context::upstream(
+            &context.app,
+            slot,
             &release.version,
-            started.addr,
+            &endpoints.current(),
         ),
         release,
         runtime_id: started.runtime_id,
-        addr: started.addr,
+        endpoints,
         exited: started.exited,
     }
 }
@@ -192,8 +203,10 @@ pub(crate) async fn gate(context: AppContext, mut live: LiveRelease) -> Option<L
     let app = context.name();
     let health = &context.app.health;
     let runtime = (context.driver.as_ref(), live.runtime_id.as_str());
+    let endpoints = live.endpoints.clone();
+    let current = move || endpoints.current();
     match health::wait_until_healthy(
-        live.addr,
+        &current,
         health,
         &mut live.exited,
         health.deploy_timeout,

@@ -40,6 +40,7 @@ pub(crate) struct SlotFacts {
     pub release_id: Option<i64>,
     pub runtime_id: Option<String>,
     pub addr: Option<String>,
+    pub endpoints: Vec<cutover_store::EndpointRecord>,
     pub log_path: Option<String>,
 }
 
@@ -51,6 +52,7 @@ pub(crate) async fn record(context: &AppContext, slot: Slot, state: SlotState, f
         release_id: facts.release_id,
         runtime_id: facts.runtime_id,
         addr: facts.addr,
+        endpoints: facts.endpoints,
         log_path: facts.log_path,
     };
     let store = context.store.clone();

@@ -36,7 +36,9 @@ mod site;
 
 pub use cutover_config::NginxConfig;
 pub use host::{quote, remote_command_line};
-pub use site::{conf_includes, site_config, upstream_block, KEEPALIVE_CONNECTIONS};
+pub use site::{
+    conf_includes, site_config, upstream_block, upstream_servers, KEEPALIVE_CONNECTIONS,
+};
 
 use host::{display_argv, Host};
 use std::fmt;
@@ -145,9 +147,20 @@ impl Nginx {
         app: &str,
         addr: Option<SocketAddr>,
     ) -> Result<Switched, NginxError> {
+        let servers: Vec<SocketAddr> = addr.into_iter().collect();
+        self.switch_to(app, &servers).await
+    }
+
+    /// [`Nginx::switch`] to every one of `servers` (a release with several
+    /// endpoints).
+    pub async fn switch_to(
+        &self,
+        app: &str,
+        servers: &[SocketAddr],
+    ) -> Result<Switched, NginxError> {
         let _one_at_a_time = self.switching.lock().await;
         let path = self.include_path(app);
-        let content = upstream_block(app, addr);
+        let content = upstream_servers(app, servers);
         let previous = self
             .host
             .read_file(&path)

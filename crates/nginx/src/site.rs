@@ -12,16 +12,27 @@ pub const KEEPALIVE_CONNECTIONS: u32 = 32;
 /// The content of `<include_dir>/<app>.upstream.conf` routing `app` to
 /// `addr` (`None`: no live release; nginx answers 502).
 pub fn upstream_block(app: &str, addr: Option<SocketAddr>) -> String {
+    let servers: Vec<SocketAddr> = addr.into_iter().collect();
+    upstream_servers(app, &servers)
+}
+
+/// The include routing `app` to every one of `servers` (a release's
+/// healthy endpoints; none: no live release, nginx answers 502).
+pub fn upstream_servers(app: &str, servers: &[SocketAddr]) -> String {
     let name = NginxConfig::upstream_name(app);
-    let server = match addr {
-        Some(addr) => format!("server {addr};"),
+    let lines: Vec<String> = match servers {
         // An upstream needs a server; this one is never tried.
-        None => "server 127.0.0.1:1 down; # no live release".to_string(),
+        [] => vec!["server 127.0.0.1:1 down; # no live release".to_string()],
+        servers => servers
+            .iter()
+            .map(|addr| format!("server {addr};"))
+            .collect(),
     };
+    let servers = lines.join("\n    ");
     format!(
         "# Written by cutover at every switch of `{app}`; edits are overwritten.\n\
          # See `cutover nginx-config {app}` for the site that uses it.\n\
-         upstream {name} {{\n    {server}\n    keepalive {KEEPALIVE_CONNECTIONS};\n}}\n"
+         upstream {name} {{\n    {servers}\n    keepalive {KEEPALIVE_CONNECTIONS};\n}}\n"
     )
 }
 
@@ -310,6 +321,17 @@ mod tests {
             "{text}"
         );
         assert!(upstream_block("web", None).contains("down;"));
+        let two = upstream_servers(
+            "web",
+            &[
+                SocketAddr::from(([10, 0, 0, 1], 30001)),
+                SocketAddr::from(([10, 0, 0, 2], 30002)),
+            ],
+        );
+        assert!(
+            two.contains("    server 10.0.0.1:30001;\n    server 10.0.0.2:30002;\n    keepalive"),
+            "{two}"
+        );
     }
 
     #[test]

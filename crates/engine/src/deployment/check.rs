@@ -22,16 +22,25 @@ pub(crate) async fn check(job: &mut DeploymentJob, new: Candidate) -> Result<Can
 
 async fn wait_until_healthy(job: &mut DeploymentJob, new: &Candidate) -> Result<(), Stop> {
     let (app, version, target) = (job.app().to_string(), new.version().to_string(), new.slot());
-    let (addr, health) = (new.started.addr, job.context.app.health.clone());
+    let health = job.context.app.health.clone();
+    let endpoints = new.endpoints();
     let checking = format!(
-        "health-checking {version} at http://{addr}{} (up to {:?})",
-        health.path, health.deploy_timeout
+        "health-checking {version} at {} ({} on each, up to {:?})",
+        endpoints.describe(),
+        health.path,
+        health.deploy_timeout
     );
     job.journal.step(DeploymentState::Checking, &checking).await;
     let mut exited = new.started.exited.clone();
     let runtime = (job.context.driver.as_ref(), new.started.runtime_id.as_str());
-    let polling =
-        health::wait_until_healthy(addr, &health, &mut exited, health.deploy_timeout, runtime);
+    let current = move || endpoints.current();
+    let polling = health::wait_until_healthy(
+        &current,
+        &health,
+        &mut exited,
+        health.deploy_timeout,
+        runtime,
+    );
     let log_path = &new.placed.log_path;
     match job.cancel.until(polling).await? {
         Ok(took) => {
@@ -75,7 +84,8 @@ pub(crate) async fn check_standby(
         job.context.logs_dir.join(file)
     });
     let started = StartedRelease {
-        addr: standby.addr,
+        endpoints: standby.endpoints.initial.clone(),
+        endpoint_changes: standby.endpoints.changes.clone(),
         runtime_id: standby.runtime_id.clone(),
         exited: standby.exited.clone(),
     };
@@ -84,7 +94,7 @@ pub(crate) async fn check_standby(
         release: standby.release,
         log_path,
     };
-    let new = Candidate::new(job.context.name(), placed, started);
+    let new = Candidate::new(&job.context.app, placed, started);
     match check_once(job, &new).await {
         Ok(()) => Ok(new),
         Err(stop) => Err(Halt::before_traffic(stop, Leftover::Running(new))),
@@ -105,7 +115,7 @@ async fn check_once(job: &mut DeploymentJob, new: &Candidate) -> Result<(), Stop
     }
     let health = job.context.app.health.clone();
     job.cancel
-        .until(health::check(new.started.addr, &health))
+        .until(health::check_all(&new.endpoints().current(), &health))
         .await?
         .map_err(|why| {
             Stop::Failed(format!(

@@ -20,9 +20,9 @@ pub(crate) async fn commit(job: &DeploymentJob, switched: Switched) -> Outcome {
     let standby = retire_old(job, previous.as_deref()).await;
     let live = LiveRelease {
         slot: new.slot(),
+        endpoints: new.endpoints(),
         release: new.placed.release,
         runtime_id: new.started.runtime_id,
-        addr: new.started.addr,
         upstream: new.upstream,
         exited: new.started.exited,
     };
@@ -45,12 +45,7 @@ async fn run_after_switch_hooks(job: &DeploymentJob, new: &Candidate) {
     if hooks.is_empty() {
         return;
     }
-    let env = job.hook_env(
-        "after_switch",
-        Some(new.slot()),
-        Some(new.started.addr),
-        None,
-    );
+    let env = job.hook_env("after_switch", Some(new.slot()), new.first_addr(), None);
     if let Err(why) = job.run_hooks("after_switch", hooks, &env).await {
         let message = format!("the after_switch hook failed ({why}); the deployment goes on");
         job.journal.note(&message).await;
@@ -82,7 +77,7 @@ async fn retire_old(job: &DeploymentJob, previous: Option<&Upstream>) -> Option<
         slot: old.slot,
         release: old.release.clone(),
         runtime_id: old.runtime_id.clone(),
-        addr: old.addr,
+        endpoints: old.endpoints.clone(),
         exited: old.exited.clone(),
         log_path: None,
     })

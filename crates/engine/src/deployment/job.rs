@@ -3,11 +3,11 @@
 
 use crate::blocking::blocking;
 use crate::cancel::{CancelSignal, Interrupt};
-use crate::context::{AppContext, LiveRelease, Standby};
+use crate::context::{AppContext, Endpoints, LiveRelease, Standby};
 use crate::hooks::{self, HookFacts};
 use crate::journal::Journal;
 use crate::model::Trigger;
-use cutover_config::{Slot, VerifyConfig};
+use cutover_config::{AppConfig, Slot, VerifyConfig};
 use cutover_drivers::StartedRelease;
 use cutover_proxy::Upstream;
 use cutover_store::{DeploymentPlan, DeploymentRecord, DeploymentState, ReleaseRecord};
@@ -131,12 +131,15 @@ pub(crate) struct Candidate {
 }
 
 impl Candidate {
-    pub(crate) fn new(app: &str, placed: Placed, started: StartedRelease) -> Candidate {
-        let upstream = Upstream::new(
+    /// The new release with its upstream over the endpoints it has now
+    /// (endpoints that join later are added by the live monitor once
+    /// their checks pass).
+    pub(crate) fn new(app: &AppConfig, placed: Placed, started: StartedRelease) -> Candidate {
+        let upstream = crate::context::upstream(
             app,
-            placed.slot.as_str(),
+            placed.slot,
             &placed.release.version,
-            started.addr,
+            &started.current_endpoints(),
         );
         Candidate {
             placed,
@@ -151,6 +154,15 @@ impl Candidate {
 
     pub(crate) fn version(&self) -> &str {
         &self.placed.release.version
+    }
+
+    pub(crate) fn endpoints(&self) -> Endpoints {
+        Endpoints::of(&self.started)
+    }
+
+    /// The first endpoint (hooks' `CUTOVER_ADDR`).
+    pub(crate) fn first_addr(&self) -> Option<SocketAddr> {
+        self.endpoints().first_addr()
     }
 }
 

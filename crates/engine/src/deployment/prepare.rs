@@ -167,13 +167,15 @@ pub(crate) async fn start(job: &mut DeploymentJob, placed: Placed) -> Result<Can
         }
         Err(why) => return Err(Halt::before_traffic(why.into(), Leftover::Placed(placed))),
     };
+    let endpoints = crate::context::Endpoints::of(&started);
     let facts = SlotFacts {
         runtime_id: Some(started.runtime_id.clone()),
-        addr: Some(started.addr.to_string()),
+        addr: endpoints.first_addr().map(|a| a.to_string()),
+        endpoints: endpoints.records(),
         ..facts
     };
     slots::record(&job.context, target, SlotState::Checking, facts).await;
-    Ok(Candidate::new(&app, placed, started))
+    Ok(Candidate::new(&job.context.app, placed, started))
 }
 
 fn release_spec(job: &DeploymentJob, placed: &Placed) -> ReleaseSpec {

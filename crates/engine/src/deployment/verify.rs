@@ -99,7 +99,7 @@ pub(crate) async fn watch(
     watch_window(job, new, rules, &base).await?;
     let (answers, errors) = measure(&new.upstream, &base);
     if let Some(command) = &rules.command {
-        let env = job.hook_env("verify", None, Some(new.started.addr), None);
+        let env = job.hook_env("verify", None, new.first_addr(), None);
         let commands = std::slice::from_ref(command);
         if let Err(reason) = job.run_hooks("verify_command", commands, &env).await {
             return Err(VerifyFailure::failed(format!(
@@ -161,7 +161,7 @@ async fn watch_window(
             continue;
         }
         next_check = Instant::now() + health.interval;
-        match crate::health::check(new.started.addr, &health).await {
+        match crate::health::check_all(&new.endpoints().current(), &health).await {
             Ok(()) => failed_checks = 0,
             Err(why) => {
                 failed_checks += 1;
