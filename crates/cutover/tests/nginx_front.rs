@@ -514,3 +514,28 @@ fn failed_requests_of_nginx_mode_and_of_the_builtin_proxy_over_the_same_switches
     assert!(nginx.requests() > 100 && builtin.requests() > 100);
     assert!(nginx_no_keepalive.requests() > 100);
 }
+
+/// `[app.process] advertise`: nginx on another host reaches this host's
+/// releases at that address, so the include names it instead of 127.0.0.1
+/// (cutover's own checks still reach the release on 127.0.0.1).
+#[test]
+fn the_include_names_a_process_release_by_its_advertise_address() {
+    let front = NginxFront::start(FrontOptions {
+        process_extra: "advertise = \"127.0.0.2\"".to_string(),
+        ..FrontOptions::default()
+    });
+    let deployed = front.daemon.deploy("v1");
+    assert!(deployed.contains("succeeded"), "{deployed}");
+    let include = front.include();
+    let slot_addr = front.daemon.status()["slots"][0]["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let port = slot_addr.rsplit(':').next().unwrap_or_default();
+    assert!(slot_addr.starts_with("127.0.0.1:"), "{slot_addr}");
+    assert!(
+        include.contains(&format!("server 127.0.0.2:{port};")),
+        "the include names the advertise address:\n{include}"
+    );
+    assert!(!include.contains("127.0.0.1:"), "{include}");
+}

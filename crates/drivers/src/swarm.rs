@@ -15,8 +15,10 @@
 //! - **endpoints**: one per running task, node `Status.Addr` : the task's
 //!   published port; re-read every 500 ms and published on
 //!   [`StartedRelease::endpoint_changes`] ([`watch`]).
-//! - **check**: the tasks' state: fewer running than `replicas` is
-//!   pending, recent failures or unplaceable tasks are failing.
+//! - **check**: the tasks' state: all `replicas` running is healthy (a
+//!   task with a HEALTHCHECK runs only while it passes: swarm stops an
+//!   unhealthy one); fewer is pending, or failing after recent failures, an
+//!   unhealthy task or an unplaceable one.
 //! - **logs**: every task's output, prefixed by task, into the release log.
 //! - **stop**: the service is removed; returns once its containers on this
 //!   node are gone (bounded by `stop_timeout`).
@@ -444,10 +446,14 @@ impl Inner {
             Err(_) => id.to_string(),
         };
         let snapshot = tasks::snapshot(docker, &self.nodes, &name, self.config.port, &listed).await;
-        if let Some(e) = fatal(id, &snapshot) {
+        let (running, replicas) = (snapshot.endpoints.len(), self.config.replicas as usize);
+        if running >= replicas {
+            // Earlier failures were replaced: the release is whole.
+            return RuntimeHealth::Healthy;
+        }
+        if let Some(e) = fatal(&name, &snapshot) {
             return RuntimeHealth::Failing(format!("was failed by the swarm: {e}"));
         }
-        let (running, replicas) = (snapshot.endpoints.len(), self.config.replicas as usize);
         if running < replicas {
             return RuntimeHealth::Pending(format!(
                 "{running} of {replicas} task(s) running ({})",

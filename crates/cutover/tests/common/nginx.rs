@@ -24,6 +24,11 @@ pub struct FrontOptions {
     pub reload_argument: Option<String>,
     /// Extra lines for the `[[app]]` table.
     pub app_extra: String,
+    /// Extra lines for `[app.process]` (e.g. `advertise`).
+    pub process_extra: String,
+    /// The app's driver section instead of the test app as a process
+    /// (e.g. an `[app.swarm]` table).
+    pub driver: Option<String>,
 }
 
 impl Default for FrontOptions {
@@ -34,6 +39,8 @@ impl Default for FrontOptions {
             include_dir: None,
             reload_argument: None,
             app_extra: String::new(),
+            process_extra: String::new(),
+            driver: None,
         }
     }
 }
@@ -109,15 +116,20 @@ path = "/health"
 deploy_timeout = "20s"
 interval = "1s"
 
-[app.process]
-command = ["sh", "-c", 'exec "$0" --port "$1" --version "$2" $(cat "$3/$2.args" 2>/dev/null)', "{testapp}", "{{port}}", "{{version}}", "{behaviours}"]
-stop_timeout = "5s"
+{driver}
 "#,
             nginx_keys = nginx.cutover_keys(&include_dir, &reload),
             drain = options.drain_timeout,
             app_extra = options.app_extra,
-            testapp = binaries::testapp().display(),
-            behaviours = behaviours.display(),
+            driver = options.driver.clone().unwrap_or_else(|| format!(
+                r#"[app.process]
+command = ["sh", "-c", 'exec "$0" --port "$1" --version "$2" $(cat "$3/$2.args" 2>/dev/null)', "{testapp}", "{{port}}", "{{version}}", "{behaviours}"]
+stop_timeout = "5s"
+{process_extra}"#,
+                testapp = binaries::testapp().display(),
+                behaviours = behaviours.display(),
+                process_extra = options.process_extra,
+            )),
         );
         let config_path = root.join("cutover.toml");
         fs::write(&config_path, config).unwrap();

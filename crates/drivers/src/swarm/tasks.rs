@@ -56,13 +56,25 @@ impl Snapshot {
     }
 }
 
-/// Node id → (address, hostname), looked up once per node.
+/// Node id → (address, hostname), looked up once per node; and how
+/// finished tasks ended, described once per task.
 #[derive(Default)]
-pub(crate) struct Nodes(Mutex<HashMap<String, (IpAddr, String)>>);
+pub(crate) struct Nodes {
+    nodes: Mutex<HashMap<String, (IpAddr, String)>>,
+    ends: Mutex<HashMap<String, End>>,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone)]
+struct End {
+    description: String,
+    /// Its container's HEALTHCHECK declared it unhealthy.
+    unhealthy: bool,
+}
 
 impl Nodes {
     async fn get(&self, docker: &Docker, id: &str) -> (IpAddr, String) {
-        if let Some(known) = self.0.lock().ok().and_then(|n| n.get(id).cloned()) {
+        if let Some(known) = self.nodes.lock().ok().and_then(|n| n.get(id).cloned()) {
             return known;
         }
         let node = docker.inspect_node(id).await.ok();
@@ -74,11 +86,87 @@ impl Nodes {
         let hostname = node
             .and_then(|n| n.description?.hostname)
             .unwrap_or_else(|| id.chars().take(12).collect());
-        if let Ok(mut nodes) = self.0.lock() {
+        if let Ok(mut nodes) = self.nodes.lock() {
             nodes.insert(id.to_string(), (addr, hostname.clone()));
         }
         (addr, hostname)
     }
+
+    /// How a finished task ended: the engine's error, or its exit code; a
+    /// container on this node that its HEALTHCHECK declared unhealthy
+    /// (swarm stops such a task, which may then exit 0) says so.
+    async fn end(&self, docker: &Docker, task: &Task) -> End {
+        let id = task.id.clone().unwrap_or_default();
+        if let Some(known) = self.ends.lock().ok().and_then(|e| e.get(&id).cloned()) {
+            return known;
+        }
+        let status = task.status.as_ref();
+        let container = status
+            .and_then(|s| s.container_status.as_ref())
+            .and_then(|c| c.container_id.clone());
+        let exit = status
+            .and_then(|s| s.container_status.as_ref())
+            .and_then(|c| c.exit_code)
+            .unwrap_or_default();
+        let err = status.and_then(|s| s.err.clone()).filter(|e| !e.is_empty());
+        let health = match &container {
+            Some(container) => unhealthy_verdict(docker, container).await,
+            None => None,
+        };
+        let end = match (health, err) {
+            (Some(verdict), _) => End {
+                description: verdict,
+                unhealthy: true,
+            },
+            (None, Some(err)) => End {
+                description: err,
+                unhealthy: false,
+            },
+            (None, None) => End {
+                description: format!("exited with code {exit}"),
+                unhealthy: false,
+            },
+        };
+        if let Ok(mut ends) = self.ends.lock() {
+            if ends.len() > 1000 {
+                ends.clear();
+            }
+            ends.insert(id, end.clone());
+        }
+        end
+    }
+}
+
+/// "was reported unhealthy by its Docker HEALTHCHECK (last check: …)" when
+/// the container (on this node) is unhealthy.
+async fn unhealthy_verdict(docker: &Docker, container: &str) -> Option<String> {
+    let inspected = docker.inspect_container(container, None).await.ok()?;
+    let health = inspected.state?.health?;
+    if health.status != Some(bollard::models::HealthStatusEnum::UNHEALTHY) {
+        return None;
+    }
+    let last = health
+        .log
+        .as_ref()
+        .and_then(|log| log.last())
+        .map(|result| {
+            let output: String = result
+                .output
+                .as_deref()
+                .unwrap_or("")
+                .trim()
+                .chars()
+                .take(300)
+                .collect();
+            format!(
+                " (last check: exit code {}: {output})",
+                result.exit_code.unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "was reported unhealthy by its Docker HEALTHCHECK{last}"
+    ))
 }
 
 /// The tasks of service `service_id`.
@@ -131,8 +219,7 @@ pub(crate) async fn snapshot(
                     snapshot.blocked = Some(Blocked::NoSuitableNode(err));
                 }
             }
-            Some(TaskState::REJECTED | TaskState::FAILED) => {
-                let err = err.unwrap_or_else(|| "failed".to_string());
+            Some(TaskState::REJECTED | TaskState::FAILED | TaskState::COMPLETE) => {
                 let at = status
                     .and_then(|s| s.timestamp.as_ref())
                     .and_then(|t| crate::docker::logs::parse_rfc3339(&t.to_string()))
@@ -140,7 +227,9 @@ pub(crate) async fn snapshot(
                 if at.elapsed().is_ok_and(|age| age > FAILURE_WINDOW) {
                     continue;
                 }
-                let rejected = state == Some(TaskState::REJECTED) || err.contains("unhealthy");
+                let end = nodes.end(docker, task).await;
+                let err = end.description;
+                let rejected = state == Some(TaskState::REJECTED) || end.unhealthy;
                 if rejected && snapshot.blocked.is_none() {
                     snapshot.blocked = Some(Blocked::Rejected(format!("{label}: {err}")));
                 }

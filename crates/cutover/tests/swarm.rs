@@ -1,0 +1,435 @@
+//! End-to-end proofs with the swarm driver: the real `cutover` binary
+//! against this machine's Docker engine as a swarm manager (scripts/test
+//! runs `docker swarm init --advertise-addr 127.0.0.1` when it is not one),
+//! releases as services of tasks built `FROM scratch` (a static busybox
+//! serving `version=<V> host=<task hostname>`), each task publishing its
+//! port in host mode; keep-alive clients through the proxy. Every test has
+//! its own app name and removes its services and images when it ends, also
+//! on failure. The machine has two cores: the tests are few and lean.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::nginx::{FrontOptions, NginxFront};
+use common::Daemon;
+use cutover_test_support::docker::{build_image, docker_ok, unique};
+use cutover_test_support::load::{Load, LoadReport};
+use cutover_test_support::swarm::{
+    require_swarm, service_names, services, task_containers, SwarmCleanup,
+};
+use cutover_test_support::wait::eventually;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const LOAD_CLIENTS: usize = 8;
+const LOAD_MAX_REQUESTS: usize = 50_000;
+const LOAD_MAX_TIME: Duration = Duration::from_secs(90);
+
+/// A daemon with one swarm app; fields drop in order: the daemon first,
+/// then the app's services and images.
+struct SwarmApp {
+    daemon: Daemon,
+    app: String,
+    repository: String,
+    cleanup: SwarmCleanup,
+}
+
+/// The `[app.swarm]` table of `app` with `extra` keys.
+fn swarm_section(repository: &str, extra: &str) -> String {
+    format!(
+        r#"[app.swarm]
+image = "{repository}:{{version}}"
+port = 8080
+replicas = 2
+stop_timeout = "2s"
+env = {{ SHOW_HOST = "1" }}
+{extra}
+"#
+    )
+}
+
+impl SwarmApp {
+    fn start(prefix: &str, deploy_timeout: &str, swarm_extra: &str) -> SwarmApp {
+        require_swarm();
+        let app = unique(prefix);
+        let repository = format!("cutover-test/{app}");
+        let daemon = Daemon::start_with_apps(&format!(
+            r#"
+[[app]]
+name = "{app}"
+drain_timeout = "10s"
+
+[app.health]
+path = "/health"
+deploy_timeout = "{deploy_timeout}"
+interval = "500ms"
+
+{swarm}
+"#,
+            swarm = swarm_section(&repository, swarm_extra),
+        ));
+        let cleanup = SwarmCleanup::new(&daemon.state_dir(), &[&repository]);
+        SwarmApp {
+            daemon,
+            app,
+            repository,
+            cleanup,
+        }
+    }
+
+    fn image(&self, version: &str) -> String {
+        format!("{}:{version}", self.repository)
+    }
+
+    fn deploy(&self, version: &str) -> String {
+        self.daemon.ok(&["deploy", &self.app, "--version", version])
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.daemon.json(&["status", &self.app])
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        self.daemon
+            .json(&["history", &self.app])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn services(&self) -> Vec<String> {
+        service_names(self.cleanup.instance())
+    }
+
+    fn load(&self) -> Load {
+        Load::start(
+            self.daemon.proxy_port,
+            LOAD_CLIENTS,
+            LOAD_MAX_REQUESTS,
+            LOAD_MAX_TIME,
+        )
+    }
+
+    /// Waits until the proxy answers `/` with `version` (from any task).
+    fn wait_serving(&self, version: &str) {
+        eventually(
+            Duration::from_secs(20),
+            "the proxy serving the release",
+            || {
+                self.daemon
+                    .get("/")
+                    .text()
+                    .starts_with(&format!("version={version} host="))
+            },
+        );
+    }
+}
+
+/// The hosts (tasks) that answered `version` in a load report; the load
+/// client records each answer as `<version> host=<hostname>`.
+fn hosts_of(report: &LoadReport, version: &str) -> BTreeSet<String> {
+    report
+        .clients
+        .iter()
+        .flat_map(|c| c.versions.iter())
+        .filter_map(|answer| answer.strip_prefix(&format!("{version} host=")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every client saw only v1 answers, then only v2 answers.
+fn assert_v1_then_v2(report: &LoadReport) {
+    for (index, client) in report.clients.iter().enumerate() {
+        let versions: Vec<&str> = client
+            .versions
+            .iter()
+            .map(|answer| answer.split(' ').next().unwrap_or(""))
+            .collect();
+        let first_v2 = versions
+            .iter()
+            .position(|v| *v == "v2")
+            .unwrap_or(versions.len());
+        assert!(
+            versions[..first_v2].iter().all(|v| *v == "v1")
+                && versions[first_v2..].iter().all(|v| *v == "v2"),
+            "client {index} went back or saw something else: {versions:?}"
+        );
+    }
+}
+
+/// v1 → v2 with two tasks each under 8 keep-alive clients: no request
+/// fails, both tasks of v1 and then both of v2 answered, the status lists
+/// both endpoints of the live release, and `<app>-blue` is gone.
+#[test]
+fn swarm_v1_to_v2_with_two_replicas_under_load_fails_no_request_and_reaches_every_task() {
+    let t = SwarmApp::start("sw-switch", "30s", "");
+    build_image(&[&t.image("v1"), &t.image("v2")], "Dockerfile", &[]);
+    let first = t.deploy("v1");
+    assert!(first.contains("succeeded"), "{first}");
+    t.wait_serving("v1");
+
+    let load = t.load();
+    std::thread::sleep(Duration::from_millis(1000));
+    let second = t.deploy("v2");
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = load.stop();
+
+    assert!(second.contains("succeeded"), "{second}");
+    assert_eq!(
+        report.failures(),
+        Vec::<&str>::new(),
+        "failed requests during the switch"
+    );
+    assert!(
+        report.requests() > 200,
+        "too little load: {}",
+        report.requests()
+    );
+    assert_v1_then_v2(&report);
+    let (v1_hosts, v2_hosts) = (hosts_of(&report, "v1"), hosts_of(&report, "v2"));
+    assert_eq!(v1_hosts.len(), 2, "both v1 tasks answered: {v1_hosts:?}");
+    assert_eq!(v2_hosts.len(), 2, "both v2 tasks answered: {v2_hosts:?}");
+
+    let status = t.status();
+    assert_eq!(
+        (status["live_slot"].as_str(), status["driver"].as_str()),
+        (Some("green"), Some("swarm"))
+    );
+    let endpoints = status["endpoints"].as_array().cloned().unwrap_or_default();
+    assert_eq!(endpoints.len(), 2, "{status}");
+    for endpoint in &endpoints {
+        assert!(
+            endpoint["label"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&format!("{}-green.", t.app)),
+            "{endpoint}"
+        );
+        assert_eq!(endpoint["healthy"], true, "{endpoint}");
+    }
+    let text = t.daemon.ok(&["status", &t.app]);
+    assert!(
+        text.contains("ENDPOINT") && text.matches(&format!("{}-green.", t.app)).count() == 2,
+        "{text}"
+    );
+    eventually(Duration::from_secs(20), "web-blue removed", || {
+        t.services() == [format!("{}-green", t.app)]
+    });
+    let logs = t.daemon.ok(&["logs", &t.app, "--tail", "100000"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with(&format!("{}-green.", t.app))
+                && l.contains("| fixture: serving version v2")),
+        "task output prefixed by task in `cutover logs`:\n{logs}"
+    );
+}
+
+/// A live task's container is killed under load: it leaves the rotation,
+/// requests keep succeeding (at most the ones in flight on it fail, one per
+/// client), and the replacement task answers once healthy.
+#[test]
+fn swarm_killed_task_leaves_rotation_and_its_healthy_replacement_gets_traffic() {
+    let t = SwarmApp::start("sw-kill", "30s", "");
+    build_image(&[&t.image("v1")], "Dockerfile", &[]);
+    t.deploy("v1");
+    t.wait_serving("v1");
+    let before: BTreeSet<String> = endpoint_labels(&t);
+    assert_eq!(before.len(), 2);
+
+    let load = t.load();
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = task_containers(&format!("{}-blue", t.app))[0].clone();
+    docker_ok(&["kill", &victim]);
+    eventually(
+        Duration::from_secs(30),
+        "the replacement task in rotation",
+        || {
+            let now = endpoint_labels(&t);
+            now.len() == 2 && now != before
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = load.stop();
+
+    let failures = report.failures();
+    println!(
+        "failed requests when a task was killed under load: {} of {}",
+        failures.len(),
+        report.requests()
+    );
+    assert!(
+        failures.len() <= LOAD_CLIENTS,
+        "more failures than requests that can have been in flight on the killed task: {failures:?}"
+    );
+    let hosts = hosts_of(&report, "v1");
+    assert_eq!(
+        hosts.len(),
+        3,
+        "both first tasks and the replacement answered: {hosts:?}"
+    );
+    assert_eq!(t.status()["health"], "healthy");
+}
+
+fn endpoint_labels(t: &SwarmApp) -> BTreeSet<String> {
+    t.status()["endpoints"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e["label"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A v2 whose tasks never become healthy (its Docker HEALTHCHECK fails),
+/// then — after a restart with constraints no node satisfies — a v3: each
+/// fails with the engine's cause, v1 keeps serving, no new service is left.
+#[test]
+fn swarm_unhealthy_or_unplaceable_releases_fail_with_the_cause_and_v1_keeps_serving() {
+    let mut t = SwarmApp::start("sw-bad", "40s", "");
+    build_image(&[&t.image("v1"), &t.image("v3")], "Dockerfile", &[]);
+    build_image(
+        &[&t.image("v2")],
+        "Dockerfile.healthcheck",
+        &[("HEALTHCHECK_PATH", "missing")],
+    );
+    t.deploy("v1");
+    t.wait_serving("v1");
+    let v1_service = services(t.cleanup.instance())[0].id.clone();
+
+    let load = t.load();
+    let unhealthy = t.daemon.cli(&["deploy", &t.app, "--version", "v2"]);
+    let said = String::from_utf8_lossy(&unhealthy.stderr).into_owned()
+        + &String::from_utf8_lossy(&unhealthy.stdout);
+    assert_eq!(unhealthy.status.code(), Some(1), "{said}");
+    assert!(said.contains("unhealthy"), "the cause is named:\n{said}");
+    eventually(Duration::from_secs(20), "no v2 service left", || {
+        t.services() == [format!("{}-blue", t.app)]
+    });
+
+    // Constraints are configuration: restart with ones no node satisfies.
+    let config = std::fs::read_to_string(&t.daemon.config).unwrap().replace(
+        "[app.swarm]\n",
+        "[app.swarm]\nconstraints = [\"node.labels.cutover-test-tier == nowhere\"]\n",
+    );
+    std::fs::write(&t.daemon.config, config).unwrap();
+    t.daemon.terminate();
+    t.daemon.spawn();
+    t.wait_serving("v1");
+    let unplaced = t.daemon.cli(&["deploy", &t.app, "--version", "v3"]);
+    let said = String::from_utf8_lossy(&unplaced.stderr).into_owned()
+        + &String::from_utf8_lossy(&unplaced.stdout);
+    let report = load.stop();
+    assert_eq!(unplaced.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("no suitable node"),
+        "the engine's words:\n{said}"
+    );
+
+    assert!(report.requests() > 50, "{}", report.requests());
+    assert!(
+        report
+            .clients
+            .iter()
+            .all(|c| c.versions.iter().all(|v| v.starts_with("v1 "))),
+        "traffic reached v2 or v3"
+    );
+    assert_eq!(t.services(), [format!("{}-blue", t.app)]);
+    assert_eq!(
+        services(t.cleanup.instance())[0].id,
+        v1_service,
+        "v1's service is untouched"
+    );
+    let history = t.history();
+    assert_eq!(
+        (history[0]["state"].as_str(), history[1]["state"].as_str()),
+        (Some("failed"), Some("failed"))
+    );
+    println!(
+        "failed requests across the two failed deployments and a restart: {}",
+        report.failures().len()
+    );
+}
+
+/// kill -9 of cutover while v2's service is being checked: after the
+/// restart v1's service (the same one) is adopted and serves, v2's service
+/// is removed, the deployment is recorded as interrupted.
+#[test]
+fn swarm_kill_9_mid_deployment_readopts_the_live_service_and_leaves_no_orphan() {
+    let mut t = SwarmApp::start("sw-crash", "60s", "");
+    build_image(&[&t.image("v1")], "Dockerfile", &[]);
+    build_image(&[&t.image("v2")], "Dockerfile", &[("MODE", "hang")]);
+    t.deploy("v1");
+    t.wait_serving("v1");
+    let v1_service = services(t.cleanup.instance())[0].id.clone();
+    t.daemon
+        .ok(&["deploy", &t.app, "--version", "v2", "--no-wait"]);
+    eventually(Duration::from_secs(30), "deployment in checking", || {
+        t.status()["current_deployment"]["state"] == "checking"
+    });
+    t.daemon.kill9();
+    assert_eq!(t.services().len(), 2, "services outlive the daemon");
+
+    t.daemon.spawn();
+    t.wait_serving("v1");
+    eventually(Duration::from_secs(30), "v2's service removed", || {
+        t.services() == [format!("{}-blue", t.app)]
+    });
+    assert_eq!(
+        services(t.cleanup.instance())[0].id,
+        v1_service,
+        "adopted, not replaced"
+    );
+    assert!(
+        t.daemon.serve_log().contains("adopted service"),
+        "{}",
+        t.daemon.serve_log()
+    );
+    let last = &t.history()[0];
+    assert_eq!(
+        (last["version"].as_str(), last["state"].as_str()),
+        (Some("v2"), Some("failed"))
+    );
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interrupted"),
+        "{last}"
+    );
+    assert_eq!(t.status()["endpoints"].as_array().map(Vec::len), Some(2));
+}
+
+/// nginx as the front: the include written for a two-task swarm release
+/// lists both task endpoints, and nginx serves through them.
+#[test]
+fn swarm_nginx_include_lists_every_task_endpoint() {
+    require_swarm();
+    let app_hint = unique("sw-nginx");
+    let repository = format!("cutover-test/{app_hint}");
+    let front = NginxFront::start(FrontOptions {
+        driver: Some(swarm_section(&repository, "")),
+        ..FrontOptions::default()
+    });
+    let _cleanup = SwarmCleanup::new(&front.daemon.state_dir(), &[&repository]);
+    build_image(&[&format!("{repository}:v1")], "Dockerfile", &[]);
+    let deployed = front.daemon.deploy("v1");
+    assert!(deployed.contains("succeeded"), "{deployed}");
+    let include = front.include();
+    let endpoints: Vec<String> = front.daemon.status()["endpoints"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e["addr"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(endpoints.len(), 2, "{include}");
+    for addr in &endpoints {
+        assert!(
+            include.contains(&format!("server {addr};")),
+            "{addr} missing:\n{include}"
+        );
+    }
+}
