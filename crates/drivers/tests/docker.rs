@@ -528,3 +528,22 @@ async fn named_network_must_exist_and_publishes_on_loopback() {
     assert_eq!(networks.trim(), name);
     driver.stop(&started.runtime_id).await.unwrap();
 }
+
+/// `advertise`: the container's port is published on that address (where
+/// a front on another host reaches it) and the endpoint is there.
+#[tokio::test]
+async fn a_container_is_published_on_its_advertise_address() {
+    let f = Fixture::new("dd-advertise");
+    build_image(&[&f.image("v1")], "Dockerfile", &[]);
+    let mut config = f.config();
+    config.advertise = "127.0.0.2".parse().ok();
+    let driver = f.driver(config);
+    let spec = f.spec(Slot::Green, "v1");
+    let started = start(&driver, &spec).await;
+    assert_eq!(started.first_addr().ip().to_string(), "127.0.0.2");
+    assert_eq!(started.endpoints[0].label, format!("{}-green", f.app));
+    wait_serving(started.first_addr(), "version=v1").await;
+    let bound = docker_ok(&["port", &started.runtime_id, "8080/tcp"]);
+    assert!(bound.trim().starts_with("127.0.0.2:"), "{bound}");
+    driver.stop(&started.runtime_id).await.unwrap();
+}

@@ -58,7 +58,8 @@ pub(crate) async fn switch(job: &mut DeploymentJob, new: Candidate) -> Result<Sw
 /// current set before traffic moves to it.
 fn follow_endpoints(new: &Candidate) {
     let current = new.endpoints().current();
-    let known: Vec<std::net::SocketAddr> = new.upstream.endpoints().iter().map(|e| e.addr).collect();
+    let known: Vec<std::net::SocketAddr> =
+        new.upstream.endpoints().iter().map(|e| e.addr).collect();
     let same = current.len() == known.len() && current.iter().all(|e| known.contains(&e.addr));
     if !same && !current.is_empty() {
         new.upstream
