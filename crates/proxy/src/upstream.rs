@@ -196,6 +196,12 @@ impl Upstream {
         self.endpoints.load().iter().map(|e| e.stats()).collect()
     }
 
+    /// Requests in flight per current endpoint, for the metrics.
+    pub(crate) fn endpoint_in_flight(&self) -> Vec<(SocketAddr, usize)> {
+        let set = self.endpoints.load();
+        set.iter().map(|e| (e.addr(), e.in_flight())).collect()
+    }
+
     /// How requests are spread over the endpoints.
     pub fn balance(&self) -> Balance {
         self.balance
@@ -901,6 +907,67 @@ impl Drop for TunnelGuard {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn the_retry_rule_replays_only_what_was_not_sent_or_is_bodiless_and_idempotent() {
+        let closed = || ExchangeError::ClosedBeforeResponse(None);
+        let unsent = || ExchangeError::Unsent(std::io::ErrorKind::BrokenPipe.into());
+        let attempt = |reused, replayable, fresh_attempts| Attempt {
+            reused,
+            replayable,
+            fresh_attempts,
+        };
+        let cases = [
+            (
+                Failure::Connect,
+                attempt(false, false, 1),
+                Retry::OtherEndpoint,
+            ),
+            (
+                Failure::Exchange(&unsent()),
+                attempt(true, false, 0),
+                Retry::SameEndpoint,
+            ),
+            (
+                Failure::Exchange(&unsent()),
+                attempt(false, false, 1),
+                Retry::SameEndpoint,
+            ),
+            (
+                Failure::Exchange(&unsent()),
+                attempt(false, false, 2),
+                Retry::OtherEndpoint,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(true, true, 0),
+                Retry::SameEndpoint,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(false, true, 1),
+                Retry::OtherEndpoint,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(true, false, 0),
+                Retry::No,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(false, false, 1),
+                Retry::No,
+            ),
+            (
+                Failure::Exchange(&ExchangeError::Timeout(Duration::from_secs(1))),
+                attempt(false, true, 1),
+                Retry::No,
+            ),
+        ];
+        for (index, (failure, attempt, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(retry_rule(failure, attempt), expected, "case {index}");
+        }
+    }
 
     fn upstream() -> Arc<Upstream> {
         Upstream::new("web", "blue", "v1", "127.0.0.1:9".parse().expect("addr"))
