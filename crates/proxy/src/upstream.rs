@@ -61,9 +61,9 @@ pub struct Upstream {
     balance: Balance,
     /// Round-robin position.
     next: AtomicUsize,
-    /// The first endpoint's address when the set was created or last
-    /// non-empty, for [`Upstream::addr`].
-    first_addr: Mutex<SocketAddr>,
+    /// The first endpoint's address at creation, for [`Upstream::addr`]
+    /// while the set is empty.
+    first_addr: SocketAddr,
     /// `Host` sent upstream when the client sent none (HTTP/1.0).
     fallback_host: Option<HeaderValue>,
     in_flight: AtomicUsize,
@@ -140,7 +140,7 @@ impl Upstream {
             changing: Mutex::new(()),
             balance,
             next: AtomicUsize::new(0),
-            first_addr: Mutex::new(first_addr),
+            first_addr,
             fallback_host: HeaderValue::from_str(&first_addr.to_string()).ok(),
             in_flight: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
@@ -168,9 +168,6 @@ impl Upstream {
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.endpoints.load_full();
         let new = build_set(&old, endpoints, &self.metrics);
-        if let Some(first) = new.first() {
-            *self.lock_first_addr() = first.addr();
-        }
         let leaving: Vec<_> = old
             .iter()
             .filter(|e| !new.iter().any(|n| Arc::ptr_eq(e, n)))
@@ -211,15 +208,13 @@ impl Upstream {
         &self.metrics
     }
 
-    /// The first endpoint's address (the only one for single-copy releases).
+    /// The first current endpoint's address (the only one for single-copy
+    /// releases); the first one it was created with while the set is empty.
     pub fn addr(&self) -> SocketAddr {
-        *self.lock_first_addr()
-    }
-
-    fn lock_first_addr(&self) -> std::sync::MutexGuard<'_, SocketAddr> {
-        self.first_addr
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.endpoints
+            .load()
+            .first()
+            .map_or(self.first_addr, |e| e.addr())
     }
 
     pub fn app(&self) -> &str {
