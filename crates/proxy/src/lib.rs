@@ -1,7 +1,7 @@
 //! `cutover-proxy`: the data plane of cutover, an HTTP/1.1 reverse proxy.
 //!
-//! It knows apps, their Host patterns and the address of each app's live
-//! release; nothing of deployments. The engine drives it through two
+//! It knows apps, their Host patterns and the endpoints of each app's live
+//! release; nothing of deployments, nor which engine runs the endpoints. The engine drives it through two
 //! handles: [`Router::set_live`] publishes a new route table atomically, and
 //! [`Upstream::drain`] waits for an old release's last in-flight request.
 //!
@@ -10,12 +10,26 @@
 //! - [`settings`]: [`ProxySettings`], limits and timeouts.
 //! - [`router`]: [`Router`], the route table behind an `ArcSwap`: Host → app
 //!   → live [`Upstream`]; one lock-free load per request.
-//! - [`upstream`]: [`Upstream`], one release: in-flight count, the
-//!   retire/drain protocol (Dekker-style, see its docs), stats, and its one
-//!   send entry point: HTTP/1.1 on a pooled connection, retried on another
-//!   connection when a pooled one hands the request back unsent, replayed
-//!   when a bodiless idempotent request meets a reused connection closing
-//!   under it; HTTP/2 (h2c upstreams) through hyper.
+//! - [`upstream`]: [`Upstream`], one release: its set of endpoints behind an
+//!   `ArcSwap` (replaced live by [`Upstream::set_endpoints`]), in-flight
+//!   count over all of them, the retire/drain protocol (Dekker-style, see
+//!   its docs), stats, and its one send entry point with its one retry rule
+//!   (`retry_rule`): HTTP/1.1 on a pooled connection of the endpoint the
+//!   balancer picked; a request not sent (refused connection, pooled
+//!   connection handing it back) goes to another connection or endpoint; a
+//!   bodiless idempotent request whose connection closed before any
+//!   response is replayed (same endpoint after a reused connection, another
+//!   after a fresh one); nothing else is ever sent twice; at most 3
+//!   endpoints per request. HTTP/2 (h2c upstreams) through hyper.
+//! - [`endpoint`]: [`EndpointSpec`] (address + free-text label, from the
+//!   engine) and the live endpoint state: in-flight and request/failure
+//!   counters, the engine's health mark, passive ejection on a refused
+//!   connection (backoff 1 s doubling to 30 s, then one trial request), its
+//!   keep-alive pool and HTTP/2 connection; [`EndpointStats`] for status.
+//! - [`balance`]: [`Balance`] and the pick: power of two choices on
+//!   in-flight requests (default) or round robin, over endpoints in
+//!   rotation; the least recently ejected one when all are out; a lone
+//!   endpoint is always tried.
 //! - `http1`: HTTP/1.1, once, for both sides. `head` (request and response
 //!   heads, the RFC 9112 framing rules), `body` (the one decoder: exact,
 //!   chunked, until close) and `encode` are a sans-IO codec; `server` is a
@@ -25,7 +39,7 @@
 //!   keep-alive connection to an upstream (`UpstreamConn`: the request's own
 //!   future writes the head and body and reads the response, no connection
 //!   task, no channels) and the response body read from it.
-//! - `pool`: the idle keep-alive connections of one upstream (a LIFO stack
+//! - `pool`: the idle keep-alive connections of one endpoint (a LIFO stack
 //!   per worker), and opening new ones.
 //! - `forward`: the per-request path: route, start on the live upstream,
 //!   rewrite headers, forward, map failures to 404/413/502/503/504.
@@ -40,8 +54,8 @@
 //!   SNI, reloaded on change keeping the old set on a bad reload.
 //! - [`access_log`]: [`AccessLog`], combined or JSON lines written by their
 //!   own thread behind a bounded queue (overflow dropped and counted).
-//! - [`metrics`]: per app/slot counters in atomics, encoded for Prometheus
-//!   on scrape.
+//! - [`metrics`]: per app/slot and per endpoint counters in atomics,
+//!   encoded for Prometheus on scrape.
 //! - `conn_io`: the client socket wrapper enforcing the header-read and idle
 //!   timeouts.
 //! - `server`: [`serve`], the accept loops, TLS, HTTP/1.1 (`http1`) or
@@ -62,8 +76,15 @@
 //! - A request counts as in flight on its upstream from routing until its
 //!   response body has ended or been dropped; `drain` resolves when that
 //!   count reaches zero, never by sleeping.
-//! - Upstream connections are pooled per [`Upstream`] object, so a new
-//!   release on a reused port never receives an old release's connection.
+//! - Upstream connections are pooled per endpoint of an [`Upstream`]
+//!   object, so a new release on a reused port never receives an old
+//!   release's connection; an endpoint that leaves the set pools nothing
+//!   more, and its pool dies with its last request.
+//! - A request counts in its upstream's in-flight total whichever endpoint
+//!   serves it, also one that left the set: a drain waits for all of them.
+//! - The request path reads the endpoint set with one lock-free load and
+//!   never waits on the engine; the engine's changes (`set_endpoints`,
+//!   `set_endpoint_healthy`) are atomic stores.
 //! - HTTP/1 framing (how long a body is, whether a connection persists) is
 //!   decided in one place, `http1::head`, for both sides; an upstream
 //!   connection goes back to its pool only after a complete response whose

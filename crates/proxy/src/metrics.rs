@@ -7,6 +7,10 @@
 //! scraped. [`collector`] encodes everything with `prometheus-client` on
 //! each scrape.
 //!
+//! Per endpoint (an address of a release), counters are kept per slot and
+//! address in an [`EndpointCounters`] that each endpoint increments
+//! directly; the in-flight gauge is summed over the current endpoints.
+//!
 //! The counters are process-wide (one proxy per process in practice; tests
 //! that run several compare differences).
 
@@ -114,6 +118,28 @@ impl SlotMetrics {
         upstreams.push(Arc::downgrade(upstream));
     }
 
+    /// Requests in flight per endpoint address, over the current endpoints
+    /// of the slot's upstreams.
+    fn endpoint_in_flight(&self) -> BTreeMap<SocketAddr, i64> {
+        let upstreams = self.lock_upstreams();
+        let mut in_flight = BTreeMap::new();
+        for upstream in upstreams.iter().filter_map(Weak::upgrade) {
+            for (addr, count) in upstream.endpoint_in_flight() {
+                *in_flight.entry(addr).or_insert(0) += count as i64;
+            }
+        }
+        in_flight
+    }
+
+    /// Every endpoint address of the slot with its counters, in address order.
+    fn endpoint_counters(&self) -> Vec<(SocketAddr, Arc<EndpointCounters>)> {
+        let endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        endpoints.iter().map(|(a, c)| (*a, Arc::clone(c))).collect()
+    }
+
     /// (in-flight requests, upgraded connections) of the slot's upstreams.
     fn gauges(&self) -> (i64, i64) {
         let upstreams = self.lock_upstreams();
@@ -181,6 +207,7 @@ impl Collector for ProxyCollector {
         encode_durations(&mut encoder, &slots)?;
         encode_open(&mut encoder, &slots)?;
         encode_connect_errors(&mut encoder, &slots)?;
+        encode_endpoints(&mut encoder, &slots)?;
         encode_process_wide(&mut encoder, metrics)
     }
 }
@@ -271,6 +298,61 @@ fn encode_connect_errors(
         let labels = [("app", &*slot.app), ("slot", &*slot.slot)];
         ConstCounter::new(slot.connect_errors.load(Ordering::Relaxed))
             .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Which counter of an endpoint a family shows.
+type CounterField = fn(&EndpointCounters) -> &AtomicU64;
+
+/// Per endpoint: requests sent and failed attempts (counters kept per slot
+/// and address across releases, like the per-slot families), and requests
+/// in flight on the current endpoints.
+fn encode_endpoints(encoder: &mut DescriptorEncoder, slots: &[Arc<SlotMetrics>]) -> EncodeResult {
+    let counters: Vec<_> = slots.iter().map(|slot| slot.endpoint_counters()).collect();
+    let families: [(&str, &str, CounterField); 2] = [
+        (
+            "cutover_proxy_endpoint_requests",
+            "Requests sent to an endpoint (each attempt, retries included), by app, slot and endpoint.",
+            |c| &c.requests,
+        ),
+        (
+            "cutover_proxy_endpoint_failures",
+            "Failed attempts on an endpoint (refused connections, failed exchanges), by app, slot and endpoint.",
+            |c| &c.failures,
+        ),
+    ];
+    for (name, help, field) in families {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (slot, endpoints) in slots.iter().zip(&counters) {
+            for (addr, counters) in endpoints {
+                let endpoint = addr.to_string();
+                let labels = [
+                    ("app", &*slot.app),
+                    ("slot", &*slot.slot),
+                    ("endpoint", &*endpoint),
+                ];
+                ConstCounter::new(field(counters).load(Ordering::Relaxed))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "cutover_proxy_endpoint_in_flight_requests",
+        "Requests in progress on an endpoint of a current release, by app, slot and endpoint.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for slot in slots {
+        for (addr, in_flight) in slot.endpoint_in_flight() {
+            let endpoint = addr.to_string();
+            let labels = [
+                ("app", &*slot.app),
+                ("slot", &*slot.slot),
+                ("endpoint", &*endpoint),
+            ];
+            ConstGauge::new(in_flight).encode(family.encode_family(&labels)?)?;
+        }
     }
     Ok(())
 }

@@ -61,9 +61,9 @@ pub struct Upstream {
     balance: Balance,
     /// Round-robin position.
     next: AtomicUsize,
-    /// The first endpoint's address when the set was created or last
-    /// non-empty, for [`Upstream::addr`].
-    first_addr: Mutex<SocketAddr>,
+    /// The first endpoint's address at creation, for [`Upstream::addr`]
+    /// while the set is empty.
+    first_addr: SocketAddr,
     /// `Host` sent upstream when the client sent none (HTTP/1.0).
     fallback_host: Option<HeaderValue>,
     in_flight: AtomicUsize,
@@ -140,7 +140,7 @@ impl Upstream {
             changing: Mutex::new(()),
             balance,
             next: AtomicUsize::new(0),
-            first_addr: Mutex::new(first_addr),
+            first_addr,
             fallback_host: HeaderValue::from_str(&first_addr.to_string()).ok(),
             in_flight: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
@@ -168,9 +168,6 @@ impl Upstream {
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.endpoints.load_full();
         let new = build_set(&old, endpoints, &self.metrics);
-        if let Some(first) = new.first() {
-            *self.lock_first_addr() = first.addr();
-        }
         let leaving: Vec<_> = old
             .iter()
             .filter(|e| !new.iter().any(|n| Arc::ptr_eq(e, n)))
@@ -196,6 +193,12 @@ impl Upstream {
         self.endpoints.load().iter().map(|e| e.stats()).collect()
     }
 
+    /// Requests in flight per current endpoint, for the metrics.
+    pub(crate) fn endpoint_in_flight(&self) -> Vec<(SocketAddr, usize)> {
+        let set = self.endpoints.load();
+        set.iter().map(|e| (e.addr(), e.in_flight())).collect()
+    }
+
     /// How requests are spread over the endpoints.
     pub fn balance(&self) -> Balance {
         self.balance
@@ -205,15 +208,13 @@ impl Upstream {
         &self.metrics
     }
 
-    /// The first endpoint's address (the only one for single-copy releases).
+    /// The first current endpoint's address (the only one for single-copy
+    /// releases); the first one it was created with while the set is empty.
     pub fn addr(&self) -> SocketAddr {
-        *self.lock_first_addr()
-    }
-
-    fn lock_first_addr(&self) -> std::sync::MutexGuard<'_, SocketAddr> {
-        self.first_addr
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.endpoints
+            .load()
+            .first()
+            .map_or(self.first_addr, |e| e.addr())
     }
 
     pub fn app(&self) -> &str {
@@ -901,6 +902,67 @@ impl Drop for TunnelGuard {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn the_retry_rule_replays_only_what_was_not_sent_or_is_bodiless_and_idempotent() {
+        let closed = || ExchangeError::ClosedBeforeResponse(None);
+        let unsent = || ExchangeError::Unsent(std::io::ErrorKind::BrokenPipe.into());
+        let attempt = |reused, replayable, fresh_attempts| Attempt {
+            reused,
+            replayable,
+            fresh_attempts,
+        };
+        let cases = [
+            (
+                Failure::Connect,
+                attempt(false, false, 1),
+                Retry::OtherEndpoint,
+            ),
+            (
+                Failure::Exchange(&unsent()),
+                attempt(true, false, 0),
+                Retry::SameEndpoint,
+            ),
+            (
+                Failure::Exchange(&unsent()),
+                attempt(false, false, 1),
+                Retry::SameEndpoint,
+            ),
+            (
+                Failure::Exchange(&unsent()),
+                attempt(false, false, 2),
+                Retry::OtherEndpoint,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(true, true, 0),
+                Retry::SameEndpoint,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(false, true, 1),
+                Retry::OtherEndpoint,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(true, false, 0),
+                Retry::No,
+            ),
+            (
+                Failure::Exchange(&closed()),
+                attempt(false, false, 1),
+                Retry::No,
+            ),
+            (
+                Failure::Exchange(&ExchangeError::Timeout(Duration::from_secs(1))),
+                attempt(false, true, 1),
+                Retry::No,
+            ),
+        ];
+        for (index, (failure, attempt, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(retry_rule(failure, attempt), expected, "case {index}");
+        }
+    }
 
     fn upstream() -> Arc<Upstream> {
         Upstream::new("web", "blue", "v1", "127.0.0.1:9".parse().expect("addr"))
