@@ -16,7 +16,7 @@ use common::Daemon;
 use cutover_test_support::docker::{build_image, docker_ok, unique};
 use cutover_test_support::load::{Load, LoadReport};
 use cutover_test_support::swarm::{
-    require_swarm, service_names, services, task_containers, SwarmCleanup,
+    require_swarm, service_names, services, task_containers, SwarmCleanup, WorkerNode,
 };
 use cutover_test_support::wait::eventually;
 use std::collections::BTreeSet;
@@ -48,6 +48,10 @@ env = {{ SHOW_HOST = "1" }}
 "#
     )
 }
+
+/// Keeps a test's tasks on this node (the manager): the cross-node test
+/// adds a worker that has only its own images.
+const ON_THIS_NODE: &str = r#"constraints = ["node.role == manager"]"#;
 
 impl SwarmApp {
     fn start(prefix: &str, deploy_timeout: &str, swarm_extra: &str) -> SwarmApp {
@@ -163,7 +167,7 @@ fn assert_v1_then_v2(report: &LoadReport) {
 /// both endpoints of the live release, and `<app>-blue` is gone.
 #[test]
 fn swarm_v1_to_v2_with_two_replicas_under_load_fails_no_request_and_reaches_every_task() {
-    let t = SwarmApp::start("sw-switch", "30s", "");
+    let t = SwarmApp::start("sw-switch", "30s", ON_THIS_NODE);
     build_image(&[&t.image("v1"), &t.image("v2")], "Dockerfile", &[]);
     let first = t.deploy("v1");
     assert!(first.contains("succeeded"), "{first}");
@@ -230,7 +234,7 @@ fn swarm_v1_to_v2_with_two_replicas_under_load_fails_no_request_and_reaches_ever
 /// client), and the replacement task answers once healthy.
 #[test]
 fn swarm_killed_task_leaves_rotation_and_its_healthy_replacement_gets_traffic() {
-    let t = SwarmApp::start("sw-kill", "30s", "");
+    let t = SwarmApp::start("sw-kill", "30s", ON_THIS_NODE);
     build_image(&[&t.image("v1")], "Dockerfile", &[]);
     t.deploy("v1");
     t.wait_serving("v1");
@@ -287,7 +291,7 @@ fn endpoint_labels(t: &SwarmApp) -> BTreeSet<String> {
 /// fails with the engine's cause, v1 keeps serving, no new service is left.
 #[test]
 fn swarm_unhealthy_or_unplaceable_releases_fail_with_the_cause_and_v1_keeps_serving() {
-    let mut t = SwarmApp::start("sw-bad", "40s", "");
+    let mut t = SwarmApp::start("sw-bad", "40s", ON_THIS_NODE);
     build_image(&[&t.image("v1"), &t.image("v3")], "Dockerfile", &[]);
     build_image(
         &[&t.image("v2")],
@@ -311,8 +315,8 @@ fn swarm_unhealthy_or_unplaceable_releases_fail_with_the_cause_and_v1_keeps_serv
 
     // Constraints are configuration: restart with ones no node satisfies.
     let config = std::fs::read_to_string(&t.daemon.config).unwrap().replace(
-        "[app.swarm]\n",
-        "[app.swarm]\nconstraints = [\"node.labels.cutover-test-tier == nowhere\"]\n",
+        ON_THIS_NODE,
+        r#"constraints = ["node.labels.cutover-test-tier == nowhere"]"#,
     );
     std::fs::write(&t.daemon.config, config).unwrap();
     t.daemon.terminate();
@@ -362,7 +366,7 @@ fn swarm_unhealthy_or_unplaceable_releases_fail_with_the_cause_and_v1_keeps_serv
 /// is removed, the deployment is recorded as interrupted.
 #[test]
 fn swarm_kill_9_mid_deployment_readopts_the_live_service_and_leaves_no_orphan() {
-    let mut t = SwarmApp::start("sw-crash", "60s", "");
+    let mut t = SwarmApp::start("sw-crash", "60s", ON_THIS_NODE);
     build_image(&[&t.image("v1")], "Dockerfile", &[]);
     build_image(&[&t.image("v2")], "Dockerfile", &[("MODE", "hang")]);
     t.deploy("v1");
@@ -414,7 +418,7 @@ fn swarm_nginx_include_lists_every_task_endpoint() {
     let app_hint = unique("sw-nginx");
     let repository = format!("cutover-test/{app_hint}");
     let front = NginxFront::start(FrontOptions {
-        driver: Some(swarm_section(&repository, "")),
+        driver: Some(swarm_section(&repository, ON_THIS_NODE)),
         ..FrontOptions::default()
     });
     let _cleanup = SwarmCleanup::new(&front.daemon.state_dir(), &[&repository]);
@@ -437,4 +441,68 @@ fn swarm_nginx_include_lists_every_task_endpoint() {
             "{addr} missing:\n{include}"
         );
     }
+}
+
+/// Two nodes: a worker (a second dockerd in a network namespace this test
+/// creates) joins the swarm; v1's two tasks run one on each node; the
+/// worker's engine is stopped under load: its endpoint leaves the rotation,
+/// the orchestrator's replacement on this node joins once healthy, and at
+/// most the requests in flight on the lost node fail.
+#[test]
+fn swarm_tasks_on_two_nodes_survive_the_loss_of_one_node_under_load() {
+    require_swarm();
+    let mut worker = WorkerNode::start();
+    let t = SwarmApp::start("sw-nodes", "60s", "");
+    build_image(&[&t.image("v1")], "Dockerfile", &[]);
+    worker.load_image(&t.image("v1"));
+    t.deploy("v1");
+    t.wait_serving("v1");
+    let ips = endpoint_ips(&t);
+    assert!(
+        ips.contains(&worker.addr) && ips.iter().any(|ip| ip != &worker.addr),
+        "one task on each node: {ips:?}"
+    );
+
+    let load = t.load();
+    std::thread::sleep(Duration::from_millis(1000));
+    worker.stop_engine();
+    eventually(
+        Duration::from_secs(90),
+        "both endpoints on this node",
+        || {
+            let ips = endpoint_ips(&t);
+            ips.len() == 2 && !ips.contains(&worker.addr)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = load.stop();
+
+    let failures = report.failures();
+    println!(
+        "failed requests when a node was lost under load: {} of {}",
+        failures.len(),
+        report.requests()
+    );
+    assert!(
+        failures.len() <= LOAD_CLIENTS,
+        "more failures than requests that can have been in flight on the lost node: {failures:?}"
+    );
+    assert!(
+        hosts_of(&report, "v1").len() >= 3,
+        "the replacement answered"
+    );
+}
+
+fn endpoint_ips(t: &SwarmApp) -> Vec<String> {
+    t.status()["endpoints"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| {
+                    let addr = e["addr"].as_str()?;
+                    Some(addr.rsplit_once(':')?.0.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

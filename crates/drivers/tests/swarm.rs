@@ -54,7 +54,9 @@ impl Fixture {
             push: false,
             port: 8080,
             replicas,
-            constraints: Vec::new(),
+            // Only this node (the manager): the e2e cross-node test may
+            // add a worker that has only its own images.
+            constraints: vec!["node.role == manager".to_string()],
             env: BTreeMap::from([("SHOW_HOST".to_string(), "1".to_string())]),
             labels: BTreeMap::new(),
             networks: Vec::new(),
