@@ -51,6 +51,8 @@ use tracing::{info, warn};
 
 /// Task failures during a start that make it give up before the deadline.
 const FAILURES_TO_GIVE_UP: usize = 3;
+/// How long the running tasks must stay the same before a start is done.
+const STABLE_FOR: Duration = Duration::from_secs(1);
 /// How long `adopt` waits for the first listing of a service's tasks.
 const ADOPT_WAIT: Duration = Duration::from_secs(5);
 
@@ -240,8 +242,8 @@ impl Inner {
         )
     }
 
-    /// Waits until `replicas` tasks run, the same ones in two listings in a
-    /// row (a task whose process exits at once is "running" for a moment);
+    /// Waits until `replicas` tasks run, the same ones for [`STABLE_FOR`]
+    /// (a task whose process exits at once is "running" for a moment);
     /// fails at once on what the engine says will not get better.
     async fn wait_running(
         &self,
@@ -251,18 +253,21 @@ impl Inner {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.start_timeout;
         let replicas = self.config.replicas as usize;
-        let mut previous: Option<Vec<Endpoint>> = None;
+        let mut previous: Option<(Vec<Endpoint>, Instant)> = None;
         loop {
             let seen = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = &seen {
                 if let Some(e) = fatal(name, snapshot) {
                     return Err(e);
                 }
-                let stable = previous.as_ref() == Some(&snapshot.endpoints);
-                if snapshot.endpoints.len() >= replicas && stable {
+                let since = match previous.take() {
+                    Some((endpoints, since)) if endpoints == snapshot.endpoints => since,
+                    _ => Instant::now(),
+                };
+                if snapshot.endpoints.len() >= replicas && since.elapsed() >= STABLE_FOR {
                     return Ok(snapshot.endpoints.clone());
                 }
-                previous = Some(snapshot.endpoints.clone());
+                previous = Some((snapshot.endpoints.clone(), since));
             }
             let changed = tokio::time::timeout_at(deadline, snapshots.changed()).await;
             if changed.is_err() || matches!(changed, Ok(Err(_))) {

@@ -220,24 +220,36 @@ async fn constraints_no_node_satisfies_fail_at_once_and_leave_no_service() {
     assert!(f.services().is_empty(), "{:?}", f.services());
 }
 
-/// A task that exits at once keeps failing: the start gives up after three
-/// failures (long before deploy_timeout) with the engine's message.
+/// A task that exits at once keeps failing: the release fails long before
+/// deploy_timeout with the engine's message — at the start, or (when the
+/// failures came after the start's last look, on a loaded machine) in the
+/// runtime's verdict the engine consults with every health check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_that_keeps_failing_fails_the_start_with_the_engines_message() {
+async fn a_task_that_keeps_failing_fails_the_release_with_the_engines_message() {
     let f = Fixture::new("sw-fail");
     build_image(&[&f.image("v1")], "Dockerfile", &[("MODE", "fail")]);
     let driver = f.driver(f.config(1));
     let spec = f.spec(Slot::Blue, "v1");
     driver.prepare(&spec).await.unwrap();
-    let error = driver
-        .start(&spec)
-        .await
-        .map(|s| s.runtime_id)
-        .unwrap_err()
-        .to_string();
+    let began = Instant::now();
+    let error = match driver.start(&spec).await {
+        Err(e) => e.to_string(),
+        Ok(started) => {
+            let verdict = loop {
+                match driver.check(&started.runtime_id).await {
+                    RuntimeHealth::Failing(why) => break why,
+                    other => assert!(began.elapsed() < SOON, "still {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            driver.stop(&started.runtime_id).await.unwrap();
+            verdict
+        }
+    };
     assert!(
         error.contains("task failures") && error.contains("non-zero exit (3)"),
         "{error}"
     );
+    assert!(began.elapsed() < SOON, "{:?}", began.elapsed());
     assert!(f.services().is_empty(), "{:?}", f.services());
 }
