@@ -102,6 +102,18 @@ pub(crate) fn upstream(
     )
 }
 
+/// Gives `upstream` the endpoints the driver has now when they differ (tasks
+/// replaced while a release was being checked): called right before
+/// traffic goes to it, after a health check of exactly these endpoints.
+pub(crate) fn sync_endpoints(upstream: &Upstream, endpoints: &Endpoints) {
+    let current = endpoints.current();
+    let known: Vec<SocketAddr> = upstream.endpoints().iter().map(|e| e.addr).collect();
+    let same = current.len() == known.len() && current.iter().all(|e| known.contains(&e.addr));
+    if !same && !current.is_empty() {
+        upstream.set_endpoints(endpoint_specs(&current));
+    }
+}
+
 pub(crate) fn endpoint_specs(endpoints: &[Endpoint]) -> Vec<EndpointSpec> {
     endpoints
         .iter()

@@ -27,7 +27,8 @@
 //! - `journal.rs`: a deployment's transitions and notes, stored then published.
 //! - `slots.rs`: `SlotState` and the slot records.
 //! - `cancel.rs`: abort and shutdown requests to a running deployment.
-//! - `context.rs`: what an app's control plane shares; live and standby releases.
+//! - `context.rs`: what an app's control plane shares; live and standby
+//!   releases and their endpoints (one per swarm task), the upstream over them.
 //! - `front.rs`: where traffic enters — the built-in proxy's route table or
 //!   an nginx that cutover drives — and how a switch and a drain happen there.
 //! - [`health`]: HTTP health checks and the fast polling used while deploying.

@@ -215,6 +215,7 @@ pub(crate) async fn gate(context: AppContext, mut live: LiveRelease) -> Option<L
     .await
     {
         Ok(took) => {
+            crate::context::sync_endpoints(&live.upstream, &live.endpoints);
             if let Err(why) = context
                 .front
                 .set_live(app, Some(live.upstream.clone()))

@@ -21,7 +21,7 @@ pub(crate) async fn switch(job: &mut DeploymentJob, new: Candidate) -> Result<Sw
         None => new,
     };
     job.context.front.set_preview(job.app(), None);
-    follow_endpoints(&new);
+    crate::context::sync_endpoints(&new.upstream, &new.endpoints());
     let previous = match job
         .context
         .front
@@ -51,20 +51,6 @@ pub(crate) async fn switch(job: &mut DeploymentJob, new: Candidate) -> Result<Sw
         previous,
         verify,
     })
-}
-
-/// Tasks the orchestrator replaced while the release was being checked
-/// (the health gate checked the current ones): the upstream takes the
-/// current set before traffic moves to it.
-fn follow_endpoints(new: &Candidate) {
-    let current = new.endpoints().current();
-    let known: Vec<std::net::SocketAddr> =
-        new.upstream.endpoints().iter().map(|e| e.addr).collect();
-    let same = current.len() == known.len() && current.iter().all(|e| known.contains(&e.addr));
-    if !same && !current.is_empty() {
-        new.upstream
-            .set_endpoints(crate::context::endpoint_specs(&current));
-    }
 }
 
 /// The `before_switch` hooks, a last look for an abort, and the switch
