@@ -90,6 +90,8 @@ pub(crate) struct Endpoint {
     /// when every endpoint is out.
     ejected_at: AtomicU64,
     backoff_ms: AtomicU64,
+    /// A request took the trial after the backoff; its connection decides.
+    trial: AtomicBool,
     /// Left its upstream's set: it takes no new request and pools nothing.
     removed: AtomicBool,
     /// Idle HTTP/1.1 keep-alive connections.
@@ -112,6 +114,7 @@ impl Endpoint {
             retry_at: AtomicU64::new(0),
             ejected_at: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(0),
+            trial: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             pool: Pool::default(),
             h2: Mutex::new(None),
@@ -183,11 +186,21 @@ impl Endpoint {
         EndpointGuard(Arc::clone(self))
     }
 
-    /// An ejected endpoint picked for a trial: no other request picks it
-    /// until this one's connection has decided.
+    /// An ejected endpoint picked once its backoff is over takes the trial:
+    /// no other request picks it until this one's connection has decided.
+    /// (Picked earlier, because every endpoint is out, it takes none.)
     fn claim_trial(&self) {
-        let backoff = self.backoff_ms.load(Ordering::Relaxed).max(1);
-        self.retry_at.store(now_ms() + backoff, Ordering::Relaxed);
+        let now = now_ms();
+        if now < self.retry_at.load(Ordering::Relaxed) {
+            return;
+        }
+        let claimed =
+            self.trial
+                .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed);
+        if claimed.is_ok() {
+            let backoff = self.backoff_ms.load(Ordering::Relaxed).max(1);
+            self.retry_at.store(now + backoff, Ordering::Relaxed);
+        }
     }
 
     /// A connection to it was opened: back in rotation if it was ejected.
@@ -201,23 +214,28 @@ impl Endpoint {
     pub(crate) fn admit(&self) {
         self.retry_at.store(0, Ordering::Relaxed);
         self.backoff_ms.store(0, Ordering::Relaxed);
+        self.trial.store(false, Ordering::Relaxed);
     }
 
-    /// It refused a connection: out of rotation for a backoff twice the
-    /// last one (1 s first), its idle connections closed.
+    /// It refused a connection. In rotation until now: out for 1 s, its
+    /// idle connections closed. Its trial request refused: out for twice
+    /// the last backoff (at most 30 s). Already out (requests that picked it
+    /// before, or because every endpoint is out): the backoff stands.
     pub(crate) fn eject(&self) {
         self.fail();
+        let now = now_ms();
+        self.ejected_at.store(now, Ordering::Relaxed);
+        let was_trial = self.trial.swap(false, Ordering::Relaxed);
+        let in_rotation = self.retry_at.load(Ordering::Relaxed) == 0;
         let min = millis(MIN_BACKOFF);
         let backoff = match self.backoff_ms.load(Ordering::Relaxed) {
-            0 => min,
-            last => last.saturating_mul(2).clamp(min, millis(MAX_BACKOFF)),
+            _ if in_rotation => min,
+            last if was_trial => last.saturating_mul(2).clamp(min, millis(MAX_BACKOFF)),
+            _ => return,
         };
-        let now = now_ms();
         self.backoff_ms.store(backoff, Ordering::Relaxed);
-        self.ejected_at.store(now, Ordering::Relaxed);
         self.retry_at.store(now + backoff, Ordering::Relaxed);
-        self.pool.clear();
-        self.lock_h2().take();
+        self.close_idle();
     }
 
     /// An attempt on it failed.
@@ -302,8 +320,13 @@ mod tests {
         Arc::new(Endpoint::new(spec, Arc::default()))
     }
 
+    /// Its backoff is over (as if the time had passed).
+    fn backoff_over(ep: &Endpoint) {
+        ep.retry_at.store(1, Ordering::Relaxed);
+    }
+
     #[test]
-    fn an_ejected_endpoint_waits_out_a_doubling_backoff_capped_at_30s() {
+    fn each_refused_trial_doubles_the_backoff_up_to_30s_and_a_connection_admits_it() {
         let ep = endpoint();
         assert!(ep.in_rotation());
         ep.eject();
@@ -311,21 +334,42 @@ mod tests {
         assert!(!ep.pickable(&mut Now::default()), "backoff not over yet");
         assert_eq!(ep.backoff_ms.load(Ordering::Relaxed), 1_000);
         for expected in [2_000, 4_000, 8_000, 16_000, 30_000, 30_000] {
+            backoff_over(&ep);
+            assert!(ep.pickable(&mut Now::default()), "trial once it is over");
+            let trial = ep.begin();
             ep.eject();
+            drop(trial);
             assert_eq!(ep.backoff_ms.load(Ordering::Relaxed), expected);
         }
-        let later = ep.retry_at.load(Ordering::Relaxed);
-        assert!(ep.pickable(&mut Now(Some(later))), "trial once it is over");
+        backoff_over(&ep);
+        let trial = ep.begin();
         ep.connected();
+        drop(trial);
         assert!(ep.in_rotation(), "a connection admits it again");
         assert_eq!(ep.stats().failures, 7);
+    }
+
+    #[test]
+    fn requests_refused_together_eject_it_once_without_growing_the_backoff() {
+        let ep = endpoint();
+        let together: Vec<_> = (0..8).map(|_| ep.begin()).collect();
+        for _ in &together {
+            ep.eject();
+        }
+        assert_eq!(ep.backoff_ms.load(Ordering::Relaxed), 1_000);
+        assert_eq!(ep.stats().failures, 8);
+        // Picked while out (every endpoint out): no trial, backoff stands.
+        let fallback = ep.begin();
+        ep.eject();
+        drop(fallback);
+        assert_eq!(ep.backoff_ms.load(Ordering::Relaxed), 1_000);
     }
 
     #[test]
     fn a_trial_request_keeps_others_off_the_endpoint_until_it_decides() {
         let ep = endpoint();
         ep.eject();
-        ep.retry_at.store(1, Ordering::Relaxed); // backoff over
+        backoff_over(&ep);
         assert!(ep.pickable(&mut Now::default()));
         let trial = ep.begin();
         assert!(!ep.pickable(&mut Now::default()), "one trial at a time");

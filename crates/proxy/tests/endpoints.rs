@@ -472,3 +472,75 @@ async fn a_refused_connection_sends_even_a_post_to_another_endpoint_and_one_endp
         "a lone endpoint is always tried"
     );
 }
+
+/// An h2c (HTTP/2 prior knowledge) server answering `name`, counting
+/// connections and requests.
+async fn h2c_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (conns, reqs) = (connections.clone(), requests.clone());
+    let (addr, _task) = tcp_server(move |stream| {
+        conns.fetch_add(1, Ordering::SeqCst);
+        let reqs = reqs.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                reqs.fetch_add(1, Ordering::SeqCst);
+                let version = req.version();
+                async move {
+                    Ok::<_, std::convert::Infallible>(text(
+                        StatusCode::OK,
+                        format!("{name} {version:?}"),
+                    ))
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await;
+    (addr, connections, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_endpoints_each_get_their_own_connection_and_a_refusing_one_is_skipped() {
+    let (a, a_conns, a_reqs) = h2c_backend("a").await;
+    let (b, b_conns, b_reqs) = h2c_backend("b").await;
+    let refusing = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let upstream = Upstream::with_endpoints(
+        "grpc-spread",
+        "blue",
+        "v1",
+        vec![
+            EndpointSpec::new(refusing, "gone"),
+            EndpointSpec::new(a, "a"),
+            EndpointSpec::new(b, "b"),
+        ],
+        Balance::RoundRobin,
+    );
+    let router = router_for("grpc-spread", &upstream);
+    router.set_upstream_protocol("grpc-spread", cutover_proxy::UpstreamProtocol::H2c);
+    let proxy = Proxy::start(router, fast_settings()).await;
+
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..20 {
+        let reply = client.get("grpc.test", "/").await.expect("answer");
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert!(reply.body.ends_with("HTTP/2.0"), "{}", reply.body);
+    }
+    assert_eq!(
+        a_reqs.load(Ordering::SeqCst) + b_reqs.load(Ordering::SeqCst),
+        20
+    );
+    assert!(a_reqs.load(Ordering::SeqCst) > 0 && b_reqs.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        a_conns.load(Ordering::SeqCst),
+        1,
+        "one multiplexed connection per endpoint"
+    );
+    assert_eq!(b_conns.load(Ordering::SeqCst), 1);
+    let gone = &upstream.endpoints()[0];
+    assert!(gone.ejected && gone.failures == 1, "{gone:?}");
+}
