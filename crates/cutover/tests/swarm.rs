@@ -220,6 +220,11 @@ fn swarm_v1_to_v2_with_two_replicas_under_load_fails_no_request_and_reaches_ever
     eventually(Duration::from_secs(20), "web-blue removed", || {
         t.services() == [format!("{}-green", t.app)]
     });
+    println!(
+        "switch after the last task became healthy: {} ms; {} requests, 0 failed",
+        switch_delay_ms(&t),
+        report.requests()
+    );
     let logs = t.daemon.ok(&["logs", &t.app, "--tail", "100000"]);
     assert!(
         logs.lines()
@@ -227,6 +232,27 @@ fn swarm_v1_to_v2_with_two_replicas_under_load_fails_no_request_and_reaches_ever
                 && l.contains("| fixture: serving version v2")),
         "task output prefixed by task in `cutover logs`:\n{logs}"
     );
+}
+
+/// Milliseconds from the note "… is healthy after …" (every task passed)
+/// to the switch (the `draining` transition) of the last deployment.
+fn switch_delay_ms(t: &SwarmApp) -> i64 {
+    let id = t.history()[0]["id"].as_i64().unwrap_or_default();
+    let detail = t.daemon.admin_get(&format!("/v1/deployments/{id}"));
+    let events = detail["events"].as_array().cloned().unwrap_or_default();
+    let at = |found: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .find(|e| found(e))
+            .and_then(|e| e["at"].as_i64())
+    };
+    let healthy = at(&|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is healthy after"))
+    });
+    let switched = at(&|e| e["state"] == "draining");
+    switched.zip(healthy).map_or(-1, |(s, h)| s - h)
 }
 
 /// A live task's container is killed under load: it leaves the rotation,
