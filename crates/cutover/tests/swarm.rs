@@ -55,6 +55,16 @@ const ON_THIS_NODE: &str = r#"constraints = ["node.role == manager"]"#;
 
 impl SwarmApp {
     fn start(prefix: &str, deploy_timeout: &str, swarm_extra: &str) -> SwarmApp {
+        SwarmApp::start_with(prefix, deploy_timeout, "", swarm_extra)
+    }
+
+    /// With `app_keys` in the `[[app]]` table.
+    fn start_with(
+        prefix: &str,
+        deploy_timeout: &str,
+        app_keys: &str,
+        swarm_extra: &str,
+    ) -> SwarmApp {
         require_swarm();
         let app = unique(prefix);
         let repository = format!("cutover-test/{app}");
@@ -63,6 +73,7 @@ impl SwarmApp {
 [[app]]
 name = "{app}"
 drain_timeout = "10s"
+{app_keys}
 
 [app.health]
 path = "/health"
@@ -531,4 +542,57 @@ fn endpoint_ips(t: &SwarmApp) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// keep_old with a swarm release: the previous service stays running idle
+/// and a rollback inside the window switches back to it (checked once on
+/// every endpoint) without starting anything or failing a request.
+#[test]
+fn swarm_rollback_inside_keep_old_switches_back_to_the_idle_service() {
+    let t = SwarmApp::start_with("sw-keep", "30s", "keep_old = \"60s\"", ON_THIS_NODE);
+    build_image(&[&t.image("v1"), &t.image("v2")], "Dockerfile", &[]);
+    t.deploy("v1");
+    let v1_service = services(t.cleanup.instance())[0].id.clone();
+    t.deploy("v2");
+    t.wait_serving("v2");
+    assert_eq!(t.services().len(), 2, "v1 stays running idle");
+
+    let load = t.load();
+    std::thread::sleep(Duration::from_millis(500));
+    let output = t.daemon.ok(&["rollback", &t.app]);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+
+    assert!(output.contains("instant rollback"), "{output}");
+    assert!(
+        !output.contains("starting"),
+        "nothing is started:\n{output}"
+    );
+    assert_eq!(report.failures(), Vec::<&str>::new());
+    assert_v2_then_v1(&report);
+    let live = services(t.cleanup.instance())
+        .into_iter()
+        .find(|s| s.version == "v1")
+        .map(|s| s.id);
+    assert_eq!(live, Some(v1_service), "v1's service was reused");
+    assert_eq!(t.status()["endpoints"].as_array().map(Vec::len), Some(2));
+}
+
+fn assert_v2_then_v1(report: &LoadReport) {
+    for client in &report.clients {
+        let versions: Vec<&str> = client
+            .versions
+            .iter()
+            .map(|answer| answer.split(' ').next().unwrap_or(""))
+            .collect();
+        let first_v1 = versions
+            .iter()
+            .position(|v| *v == "v1")
+            .unwrap_or(versions.len());
+        assert!(
+            versions[..first_v1].iter().all(|v| *v == "v2")
+                && versions[first_v1..].iter().all(|v| *v == "v1"),
+            "{versions:?}"
+        );
+    }
 }
