@@ -128,6 +128,30 @@ impl UpstreamConn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// A connection about to carry a request must have said nothing since
+    /// its last response: bytes that arrived while it was idle (an
+    /// unsolicited response, a response-splitting attempt) or an EOF make
+    /// it unusable; the request has not been sent and may go elsewhere.
+    /// Costs a syscall only if the socket was reported readable.
+    fn check_silent(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the upstream sent bytes while idle",
+            ));
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the upstream sent bytes while idle",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends a request (head, then `body` if any) and reads the response
     /// head, within `timeout` from the end of the request head.
     pub(crate) async fn exchange<H: OutgoingHead, B: RequestBodySource>(
@@ -136,6 +160,12 @@ impl UpstreamConn {
         body: Option<&mut B>,
         timeout: Duration,
     ) -> Result<Exchanged, ExchangeError> {
+        // Checked here, not only by the pool: a replayable request skips
+        // `looks_open`, and a connection that spoke out of turn would hand
+        // it someone else's response.
+        if let Err(e) = self.check_silent() {
+            return Err(ExchangeError::Unsent(e));
+        }
         let body = body.filter(|body| !body.is_end_stream());
         let framing = match &body {
             None => RequestFraming::None,
