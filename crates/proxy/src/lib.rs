@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`settings`]: [`ProxySettings`], limits and timeouts.
+//! - [`settings`]: [`ProxySettings`], limits and timeouts; [`TrustedProxies`]
+//!   ([`Cidr`] blocks) whose `X-Forwarded-*` headers are believed.
 //! - [`router`]: [`Router`], the route table behind an `ArcSwap`: Host → app
 //!   → live [`Upstream`]; one lock-free load per request.
 //! - [`upstream`]: [`Upstream`], one release: its set of endpoints behind an
@@ -116,7 +117,7 @@ pub use endpoint::{EndpointSpec, EndpointStats};
 pub use error::ProxyError;
 pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use server::{serve, serve_with, ServeOptions};
-pub use settings::ProxySettings;
+pub use settings::{Cidr, ProxySettings, TrustedProxies};
 pub use tls::{CertKeyFiles, Tls, TlsError};
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};
 pub use workers::Workers;
