@@ -208,8 +208,11 @@ fn step_chunked(state: Chunked, buf: &mut BytesMut) -> io::Result<Step> {
 /// but free of control characters, the line ended by CRLF (a bare LF or CR
 /// is an error, as in every other chunked line).
 fn chunk_size(buf: &mut BytesMut) -> io::Result<Step> {
-    let Some(end) = find_crlf(buf) else {
-        if buf.len() > MAX_CHUNK_LINE {
+    // The limit holds however the bytes arrived: a long line found whole
+    // is refused like one still arriving.
+    let Some(end) = find_crlf(&buf[..buf.len().min(MAX_CHUNK_LINE + 2)]) else {
+        // Room for the longest line and its CRLF, and still none.
+        if buf.len() >= MAX_CHUNK_LINE + 2 {
             return Err(invalid("chunk size line too long"));
         }
         return Ok(Step::NeedMore);
@@ -266,8 +269,9 @@ fn trailers(buf: &mut BytesMut) -> io::Result<Step> {
     } else {
         buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2)
     };
-    let Some(end) = end else {
-        if buf.len() > MAX_TRAILERS {
+    let Some(end) = end.filter(|end| *end <= MAX_TRAILERS) else {
+        // Room for the largest section and its last CRLF, and still none.
+        if buf.len() >= MAX_TRAILERS + 2 {
             return Err(invalid("trailer section too large"));
         }
         return Ok(Step::NeedMore);
@@ -391,6 +395,30 @@ mod tests {
         let (body, _, _) =
             decode_in_pieces(BodyLength::Chunked, input, input.len()).expect("valid");
         assert_eq!(body, b"hello!");
+    }
+
+    #[test]
+    fn line_and_trailer_limits_hold_however_the_bytes_arrive() {
+        let mut line = b"1;".to_vec();
+        line.resize(MAX_CHUNK_LINE + 1, b'x');
+        line.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        let mut section = b"0\r\nx: ".to_vec();
+        section.resize(MAX_TRAILERS + 8, b'y');
+        section.extend_from_slice(b"\r\n\r\n");
+        for input in [&line, &section] {
+            for piece in [61, 1000, input.len()] {
+                let result = decode_in_pieces(BodyLength::Chunked, input, piece);
+                assert!(result.is_err(), "pieces of {piece}");
+            }
+        }
+        let mut longest = b"1;".to_vec();
+        longest.resize(MAX_CHUNK_LINE, b'x');
+        longest.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        for piece in [1, 1000, longest.len()] {
+            let (body, _, _) =
+                decode_in_pieces(BodyLength::Chunked, &longest, piece).expect("at the limit");
+            assert_eq!(body, b"a");
+        }
     }
 
     #[test]
