@@ -283,20 +283,29 @@ fn check_target(method: &Method, raw: &str, uri: &Uri) -> Result<(), HeadError> 
     }
 }
 
-/// A request line whose version httparse refused: a well-formed
-/// `HTTP/<digit>...` other than 1.0 and 1.1 is 505, anything else 400.
-fn version_error(buf: &[u8]) -> HeadError {
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let version = line
-        .rsplit(|&b| b == b' ')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii_end();
-    match version.strip_prefix(b"HTTP/") {
-        Some([digit, ..]) if digit.is_ascii_digit() => {
-            HeadError::Version("only HTTP/1.0 and HTTP/1.1 are served")
+/// A request line whose version httparse refused: `HTTP/<digit>.<digit>`
+/// other than 1.0 and 1.1 is 505, anything else 400; `None`: the version
+/// is cut off by the end of the buffer and may still turn out either way
+/// (the answer must not depend on how the bytes arrived).
+fn version_error(buf: &[u8]) -> Option<HeadError> {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let version = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
+    let token_end = version.iter().position(|&b| b == b' ');
+    let token = &version[..token_end.unwrap_or(version.len())];
+    let terminated = token_end.is_some() || line_end.is_some();
+    let shaped = token.iter().enumerate().all(|(i, &b)| match i {
+        0..=4 => b == b"HTTP/"[i],
+        5 | 7 => b.is_ascii_digit(),
+        6 => b == b'.',
+        _ => false,
+    });
+    match (shaped, terminated) {
+        (true, true) if token.len() == 8 => {
+            Some(HeadError::Version("only HTTP/1.0 and HTTP/1.1 are served"))
         }
-        _ => HeadError::Malformed("invalid HTTP version"),
+        (true, false) => None,
+        _ => Some(HeadError::Malformed("invalid HTTP version")),
     }
 }
 
@@ -338,7 +347,10 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     let mut parsed = httparse::Request::new(&mut []);
     let status = parsed.parse_with_uninit_headers(buf, &mut slots);
     if let Err(httparse::Error::Version) = status {
-        return Err(version_error(buf));
+        return match version_error(buf) {
+            Some(error) => Err(error),
+            None => Ok(None),
+        };
     }
     let Some(len) = complete(status, buf.len())? else {
         return Ok(None);
