@@ -69,7 +69,12 @@ pub(crate) struct UpstreamConn {
     /// Response timeout; reset per request. Moving a deadline later is an
     /// atomic store in tokio's timer, not a re-registration.
     timer: Pin<Box<Sleep>>,
+    /// Informational (1xx) heads skipped in the current exchange.
+    informational: u8,
 }
+
+/// Informational heads one response may be preceded by; more is a flood.
+const MAX_INFORMATIONAL: u8 = 16;
 
 /// A response head, and the connection its body will be read from.
 #[derive(Debug)]
@@ -117,6 +122,7 @@ impl UpstreamConn {
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            informational: 0,
         })
     }
 
@@ -166,6 +172,7 @@ impl UpstreamConn {
         if let Err(e) = self.check_silent() {
             return Err(ExchangeError::Unsent(e));
         }
+        self.informational = 0;
         let body = body.filter(|body| !body.is_end_stream());
         let framing = match &body {
             None => RequestFraming::None,
@@ -222,7 +229,11 @@ impl UpstreamConn {
         timeout: Duration,
     ) -> Result<Option<FinalHead>, ExchangeError> {
         let UpstreamConn {
-            stream, buf, timer, ..
+            stream,
+            buf,
+            timer,
+            informational,
+            ..
         } = self;
         let (mut read, mut write) = stream.split();
         let mut sending = pin!(write_body(&mut write, body, chunked));
@@ -239,7 +250,7 @@ impl UpstreamConn {
                     Ok(0) => return Err(closed_early(received)),
                     Ok(_) => {
                         received = true;
-                        if let Some(head) = next_head(buf, to_head)? {
+                        if let Some(head) = next_head(buf, to_head, informational)? {
                             return Ok(Some(head));
                         }
                     }
@@ -257,7 +268,7 @@ impl UpstreamConn {
     ) -> Result<FinalHead, ExchangeError> {
         let mut received = !self.buf.is_empty();
         loop {
-            if let Some(head) = next_head(&mut self.buf, to_head)? {
+            if let Some(head) = next_head(&mut self.buf, to_head, &mut self.informational)? {
                 return Ok(head);
             }
             let read = poll_fn(|cx| {
@@ -285,12 +296,22 @@ impl UpstreamConn {
     }
 }
 
-/// The next final head in `buf`, skipping informational ones.
-fn next_head(buf: &mut BytesMut, to_head: bool) -> Result<Option<FinalHead>, HeadError> {
+/// The next final head in `buf`, skipping informational ones (at most
+/// [`MAX_INFORMATIONAL`], counted in `skipped`).
+fn next_head(
+    buf: &mut BytesMut,
+    to_head: bool,
+    skipped: &mut u8,
+) -> Result<Option<FinalHead>, HeadError> {
     while !buf.is_empty() {
         match head::parse_response(buf, to_head)? {
             None => return Ok(None),
-            Some(ParsedResponse::Informational) => {}
+            Some(ParsedResponse::Informational) => {
+                *skipped += 1;
+                if *skipped > MAX_INFORMATIONAL {
+                    return Err(HeadError::Malformed("too many informational responses"));
+                }
+            }
             Some(ParsedResponse::Switching(head)) => return Ok(Some(FinalHead::Switching(head))),
             Some(ParsedResponse::Final(head)) => return Ok(Some(FinalHead::Final(head))),
         }
