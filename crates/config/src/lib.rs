@@ -12,6 +12,8 @@
 //! - [`model`]: the validated, typed configuration (paths resolved,
 //!   defaults applied, cross-field rules checked).
 //! - [`error`]: [`ConfigError`], which names file, line, column and problem.
+//! - [`cidr`]: [`cidr::Cidr`], the address blocks of `[proxy]
+//!   trusted_proxies`.
 //! - [`tls`]: the built-in proxy's TLS keys (`tls_listen`, `[[proxy.tls]]`,
 //!   `redirect_http`).
 //! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cidr;
 pub mod docker;
 pub mod error;
 pub mod git_ref;

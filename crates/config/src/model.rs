@@ -85,6 +85,9 @@ pub struct ProxyConfig {
     pub access_log_file: Option<PathBuf>,
     /// HTTPS listeners, their certificates, the redirect of cleartext.
     pub tls: crate::tls::TlsConfig,
+    /// Peers whose `X-Forwarded-*` / `X-Real-IP` headers are believed (the
+    /// `X-Forwarded-For` chain extended); empty: nobody (the default).
+    pub trusted_proxies: Vec<crate::cidr::Cidr>,
     /// `mode = "nginx"`: cutover drives this nginx and listens for no
     /// client traffic itself. `None`: the built-in proxy (the default).
     pub nginx: Option<crate::nginx::NginxConfig>,
@@ -748,8 +751,29 @@ impl Validator<'_> {
                 self.file,
                 self.source,
             )?,
+            trusted_proxies: self.trusted_proxies(raw.trusted_proxies.as_deref())?,
             nginx,
         })
+    }
+
+    /// `[proxy] trusted_proxies`: CIDR blocks (or lone addresses).
+    fn trusted_proxies(
+        &self,
+        raw: Option<&[Spanned<String>]>,
+    ) -> Result<Vec<crate::cidr::Cidr>, ConfigError> {
+        raw.unwrap_or_default()
+            .iter()
+            .map(|block| {
+                block.get_ref().parse().map_err(|e| {
+                    self.error(
+                        block,
+                        format!(
+                            "trusted_proxies: {e}; write blocks like \"10.0.0.0/8\" or \"::1/128\""
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 
     fn app(

@@ -36,6 +36,7 @@ pub struct RawProxy {
     pub tls_listen: Option<Vec<Spanned<String>>>,
     pub tls: Option<Spanned<Vec<crate::tls::RawTls>>>,
     pub redirect_http: Option<Spanned<bool>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub nginx: Option<Spanned<crate::nginx::RawNginx>>,
 }
 

@@ -197,3 +197,36 @@ fn proxy_workers_outside_one_to_the_maximum_are_rejected_at_their_line() {
         );
     }
 }
+
+#[test]
+fn trusted_proxies_are_nobody_by_default_and_parse_as_cidr_blocks() {
+    assert!(parse(GOOD).expect("valid").proxy.trusted_proxies.is_empty());
+    let text = GOOD.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"fd00::/8\"]",
+    );
+    let blocks: Vec<String> = parse(&text)
+        .expect("valid")
+        .proxy
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(blocks, ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
+}
+
+#[test]
+fn a_malformed_trusted_proxy_block_is_rejected_at_its_line() {
+    for (bad, why) in [
+        ("10.0.0.0/33", "prefix `33` is not a number from 0 to 32"),
+        ("proxy.example", "`proxy.example` is not an IP address"),
+    ] {
+        let text = GOOD.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"{bad}\"]"),
+        );
+        let error = error_of(&text);
+        assert!(error.starts_with("/srv/cutover.toml:6:"), "{error}");
+        assert!(error.contains(why), "{error}");
+    }
+}

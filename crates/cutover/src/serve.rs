@@ -228,6 +228,13 @@ impl Listeners {
             idle_timeout: config.proxy.idle_timeout,
             upstream_connect_timeout: config.proxy.upstream_connect_timeout,
             upstream_response_timeout: config.proxy.upstream_response_timeout,
+            trusted_proxies: cutover_proxy::TrustedProxies::new(
+                config
+                    .proxy
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|block| cutover_proxy::Cidr::new(block.addr, block.prefix)),
+            ),
         };
         let mut options = proxy_options(config)?;
         if !(self.plain.is_empty() && self.secure.is_empty()) {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::http1::client::ExchangeError;
+
 /// Why [`crate::serve`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -33,7 +35,7 @@ pub(crate) enum ForwardError {
     MethodNotSupported { method: http::Method },
     #[error("app '{app}': connecting to its release timed out after {timeout:?}")]
     ConnectTimeout { app: Arc<str>, timeout: Duration },
-    #[error("app '{app}': its release refused the connection")]
+    #[error("app '{app}': {}", connect_failure(source))]
     Connect {
         app: Arc<str>,
         #[source]
@@ -43,11 +45,11 @@ pub(crate) enum ForwardError {
     ResponseTimeout { app: Arc<str>, timeout: Duration },
     #[error("app '{app}': its release switched protocols without being asked to")]
     UnexpectedSwitch { app: Arc<str> },
-    #[error("app '{app}': its release failed to answer")]
+    #[error("app '{app}': {}", exchange_failure(source))]
     Exchange {
         app: Arc<str>,
         #[source]
-        source: crate::http1::client::ExchangeError,
+        source: ExchangeError,
     },
     /// An HTTP/2 exchange (hyper) failed.
     #[error("app '{app}': its release failed to answer")]
@@ -56,6 +58,46 @@ pub(crate) enum ForwardError {
         #[source]
         source: hyper::Error,
     },
+}
+
+/// What a failed connection attempt was, in the client's words: a refusal
+/// is told apart from every other failure.
+fn connect_failure(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "its release refused the connection".to_owned(),
+        _ => format!("connecting to its release failed: {e}"),
+    }
+}
+
+/// What went wrong in an HTTP/1.1 exchange, in the client's words: a reset
+/// is not a refusal, a malformed head says what was malformed.
+fn exchange_failure(e: &ExchangeError) -> String {
+    let io_failure = |e: &io::Error| match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+            "its release reset the connection".to_owned()
+        }
+        io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => {
+            "its release closed the connection".to_owned()
+        }
+        _ => format!("talking to its release failed: {e}"),
+    };
+    match e {
+        ExchangeError::Unsent(e) | ExchangeError::Io(e) => io_failure(e),
+        ExchangeError::ClosedBeforeResponse(Some(e)) => {
+            format!("{} before responding", io_failure(e))
+        }
+        ExchangeError::ClosedBeforeResponse(None) => {
+            "its release closed the connection before responding".to_owned()
+        }
+        ExchangeError::Invalid(head) => {
+            format!("its release sent a malformed response: {head}")
+        }
+        ExchangeError::UnexpectedSwitch => {
+            "its release switched protocols without being asked to".to_owned()
+        }
+        ExchangeError::Timeout(timeout) => format!("its release did not answer within {timeout:?}"),
+        ExchangeError::Body(_) => "the request body could not be sent".to_owned(),
+    }
 }
 
 impl ForwardError {

@@ -278,6 +278,20 @@ fn requested_host(parts: &http::request::Parts) -> Option<HeaderValue> {
     }
 }
 
+/// Whether the connection's peer is in `trusted_proxies`. Free when the
+/// list is empty (the default); else the peer's address is read back from
+/// its header value (made once per connection from the socket's address).
+fn peer_is_trusted(ctx: &ConnCtx) -> bool {
+    let trusted = &ctx.shared.settings.trusted_proxies;
+    !trusted.is_empty()
+        && ctx
+            .client_ip
+            .to_str()
+            .ok()
+            .and_then(|ip| ip.parse().ok())
+            .is_some_and(|ip| trusted.trusts(ip))
+}
+
 /// The request as it goes to an HTTP/1.1 upstream (forwarding headers
 /// applied while encoding; an absolute-form target is written in origin
 /// form).
@@ -295,6 +309,7 @@ fn proxied_head<'a>(
         host: host.or(upstream.fallback_host()),
         forwarded_host: host,
         client_ip: &ctx.client_ip,
+        trusted: peer_is_trusted(ctx),
         proto: &ctx.shared.proto,
         request_id,
         upgrade: None,
@@ -322,7 +337,13 @@ fn h2_request(
     parts.headers.remove(EXPECT);
     // The authority travels as `:authority`, not as a Host header.
     parts.headers.remove(HOST);
-    headers::add_forwarded(&mut parts.headers, &ctx.client_ip, host, &ctx.shared.proto);
+    headers::add_forwarded(
+        &mut parts.headers,
+        &ctx.client_ip,
+        host,
+        &ctx.shared.proto,
+        peer_is_trusted(ctx),
+    );
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     parts.uri = h2_target(
         &parts.uri,

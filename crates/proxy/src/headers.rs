@@ -83,32 +83,42 @@ pub(crate) fn client_ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Adds the `X-Forwarded-*` and `X-Real-IP` headers to a request going upstream.
+/// Adds the `X-Forwarded-*` and `X-Real-IP` headers to a request going
+/// upstream. From a `trusted` peer (a proxy in `trusted_proxies`) the
+/// `X-Forwarded-For` chain is extended with the peer and its other
+/// forwarding headers are kept (set here only when absent); from anyone
+/// else all of them are replaced: a client cannot pose as another address.
 pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
     proto: &HeaderValue,
+    trusted: bool,
 ) {
     match headers.entry(&X_FORWARDED_FOR) {
-        Entry::Vacant(entry) => {
-            entry.insert(client_ip.clone());
-        }
-        Entry::Occupied(mut entry) => {
+        Entry::Occupied(mut entry) if trusted => {
             let joined = join_forwarded_for(entry.iter(), client_ip);
             entry.insert(joined);
         }
-    }
-    headers.insert(&X_REAL_IP, client_ip.clone());
-    headers.insert(&X_FORWARDED_PROTO, proto.clone());
-    match host {
-        Some(host) => {
-            headers.insert(&X_FORWARDED_HOST, host.clone());
+        Entry::Occupied(mut entry) => {
+            entry.insert(client_ip.clone());
         }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
+        Entry::Vacant(entry) => {
+            entry.insert(client_ip.clone());
         }
     }
+    let set = |headers: &mut HeaderMap, name: &HeaderName, value: Option<&HeaderValue>| {
+        if trusted && headers.contains_key(name) {
+            return;
+        }
+        match value {
+            Some(value) => headers.insert(name, value.clone()),
+            None => headers.remove(name),
+        };
+    };
+    set(headers, &X_REAL_IP, Some(client_ip));
+    set(headers, &X_FORWARDED_PROTO, Some(proto));
+    set(headers, &X_FORWARDED_HOST, host);
 }
 
 /// `<existing X-Forwarded-For values>, <client ip>`.
@@ -144,21 +154,28 @@ pub(crate) struct ProxiedHead<'a> {
     /// The host the client asked for (`X-Forwarded-Host`), if any.
     pub(crate) forwarded_host: Option<&'a HeaderValue>,
     pub(crate) client_ip: &'a HeaderValue,
+    /// The peer is a trusted proxy: its forwarding headers are kept and
+    /// its `X-Forwarded-For` extended (see [`add_forwarded`]).
+    pub(crate) trusted: bool,
     pub(crate) proto: &'a HeaderValue,
     pub(crate) request_id: &'a HeaderValue,
     /// The protocol asked for, when the request asks to switch.
     pub(crate) upgrade: Option<&'a HeaderValue>,
 }
 
-/// Headers the proxy sets itself (the client's values are replaced).
-fn set_by_proxy(name: &HeaderName) -> bool {
+/// Headers the proxy sets itself (the client's values are replaced); the
+/// forwarding headers of a trusted peer are kept.
+fn set_by_proxy(name: &HeaderName, trusted: bool) -> bool {
     *name == HOST
         || *name == EXPECT
-        || *name == X_REAL_IP
-        || *name == X_FORWARDED_PROTO
-        || *name == X_FORWARDED_HOST
         || *name == X_REQUEST_ID
         || *name == X_FORWARDED_FOR
+        || (!trusted && is_forwarding(name))
+}
+
+/// The forwarding headers a trusted peer's values are kept of.
+fn is_forwarding(name: &HeaderName) -> bool {
+    *name == X_REAL_IP || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
 }
 
 impl OutgoingHead for ProxiedHead<'_> {
@@ -185,7 +202,7 @@ impl OutgoingHead for ProxiedHead<'_> {
         let body = framing != RequestFraming::None;
         let mut has_length = false;
         for (name, value) in self.headers {
-            if is_hop_by_hop(name) || set_by_proxy(name) || named.contains(name) {
+            if is_hop_by_hop(name) || set_by_proxy(name, self.trusted) || named.contains(name) {
                 continue;
             }
             if *name == CONTENT_LENGTH {
@@ -208,9 +225,10 @@ impl OutgoingHead for ProxiedHead<'_> {
 impl ProxiedHead<'_> {
     /// `X-Forwarded-*`, `X-Real-IP` and `X-Request-Id`.
     fn encode_forwarded(&self, out: &mut Vec<u8>) {
-        // X-Forwarded-For: the client's values, then the client.
+        // X-Forwarded-For: a trusted peer's chain, then the peer.
         out.extend_from_slice(b"x-forwarded-for: ");
-        for value in self.headers.get_all(&X_FORWARDED_FOR) {
+        let chain = self.headers.get_all(&X_FORWARDED_FOR);
+        for value in chain.iter().filter(|_| self.trusted) {
             let value = value.as_bytes().trim_ascii();
             if !value.is_empty() {
                 out.extend_from_slice(value);
@@ -219,9 +237,15 @@ impl ProxiedHead<'_> {
         }
         out.extend_from_slice(self.client_ip.as_bytes());
         out.extend_from_slice(b"\r\n");
-        header_line(out, b"x-real-ip", self.client_ip.as_bytes());
-        header_line(out, b"x-forwarded-proto", self.proto.as_bytes());
-        if let Some(host) = self.forwarded_host {
+        // A trusted peer's own values went out with the other headers.
+        let kept = |name: &HeaderName| self.trusted && self.headers.contains_key(name);
+        if !kept(&X_REAL_IP) {
+            header_line(out, b"x-real-ip", self.client_ip.as_bytes());
+        }
+        if !kept(&X_FORWARDED_PROTO) {
+            header_line(out, b"x-forwarded-proto", self.proto.as_bytes());
+        }
+        if let Some(host) = self.forwarded_host.filter(|_| !kept(&X_FORWARDED_HOST)) {
             header_line(out, b"x-forwarded-host", host.as_bytes());
         }
         header_line(out, b"x-request-id", self.request_id.as_bytes());
@@ -318,6 +342,7 @@ mod tests {
             &ip,
             Some(&HeaderValue::from_static("example.com")),
             &HTTP,
+            true,
         );
         let all: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();
         assert_eq!(
@@ -330,6 +355,32 @@ mod tests {
             h.get(&X_FORWARDED_HOST),
             Some(&HeaderValue::from_static("example.com"))
         );
+    }
+
+    #[test]
+    fn forwarding_headers_from_an_untrusted_peer_are_replaced_and_a_trusted_ones_kept() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(&X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
+        let ip = client_ip_value("127.0.0.2".parse().expect("ip"));
+        let mut untrusted = h.clone();
+        add_forwarded(&mut untrusted, &ip, None, &HTTP, false);
+        assert_eq!(untrusted.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(untrusted.get(&X_FORWARDED_FOR), Some(&ip));
+        assert_eq!(untrusted.get(&X_REAL_IP), Some(&ip));
+        assert_eq!(untrusted.get(&X_FORWARDED_PROTO), Some(&HTTP));
+        assert_eq!(untrusted.get(&X_FORWARDED_HOST), None);
+        let mut trusted = h.clone();
+        add_forwarded(&mut trusted, &ip, None, &HTTP, true);
+        assert_eq!(
+            trusted.get(&X_FORWARDED_FOR),
+            Some(&HeaderValue::from_static("6.6.6.6, 127.0.0.2"))
+        );
+        assert_eq!(trusted.get(&X_REAL_IP), h.get(&X_REAL_IP));
+        assert_eq!(trusted.get(&X_FORWARDED_PROTO), h.get(&X_FORWARDED_PROTO));
+        assert_eq!(trusted.get(&X_FORWARDED_HOST), h.get(&X_FORWARDED_HOST));
     }
 
     #[test]

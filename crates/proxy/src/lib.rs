@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`settings`]: [`ProxySettings`], limits and timeouts.
+//! - [`settings`]: [`ProxySettings`], limits and timeouts; [`TrustedProxies`]
+//!   ([`Cidr`] blocks) whose `X-Forwarded-*` headers are believed.
 //! - [`router`]: [`Router`], the route table behind an `ArcSwap`: Host → app
 //!   → live [`Upstream`]; one lock-free load per request.
 //! - [`upstream`]: [`Upstream`], one release: its set of endpoints behind an
@@ -43,8 +44,9 @@
 //!   per worker), and opening new ones.
 //! - `forward`: the per-request path: route, start on the live upstream,
 //!   rewrite headers, forward, map failures to 404/413/502/503/504.
-//! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, `X-Real-IP`,
-//!   `X-Request-Id`.
+//! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, `X-Real-IP`
+//!   (replaced, unless the peer is in [`TrustedProxies`]: then the chain is
+//!   extended and the others kept), `X-Request-Id`.
 //! - `body`: streaming bodies: the size-limited request body, and the
 //!   response body that holds a request's guards until it has been sent.
 //! - `tunnel`: upgraded connections (WebSocket and other `Upgrade`s): the
@@ -88,7 +90,13 @@
 //! - HTTP/1 framing (how long a body is, whether a connection persists) is
 //!   decided in one place, `http1::head`, for both sides; an upstream
 //!   connection goes back to its pool only after a complete response whose
-//!   framing allows reuse, with nothing left unread.
+//!   framing allows reuse, with nothing left unread, and carries a request
+//!   only if it said nothing while idle (`UpstreamConn::check_silent`).
+//! - A request head breaking an RFC 9112 MUST is answered 400/405/431/
+//!   501/505 and the connection closed; nothing of it is forwarded. An
+//!   upstream response with ambiguous framing is a 502 saying why, and its
+//!   connection is closed. The codec's answers do not depend on how the
+//!   bytes were split (checked by the `http1::fuzz` harness).
 //! - Nothing on a request's path panics on input.
 
 pub mod access_log;
@@ -116,7 +124,7 @@ pub use endpoint::{EndpointSpec, EndpointStats};
 pub use error::ProxyError;
 pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use server::{serve, serve_with, ServeOptions};
-pub use settings::ProxySettings;
+pub use settings::{Cidr, ProxySettings, TrustedProxies};
 pub use tls::{CertKeyFiles, Tls, TlsError};
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};
 pub use workers::Workers;

@@ -203,18 +203,28 @@ fn step_chunked(state: Chunked, buf: &mut BytesMut) -> io::Result<Step> {
     }
 }
 
-/// `1a;name=value\r\n`: extensions are ignored.
+/// `1a;name=value\r\n` (RFC 9112 7.1): hex digits from the line's first
+/// byte, optional whitespace (BWS) before extensions, extensions ignored
+/// but free of control characters, the line ended by CRLF (a bare LF or CR
+/// is an error, as in every other chunked line).
 fn chunk_size(buf: &mut BytesMut) -> io::Result<Step> {
-    let Some(end) = find_crlf(buf) else {
-        if buf.len() > MAX_CHUNK_LINE {
+    // The limit holds however the bytes arrived: a long line found whole
+    // is refused like one still arriving.
+    let Some(end) = find_crlf(&buf[..buf.len().min(MAX_CHUNK_LINE + 2)]) else {
+        // Room for the longest line and its CRLF, and still none.
+        if buf.len() >= MAX_CHUNK_LINE + 2 {
             return Err(invalid("chunk size line too long"));
         }
         return Ok(Step::NeedMore);
     };
     let line = &buf[..end];
-    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
-    let digits = digits.trim_ascii();
-    if digits.is_empty() || digits.len() > 16 {
+    let split = line.iter().position(|&b| b == b';').unwrap_or(line.len());
+    let (digits, extensions) = line.split_at(split);
+    if extensions.iter().any(|&b| is_forbidden(b)) {
+        return Err(invalid("invalid chunk extension"));
+    }
+    let digits = trim_bws_end(digits);
+    if digits.is_empty() {
         return Err(invalid("invalid chunk size"));
     }
     let mut size: u64 = 0;
@@ -238,6 +248,20 @@ fn chunk_size(buf: &mut BytesMut) -> io::Result<Step> {
     }))
 }
 
+/// A control character other than HTAB (CR, LF and NUL included): never
+/// part of a chunk line or a field.
+fn is_forbidden(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// Without trailing spaces and tabs (BWS before a chunk extension).
+fn trim_bws_end(mut bytes: &[u8]) -> &[u8] {
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
 /// The trailer section after the last chunk, ended by an empty line.
 fn trailers(buf: &mut BytesMut) -> io::Result<Step> {
     let end = if buf.starts_with(b"\r\n") {
@@ -245,19 +269,22 @@ fn trailers(buf: &mut BytesMut) -> io::Result<Step> {
     } else {
         buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2)
     };
-    let Some(end) = end else {
-        if buf.len() > MAX_TRAILERS {
+    let Some(end) = end.filter(|end| *end <= MAX_TRAILERS) else {
+        // Room for the largest section and its last CRLF, and still none.
+        if buf.len() >= MAX_TRAILERS + 2 {
             return Err(invalid("trailer section too large"));
         }
         return Ok(Step::NeedMore);
     };
     let section = buf.split_to(end + 2).freeze();
     let mut trailers = HeaderMap::new();
-    for line in section[..end].split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
+    // `section[..end]` is CRLF-ended lines: a piece without its CR held a
+    // bare LF.
+    let lines = section[..end].split(|b| *b == b'\n');
+    for line in lines.take_while(|line| !line.is_empty()) {
+        let Some(line) = line.strip_suffix(b"\r") else {
+            return Err(invalid("bare LF in the trailer section"));
+        };
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             return Err(invalid("malformed trailer"));
         };
@@ -343,12 +370,55 @@ mod tests {
             b"fffffffffffffffff\r\n",
             b"\r\n",
             b"0\r\nno colon\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nx: 1\nhidden: 2\r\n\r\n",
+            b"0\r\nx : 1\r\n\r\n",
+            b"0\r\nx: 1\r\n folded\r\n\r\n",
         ] {
             let result = decode_in_pieces(BodyLength::Chunked, bad, bad.len());
             assert!(result.is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let long_line = vec![b'1'; MAX_CHUNK_LINE + 1];
         assert!(decode_in_pieces(BodyLength::Chunked, &long_line, long_line.len()).is_err());
+    }
+
+    #[test]
+    fn chunk_lines_take_bws_before_extensions_and_leading_zeros() {
+        let input = b"05 ;a=b\t;c=\"d e\"\r\nhello\r\n000000000000000000001\t\r\n!\r\n0\r\n\r\n";
+        let (body, _, _) =
+            decode_in_pieces(BodyLength::Chunked, input, input.len()).expect("valid");
+        assert_eq!(body, b"hello!");
+    }
+
+    #[test]
+    fn line_and_trailer_limits_hold_however_the_bytes_arrive() {
+        let mut line = b"1;".to_vec();
+        line.resize(MAX_CHUNK_LINE + 1, b'x');
+        line.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        let mut section = b"0\r\nx: ".to_vec();
+        section.resize(MAX_TRAILERS + 8, b'y');
+        section.extend_from_slice(b"\r\n\r\n");
+        for input in [&line, &section] {
+            for piece in [61, 1000, input.len()] {
+                let result = decode_in_pieces(BodyLength::Chunked, input, piece);
+                assert!(result.is_err(), "pieces of {piece}");
+            }
+        }
+        let mut longest = b"1;".to_vec();
+        longest.resize(MAX_CHUNK_LINE, b'x');
+        longest.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        for piece in [1, 1000, longest.len()] {
+            let (body, _, _) =
+                decode_in_pieces(BodyLength::Chunked, &longest, piece).expect("at the limit");
+            assert_eq!(body, b"a");
+        }
     }
 
     #[test]

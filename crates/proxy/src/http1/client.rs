@@ -69,7 +69,12 @@ pub(crate) struct UpstreamConn {
     /// Response timeout; reset per request. Moving a deadline later is an
     /// atomic store in tokio's timer, not a re-registration.
     timer: Pin<Box<Sleep>>,
+    /// Informational (1xx) heads skipped in the current exchange.
+    informational: u8,
 }
+
+/// Informational heads one response may be preceded by; more is a flood.
+const MAX_INFORMATIONAL: u8 = 16;
 
 /// A response head, and the connection its body will be read from.
 #[derive(Debug)]
@@ -117,6 +122,7 @@ impl UpstreamConn {
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            informational: 0,
         })
     }
 
@@ -128,6 +134,30 @@ impl UpstreamConn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// A connection about to carry a request must have said nothing since
+    /// its last response: bytes that arrived while it was idle (an
+    /// unsolicited response, a response-splitting attempt) or an EOF make
+    /// it unusable; the request has not been sent and may go elsewhere.
+    /// Costs a syscall only if the socket was reported readable.
+    fn check_silent(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the upstream sent bytes while idle",
+            ));
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the upstream sent bytes while idle",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends a request (head, then `body` if any) and reads the response
     /// head, within `timeout` from the end of the request head.
     pub(crate) async fn exchange<H: OutgoingHead, B: RequestBodySource>(
@@ -136,6 +166,13 @@ impl UpstreamConn {
         body: Option<&mut B>,
         timeout: Duration,
     ) -> Result<Exchanged, ExchangeError> {
+        // Checked here, not only by the pool: a replayable request skips
+        // `looks_open`, and a connection that spoke out of turn would hand
+        // it someone else's response.
+        if let Err(e) = self.check_silent() {
+            return Err(ExchangeError::Unsent(e));
+        }
+        self.informational = 0;
         let body = body.filter(|body| !body.is_end_stream());
         let framing = match &body {
             None => RequestFraming::None,
@@ -192,7 +229,11 @@ impl UpstreamConn {
         timeout: Duration,
     ) -> Result<Option<FinalHead>, ExchangeError> {
         let UpstreamConn {
-            stream, buf, timer, ..
+            stream,
+            buf,
+            timer,
+            informational,
+            ..
         } = self;
         let (mut read, mut write) = stream.split();
         let mut sending = pin!(write_body(&mut write, body, chunked));
@@ -209,7 +250,7 @@ impl UpstreamConn {
                     Ok(0) => return Err(closed_early(received)),
                     Ok(_) => {
                         received = true;
-                        if let Some(head) = next_head(buf, to_head)? {
+                        if let Some(head) = next_head(buf, to_head, informational)? {
                             return Ok(Some(head));
                         }
                     }
@@ -227,7 +268,7 @@ impl UpstreamConn {
     ) -> Result<FinalHead, ExchangeError> {
         let mut received = !self.buf.is_empty();
         loop {
-            if let Some(head) = next_head(&mut self.buf, to_head)? {
+            if let Some(head) = next_head(&mut self.buf, to_head, &mut self.informational)? {
                 return Ok(head);
             }
             let read = poll_fn(|cx| {
@@ -255,12 +296,22 @@ impl UpstreamConn {
     }
 }
 
-/// The next final head in `buf`, skipping informational ones.
-fn next_head(buf: &mut BytesMut, to_head: bool) -> Result<Option<FinalHead>, HeadError> {
+/// The next final head in `buf`, skipping informational ones (at most
+/// [`MAX_INFORMATIONAL`], counted in `skipped`).
+fn next_head(
+    buf: &mut BytesMut,
+    to_head: bool,
+    skipped: &mut u8,
+) -> Result<Option<FinalHead>, HeadError> {
     while !buf.is_empty() {
         match head::parse_response(buf, to_head)? {
             None => return Ok(None),
-            Some(ParsedResponse::Informational) => {}
+            Some(ParsedResponse::Informational) => {
+                *skipped += 1;
+                if *skipped > MAX_INFORMATIONAL {
+                    return Err(HeadError::Malformed("too many informational responses"));
+                }
+            }
             Some(ParsedResponse::Switching(head)) => return Ok(Some(FinalHead::Switching(head))),
             Some(ParsedResponse::Final(head)) => return Ok(Some(FinalHead::Final(head))),
         }

@@ -31,6 +31,15 @@ pub(crate) enum HeadError {
     TooLarge(&'static str),
     #[error("invalid message framing: {0}")]
     BadFraming(&'static str),
+    /// A well-formed version other than HTTP/1.0 and HTTP/1.1.
+    #[error("HTTP version not supported: {0}")]
+    Version(&'static str),
+    /// A transfer coding the proxy does not implement (only `chunked`).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    /// A method the proxy never serves (CONNECT: it is no forward proxy).
+    #[error("method not allowed: {0}")]
+    Method(&'static str),
 }
 
 impl HeadError {
@@ -39,6 +48,9 @@ impl HeadError {
         match self {
             HeadError::Malformed(_) | HeadError::BadFraming(_) => StatusCode::BAD_REQUEST,
             HeadError::TooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::Version(_) => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            HeadError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            HeadError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
@@ -96,6 +108,8 @@ pub(crate) struct Facts {
     expect: bool,
     /// `Host` headers seen (a request must have exactly one, RFC 9112 3.2).
     hosts: u8,
+    /// A `Host` value that is not a `uri-host [ ":" port ]` (RFC 9110 7.2).
+    bad_host: bool,
     /// `Content-Length` headers seen, and the value of the single one.
     content_lengths: u8,
     content_length: Option<u64>,
@@ -111,7 +125,10 @@ impl Facts {
                 self.content_lengths = self.content_lengths.saturating_add(1);
                 self.content_length = decimal(value);
             }
-            4 if is("host") => self.hosts = self.hosts.saturating_add(1),
+            4 if is("host") => {
+                self.hosts = self.hosts.saturating_add(1);
+                self.bad_host |= !is_host_value(value);
+            }
             17 if is("transfer-encoding") => {
                 self.transfer_encoding = true;
                 self.hop_by_hop = true;
@@ -188,13 +205,107 @@ impl Spans {
 }
 
 /// RFC 9112 3.2: an HTTP/1.1 request without `Host`, or any request with
-/// more than one, MUST be answered 400 — two proxies that pick different
-/// ones would route the same request to different apps.
-fn check_host_count(version: Version, hosts: u8) -> Result<(), HeadError> {
-    match (hosts, version) {
+/// more than one, or with an invalid one, MUST be answered 400 — two
+/// proxies that pick different ones would route the same request to
+/// different apps.
+fn check_host(version: Version, facts: &Facts) -> Result<(), HeadError> {
+    match (facts.hosts, version) {
         (0, Version::HTTP_11) => Err(HeadError::Malformed("HTTP/1.1 request without Host")),
-        (0 | 1, _) => Ok(()),
+        (0, _) => Ok(()),
+        (1, _) if facts.bad_host => Err(HeadError::Malformed("invalid Host header")),
+        (1, _) => Ok(()),
         _ => Err(HeadError::Malformed("more than one Host header")),
+    }
+}
+
+/// `uri-host [ ":" port ]` by its characters (RFC 3986: reg-name, IPv4,
+/// IP-literal in brackets, port digits); empty is allowed (RFC 9112 3.2:
+/// a target without authority gets an empty Host). No userinfo (`@`), no
+/// path, no whitespace.
+fn is_host_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'%'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
+/// RFC 9112 3.2: the four forms of request-target, each only where it
+/// belongs. Origin-form (`/path`) for every method; absolute-form
+/// (`http://host/path`, its authority then wins over `Host`); asterisk-form
+/// only with OPTIONS; authority-form only with CONNECT, which is refused
+/// before this.
+fn check_target(method: &Method, raw: &str, uri: &Uri) -> Result<(), HeadError> {
+    if raw == "*" {
+        return match *method {
+            Method::OPTIONS => Ok(()),
+            _ => Err(HeadError::Malformed(
+                "asterisk-form target is only for OPTIONS",
+            )),
+        };
+    }
+    if raw.starts_with('/') {
+        return Ok(());
+    }
+    let Some(scheme) = uri.scheme_str() else {
+        return Err(HeadError::Malformed(
+            "authority-form target is only for CONNECT",
+        ));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(HeadError::Malformed("absolute-form target is not http(s)"));
+    }
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => {
+            Err(HeadError::Malformed("userinfo in the request target"))
+        }
+        Some(authority) if !authority.host().is_empty() => Ok(()),
+        _ => Err(HeadError::Malformed("absolute-form target without a host")),
+    }
+}
+
+/// A request line whose version httparse refused: `HTTP/<digit>.<digit>`
+/// other than 1.0 and 1.1 is 505, anything else 400; `None`: the version
+/// is cut off by the end of the buffer and may still turn out either way
+/// (the answer must not depend on how the bytes arrived).
+fn version_error(buf: &[u8]) -> Option<HeadError> {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let version = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
+    let token_end = version.iter().position(|&b| b == b' ');
+    let token = &version[..token_end.unwrap_or(version.len())];
+    let terminated = token_end.is_some() || line_end.is_some();
+    let shaped = token.iter().enumerate().all(|(i, &b)| match i {
+        0..=4 => b == b"HTTP/"[i],
+        5 | 7 => b.is_ascii_digit(),
+        6 => b == b'.',
+        _ => false,
+    });
+    match (shaped, terminated) {
+        (true, true) if token.len() == 8 => {
+            Some(HeadError::Version("only HTTP/1.0 and HTTP/1.1 are served"))
+        }
+        (true, false) => None,
+        _ => Some(HeadError::Malformed("invalid HTTP version")),
     }
 }
 
@@ -235,11 +346,22 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let status = parsed.parse_with_uninit_headers(buf, &mut slots);
+    if let Err(httparse::Error::Version) = status {
+        return match version_error(buf) {
+            Some(error) => Err(error),
+            None => Ok(None),
+        };
+    }
     let Some(len) = complete(status, buf.len())? else {
         return Ok(None);
     };
     let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
+    if method == Method::CONNECT {
+        return Err(HeadError::Method(
+            "CONNECT: cutover is a reverse proxy and opens no tunnels",
+        ));
+    }
     let version = version(parsed.version);
     let base = buf.as_ptr() as usize;
     let path = parsed.path.unwrap_or("");
@@ -247,10 +369,12 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     let path_span = path_at..path_at + path.len();
     let spans = Spans::note(parsed.headers, base);
     let facts = spans.facts;
-    check_host_count(version, facts.hosts)?;
+    check_host(version, &facts)?;
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path_span))
+    let target = head.slice(path_span);
+    let uri = Uri::from_maybe_shared(target.clone())
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    check_target(&method, std::str::from_utf8(&target).unwrap_or(""), &uri)?;
     let headers = spans.into_map(&head, 2)?;
     let body = request_body(version, &facts, &headers)?;
     // A request with both framings is a smuggling attempt or a broken
@@ -327,9 +451,10 @@ pub(crate) fn parse_response(
     }))
 }
 
-/// RFC 9112 6.3 for requests: chunked if the last transfer coding is
-/// chunked (any other is refused: the length would be unknowable), else
-/// `Content-Length`, else no body.
+/// RFC 9112 6.3 for requests: chunked if the transfer codings are just
+/// `chunked` (once, last); a last coding other than chunked is refused
+/// (the length would be unknowable), other codings before it are not
+/// implemented (RFC 9112 6.1: 501); else `Content-Length`, else no body.
 fn request_body(
     version: Version,
     facts: &Facts,
@@ -337,8 +462,18 @@ fn request_body(
 ) -> Result<BodyLength, HeadError> {
     match (facts.transfer_encoding, version) {
         (true, Version::HTTP_10) => Err(HeadError::BadFraming("transfer-encoding in HTTP/1.0")),
-        (true, _) if last_coding_is_chunked(headers) => Ok(BodyLength::Chunked),
-        (true, _) => Err(HeadError::BadFraming("last transfer-coding is not chunked")),
+        (true, _) => {
+            let codings = Codings::of(headers)?;
+            if !codings.last_chunked {
+                return Err(HeadError::BadFraming("last transfer-coding is not chunked"));
+            }
+            if codings.others {
+                return Err(HeadError::NotImplemented(
+                    "transfer-codings other than chunked",
+                ));
+            }
+            Ok(BodyLength::Chunked)
+        }
         (false, _) => Ok(match content_length(facts, headers)? {
             None | Some(0) => BodyLength::Empty,
             Some(n) => BodyLength::Exact(n),
@@ -348,18 +483,27 @@ fn request_body(
 
 /// RFC 9112 6.3 for responses: none to HEAD and for 1xx, 204 and 304;
 /// chunked if the last transfer coding is chunked, until the close for any
-/// other; `Content-Length`; else until the close.
+/// other; `Content-Length`; else until the close. Both `Transfer-Encoding`
+/// and `Content-Length` is refused (RFC 9112 6.3 says to handle it as an
+/// error): the upstream frames its messages ambiguously.
 fn response_body(
     status: StatusCode,
     to_head: bool,
     facts: &Facts,
     headers: &HeaderMap,
 ) -> Result<BodyLength, HeadError> {
+    if facts.transfer_encoding && facts.content_lengths > 0 {
+        return Err(HeadError::BadFraming(
+            "both transfer-encoding and content-length",
+        ));
+    }
     match status {
         _ if to_head => Ok(BodyLength::Empty),
         _ if status.is_informational() => Ok(BodyLength::Empty),
         StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => Ok(BodyLength::Empty),
-        _ if facts.transfer_encoding && last_coding_is_chunked(headers) => Ok(BodyLength::Chunked),
+        _ if facts.transfer_encoding && Codings::of(headers)?.last_chunked => {
+            Ok(BodyLength::Chunked)
+        }
         _ if facts.transfer_encoding => Ok(BodyLength::UntilClose),
         _ => Ok(match content_length(facts, headers)? {
             Some(0) => BodyLength::Empty,
@@ -369,14 +513,37 @@ fn response_body(
     }
 }
 
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+/// The transfer codings of a message, over all its `Transfer-Encoding`
+/// fields (empty list elements skipped, RFC 9110 5.6.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Codings {
+    last_chunked: bool,
+    /// A coding other than chunked.
+    others: bool,
+}
+
+impl Codings {
+    fn of(headers: &HeaderMap) -> Result<Codings, HeadError> {
+        let mut codings = Codings::default();
+        let mut chunked = 0u32;
+        for value in headers.get_all(TRANSFER_ENCODING) {
+            for coding in value.as_bytes().split(|&b| b == b',') {
+                let coding = coding.trim_ascii();
+                if coding.is_empty() {
+                    continue;
+                }
+                let is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                chunked += u32::from(is_chunked);
+                codings.others |= !is_chunked;
+                codings.last_chunked = is_chunked;
+            }
+        }
+        // RFC 9112 6.1: chunked MUST NOT be applied more than once.
+        if chunked > 1 {
+            return Err(HeadError::BadFraming("chunked applied more than once"));
+        }
+        Ok(codings)
+    }
 }
 
 /// `1*DIGIT` (RFC 9110 8.6) as a number: no sign, no inner whitespace, no
@@ -541,8 +708,14 @@ mod tests {
             ),
             BodyLength::Empty
         );
-        let chunked = response(
+        // Both framings: ambiguous, refused (RFC 9112 6.3: handle as an error).
+        assert!(response(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
+            false,
+        )
+        .is_err());
+        let chunked = response(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
             false,
         )
         .expect("valid");
@@ -644,5 +817,59 @@ mod tests {
             BodyLength::Exact(7)
         );
         assert!(response("HTTP/1.1 200 OK\r\ncontent-length: +7\r\n\r\n", false).is_err());
+    }
+
+    /// RFC 9112 / 9110 MUSTs on request heads: each case and its status.
+    #[test]
+    fn request_heads_breaking_rfc_9112_are_refused_with_the_fitting_status() {
+        use StatusCode as S;
+        let cases: &[(&str, Option<S>)] = &[
+            ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX\x01A: 1\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: tab\tok\r\n\r\n", None),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: u@x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", None),
+            ("GET / HTTP/1.0\r\nHost:\r\n\r\n", None),
+            ("GET / HTTP/1.2\r\nHost: x\r\n\r\n", Some(S::HTTP_VERSION_NOT_SUPPORTED)),
+            ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", Some(S::HTTP_VERSION_NOT_SUPPORTED)),
+            ("GET / HTTP/x\r\nHost: x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / FTP/1.1\r\nHost: x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", Some(S::METHOD_NOT_ALLOWED)),
+            ("GET x:443 HTTP/1.1\r\nHost: x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET * HTTP/1.1\r\nHost: x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", None),
+            ("GET http://x/a HTTP/1.1\r\nHost: y\r\n\r\n", None),
+            ("GET ftp://x/a HTTP/1.1\r\nHost: x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET http://u@x/a HTTP/1.1\r\nHost: x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Some(S::NOT_IMPLEMENTED)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n", None),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", Some(S::BAD_REQUEST)),
+        ];
+        for (text, expected) in cases {
+            let got = request(text)
+                .map(|head| head.is_some())
+                .map_err(HeadError::status);
+            match expected {
+                Some(status) => assert_eq!(got, Err(*status), "{text:?}"),
+                None => assert_eq!(got, Ok(true), "{text:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_target_keeps_its_authority_for_routing() {
+        let head = complete_request("GET http://a.example:81/p?q HTTP/1.1\r\nHost: b\r\n\r\n");
+        let uri = head.request.uri();
+        assert_eq!(uri.authority().map(|a| a.as_str()), Some("a.example:81"));
+        assert_eq!(uri.path_and_query().map(|p| p.as_str()), Some("/p?q"));
     }
 }

@@ -8,12 +8,16 @@
 //!   (`ServerConn`).
 //! - `client`: `UpstreamConn`, one keep-alive connection to an upstream,
 //!   and `Http1Body`, a response body read from it.
+//! - `fuzz` (tests only): bounded generated and mutated inputs for `head`
+//!   and `body`, checked against a reference of the framing rules.
 //! - `io`: transports (TCP or TLS, split and rejoined for upgrades),
 //!   `Prefixed` streams, vectored writes.
 
 pub(crate) mod body;
 pub(crate) mod client;
 pub(crate) mod encode;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod head;
 pub(crate) mod io;
 pub(crate) mod server;
