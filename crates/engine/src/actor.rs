@@ -11,7 +11,7 @@ use crate::error::EngineError;
 use crate::health;
 use crate::journal::Journal;
 use crate::model::{state_of, AppStatus, DeployRequest, DrainingRelease, LiveHealth, Trigger};
-use crate::recovery::{self, Recovered};
+use crate::recovery::{self, AppHandover, HandoverRelease, Recovered};
 use crate::slots;
 use cutover_config::Promotion;
 use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord};
@@ -45,7 +45,14 @@ pub(crate) enum Command {
     Status {
         reply: Reply<AppStatus>,
     },
+    /// An upgrade asks for the releases to hand over; refused while a
+    /// deployment runs or waits (no new one starts while the engine is
+    /// frozen).
+    Handover {
+        reply: Reply<AppHandover>,
+    },
 }
+
 
 /// How the daemon's stop reaches an actor, mini-redis style: one signal
 /// broadcast to every actor, and a completion sender each actor holds
@@ -53,6 +60,9 @@ pub(crate) enum Command {
 pub(crate) struct Lifecycle {
     pub shutdown: watch::Receiver<bool>,
     pub stopped: mpsc::Sender<()>,
+    /// Set while an upgrade hands the engine over: no deployment starts and
+    /// no standby is stopped.
+    pub frozen: Arc<AtomicBool>,
 }
 
 pub(crate) struct ActorHandle {
@@ -94,6 +104,7 @@ struct Actor {
     standby: Option<Standby>,
     health: Arc<AtomicU8>,
     monitor: Option<JoinHandle<()>>,
+    frozen: Arc<AtomicBool>,
 }
 
 pub(crate) fn spawn(
@@ -111,10 +122,22 @@ pub(crate) fn spawn(
         standby: None,
         health: Arc::new(AtomicU8::new(HEALTH_UNKNOWN)),
         monitor: None,
+        frozen: lifecycle.frozen.clone(),
     };
-    if let Some(live) = recovered.live {
-        let context = actor.context.clone();
-        actor.job = Some(Job::Gate(tokio::spawn(recovery::gate(context, live))));
+    match recovered.live {
+        // Handed over by the process this one replaced: already routed.
+        Some(live) if recovered.routed => {
+            actor.live = Some(live);
+            actor.restart_monitor();
+        }
+        Some(live) => {
+            let context = actor.context.clone();
+            actor.job = Some(Job::Gate(tokio::spawn(recovery::gate(context, live))));
+        }
+        None => {}
+    }
+    if let Some(standby) = recovered.standby {
+        actor.keep_standby(standby);
     }
     tokio::spawn(actor.run(receiver, lifecycle));
     ActorHandle { commands }
@@ -198,7 +221,53 @@ impl Actor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status().await);
             }
+            Command::Handover { reply } => {
+                let _ = reply.send(self.handover());
+            }
         }
+    }
+
+    /// The releases to hand to the process that takes over, if nothing is
+    /// in progress (the engine is frozen, so nothing new starts).
+    fn handover(&self) -> Result<AppHandover, EngineError> {
+        let name = self.context.name().to_string();
+        match &self.job {
+            Some(Job::Deployment(running)) => {
+                return Err(EngineError::Conflict(format!(
+                    "deployment {} of app {name} is running; retry after it ends or abort it (`cutover abort {name}`)",
+                    running.record.id
+                )))
+            }
+            Some(Job::Gate(_)) => {
+                return Err(EngineError::Conflict(format!(
+                    "the live release of app {name} is still being checked after a restart; retry in a moment"
+                )))
+            }
+            Some(Job::Retire(_)) | None => {}
+        }
+        if let Some(queued) = self.queue.front() {
+            return Err(EngineError::Conflict(format!(
+                "deployment {} of app {name} is queued; retry after it ends or abort it",
+                queued.record.id
+            )));
+        }
+        let live = self.live.as_ref().map(|live| HandoverRelease {
+            slot: live.slot,
+            version: live.release.version.clone(),
+            runtime_id: live.runtime_id.clone(),
+            addr: live.addr,
+        });
+        let standby = self.standby.as_ref().map(|standby| HandoverRelease {
+            slot: standby.slot,
+            version: standby.release.version.clone(),
+            runtime_id: standby.runtime_id.clone(),
+            addr: standby.addr,
+        });
+        Ok(AppHandover {
+            app: name,
+            live,
+            standby,
+        })
     }
 
     async fn enqueue(
@@ -207,6 +276,11 @@ impl Actor {
         release: Option<&ReleaseRecord>,
     ) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
+        if self.frozen.load(Ordering::SeqCst) {
+            return Err(EngineError::Conflict(format!(
+                "cutover is being upgraded; deploy {name} again in a moment"
+            )));
+        }
         if let Some(live) = &self.live {
             if live.release.version == request.version && !request.force && release.is_none() {
                 return Err(EngineError::Conflict(format!(
@@ -353,8 +427,9 @@ impl Actor {
         {
             return;
         }
-        if self.job.is_some() {
-            // Try again when the current job is done.
+        if self.job.is_some() || self.frozen.load(Ordering::SeqCst) {
+            // Try again when the current job is done (or the upgrade that
+            // may hand the standby over is).
             let commands = self.commands.clone();
             let runtime_id = runtime_id.to_string();
             tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The engine handle: what the admin API (and tests) call.
 
 use crate::actor::{self, ActorHandle, Command, Lifecycle};
+use crate::recovery::AppHandover;
 use crate::blocking::blocking;
 use crate::context::AppContext;
 use crate::error::EngineError;
@@ -17,6 +18,7 @@ use cutover_proxy::Router;
 use cutover_store::{AppRecord, DeploymentRecord, DeploymentSource, EventRecord, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -50,6 +52,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// Closes once every actor has stopped (each holds a sender).
     stopped: Mutex<Option<mpsc::Receiver<()>>>,
+    /// Set while an upgrade hands the engine over (see [`Engine::freeze`]).
+    frozen: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -63,6 +67,19 @@ impl Engine {
         store: Store,
         router: Router,
     ) -> Result<Engine, EngineError> {
+        Engine::start_adopting(config, store, router, &[]).await
+    }
+
+    /// [`Engine::start`] in the process that takes over from another one (an
+    /// upgrade): a recorded live release that `handed` names (same runtime)
+    /// and that still runs is routed at once, without a health gate — it
+    /// served a moment ago — and monitored as usual from then on.
+    pub async fn start_adopting(
+        config: Arc<Config>,
+        store: Store,
+        router: Router,
+        handed: &[AppHandover],
+    ) -> Result<Engine, EngineError> {
         let events = EventBus::new();
         let front = match &config.proxy.nginx {
             Some(nginx) => Front::nginx(cutover_nginx::Nginx::new(nginx.clone()), router.clone()),
@@ -70,6 +87,7 @@ impl Engine {
         };
         let (shutdown, shutdown_signal) = watch::channel(false);
         let (stopped_sender, stopped) = mpsc::channel(1);
+        let frozen = Arc::new(AtomicBool::new(false));
         let mut apps = BTreeMap::new();
         for app in &config.apps {
             let store_for_app = store.clone();
@@ -78,10 +96,15 @@ impl Engine {
                 .await
                 .map_err(|_| EngineError::Stopped)??;
             let context = app_context(&config, app, &store, &front, &events);
-            let recovered = recovery::recover(&context).await?;
+            let handed_live = handed
+                .iter()
+                .find(|h| h.app == app.name)
+                .and_then(|h| h.live.as_ref());
+            let recovered = recovery::recover(&context, handed_live).await?;
             let lifecycle = Lifecycle {
                 shutdown: shutdown_signal.clone(),
                 stopped: stopped_sender.clone(),
+                frozen: frozen.clone(),
             };
             apps.insert(
                 app.name.clone(),
@@ -96,8 +119,34 @@ impl Engine {
                 apps,
                 shutdown,
                 stopped: Mutex::new(Some(stopped)),
+                frozen,
             }),
         })
+    }
+
+    /// For an upgrade: from now on no deployment starts (requests are
+    /// refused) and no `keep_old` standby is stopped; answers what every
+    /// app hands over. Refused, and thawed again, while a deployment runs
+    /// or waits (promotion included): the upgrade then waits for nothing
+    /// and says which one to finish or abort.
+    pub async fn freeze(&self) -> Result<Vec<AppHandover>, EngineError> {
+        self.inner.frozen.store(true, Ordering::SeqCst);
+        let mut handed = Vec::with_capacity(self.inner.apps.len());
+        for name in self.inner.apps.keys() {
+            match self.ask(name, |reply| Command::Handover { reply }).await {
+                Ok(app) => handed.push(app),
+                Err(refused) => {
+                    self.thaw();
+                    return Err(refused);
+                }
+            }
+        }
+        Ok(handed)
+    }
+
+    /// Deployments may start again (the upgrade did not happen).
+    pub fn thaw(&self) {
+        self.inner.frozen.store(false, Ordering::SeqCst);
     }
 
     pub fn config(&self) -> &Config {

@@ -56,6 +56,7 @@ mod pipeline;
 mod recovery;
 mod slots;
 
+pub use recovery::{AppHandover, HandoverRelease};
 pub use engine::{Engine, ShutdownOutcome};
 pub use error::EngineError;
 pub use events::AppEvent;

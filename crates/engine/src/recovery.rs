@@ -1,10 +1,13 @@
 //! Start-up after a stop or a crash (invariant 6): the recorded live
 //! release is adopted (or started again if it is gone) and must pass a
-//! health check before traffic goes to it; interrupted deployments are
-//! recorded as failed and their releases stopped; orphans are removed.
+//! health check before traffic goes to it — unless the process this one
+//! took over from (an upgrade) handed it over, then it is routed at once;
+//! a recorded `keep_old` standby that still runs is adopted and kept;
+//! interrupted deployments are recorded as failed and their releases
+//! stopped; orphans are removed.
 
 use crate::blocking::blocking;
-use crate::context::{AppContext, LiveRelease};
+use crate::context::{AppContext, LiveRelease, Standby};
 use crate::error::EngineError;
 use crate::health::{self, Unhealthy};
 use crate::slots::{self, SlotFacts, SlotState};
@@ -15,12 +18,41 @@ use cutover_store::{now_ms, DeploymentState, SlotRecord};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub(crate) struct Recovered {
-    /// The live release, not yet routed: see [`gate`].
-    pub live: Option<LiveRelease>,
+/// One release as it is handed to the process that takes over (an
+/// upgrade): it was routed (or kept idle) a moment ago, so the new process
+/// adopts it without a health gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverRelease {
+    pub slot: cutover_config::Slot,
+    pub version: String,
+    pub runtime_id: String,
+    pub addr: std::net::SocketAddr,
 }
 
-pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineError> {
+/// What an app's actor hands over: its live release and its `keep_old`
+/// standby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHandover {
+    pub app: String,
+    pub live: Option<HandoverRelease>,
+    pub standby: Option<HandoverRelease>,
+}
+
+pub(crate) struct Recovered {
+    /// The live release: routed already when `routed`, else see [`gate`].
+    pub live: Option<LiveRelease>,
+    /// The live release was handed over by an upgrade and is routed.
+    pub routed: bool,
+    /// The `keep_old` standby, still running.
+    pub standby: Option<Standby>,
+}
+
+/// `handed`: the live release the process this one took over from was
+/// routing to (an upgrade), if any.
+pub(crate) async fn recover(
+    context: &AppContext,
+    handed: Option<&HandoverRelease>,
+) -> Result<Recovered, EngineError> {
     let app = context.name().to_string();
     let store = context.store.clone();
     let name = app.clone();
@@ -35,7 +67,11 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
     })
     .await?;
     let Some(record) = record else {
-        return Ok(Recovered { live: None });
+        return Ok(Recovered {
+            live: None,
+            routed: false,
+            standby: None,
+        });
     };
 
     let live_slot: Option<Slot> = record.live_slot.as_deref().and_then(|s| s.parse().ok());
@@ -60,8 +96,22 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         }
     }
 
+    let routed = match (&live, handed) {
+        (Some(live), Some(handed)) if live.runtime_id == handed.runtime_id => {
+            route_handed(context, live).await
+        }
+        _ => false,
+    };
+
+    let mut standby = None;
     for slot in Slot::ALL.into_iter().filter(|s| Some(*s) != live_slot) {
         if let Some(slot_record) = record.slot(slot.as_str()) {
+            if live.is_some() && unfinished.is_empty() {
+                standby = adopt_standby(context, slot, slot_record).await;
+                if standby.is_some() {
+                    continue;
+                }
+            }
             if let Some(runtime_id) = &slot_record.runtime_id {
                 tracing::info!(app = %app, %slot, "stopping the release left running in {slot} by an interrupted deployment");
                 slots::stop(context, slot, runtime_id).await;
@@ -71,7 +121,11 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
 
     fail_interrupted(context, unfinished, live.as_ref()).await?;
 
-    let keep: Vec<String> = live.iter().map(|l| l.runtime_id.clone()).collect();
+    let keep: Vec<String> = live
+        .iter()
+        .map(|l| l.runtime_id.clone())
+        .chain(standby.iter().map(|s| s.runtime_id.clone()))
+        .collect();
     match context.driver.stop_orphans(&app, &keep).await {
         Ok(stopped) if !stopped.is_empty() => {
             tracing::warn!(app = %app, "stopped {} orphaned release(s): {}", stopped.len(), stopped.join(", "))
@@ -79,7 +133,65 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         Ok(_) => {}
         Err(e) => tracing::error!(app = %app, "looking for orphaned releases failed: {e}"),
     }
-    Ok(Recovered { live })
+    Ok(Recovered {
+        live,
+        routed,
+        standby,
+    })
+}
+
+/// Routes the live release an upgrade handed over: it served traffic in
+/// the old process a moment ago, so no health gate (and no 503 window);
+/// the live-health monitor watches it from now on. False if the front
+/// refused (nginx only): then it goes through the gate.
+async fn route_handed(context: &AppContext, live: &LiveRelease) -> bool {
+    match context
+        .front
+        .set_live(context.name(), Some(live.upstream.clone()))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(app = %context.name(), slot = %live.slot, version = %live.release.version,
+                "serving the live release handed over by the previous process");
+            true
+        }
+        Err(why) => {
+            tracing::error!(app = %context.name(), "cannot route the handed-over live release: {why}");
+            false
+        }
+    }
+}
+
+/// A release kept idle under `keep_old` survives a restart: if its slot is
+/// recorded as standby and it still runs, it is adopted (its `keep_old`
+/// window starts again). Only when nothing was interrupted: a standby of an
+/// interrupted verification is that deployment's to clean up.
+async fn adopt_standby(context: &AppContext, slot: Slot, record: &SlotRecord) -> Option<Standby> {
+    if context.app.keep_old.is_zero() || record.state != SlotState::Standby.as_str() {
+        return None;
+    }
+    let release = record.release.clone()?;
+    let runtime_id = record.runtime_id.clone()?;
+    let addr: SocketAddr = record.addr.as_deref()?.parse().ok()?;
+    match context.driver.adopt(&runtime_id, addr).await {
+        Ok(Some(started)) => {
+            tracing::info!(app = %context.name(), %slot, version = %release.version,
+                "adopted the release kept idle for an instant rollback");
+            Some(Standby {
+                slot,
+                release,
+                runtime_id: started.runtime_id,
+                addr: started.addr,
+                exited: started.exited,
+                log_path: record.log_path.as_ref().map(PathBuf::from),
+            })
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(app = %context.name(), %slot, "cannot adopt the standby release: {e}");
+            None
+        }
+    }
 }
 
 /// Deployments that were running when cutover stopped are recorded as

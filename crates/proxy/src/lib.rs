@@ -46,6 +46,9 @@
 //!   timeouts.
 //! - `server`: [`serve`], the accept loops, TLS, HTTP/1.1 (`http1`) or
 //!   HTTP/2 (hyper) per connection, graceful shutdown.
+//! - [`handoff`]: idle HTTP/1.1 client connections leaving the data plane
+//!   at a request boundary during an upgrade ([`Handoff`]) and entering the
+//!   new process's ([`Intake`], served by [`serve_adopting`]).
 //! - `workers`: [`Workers`], the data plane's threads, each with its own
 //!   single-threaded event loop accepting from the shared listening socket;
 //!   a connection and its upstream connections stay on one thread.
@@ -75,6 +78,7 @@ mod body;
 mod conn_io;
 pub mod error;
 mod forward;
+pub mod handoff;
 mod headers;
 mod http1;
 pub mod metrics;
@@ -90,7 +94,8 @@ mod workers;
 pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
 pub use error::ProxyError;
 pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
-pub use server::{serve, serve_with, ServeOptions};
+pub use handoff::{intake, HandedConn, Handoff, Intake, IntakeSender};
+pub use server::{serve, serve_adopting, serve_with, ServeOptions};
 pub use settings::ProxySettings;
 pub use tls::{CertKeyFiles, Tls, TlsError};
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};

@@ -26,6 +26,7 @@ use crate::body::ClientBody;
 use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
 use crate::forward::{self, ConnCtx, Shared};
+use crate::handoff::{HandedConn, Handoff, Intake};
 use crate::headers;
 use crate::http1::io::{ClientIo, Prefixed};
 use crate::http1::server as http1_server;
@@ -78,6 +79,9 @@ pub struct ServeOptions {
     /// Accept and serve connections on these worker threads, each with its
     /// own event loop; `None`: on the runtime that calls [`serve_with`].
     pub workers: Option<Workers>,
+    /// Where idle HTTP/1.1 connections go at shutdown once it is armed (an
+    /// upgrade); `None` or unarmed: they close.
+    pub handoff: Option<Handoff>,
 }
 
 /// [`serve`] with [`ServeOptions`].
@@ -86,6 +90,30 @@ pub async fn serve_with(
     router: Router,
     settings: ProxySettings,
     options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    serve_listener(listener, router, settings, options, None, shutdown).await
+}
+
+/// [`serve_with`], also serving the connections sent through `intake` (from
+/// the process this one took over from) as if they had been accepted here.
+pub async fn serve_adopting(
+    listener: TcpListener,
+    router: Router,
+    settings: ProxySettings,
+    options: ServeOptions,
+    intake: Intake,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    serve_listener(listener, router, settings, options, Some(intake), shutdown).await
+}
+
+async fn serve_listener(
+    listener: TcpListener,
+    router: Router,
+    settings: ProxySettings,
+    options: ServeOptions,
+    intake: Option<Intake>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
     let local = listener.local_addr().map_err(ProxyError::Listener)?;
@@ -104,6 +132,7 @@ pub async fn serve_with(
         shared,
         tls: options.tls,
         builder: connection_builder(),
+        handoff: options.handoff.map(|handoff| (handoff, local)),
     });
     // Accept loops and connection tasks each hold a receiver: shutdown
     // flips the value and then waits until all receivers are gone.
@@ -113,13 +142,13 @@ pub async fn serve_with(
     let workers = options.workers;
     // Every accept loop polls its own registration of one listening socket.
     let socket = listener.into_std().map_err(ProxyError::Listener)?;
-    let handles: Vec<Option<tokio::runtime::Handle>> = match &workers {
-        None => vec![None],
+    let handles: Arc<[Option<tokio::runtime::Handle>]> = match &workers {
+        None => Arc::new([None]),
         Some(workers) => workers.handles().iter().cloned().map(Some).collect(),
     };
     let balance = Arc::new(Balance::new(handles.len()));
-    let mut loops = Vec::with_capacity(handles.len());
-    for (slot, handle) in handles.into_iter().enumerate() {
+    let mut loops = Vec::with_capacity(handles.len() + 1);
+    for (slot, handle) in handles.iter().cloned().enumerate() {
         let socket = socket.try_clone().map_err(ProxyError::Listener)?;
         let accepting = accept_loop(
             socket,
@@ -134,6 +163,10 @@ pub async fn serve_with(
         });
     }
     drop(socket);
+    if let Some(intake) = intake {
+        let adopting = adopt_loop(intake, Arc::clone(&acceptor), handles, Arc::clone(&balance), stopped.clone());
+        loops.push(tokio::spawn(adopting));
+    }
     drop(stopped);
     tracing::debug!(%local, "proxy accepting connections");
     shutdown.await;
@@ -153,6 +186,9 @@ struct Acceptor {
     shared: Arc<Shared>,
     tls: Option<Tls>,
     builder: Http2Builder<TokioExecutor>,
+    /// Where idle connections go when an upgrade stops this listener, and
+    /// the listener's address they are tagged with.
+    handoff: Option<(Handoff, SocketAddr)>,
 }
 
 /// Open connections per accept loop, so that the loops of several workers
@@ -193,6 +229,12 @@ impl Balance {
             .min()
             .unwrap_or(0);
         mine > least + BALANCE_SLACK
+    }
+
+    fn least_loaded(&self) -> usize {
+        (0..self.open.len())
+            .min_by_key(|&slot| self.open[slot].load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     fn opened(self: &Arc<Balance>, slot: usize) -> OpenConnection {
@@ -251,7 +293,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let open = balance.opened(slot);
-                spawn_connection(&acceptor, &stopped, stream, peer, open);
+                spawn_connection(&acceptor, &stopped, stream, peer, open, None);
             }
             Err(e) => {
                 tracing::warn!(?local, error = %e, "accepting a connection failed");
@@ -291,6 +333,49 @@ async fn accept(
     }
 }
 
+/// Serves the connections handed over by the previous process, each on the
+/// worker that holds the fewest, until this listener stops.
+async fn adopt_loop(
+    mut intake: Intake,
+    acceptor: Arc<Acceptor>,
+    handles: Arc<[Option<tokio::runtime::Handle>]>,
+    balance: Arc<Balance>,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut stopping = stopped.clone();
+    loop {
+        let adopted = tokio::select! {
+            biased;
+            _ = async { drop(stopping.wait_for(|stop| *stop).await) } => break,
+            adopted = intake.adopted.recv() => match adopted {
+                Some(adopted) => adopted,
+                None => break,
+            },
+        };
+        let slot = balance.least_loaded();
+        let open = balance.opened(slot);
+        let acceptor = Arc::clone(&acceptor);
+        let stopped = stopped.clone();
+        let serving = async move {
+            let HandedConn { stream, prefix, .. } = adopted;
+            let adopted = stream
+                .peer_addr()
+                .and_then(|peer| Ok((TcpStream::from_std(stream)?, peer)));
+            match adopted {
+                Ok((stream, peer)) => {
+                    let prefix = BytesMut::from(&prefix[..]);
+                    spawn_connection(&acceptor, &stopped, stream, peer, open, Some(prefix));
+                }
+                Err(e) => tracing::debug!(error = %e, "a handed-over connection was already gone"),
+            }
+        };
+        match &handles[slot] {
+            Some(handle) => drop(handle.spawn(serving)),
+            None => drop(tokio::spawn(serving)),
+        }
+    }
+}
+
 /// hyper's HTTP/2 server (h2c with prior knowledge, or h2 over TLS).
 fn connection_builder() -> Http2Builder<TokioExecutor> {
     let mut builder = Http2Builder::new(TokioExecutor::new());
@@ -304,13 +389,16 @@ fn connection_builder() -> Http2Builder<TokioExecutor> {
 /// `PRI` is not HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI ";
 
-/// Serves one client connection on its own task.
+/// Serves one client connection on its own task. `adopted`: it was handed
+/// over by the previous process between two HTTP/1.1 requests, with these
+/// bytes already read from it.
 fn spawn_connection(
     acceptor: &Arc<Acceptor>,
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
     open: OpenConnection,
+    adopted: Option<BytesMut>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
@@ -329,8 +417,13 @@ fn spawn_connection(
     tokio::spawn(async move {
         let _open = (ClientConnection(metrics), open);
         let builder = &acceptor.builder;
+        let handoff = acceptor.handoff.clone();
+        if let Some(prefix) = adopted {
+            let io = ClientIo::Tcp(stream);
+            return http1_server::serve(io, prefix, ctx, stopped, handoff).await;
+        }
         match acceptor.tls.as_ref() {
-            None => serve_plain(stream, ctx, builder, stopped, peer).await,
+            None => serve_plain(stream, ctx, builder, stopped, peer, handoff).await,
             // Boxed, like HTTP/2 below: the task of a plain HTTP/1.1
             // connection stays the size of what it needs.
             Some(tls) => {
@@ -349,6 +442,7 @@ async fn serve_plain(
     builder: &Http2Builder<TokioExecutor>,
     stopped: watch::Receiver<bool>,
     peer: SocketAddr,
+    handoff: Option<(Handoff, SocketAddr)>,
 ) {
     let settings = ctx.shared.settings;
     let mut first = BytesMut::with_capacity(4096);
@@ -389,7 +483,7 @@ async fn serve_plain(
         };
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
     } else {
-        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped).await;
+        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, handoff).await;
     }
 }
 
@@ -423,11 +517,13 @@ async fn serve_tls(
         io.set_multiplexed();
         Box::pin(serve_h2(builder, stream, ctx, stopped, peer)).await;
     } else {
+        // A TLS session cannot move to another process: no handoff.
         http1_server::serve(
             ClientIo::Tls(Box::new(stream)),
             BytesMut::new(),
             ctx,
             stopped,
+            None,
         )
         .await;
     }
@@ -524,6 +620,7 @@ mod tests {
             }),
             tls: None,
             builder: connection_builder(),
+            handoff: None,
         });
         let balance = Arc::new(Balance::new(2));
         let (stop, stopped) = watch::channel(false);
