@@ -8,8 +8,8 @@
 //! push.
 
 use std::net::SocketAddr;
-use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
@@ -31,13 +31,20 @@ pub struct HandedConn {
 /// connections as a plain shutdown does. Cheap to clone; one per process.
 #[derive(Clone, Default)]
 pub struct Handoff {
-    sink: Arc<OnceLock<mpsc::Sender<HandedConn>>>,
+    inner: Arc<Sink>,
+}
+
+#[derive(Default)]
+struct Sink {
+    /// Read on request boundaries while stopping, without the lock.
+    armed: AtomicBool,
+    sender: Mutex<Option<mpsc::Sender<HandedConn>>>,
 }
 
 impl std::fmt::Debug for Handoff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handoff")
-            .field("armed", &self.sink.get().is_some())
+            .field("armed", &self.is_armed())
             .finish()
     }
 }
@@ -47,19 +54,32 @@ impl Handoff {
     /// connections to `sink` instead of closing them (TLS and HTTP/2
     /// connections cannot travel: they close after a response with
     /// `Connection: close` or a GOAWAY). Arm before stopping the listeners.
-    /// Returns false if it was armed already (the first sink stays).
-    pub fn arm(&self, sink: mpsc::Sender<HandedConn>) -> bool {
-        self.sink.set(sink).is_ok()
+    pub fn arm(&self, sink: mpsc::Sender<HandedConn>) {
+        *self.sender() = Some(sink);
+        self.inner.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Drops the sink (once every listener stopped): its receiver sees the
+    /// end of the connections. A connection still stopping closes instead.
+    pub fn disarm(&self) {
+        self.sender().take();
     }
 
     pub(crate) fn is_armed(&self) -> bool {
-        self.sink.get().is_some()
+        self.inner.armed.load(Ordering::SeqCst)
+    }
+
+    fn sender(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<HandedConn>>> {
+        self.inner
+            .sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Passes the connection on; gives it back if nobody takes it any more
     /// (then the caller closes it).
     pub(crate) fn hand(&self, conn: HandedConn) -> Result<(), HandedConn> {
-        match self.sink.get() {
+        match self.sender().as_ref() {
             Some(sink) => sink.send(conn).map_err(|refused| refused.0),
             None => Err(conn),
         }
