@@ -314,6 +314,7 @@ async fn wait_for_tunnels(router: Router, config: &Config, grace: Duration) {
     if waited.await.is_err() {
         tracing::warn!("{} request(s) or tunnel(s) still open after {grace:?}; closing them", busy());
     }
+
 }
 
 type AdminEnded = Result<Result<(), cutover_api::ApiError>, tokio::task::JoinError>;
@@ -476,6 +477,9 @@ struct Proxies {
     _certificate_watch: Option<JoinHandle<()>>,
     /// Armed by an upgrade: idle connections go to the new process.
     handoff: Handoff,
+    /// The proxy's threads, kept until the process exits: upgraded
+    /// connections (WebSockets) run on them after their listener stopped.
+    _workers: Option<cutover_proxy::Workers>,
 }
 
 impl Listeners {
@@ -579,6 +583,7 @@ impl Listeners {
             serving,
             _certificate_watch: certificate_watch,
             handoff: handoff.clone(),
+            _workers: options.workers.clone(),
         };
         Ok((proxies, intakes))
     }
