@@ -203,3 +203,139 @@ fn twenty_upgrades_under_load_fail_no_request_and_keep_websocket_sse_and_upload_
     }
     assert!(keep_alive.requests() > 1000, "{}", keep_alive.requests());
 }
+
+/// A new binary that cannot take over: the upgrade says why and exits 1,
+/// the running process serves on, and no request fails meanwhile.
+#[test]
+fn upgrade_to_a_binary_that_exits_at_start_or_is_not_executable_fails_and_the_old_one_serves_on() {
+    let mut daemon = Daemon::start(AppOptions::default());
+    daemon.deploy("v1");
+    let first = daemon.first_pid().unwrap();
+    let exits = daemon.dir.path().join("exits-at-start");
+    std::fs::write(&exits, "#!/bin/sh\necho 'this cutover is broken' >&2\nexit 3\n").unwrap();
+    set_mode(&exits, 0o755);
+    let not_executable = daemon.dir.path().join("not-executable");
+    std::fs::write(&not_executable, "not a program").unwrap();
+    set_mode(&not_executable, 0o644);
+    let load = Load::start(daemon.proxy_port, 8, usize::MAX, Duration::from_secs(120));
+    eventually(Duration::from_secs(10), "load before the upgrades", || {
+        load.answered() > 50
+    });
+
+    for (binary, reason) in [
+        (&exits, "exited (exit status: 3) before it"),
+        (&not_executable, "Permission denied"),
+    ] {
+        let output = daemon.upgrade(Some(binary));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(reason), "{}: {stderr}", binary.display());
+        assert!(
+            stderr.contains("the running cutover keeps serving"),
+            "{stderr}"
+        );
+        assert!(daemon.upgraded.is_empty());
+        assert!(daemon.is_serve_process(first));
+        assert_eq!(daemon.status()["live_version"], "v1");
+    }
+    // Deployments were held only during the attempts.
+    daemon.deploy("v2");
+    let report = load.stop();
+    assert!(report.requests() > 100, "{}", report.requests());
+    assert_eq!(report.failures(), Vec::<&str>::new());
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn release_pid(daemon: &Daemon, version: &str) -> u32 {
+    daemon
+        .releases()
+        .into_iter()
+        .find(|(_, v)| v == version)
+        .unwrap_or_else(|| panic!("no release {version} runs: {:?}", daemon.releases()))
+        .0
+}
+
+fn slot_state(daemon: &Daemon, slot: &str) -> String {
+    let status = daemon.status();
+    let slots = status["slots"].as_array().cloned().unwrap_or_default();
+    slots
+        .iter()
+        .find(|s| s["slot"] == slot)
+        .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// The release kept idle under `keep_old` survives a restart and an
+/// upgrade (same process), and a rollback to it is still instant.
+#[test]
+fn keep_old_standby_survives_a_restart_and_an_upgrade_and_rollback_stays_instant() {
+    let mut daemon = Daemon::start(AppOptions {
+        extra: "keep_old = \"5m\"".to_string(),
+        ..AppOptions::default()
+    });
+    daemon.deploy("v1");
+    daemon.deploy("v2");
+    let v1 = release_pid(&daemon, "v1");
+    assert_eq!(slot_state(&daemon, "blue"), "standby");
+
+    daemon.terminate();
+    daemon.spawn();
+    daemon.wait_serving("v2", Duration::from_secs(20));
+    assert_eq!(release_pid(&daemon, "v1"), v1, "the standby was restarted");
+    assert_eq!(slot_state(&daemon, "blue"), "standby");
+
+    let output = daemon.upgrade(None);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(release_pid(&daemon, "v1"), v1, "the standby was restarted");
+    assert_eq!(slot_state(&daemon, "blue"), "standby");
+
+    let load = Load::start(daemon.proxy_port, 4, usize::MAX, Duration::from_secs(60));
+    let rollback = daemon.ok(&["rollback", "web"]);
+    assert!(rollback.contains("instant rollback"), "{rollback}");
+    assert!(!rollback.contains("starting"), "{rollback}");
+    daemon.wait_serving("v1", Duration::from_secs(10));
+    assert_eq!(release_pid(&daemon, "v1"), v1);
+    let report = load.stop();
+    assert_eq!(report.failures(), Vec::<&str>::new());
+}
+
+fn deploy_awaiting_promotion(daemon: &Daemon, version: &str) {
+    daemon.ok(&["deploy", "web", "--version", version, "--no-wait"]);
+    eventually(Duration::from_secs(20), "awaiting promotion", || {
+        daemon.status()["current_deployment"]["state"] == "awaiting_promotion"
+    });
+}
+
+/// An upgrade never cuts a deployment in two: while one awaits promotion
+/// the upgrade is refused, saying which one to finish or abort, and the
+/// deployment still awaits promotion afterwards (then promotes normally).
+#[test]
+fn upgrade_is_refused_while_a_deployment_awaits_promotion_and_the_deployment_stays() {
+    let mut daemon = Daemon::start(AppOptions {
+        extra: "promotion = \"manual\"".to_string(),
+        ..AppOptions::default()
+    });
+    deploy_awaiting_promotion(&daemon, "v1");
+    daemon.ok(&["promote", "web"]);
+    daemon.wait_serving("v1", Duration::from_secs(20));
+    deploy_awaiting_promotion(&daemon, "v2");
+    let output = daemon.upgrade(None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("deployment 2 of app web is running; retry after it ends or abort it"),
+        "{stderr}"
+    );
+    assert_eq!(
+        daemon.status()["current_deployment"]["state"],
+        "awaiting_promotion"
+    );
+    daemon.ok(&["promote", "web"]);
+    daemon.wait_serving("v2", Duration::from_secs(20));
+    let output = daemon.upgrade(None);
+    assert!(output.status.success(), "{output:?}");
+}
