@@ -124,6 +124,7 @@ async fn start(config: &Config, mut inheritance: Option<&mut Inheritance>) -> Re
         .await
         .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
 
+    wait_for_recovery(config, &engine).await;
     let mut handover_fds = listeners.handover_fds()?;
     let (stop, stopped) = watch::channel(false);
     let handoff = Handoff::default();
@@ -161,6 +162,21 @@ async fn start(config: &Config, mut inheritance: Option<&mut Inheritance>) -> Re
         upgrade_asks,
         intakes,
     })
+}
+
+/// After a restart, new connections wait in the listen backlog (they are
+/// not accepted yet) until the live releases passed their health gates:
+/// better a short wait than a 503. Bounded by the longest deploy_timeout.
+async fn wait_for_recovery(config: &Config, engine: &Engine) {
+    let bound = config
+        .apps
+        .iter()
+        .map(|app| app.health.deploy_timeout)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    if !engine.wait_recovered(bound).await {
+        tracing::warn!("a live release is still being checked after {bound:?}; serving meanwhile");
+    }
 }
 
 fn webhook_fd(

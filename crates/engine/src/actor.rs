@@ -63,6 +63,8 @@ pub(crate) struct Lifecycle {
     /// Set while an upgrade hands the engine over: no deployment starts and
     /// no standby is stopped.
     pub frozen: Arc<AtomicBool>,
+    /// Recovery health gates still running, over all apps.
+    pub gates: Arc<watch::Sender<usize>>,
 }
 
 pub(crate) struct ActorHandle {
@@ -132,7 +134,13 @@ pub(crate) fn spawn(
         }
         Some(live) => {
             let context = actor.context.clone();
-            actor.job = Some(Job::Gate(tokio::spawn(recovery::gate(context, live))));
+            let gates = lifecycle.gates.clone();
+            gates.send_modify(|pending| *pending += 1);
+            actor.job = Some(Job::Gate(tokio::spawn(async move {
+                let gated = recovery::gate(context, live).await;
+                gates.send_modify(|pending| *pending = pending.saturating_sub(1));
+                gated
+            })));
         }
         None => {}
     }

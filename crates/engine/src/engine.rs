@@ -54,6 +54,8 @@ struct Inner {
     stopped: Mutex<Option<mpsc::Receiver<()>>>,
     /// Set while an upgrade hands the engine over (see [`Engine::freeze`]).
     frozen: Arc<AtomicBool>,
+    /// Recovery health gates still running (see [`Engine::wait_recovered`]).
+    gates: Arc<watch::Sender<usize>>,
 }
 
 impl Engine {
@@ -88,6 +90,7 @@ impl Engine {
         let (shutdown, shutdown_signal) = watch::channel(false);
         let (stopped_sender, stopped) = mpsc::channel(1);
         let frozen = Arc::new(AtomicBool::new(false));
+        let gates = Arc::new(watch::Sender::new(0));
         let mut apps = BTreeMap::new();
         for app in &config.apps {
             let store_for_app = store.clone();
@@ -105,6 +108,7 @@ impl Engine {
                 shutdown: shutdown_signal.clone(),
                 stopped: stopped_sender.clone(),
                 frozen: frozen.clone(),
+                gates: gates.clone(),
             };
             apps.insert(
                 app.name.clone(),
@@ -120,8 +124,19 @@ impl Engine {
                 shutdown,
                 stopped: Mutex::new(Some(stopped)),
                 frozen,
+                gates,
             }),
         })
+    }
+
+    /// Waits (up to `bound`) until every recovered live release passed or
+    /// failed its health gate, so that a restarted daemon can leave new
+    /// connections in the listen backlog instead of answering 503 while it
+    /// checks. True if all gates ended in time.
+    pub async fn wait_recovered(&self, bound: Duration) -> bool {
+        let mut pending = self.inner.gates.subscribe();
+        let ended = tokio::time::timeout(bound, pending.wait_for(|n| *n == 0)).await;
+        ended.is_ok()
     }
 
     /// For an upgrade: from now on no deployment starts (requests are
