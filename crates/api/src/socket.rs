@@ -3,15 +3,15 @@
 
 use crate::routes::router_with_shutdown;
 use crate::shutdown::Shutdown;
+use crate::upgrade::Upgrades;
 use cutover_engine::Engine;
 use std::future::Future;
 use std::io;
-use crate::upgrade::Upgrades;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;

@@ -1,8 +1,7 @@
 //! The commands that talk to the daemon, and `config check`.
 
 use crate::cli::{
-    AbortArgs, DeployArgs, GlobalArgs, HistoryArgs, LogsArgs, RollbackArgs, StatusArgs,
-    UpgradeArgs,
+    AbortArgs, DeployArgs, GlobalArgs, HistoryArgs, LogsArgs, RollbackArgs, StatusArgs, UpgradeArgs,
 };
 use crate::client::{segment, Client, ClientError};
 use crate::failure::{Failure, Outcome, FAILED, USAGE};
@@ -343,9 +342,10 @@ pub async fn upgrade(global: &GlobalArgs, args: &UpgradeArgs) -> Outcome {
     let client = client(global)?;
     let binary = match &args.binary {
         // The daemon runs elsewhere: give it an absolute path.
-        Some(path) => Some(std::path::absolute(path).map_err(|e| {
-            Failure::usage(format!("--binary {}: {e}", path.display()))
-        })?),
+        Some(path) => Some(
+            std::path::absolute(path)
+                .map_err(|e| Failure::usage(format!("--binary {}: {e}", path.display())))?,
+        ),
         None => None,
     };
     let body = json!({ "binary": binary });
@@ -357,7 +357,9 @@ pub async fn upgrade(global: &GlobalArgs, args: &UpgradeArgs) -> Outcome {
         // Refused before it started (e.g. by an older daemon): the error.
         Err(_) => {
             let message = value["error"].as_str().unwrap_or("unexpected answer");
-            return Err(Failure::failed(format!("cutover upgrade failed ({status}): {message}")));
+            return Err(Failure::failed(format!(
+                "cutover upgrade failed ({status}): {message}"
+            )));
         }
     };
     if global.json {

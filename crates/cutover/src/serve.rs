@@ -48,7 +48,9 @@ pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
             let from = inheritance.from_pid;
             let intakes = daemon.intakes.clone();
             inheritance.ready(intakes).map_err(|e| {
-                Failure::failed(format!("cannot tell the running cutover this one serves: {e}"))
+                Failure::failed(format!(
+                    "cannot tell the running cutover this one serves: {e}"
+                ))
             })?;
             tracing::info!("took over from pid {from}");
             systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
@@ -90,7 +92,10 @@ struct Daemon {
     intakes: HashMap<SocketAddr, IntakeSender>,
 }
 
-async fn start(config: &Config, mut inheritance: Option<&mut Inheritance>) -> Result<Daemon, Failure> {
+async fn start(
+    config: &Config,
+    mut inheritance: Option<&mut Inheritance>,
+) -> Result<Daemon, Failure> {
     let admin = match inheritance.as_mut().and_then(|i| i.take_admin()) {
         Some(listener) => AdminSocket::adopt(listener, &config.admin.socket),
         None => AdminSocket::bind(&config.admin.socket).await,
@@ -109,9 +114,13 @@ async fn start(config: &Config, mut inheritance: Option<&mut Inheritance>) -> Re
         Some(webhook) => {
             let inherited = sources.take(ListenerKind::Webhook, webhook.listen);
             Some(
-                cutover_webhook::Receiver::bind_or_adopt(Arc::new(config.clone()), store.clone(), inherited)
-                    .await
-                    .map_err(Failure::failed)?,
+                cutover_webhook::Receiver::bind_or_adopt(
+                    Arc::new(config.clone()),
+                    store.clone(),
+                    inherited,
+                )
+                .await
+                .map_err(Failure::failed)?,
             )
         }
         None => None,
@@ -120,9 +129,14 @@ async fn start(config: &Config, mut inheritance: Option<&mut Inheritance>) -> Re
         .as_ref()
         .map(|i| handover::handed_releases(&i.apps))
         .unwrap_or_default();
-    let engine = Engine::start_adopting(Arc::new(config.clone()), store.clone(), router.clone(), &handed)
-        .await
-        .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
+    let engine = Engine::start_adopting(
+        Arc::new(config.clone()),
+        store.clone(),
+        router.clone(),
+        &handed,
+    )
+    .await
+    .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
 
     wait_for_recovery(config, &engine).await;
     let mut handover_fds = listeners.handover_fds()?;
@@ -141,7 +155,9 @@ async fn start(config: &Config, mut inheritance: Option<&mut Inheritance>) -> Re
     let upgrader = Upgrader {
         state_dir: config.state_dir.clone(),
         listeners: handover_fds,
-        admin: admin.listener_fd().map_err(|e| Failure::failed(format!("admin socket: {e}")))?,
+        admin: admin
+            .listener_fd()
+            .map_err(|e| Failure::failed(format!("admin socket: {e}")))?,
         engine: engine.clone(),
     };
     let keep_admin_file = admin.keep_file();
@@ -328,9 +344,11 @@ async fn wait_for_tunnels(router: Router, config: &Config, grace: Duration) {
         }
     });
     if waited.await.is_err() {
-        tracing::warn!("{} request(s) or tunnel(s) still open after {grace:?}; closing them", busy());
+        tracing::warn!(
+            "{} request(s) or tunnel(s) still open after {grace:?}; closing them",
+            busy()
+        );
     }
-
 }
 
 type AdminEnded = Result<Result<(), cutover_api::ApiError>, tokio::task::JoinError>;
@@ -459,7 +477,11 @@ struct ListenerSources<'a> {
 }
 
 impl ListenerSources<'_> {
-    fn take(&mut self, kind: ListenerKind, configured: SocketAddr) -> Option<std::net::TcpListener> {
+    fn take(
+        &mut self,
+        kind: ListenerKind,
+        configured: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
         if let Some(inherited) = self
             .inheritance
             .as_mut()
@@ -499,7 +521,10 @@ struct Proxies {
 }
 
 impl Listeners {
-    async fn bind(config: &Config, sources: &mut ListenerSources<'_>) -> Result<Listeners, Failure> {
+    async fn bind(
+        config: &Config,
+        sources: &mut ListenerSources<'_>,
+    ) -> Result<Listeners, Failure> {
         // In nginx front mode nginx takes the client traffic: no listener here.
         let listen = match &config.proxy.nginx {
             Some(_) => &[][..],
@@ -522,7 +547,10 @@ impl Listeners {
             .chain(&self.secure)
             .map(|(tag, listener)| {
                 let fd = listener.as_fd().try_clone_to_owned().map_err(|e| {
-                    Failure::failed(format!("cannot keep the listener {} for upgrades: {e}", tag.local))
+                    Failure::failed(format!(
+                        "cannot keep the listener {} for upgrades: {e}",
+                        tag.local
+                    ))
                 })?;
                 Ok((tag.clone(), fd))
             })
@@ -639,7 +667,8 @@ async fn bind_all(
     };
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        let failed = |e: std::io::Error| Failure::failed(format!("cannot listen on {addr} ({key}): {e}"));
+        let failed =
+            |e: std::io::Error| Failure::failed(format!("cannot listen on {addr} ({key}): {e}"));
         let listener = match sources.take(kind, *addr) {
             Some(listener) => listener
                 .set_nonblocking(true)

@@ -37,7 +37,9 @@ pub fn activated_listeners() -> Vec<std::net::TcpListener> {
     }
     let mut listeners = Vec::with_capacity(count);
     for offset in 0..count {
-        let Ok(offset) = RawFd::try_from(offset) else { break };
+        let Ok(offset) = RawFd::try_from(offset) else {
+            break;
+        };
         let fd = LISTEN_FDS_START + offset;
         // SAFETY: LISTEN_PID names this process, so systemd passed it the
         // descriptors LISTEN_FDS_START..+LISTEN_FDS, open across exec: no
@@ -58,7 +60,10 @@ pub fn activated_listeners() -> Vec<std::net::TcpListener> {
         if is_tcp_listener {
             listeners.push(std::net::TcpListener::from(owned));
         } else {
-            tracing::warn!(fd, "ignoring a socket-activated descriptor that is not a TCP socket");
+            tracing::warn!(
+                fd,
+                "ignoring a socket-activated descriptor that is not a TCP socket"
+            );
         }
     }
     listeners

@@ -68,7 +68,9 @@ fn socket_activated_serve_takes_the_passed_listener_and_notifies_systemd() {
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
     assert!(
-        daemon.serve_log().contains("listening on the socket systemd passed"),
+        daemon
+            .serve_log()
+            .contains("listening on the socket systemd passed"),
         "{}",
         daemon.serve_log()
     );
@@ -127,7 +129,10 @@ fn kill_9_and_restart_under_socket_activation_refuses_no_connection() {
     stop(serve);
 
     let failures = report.failures();
-    let refused: Vec<&&str> = failures.iter().filter(|f| f.starts_with("connect")).collect();
+    let refused: Vec<&&str> = failures
+        .iter()
+        .filter(|f| f.starts_with("connect"))
+        .collect();
     println!(
         "{} requests; {} failed: requests in flight at the kill -9 ({:?})",
         report.requests(),

@@ -32,7 +32,10 @@ fn ws_open(port: u16) -> Ws {
 
 fn echo(ws: &mut Ws, text: &str, daemon: &Daemon) {
     if let Err(e) = ws.send(Message::text(text)) {
-        panic!("sending {text:?} on the websocket failed: {e}\n{}", daemon.serve_log());
+        panic!(
+            "sending {text:?} on the websocket failed: {e}\n{}",
+            daemon.serve_log()
+        );
     }
     loop {
         match ws.read() {
@@ -42,7 +45,7 @@ fn echo(ws: &mut Ws, text: &str, daemon: &Daemon) {
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             other => {
-                        panic!("expected the echo of {text:?}, got {other:?}")
+                panic!("expected the echo of {text:?}, got {other:?}")
             }
         }
     }
@@ -68,7 +71,11 @@ fn sse_stream(port: u16, events: usize, every_ms: u64) -> JoinHandle<Vec<String>
             let n = reader
                 .read_line(&mut line)
                 .unwrap_or_else(|e| panic!("SSE event {} did not arrive: {e}", received.len()));
-            assert!(n > 0, "the SSE stream ended after {} events", received.len());
+            assert!(
+                n > 0,
+                "the SSE stream ended after {} events",
+                received.len()
+            );
             if let Some(data) = line.trim_end().strip_prefix("data: ") {
                 received.push(data.to_owned());
             }
@@ -147,7 +154,9 @@ fn twenty_upgrades_under_load_fail_no_request_and_keep_websocket_sse_and_upload_
     echo(&mut ws, "before", &daemon);
     let sse = sse_stream(port, 40, 200);
     let upload = slow_upload(port, 40, Duration::from_millis(150));
-    eventually(Duration::from_secs(10), "load before the upgrades", || keep_alive.answered() > 50);
+    eventually(Duration::from_secs(10), "load before the upgrades", || {
+        keep_alive.answered() > 50
+    });
 
     let mut previous = None;
     for round in 1..=UPGRADES {
@@ -178,7 +187,10 @@ fn twenty_upgrades_under_load_fail_no_request_and_keep_websocket_sse_and_upload_
     assert_eq!(events.last().unwrap(), "version=v1 event=39");
     let answer = upload.join().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains(&format!("bytes={}", 40 * 64 * 1024)), "{answer}");
+    assert!(
+        answer.contains(&format!("bytes={}", 40 * 64 * 1024)),
+        "{answer}"
+    );
     echo(&mut ws, "at the end", &daemon);
     ws.close(None).unwrap();
     let _ = ws.flush();
@@ -212,7 +224,11 @@ fn upgrade_to_a_binary_that_exits_at_start_or_is_not_executable_fails_and_the_ol
     daemon.deploy("v1");
     let first = daemon.first_pid().unwrap();
     let exits = daemon.dir.path().join("exits-at-start");
-    std::fs::write(&exits, "#!/bin/sh\necho 'this cutover is broken' >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &exits,
+        "#!/bin/sh\necho 'this cutover is broken' >&2\nexit 3\n",
+    )
+    .unwrap();
     set_mode(&exits, 0o755);
     let not_executable = daemon.dir.path().join("not-executable");
     std::fs::write(&not_executable, "not a program").unwrap();

@@ -97,7 +97,11 @@ async fn ready(sender: &mut Sender) -> bool {
 }
 
 async fn send(sender: &mut Sender) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
-    let request = || http::Request::get("https://a.test/").body(Empty::new()).unwrap();
+    let request = || {
+        http::Request::get("https://a.test/")
+            .body(Empty::new())
+            .unwrap()
+    };
     match sender {
         Sender::Http1(s) => {
             let mut request = request();
@@ -207,9 +211,11 @@ fn twenty_upgrades_under_tls_and_http2_clients_fail_nothing() {
             ))
         })
         .collect();
-    eventually(Duration::from_secs(10), "requests before the upgrades", || {
-        tally.ok.load(Ordering::SeqCst) > 50
-    });
+    eventually(
+        Duration::from_secs(10),
+        "requests before the upgrades",
+        || tally.ok.load(Ordering::SeqCst) > 50,
+    );
     for round in 1..=UPGRADES {
         let output = daemon.upgrade(None);
         assert!(
@@ -221,9 +227,11 @@ fn twenty_upgrades_under_tls_and_http2_clients_fail_nothing() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let before = tally.ok.load(Ordering::SeqCst);
-    eventually(Duration::from_secs(10), "requests after the upgrades", || {
-        tally.ok.load(Ordering::SeqCst) > before + 50
-    });
+    eventually(
+        Duration::from_secs(10),
+        "requests after the upgrades",
+        || tally.ok.load(Ordering::SeqCst) > before + 50,
+    );
     stop.store(true, Ordering::SeqCst);
     runtime.block_on(async {
         for client in clients {
@@ -236,6 +244,10 @@ fn twenty_upgrades_under_tls_and_http2_clients_fail_nothing() {
         tally.ok.load(Ordering::SeqCst),
         tally.reconnects.load(Ordering::SeqCst)
     );
-    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
     assert!(tally.reconnects.load(Ordering::SeqCst) >= UPGRADES);
 }

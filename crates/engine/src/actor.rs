@@ -53,7 +53,6 @@ pub(crate) enum Command {
     },
 }
 
-
 /// How the daemon's stop reaches an actor, mini-redis style: one signal
 /// broadcast to every actor, and a completion sender each actor holds
 /// until it has stopped (the engine waits for the last one to drop).

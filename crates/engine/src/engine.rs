@@ -1,13 +1,13 @@
 //! The engine handle: what the admin API (and tests) call.
 
 use crate::actor::{self, ActorHandle, Command, Lifecycle};
-use crate::recovery::AppHandover;
 use crate::blocking::blocking;
 use crate::context::AppContext;
 use crate::error::EngineError;
 use crate::events::EventBus;
 use crate::front::Front;
 use crate::model::{AppStatus, DeployRequest, DeploymentDetail, SourceRequest};
+use crate::recovery::AppHandover;
 use crate::{pipeline, recovery};
 use cutover_config::git_ref::{split_ref, validate_commit};
 use cutover_config::{AppConfig, Config, DriverConfig, Slot, SourceConfig};

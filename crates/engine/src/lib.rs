@@ -56,7 +56,6 @@ mod pipeline;
 mod recovery;
 mod slots;
 
-pub use recovery::{AppHandover, HandoverRelease};
 pub use engine::{Engine, ShutdownOutcome};
 pub use error::EngineError;
 pub use events::AppEvent;
@@ -64,3 +63,4 @@ pub use log_tail::tail_lines;
 pub use model::{
     AppStatus, DeployRequest, DeploymentDetail, DrainingRelease, LiveHealth, SourceRequest,
 };
+pub use recovery::{AppHandover, HandoverRelease};

@@ -93,8 +93,8 @@ mod workers;
 
 pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
 pub use error::ProxyError;
-pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use handoff::{intake, HandedConn, Handoff, Intake, IntakeSender};
+pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use server::{serve, serve_adopting, serve_with, ServeOptions};
 pub use settings::ProxySettings;
 pub use tls::{CertKeyFiles, Tls, TlsError};

@@ -164,7 +164,13 @@ async fn serve_listener(
     }
     drop(socket);
     if let Some(intake) = intake {
-        let adopting = adopt_loop(intake, Arc::clone(&acceptor), handles, Arc::clone(&balance), stopped.clone());
+        let adopting = adopt_loop(
+            intake,
+            Arc::clone(&acceptor),
+            handles,
+            Arc::clone(&balance),
+            stopped.clone(),
+        );
         loops.push(tokio::spawn(adopting));
     }
     drop(stopped);

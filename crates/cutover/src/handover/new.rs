@@ -106,7 +106,9 @@ fn read_hello(stream: &UnixStream) -> Result<Hello, HandoverError> {
         ..
     } = message
     else {
-        return Err(HandoverError::Unexpected("the first message is not a hello"));
+        return Err(HandoverError::Unexpected(
+            "the first message is not a hello",
+        ));
     };
     let mut fds = fds.into_iter();
     let listeners = listeners
@@ -117,7 +119,9 @@ fn read_hello(stream: &UnixStream) -> Result<Hello, HandoverError> {
     let admin = fds
         .next()
         .map(std::os::unix::net::UnixListener::from)
-        .ok_or(HandoverError::Unexpected("the hello carries no admin socket"))?;
+        .ok_or(HandoverError::Unexpected(
+            "the hello carries no admin socket",
+        ))?;
     Ok((pid, listeners, admin, apps))
 }
 
@@ -135,7 +139,9 @@ fn receive_connections(stream: &UnixStream, intakes: &HashMap<SocketAddr, Intake
                 match intakes.get(&listener) {
                     Some(intake) if intake.adopt(conn).is_ok() => adopted += 1,
                     // No such listener here (the config changed): it closes.
-                    _ => tracing::debug!(%listener, "a handed-over connection has no listener here"),
+                    _ => {
+                        tracing::debug!(%listener, "a handed-over connection has no listener here")
+                    }
                 }
             }
             Ok(_) => tracing::warn!("unexpected hand-over message after ready"),

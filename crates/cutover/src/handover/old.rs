@@ -55,7 +55,9 @@ impl Upgrader {
             }
         };
         let hello = self.hello(&apps);
-        let fds = self.duplicate_fds().map_err(|e| format!("cannot hand over the sockets: {e}"));
+        let fds = self
+            .duplicate_fds()
+            .map_err(|e| format!("cannot hand over the sockets: {e}"));
         let state_dir = self.state_dir.clone();
         let ran = match fds {
             Ok(fds) => tokio::task::spawn_blocking(move || {
@@ -131,18 +133,15 @@ fn take_over(
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     steps.push(format!("started {} (pid {})", binary.display(), child.id()));
     let deadline = Instant::now() + TAKE_OVER_TIMEOUT;
-    let result = socket
-        .accept(&mut child, deadline)
-        .and_then(|stream| {
-            steps.push(
-                "handed over the listening sockets, the admin socket and the live releases"
-                    .to_string(),
-            );
-            let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-            wire::send(&stream, hello, &borrowed).map_err(|e| e.to_string())?;
-            let pid = wait_ready(&stream, &mut child, deadline)?;
-            Ok(HandedOver { stream, pid })
-        });
+    let result = socket.accept(&mut child, deadline).and_then(|stream| {
+        steps.push(
+            "handed over the listening sockets, the admin socket and the live releases".to_string(),
+        );
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        wire::send(&stream, hello, &borrowed).map_err(|e| e.to_string())?;
+        let pid = wait_ready(&stream, &mut child, deadline)?;
+        Ok(HandedOver { stream, pid })
+    });
     match &result {
         Ok(handed) => steps.push(format!(
             "the new process (pid {}) serves; this one (pid {}) stops accepting, finishes its requests and hands over idle connections",
@@ -225,7 +224,9 @@ fn wait_ready(stream: &UnixStream, child: &mut Child, deadline: Instant) -> Resu
                     check_child(child, deadline, "said it serves")?;
                     std::thread::sleep(CHILD_POLL);
                 }
-                return Err("the new process closed the hand-over socket before it served".to_string());
+                return Err(
+                    "the new process closed the hand-over socket before it served".to_string(),
+                );
             }
             Err(e) => return Err(format!("the hand-over failed: {e}")),
         }
@@ -236,7 +237,9 @@ fn wait_ready(stream: &UnixStream, child: &mut Child, deadline: Instant) -> Resu
 /// An error if the new process exited or the deadline passed.
 fn check_child(child: &mut Child, deadline: Instant, before: &str) -> Result<(), String> {
     match child.try_wait() {
-        Ok(Some(status)) => Err(format!("the new process exited ({status}) before it {before}")),
+        Ok(Some(status)) => Err(format!(
+            "the new process exited ({status}) before it {before}"
+        )),
         _ if Instant::now() >= deadline => Err(format!(
             "the new process did not take over within {}s",
             TAKE_OVER_TIMEOUT.as_secs()
@@ -270,7 +273,9 @@ pub fn forward_connections(
             match wire::send(&stream, &message, &[conn.stream.as_fd()]) {
                 Ok(()) => passed += 1,
                 // The connection closes as it is dropped here.
-                Err(e) => tracing::warn!(error = %e, "cannot pass a client connection to the new process"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pass a client connection to the new process")
+                }
             }
         }
         passed
