@@ -326,11 +326,12 @@ fn deploy_awaiting_promotion(daemon: &Daemon, version: &str) {
     });
 }
 
-/// An upgrade never cuts a deployment in two: while one awaits promotion
-/// the upgrade is refused, saying which one to finish or abort, and the
-/// deployment still awaits promotion afterwards (then promotes normally).
+/// A deployment awaiting promotion survives an upgrade that fails (the
+/// old process goes on awaiting), an upgrade, and a plain restart: its
+/// release keeps running (same process), the preview still reaches it, and
+/// `cutover promote` then switches to it.
 #[test]
-fn upgrade_is_refused_while_a_deployment_awaits_promotion_and_the_deployment_stays() {
+fn a_deployment_awaiting_promotion_survives_a_failed_upgrade_an_upgrade_and_a_restart() {
     let mut daemon = Daemon::start(AppOptions {
         extra: "promotion = \"manual\"".to_string(),
         ..AppOptions::default()
@@ -339,6 +340,72 @@ fn upgrade_is_refused_while_a_deployment_awaits_promotion_and_the_deployment_sta
     daemon.ok(&["promote", "web"]);
     daemon.wait_serving("v1", Duration::from_secs(20));
     deploy_awaiting_promotion(&daemon, "v2");
+    let v2 = release_pid(&daemon, "v2");
+    let still_awaiting = |daemon: &Daemon, after: &str| {
+        let status = daemon.status();
+        assert_eq!(
+            status["current_deployment"]["state"],
+            "awaiting_promotion",
+            "after {after}: {status}\n{}",
+            daemon.serve_log()
+        );
+        assert_eq!(status["live_version"], "v1", "after {after}");
+        assert_eq!(
+            release_pid(daemon, "v2"),
+            v2,
+            "after {after}: v2 was restarted"
+        );
+        let preview = cutover_test_support::http::Connection::open(daemon.proxy_port)
+            .and_then(|mut c| c.get_with("/", &[("X-Cutover-Preview", "1")]))
+            .unwrap();
+        assert_eq!(
+            preview.text().trim(),
+            "version=v2",
+            "after {after}: preview"
+        );
+    };
+
+    let broken = daemon.dir.path().join("exits-at-start");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    set_mode(&broken, 0o755);
+    assert_eq!(daemon.upgrade(Some(&broken)).status.code(), Some(1));
+    still_awaiting(&daemon, "a failed upgrade");
+
+    let output = daemon.upgrade(None);
+    assert!(output.status.success(), "{output:?}");
+    still_awaiting(&daemon, "an upgrade");
+
+    // A plain restart of the process that took over.
+    let pid = *daemon.upgraded.last().unwrap();
+    cutover_test_support::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+    eventually(
+        Duration::from_secs(15),
+        "the upgraded daemon to stop",
+        || !daemon.is_serve_process(pid),
+    );
+    daemon.spawn();
+    still_awaiting(&daemon, "a restart");
+
+    let load = Load::start(daemon.proxy_port, 4, usize::MAX, Duration::from_secs(60));
+    daemon.ok(&["promote", "web"]);
+    daemon.wait_serving("v2", Duration::from_secs(20));
+    let report = load.stop();
+    assert_eq!(report.failures(), Vec::<&str>::new());
+    assert_eq!(release_pid(&daemon, "v2"), v2);
+}
+
+/// An upgrade never cuts a running deployment in two: while one runs (here
+/// a health check that takes its time) the upgrade is refused, saying which
+/// one to finish or abort.
+#[test]
+fn upgrade_is_refused_while_a_deployment_runs() {
+    let mut daemon = Daemon::start(AppOptions::default());
+    daemon.deploy("v1");
+    daemon.behave("v2", "--healthy-after 4000");
+    daemon.ok(&["deploy", "web", "--version", "v2", "--no-wait"]);
+    eventually(Duration::from_secs(20), "v2 being checked", || {
+        daemon.status()["current_deployment"]["state"] == "checking"
+    });
     let output = daemon.upgrade(None);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -346,12 +413,7 @@ fn upgrade_is_refused_while_a_deployment_awaits_promotion_and_the_deployment_sta
         stderr.contains("deployment 2 of app web is running; retry after it ends or abort it"),
         "{stderr}"
     );
-    assert_eq!(
-        daemon.status()["current_deployment"]["state"],
-        "awaiting_promotion"
-    );
-    daemon.ok(&["promote", "web"]);
-    daemon.wait_serving("v2", Duration::from_secs(20));
+    daemon.wait_serving("v2", Duration::from_secs(30));
     let output = daemon.upgrade(None);
     assert!(output.status.success(), "{output:?}");
 }

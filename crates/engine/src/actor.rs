@@ -7,11 +7,12 @@ use crate::blocking::blocking;
 use crate::cancel::{self, Canceller, Interrupt};
 use crate::context::{AppContext, LiveRelease, Standby};
 use crate::deployment::{self, DeploymentJob, Outcome};
+use crate::deployment::{Candidate, Placed};
 use crate::error::EngineError;
 use crate::health;
 use crate::journal::Journal;
 use crate::model::{state_of, AppStatus, DeployRequest, DrainingRelease, LiveHealth, Trigger};
-use crate::recovery::{self, AppHandover, HandoverRelease, Recovered};
+use crate::recovery::{self, AppHandover, Awaiting, HandoverRelease, Recovered};
 use crate::slots;
 use cutover_config::Promotion;
 use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord};
@@ -51,6 +52,8 @@ pub(crate) enum Command {
     Handover {
         reply: Reply<AppHandover>,
     },
+    /// The upgrade did not happen: a deployment suspended for it goes on.
+    Thaw,
 }
 
 /// How the daemon's stop reaches an actor, mini-redis style: one signal
@@ -106,6 +109,11 @@ struct Actor {
     health: Arc<AtomicU8>,
     monitor: Option<JoinHandle<()>>,
     frozen: Arc<AtomicBool>,
+    /// Recovered awaiting promotion: goes on once the job slot is free.
+    awaiting: Option<Awaiting>,
+    /// Suspended while awaiting promotion for an upgrade (its release
+    /// runs on): the process that takes over, or a thaw, resumes it.
+    suspended: Option<i64>,
 }
 
 pub(crate) fn spawn(
@@ -124,6 +132,8 @@ pub(crate) fn spawn(
         health: Arc::new(AtomicU8::new(HEALTH_UNKNOWN)),
         monitor: None,
         frozen: lifecycle.frozen.clone(),
+        awaiting: recovered.awaiting,
+        suspended: None,
     };
     match recovered.live {
         // Handed over by the process this one replaced: already routed.
@@ -145,6 +155,11 @@ pub(crate) fn spawn(
     }
     if let Some(standby) = recovered.standby {
         actor.keep_standby(standby);
+    }
+    if actor.job.is_none() {
+        if let Some(awaiting) = actor.awaiting.take() {
+            actor.resume(awaiting);
+        }
     }
     tokio::spawn(actor.run(receiver, lifecycle));
     ActorHandle { commands }
@@ -195,6 +210,14 @@ impl Actor {
         }
         match self.job.take() {
             Some(Job::Gate(task)) => task.abort(),
+            Some(Job::Deployment(running)) if self.awaits_promotion(running.record.id).await => {
+                // Nothing to bring to a safe point: it waits, its release
+                // runs on, and the next start (or the process this one is
+                // upgraded to) goes on waiting with it.
+                running.task.abort();
+                tracing::info!(app = %self.context.name(), deployment = running.record.id,
+                    "shutting down: the deployment awaiting promotion stays so");
+            }
             Some(Job::Deployment(running)) => {
                 tracing::info!(app = %self.context.name(), deployment = running.record.id,
                     "shutting down: bringing the running deployment to a safe point");
@@ -229,15 +252,35 @@ impl Actor {
                 let _ = reply.send(self.status().await);
             }
             Command::Handover { reply } => {
-                let _ = reply.send(self.handover());
+                let _ = reply.send(self.handover().await);
             }
+            Command::Thaw => self.thaw().await,
         }
     }
 
+    /// Whether deployment `id` is recorded as awaiting promotion.
+    async fn awaits_promotion(&self, id: i64) -> bool {
+        let store = self.context.store.clone();
+        let record = blocking(move || store.deployment(id)).await;
+        matches!(record, Ok(Some(record)) if state_of(&record) == Some(DeploymentState::AwaitingPromotion))
+    }
+
     /// The releases to hand to the process that takes over, if nothing is
-    /// in progress (the engine is frozen, so nothing new starts).
-    fn handover(&self) -> Result<AppHandover, EngineError> {
+    /// in progress (the engine is frozen, so nothing new starts). A
+    /// deployment awaiting promotion is suspended (its release runs on):
+    /// the new process goes on awaiting it.
+    async fn handover(&mut self) -> Result<AppHandover, EngineError> {
         let name = self.context.name().to_string();
+        if let Some(Job::Deployment(running)) = &self.job {
+            if self.awaits_promotion(running.record.id).await {
+                if let Some(Job::Deployment(running)) = self.job.take() {
+                    running.task.abort();
+                    tracing::info!(app = %name, deployment = running.record.id,
+                        "suspended the deployment awaiting promotion for the upgrade");
+                    self.suspended = Some(running.record.id);
+                }
+            }
+        }
         match &self.job {
             Some(Job::Deployment(running)) => {
                 return Err(EngineError::Conflict(format!(
@@ -275,6 +318,38 @@ impl Actor {
             live,
             standby,
         })
+    }
+
+    /// The upgrade did not happen: the deployment suspended for it goes on
+    /// awaiting promotion (or is recorded as failed if its release ended).
+    async fn thaw(&mut self) {
+        let Some(id) = self.suspended.take() else {
+            return;
+        };
+        match recovery::resume_suspended(&self.context, id).await {
+            Some(awaiting) if self.job.is_none() => self.resume(awaiting),
+            Some(awaiting) => self.awaiting = Some(awaiting),
+            None => {
+                let why = "its release stopped while cutover was being upgraded";
+                self.transition(id, DeploymentState::Failed, why).await;
+            }
+        }
+    }
+
+    /// Goes on with a deployment awaiting promotion (after a restart, an
+    /// upgrade, or one that did not happen).
+    fn resume(&mut self, awaiting: Awaiting) {
+        let placed = Placed {
+            slot: awaiting.slot,
+            release: awaiting.release,
+            log_path: awaiting.log_path,
+        };
+        let new = Candidate::new(self.context.name(), placed, awaiting.started);
+        tracing::info!(app = %self.context.name(), deployment = awaiting.record.id,
+            "going on awaiting promotion of {}", new.placed.release.version);
+        self.launch(awaiting.record, false, move |job| {
+            deployment::resume_promotion(job, new)
+        });
     }
 
     async fn enqueue(
@@ -378,6 +453,7 @@ impl Actor {
 
     async fn abort(&mut self) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
+        self.refuse_while_frozen("abort")?;
         match &self.job {
             Some(Job::Deployment(running)) => {
                 if running.committed.load(Ordering::SeqCst) {
@@ -398,6 +474,7 @@ impl Actor {
 
     async fn promote(&mut self) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
+        self.refuse_while_frozen("promote")?;
         let Some(Job::Deployment(running)) = &self.job else {
             return Err(EngineError::NothingInProgress {
                 app: name,
@@ -422,6 +499,16 @@ impl Actor {
         }
         let _ = running.promote.send(true);
         Ok(record)
+    }
+
+    fn refuse_while_frozen(&self, action: &str) -> Result<(), EngineError> {
+        match self.frozen.load(Ordering::SeqCst) {
+            true => Err(EngineError::Conflict(format!(
+                "cutover is being upgraded; {action} {} again in a moment",
+                self.context.name()
+            ))),
+            false => Ok(()),
+        }
     }
 
     /// The `keep_old` window of the standby release ended: stop it, unless a
@@ -552,39 +639,57 @@ impl Actor {
 
     async fn start_next(&mut self) {
         while self.job.is_none() {
+            if let Some(awaiting) = self.awaiting.take() {
+                self.resume(awaiting);
+                continue;
+            }
             let Some(next) = self.queue.pop_front() else {
                 return;
             };
-            let (cancel, cancel_signal) = cancel::channel();
-            let (promote, promoted) = watch::channel(false);
-            let committed = Arc::new(AtomicBool::new(false));
             let trigger = Trigger::of(&next.record);
             // A rollback to the release kept idle is instant; any other
             // deployment takes over its slot (and stops it there).
             let standby = self.standby.take().filter(|standby| {
                 trigger == Trigger::Rollback && next.record.release_id == Some(standby.release.id)
             });
-            let job = DeploymentJob {
-                journal: Journal::new(&self.context, next.record.id),
-                context: self.context.clone(),
-                record: next.record.clone(),
-                trigger,
-                force: next.force,
-                live: self.live.clone(),
-                cancel: cancel_signal,
-                promoted,
-                committed: committed.clone(),
-                started_at: Instant::now(),
-            };
-            let task = tokio::spawn(deployment::run(job, standby));
-            self.job = Some(Job::Deployment(Box::new(RunningDeployment {
-                record: next.record,
-                cancel,
-                promote,
-                committed,
-                task,
-            })));
+            self.launch(next.record, next.force, move |job| {
+                deployment::run(job, standby)
+            });
         }
+    }
+
+    /// Makes `record` the running deployment, driven by `run`.
+    fn launch<F>(
+        &mut self,
+        record: DeploymentRecord,
+        force: bool,
+        run: impl FnOnce(DeploymentJob) -> F,
+    ) where
+        F: std::future::Future<Output = Outcome> + Send + 'static,
+    {
+        let (cancel, cancel_signal) = cancel::channel();
+        let (promote, promoted) = watch::channel(false);
+        let committed = Arc::new(AtomicBool::new(false));
+        let job = DeploymentJob {
+            journal: Journal::new(&self.context, record.id),
+            context: self.context.clone(),
+            record: record.clone(),
+            trigger: Trigger::of(&record),
+            force,
+            live: self.live.clone(),
+            cancel: cancel_signal,
+            promoted,
+            committed: committed.clone(),
+            started_at: Instant::now(),
+        };
+        let task = tokio::spawn(run(job));
+        self.job = Some(Job::Deployment(Box::new(RunningDeployment {
+            record,
+            cancel,
+            promote,
+            committed,
+            task,
+        })));
     }
 
     async fn transition(&self, id: i64, state: DeploymentState, message: &str) {

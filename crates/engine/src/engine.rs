@@ -139,11 +139,13 @@ impl Engine {
         ended.is_ok()
     }
 
-    /// For an upgrade: from now on no deployment starts (requests are
-    /// refused) and no `keep_old` standby is stopped; answers what every
-    /// app hands over. Refused, and thawed again, while a deployment runs
-    /// or waits (promotion included): the upgrade then waits for nothing
-    /// and says which one to finish or abort.
+    /// For an upgrade: from now on no deployment starts, is promoted or
+    /// aborted (requests are refused) and no `keep_old` standby is stopped;
+    /// answers what every app hands over. A deployment awaiting promotion
+    /// is suspended (its release runs on; the new process, or a thaw, goes
+    /// on awaiting it). Refused, and thawed again, while any other
+    /// deployment runs or is queued: the upgrade then waits for nothing and
+    /// says which one to finish or abort.
     pub async fn freeze(&self) -> Result<Vec<AppHandover>, EngineError> {
         self.inner.frozen.store(true, Ordering::SeqCst);
         let mut handed = Vec::with_capacity(self.inner.apps.len());
@@ -151,7 +153,7 @@ impl Engine {
             match self.ask(name, |reply| Command::Handover { reply }).await {
                 Ok(app) => handed.push(app),
                 Err(refused) => {
-                    self.thaw();
+                    self.thaw().await;
                     return Err(refused);
                 }
             }
@@ -159,9 +161,13 @@ impl Engine {
         Ok(handed)
     }
 
-    /// Deployments may start again (the upgrade did not happen).
-    pub fn thaw(&self) {
+    /// Deployments may start again (the upgrade did not happen); one that
+    /// was suspended while awaiting promotion goes on awaiting it.
+    pub async fn thaw(&self) {
         self.inner.frozen.store(false, Ordering::SeqCst);
+        for actor in self.inner.apps.values() {
+            let _ = actor.commands.send(Command::Thaw).await;
+        }
     }
 
     pub fn config(&self) -> &Config {

@@ -14,7 +14,9 @@ use crate::slots::{self, SlotFacts, SlotState};
 use cutover_config::Slot;
 use cutover_drivers::{ReleaseSpec, StartedRelease};
 use cutover_proxy::Upstream;
-use cutover_store::{now_ms, DeploymentState, SlotRecord};
+use cutover_store::{
+    now_ms, AppRecord, DeploymentRecord, DeploymentState, ReleaseRecord, SlotRecord,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -45,6 +47,19 @@ pub(crate) struct Recovered {
     pub routed: bool,
     /// The `keep_old` standby, still running.
     pub standby: Option<Standby>,
+    /// A deployment that was awaiting promotion, to go on awaiting it.
+    pub awaiting: Option<Awaiting>,
+}
+
+/// A deployment recorded as awaiting promotion whose release still runs in
+/// its target slot: after a restart or an upgrade (or an upgrade that did
+/// not happen) it goes on awaiting promotion with that release.
+pub(crate) struct Awaiting {
+    pub record: DeploymentRecord,
+    pub slot: Slot,
+    pub release: ReleaseRecord,
+    pub started: StartedRelease,
+    pub log_path: PathBuf,
 }
 
 /// `handed`: the live release the process this one took over from was
@@ -56,7 +71,7 @@ pub(crate) async fn recover(
     let app = context.name().to_string();
     let store = context.store.clone();
     let name = app.clone();
-    let (record, unfinished) = blocking(move || {
+    let (record, mut unfinished) = blocking(move || {
         let record = store.app(&name)?;
         let unfinished: Vec<_> = store
             .unfinished_deployments()?
@@ -71,6 +86,7 @@ pub(crate) async fn recover(
             live: None,
             routed: false,
             standby: None,
+            awaiting: None,
         });
     };
 
@@ -103,8 +119,12 @@ pub(crate) async fn recover(
         _ => false,
     };
 
+    let awaiting = adopt_awaiting(context, &mut unfinished, &record, live_slot).await;
     let mut standby = None;
     for slot in Slot::ALL.into_iter().filter(|s| Some(*s) != live_slot) {
+        if awaiting.as_ref().is_some_and(|a| a.slot == slot) {
+            continue;
+        }
         if let Some(slot_record) = record.slot(slot.as_str()) {
             if live.is_some() && unfinished.is_empty() {
                 standby = adopt_standby(context, slot, slot_record).await;
@@ -125,6 +145,7 @@ pub(crate) async fn recover(
         .iter()
         .map(|l| l.runtime_id.clone())
         .chain(standby.iter().map(|s| s.runtime_id.clone()))
+        .chain(awaiting.iter().map(|a| a.started.runtime_id.clone()))
         .collect();
     match context.driver.stop_orphans(&app, &keep).await {
         Ok(stopped) if !stopped.is_empty() => {
@@ -137,7 +158,64 @@ pub(crate) async fn recover(
         live,
         routed,
         standby,
+        awaiting,
     })
+}
+
+/// The deployment among `unfinished` that awaits promotion, if its release
+/// still runs in its target slot (taken out of `unfinished`: it is not
+/// interrupted).
+async fn adopt_awaiting(
+    context: &AppContext,
+    unfinished: &mut Vec<DeploymentRecord>,
+    record: &AppRecord,
+    live_slot: Option<Slot>,
+) -> Option<Awaiting> {
+    let awaiting = DeploymentState::AwaitingPromotion.as_str();
+    let at = unfinished.iter().position(|d| d.state == awaiting)?;
+    let deployment = &unfinished[at];
+    let slot: Slot = deployment.target_slot.as_deref()?.parse().ok()?;
+    let slot_record = record
+        .slot(slot.as_str())
+        .filter(|_| Some(slot) != live_slot)?;
+    let release = slot_record
+        .release
+        .clone()
+        .filter(|r| Some(r.id) == deployment.release_id)?;
+    let runtime_id = slot_record.runtime_id.as_deref()?;
+    let addr: SocketAddr = slot_record.addr.as_deref()?.parse().ok()?;
+    let started = match context.driver.adopt(runtime_id, addr).await {
+        Ok(Some(started)) => started,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(app = %context.name(), %slot, "cannot adopt the release awaiting promotion: {e}");
+            return None;
+        }
+    };
+    let log_path = slot_record.log_path.as_ref().map(PathBuf::from)?;
+    tracing::info!(app = %context.name(), %slot, version = %release.version, deployment = deployment.id,
+        "the deployment awaiting promotion goes on awaiting it");
+    Some(Awaiting {
+        record: unfinished.remove(at),
+        slot,
+        release,
+        started,
+        log_path,
+    })
+}
+
+/// A deployment this process suspended while it awaited promotion (for an
+/// upgrade that then did not happen), adopted again from the store.
+pub(crate) async fn resume_suspended(context: &AppContext, id: i64) -> Option<Awaiting> {
+    let store = context.store.clone();
+    let name = context.name().to_string();
+    let found = blocking(move || Ok((store.deployment(id)?, store.app(&name)?))).await;
+    let (deployment, record) = match found {
+        Ok((Some(deployment), Some(record))) => (deployment, record),
+        _ => return None,
+    };
+    let live_slot = record.live_slot.as_deref().and_then(|s| s.parse().ok());
+    adopt_awaiting(context, &mut vec![deployment], &record, live_slot).await
 }
 
 /// Routes the live release an upgrade handed over: it served traffic in

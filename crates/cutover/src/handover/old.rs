@@ -50,7 +50,7 @@ impl Upgrader {
         let binary = match binary.map_or_else(own_executable, Ok) {
             Ok(binary) => binary,
             Err(why) => {
-                self.engine.thaw();
+                self.engine.thaw().await;
                 return Err(why);
             }
         };
@@ -77,7 +77,7 @@ impl Upgrader {
             Err(why) => Err(why),
         };
         if result.is_err() {
-            self.engine.thaw();
+            self.engine.thaw().await;
         }
         result
     }
