@@ -3,12 +3,23 @@
 //! Order matters: the admin socket is bound first, so a second daemon on
 //! the same state_dir stops before its recovery could touch the first's
 //! releases; then the store, the proxy listeners, the engine (recovery),
-//! the proxy and the admin API. On SIGTERM/SIGINT the listeners stop
-//! accepting; in-flight proxy requests finish while the engine brings every
-//! app to a safe point (a running deployment halts at its step and cleans
-//! up, or finishes once committed), each within its bound; then the admin
-//! socket is removed. Releases keep running: they are separate process
-//! groups, adopted again by the next start.
+//! the proxy and the admin API. Listening sockets (and the admin socket)
+//! come from the process being upgraded when this one takes over (see
+//! `handover`), else from systemd socket activation, else they are bound.
+//! Connections are accepted only once the recovered live releases passed
+//! their health gates (they wait in the backlog meanwhile).
+//!
+//! On SIGTERM/SIGINT the listeners stop accepting; in-flight proxy
+//! requests finish while the engine brings every app to a safe point (a
+//! running deployment halts at its step and cleans up, or finishes once
+//! committed; one awaiting promotion stays so), each within its bound;
+//! then the admin socket is removed. Releases keep running: they are
+//! separate process groups, adopted again by the next start.
+//!
+//! On `cutover upgrade` (`POST /v1/upgrade`) or SIGUSR2 the daemon starts
+//! the new binary and, once it serves, drains: idle connections go to the
+//! new process, requests, streams and tunnels in flight finish here, the
+//! admin socket file stays for the new process.
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::failure::{Failure, Outcome};

@@ -193,9 +193,12 @@ impl Actor {
     /// The daemon is stopping. Waiting deployments are recorded as aborted;
     /// a running one is interrupted: before its commit it halts at its
     /// current step (new release stopped, reason recorded, live release
-    /// untouched), after it (draining) it finishes. The recovery health
-    /// gate is simply dropped: the next start checks again. Releases keep
-    /// running; the engine bounds how long this may take.
+    /// untouched), after it (draining) it finishes; one awaiting promotion
+    /// is left so (its task dropped at its wait, which is as safe as a
+    /// crash there: every transition was recorded first), for the next
+    /// start to go on awaiting. The recovery health gate is simply
+    /// dropped: the next start checks again. Releases keep running; the
+    /// engine bounds how long this may take.
     async fn stop_at_safe_point(&mut self) {
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();

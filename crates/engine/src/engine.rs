@@ -314,8 +314,9 @@ impl Engine {
     /// Stops every app's actor at a safe point and waits for all of them,
     /// up to [`Engine::shutdown_bound`]: waiting deployments are recorded
     /// as aborted, a running one is interrupted before its commit (its new
-    /// release stopped, the live one untouched) or finishes after it. The
-    /// releases keep serving while cutover is down.
+    /// release stopped, the live one untouched) or finishes after it; one
+    /// awaiting promotion stays so (the next start goes on awaiting it).
+    /// The releases keep serving while cutover is down.
     pub async fn shutdown(&self) -> ShutdownOutcome {
         let began = Instant::now();
         let bound = self.shutdown_bound();
