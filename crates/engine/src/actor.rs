@@ -362,9 +362,7 @@ impl Actor {
     ) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
         if self.frozen.load(Ordering::SeqCst) {
-            return Err(EngineError::Conflict(format!(
-                "cutover is being upgraded; deploy {name} again in a moment"
-            )));
+            return Err(EngineError::Upgrading(format!("deploy {name}")));
         }
         if let Some(live) = &self.live {
             if live.release.version == request.version && !request.force && release.is_none() {
@@ -506,8 +504,8 @@ impl Actor {
 
     fn refuse_while_frozen(&self, action: &str) -> Result<(), EngineError> {
         match self.frozen.load(Ordering::SeqCst) {
-            true => Err(EngineError::Conflict(format!(
-                "cutover is being upgraded; {action} {} again in a moment",
+            true => Err(EngineError::Upgrading(format!(
+                "{action} {}",
                 self.context.name()
             ))),
             false => Ok(()),
