@@ -125,8 +125,43 @@ fn nginx_reload_row(bench: &Bench, pins: &Pins, target: &'static str) -> Result<
     })
 }
 
+/// nginx ignores USR2 while its parent is the process that started it
+/// ("the changing binary signal is ignored"), so this one runs daemonized,
+/// as in production: its master is re-parented to the bench (a child
+/// subreaper) and found through its pid file.
 fn nginx_binary_row(bench: &Bench, pins: &Pins, target: &'static str) -> Result<UpgradeRow> {
-    nginx_row(bench, pins, target, |_, dir| nginx_binary_upgrade(dir))
+    let backend = bench.start_backend(WORKERS, &pins.servers)?;
+    let port = crate::net::free_port()?;
+    let dir = bench.fresh_dir(target);
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let as_root = nix::unistd::geteuid().is_root();
+    let conf = nginx::main_conf(&dir, WORKERS, nginx::DEFAULT_WORKER_CONNECTIONS, as_root);
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let site = nginx::keepalive_site(port, backend.port, bench.cli.nginx_headers);
+    std::fs::write(dir.join("site.conf"), site)?;
+    let binary = nginx::binary().context("nginx not found")?;
+    let mut command = pins.servers.command(&binary);
+    command
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdin(std::process::Stdio::null());
+    let launcher = bench.processes.spawn("nginx (daemon)", command)?.proc;
+    match bench.processes.wait(&launcher, Duration::from_secs(10))? {
+        Some(status) if status.success() => {}
+        other => bail!("nginx did not start: {other:?}"),
+    }
+    if !crate::net::wait_listening(port, Duration::from_secs(10), || true) {
+        bail!("nginx did not listen on {port}");
+    }
+    let row = under_load(bench, pins, target, port, |_| nginx_binary_upgrade(&dir));
+    if let Some(master) = read_pid(&dir.join("nginx.pid")) {
+        let _ = kill(master, Signal::SIGTERM);
+    }
+    row
 }
 
 /// nginx's documented binary upgrade: USR2 starts a new master (the old
