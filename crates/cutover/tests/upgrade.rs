@@ -401,7 +401,7 @@ fn a_deployment_awaiting_promotion_survives_a_failed_upgrade_an_upgrade_and_a_re
 fn upgrade_is_refused_while_a_deployment_runs() {
     let mut daemon = Daemon::start(AppOptions::default());
     daemon.deploy("v1");
-    daemon.behave("v2", "--healthy-after 4000");
+    daemon.behave("v2", "--healthy-after 8000");
     daemon.ok(&["deploy", "web", "--version", "v2", "--no-wait"]);
     eventually(Duration::from_secs(20), "v2 being checked", || {
         daemon.status()["current_deployment"]["state"] == "checking"

@@ -24,6 +24,10 @@ pub struct HandedConn {
     /// Bytes the client sent that were read but not parsed yet (a
     /// pipelined request's start); served before anything else is read.
     pub prefix: Bytes,
+    /// Accepted, but its protocol not yet told (HTTP/1.1, or h2c with
+    /// prior knowledge): the taker reads on from `prefix` to tell it.
+    /// Otherwise it is an HTTP/1.1 connection between two requests.
+    pub fresh: bool,
 }
 
 /// Where the old process's listeners put their idle HTTP/1.1 connections

@@ -363,14 +363,22 @@ async fn adopt_loop(
         let acceptor = Arc::clone(&acceptor);
         let stopped = stopped.clone();
         let serving = async move {
-            let HandedConn { stream, prefix, .. } = adopted;
+            let HandedConn {
+                stream,
+                prefix,
+                fresh,
+                ..
+            } = adopted;
             let adopted = stream
                 .peer_addr()
                 .and_then(|peer| Ok((TcpStream::from_std(stream)?, peer)));
             match adopted {
                 Ok((stream, peer)) => {
-                    let prefix = BytesMut::from(&prefix[..]);
-                    spawn_connection(&acceptor, &stopped, stream, peer, open, Some(prefix));
+                    let adopted = Adopted {
+                        prefix: BytesMut::from(&prefix[..]),
+                        fresh,
+                    };
+                    spawn_connection(&acceptor, &stopped, stream, peer, open, Some(adopted));
                 }
                 Err(e) => tracing::debug!(error = %e, "a handed-over connection was already gone"),
             }
@@ -395,16 +403,23 @@ fn connection_builder() -> Http2Builder<TokioExecutor> {
 /// `PRI` is not HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI ";
 
+/// A connection the previous process handed over.
+struct Adopted {
+    /// Bytes already read from it.
+    prefix: BytesMut,
+    /// Its protocol is still to be told; else HTTP/1.1 between requests.
+    fresh: bool,
+}
+
 /// Serves one client connection on its own task. `adopted`: it was handed
-/// over by the previous process between two HTTP/1.1 requests, with these
-/// bytes already read from it.
+/// over by the previous process.
 fn spawn_connection(
     acceptor: &Arc<Acceptor>,
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
     open: OpenConnection,
-    adopted: Option<BytesMut>,
+    adopted: Option<Adopted>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
@@ -424,12 +439,22 @@ fn spawn_connection(
         let _open = (ClientConnection(metrics), open);
         let builder = &acceptor.builder;
         let handoff = acceptor.handoff.clone();
-        if let Some(prefix) = adopted {
-            let io = ClientIo::Tcp(stream);
-            return http1_server::serve(io, prefix, ctx, stopped, handoff).await;
-        }
+        let first = match adopted {
+            Some(Adopted {
+                prefix,
+                fresh: false,
+            }) => {
+                let io = ClientIo::Tcp(stream);
+                return http1_server::serve(io, prefix, ctx, stopped, handoff).await;
+            }
+            Some(Adopted {
+                prefix,
+                fresh: true,
+            }) => prefix,
+            None => BytesMut::with_capacity(4096),
+        };
         match acceptor.tls.as_ref() {
-            None => serve_plain(stream, ctx, builder, stopped, peer, handoff).await,
+            None => serve_plain(stream, first, ctx, builder, stopped, peer, handoff).await,
             // Boxed, like HTTP/2 below: the task of a plain HTTP/1.1
             // connection stays the size of what it needs.
             Some(tls) => {
@@ -444,6 +469,7 @@ fn spawn_connection(
 /// (h2c with prior knowledge), else HTTP/1.1.
 async fn serve_plain(
     mut stream: TcpStream,
+    mut first: BytesMut,
     ctx: Arc<ConnCtx>,
     builder: &Http2Builder<TokioExecutor>,
     stopped: watch::Receiver<bool>,
@@ -451,7 +477,6 @@ async fn serve_plain(
     handoff: Option<(Handoff, SocketAddr)>,
 ) {
     let settings = ctx.shared.settings;
-    let mut first = BytesMut::with_capacity(4096);
     let mut waiting = stopped.clone();
     let sniff = tokio::time::timeout(settings.header_read_timeout, async {
         // Enough bytes to tell the protocols apart (one read, nearly always).
@@ -464,8 +489,15 @@ async fn serve_plain(
     });
     let sniffed = tokio::select! {
         sniffed = sniff => sniffed,
-        // Shutdown: a connection that sent nothing yet is idle; close it.
-        _ = waiting.wait_for(|stop| *stop) => return,
+        // Shutdown: a connection that sent nothing yet (or too little to
+        // tell its protocol) is idle: it goes to the new process of an
+        // upgrade, else it closes.
+        _ = waiting.wait_for(|stop| *stop) => {
+            if let Some((handoff, listener)) = handoff.filter(|(h, _)| h.is_armed()) {
+                hand_over_fresh(&handoff, listener, stream, first);
+            }
+            return;
+        }
     };
     match sniffed {
         Ok(Ok(true)) => {}
@@ -490,6 +522,27 @@ async fn serve_plain(
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
     } else {
         http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, handoff).await;
+    }
+}
+
+/// Passes a connection whose protocol is not told yet to the new process,
+/// with what it sent so far; it closes if that fails.
+fn hand_over_fresh(handoff: &Handoff, listener: SocketAddr, stream: TcpStream, first: BytesMut) {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot detach a new client connection for the handoff");
+            return;
+        }
+    };
+    let conn = HandedConn {
+        listener,
+        stream,
+        prefix: first.freeze(),
+        fresh: true,
+    };
+    if handoff.hand(conn).is_err() {
+        tracing::debug!("the handoff was closed; closing a new client connection");
     }
 }
 

@@ -129,12 +129,20 @@ fn receive_connections(stream: &UnixStream, intakes: &HashMap<SocketAddr, Intake
     let mut adopted = 0usize;
     loop {
         match wire::receive_message(stream, wire::descriptors_of) {
-            Ok((Message::Connection { listener, prefix }, mut fds)) => {
+            Ok((
+                Message::Connection {
+                    listener,
+                    prefix,
+                    fresh,
+                },
+                mut fds,
+            )) => {
                 let Some(fd) = fds.pop() else { continue };
                 let conn = HandedConn {
                     listener,
                     stream: std::net::TcpStream::from(fd),
                     prefix: prefix.into(),
+                    fresh,
                 };
                 match intakes.get(&listener) {
                     Some(intake) if intake.adopt(conn).is_ok() => adopted += 1,

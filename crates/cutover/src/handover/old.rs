@@ -269,6 +269,7 @@ pub fn forward_connections(
             let message = Message::Connection {
                 listener: conn.listener,
                 prefix: conn.prefix.to_vec(),
+                fresh: conn.fresh,
             };
             match wire::send(&stream, &message, &[conn.stream.as_fd()]) {
                 Ok(()) => passed += 1,

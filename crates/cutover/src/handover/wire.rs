@@ -101,6 +101,10 @@ pub enum Message {
     Connection {
         listener: SocketAddr,
         prefix: Vec<u8>,
+        /// Accepted but its protocol not told yet (else HTTP/1.1 between
+        /// two requests).
+        #[serde(default)]
+        fresh: bool,
     },
 }
 
@@ -242,6 +246,7 @@ mod tests {
         let message = Message::Connection {
             listener: addr,
             prefix: b"GET / HT".to_vec(),
+            fresh: false,
         };
         send(&old, &message, &[accepted.as_fd()]).unwrap();
         drop(accepted);
@@ -270,6 +275,7 @@ mod tests {
         let message = Message::Connection {
             listener: "127.0.0.1:1".parse().unwrap(),
             prefix: Vec::new(),
+            fresh: true,
         };
         send(&old, &message, &[]).unwrap();
         let error = receive_message(&new, descriptors_of).unwrap_err();

@@ -240,6 +240,7 @@ impl ServerConn {
             listener,
             stream,
             prefix,
+            fresh: false,
         };
         if handoff.hand(conn).is_err() {
             tracing::debug!("the handoff was closed; closing an idle client connection");
