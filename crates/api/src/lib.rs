@@ -21,7 +21,10 @@
 //!   engine's metrics.
 //! - `socket`: [`AdminSocket`], binding the unix socket safely (refusing
 //!   to start when another daemon answers on it) and serving it with
-//!   graceful shutdown.
+//!   graceful shutdown; adopting the socket from the process being
+//!   upgraded.
+//! - [`upgrade`]: `POST /v1/upgrade`, carried to the daemon's upgrade
+//!   ([`Upgrades`]) and its step-by-step [`UpgradeReport`] back.
 //!
 //! [`EngineError::http_status`]: cutover_engine::EngineError::http_status
 
@@ -35,7 +38,9 @@ mod metrics;
 pub mod routes;
 mod shutdown;
 mod socket;
+pub mod upgrade;
 
 pub use error::HttpError;
 pub use routes::router;
-pub use socket::{serve_unix, AdminSocket, ApiError};
+pub use socket::{serve_unix, AdminSocket, ApiError, KeepSocketFile};
+pub use upgrade::{UpgradeAsk, UpgradeReport, Upgrades};

@@ -12,11 +12,13 @@
 //! | GET | `/v1/apps/{app}/logs?slot=blue\|green&tail=N&follow=true` | text/plain |
 //! | GET | `/v1/deployments/{id}` | `DeploymentDetail` |
 //! | GET | `/v1/deployments/{id}/events` | Server-Sent Events of `EventRecord` |
+//! | POST | `/v1/upgrade` | 200 `UpgradeReport`; body `{"binary": "/path"}` (optional); 500 `{"error", "steps"}` when the new process did not take over |
 //! | GET | `/metrics` | Prometheus text (proxy and engine metrics, see `metrics`) |
 
 use crate::error::HttpError;
 use crate::extract::{ApiPath, ApiQuery, Expected, JsonBody};
 use crate::shutdown::Shutdown;
+use crate::upgrade::{UpgradeAsk, UpgradeBody, Upgrades};
 use crate::{events, logs};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -37,14 +39,19 @@ pub const MAX_LOG_TAIL: usize = 100_000;
 struct ApiState {
     engine: Engine,
     shutdown: Shutdown,
+    upgrades: Option<Upgrades>,
 }
 
 /// The admin API for `engine`.
 pub fn router(engine: Engine) -> Router {
-    router_with_shutdown(engine, Shutdown::never())
+    router_with_shutdown(engine, Shutdown::never(), None)
 }
 
-pub(crate) fn router_with_shutdown(engine: Engine, shutdown: Shutdown) -> Router {
+pub(crate) fn router_with_shutdown(
+    engine: Engine,
+    shutdown: Shutdown,
+    upgrades: Option<Upgrades>,
+) -> Router {
     Router::new()
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", get(app_status))
@@ -56,13 +63,45 @@ pub(crate) fn router_with_shutdown(engine: Engine, shutdown: Shutdown) -> Router
         .route("/v1/apps/{app}/events", get(app_events))
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/events", get(deployment_events))
+        .route("/v1/upgrade", post(upgrade))
         .route("/metrics", get(metrics))
         .layer(axum::Extension(crate::metrics::HealthTransitions::start(
             &engine,
         )))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(ApiState { engine, shutdown })
+        .with_state(ApiState {
+            engine,
+            shutdown,
+            upgrades,
+        })
+}
+
+/// Runs an upgrade and answers its report: 200 when the new process took
+/// over, 500 with the steps and the reason when it did not.
+async fn upgrade(
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody<UpgradeBody>,
+) -> Result<Response, HttpError> {
+    let Some(upgrades) = state.upgrades else {
+        return Err(HttpError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this daemon cannot upgrade itself",
+        ));
+    };
+    let binary = body.binary;
+    let (reply, report) = tokio::sync::oneshot::channel();
+    let stopped = || HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "cutover is stopping");
+    upgrades
+        .send(UpgradeAsk { binary, reply })
+        .await
+        .map_err(|_| stopped())?;
+    let report = report.await.map_err(|_| stopped())?;
+    let status = match report.error {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Ok((status, Json(report)).into_response())
 }
 
 async fn metrics(

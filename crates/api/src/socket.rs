@@ -3,11 +3,15 @@
 
 use crate::routes::router_with_shutdown;
 use crate::shutdown::Shutdown;
+use crate::upgrade::Upgrades;
 use cutover_engine::Engine;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -45,6 +49,18 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
 pub struct AdminSocket {
     listener: UnixListener,
     file: SocketFile,
+    upgrades: Option<Upgrades>,
+}
+
+/// Once set, the admin socket's file stays when this process stops: the
+/// process it was handed to (an upgrade) serves on it now.
+#[derive(Debug, Clone, Default)]
+pub struct KeepSocketFile(Arc<AtomicBool>);
+
+impl KeepSocketFile {
+    pub fn keep(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 impl AdminSocket {
@@ -85,7 +101,45 @@ impl AdminSocket {
         let file = SocketFile::new(path);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(io_error("set the mode of", path))?;
-        Ok(AdminSocket { listener, file })
+        Ok(AdminSocket {
+            listener,
+            file,
+            upgrades: None,
+        })
+    }
+
+    /// The admin socket another cutover process bound at `path` and handed
+    /// to this one (an upgrade): serving on it never leaves a moment in
+    /// which the CLI finds no listener.
+    pub fn adopt(
+        listener: std::os::unix::net::UnixListener,
+        path: &Path,
+    ) -> Result<AdminSocket, ApiError> {
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| UnixListener::from_std(listener))
+            .map(|listener| AdminSocket {
+                listener,
+                file: SocketFile::new(path),
+                upgrades: None,
+            })
+            .map_err(io_error("adopt the admin socket", path))
+    }
+
+    /// Serves `POST /v1/upgrade` by sending each request to `upgrades`.
+    pub fn with_upgrades(mut self, upgrades: Upgrades) -> AdminSocket {
+        self.upgrades = Some(upgrades);
+        self
+    }
+
+    /// A second descriptor of the listening socket, to hand to a new process.
+    pub fn listener_fd(&self) -> io::Result<OwnedFd> {
+        self.listener.as_fd().try_clone_to_owned()
+    }
+
+    /// Set it to leave the socket file in place when this process stops.
+    pub fn keep_file(&self) -> KeepSocketFile {
+        self.file.keep.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -100,9 +154,13 @@ impl AdminSocket {
         engine: Engine,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ApiError> {
-        let AdminSocket { listener, file } = self;
+        let AdminSocket {
+            listener,
+            file,
+            upgrades,
+        } = self;
         let (stop, stopped) = watch::channel(false);
-        let app = router_with_shutdown(engine, Shutdown::new(stopped.clone()));
+        let app = router_with_shutdown(engine, Shutdown::new(stopped.clone()), upgrades);
         let signal = async move {
             shutdown.await;
             let _ = stop.send(true);
@@ -141,6 +199,7 @@ pub async fn serve_unix(
 struct SocketFile {
     path: PathBuf,
     identity: Option<(u64, u64)>,
+    keep: KeepSocketFile,
 }
 
 impl SocketFile {
@@ -151,12 +210,16 @@ impl SocketFile {
         SocketFile {
             path: path.to_path_buf(),
             identity,
+            keep: KeepSocketFile::default(),
         }
     }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        if self.keep.0.load(Ordering::SeqCst) {
+            return;
+        }
         let current = std::fs::symlink_metadata(&self.path)
             .ok()
             .map(|meta| (meta.dev(), meta.ino()));

@@ -19,6 +19,9 @@ pub enum Mode {
     Idle,
     /// Failed requests during SWITCHES blue/green switches under load.
     Switch,
+    /// Failed requests and added p99 during UPGRADES upgrades of the proxy
+    /// itself under load: cutover upgrade, nginx -s reload, nginx's binary upgrade.
+    Upgrade,
 }
 
 /// One thing wrk is pointed at.
@@ -224,6 +227,10 @@ pub struct Cli {
     /// `switch`: switches per target.
     #[arg(long, env = "SWITCHES", default_value = "50", value_parser = positive)]
     pub switches: u32,
+
+    /// `upgrade`: upgrades per target, one a second.
+    #[arg(long, env = "UPGRADES", default_value = "20", value_parser = positive)]
+    pub upgrades: u32,
 
     /// Targets of the tables, space or comma separated.
     #[arg(

@@ -164,6 +164,34 @@ impl Cutover {
         }
     }
 
+    /// `cutover upgrade`: the daemon hands over to a new process of the
+    /// same binary; the new PID.
+    pub fn upgrade(&self, processes: &Processes) -> Result<u32> {
+        let out = self.dir.join("upgrade.out");
+        let mut command = std::process::Command::new(&self.binary);
+        command
+            .args(["upgrade", "--config"])
+            .arg(self.dir.join("cutover.toml"))
+            .stdin(Stdio::null())
+            .stdout(File::create(&out)?)
+            .stderr(File::create(self.dir.join("upgrade.err"))?);
+        let upgrade = processes.spawn("cutover upgrade", command)?.proc;
+        match processes.wait(&upgrade, DEPLOY_LIMIT)? {
+            Some(status) if status.success() => {}
+            Some(status) => bail!("cutover upgrade: {status}: {}", self.tail("upgrade.err")),
+            None => {
+                processes.stop(&upgrade);
+                bail!("cutover upgrade took over {DEPLOY_LIMIT:?}")
+            }
+        }
+        let output = std::fs::read_to_string(&out)?;
+        output
+            .lines()
+            .find_map(|line| line.strip_prefix("upgraded: cutover now runs as pid "))
+            .and_then(|pid| pid.trim().parse().ok())
+            .ok_or_else(|| anyhow!("cutover upgrade named no PID: {output}"))
+    }
+
     /// The app slots `cutover serve` runs now (its descendants).
     pub fn slot_pids(&self) -> Vec<i32> {
         procfs::descendants(self.proc.pid)

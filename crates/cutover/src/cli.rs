@@ -57,6 +57,15 @@ pub enum Command {
     Logs(LogsArgs),
     /// Print the nginx site config of an app (nginx front mode); needs only the config file.
     NginxConfig(AppArg),
+    /// Replace the running daemon with a new binary without dropping a request.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The new cutover executable (default: the daemon's own executable, read again from disk).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -79,6 +79,52 @@ impl Client {
         body: Option<&serde_json::Value>,
         headers: &[(&str, String)],
     ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let response = self.exchange(method, path, body, headers).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.broken(e))?
+            .to_bytes();
+        Err(ClientError::Api {
+            status,
+            message: error_message(status, &bytes),
+        })
+    }
+
+    /// Sends a request and reads its JSON answer whatever its status.
+    pub async fn json_any_status(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(http::StatusCode, serde_json::Value), ClientError> {
+        let response = self.exchange(method, path, body, &[]).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.broken(e))?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Protocol(format!("{e} in {}", String::from_utf8_lossy(&bytes)))
+        })?;
+        Ok((status, value))
+    }
+
+    /// Sends a request and returns its response, whatever its status.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -110,24 +156,10 @@ impl Client {
         let request = request
             .body(body)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .map_err(|e| self.broken(e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.broken(e))?
-            .to_bytes();
-        Err(ClientError::Api {
-            status,
-            message: error_message(status, &bytes),
-        })
+            .map_err(|e| self.broken(e))
     }
 
     /// Sends a request and reads its JSON answer.

@@ -1,7 +1,7 @@
 //! The commands that talk to the daemon, and `config check`.
 
 use crate::cli::{
-    AbortArgs, DeployArgs, GlobalArgs, HistoryArgs, LogsArgs, RollbackArgs, StatusArgs,
+    AbortArgs, DeployArgs, GlobalArgs, HistoryArgs, LogsArgs, RollbackArgs, StatusArgs, UpgradeArgs,
 };
 use crate::client::{segment, Client, ClientError};
 use crate::failure::{Failure, Outcome, FAILED, USAGE};
@@ -333,4 +333,52 @@ pub async fn logs(global: &GlobalArgs, args: &LogsArgs) -> Outcome {
         }
     }
     Ok(())
+}
+
+/// `cutover upgrade`: the daemon starts the new binary and hands over to
+/// it; prints each step, and the PID serving now. Exits 1 with the reason
+/// when the new process did not take over (the old one serves on).
+pub async fn upgrade(global: &GlobalArgs, args: &UpgradeArgs) -> Outcome {
+    let client = client(global)?;
+    let binary = match &args.binary {
+        // The daemon runs elsewhere: give it an absolute path.
+        Some(path) => Some(
+            std::path::absolute(path)
+                .map_err(|e| Failure::usage(format!("--binary {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let body = json!({ "binary": binary });
+    let (status, value) = client
+        .json_any_status(Method::POST, "/v1/upgrade", Some(&body))
+        .await?;
+    let report: cutover_api::UpgradeReport = match parse(&value) {
+        Ok(report) => report,
+        // Refused before it started (e.g. by an older daemon): the error.
+        Err(_) => {
+            let message = value["error"].as_str().unwrap_or("unexpected answer");
+            return Err(Failure::failed(format!(
+                "cutover upgrade failed ({status}): {message}"
+            )));
+        }
+    };
+    if global.json {
+        print_json(&value);
+    } else {
+        for step in &report.steps {
+            println(&format!("- {step}"));
+        }
+    }
+    match (&report.error, report.pid) {
+        (None, Some(pid)) => {
+            if !global.json {
+                println(&format!("upgraded: cutover now runs as pid {pid}"));
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        (Some(error), _) => Err(Failure::failed(format!(
+            "upgrade failed: {error}; the running cutover keeps serving"
+        ))),
+    }
 }

@@ -3,7 +3,12 @@
 //! # Layout
 //!
 //! - `cli`: the command line (clap derive).
-//! - `serve`: `cutover serve`, wiring store, proxy, engine and admin API.
+//! - `serve`: `cutover serve`, wiring store, proxy, engine and admin API;
+//!   its listeners from the process it upgrades, systemd, or bound.
+//! - `handover`: upgrades of cutover itself (`cutover upgrade`, SIGUSR2):
+//!   the versioned hand-over protocol, the old and the new process's side.
+//! - `systemd`: socket activation and `sd_notify` (the one module with
+//!   `unsafe`).
 //! - `commands`: the commands that talk to the daemon, and `config check`.
 //! - `client`: HTTP/1.1 over the admin unix socket (hyper).
 //! - `sse`: reading the Server-Sent Events of a deployment.
@@ -12,17 +17,19 @@
 //! - `nginx_config`: `cutover nginx-config APP`, the site config for nginx.
 //! - `failure`: exit statuses (0 ok, 1 operation failed, 2 usage or config).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod cli;
 mod client;
 mod commands;
 mod failure;
+mod handover;
 mod model;
 mod nginx_config;
 mod output;
 mod serve;
 mod sse;
+mod systemd;
 
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand};
@@ -75,6 +82,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Abort(args) => commands::abort(global, args).await,
         Command::Logs(args) => commands::logs(global, args).await,
         Command::NginxConfig(args) => nginx_config::print(global, &args.app),
+        Command::Upgrade(args) => commands::upgrade(global, args).await,
     }
 }
 

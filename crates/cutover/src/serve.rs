@@ -3,72 +3,363 @@
 //! Order matters: the admin socket is bound first, so a second daemon on
 //! the same state_dir stops before its recovery could touch the first's
 //! releases; then the store, the proxy listeners, the engine (recovery),
-//! the proxy and the admin API. On SIGTERM/SIGINT the listeners stop
-//! accepting; in-flight proxy requests finish while the engine brings every
-//! app to a safe point (a running deployment halts at its step and cleans
-//! up, or finishes once committed), each within its bound; then the admin
-//! socket is removed. Releases keep running: they are separate process
-//! groups, adopted again by the next start.
+//! the proxy and the admin API. Listening sockets (and the admin socket)
+//! come from the process being upgraded when this one takes over (see
+//! `handover`), else from systemd socket activation, else they are bound.
+//! Connections are accepted only once the recovered live releases passed
+//! their health gates (they wait in the backlog meanwhile).
+//!
+//! On SIGTERM/SIGINT the listeners stop accepting; in-flight proxy
+//! requests finish while the engine brings every app to a safe point (a
+//! running deployment halts at its step and cleans up, or finishes once
+//! committed; one awaiting promotion stays so), each within its bound;
+//! then the admin socket is removed. Releases keep running: they are
+//! separate process groups, adopted again by the next start.
+//!
+//! On `cutover upgrade` (`POST /v1/upgrade`) or SIGUSR2 the daemon starts
+//! the new binary and, once it serves, drains: idle connections go to the
+//! new process, requests, streams and tunnels in flight finish here, the
+//! admin socket file stays for the new process.
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::failure::{Failure, Outcome};
-use cutover_api::AdminSocket;
+use crate::handover::{self, HandedOver, Inheritance, ListenerKind, ListenerTag, Upgrader};
+use crate::systemd;
+use cutover_api::{AdminSocket, KeepSocketFile, UpgradeAsk, UpgradeReport};
 use cutover_config::Config;
 use cutover_engine::{Engine, ShutdownOutcome};
-use cutover_proxy::{ProxySettings, Router};
+use cutover_proxy::{Handoff, IntakeSender, ProxySettings, Router};
 use cutover_store::Store;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
 
 pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
     init_tracing(args.log_format);
     create_state_dirs(&config)?;
-    let admin = AdminSocket::bind(&config.admin.socket)
-        .await
-        .map_err(Failure::failed)?;
-    let store = open_store(&config).await?;
-    let router = route_table(&config);
-    let listeners = Listeners::bind(&config).await?;
+    let mut inheritance = match std::env::var_os(handover::UPGRADE_SOCKET_ENV) {
+        Some(path) => Some(take_over_from(&PathBuf::from(path))?),
+        None => None,
+    };
+    let started = start(&config, inheritance.as_mut()).await;
+    let daemon = match (started, inheritance) {
+        (Ok(daemon), None) => {
+            systemd::notify("READY=1");
+            daemon
+        }
+        (Ok(daemon), Some(inheritance)) => {
+            let from = inheritance.from_pid;
+            let intakes = daemon.intakes.clone();
+            inheritance.ready(intakes).map_err(|e| {
+                Failure::failed(format!(
+                    "cannot tell the running cutover this one serves: {e}"
+                ))
+            })?;
+            tracing::info!("took over from pid {from}");
+            systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            daemon
+        }
+        (Err(failure), Some(inheritance)) => {
+            let reason = failure.message.clone().unwrap_or_default();
+            inheritance.refuse(&reason);
+            return Err(failure);
+        }
+        (Err(failure), None) => return Err(failure),
+    };
+    daemon.serve_until_stopped(&config).await
+}
+
+/// Connects to the process being upgraded and reads what it hands over; a
+/// hello this binary cannot read is refused (the old process serves on).
+fn take_over_from(path: &std::path::Path) -> Result<Inheritance, Failure> {
+    Inheritance::receive(path).map_err(|(error, stream)| {
+        let reason = format!("cannot take over from the running cutover: {error}");
+        if let Some(stream) = stream {
+            handover::refuse(&stream, &reason);
+        }
+        Failure::failed(reason)
+    })
+}
+
+/// A started daemon: every part serving.
+struct Daemon {
+    engine: Engine,
+    router: Router,
+    proxies: Proxies,
+    stop: watch::Sender<bool>,
+    admin_task: JoinHandle<Result<(), cutover_api::ApiError>>,
+    keep_admin_file: KeepSocketFile,
+    upgrader: Upgrader,
+    upgrade_asks: mpsc::Receiver<UpgradeAsk>,
+    /// Where the connections handed over by the old process go, per listener.
+    intakes: HashMap<SocketAddr, IntakeSender>,
+}
+
+async fn start(
+    config: &Config,
+    mut inheritance: Option<&mut Inheritance>,
+) -> Result<Daemon, Failure> {
+    let admin = match inheritance.as_mut().and_then(|i| i.take_admin()) {
+        Some(listener) => AdminSocket::adopt(listener, &config.admin.socket),
+        None => AdminSocket::bind(&config.admin.socket).await,
+    }
+    .map_err(Failure::failed)?;
+    let store = open_store(config).await?;
+    let router = route_table(config);
+    let mut sources = ListenerSources {
+        inheritance: inheritance.as_deref_mut(),
+        activated: systemd::activated_listeners(),
+    };
+    let listeners = Listeners::bind(config, &mut sources).await?;
     // The webhook receiver binds before recovery too, so a port clash stops
     // the start before anything is touched.
     let webhooks = match &config.webhook {
-        Some(_) => Some(
-            cutover_webhook::Receiver::bind(Arc::new(config.clone()), store.clone())
+        Some(webhook) => {
+            let inherited = sources.take(ListenerKind::Webhook, webhook.listen);
+            Some(
+                cutover_webhook::Receiver::bind_or_adopt(
+                    Arc::new(config.clone()),
+                    store.clone(),
+                    inherited,
+                )
                 .await
                 .map_err(Failure::failed)?,
-        ),
+            )
+        }
         None => None,
     };
-    let engine = Engine::start(Arc::new(config.clone()), store.clone(), router.clone())
-        .await
-        .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
+    let handed = inheritance
+        .as_ref()
+        .map(|i| handover::handed_releases(&i.apps))
+        .unwrap_or_default();
+    let engine = Engine::start_adopting(
+        Arc::new(config.clone()),
+        store.clone(),
+        router.clone(),
+        &handed,
+    )
+    .await
+    .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
 
+    wait_for_recovery(config, &engine).await;
+    let mut handover_fds = listeners.handover_fds()?;
     let (stop, stopped) = watch::channel(false);
-    let proxies = listeners.serve(&config, &router, &stopped)?;
+    let handoff = Handoff::default();
+    let (proxies, intakes) = listeners.serve(config, &router, &stopped, &handoff)?;
     let webhook_line = match webhooks {
-        Some(receiver) => serve_webhooks(receiver, &engine, store, &stopped),
+        Some(receiver) => {
+            handover_fds.push(webhook_fd(config, &receiver)?);
+            serve_webhooks(receiver, &engine, store, &stopped)
+        }
         None => String::new(),
     };
     let socket = admin.path().to_path_buf();
-    let mut admin_task = tokio::spawn(admin.serve(engine.clone(), stop_signal(&stopped)));
-    announce(&config, &proxies, &webhook_line, &socket);
-
-    let admin_ended = tokio::select! {
-        signal = terminate_signal() => {
-            tracing::info!("{signal} received; shutting down (releases keep running)");
-            None
-        }
-        ended = &mut admin_task => Some(ended),
+    let (upgrades, upgrade_asks) = mpsc::channel(4);
+    let upgrader = Upgrader {
+        state_dir: config.state_dir.clone(),
+        listeners: handover_fds,
+        admin: admin
+            .listener_fd()
+            .map_err(|e| Failure::failed(format!("admin socket: {e}")))?,
+        engine: engine.clone(),
     };
-    let _ = stop.send(true);
-    shut_down(&config, proxies.tasks, &engine).await;
-    admin_outcome(admin_ended, admin_task).await
+    let keep_admin_file = admin.keep_file();
+    let admin_task = tokio::spawn(
+        admin
+            .with_upgrades(upgrades)
+            .serve(engine.clone(), stop_signal(&stopped)),
+    );
+    announce(config, &proxies, &webhook_line, &socket);
+    Ok(Daemon {
+        engine,
+        router,
+        proxies,
+        stop,
+        admin_task,
+        keep_admin_file,
+        upgrader,
+        upgrade_asks,
+        intakes,
+    })
+}
+
+/// After a restart, new connections wait in the listen backlog (they are
+/// not accepted yet) until the live releases passed their health gates:
+/// better a short wait than a 503. Bounded by the longest deploy_timeout.
+async fn wait_for_recovery(config: &Config, engine: &Engine) {
+    let bound = config
+        .apps
+        .iter()
+        .map(|app| app.health.deploy_timeout)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    if !engine.wait_recovered(bound).await {
+        tracing::warn!("a live release is still being checked after {bound:?}; serving meanwhile");
+    }
+}
+
+fn webhook_fd(
+    config: &Config,
+    receiver: &cutover_webhook::Receiver,
+) -> Result<(ListenerTag, OwnedFd), Failure> {
+    let configured = config.webhook.as_ref().map(|w| w.listen);
+    let local = receiver.local_addr();
+    let fd = receiver
+        .listener_fd()
+        .map_err(|e| Failure::failed(format!("webhook listener: {e}")))?;
+    match (configured, local) {
+        (Some(configured), Some(local)) => Ok((
+            ListenerTag {
+                kind: ListenerKind::Webhook,
+                configured,
+                local,
+            },
+            fd,
+        )),
+        _ => Err(Failure::failed("the webhook listener has no address")),
+    }
+}
+
+/// How the daemon's serving ended.
+enum Ended {
+    Signal(&'static str),
+    Admin(AdminEnded),
+    Upgraded(HandedOver),
+}
+
+impl Daemon {
+    /// Serves until SIGTERM/SIGINT, the admin API failing, or an upgrade
+    /// (`cutover upgrade`, SIGUSR2) that another process took over; then
+    /// stops as each asks.
+    async fn serve_until_stopped(mut self, config: &Config) -> Outcome {
+        let ended = self.wait_for_the_end().await;
+        let admin_ended = match ended {
+            Ended::Signal(signal) => {
+                tracing::info!("{signal} received; shutting down (releases keep running)");
+                None
+            }
+            Ended::Admin(ended) => Some(ended),
+            Ended::Upgraded(handed) => {
+                return self.hand_over_and_drain(config, handed).await;
+            }
+        };
+        let _ = self.stop.send(true);
+        shut_down(config, self.proxies.tasks, &self.engine).await;
+        admin_outcome(admin_ended, self.admin_task).await
+    }
+
+    async fn wait_for_the_end(&mut self) -> Ended {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr2 = signal(SignalKind::user_defined2()).ok();
+        let mut terminate = std::pin::pin!(terminate_signal());
+        loop {
+            tokio::select! {
+                signal = &mut terminate => return Ended::Signal(signal),
+                ended = &mut self.admin_task => return Ended::Admin(ended),
+                Some(ask) = self.upgrade_asks.recv() => {
+                    let (report, handed) = self.upgrade(ask.binary).await;
+                    let _ = ask.reply.send(report);
+                    if let Some(handed) = handed {
+                        return Ended::Upgraded(handed);
+                    }
+                }
+                Some(()) = async { usr2.as_mut()?.recv().await } => {
+                    tracing::info!("SIGUSR2 received; upgrading to this executable as it is on disk");
+                    if let (_, Some(handed)) = self.upgrade(None).await {
+                        return Ended::Upgraded(handed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One upgrade attempt; every step is logged and reported.
+    async fn upgrade(&self, binary: Option<PathBuf>) -> (UpgradeReport, Option<HandedOver>) {
+        let mut steps = Vec::new();
+        let result = self.upgrader.upgrade(binary, &mut steps).await;
+        for step in &steps {
+            tracing::info!("upgrade: {step}");
+        }
+        match result {
+            Ok(handed) => {
+                let report = UpgradeReport {
+                    steps,
+                    pid: Some(handed.pid),
+                    error: None,
+                };
+                (report, Some(handed))
+            }
+            Err(why) => {
+                tracing::error!("upgrade failed: {why}; this process keeps serving");
+                let report = UpgradeReport {
+                    steps,
+                    pid: Some(std::process::id()),
+                    error: Some(why),
+                };
+                (report, None)
+            }
+        }
+    }
+
+    /// After the new process took over: stop accepting, pass each idle
+    /// connection to it at a request boundary, finish requests, streams and
+    /// tunnels in flight (within the drain bound), leave the admin socket
+    /// file to the new process, and exit.
+    async fn hand_over_and_drain(self, config: &Config, handed: HandedOver) -> Outcome {
+        self.keep_admin_file.keep();
+        let (connections, handed_conns) = std::sync::mpsc::channel();
+        self.proxies.handoff.arm(connections);
+        let forwarding = handover::forward_connections(handed.stream, handed_conns);
+        let _ = self.stop.send(true);
+        let grace = drain_grace(config);
+        let tunnels = wait_for_tunnels(self.router.clone(), config, grace);
+        tokio::join!(shut_down(config, self.proxies.tasks, &self.engine), tunnels);
+        // Every listener stopped: no connection is handed over any more.
+        self.proxies.handoff.disarm();
+        let passed = tokio::task::spawn_blocking(move || forwarding.join().unwrap_or(0))
+            .await
+            .unwrap_or(0);
+        tracing::info!(
+            "handed over to pid {} ({passed} idle connection(s) passed on); this process exits",
+            handed.pid
+        );
+        admin_outcome(None, self.admin_task).await
+    }
+}
+
+/// Waits (up to `grace`) until no request, stream or upgraded connection
+/// (WebSocket) of this process is left on any live release.
+async fn wait_for_tunnels(router: Router, config: &Config, grace: Duration) {
+    // Tunnels end on their own; nothing signals the last one, so this
+    // looks every so often. Only the exit of a drained process waits here.
+    const LOOK: Duration = Duration::from_millis(100);
+    let busy = || {
+        config
+            .apps
+            .iter()
+            .filter_map(|app| router.live(&app.name))
+            .map(|upstream| upstream.in_flight())
+            .sum::<usize>()
+    };
+    let waited = tokio::time::timeout(grace, async {
+        while busy() > 0 {
+            tokio::time::sleep(LOOK).await;
+        }
+    });
+    if waited.await.is_err() {
+        tracing::warn!(
+            "{} request(s) or tunnel(s) still open after {grace:?}; closing them",
+            busy()
+        );
+    }
 }
 
 type AdminEnded = Result<Result<(), cutover_api::ApiError>, tokio::task::JoinError>;
@@ -100,13 +391,7 @@ async fn admin_outcome(
 /// [`Engine::shutdown_bound`]); both run at once, so the daemon exits
 /// within the larger of the two bounds.
 async fn shut_down(config: &Config, proxies: Vec<JoinHandle<()>>, engine: &Engine) {
-    let grace = config
-        .apps
-        .iter()
-        .map(|app| app.drain_timeout)
-        .max()
-        .unwrap_or(Duration::ZERO)
-        .max(Duration::from_secs(5));
+    let grace = drain_grace(config);
     let proxies_done = async {
         let drained = tokio::time::timeout(grace, async {
             for proxy in proxies {
@@ -128,6 +413,18 @@ async fn shut_down(config: &Config, proxies: Vec<JoinHandle<()>>, engine: &Engin
         }
     };
     tokio::join!(proxies_done, engine_done);
+}
+
+/// How long requests in flight may take after the stop: the longest
+/// drain_timeout, at least 5 s.
+fn drain_grace(config: &Config) -> Duration {
+    config
+        .apps
+        .iter()
+        .map(|app| app.drain_timeout)
+        .max()
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(5))
 }
 
 fn stop_signal(stopped: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -182,11 +479,41 @@ fn route_table(config: &Config) -> Router {
     router
 }
 
+/// Where listening sockets come from besides binding: the process being
+/// upgraded (matched by config entry) or systemd socket activation
+/// (matched by address).
+struct ListenerSources<'a> {
+    inheritance: Option<&'a mut Inheritance>,
+    activated: Vec<std::net::TcpListener>,
+}
+
+impl ListenerSources<'_> {
+    fn take(
+        &mut self,
+        kind: ListenerKind,
+        configured: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        if let Some(inherited) = self
+            .inheritance
+            .as_mut()
+            .and_then(|i| i.take_listener(kind, configured))
+        {
+            return Some(inherited);
+        }
+        let at = self
+            .activated
+            .iter()
+            .position(|l| l.local_addr().is_ok_and(|local| local == configured))?;
+        tracing::info!(%configured, "listening on the socket systemd passed");
+        Some(self.activated.remove(at))
+    }
+}
+
 /// The proxy's listeners, bound before recovery so a port clash stops the
 /// start before anything is touched.
 struct Listeners {
-    plain: Vec<(SocketAddr, TcpListener)>,
-    secure: Vec<(SocketAddr, TcpListener)>,
+    plain: Vec<(ListenerTag, TcpListener)>,
+    secure: Vec<(ListenerTag, TcpListener)>,
     tls: Option<cutover_proxy::Tls>,
 }
 
@@ -197,23 +524,48 @@ struct Proxies {
     serving: String,
     /// Reloads changed certificate files while the daemon runs.
     _certificate_watch: Option<JoinHandle<()>>,
+    /// Armed by an upgrade: idle connections go to the new process.
+    handoff: Handoff,
+    /// The proxy's threads, kept until the process exits: upgraded
+    /// connections (WebSockets) run on them after their listener stopped.
+    _workers: Option<cutover_proxy::Workers>,
 }
 
 impl Listeners {
-    async fn bind(config: &Config) -> Result<Listeners, Failure> {
+    async fn bind(
+        config: &Config,
+        sources: &mut ListenerSources<'_>,
+    ) -> Result<Listeners, Failure> {
         // In nginx front mode nginx takes the client traffic: no listener here.
         let listen = match &config.proxy.nginx {
             Some(_) => &[][..],
             None => &config.proxy.listen[..],
         };
-        let plain = bind_all(listen, "[proxy] listen").await?;
+        let plain = bind_all(listen, ListenerKind::Listen, sources).await?;
         // HTTPS: certificates first, so that a bad file stops the start here.
         let tls = load_tls(config)?;
         let secure = match tls {
-            Some(_) => bind_all(&config.proxy.tls.listen, "[proxy] tls_listen").await?,
+            Some(_) => bind_all(&config.proxy.tls.listen, ListenerKind::TlsListen, sources).await?,
             None => Vec::new(),
         };
         Ok(Listeners { plain, secure, tls })
+    }
+
+    /// Second descriptors of every listening socket, for an upgrade.
+    fn handover_fds(&self) -> Result<Vec<(ListenerTag, OwnedFd)>, Failure> {
+        self.plain
+            .iter()
+            .chain(&self.secure)
+            .map(|(tag, listener)| {
+                let fd = listener.as_fd().try_clone_to_owned().map_err(|e| {
+                    Failure::failed(format!(
+                        "cannot keep the listener {} for upgrades: {e}",
+                        tag.local
+                    ))
+                })?;
+                Ok((tag.clone(), fd))
+            })
+            .collect()
     }
 
     fn serve(
@@ -221,7 +573,8 @@ impl Listeners {
         config: &Config,
         router: &Router,
         stopped: &watch::Receiver<bool>,
-    ) -> Result<Proxies, Failure> {
+        handoff: &Handoff,
+    ) -> Result<(Proxies, HashMap<SocketAddr, IntakeSender>), Failure> {
         let settings = ProxySettings {
             max_body: config.proxy.max_body,
             header_read_timeout: config.proxy.header_read_timeout,
@@ -237,6 +590,7 @@ impl Listeners {
             ),
         };
         let mut options = proxy_options(config)?;
+        options.handoff = Some(handoff.clone());
         if !(self.plain.is_empty() && self.secure.is_empty()) {
             options.workers = Some(proxy_workers(config)?);
         }
@@ -249,7 +603,7 @@ impl Listeners {
         let redirect_https = self
             .secure
             .first()
-            .map(|(local, _)| local.port())
+            .map(|(tag, _)| tag.local.port())
             .filter(|_| config.proxy.tls.redirect_http);
         let plain = self.plain.into_iter().map(|listener| {
             let options = cutover_proxy::ServeOptions {
@@ -267,12 +621,17 @@ impl Listeners {
             (listener, options)
         });
         let mut tasks = Vec::new();
-        for ((local, listener), options) in plain.chain(secure) {
-            let serving = cutover_proxy::serve_with(
+        let mut intakes = HashMap::new();
+        for ((tag, listener), options) in plain.chain(secure) {
+            let local = tag.local;
+            let (intake_sender, intake) = cutover_proxy::intake();
+            intakes.insert(local, intake_sender);
+            let serving = cutover_proxy::serve_adopting(
                 listener,
                 router.clone(),
                 settings,
                 options,
+                intake,
                 stop_signal(stopped),
             );
             tasks.push(tokio::spawn(async move {
@@ -281,22 +640,25 @@ impl Listeners {
                 }
             }));
         }
-        Ok(Proxies {
+        let proxies = Proxies {
             tasks,
             serving,
             _certificate_watch: certificate_watch,
-        })
+            handoff: handoff.clone(),
+            _workers: options.workers.clone(),
+        };
+        Ok((proxies, intakes))
     }
 
     fn describe(&self, config: &Config, options: &cutover_proxy::ServeOptions) -> String {
         let bound: Vec<String> = self
             .plain
             .iter()
-            .map(|(local, _)| local.to_string())
+            .map(|(tag, _)| tag.local.to_string())
             .chain(
                 self.secure
                     .iter()
-                    .map(|(local, _)| format!("https://{local}")),
+                    .map(|(tag, _)| format!("https://{}", tag.local)),
             )
             .collect();
         match (&config.proxy.nginx, &options.workers) {
@@ -309,17 +671,36 @@ impl Listeners {
     }
 }
 
+/// Each configured address: taken over (upgrade), passed by systemd, or
+/// bound now.
 async fn bind_all(
     addrs: &[SocketAddr],
-    key: &str,
-) -> Result<Vec<(SocketAddr, TcpListener)>, Failure> {
+    kind: ListenerKind,
+    sources: &mut ListenerSources<'_>,
+) -> Result<Vec<(ListenerTag, TcpListener)>, Failure> {
+    let key = match kind {
+        ListenerKind::Listen => "[proxy] listen",
+        ListenerKind::TlsListen => "[proxy] tls_listen",
+        ListenerKind::Webhook => "[webhook] listen",
+    };
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Failure::failed(format!("cannot listen on {addr} ({key}): {e}")))?;
+        let failed =
+            |e: std::io::Error| Failure::failed(format!("cannot listen on {addr} ({key}): {e}"));
+        let listener = match sources.take(kind, *addr) {
+            Some(listener) => listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener))
+                .map_err(failed)?,
+            None => TcpListener::bind(addr).await.map_err(failed)?,
+        };
         let local = listener.local_addr().unwrap_or(*addr);
-        listeners.push((local, listener));
+        let tag = ListenerTag {
+            kind,
+            configured: *addr,
+            local,
+        };
+        listeners.push((tag, listener));
     }
     Ok(listeners)
 }
@@ -387,6 +768,7 @@ fn proxy_options(config: &Config) -> Result<cutover_proxy::ServeOptions, Failure
         tls: None,
         redirect_https: None,
         workers: None,
+        handoff: None,
     })
 }
 

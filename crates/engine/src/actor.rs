@@ -7,11 +7,12 @@ use crate::blocking::blocking;
 use crate::cancel::{self, Canceller, Interrupt};
 use crate::context::{AppContext, LiveRelease, Standby};
 use crate::deployment::{self, DeploymentJob, Outcome};
+use crate::deployment::{Candidate, Placed};
 use crate::error::EngineError;
 use crate::health;
 use crate::journal::Journal;
 use crate::model::{state_of, AppStatus, DeployRequest, DrainingRelease, LiveHealth, Trigger};
-use crate::recovery::{self, Recovered};
+use crate::recovery::{self, AppHandover, Awaiting, HandoverRelease, Recovered};
 use crate::slots;
 use cutover_config::Promotion;
 use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord};
@@ -45,6 +46,14 @@ pub(crate) enum Command {
     Status {
         reply: Reply<AppStatus>,
     },
+    /// An upgrade asks for the releases to hand over; refused while a
+    /// deployment runs or waits (no new one starts while the engine is
+    /// frozen).
+    Handover {
+        reply: Reply<AppHandover>,
+    },
+    /// The upgrade did not happen: a deployment suspended for it goes on.
+    Thaw,
 }
 
 /// How the daemon's stop reaches an actor, mini-redis style: one signal
@@ -53,6 +62,11 @@ pub(crate) enum Command {
 pub(crate) struct Lifecycle {
     pub shutdown: watch::Receiver<bool>,
     pub stopped: mpsc::Sender<()>,
+    /// Set while an upgrade hands the engine over: no deployment starts and
+    /// no standby is stopped.
+    pub frozen: Arc<AtomicBool>,
+    /// Recovery health gates still running, over all apps.
+    pub gates: Arc<watch::Sender<usize>>,
 }
 
 pub(crate) struct ActorHandle {
@@ -94,6 +108,12 @@ struct Actor {
     standby: Option<Standby>,
     health: Arc<AtomicU8>,
     monitor: Option<JoinHandle<()>>,
+    frozen: Arc<AtomicBool>,
+    /// Recovered awaiting promotion: goes on once the job slot is free.
+    awaiting: Option<Awaiting>,
+    /// Suspended while awaiting promotion for an upgrade (its release
+    /// runs on): the process that takes over, or a thaw, resumes it.
+    suspended: Option<i64>,
 }
 
 pub(crate) fn spawn(
@@ -111,10 +131,35 @@ pub(crate) fn spawn(
         standby: None,
         health: Arc::new(AtomicU8::new(HEALTH_UNKNOWN)),
         monitor: None,
+        frozen: lifecycle.frozen.clone(),
+        awaiting: recovered.awaiting,
+        suspended: None,
     };
-    if let Some(live) = recovered.live {
-        let context = actor.context.clone();
-        actor.job = Some(Job::Gate(tokio::spawn(recovery::gate(context, live))));
+    match recovered.live {
+        // Handed over by the process this one replaced: already routed.
+        Some(live) if recovered.routed => {
+            actor.live = Some(live);
+            actor.restart_monitor();
+        }
+        Some(live) => {
+            let context = actor.context.clone();
+            let gates = lifecycle.gates.clone();
+            gates.send_modify(|pending| *pending += 1);
+            actor.job = Some(Job::Gate(tokio::spawn(async move {
+                let gated = recovery::gate(context, live).await;
+                gates.send_modify(|pending| *pending = pending.saturating_sub(1));
+                gated
+            })));
+        }
+        None => {}
+    }
+    if let Some(standby) = recovered.standby {
+        actor.keep_standby(standby);
+    }
+    if actor.job.is_none() {
+        if let Some(awaiting) = actor.awaiting.take() {
+            actor.resume(awaiting);
+        }
     }
     tokio::spawn(actor.run(receiver, lifecycle));
     ActorHandle { commands }
@@ -148,9 +193,12 @@ impl Actor {
     /// The daemon is stopping. Waiting deployments are recorded as aborted;
     /// a running one is interrupted: before its commit it halts at its
     /// current step (new release stopped, reason recorded, live release
-    /// untouched), after it (draining) it finishes. The recovery health
-    /// gate is simply dropped: the next start checks again. Releases keep
-    /// running; the engine bounds how long this may take.
+    /// untouched), after it (draining) it finishes; one awaiting promotion
+    /// is left so (its task dropped at its wait, which is as safe as a
+    /// crash there: every transition was recorded first), for the next
+    /// start to go on awaiting. The recovery health gate is simply
+    /// dropped: the next start checks again. Releases keep running; the
+    /// engine bounds how long this may take.
     async fn stop_at_safe_point(&mut self) {
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();
@@ -165,6 +213,14 @@ impl Actor {
         }
         match self.job.take() {
             Some(Job::Gate(task)) => task.abort(),
+            Some(Job::Deployment(running)) if self.awaits_promotion(running.record.id).await => {
+                // Nothing to bring to a safe point: it waits, its release
+                // runs on, and the next start (or the process this one is
+                // upgraded to) goes on waiting with it.
+                running.task.abort();
+                tracing::info!(app = %self.context.name(), deployment = running.record.id,
+                    "shutting down: the deployment awaiting promotion stays so");
+            }
             Some(Job::Deployment(running)) => {
                 tracing::info!(app = %self.context.name(), deployment = running.record.id,
                     "shutting down: bringing the running deployment to a safe point");
@@ -198,7 +254,105 @@ impl Actor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status().await);
             }
+            Command::Handover { reply } => {
+                let _ = reply.send(self.handover().await);
+            }
+            Command::Thaw => self.thaw().await,
         }
+    }
+
+    /// Whether deployment `id` is recorded as awaiting promotion.
+    async fn awaits_promotion(&self, id: i64) -> bool {
+        let store = self.context.store.clone();
+        let record = blocking(move || store.deployment(id)).await;
+        matches!(record, Ok(Some(record)) if state_of(&record) == Some(DeploymentState::AwaitingPromotion))
+    }
+
+    /// The releases to hand to the process that takes over, if nothing is
+    /// in progress (the engine is frozen, so nothing new starts). A
+    /// deployment awaiting promotion is suspended (its release runs on):
+    /// the new process goes on awaiting it.
+    async fn handover(&mut self) -> Result<AppHandover, EngineError> {
+        let name = self.context.name().to_string();
+        if let Some(Job::Deployment(running)) = &self.job {
+            if self.awaits_promotion(running.record.id).await {
+                if let Some(Job::Deployment(running)) = self.job.take() {
+                    running.task.abort();
+                    tracing::info!(app = %name, deployment = running.record.id,
+                        "suspended the deployment awaiting promotion for the upgrade");
+                    self.suspended = Some(running.record.id);
+                }
+            }
+        }
+        match &self.job {
+            Some(Job::Deployment(running)) => {
+                return Err(EngineError::Conflict(format!(
+                    "deployment {} of app {name} is running; retry after it ends or abort it (`cutover abort {name}`)",
+                    running.record.id
+                )))
+            }
+            Some(Job::Gate(_)) => {
+                return Err(EngineError::Conflict(format!(
+                    "the live release of app {name} is still being checked after a restart; retry in a moment"
+                )))
+            }
+            Some(Job::Retire(_)) | None => {}
+        }
+        if let Some(queued) = self.queue.front() {
+            return Err(EngineError::Conflict(format!(
+                "deployment {} of app {name} is queued; retry after it ends or abort it",
+                queued.record.id
+            )));
+        }
+        let live = self.live.as_ref().map(|live| HandoverRelease {
+            slot: live.slot,
+            version: live.release.version.clone(),
+            runtime_id: live.runtime_id.clone(),
+            endpoints: live.endpoints.current().iter().map(|e| e.addr).collect(),
+        });
+        let standby = self.standby.as_ref().map(|standby| HandoverRelease {
+            slot: standby.slot,
+            version: standby.release.version.clone(),
+            runtime_id: standby.runtime_id.clone(),
+            endpoints: standby.endpoints.current().iter().map(|e| e.addr).collect(),
+        });
+        Ok(AppHandover {
+            app: name,
+            live,
+            standby,
+        })
+    }
+
+    /// The upgrade did not happen: the deployment suspended for it goes on
+    /// awaiting promotion (or is recorded as failed if its release ended).
+    async fn thaw(&mut self) {
+        let Some(id) = self.suspended.take() else {
+            return;
+        };
+        match recovery::resume_suspended(&self.context, id).await {
+            Some(awaiting) if self.job.is_none() => self.resume(awaiting),
+            Some(awaiting) => self.awaiting = Some(awaiting),
+            None => {
+                let why = "its release stopped while cutover was being upgraded";
+                self.transition(id, DeploymentState::Failed, why).await;
+            }
+        }
+    }
+
+    /// Goes on with a deployment awaiting promotion (after a restart, an
+    /// upgrade, or one that did not happen).
+    fn resume(&mut self, awaiting: Awaiting) {
+        let placed = Placed {
+            slot: awaiting.slot,
+            release: awaiting.release,
+            log_path: awaiting.log_path,
+        };
+        let new = Candidate::new(&self.context.app, placed, awaiting.started);
+        tracing::info!(app = %self.context.name(), deployment = awaiting.record.id,
+            "going on awaiting promotion of {}", new.placed.release.version);
+        self.launch(awaiting.record, false, move |job| {
+            deployment::resume_promotion(job, new)
+        });
     }
 
     async fn enqueue(
@@ -207,6 +361,9 @@ impl Actor {
         release: Option<&ReleaseRecord>,
     ) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
+        if self.frozen.load(Ordering::SeqCst) {
+            return Err(EngineError::Upgrading(format!("deploy {name}")));
+        }
         if let Some(live) = &self.live {
             if live.release.version == request.version && !request.force && release.is_none() {
                 return Err(EngineError::Conflict(format!(
@@ -297,6 +454,7 @@ impl Actor {
 
     async fn abort(&mut self) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
+        self.refuse_while_frozen("abort")?;
         match &self.job {
             Some(Job::Deployment(running)) => {
                 if running.committed.load(Ordering::SeqCst) {
@@ -317,6 +475,7 @@ impl Actor {
 
     async fn promote(&mut self) -> Result<DeploymentRecord, EngineError> {
         let name = self.context.name().to_string();
+        self.refuse_while_frozen("promote")?;
         let Some(Job::Deployment(running)) = &self.job else {
             return Err(EngineError::NothingInProgress {
                 app: name,
@@ -343,6 +502,16 @@ impl Actor {
         Ok(record)
     }
 
+    fn refuse_while_frozen(&self, action: &str) -> Result<(), EngineError> {
+        match self.frozen.load(Ordering::SeqCst) {
+            true => Err(EngineError::Upgrading(format!(
+                "{action} {}",
+                self.context.name()
+            ))),
+            false => Ok(()),
+        }
+    }
+
     /// The `keep_old` window of the standby release ended: stop it, unless a
     /// deployment is using its slot right now (then that deployment owns it).
     fn expire_standby(&mut self, runtime_id: &str) {
@@ -353,8 +522,9 @@ impl Actor {
         {
             return;
         }
-        if self.job.is_some() {
-            // Try again when the current job is done.
+        if self.job.is_some() || self.frozen.load(Ordering::SeqCst) {
+            // Try again when the current job is done (or the upgrade that
+            // may hand the standby over is).
             let commands = self.commands.clone();
             let runtime_id = runtime_id.to_string();
             tokio::spawn(async move {
@@ -473,39 +643,57 @@ impl Actor {
 
     async fn start_next(&mut self) {
         while self.job.is_none() {
+            if let Some(awaiting) = self.awaiting.take() {
+                self.resume(awaiting);
+                continue;
+            }
             let Some(next) = self.queue.pop_front() else {
                 return;
             };
-            let (cancel, cancel_signal) = cancel::channel();
-            let (promote, promoted) = watch::channel(false);
-            let committed = Arc::new(AtomicBool::new(false));
             let trigger = Trigger::of(&next.record);
             // A rollback to the release kept idle is instant; any other
             // deployment takes over its slot (and stops it there).
             let standby = self.standby.take().filter(|standby| {
                 trigger == Trigger::Rollback && next.record.release_id == Some(standby.release.id)
             });
-            let job = DeploymentJob {
-                journal: Journal::new(&self.context, next.record.id),
-                context: self.context.clone(),
-                record: next.record.clone(),
-                trigger,
-                force: next.force,
-                live: self.live.clone(),
-                cancel: cancel_signal,
-                promoted,
-                committed: committed.clone(),
-                started_at: Instant::now(),
-            };
-            let task = tokio::spawn(deployment::run(job, standby));
-            self.job = Some(Job::Deployment(Box::new(RunningDeployment {
-                record: next.record,
-                cancel,
-                promote,
-                committed,
-                task,
-            })));
+            self.launch(next.record, next.force, move |job| {
+                deployment::run(job, standby)
+            });
         }
+    }
+
+    /// Makes `record` the running deployment, driven by `run`.
+    fn launch<F>(
+        &mut self,
+        record: DeploymentRecord,
+        force: bool,
+        run: impl FnOnce(DeploymentJob) -> F,
+    ) where
+        F: std::future::Future<Output = Outcome> + Send + 'static,
+    {
+        let (cancel, cancel_signal) = cancel::channel();
+        let (promote, promoted) = watch::channel(false);
+        let committed = Arc::new(AtomicBool::new(false));
+        let job = DeploymentJob {
+            journal: Journal::new(&self.context, record.id),
+            context: self.context.clone(),
+            record: record.clone(),
+            trigger: Trigger::of(&record),
+            force,
+            live: self.live.clone(),
+            cancel: cancel_signal,
+            promoted,
+            committed: committed.clone(),
+            started_at: Instant::now(),
+        };
+        let task = tokio::spawn(run(job));
+        self.job = Some(Job::Deployment(Box::new(RunningDeployment {
+            record,
+            cancel,
+            promote,
+            committed,
+            task,
+        })));
     }
 
     async fn transition(&self, id: i64, state: DeploymentState, message: &str) {

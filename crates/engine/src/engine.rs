@@ -7,6 +7,7 @@ use crate::error::EngineError;
 use crate::events::EventBus;
 use crate::front::Front;
 use crate::model::{AppStatus, DeployRequest, DeploymentDetail, SourceRequest};
+use crate::recovery::AppHandover;
 use crate::{pipeline, recovery};
 use cutover_config::git_ref::{split_ref, validate_commit};
 use cutover_config::{AppConfig, Config, DriverConfig, Slot, SourceConfig};
@@ -18,6 +19,7 @@ use cutover_proxy::Router;
 use cutover_store::{AppRecord, DeploymentRecord, DeploymentSource, EventRecord, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,6 +53,10 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// Closes once every actor has stopped (each holds a sender).
     stopped: Mutex<Option<mpsc::Receiver<()>>>,
+    /// Set while an upgrade hands the engine over (see [`Engine::freeze`]).
+    frozen: Arc<AtomicBool>,
+    /// Recovery health gates still running (see [`Engine::wait_recovered`]).
+    gates: Arc<watch::Sender<usize>>,
 }
 
 impl Engine {
@@ -63,6 +69,19 @@ impl Engine {
         config: Arc<Config>,
         store: Store,
         router: Router,
+    ) -> Result<Engine, EngineError> {
+        Engine::start_adopting(config, store, router, &[]).await
+    }
+
+    /// [`Engine::start`] in the process that takes over from another one (an
+    /// upgrade): a recorded live release that `handed` names (same runtime)
+    /// and that still runs is routed at once, without a health gate — it
+    /// served a moment ago — and monitored as usual from then on.
+    pub async fn start_adopting(
+        config: Arc<Config>,
+        store: Store,
+        router: Router,
+        handed: &[AppHandover],
     ) -> Result<Engine, EngineError> {
         let events = EventBus::new();
         let front = match &config.proxy.nginx {
@@ -82,6 +101,8 @@ impl Engine {
         };
         let (shutdown, shutdown_signal) = watch::channel(false);
         let (stopped_sender, stopped) = mpsc::channel(1);
+        let frozen = Arc::new(AtomicBool::new(false));
+        let gates = Arc::new(watch::Sender::new(0));
         let mut apps = BTreeMap::new();
         for app in &config.apps {
             let store_for_app = store.clone();
@@ -90,10 +111,16 @@ impl Engine {
                 .await
                 .map_err(|_| EngineError::Stopped)??;
             let context = app_context(&config, app, &store, &front, &events);
-            let recovered = recovery::recover(&context).await?;
+            let handed_live = handed
+                .iter()
+                .find(|h| h.app == app.name)
+                .and_then(|h| h.live.as_ref());
+            let recovered = recovery::recover(&context, handed_live).await?;
             let lifecycle = Lifecycle {
                 shutdown: shutdown_signal.clone(),
                 stopped: stopped_sender.clone(),
+                frozen: frozen.clone(),
+                gates: gates.clone(),
             };
             apps.insert(
                 app.name.clone(),
@@ -108,8 +135,51 @@ impl Engine {
                 apps,
                 shutdown,
                 stopped: Mutex::new(Some(stopped)),
+                frozen,
+                gates,
             }),
         })
+    }
+
+    /// Waits (up to `bound`) until every recovered live release passed or
+    /// failed its health gate, so that a restarted daemon can leave new
+    /// connections in the listen backlog instead of answering 503 while it
+    /// checks. True if all gates ended in time.
+    pub async fn wait_recovered(&self, bound: Duration) -> bool {
+        let mut pending = self.inner.gates.subscribe();
+        let ended = tokio::time::timeout(bound, pending.wait_for(|n| *n == 0)).await;
+        ended.is_ok()
+    }
+
+    /// For an upgrade: from now on no deployment starts, is promoted or
+    /// aborted (requests are refused) and no `keep_old` standby is stopped;
+    /// answers what every app hands over. A deployment awaiting promotion
+    /// is suspended (its release runs on; the new process, or a thaw, goes
+    /// on awaiting it). Refused, and thawed again, while any other
+    /// deployment runs or is queued: the upgrade then waits for nothing and
+    /// says which one to finish or abort.
+    pub async fn freeze(&self) -> Result<Vec<AppHandover>, EngineError> {
+        self.inner.frozen.store(true, Ordering::SeqCst);
+        let mut handed = Vec::with_capacity(self.inner.apps.len());
+        for name in self.inner.apps.keys() {
+            match self.ask(name, |reply| Command::Handover { reply }).await {
+                Ok(app) => handed.push(app),
+                Err(refused) => {
+                    self.thaw().await;
+                    return Err(refused);
+                }
+            }
+        }
+        Ok(handed)
+    }
+
+    /// Deployments may start again (the upgrade did not happen); one that
+    /// was suspended while awaiting promotion goes on awaiting it.
+    pub async fn thaw(&self) {
+        self.inner.frozen.store(false, Ordering::SeqCst);
+        for actor in self.inner.apps.values() {
+            let _ = actor.commands.send(Command::Thaw).await;
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -256,8 +326,9 @@ impl Engine {
     /// Stops every app's actor at a safe point and waits for all of them,
     /// up to [`Engine::shutdown_bound`]: waiting deployments are recorded
     /// as aborted, a running one is interrupted before its commit (its new
-    /// release stopped, the live one untouched) or finishes after it. The
-    /// releases keep serving while cutover is down.
+    /// release stopped, the live one untouched) or finishes after it; one
+    /// awaiting promotion stays so (the next start goes on awaiting it).
+    /// The releases keep serving while cutover is down.
     pub async fn shutdown(&self) -> ShutdownOutcome {
         let began = Instant::now();
         let bound = self.shutdown_bound();

@@ -27,6 +27,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the engine is shutting down")]
     Stopped,
+    /// Refused while an upgrade hands the engine to a new process; the new
+    /// process (or this one, if the upgrade fails) takes it a moment later.
+    #[error("cutover is being upgraded; {0} again in a moment")]
+    Upgrading(String),
 }
 
 impl EngineError {
@@ -40,7 +44,7 @@ impl EngineError {
             | EngineError::NothingInProgress { .. }
             | EngineError::Conflict(_) => 409,
             EngineError::Store(_) => 500,
-            EngineError::Stopped => 503,
+            EngineError::Stopped | EngineError::Upgrading(_) => 503,
         }
     }
 }

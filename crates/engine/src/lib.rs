@@ -15,9 +15,14 @@
 //!   dispatcher use; starts one actor per app after recovery, stops them
 //!   at a safe point on shutdown.
 //! - `actor.rs`: the per-app actor: queue, collapse of bursts, abort,
-//!   promotion, status, the live release's monitor, shutdown.
+//!   promotion, status, the live release's monitor, shutdown, and the
+//!   upgrade hand-over (freeze, snapshot, suspend/resume of a deployment
+//!   awaiting promotion).
 //! - `recovery.rs`: what a start after a stop or crash does: adopt the live
-//!   release (or start it again), fail interrupted deployments, remove orphans.
+//!   release (or start it again; routed at once when an upgrade handed it
+//!   over, else after a health gate), adopt a `keep_old` standby and a
+//!   deployment awaiting promotion that still run, fail other interrupted
+//!   deployments, remove orphans. Also the upgrade snapshot's types.
 //! - `deployment/`: one deployment as a state machine — a runner (`mod.rs`)
 //!   and one module per step (prepare, check, promote, switch, verify,
 //!   finish).
@@ -65,3 +70,4 @@ pub use model::{
     AppStatus, DeployRequest, DeploymentDetail, DrainingRelease, EndpointStatus, LiveHealth,
     SourceRequest,
 };
+pub use recovery::{AppHandover, HandoverRelease};

@@ -1,29 +1,78 @@
 //! Start-up after a stop or a crash (invariant 6): the recorded live
 //! release is adopted (or started again if it is gone) and must pass a
-//! health check before traffic goes to it; interrupted deployments are
-//! recorded as failed and their releases stopped; orphans are removed.
+//! health check before traffic goes to it — unless the process this one
+//! took over from (an upgrade) handed it over, then it is routed at once;
+//! a recorded `keep_old` standby that still runs is adopted and kept;
+//! interrupted deployments are recorded as failed and their releases
+//! stopped; orphans are removed.
 
 use crate::blocking::blocking;
-use crate::context::{AppContext, Endpoints, LiveRelease};
+use crate::context::{AppContext, Endpoints, LiveRelease, Standby};
 use crate::error::EngineError;
 use crate::health::{self, Unhealthy};
 use crate::slots::{self, SlotFacts, SlotState};
 use cutover_config::Slot;
 use cutover_drivers::{Endpoint, ReleaseSpec, StartedRelease};
-use cutover_store::{now_ms, DeploymentState, SlotRecord};
+use cutover_store::{
+    now_ms, AppRecord, DeploymentRecord, DeploymentState, ReleaseRecord, SlotRecord,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub(crate) struct Recovered {
-    /// The live release, not yet routed: see [`gate`].
-    pub live: Option<LiveRelease>,
+/// One release as it is handed to the process that takes over (an
+/// upgrade): it was routed (or kept idle) a moment ago, so the new process
+/// adopts it without a health gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverRelease {
+    pub slot: cutover_config::Slot,
+    pub version: String,
+    pub runtime_id: String,
+    /// Where it answers (one address per endpoint, for the log: the new
+    /// process adopts from the store's records and the driver).
+    pub endpoints: Vec<SocketAddr>,
 }
 
-pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineError> {
+/// What an app's actor hands over: its live release and its `keep_old`
+/// standby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHandover {
+    pub app: String,
+    pub live: Option<HandoverRelease>,
+    pub standby: Option<HandoverRelease>,
+}
+
+pub(crate) struct Recovered {
+    /// The live release: routed already when `routed`, else see [`gate`].
+    pub live: Option<LiveRelease>,
+    /// The live release was handed over by an upgrade and is routed.
+    pub routed: bool,
+    /// The `keep_old` standby, still running.
+    pub standby: Option<Standby>,
+    /// A deployment that was awaiting promotion, to go on awaiting it.
+    pub awaiting: Option<Awaiting>,
+}
+
+/// A deployment recorded as awaiting promotion whose release still runs in
+/// its target slot: after a restart or an upgrade (or an upgrade that did
+/// not happen) it goes on awaiting promotion with that release.
+pub(crate) struct Awaiting {
+    pub record: DeploymentRecord,
+    pub slot: Slot,
+    pub release: ReleaseRecord,
+    pub started: StartedRelease,
+    pub log_path: PathBuf,
+}
+
+/// `handed`: the live release the process this one took over from was
+/// routing to (an upgrade), if any.
+pub(crate) async fn recover(
+    context: &AppContext,
+    handed: Option<&HandoverRelease>,
+) -> Result<Recovered, EngineError> {
     let app = context.name().to_string();
     let store = context.store.clone();
     let name = app.clone();
-    let (record, unfinished) = blocking(move || {
+    let (record, mut unfinished) = blocking(move || {
         let record = store.app(&name)?;
         let unfinished: Vec<_> = store
             .unfinished_deployments()?
@@ -34,7 +83,12 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
     })
     .await?;
     let Some(record) = record else {
-        return Ok(Recovered { live: None });
+        return Ok(Recovered {
+            live: None,
+            routed: false,
+            standby: None,
+            awaiting: None,
+        });
     };
 
     let live_slot: Option<Slot> = record.live_slot.as_deref().and_then(|s| s.parse().ok());
@@ -59,8 +113,26 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         }
     }
 
+    let routed = match (&live, handed) {
+        (Some(live), Some(handed)) if live.runtime_id == handed.runtime_id => {
+            route_handed(context, live).await
+        }
+        _ => false,
+    };
+
+    let awaiting = adopt_awaiting(context, &mut unfinished, &record, live_slot).await;
+    let mut standby = None;
     for slot in Slot::ALL.into_iter().filter(|s| Some(*s) != live_slot) {
+        if awaiting.as_ref().is_some_and(|a| a.slot == slot) {
+            continue;
+        }
         if let Some(slot_record) = record.slot(slot.as_str()) {
+            if live.is_some() && unfinished.is_empty() {
+                standby = adopt_standby(context, slot, slot_record).await;
+                if standby.is_some() {
+                    continue;
+                }
+            }
             if let Some(runtime_id) = &slot_record.runtime_id {
                 tracing::info!(app = %app, %slot, "stopping the release left running in {slot} by an interrupted deployment");
                 slots::stop(context, slot, runtime_id).await;
@@ -70,7 +142,12 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
 
     fail_interrupted(context, unfinished, live.as_ref()).await?;
 
-    let keep: Vec<String> = live.iter().map(|l| l.runtime_id.clone()).collect();
+    let keep: Vec<String> = live
+        .iter()
+        .map(|l| l.runtime_id.clone())
+        .chain(standby.iter().map(|s| s.runtime_id.clone()))
+        .chain(awaiting.iter().map(|a| a.started.runtime_id.clone()))
+        .collect();
     match context.driver.stop_orphans(&app, &keep).await {
         Ok(stopped) if !stopped.is_empty() => {
             tracing::warn!(app = %app, "stopped {} orphaned release(s): {}", stopped.len(), stopped.join(", "))
@@ -78,7 +155,128 @@ pub(crate) async fn recover(context: &AppContext) -> Result<Recovered, EngineErr
         Ok(_) => {}
         Err(e) => tracing::error!(app = %app, "looking for orphaned releases failed: {e}"),
     }
-    Ok(Recovered { live })
+    Ok(Recovered {
+        live,
+        routed,
+        standby,
+        awaiting,
+    })
+}
+
+/// The deployment among `unfinished` that awaits promotion, if its release
+/// still runs in its target slot (taken out of `unfinished`: it is not
+/// interrupted).
+async fn adopt_awaiting(
+    context: &AppContext,
+    unfinished: &mut Vec<DeploymentRecord>,
+    record: &AppRecord,
+    live_slot: Option<Slot>,
+) -> Option<Awaiting> {
+    let awaiting = DeploymentState::AwaitingPromotion.as_str();
+    let at = unfinished.iter().position(|d| d.state == awaiting)?;
+    let deployment = &unfinished[at];
+    let slot: Slot = deployment.target_slot.as_deref()?.parse().ok()?;
+    let slot_record = record
+        .slot(slot.as_str())
+        .filter(|_| Some(slot) != live_slot)?;
+    let release = slot_record
+        .release
+        .clone()
+        .filter(|r| Some(r.id) == deployment.release_id)?;
+    let runtime_id = slot_record.runtime_id.as_deref()?;
+    let started = match context
+        .driver
+        .adopt(runtime_id, &recorded_endpoints(slot_record))
+        .await
+    {
+        Ok(Some(started)) => started,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(app = %context.name(), %slot, "cannot adopt the release awaiting promotion: {e}");
+            return None;
+        }
+    };
+    let log_path = slot_record.log_path.as_ref().map(PathBuf::from)?;
+    tracing::info!(app = %context.name(), %slot, version = %release.version, deployment = deployment.id,
+        "the deployment awaiting promotion goes on awaiting it");
+    Some(Awaiting {
+        record: unfinished.remove(at),
+        slot,
+        release,
+        started,
+        log_path,
+    })
+}
+
+/// A deployment this process suspended while it awaited promotion (for an
+/// upgrade that then did not happen), adopted again from the store.
+pub(crate) async fn resume_suspended(context: &AppContext, id: i64) -> Option<Awaiting> {
+    let store = context.store.clone();
+    let name = context.name().to_string();
+    let found = blocking(move || Ok((store.deployment(id)?, store.app(&name)?))).await;
+    let (deployment, record) = match found {
+        Ok((Some(deployment), Some(record))) => (deployment, record),
+        _ => return None,
+    };
+    let live_slot = record.live_slot.as_deref().and_then(|s| s.parse().ok());
+    adopt_awaiting(context, &mut vec![deployment], &record, live_slot).await
+}
+
+/// Routes the live release an upgrade handed over: it served traffic in
+/// the old process a moment ago, so no health gate (and no 503 window);
+/// the live-health monitor watches it from now on. False if the front
+/// refused (nginx only): then it goes through the gate.
+async fn route_handed(context: &AppContext, live: &LiveRelease) -> bool {
+    match context
+        .front
+        .set_live(context.name(), Some(live.upstream.clone()))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(app = %context.name(), slot = %live.slot, version = %live.release.version,
+                "serving the live release handed over by the previous process");
+            true
+        }
+        Err(why) => {
+            tracing::error!(app = %context.name(), "cannot route the handed-over live release: {why}");
+            false
+        }
+    }
+}
+
+/// A release kept idle under `keep_old` survives a restart: if its slot is
+/// recorded as standby and it still runs, it is adopted (its `keep_old`
+/// window starts again). Only when nothing was interrupted: a standby of an
+/// interrupted verification is that deployment's to clean up.
+async fn adopt_standby(context: &AppContext, slot: Slot, record: &SlotRecord) -> Option<Standby> {
+    if context.app.keep_old.is_zero() || record.state != SlotState::Standby.as_str() {
+        return None;
+    }
+    let release = record.release.clone()?;
+    let runtime_id = record.runtime_id.clone()?;
+    match context
+        .driver
+        .adopt(&runtime_id, &recorded_endpoints(record))
+        .await
+    {
+        Ok(Some(started)) => {
+            tracing::info!(app = %context.name(), %slot, version = %release.version,
+                "adopted the release kept idle for an instant rollback");
+            Some(Standby {
+                slot,
+                release,
+                endpoints: Endpoints::of(&started),
+                runtime_id: started.runtime_id,
+                exited: started.exited,
+                log_path: record.log_path.as_ref().map(PathBuf::from),
+            })
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(app = %context.name(), %slot, "cannot adopt the standby release: {e}");
+            None
+        }
+    }
 }
 
 /// Deployments that were running when cutover stopped are recorded as
@@ -107,14 +305,10 @@ async fn fail_interrupted(
     Ok(())
 }
 
-async fn adopt_or_restart(
-    context: &AppContext,
-    slot: Slot,
-    record: &SlotRecord,
-) -> Option<LiveRelease> {
-    let app = context.name();
-    let release = record.release.clone()?;
-    let recorded: Vec<Endpoint> = record
+/// The endpoints a slot's release had when it was recorded (what a driver
+/// adopts it by; a swarm service's are listed again).
+fn recorded_endpoints(record: &SlotRecord) -> Vec<Endpoint> {
+    record
         .endpoints
         .iter()
         .filter_map(|e| {
@@ -123,7 +317,17 @@ async fn adopt_or_restart(
                 e.label.clone(),
             ))
         })
-        .collect();
+        .collect()
+}
+
+async fn adopt_or_restart(
+    context: &AppContext,
+    slot: Slot,
+    record: &SlotRecord,
+) -> Option<LiveRelease> {
+    let app = context.name();
+    let release = record.release.clone()?;
+    let recorded = recorded_endpoints(record);
     if let (Some(runtime_id), false) = (&record.runtime_id, recorded.is_empty()) {
         match context.driver.adopt(runtime_id, &recorded).await {
             Ok(Some(started)) => {

@@ -62,6 +62,9 @@
 //!   timeouts.
 //! - `server`: [`serve`], the accept loops, TLS, HTTP/1.1 (`http1`) or
 //!   HTTP/2 (hyper) per connection, graceful shutdown.
+//! - [`handoff`]: idle HTTP/1.1 client connections leaving the data plane
+//!   at a request boundary during an upgrade ([`Handoff`]) and entering the
+//!   new process's ([`Intake`], served by [`serve_adopting`]).
 //! - `workers`: [`Workers`], the data plane's threads, each with its own
 //!   single-threaded event loop accepting from the shared listening socket;
 //!   a connection and its upstream connections stay on one thread.
@@ -106,6 +109,7 @@ mod conn_io;
 pub mod endpoint;
 pub mod error;
 mod forward;
+pub mod handoff;
 mod headers;
 mod http1;
 pub mod metrics;
@@ -122,8 +126,9 @@ pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget
 pub use balance::{Balance, UnknownBalance};
 pub use endpoint::{EndpointSpec, EndpointStats};
 pub use error::ProxyError;
+pub use handoff::{intake, HandedConn, Handoff, Intake, IntakeSender};
 pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
-pub use server::{serve, serve_with, ServeOptions};
+pub use server::{serve, serve_adopting, serve_with, ServeOptions};
 pub use settings::{Cidr, ProxySettings, TrustedProxies};
 pub use tls::{CertKeyFiles, Tls, TlsError};
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};

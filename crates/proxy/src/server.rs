@@ -26,6 +26,7 @@ use crate::body::ClientBody;
 use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
 use crate::forward::{self, ConnCtx, Shared};
+use crate::handoff::{HandedConn, Handoff, Intake};
 use crate::headers;
 use crate::http1::io::{ClientIo, Prefixed};
 use crate::http1::server as http1_server;
@@ -78,6 +79,9 @@ pub struct ServeOptions {
     /// Accept and serve connections on these worker threads, each with its
     /// own event loop; `None`: on the runtime that calls [`serve_with`].
     pub workers: Option<Workers>,
+    /// Where idle HTTP/1.1 connections go at shutdown once it is armed (an
+    /// upgrade); `None` or unarmed: they close.
+    pub handoff: Option<Handoff>,
 }
 
 /// [`serve`] with [`ServeOptions`].
@@ -86,6 +90,30 @@ pub async fn serve_with(
     router: Router,
     settings: ProxySettings,
     options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    serve_listener(listener, router, settings, options, None, shutdown).await
+}
+
+/// [`serve_with`], also serving the connections sent through `intake` (from
+/// the process this one took over from) as if they had been accepted here.
+pub async fn serve_adopting(
+    listener: TcpListener,
+    router: Router,
+    settings: ProxySettings,
+    options: ServeOptions,
+    intake: Intake,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    serve_listener(listener, router, settings, options, Some(intake), shutdown).await
+}
+
+async fn serve_listener(
+    listener: TcpListener,
+    router: Router,
+    settings: ProxySettings,
+    options: ServeOptions,
+    intake: Option<Intake>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
     let local = listener.local_addr().map_err(ProxyError::Listener)?;
@@ -104,6 +132,7 @@ pub async fn serve_with(
         shared,
         tls: options.tls,
         builder: connection_builder(),
+        handoff: options.handoff.map(|handoff| (handoff, local)),
     });
     // Accept loops and connection tasks each hold a receiver: shutdown
     // flips the value and then waits until all receivers are gone.
@@ -113,13 +142,13 @@ pub async fn serve_with(
     let workers = options.workers;
     // Every accept loop polls its own registration of one listening socket.
     let socket = listener.into_std().map_err(ProxyError::Listener)?;
-    let handles: Vec<Option<tokio::runtime::Handle>> = match &workers {
-        None => vec![None],
+    let handles: Arc<[Option<tokio::runtime::Handle>]> = match &workers {
+        None => Arc::new([None]),
         Some(workers) => workers.handles().iter().cloned().map(Some).collect(),
     };
     let balance = Arc::new(Balance::new(handles.len()));
-    let mut loops = Vec::with_capacity(handles.len());
-    for (slot, handle) in handles.into_iter().enumerate() {
+    let mut loops = Vec::with_capacity(handles.len() + 1);
+    for (slot, handle) in handles.iter().cloned().enumerate() {
         let socket = socket.try_clone().map_err(ProxyError::Listener)?;
         let accepting = accept_loop(
             socket,
@@ -134,6 +163,16 @@ pub async fn serve_with(
         });
     }
     drop(socket);
+    if let Some(intake) = intake {
+        let adopting = adopt_loop(
+            intake,
+            Arc::clone(&acceptor),
+            handles,
+            Arc::clone(&balance),
+            stopped.clone(),
+        );
+        loops.push(tokio::spawn(adopting));
+    }
     drop(stopped);
     tracing::debug!(%local, "proxy accepting connections");
     shutdown.await;
@@ -153,6 +192,9 @@ struct Acceptor {
     shared: Arc<Shared>,
     tls: Option<Tls>,
     builder: Http2Builder<TokioExecutor>,
+    /// Where idle connections go when an upgrade stops this listener, and
+    /// the listener's address they are tagged with.
+    handoff: Option<(Handoff, SocketAddr)>,
 }
 
 /// Open connections per accept loop, so that the loops of several workers
@@ -193,6 +235,12 @@ impl Balance {
             .min()
             .unwrap_or(0);
         mine > least + BALANCE_SLACK
+    }
+
+    fn least_loaded(&self) -> usize {
+        (0..self.open.len())
+            .min_by_key(|&slot| self.open[slot].load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     fn opened(self: &Arc<Balance>, slot: usize) -> OpenConnection {
@@ -251,7 +299,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let open = balance.opened(slot);
-                spawn_connection(&acceptor, &stopped, stream, peer, open);
+                spawn_connection(&acceptor, &stopped, stream, peer, open, None);
             }
             Err(e) => {
                 tracing::warn!(?local, error = %e, "accepting a connection failed");
@@ -291,6 +339,57 @@ async fn accept(
     }
 }
 
+/// Serves the connections handed over by the previous process, each on the
+/// worker that holds the fewest, until this listener stops.
+async fn adopt_loop(
+    mut intake: Intake,
+    acceptor: Arc<Acceptor>,
+    handles: Arc<[Option<tokio::runtime::Handle>]>,
+    balance: Arc<Balance>,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut stopping = stopped.clone();
+    loop {
+        let adopted = tokio::select! {
+            biased;
+            _ = async { drop(stopping.wait_for(|stop| *stop).await) } => break,
+            adopted = intake.adopted.recv() => match adopted {
+                Some(adopted) => adopted,
+                None => break,
+            },
+        };
+        let slot = balance.least_loaded();
+        let open = balance.opened(slot);
+        let acceptor = Arc::clone(&acceptor);
+        let stopped = stopped.clone();
+        let serving = async move {
+            let HandedConn {
+                stream,
+                prefix,
+                fresh,
+                ..
+            } = adopted;
+            let adopted = stream
+                .peer_addr()
+                .and_then(|peer| Ok((TcpStream::from_std(stream)?, peer)));
+            match adopted {
+                Ok((stream, peer)) => {
+                    let adopted = Adopted {
+                        prefix: BytesMut::from(&prefix[..]),
+                        fresh,
+                    };
+                    spawn_connection(&acceptor, &stopped, stream, peer, open, Some(adopted));
+                }
+                Err(e) => tracing::debug!(error = %e, "a handed-over connection was already gone"),
+            }
+        };
+        match &handles[slot] {
+            Some(handle) => drop(handle.spawn(serving)),
+            None => drop(tokio::spawn(serving)),
+        }
+    }
+}
+
 /// hyper's HTTP/2 server (h2c with prior knowledge, or h2 over TLS).
 fn connection_builder() -> Http2Builder<TokioExecutor> {
     let mut builder = Http2Builder::new(TokioExecutor::new());
@@ -304,13 +403,23 @@ fn connection_builder() -> Http2Builder<TokioExecutor> {
 /// `PRI` is not HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI ";
 
-/// Serves one client connection on its own task.
+/// A connection the previous process handed over.
+struct Adopted {
+    /// Bytes already read from it.
+    prefix: BytesMut,
+    /// Its protocol is still to be told; else HTTP/1.1 between requests.
+    fresh: bool,
+}
+
+/// Serves one client connection on its own task. `adopted`: it was handed
+/// over by the previous process.
 fn spawn_connection(
     acceptor: &Arc<Acceptor>,
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
     open: OpenConnection,
+    adopted: Option<Adopted>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
@@ -329,8 +438,23 @@ fn spawn_connection(
     tokio::spawn(async move {
         let _open = (ClientConnection(metrics), open);
         let builder = &acceptor.builder;
+        let handoff = acceptor.handoff.clone();
+        let first = match adopted {
+            Some(Adopted {
+                prefix,
+                fresh: false,
+            }) => {
+                let io = ClientIo::Tcp(stream);
+                return http1_server::serve(io, prefix, ctx, stopped, handoff).await;
+            }
+            Some(Adopted {
+                prefix,
+                fresh: true,
+            }) => prefix,
+            None => BytesMut::with_capacity(4096),
+        };
         match acceptor.tls.as_ref() {
-            None => serve_plain(stream, ctx, builder, stopped, peer).await,
+            None => serve_plain(stream, first, ctx, builder, stopped, peer, handoff).await,
             // Boxed, like HTTP/2 below: the task of a plain HTTP/1.1
             // connection stays the size of what it needs.
             Some(tls) => {
@@ -345,13 +469,14 @@ fn spawn_connection(
 /// (h2c with prior knowledge), else HTTP/1.1.
 async fn serve_plain(
     mut stream: TcpStream,
+    mut first: BytesMut,
     ctx: Arc<ConnCtx>,
     builder: &Http2Builder<TokioExecutor>,
     stopped: watch::Receiver<bool>,
     peer: SocketAddr,
+    handoff: Option<(Handoff, SocketAddr)>,
 ) {
     let settings = ctx.shared.settings;
-    let mut first = BytesMut::with_capacity(4096);
     let mut waiting = stopped.clone();
     let sniff = tokio::time::timeout(settings.header_read_timeout, async {
         // Enough bytes to tell the protocols apart (one read, nearly always).
@@ -364,8 +489,15 @@ async fn serve_plain(
     });
     let sniffed = tokio::select! {
         sniffed = sniff => sniffed,
-        // Shutdown: a connection that sent nothing yet is idle; close it.
-        _ = waiting.wait_for(|stop| *stop) => return,
+        // Shutdown: a connection that sent nothing yet (or too little to
+        // tell its protocol) is idle: it goes to the new process of an
+        // upgrade, else it closes.
+        _ = waiting.wait_for(|stop| *stop) => {
+            if let Some((handoff, listener)) = handoff.filter(|(h, _)| h.is_armed()) {
+                hand_over_fresh(&handoff, listener, stream, first);
+            }
+            return;
+        }
     };
     match sniffed {
         Ok(Ok(true)) => {}
@@ -389,7 +521,28 @@ async fn serve_plain(
         };
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
     } else {
-        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped).await;
+        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, handoff).await;
+    }
+}
+
+/// Passes a connection whose protocol is not told yet to the new process,
+/// with what it sent so far; it closes if that fails.
+fn hand_over_fresh(handoff: &Handoff, listener: SocketAddr, stream: TcpStream, first: BytesMut) {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot detach a new client connection for the handoff");
+            return;
+        }
+    };
+    let conn = HandedConn {
+        listener,
+        stream,
+        prefix: first.freeze(),
+        fresh: true,
+    };
+    if handoff.hand(conn).is_err() {
+        tracing::debug!("the handoff was closed; closing a new client connection");
     }
 }
 
@@ -423,11 +576,13 @@ async fn serve_tls(
         io.set_multiplexed();
         Box::pin(serve_h2(builder, stream, ctx, stopped, peer)).await;
     } else {
+        // A TLS session cannot move to another process: no handoff.
         http1_server::serve(
             ClientIo::Tls(Box::new(stream)),
             BytesMut::new(),
             ctx,
             stopped,
+            None,
         )
         .await;
     }
@@ -524,6 +679,7 @@ mod tests {
             }),
             tls: None,
             builder: connection_builder(),
+            handoff: None,
         });
         let balance = Arc::new(Balance::new(2));
         let (stop, stopped) = watch::channel(false);

@@ -24,6 +24,8 @@ pub struct ClientOptions {
     pub keep_cookies: bool,
     /// Pause between requests (default 2 ms).
     pub pause: Option<Duration>,
+    /// Open a new connection for every request (and close it after).
+    pub fresh_connections: bool,
 }
 
 #[derive(Debug, Default)]
@@ -194,9 +196,10 @@ fn run_client(
                 let version = version.strip_prefix("version=").unwrap_or(version);
                 report.versions.push(version.to_string());
                 answered.fetch_add(1, Ordering::SeqCst);
-                if response
-                    .header("connection")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                if options.fresh_connections
+                    || response
+                        .header("connection")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
                 {
                     connection = None;
                 }

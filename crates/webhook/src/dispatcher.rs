@@ -77,8 +77,9 @@ async fn dispatch(engine: &Engine, store: &Store, delivery: DeliveryRecord) {
                 tracing::info!(app = %app, delivery = %delivery.delivery_id, "webhook delivery deploys nothing: {why}");
                 skipped.push(format!("{app}: {why}"));
             }
-            // Shutting down: the delivery stays queued for the next start.
-            Err(EngineError::Stopped) => return,
+            // Shutting down or being upgraded: the delivery stays queued for
+            // the next start (or the process that takes over).
+            Err(EngineError::Stopped | EngineError::Upgrading(_)) => return,
             Err(e) => {
                 tracing::warn!(app = %app, delivery = %delivery.delivery_id, "webhook delivery could not be deployed: {e}");
                 failed.push(format!("{app}: {e}"));

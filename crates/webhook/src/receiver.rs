@@ -49,6 +49,17 @@ struct Shared {
 impl Receiver {
     /// Reads the secrets and binds `[webhook] listen`.
     pub async fn bind(config: Arc<Config>, store: Store) -> Result<Receiver, WebhookError> {
+        Receiver::bind_or_adopt(config, store, None).await
+    }
+
+    /// [`Receiver::bind`], serving on `inherited` instead of binding when
+    /// given: the listener of the process this one took over from (an
+    /// upgrade of cutover).
+    pub async fn bind_or_adopt(
+        config: Arc<Config>,
+        store: Store,
+        inherited: Option<std::net::TcpListener>,
+    ) -> Result<Receiver, WebhookError> {
         let webhook = config.webhook.clone().ok_or(WebhookError::NotConfigured)?;
         let mut secrets = HashMap::new();
         for provider in Provider::ALL {
@@ -65,13 +76,19 @@ impl Receiver {
                 .map_err(WebhookError::Secret)?;
             secrets.insert(provider, read);
         }
-        let listener =
-            TcpListener::bind(webhook.listen)
+        let listen_error = |source| WebhookError::Listen {
+            addr: webhook.listen,
+            source,
+        };
+        let listener = match inherited {
+            Some(listener) => listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener))
+                .map_err(listen_error)?,
+            None => TcpListener::bind(webhook.listen)
                 .await
-                .map_err(|source| WebhookError::Listen {
-                    addr: webhook.listen,
-                    source,
-                })?;
+                .map_err(listen_error)?,
+        };
         Ok(Receiver {
             listener,
             shared: Arc::new(Shared {
@@ -86,6 +103,11 @@ impl Receiver {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// A second descriptor of the listening socket, to hand to a new process.
+    pub fn listener_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&self.listener).try_clone_to_owned()
     }
 
     /// Notified whenever a delivery was queued; give it to the dispatcher.

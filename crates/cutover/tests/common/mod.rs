@@ -45,6 +45,9 @@ pub struct Daemon {
     pub config: PathBuf,
     pub proxy_port: u16,
     child: Option<Child>,
+    /// Processes that took over through `cutover upgrade` (not children
+    /// of the test), newest last.
+    pub upgraded: Vec<u32>,
 }
 
 impl Daemon {
@@ -105,6 +108,7 @@ stop_timeout = "5s"
             config: config_path,
             proxy_port,
             child: None,
+            upgraded: Vec::new(),
         };
         daemon.spawn();
         daemon
@@ -305,9 +309,59 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The PID of the original `cutover serve`, while it runs.
+    pub fn first_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `cutover upgrade [--binary PATH]`; on success the new PID is recorded.
+    pub fn upgrade(&mut self, binary: Option<&Path>) -> Output {
+        let mut args = vec!["upgrade", "--json"];
+        let binary = binary.map(|b| b.display().to_string());
+        if let Some(binary) = &binary {
+            args.extend(["--binary", binary.as_str()]);
+        }
+        let output = self.cli(&args);
+        if output.status.success() {
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let pid = report["pid"].as_u64().unwrap();
+            self.upgraded.push(u32::try_from(pid).unwrap());
+        }
+        output
+    }
+
+    /// Whether `pid` is a `cutover serve` of this daemon's config still running.
+    pub fn is_serve_process(&self, pid: u32) -> bool {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // A zombie has exited (its parent, the test, reaps it later).
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        let config = self.config.display().to_string();
+        !zombie
+            && String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .any(|arg| arg == config)
+    }
+
+    /// Stops processes that took over by upgrades (by PID, checked first).
+    fn stop_upgraded(&mut self) {
+        for pid in std::mem::take(&mut self.upgraded) {
+            if self.is_serve_process(pid) {
+                signal(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        self.stop_upgraded();
         // Releases lead their own process group.
         for (pid, _) in self.releases() {
             process::kill_group(pid);

@@ -138,6 +138,7 @@ stop_timeout = "5s"
             config: config_path,
             proxy_port: port,
             child: None,
+            upgraded: Vec::new(),
         };
         daemon.spawn();
         NginxFront {

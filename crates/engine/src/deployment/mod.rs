@@ -29,10 +29,10 @@ mod promote;
 mod switch;
 mod verify;
 
-pub(crate) use job::{DeploymentJob, Outcome};
+pub(crate) use job::{Candidate, DeploymentJob, Outcome, Placed};
 
 use crate::context::Standby;
-use job::{Candidate, Placed, Switched};
+use job::Switched;
 
 /// Where a deployment is, holding exactly what that step works on.
 enum Stage {
@@ -56,11 +56,21 @@ enum Stage {
 
 /// Runs the deployment to its end. `standby`: the release kept idle under
 /// `keep_old` that this rollback switches back to without starting anything.
-pub(crate) async fn run(mut job: DeploymentJob, standby: Option<Standby>) -> Outcome {
-    let mut stage = match standby {
+pub(crate) async fn run(job: DeploymentJob, standby: Option<Standby>) -> Outcome {
+    let stage = match standby {
         Some(standby) => Stage::CheckStandby(standby),
         None => Stage::Prepare,
     };
+    run_from(job, stage).await
+}
+
+/// Goes on with a deployment that was awaiting promotion when cutover
+/// stopped or was upgraded; `new` is its release, still running.
+pub(crate) async fn resume_promotion(job: DeploymentJob, new: Candidate) -> Outcome {
+    run_from(job, Stage::Promote(new)).await
+}
+
+async fn run_from(mut job: DeploymentJob, mut stage: Stage) -> Outcome {
     loop {
         let next = match stage {
             Stage::Prepare => prepare::prepare(&mut job).await.map(Stage::Start),

@@ -29,7 +29,12 @@
 //!   head is complete (a slowloris client is closed); `idle_timeout`
 //!   between requests; none while a request is being served.
 //! - Graceful shutdown: idle connections close at once; a busy one answers
-//!   its request with `Connection: close`, then closes.
+//!   its request with `Connection: close`, then closes. During an upgrade
+//!   (the listener's `Handoff` armed) a plain TCP connection is handed to
+//!   the new process instead, at its next request boundary: at once when
+//!   idle, else right after the response in progress (with any pipelined
+//!   bytes already read); a TLS one answers its next request with
+//!   `Connection: close`.
 
 use std::future::Future;
 use std::io;
@@ -54,6 +59,7 @@ use super::head::{self, BodyLength, HeadError, RequestHead};
 use super::io::{write_chunk, ClientIo, ReadSide, Upgraded, WriteSide};
 use crate::body::{ClientBody, ResponseBody};
 use crate::forward::{self, ConnCtx};
+use crate::handoff::{HandedConn, Handoff};
 use crate::settings::deadline_after;
 
 /// Read buffer taken when a request starts arriving.
@@ -91,12 +97,17 @@ type ReaderSlot = Arc<Mutex<Option<Reader>>>;
 
 /// Serves HTTP/1.1 requests on `io` until the client closes, a timeout
 /// passes, or shutdown is asked. `prefix`: bytes already read from it.
+/// `handoff`: where the connection goes at shutdown once armed, tagged with
+/// its listener's address.
 pub(crate) async fn serve(
     io: ClientIo,
     prefix: BytesMut,
     ctx: Arc<ConnCtx>,
     stopped: watch::Receiver<bool>,
+    handoff: Option<(Handoff, std::net::SocketAddr)>,
 ) {
+    // Only a plain TCP socket can be handed to another process.
+    let handoff = handoff.filter(|_| matches!(io, ClientIo::Tcp(_)));
     let (read, write) = io.split();
     let timer = Box::pin(tokio::time::sleep_until(deadline_after(
         ctx.shared.settings.header_read_timeout,
@@ -111,6 +122,7 @@ pub(crate) async fn serve(
         ctx,
         stopped,
         first: true,
+        handoff,
     };
     conn.run().await;
 }
@@ -127,6 +139,16 @@ struct ServerConn {
     stopped: watch::Receiver<bool>,
     /// No request was read yet.
     first: bool,
+    handoff: Option<(Handoff, std::net::SocketAddr)>,
+}
+
+/// What waiting for the next request brought.
+enum Incoming {
+    Head(RequestHead),
+    /// EOF, a timeout, or no reader: the connection is done.
+    Closed,
+    /// Shutdown while idle: close, or hand the connection over.
+    StoppedIdle,
 }
 
 /// What the connection does after a response.
@@ -148,8 +170,9 @@ impl ServerConn {
     async fn run(mut self) {
         loop {
             let head = match self.read_head().await {
-                Ok(Some(head)) => head,
-                Ok(None) => return,
+                Ok(Incoming::Head(head)) => head,
+                Ok(Incoming::Closed) => return,
+                Ok(Incoming::StoppedIdle) => return self.hand_over_or_close(),
                 Err(bad) => {
                     let _ = self.write_error(bad.status()).await;
                     return;
@@ -171,6 +194,10 @@ impl ServerConn {
                     return;
                 }
             }
+            if *self.stopped.borrow() && self.hands_over() {
+                // A request boundary during an upgrade.
+                return self.hand_over_or_close();
+            }
             if let Some(reader) = &mut self.reader {
                 if reader.buf.is_empty() {
                     // An idle connection keeps no buffer.
@@ -180,13 +207,51 @@ impl ServerConn {
         }
     }
 
-    /// Waits for and reads the next request head. `Ok(None)`: the
-    /// connection is done (EOF, idle or header timeout, shutdown while
-    /// idle, or no reader to read with).
-    async fn read_head(&mut self) -> Result<Option<RequestHead>, HeadError> {
+    /// Whether this connection goes to the new process at its next request
+    /// boundary: an upgrade armed the handoff (only plain TCP has one).
+    fn hands_over(&self) -> bool {
+        self.handoff.as_ref().is_some_and(|(h, _)| h.is_armed())
+    }
+
+    /// Stopping between two requests: the socket and the bytes read ahead
+    /// go to the new process if an upgrade armed the handoff; otherwise (or
+    /// if nobody takes it) the connection closes as it is dropped.
+    fn hand_over_or_close(self) {
+        let Some((handoff, listener)) = self.handoff.clone() else {
+            return;
+        };
+        if !handoff.is_armed() {
+            return;
+        }
+        let Some(reader) = self.reader else { return };
+        let prefix = reader.buf.freeze();
+        let Some(ClientIo::Tcp(stream)) = ClientIo::rejoin(reader.io, self.write) else {
+            return;
+        };
+        // Leaves this event loop's registration; the socket stays open.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot detach a client connection for the handoff");
+                return;
+            }
+        };
+        let conn = HandedConn {
+            listener,
+            stream,
+            prefix,
+            fresh: false,
+        };
+        if handoff.hand(conn).is_err() {
+            tracing::debug!("the handoff was closed; closing an idle client connection");
+        }
+    }
+
+    /// Waits for and reads the next request head.
+    async fn read_head(&mut self) -> Result<Incoming, HeadError> {
         let settings = &self.ctx.shared.settings;
         let Some(reader) = &mut self.reader else {
-            return Ok(None);
+            return Ok(Incoming::Closed);
         };
         // A first request (or pipelined bytes already here) starts the header
         // clock at once; otherwise the idle clock runs until the first byte,
@@ -202,7 +267,7 @@ impl ServerConn {
         loop {
             if !reader.buf.is_empty() {
                 if let Some(head) = head::parse_request(&mut reader.buf)? {
-                    return Ok(Some(head));
+                    return Ok(Incoming::Head(head));
                 }
                 if !header_clock {
                     header_clock = true;
@@ -214,9 +279,9 @@ impl ServerConn {
                 // Idle: wait without a buffer.
                 tokio::select! {
                     biased;
-                    ready = reader.io.readable() => if ready.is_err() { return Ok(None) },
-                    () = self.timer.as_mut() => return Ok(None),
-                    _ = self.stopped.wait_for(|stop| *stop) => return Ok(None),
+                    ready = reader.io.readable() => if ready.is_err() { return Ok(Incoming::Closed) },
+                    () = self.timer.as_mut() => return Ok(Incoming::Closed),
+                    _ = self.stopped.wait_for(|stop| *stop) => return Ok(Incoming::StoppedIdle),
                 }
             }
             if reader.buf.capacity() - reader.buf.len() < 1024 {
@@ -229,11 +294,11 @@ impl ServerConn {
                     if header_clock {
                         tracing::debug!("client did not send a complete request head in time");
                     }
-                    return Ok(None);
+                    return Ok(Incoming::Closed);
                 }
             };
             if matches!(read, Ok(0) | Err(_)) {
-                return Ok(None);
+                return Ok(Incoming::Closed);
             }
         }
     }
@@ -252,7 +317,9 @@ impl ServerConn {
         };
         let active = self.ctx.activity.begin();
         let response = forward::handle(Arc::clone(&self.ctx), active, request).await;
-        let closing = *self.stopped.borrow();
+        // During an upgrade a plain connection moves on after this
+        // response instead of closing.
+        let closing = *self.stopped.borrow() && !self.hands_over();
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let keep = match self.write_response(response, &asked, closing).await {
             Ok(keep) => keep,
