@@ -1,6 +1,7 @@
-//! The four modes; each returns the text it adds to the report.
+//! The five modes; each returns the text it adds to the report.
 
 mod idle;
+mod swarm;
 mod switch;
 mod table;
 
@@ -17,6 +18,7 @@ pub fn run(bench: &Bench) -> Result<String> {
         Mode::Table => table::run(bench, &bench.cli.shape()),
         Mode::Idle => idle::run(bench),
         Mode::Switch => switch::run(bench, bench.cli.conns),
+        Mode::Swarm => swarm::run(bench),
         Mode::Full => {
             let mut report = String::new();
             for shape in full_shapes() {
