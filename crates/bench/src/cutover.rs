@@ -209,7 +209,10 @@ impl Cutover {
             .split_once("\r\n\r\n")
             .ok_or_else(|| anyhow!("admin GET {path}: no complete answer"))?;
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            bail!("admin GET {path}: {}", head.lines().next().unwrap_or_default());
+            bail!(
+                "admin GET {path}: {}",
+                head.lines().next().unwrap_or_default()
+            );
         }
         Ok(serde_json::from_str(body)?)
     }

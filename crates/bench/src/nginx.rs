@@ -315,7 +315,11 @@ mod tests {
         for site in [
             seed_site(1, dir.path()),
             keepalive_site(1, 2, NginxHeaders::Same),
-            upstream_site(1, &["127.0.0.1:2".into(), "127.0.0.1:3".into()], NginxHeaders::Same),
+            upstream_site(
+                1,
+                &["127.0.0.1:2".into(), "127.0.0.1:3".into()],
+                NginxHeaders::Same,
+            ),
         ] {
             std::fs::write(
                 dir.path().join("nginx.conf"),

@@ -77,9 +77,7 @@ pub struct SwarmGuard;
 impl SwarmGuard {
     /// From now on the services of `state_dir`'s instance are removed at the end.
     pub fn track_instance(&self, state_dir: &Path) {
-        leftovers()
-            .instances
-            .push(state_dir.display().to_string());
+        leftovers().instances.push(state_dir.display().to_string());
     }
 }
 
@@ -168,12 +166,20 @@ pub fn build_images(
     let root = context.path().join("rootfs");
     std::fs::create_dir_all(&root)?;
     std::fs::copy(testapp, root.join("cutover-testapp"))?;
-    let ldd = Command::new("ldd").arg(testapp).output().context("running ldd")?;
+    let ldd = Command::new("ldd")
+        .arg(testapp)
+        .output()
+        .context("running ldd")?;
     for library in shared_libraries(&String::from_utf8_lossy(&ldd.stdout)) {
         let inside = root.join(library.strip_prefix("/")?);
-        std::fs::create_dir_all(inside.parent().context("a library path without a directory")?)?;
+        std::fs::create_dir_all(
+            inside
+                .parent()
+                .context("a library path without a directory")?,
+        )?;
         // Follows symlinks: the image gets the file under the name the loader asks for.
-        std::fs::copy(&library, &inside).with_context(|| format!("copying {}", library.display()))?;
+        std::fs::copy(&library, &inside)
+            .with_context(|| format!("copying {}", library.display()))?;
     }
     for version in versions {
         let tag = format!("{repository}:{version}");
@@ -189,7 +195,13 @@ pub fn build_images(
 
 /// `cutover.toml` with app `bench` as a swarm service of `replicas` tasks
 /// on this node; the proxy and control plane as in the other modes.
-pub fn cutover_config(dir: &Path, listen: u16, workers: u32, repository: &str, replicas: u32) -> String {
+pub fn cutover_config(
+    dir: &Path,
+    listen: u16,
+    workers: u32,
+    repository: &str,
+    replicas: u32,
+) -> String {
     let dir = dir.display();
     format!(
         r#"state_dir = "{dir}/state"
@@ -229,7 +241,10 @@ constraints = ["node.role == manager"]
 pub fn switch_delay_ms(deployment: &serde_json::Value) -> Option<i64> {
     let events = deployment["events"].as_array()?;
     let at = |found: &dyn Fn(&serde_json::Value) -> bool| {
-        events.iter().find(|e| found(e)).and_then(|e| e["at"].as_i64())
+        events
+            .iter()
+            .find(|e| found(e))
+            .and_then(|e| e["at"].as_i64())
     };
     let healthy = at(&|e| {
         e["message"]
@@ -287,7 +302,13 @@ mod tests {
 
     #[test]
     fn the_config_runs_replicas_tasks_of_the_versioned_image_on_this_node() {
-        let text = cutover_config(Path::new("/tmp/b/sw"), 8080, 1, "cutover-bench/swarm-1-2", 4);
+        let text = cutover_config(
+            Path::new("/tmp/b/sw"),
+            8080,
+            1,
+            "cutover-bench/swarm-1-2",
+            4,
+        );
         let parsed =
             cutover_config::Config::parse(Path::new("/tmp/b/sw/cutover.toml"), &text).unwrap();
         assert_eq!(parsed.apps[0].name, "bench");
@@ -301,6 +322,8 @@ mod tests {
         let file = dockerfile("cutover-bench/swarm-1-2", "v2", 1);
         assert!(file.starts_with("FROM scratch\n"), "{file}");
         assert!(file.contains("ENV LISTEN_HOST=0.0.0.0\n"));
-        assert!(file.contains("[\"/cutover-testapp\", \"--version\", \"v2\", \"--threads\", \"1\"]"));
+        assert!(
+            file.contains("[\"/cutover-testapp\", \"--version\", \"v2\", \"--threads\", \"1\"]")
+        );
     }
 }

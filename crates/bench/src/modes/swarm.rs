@@ -198,7 +198,11 @@ impl Case<'_> {
         let rows = [
             measure("direct-1-task", format!("http://{first}/"), None)?,
             measure("cutover", cutover_url(cutover), Some(&cutover_pids))?,
-            measure("nginx-upstream", format!("http://127.0.0.1:{port}/"), Some(&nginx_pids))?,
+            measure(
+                "nginx-upstream",
+                format!("http://127.0.0.1:{port}/"),
+                Some(&nginx_pids),
+            )?,
         ];
         bench.processes.stop(&nginx.proc);
         Ok(throughput_table(bench, self.pins, &rows))
@@ -245,7 +249,11 @@ fn throughput_table(bench: &Bench, pins: &Pins, rows: &[(String, Metrics)]) -> S
     }
     let of = |name: &str| rows.iter().find(|(l, _)| l == name).map(|(_, m)| m);
     out.push_str("ratios (req/s: higher is better for the first; p99 and proxy CPU per request: lower is better):\n");
-    out += &report::ratio_line("cutover/nginx-upstream", of("cutover"), of("nginx-upstream"));
+    out += &report::ratio_line(
+        "cutover/nginx-upstream",
+        of("cutover"),
+        of("nginx-upstream"),
+    );
     out += &report::ratio_line("cutover/direct-1-task ", of("cutover"), of("direct-1-task"));
     out
 }
