@@ -80,7 +80,11 @@ impl Scratch {
     /// What to do with it when the bench is interrupted.
     fn on_interrupt(&self) -> impl FnOnce() + Send + 'static {
         let (path, keep) = (self.path.clone(), self.keep);
-        move || finish_scratch(&path, keep)
+        move || {
+            // The swarm mode's services and images are no children: by label.
+            crate::swarm::remove_leftovers();
+            finish_scratch(&path, keep)
+        }
     }
 }
 

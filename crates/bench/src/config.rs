@@ -22,6 +22,29 @@ pub enum Mode {
     /// Failed requests and added p99 during UPGRADES upgrades of the proxy
     /// itself under load: cutover upgrade, nginx -s reload, nginx's binary upgrade.
     Upgrade,
+    /// Swarm services: a switch under load per REPLICAS count, then req/s
+    /// through cutover to 2 tasks against nginx with both in its upstream.
+    Swarm,
+}
+
+/// `REPLICAS`: the task counts of the swarm mode's switches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replicas(pub Vec<u32>);
+
+impl FromStr for Replicas {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let counts = s
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|word| !word.is_empty())
+            .map(positive)
+            .collect::<Result<Vec<_>, _>>()?;
+        if counts.is_empty() {
+            return Err("no replica counts given".into());
+        }
+        Ok(Replicas(counts))
+    }
 }
 
 /// One thing wrk is pointed at.
@@ -232,6 +255,10 @@ pub struct Cli {
     #[arg(long, env = "UPGRADES", default_value = "20", value_parser = positive)]
     pub upgrades: u32,
 
+    /// `swarm`: task counts of the switches under load, space or comma separated.
+    #[arg(long, env = "REPLICAS", default_value = "1 2 4", value_parser = Replicas::from_str)]
+    pub replicas: Replicas,
+
     /// Targets of the tables, space or comma separated.
     #[arg(
         long,
@@ -336,6 +363,15 @@ mod tests {
         );
         assert!("direct nginx".parse::<Targets>().is_err());
         assert!("  ".parse::<Targets>().is_err());
+    }
+
+    #[test]
+    fn replica_counts_are_positive_and_split_on_spaces_and_commas() {
+        assert_eq!("1 2,4".parse::<Replicas>().unwrap().0, [1, 2, 4]);
+        assert!("1 0".parse::<Replicas>().is_err());
+        assert!("".parse::<Replicas>().is_err());
+        let cli = parse(&["swarm", "--replicas=2"]).unwrap();
+        assert_eq!((cli.mode, cli.replicas.0), (Mode::Swarm, vec![2]));
     }
 
     #[test]

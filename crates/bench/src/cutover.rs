@@ -86,14 +86,25 @@ impl Cutover {
     /// Starts `cutover serve`, deploys v1 and checks it answers; on failure
     /// the error carries the log tails and nothing of it is left running.
     pub fn start(processes: &Processes, spec: CutoverSpec<'_>) -> Result<Cutover> {
-        let dir = spec.dir;
-        std::fs::create_dir_all(dir.join("state"))?;
         let ports = Ports {
             listen: net::free_port()?,
             blue: net::free_port()?,
             green: net::free_port()?,
         };
-        let config_text = config(&dir, ports, spec.workers, spec.testapp);
+        let config_text = config(&spec.dir, ports, spec.workers, spec.testapp);
+        Cutover::start_with_config(processes, &spec, ports.listen, &config_text)
+    }
+
+    /// Like [`Cutover::start`] with a config of the caller's (app `bench`,
+    /// proxy on `listen`, state and admin socket under `spec.dir/state`).
+    pub fn start_with_config(
+        processes: &Processes,
+        spec: &CutoverSpec<'_>,
+        listen: u16,
+        config_text: &str,
+    ) -> Result<Cutover> {
+        let dir = spec.dir.clone();
+        std::fs::create_dir_all(dir.join("state"))?;
         std::fs::write(dir.join("cutover.toml"), config_text)?;
         let log = File::create(dir.join("serve.log"))?;
         let mut command = spec.pin.command(spec.binary);
@@ -110,7 +121,7 @@ impl Cutover {
         let proc = processes.spawn("cutover serve", command)?.proc;
         let cutover = Cutover {
             proc,
-            port: ports.listen,
+            port: listen,
             dir,
             binary: spec.binary.to_path_buf(),
         };
@@ -190,6 +201,48 @@ impl Cutover {
             .find_map(|line| line.strip_prefix("upgraded: cutover now runs as pid "))
             .and_then(|pid| pid.trim().parse().ok())
             .ok_or_else(|| anyhow!("cutover upgrade named no PID: {output}"))
+    }
+
+    /// `cutover ARGS --json --config …` (a quick read: history, status).
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let output = std::process::Command::new(&self.binary)
+            .args(args)
+            .arg("--json")
+            .arg("--config")
+            .arg(self.dir.join("cutover.toml"))
+            .stdin(Stdio::null())
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "cutover {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// GET `path` on the admin API (its unix socket), as JSON.
+    pub fn admin_get(&self, path: &str) -> Result<serde_json::Value> {
+        use std::io::{Read, Write};
+        let socket = self.dir.join("state/admin.sock");
+        let mut conn = std::os::unix::net::UnixStream::connect(&socket)?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // HTTP/1.0: the answer ends when the connection closes, never chunked.
+        write!(conn, "GET {path} HTTP/1.0\r\nHost: cutover\r\n\r\n")?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer)?;
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("admin GET {path}: no complete answer"))?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            bail!(
+                "admin GET {path}: {}",
+                head.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(serde_json::from_str(body)?)
     }
 
     /// The app slots `cutover serve` runs now (its descendants).

@@ -21,6 +21,7 @@ mod pin;
 mod processes;
 mod procfs;
 mod report;
+mod swarm;
 mod tools;
 mod wrk;
 

@@ -92,14 +92,23 @@ pub fn seed_site(port: u16, dir: &Path) -> String {
 
 /// The same location with an upstream keep-alive pool.
 pub fn keepalive_site(port: u16, backend_port: u16, headers: NginxHeaders) -> String {
+    upstream_site(port, &[format!("127.0.0.1:{backend_port}")], headers)
+}
+
+/// The keep-alive pool over several backends (`host:port`), balanced
+/// round-robin (nginx's default), as the swarm mode compares.
+pub fn upstream_site(port: u16, backends: &[String], headers: NginxHeaders) -> String {
     let same = match headers {
         NginxHeaders::Same => SAME_HEADERS,
         NginxHeaders::Seed => "",
     };
+    let servers: String = backends
+        .iter()
+        .map(|addr| format!("    server {addr};\n"))
+        .collect();
     format!(
         "upstream backend {{
-    server 127.0.0.1:{backend_port};
-    keepalive 64;
+{servers}    keepalive 64;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
 }}
@@ -287,6 +296,16 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_site_lists_every_backend_in_one_keepalive_pool() {
+        let backends = ["127.0.0.1:4000".to_string(), "127.0.0.1:4001".to_string()];
+        let site = upstream_site(8081, &backends, NginxHeaders::Same);
+        assert!(site.starts_with(
+            "upstream backend {\n    server 127.0.0.1:4000;\n    server 127.0.0.1:4001;\n    keepalive 64;\n"
+        ), "{site}");
+        assert!(site.contains("        proxy_pass http://backend;\n"));
+    }
+
+    #[test]
     fn rendered_configs_pass_nginx_config_test() {
         // scripts/test installs nginx: a missing binary is a broken set-up, not a skip.
         let binary = binary().expect("nginx is not installed (scripts/test installs it)");
@@ -296,6 +315,11 @@ mod tests {
         for site in [
             seed_site(1, dir.path()),
             keepalive_site(1, 2, NginxHeaders::Same),
+            upstream_site(
+                1,
+                &["127.0.0.1:2".into(), "127.0.0.1:3".into()],
+                NginxHeaders::Same,
+            ),
         ] {
             std::fs::write(
                 dir.path().join("nginx.conf"),

@@ -118,9 +118,15 @@ fn target_row(h: &Heading<'_>, target: Target, rounds: &[Round]) -> String {
     let note = last_word.map_or_else(String::new, |w| {
         format!("  ({w} in {} of {} rounds)", unmeasured.len(), h.rounds)
     });
+    let row = metrics_row(target.name(), m);
+    format!("{}{note}\n", row.trim_end_matches('\n'))
+}
+
+/// One measured row of a table's columns, named `name`.
+pub fn metrics_row(name: &str, m: &Metrics) -> String {
     format!(
-        "{:<16} {:>11} {:>8} {:>8} {:>8} {:>6} {:>10} {:>8} {:>16} {:>14}{note}\n",
-        target.name(),
+        "{:<16} {:>11} {:>8} {:>8} {:>8} {:>6} {:>10} {:>8} {:>16} {:>14}\n",
+        name,
         format!("{:.1}", m.requests_per_second),
         ms(m.p50_us),
         ms(m.p99_us),

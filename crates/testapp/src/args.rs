@@ -7,7 +7,8 @@ pub const USAGE: &str = "\
 usage: cutover-testapp [--port N] [options]
 
 A tiny HTTP/1.1 keep-alive server for cutover's tests and benchmarks.
-Listens on 127.0.0.1 only.
+Listens on 127.0.0.1 (env LISTEN_HOST: another address, e.g. 0.0.0.0
+in a container).
 
 options:
   --port N               port to listen on (else env PORT; 0 = a free port,

@@ -6,7 +6,7 @@ mod body;
 
 use std::convert::Infallible;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +94,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// 127.0.0.1 unless env LISTEN_HOST says otherwise: in a container
+/// (cutover-bench's swarm mode) a published port reaches only a listener
+/// on the container's own addresses, e.g. 0.0.0.0.
+fn listen_host() -> Result<IpAddr, String> {
+    match std::env::var("LISTEN_HOST") {
+        Err(_) => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Ok(text) => text.parse().map_err(|_| text),
+    }
+}
+
 async fn run(args: Args) -> ExitCode {
     // Signals are hooked before anything else so that a SIGTERM during the
     // start delay or right after the "listening" line is handled.
@@ -119,7 +129,13 @@ async fn run(args: Args) -> ExitCode {
         }
     }
 
-    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let addr = match listen_host() {
+        Ok(host) => SocketAddr::new(host, args.port),
+        Err(bad) => {
+            eprintln!("testapp: LISTEN_HOST is not an IP address: {bad:?}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {

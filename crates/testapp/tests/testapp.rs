@@ -296,6 +296,21 @@ fn exit_after_crashes_later() {
 }
 
 #[test]
+fn listen_host_env_binds_another_address_and_a_bad_one_exits_2() {
+    // 127.0.0.2 is loopback too, but only a listener on 0.0.0.0 answers there.
+    let app = App::start_with_env(&["--port", "0"], &[("LISTEN_HOST", "0.0.0.0")]);
+    assert!(std::net::TcpStream::connect(("127.0.0.2", app.port)).is_ok());
+    drop(app);
+    let app = App::start(&["--port", "0"]);
+    assert!(std::net::TcpStream::connect(("127.0.0.2", app.port)).is_err());
+    drop(app);
+
+    let (st, _, err) = run_to_exit(&["--port", "0"], &[("LISTEN_HOST", "nowhere")]);
+    assert_eq!(st.code(), Some(2));
+    assert!(err.contains("LISTEN_HOST"), "{err:?}");
+}
+
+#[test]
 fn bad_args_exit_2_with_a_message() {
     for args in [
         &[][..],

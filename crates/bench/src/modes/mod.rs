@@ -1,6 +1,7 @@
 //! The modes; each returns the text it adds to the report.
 
 mod idle;
+mod swarm;
 mod switch;
 mod table;
 mod upgrade;
@@ -19,6 +20,7 @@ pub fn run(bench: &Bench) -> Result<String> {
         Mode::Idle => idle::run(bench),
         Mode::Switch => switch::run(bench, bench.cli.conns),
         Mode::Upgrade => upgrade::run(bench),
+        Mode::Swarm => swarm::run(bench),
         Mode::Full => {
             let mut report = String::new();
             for shape in full_shapes() {
