@@ -121,9 +121,17 @@ async fn request_heads_breaking_rfc_9112_get_their_status_and_reach_nothing() {
             "{shown:?} → {response}"
         );
         assert_eq!(
-            response.matches("HTTP/1.1 ").count(),
+            response
+                .lines()
+                .filter(|line| line.starts_with("HTTP/1.1 "))
+                .count(),
             1,
             "one response, then the close: {shown:?} → {response}"
+        );
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        assert!(
+            body.starts_with("cutover: ") && body.contains(": ") && body.len() > 20,
+            "the body says what was wrong: {shown:?} → {body:?}"
         );
     }
     assert_eq!(

@@ -174,7 +174,7 @@ impl ServerConn {
                 Ok(Incoming::Closed) => return,
                 Ok(Incoming::StoppedIdle) => return self.hand_over_or_close(),
                 Err(bad) => {
-                    let _ = self.write_error(bad.status()).await;
+                    let _ = self.write_error(bad).await;
                     return;
                 }
             };
@@ -401,11 +401,11 @@ impl ServerConn {
         })
     }
 
-    /// A minimal response for a request that could not be read; the
-    /// connection closes after it.
-    async fn write_error(&mut self, status: StatusCode) -> io::Result<()> {
-        let reason = status.canonical_reason().unwrap_or("");
-        let body = format!("cutover: {reason}\n");
+    /// A minimal response for a request that could not be read, saying
+    /// what was wrong with it; the connection closes after it.
+    async fn write_error(&mut self, bad: HeadError) -> io::Result<()> {
+        let status = bad.status();
+        let body = format!("cutover: {bad}\n");
         let mut out = Vec::with_capacity(160);
         encode::status_line(&mut out, status);
         encode::header_line(&mut out, b"content-type", b"text/plain; charset=utf-8");
