@@ -24,6 +24,10 @@ pub struct UpgradeReport {
     /// The PID of the process serving now (the new one after a success).
     pub pid: Option<u32>,
     pub error: Option<String>,
+    /// The upgrade was refused only because a deployment runs or is
+    /// queued; nothing was tried, and asking again after it ended works.
+    #[serde(default)]
+    pub busy: bool,
 }
 
 /// Where the admin API sends upgrade requests.

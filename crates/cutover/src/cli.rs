@@ -66,6 +66,10 @@ pub struct UpgradeArgs {
     /// The new cutover executable (default: the daemon's own executable, read again from disk).
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
+    /// Refuse at once while a deployment runs or is queued, instead of
+    /// waiting for it to end (at most an hour) and then upgrading.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Args)]

@@ -335,9 +335,15 @@ pub async fn logs(global: &GlobalArgs, args: &LogsArgs) -> Outcome {
     Ok(())
 }
 
+/// How long `cutover upgrade` waits for running deployments to end.
+const UPGRADE_WAIT_LIMIT: Duration = Duration::from_secs(3600);
+
 /// `cutover upgrade`: the daemon starts the new binary and hands over to
 /// it; prints each step, and the PID serving now. Exits 1 with the reason
-/// when the new process did not take over (the old one serves on).
+/// when the new process did not take over (the old one serves on). While a
+/// deployment runs or is queued the daemon refuses (nothing half done is
+/// ever handed over): then this waits for it to end and asks again, unless
+/// `--no-wait`.
 pub async fn upgrade(global: &GlobalArgs, args: &UpgradeArgs) -> Outcome {
     let client = client(global)?;
     let binary = match &args.binary {
@@ -349,18 +355,33 @@ pub async fn upgrade(global: &GlobalArgs, args: &UpgradeArgs) -> Outcome {
         None => None,
     };
     let body = json!({ "binary": binary });
-    let (status, value) = client
-        .json_any_status(Method::POST, "/v1/upgrade", Some(&body))
-        .await?;
-    let report: cutover_api::UpgradeReport = match parse(&value) {
-        Ok(report) => report,
-        // Refused before it started (e.g. by an older daemon): the error.
-        Err(_) => {
-            let message = value["error"].as_str().unwrap_or("unexpected answer");
-            return Err(Failure::failed(format!(
-                "cutover upgrade failed ({status}): {message}"
-            )));
+    let waiting_until = std::time::Instant::now() + UPGRADE_WAIT_LIMIT;
+    let mut told = false;
+    let (value, report) = loop {
+        let (status, value) = client
+            .json_any_status(Method::POST, "/v1/upgrade", Some(&body))
+            .await?;
+        let report: cutover_api::UpgradeReport = match parse(&value) {
+            Ok(report) => report,
+            // Refused before it started (e.g. by an older daemon): the error.
+            Err(_) => {
+                let message = value["error"].as_str().unwrap_or("unexpected answer");
+                return Err(Failure::failed(format!(
+                    "cutover upgrade failed ({status}): {message}"
+                )));
+            }
+        };
+        if !report.busy || args.no_wait || std::time::Instant::now() >= waiting_until {
+            break (value, report);
         }
+        if !told && !global.json {
+            let why = report.error.as_deref().unwrap_or("a deployment runs");
+            println(&format!(
+                "- waiting for deployments to end before upgrading ({why})"
+            ));
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
     if global.json {
         print_json(&value);

@@ -294,15 +294,18 @@ impl Daemon {
                     steps,
                     pid: Some(handed.pid),
                     error: None,
+                    busy: false,
                 };
                 (report, Some(handed))
             }
-            Err(why) => {
+            Err(failed) => {
+                let why = failed.why;
                 tracing::error!("upgrade failed: {why}; this process keeps serving");
                 let report = UpgradeReport {
                     steps,
                     pid: Some(std::process::id()),
                     error: Some(why),
+                    busy: failed.busy,
                 };
                 (report, None)
             }

@@ -398,7 +398,7 @@ fn a_deployment_awaiting_promotion_survives_a_failed_upgrade_an_upgrade_and_a_re
 /// a health check that takes its time) the upgrade is refused, saying which
 /// one to finish or abort.
 #[test]
-fn upgrade_is_refused_while_a_deployment_runs() {
+fn upgrade_waits_for_a_running_deployment_to_end_or_with_no_wait_is_refused() {
     let mut daemon = Daemon::start(AppOptions::default());
     daemon.deploy("v1");
     daemon.behave("v2", "--healthy-after 8000");
@@ -406,14 +406,20 @@ fn upgrade_is_refused_while_a_deployment_runs() {
     eventually(Duration::from_secs(20), "v2 being checked", || {
         daemon.status()["current_deployment"]["state"] == "checking"
     });
-    let output = daemon.upgrade(None);
+    let output = daemon.upgrade_with(None, &["--no-wait"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("deployment 2 of app web is running; retry after it ends or abort it"),
         "{stderr}"
     );
-    daemon.wait_serving("v2", Duration::from_secs(30));
+    assert_eq!(daemon.status()["current_deployment"]["state"], "checking");
+    // Without --no-wait the upgrade waits for the deployment, which ends in
+    // the old process, and then hands over.
     let output = daemon.upgrade(None);
     assert!(output.status.success(), "{output:?}");
+    assert_eq!(daemon.status()["live_version"], "v2", "{}", daemon.status());
+    daemon.wait_serving("v2", Duration::from_secs(30));
+    let history = daemon.history();
+    assert_eq!(history[0]["state"], "succeeded", "{history:?}");
 }

@@ -3,7 +3,7 @@
 //! pass it each idle client connection while this process drains.
 
 use super::wire::{self, HandoverError, ListenerTag, Message};
-use cutover_engine::{AppHandover, Engine};
+use cutover_engine::{AppHandover, Engine, EngineError};
 use cutover_proxy::HandedConn;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -30,6 +30,21 @@ pub struct Upgrader {
     pub engine: Engine,
 }
 
+/// Why an upgrade did not happen (this process serves on).
+#[derive(Debug)]
+pub struct UpgradeFailed {
+    pub why: String,
+    /// Refused before anything was tried because a deployment runs or is
+    /// queued: worth asking again once it ended.
+    pub busy: bool,
+}
+
+impl From<String> for UpgradeFailed {
+    fn from(why: String) -> UpgradeFailed {
+        UpgradeFailed { why, busy: false }
+    }
+}
+
 /// A new process that serves now; this one drains.
 pub struct HandedOver {
     pub stream: UnixStream,
@@ -44,14 +59,17 @@ impl Upgrader {
         &self,
         binary: Option<PathBuf>,
         steps: &mut Vec<String>,
-    ) -> Result<HandedOver, String> {
+    ) -> Result<HandedOver, UpgradeFailed> {
         steps.push("holding new deployments while cutover is upgraded".to_string());
-        let apps = self.engine.freeze().await.map_err(|e| e.to_string())?;
+        let apps = self.engine.freeze().await.map_err(|e| UpgradeFailed {
+            busy: matches!(e, EngineError::Conflict(_)),
+            why: e.to_string(),
+        })?;
         let binary = match binary.map_or_else(own_executable, Ok) {
             Ok(binary) => binary,
             Err(why) => {
                 self.engine.thaw().await;
-                return Err(why);
+                return Err(why.into());
             }
         };
         let hello = self.hello(&apps);
@@ -79,7 +97,7 @@ impl Upgrader {
         if result.is_err() {
             self.engine.thaw().await;
         }
-        result
+        result.map_err(UpgradeFailed::from)
     }
 
     fn hello(&self, apps: &[AppHandover]) -> Message {

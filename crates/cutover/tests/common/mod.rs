@@ -317,7 +317,13 @@ impl Daemon {
 
     /// `cutover upgrade [--binary PATH]`; on success the new PID is recorded.
     pub fn upgrade(&mut self, binary: Option<&Path>) -> Output {
+        self.upgrade_with(binary, &[])
+    }
+
+    /// `cutover upgrade` with more arguments (e.g. `--no-wait`).
+    pub fn upgrade_with(&mut self, binary: Option<&Path>, extra: &[&str]) -> Output {
         let mut args = vec!["upgrade", "--json"];
+        args.extend(extra);
         let binary = binary.map(|b| b.display().to_string());
         if let Some(binary) = &binary {
             args.extend(["--binary", binary.as_str()]);
