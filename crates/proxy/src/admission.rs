@@ -42,6 +42,9 @@ struct Registry {
     /// Open connections by opening order: the first is the oldest.
     open: BTreeMap<u64, Arc<IdleSignal>>,
     per_client: HashMap<IpAddr, usize>,
+    /// Connections asked to close that are not gone yet: they count as
+    /// room already made.
+    closing: usize,
     next: u64,
 }
 
@@ -106,7 +109,8 @@ impl Admission {
 
     /// Admits a connection from `peer`, asking the oldest idle connection
     /// to close if every slot is taken (the new one is admitted at once;
-    /// the count exceeds the cap until the closing one is gone).
+    /// the count exceeds the cap until the closing one is gone, and no
+    /// second one is asked to close for the same slot).
     pub(crate) fn admit(&self, peer: IpAddr) -> Result<Admitted, Refused> {
         let peer = peer.to_canonical();
         let mut registry = self.lock();
@@ -117,8 +121,11 @@ impl Admission {
             return Err(Refused::PerClient);
         }
         let cap = self.inner.max_connections;
-        if cap > 0 && registry.open.len() >= cap && !close_oldest_idle(&registry.open) {
-            return Err(Refused::Full);
+        if cap > 0 && registry.open.len() - registry.closing >= cap {
+            if !close_oldest_idle(&registry.open) {
+                return Err(Refused::Full);
+            }
+            registry.closing += 1;
         }
         Ok(self.register(&mut registry, peer))
     }
@@ -147,7 +154,11 @@ impl Admission {
 
     fn release(&self, id: u64, peer: IpAddr) {
         let mut registry = self.lock();
-        registry.open.remove(&id);
+        if let Some(signal) = registry.open.remove(&id) {
+            if signal.state.load(Ordering::Acquire) == CLOSING {
+                registry.closing -= 1;
+            }
+        }
         if let Some(count) = registry.per_client.get_mut(&peer) {
             *count -= 1;
             if *count == 0 {
