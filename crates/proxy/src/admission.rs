@@ -82,11 +82,13 @@ impl Admission {
     }
 
     /// The default `max_connections` for a soft file descriptor limit of
-    /// `nofile`: a reserve of max(256, nofile/10) descriptors stays for the
+    /// `nofile`: a reserve of max(256, nofile/10) descriptors (at most half)
+    /// stays for the
     /// admin API, health checks and logs, and half of the rest goes to
     /// clients, since each may hold an upstream connection too.
     pub fn default_max_connections(nofile: u64) -> usize {
-        let reserve = (nofile / 10).max(256);
+        // Never more than half: a small limit still leaves clients room.
+        let reserve = (nofile / 10).max(256).min(nofile / 2);
         let clients = nofile.saturating_sub(reserve) / 2;
         usize::try_from(clients).unwrap_or(usize::MAX).max(1)
     }
@@ -251,7 +253,8 @@ mod tests {
             Admission::default_max_connections(1 << 20),
             ((1 << 20) - (1 << 20) / 10) / 2
         );
-        assert_eq!(Admission::default_max_connections(64), 1);
+        assert_eq!(Admission::default_max_connections(256), (256 - 128) / 2);
+        assert_eq!(Admission::default_max_connections(1), 1);
     }
 
     #[test]
