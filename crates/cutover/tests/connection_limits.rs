@@ -4,6 +4,8 @@
 //! short. Alone in its file: it lowers the test process's limit on open
 //! files, which the daemon inherits.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
