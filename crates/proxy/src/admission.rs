@@ -82,10 +82,10 @@ impl Admission {
     }
 
     /// The default `max_connections` for a soft file descriptor limit of
-    /// `nofile`: a reserve of max(256, nofile/10) descriptors (at most half)
-    /// stays for the
-    /// admin API, health checks and logs, and half of the rest goes to
-    /// clients, since each may hold an upstream connection too.
+    /// `nofile`: a reserve of max(256, nofile/10) descriptors (at most
+    /// half) stays for the admin API, health checks and logs, and half of
+    /// the rest goes to clients, since each may hold an upstream connection
+    /// too.
     pub fn default_max_connections(nofile: u64) -> usize {
         // Never more than half: a small limit still leaves clients room.
         let reserve = (nofile / 10).max(256).min(nofile / 2);
