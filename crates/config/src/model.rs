@@ -66,6 +66,9 @@ pub struct Config {
     pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
+/// `[proxy] max_connections_per_client` when not set.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 1024;
+
 /// Most proxy worker threads `[proxy] workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
 
@@ -88,6 +91,12 @@ pub struct ProxyConfig {
     /// Peers whose `X-Forwarded-*` / `X-Real-IP` headers are believed (the
     /// `X-Forwarded-For` chain extended); empty: nobody (the default).
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
+    /// Client connections open at once over all listeners; `None`: derived
+    /// from the file descriptor limit at start.
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one address (0: unlimited);
+    /// peers in `trusted_proxies` are exempt.
+    pub max_connections_per_client: usize,
     /// `mode = "nginx"`: cutover drives this nginx and listens for no
     /// client traffic itself. `None`: the built-in proxy (the default).
     pub nginx: Option<crate::nginx::NginxConfig>,
@@ -752,6 +761,16 @@ impl Validator<'_> {
                 self.source,
             )?,
             trusted_proxies: self.trusted_proxies(raw.trusted_proxies.as_deref())?,
+            max_connections: self
+                .count(raw.max_connections.as_ref(), "max_connections", 1)?
+                .map(|n| n as usize),
+            max_connections_per_client: self
+                .count(
+                    raw.max_connections_per_client.as_ref(),
+                    "max_connections_per_client",
+                    0,
+                )?
+                .map_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT, |n| n as usize),
             nginx,
         })
     }
@@ -774,6 +793,22 @@ impl Validator<'_> {
                 })
             })
             .collect()
+    }
+
+    /// A `[proxy]` count of at least `min`; `None` when not set.
+    fn count(
+        &self,
+        raw: Option<&Spanned<i64>>,
+        key: &str,
+        min: i64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match raw {
+            None => Ok(None),
+            Some(n) => match u64::try_from(*n.get_ref()) {
+                Ok(count) if *n.get_ref() >= min => Ok(Some(count)),
+                _ => Err(self.error(n, format!("{key} must be a whole number of at least {min}"))),
+            },
+        }
     }
 
     fn app(

@@ -37,6 +37,8 @@ pub struct RawProxy {
     pub tls: Option<Spanned<Vec<crate::tls::RawTls>>>,
     pub redirect_http: Option<Spanned<bool>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_client: Option<Spanned<i64>>,
     pub nginx: Option<Spanned<crate::nginx::RawNginx>>,
 }
 

@@ -230,3 +230,29 @@ fn a_malformed_trusted_proxy_block_is_rejected_at_its_line() {
         assert!(error.contains(why), "{error}");
     }
 }
+
+#[test]
+fn connection_limits_default_to_derived_and_1024_per_client_and_reject_negatives() {
+    let proxy = parse(GOOD).expect("valid").proxy;
+    assert_eq!(proxy.max_connections, None, "derived from the fd limit");
+    assert_eq!(proxy.max_connections_per_client, 1024);
+    let text = GOOD.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nmax_connections = 50\nmax_connections_per_client = 0",
+    );
+    let proxy = parse(&text).expect("valid").proxy;
+    assert_eq!(proxy.max_connections, Some(50));
+    assert_eq!(proxy.max_connections_per_client, 0, "0: unlimited");
+    for bad in ["max_connections = 0", "max_connections_per_client = -1"] {
+        let text = GOOD.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:0\"]\n{bad}"),
+        );
+        let error = error_of(&text);
+        assert!(error.starts_with("/srv/cutover.toml:6:"), "{error}");
+        assert!(
+            error.contains("must be a whole number of at least"),
+            "{error}"
+        );
+    }
+}

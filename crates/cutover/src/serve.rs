@@ -44,6 +44,7 @@ use tracing_subscriber::EnvFilter;
 
 pub async fn run(config: Config, args: &ServeArgs) -> Outcome {
     init_tracing(args.log_format);
+    raise_nofile_limit();
     create_state_dirs(&config)?;
     let mut inheritance = match std::env::var_os(handover::UPGRADE_SOCKET_ENV) {
         Some(path) => Some(take_over_from(&PathBuf::from(path))?),
@@ -578,22 +579,24 @@ impl Listeners {
         stopped: &watch::Receiver<bool>,
         handoff: &Handoff,
     ) -> Result<(Proxies, HashMap<SocketAddr, IntakeSender>), Failure> {
+        let trusted_proxies = cutover_proxy::TrustedProxies::new(
+            config
+                .proxy
+                .trusted_proxies
+                .iter()
+                .filter_map(|block| cutover_proxy::Cidr::new(block.addr, block.prefix)),
+        );
         let settings = ProxySettings {
             max_body: config.proxy.max_body,
             header_read_timeout: config.proxy.header_read_timeout,
             idle_timeout: config.proxy.idle_timeout,
             upstream_connect_timeout: config.proxy.upstream_connect_timeout,
             upstream_response_timeout: config.proxy.upstream_response_timeout,
-            trusted_proxies: cutover_proxy::TrustedProxies::new(
-                config
-                    .proxy
-                    .trusted_proxies
-                    .iter()
-                    .filter_map(|block| cutover_proxy::Cidr::new(block.addr, block.prefix)),
-            ),
+            trusted_proxies,
         };
         let mut options = proxy_options(config)?;
         options.handoff = Some(handoff.clone());
+        options.admission = Some(proxy_admission(config, trusted_proxies));
         if !(self.plain.is_empty() && self.secure.is_empty()) {
             options.workers = Some(proxy_workers(config)?);
         }
@@ -772,7 +775,52 @@ fn proxy_options(config: &Config) -> Result<cutover_proxy::ServeOptions, Failure
         redirect_https: None,
         workers: None,
         handoff: None,
+        admission: None,
     })
+}
+
+/// Raises the soft limit on open files to the hard limit (as nginx's
+/// `worker_rlimit_nofile`): every client connection holds a descriptor,
+/// and most hold an upstream one too.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = raised,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the limit on open files"),
+        }
+    }
+    tracing::info!(
+        nofile = limit
+            .current
+            .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+        "limit on open files"
+    );
+}
+
+/// The proxy's connection limits (`[proxy] max_connections`, by default
+/// derived from the limit on open files, and `max_connections_per_client`),
+/// shared by every listener.
+fn proxy_admission(
+    config: &Config,
+    trusted: cutover_proxy::TrustedProxies,
+) -> cutover_proxy::Admission {
+    let max = config.proxy.max_connections.unwrap_or_else(|| {
+        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        // No limit on open files: the kernel's own (fs.nr_open) still binds.
+        cutover_proxy::Admission::default_max_connections(nofile.unwrap_or(1 << 20))
+    });
+    tracing::info!(
+        max_connections = max,
+        max_connections_per_client = config.proxy.max_connections_per_client,
+        "client connection limits"
+    );
+    cutover_proxy::Admission::new(max, config.proxy.max_connections_per_client, trusted)
 }
 
 /// The proxy's worker threads (`[proxy] workers`, one per CPU by default).

@@ -61,7 +61,15 @@
 //! - `conn_io`: the client socket wrapper enforcing the header-read and idle
 //!   timeouts.
 //! - `server`: [`serve`], the accept loops, TLS, HTTP/1.1 (`http1`) or
-//!   HTTP/2 (hyper) per connection, graceful shutdown.
+//!   HTTP/2 (hyper) per connection, graceful shutdown; accept errors back
+//!   off (10 ms doubling to 1 s) and are logged once per interval with a
+//!   count.
+//! - [`admission`]: [`Admission`], `max_connections` over all listeners
+//!   and `max_connections_per_client` per address: a registry of open
+//!   connections by age, locked at accept and close only; at the cap the
+//!   oldest idle HTTP/1.1 keep-alive connection is asked to close (an
+//!   atomic state plus a `Notify` its idle wait selects on), else the new
+//!   connection is closed at once.
 //! - [`handoff`]: idle HTTP/1.1 client connections leaving the data plane
 //!   at a request boundary during an upgrade ([`Handoff`]) and entering the
 //!   new process's ([`Intake`], served by [`serve_adopting`]).
@@ -101,8 +109,12 @@
 //!   connection is closed. The codec's answers do not depend on how the
 //!   bytes were split (checked by the `http1::fuzz` harness).
 //! - Nothing on a request's path panics on input.
+//! - Connection limits cost no lock per request: the admission registry is
+//!   touched at accept and close; between requests only an atomic flips.
+//!   Only an idle connection (between requests) is ever closed to make room.
 
 pub mod access_log;
+pub mod admission;
 pub mod balance;
 mod body;
 mod conn_io;
@@ -123,6 +135,7 @@ pub mod upstream;
 mod workers;
 
 pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
+pub use admission::Admission;
 pub use balance::{Balance, UnknownBalance};
 pub use endpoint::{EndpointSpec, EndpointStats};
 pub use error::ProxyError;

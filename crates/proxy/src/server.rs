@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::access_log::AccessLog;
+use crate::admission::{Admission, Admitted, IdleSignal, Refused};
 use crate::body::ClientBody;
 use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
@@ -36,9 +37,14 @@ use crate::tls::Tls;
 use crate::workers::Workers;
 
 /// Pause after an accept error caused by resource exhaustion (e.g. too many
-/// open files): retrying at once would spin. Nothing signals when a
-/// descriptor frees up, so this is a backoff, not a wait for a condition.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// open files), doubling up to [`ACCEPT_BACKOFF_MAX`] while errors go on:
+/// retrying at once would spin. Nothing signals when a descriptor frees up,
+/// so this is a backoff, not a wait for a condition.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Accept errors and refused connections are logged at most once per this
+/// interval (per accept loop), with how many there were.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Concurrent streams an HTTP/2 client may open on one connection.
 const H2_MAX_STREAMS: u32 = 256;
 
@@ -82,6 +88,9 @@ pub struct ServeOptions {
     /// Where idle HTTP/1.1 connections go at shutdown once it is armed (an
     /// upgrade); `None` or unarmed: they close.
     pub handoff: Option<Handoff>,
+    /// Connection limits shared by the listeners of a process (closing
+    /// idle connections, oldest first, at the cap); `None`: unlimited.
+    pub admission: Option<Admission>,
 }
 
 /// [`serve`] with [`ServeOptions`].
@@ -133,6 +142,7 @@ async fn serve_listener(
         tls: options.tls,
         builder: connection_builder(),
         handoff: options.handoff.map(|handoff| (handoff, local)),
+        admission: options.admission,
     });
     // Accept loops and connection tasks each hold a receiver: shutdown
     // flips the value and then waits until all receivers are gone.
@@ -195,6 +205,7 @@ struct Acceptor {
     /// Where idle connections go when an upgrade stops this listener, and
     /// the listener's address they are tagged with.
     handoff: Option<(Handoff, SocketAddr)>,
+    admission: Option<Admission>,
 }
 
 /// Open connections per accept loop, so that the loops of several workers
@@ -290,6 +301,7 @@ async fn accept_loop(
         }
     };
     let mut stopping = stopped.clone();
+    let mut trouble = AcceptTrouble::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -298,16 +310,96 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                trouble.backoff = ACCEPT_BACKOFF_MIN;
+                let admitted = match acceptor.admission.as_ref().map(|a| a.admit(peer.ip())) {
+                    None => None,
+                    Some(Ok(admitted)) => Some(admitted),
+                    Some(Err(refused)) => {
+                        // Closed at once: the client sees a reset or EOF.
+                        drop(stream);
+                        trouble.refused(refused, local);
+                        continue;
+                    }
+                };
                 let open = balance.opened(slot);
-                spawn_connection(&acceptor, &stopped, stream, peer, open, None);
+                spawn_connection(&acceptor, &stopped, stream, peer, open, admitted, None);
             }
             Err(e) => {
-                tracing::warn!(?local, error = %e, "accepting a connection failed");
-                if is_resource_exhaustion(&e) {
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                let exhausted = is_resource_exhaustion(&e);
+                trouble.failed(&e, local);
+                if exhausted {
+                    tokio::time::sleep(trouble.backoff).await;
+                    trouble.backoff = (trouble.backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             }
         }
+    }
+}
+
+/// One accept loop's failed accepts and refused connections, logged once
+/// per [`ACCEPT_LOG_INTERVAL`] with their counts rather than one line each
+/// (a flood would fill the disk and cost the descriptors it lacks).
+struct AcceptTrouble {
+    backoff: Duration,
+    last_logged: Option<tokio::time::Instant>,
+    failed: u64,
+    full: u64,
+    per_client: u64,
+}
+
+impl Default for AcceptTrouble {
+    fn default() -> Self {
+        AcceptTrouble {
+            backoff: ACCEPT_BACKOFF_MIN,
+            last_logged: None,
+            failed: 0,
+            full: 0,
+            per_client: 0,
+        }
+    }
+}
+
+impl AcceptTrouble {
+    fn failed(&mut self, e: &io::Error, local: Option<SocketAddr>) {
+        self.failed += 1;
+        if self.due() {
+            tracing::warn!(
+                ?local,
+                error = %e,
+                failures = self.failed,
+                "accepting connections failed (counted since the last such line)"
+            );
+            self.failed = 0;
+        }
+    }
+
+    fn refused(&mut self, refused: Refused, local: Option<SocketAddr>) {
+        match refused {
+            Refused::Full => self.full += 1,
+            Refused::PerClient => self.per_client += 1,
+        }
+        if self.due() {
+            tracing::warn!(
+                ?local,
+                at_max_connections = self.full,
+                over_max_connections_per_client = self.per_client,
+                "refused client connections over the connection limits (counted since the last such line)"
+            );
+            self.full = 0;
+            self.per_client = 0;
+        }
+    }
+
+    /// Whether a line may be logged now (then the interval restarts).
+    fn due(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_LOG_INTERVAL);
+        if due {
+            self.last_logged = Some(now);
+        }
+        due
     }
 }
 
@@ -360,6 +452,13 @@ async fn adopt_loop(
         };
         let slot = balance.least_loaded();
         let open = balance.opened(slot);
+        let admitted = acceptor.admission.as_ref().and_then(|a| {
+            adopted
+                .stream
+                .peer_addr()
+                .ok()
+                .map(|p| a.register_adopted(p.ip()))
+        });
         let acceptor = Arc::clone(&acceptor);
         let stopped = stopped.clone();
         let serving = async move {
@@ -378,7 +477,15 @@ async fn adopt_loop(
                         prefix: BytesMut::from(&prefix[..]),
                         fresh,
                     };
-                    spawn_connection(&acceptor, &stopped, stream, peer, open, Some(adopted));
+                    spawn_connection(
+                        &acceptor,
+                        &stopped,
+                        stream,
+                        peer,
+                        open,
+                        admitted,
+                        Some(adopted),
+                    );
                 }
                 Err(e) => tracing::debug!(error = %e, "a handed-over connection was already gone"),
             }
@@ -419,6 +526,7 @@ fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
     open: OpenConnection,
+    admitted: Option<Admitted>,
     adopted: Option<Adopted>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -435,8 +543,9 @@ fn spawn_connection(
     metrics
         .client_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let idle = admitted.as_ref().map(Admitted::signal);
     tokio::spawn(async move {
-        let _open = (ClientConnection(metrics), open);
+        let _open = (ClientConnection(metrics), open, admitted);
         let builder = &acceptor.builder;
         let handoff = acceptor.handoff.clone();
         let first = match adopted {
@@ -445,7 +554,7 @@ fn spawn_connection(
                 fresh: false,
             }) => {
                 let io = ClientIo::Tcp(stream);
-                return http1_server::serve(io, prefix, ctx, stopped, handoff).await;
+                return http1_server::serve(io, prefix, ctx, stopped, handoff, idle).await;
             }
             Some(Adopted {
                 prefix,
@@ -454,12 +563,21 @@ fn spawn_connection(
             None => BytesMut::with_capacity(4096),
         };
         match acceptor.tls.as_ref() {
-            None => serve_plain(stream, first, ctx, builder, stopped, peer, handoff).await,
+            None => {
+                let conn = PlainConn {
+                    stream,
+                    first,
+                    peer,
+                    handoff,
+                    idle,
+                };
+                serve_plain(conn, ctx, builder, stopped).await
+            }
             // Boxed, like HTTP/2 below: the task of a plain HTTP/1.1
             // connection stays the size of what it needs.
             Some(tls) => {
                 let tls = tls.acceptor().clone();
-                Box::pin(serve_tls(stream, tls, ctx, builder, stopped, peer)).await
+                Box::pin(serve_tls(stream, tls, ctx, builder, stopped, peer, idle)).await
             }
         }
     });
@@ -468,14 +586,18 @@ fn spawn_connection(
 /// A cleartext connection: HTTP/2 if it starts with the HTTP/2 preface
 /// (h2c with prior knowledge), else HTTP/1.1.
 async fn serve_plain(
-    mut stream: TcpStream,
-    mut first: BytesMut,
+    conn: PlainConn,
     ctx: Arc<ConnCtx>,
     builder: &Http2Builder<TokioExecutor>,
     stopped: watch::Receiver<bool>,
-    peer: SocketAddr,
-    handoff: Option<(Handoff, SocketAddr)>,
 ) {
+    let PlainConn {
+        mut stream,
+        mut first,
+        peer,
+        handoff,
+        idle,
+    } = conn;
     let settings = ctx.shared.settings;
     let mut waiting = stopped.clone();
     let sniff = tokio::time::timeout(settings.header_read_timeout, async {
@@ -521,8 +643,18 @@ async fn serve_plain(
         };
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
     } else {
-        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, handoff).await;
+        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, handoff, idle).await;
     }
+}
+
+/// A new cleartext connection and what is known of it.
+struct PlainConn {
+    stream: TcpStream,
+    /// Bytes already read from it.
+    first: BytesMut,
+    peer: SocketAddr,
+    handoff: Option<(Handoff, SocketAddr)>,
+    idle: Option<Arc<IdleSignal>>,
 }
 
 /// Passes a connection whose protocol is not told yet to the new process,
@@ -554,6 +686,7 @@ async fn serve_tls(
     builder: &Http2Builder<TokioExecutor>,
     stopped: watch::Receiver<bool>,
     peer: SocketAddr,
+    idle: Option<Arc<IdleSignal>>,
 ) {
     let settings = ctx.shared.settings;
     // The handshake reads count as the request head's: the header-read
@@ -583,6 +716,7 @@ async fn serve_tls(
             ctx,
             stopped,
             None,
+            idle,
         )
         .await;
     }
@@ -680,6 +814,7 @@ mod tests {
             tls: None,
             builder: connection_builder(),
             handoff: None,
+            admission: None,
         });
         let balance = Arc::new(Balance::new(2));
         let (stop, stopped) = watch::channel(false);

@@ -28,6 +28,8 @@
 //! - Timeouts: `header_read_timeout` from a request's first byte until its
 //!   head is complete (a slowloris client is closed); `idle_timeout`
 //!   between requests; none while a request is being served.
+//! - At `max_connections` an idle connection may be asked to close (oldest
+//!   first, see `admission`): it closes as on its idle timeout.
 //! - Graceful shutdown: idle connections close at once; a busy one answers
 //!   its request with `Connection: close`, then closes. During an upgrade
 //!   (the listener's `Handoff` armed) a plain TCP connection is handed to
@@ -57,6 +59,7 @@ use super::body::Decoder;
 use super::encode;
 use super::head::{self, BodyLength, HeadError, RequestHead};
 use super::io::{write_chunk, ClientIo, ReadSide, Upgraded, WriteSide};
+use crate::admission::IdleSignal;
 use crate::body::{ClientBody, ResponseBody};
 use crate::forward::{self, ConnCtx};
 use crate::handoff::{HandedConn, Handoff};
@@ -105,6 +108,7 @@ pub(crate) async fn serve(
     ctx: Arc<ConnCtx>,
     stopped: watch::Receiver<bool>,
     handoff: Option<(Handoff, std::net::SocketAddr)>,
+    idle: Option<Arc<IdleSignal>>,
 ) {
     // Only a plain TCP socket can be handed to another process.
     let handoff = handoff.filter(|_| matches!(io, ClientIo::Tcp(_)));
@@ -123,8 +127,18 @@ pub(crate) async fn serve(
         stopped,
         first: true,
         handoff,
+        idle,
     };
     conn.run().await;
+}
+
+/// Resolves when the connection is asked to close to make room; never
+/// without a signal.
+async fn asked_to_close(idle: Option<&IdleSignal>) {
+    match idle {
+        Some(idle) => idle.closing().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One client connection served in HTTP/1.1.
@@ -140,6 +154,9 @@ struct ServerConn {
     /// No request was read yet.
     first: bool,
     handoff: Option<(Handoff, std::net::SocketAddr)>,
+    /// Marks the connection idle between requests, and asks it to close
+    /// to make room for a new one at `max_connections` (see `admission`).
+    idle: Option<Arc<IdleSignal>>,
 }
 
 /// What waiting for the next request brought.
@@ -277,11 +294,20 @@ impl ServerConn {
                 }
             } else if !header_clock {
                 // Idle: wait without a buffer.
+                if self.idle.as_ref().is_some_and(|idle| !idle.set_idle()) {
+                    return Ok(Incoming::Closed);
+                }
                 tokio::select! {
                     biased;
                     ready = reader.io.readable() => if ready.is_err() { return Ok(Incoming::Closed) },
                     () = self.timer.as_mut() => return Ok(Incoming::Closed),
                     _ = self.stopped.wait_for(|stop| *stop) => return Ok(Incoming::StoppedIdle),
+                    () = asked_to_close(self.idle.as_deref()) => return Ok(Incoming::Closed),
+                }
+                // Closed to make room while it woke up: the request is
+                // not read (the client sees the close, as after a timeout).
+                if self.idle.as_ref().is_some_and(|idle| !idle.set_busy()) {
+                    return Ok(Incoming::Closed);
                 }
             }
             if reader.buf.capacity() - reader.buf.len() < 1024 {
