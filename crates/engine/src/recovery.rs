@@ -69,19 +69,7 @@ pub(crate) async fn recover(
     context: &AppContext,
     handed: Option<&HandoverRelease>,
 ) -> Result<Recovered, EngineError> {
-    let app = context.name().to_string();
-    let store = context.store.clone();
-    let name = app.clone();
-    let (record, mut unfinished) = blocking(move || {
-        let record = store.app(&name)?;
-        let unfinished: Vec<_> = store
-            .unfinished_deployments()?
-            .into_iter()
-            .filter(|d| d.app == name)
-            .collect();
-        Ok((record, unfinished))
-    })
-    .await?;
+    let (record, mut unfinished) = recorded_state(context).await?;
     let Some(record) = record else {
         return Ok(Recovered {
             live: None,
@@ -98,21 +86,9 @@ pub(crate) async fn recover(
             live = adopt_or_restart(context, slot, slot_record).await;
         }
     }
-
-    // nginx keeps its configuration across our crash: it may point at a
-    // release that the switch never recorded as live. Point it back at the
-    // recorded live release (which was serving: invariant 1 allows it)
-    // before that other release is stopped below.
-    if let (true, Some(live)) = (context.front.is_nginx(), &live) {
-        if let Err(why) = context
-            .front
-            .set_live(&app, Some(live.upstream.clone()))
-            .await
-        {
-            tracing::error!(app = %app, "cannot point nginx back at the live release: {why}");
-        }
+    if let Some(live) = &live {
+        point_nginx_back(context, live).await;
     }
-
     let routed = match (&live, handed) {
         (Some(live), Some(handed)) if live.runtime_id == handed.runtime_id => {
             route_handed(context, live).await
@@ -121,25 +97,8 @@ pub(crate) async fn recover(
     };
 
     let awaiting = adopt_awaiting(context, &mut unfinished, &record, live_slot).await;
-    let mut standby = None;
-    for slot in Slot::ALL.into_iter().filter(|s| Some(*s) != live_slot) {
-        if awaiting.as_ref().is_some_and(|a| a.slot == slot) {
-            continue;
-        }
-        if let Some(slot_record) = record.slot(slot.as_str()) {
-            if live.is_some() && unfinished.is_empty() {
-                standby = adopt_standby(context, slot, slot_record).await;
-                if standby.is_some() {
-                    continue;
-                }
-            }
-            if let Some(runtime_id) = &slot_record.runtime_id {
-                tracing::info!(app = %app, %slot, "stopping the release left running in {slot} by an interrupted deployment");
-                slots::stop(context, slot, runtime_id).await;
-            }
-        }
-    }
-
+    let keep_standby = live.is_some() && unfinished.is_empty();
+    let standby = settle_other_slots(context, &record, live_slot, &awaiting, keep_standby).await;
     fail_interrupted(context, unfinished, live.as_ref()).await?;
 
     let keep: Vec<String> = live
@@ -148,19 +107,94 @@ pub(crate) async fn recover(
         .chain(standby.iter().map(|s| s.runtime_id.clone()))
         .chain(awaiting.iter().map(|a| a.started.runtime_id.clone()))
         .collect();
-    match context.driver.stop_orphans(&app, &keep).await {
-        Ok(stopped) if !stopped.is_empty() => {
-            tracing::warn!(app = %app, "stopped {} orphaned release(s): {}", stopped.len(), stopped.join(", "))
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!(app = %app, "looking for orphaned releases failed: {e}"),
-    }
+    stop_orphans(context, &keep).await;
     Ok(Recovered {
         live,
         routed,
         standby,
         awaiting,
     })
+}
+
+/// The app's record and its deployments that never ended.
+async fn recorded_state(
+    context: &AppContext,
+) -> Result<(Option<AppRecord>, Vec<DeploymentRecord>), EngineError> {
+    let store = context.store.clone();
+    let name = context.name().to_string();
+    blocking(move || {
+        let record = store.app(&name)?;
+        let unfinished: Vec<_> = store
+            .unfinished_deployments()?
+            .into_iter()
+            .filter(|d| d.app == name)
+            .collect();
+        Ok((record, unfinished))
+    })
+    .await
+}
+
+/// nginx keeps its configuration across our crash: it may point at a
+/// release that the switch never recorded as live. Point it back at the
+/// recorded live release (which was serving: invariant 1 allows it)
+/// before that other release is stopped.
+async fn point_nginx_back(context: &AppContext, live: &LiveRelease) {
+    if !context.front.is_nginx() {
+        return;
+    }
+    if let Err(why) = context
+        .front
+        .set_live(context.name(), Some(live.upstream.clone()))
+        .await
+    {
+        tracing::error!(app = %context.name(), "cannot point nginx back at the live release: {why}");
+    }
+}
+
+/// The slots that are neither live nor awaiting promotion: a recorded
+/// `keep_old` standby that still runs is kept (when `keep_standby`: a live
+/// release and nothing interrupted), anything else left running there by
+/// an interrupted deployment is stopped.
+async fn settle_other_slots(
+    context: &AppContext,
+    record: &AppRecord,
+    live_slot: Option<Slot>,
+    awaiting: &Option<Awaiting>,
+    keep_standby: bool,
+) -> Option<Standby> {
+    let mut standby = None;
+    for slot in Slot::ALL.into_iter().filter(|s| Some(*s) != live_slot) {
+        if awaiting.as_ref().is_some_and(|a| a.slot == slot) {
+            continue;
+        }
+        let Some(slot_record) = record.slot(slot.as_str()) else {
+            continue;
+        };
+        if keep_standby {
+            standby = adopt_standby(context, slot, slot_record).await;
+            if standby.is_some() {
+                continue;
+            }
+        }
+        if let Some(runtime_id) = &slot_record.runtime_id {
+            tracing::info!(app = %context.name(), %slot, "stopping the release left running in {slot} by an interrupted deployment");
+            slots::stop(context, slot, runtime_id).await;
+        }
+    }
+    standby
+}
+
+/// Releases of this instance and app that nothing recorded (left behind
+/// by a crash) are stopped; `keep` are the runtime ids still wanted.
+async fn stop_orphans(context: &AppContext, keep: &[String]) {
+    let app = context.name();
+    match context.driver.stop_orphans(app, keep).await {
+        Ok(stopped) if !stopped.is_empty() => {
+            tracing::warn!(app = %app, "stopped {} orphaned release(s): {}", stopped.len(), stopped.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(app = %app, "looking for orphaned releases failed: {e}"),
+    }
 }
 
 /// The deployment among `unfinished` that awaits promotion, if its release
