@@ -33,6 +33,28 @@ pub(crate) fn open(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Where following a container's output resumes: the time saved in
+/// `cursor` (lines up to it were written already), and options that
+/// follow from that second on (everything when there is none), with
+/// timestamps so those lines can be skipped.
+pub(crate) fn follow_from(cursor: &Path) -> (Option<SystemTime>, LogsOptions) {
+    let cutoff = std::fs::read_to_string(cursor)
+        .ok()
+        .and_then(|text| parse_rfc3339(text.trim()));
+    let since = cutoff
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+    let options = LogsOptions {
+        follow: true,
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        since,
+        ..LogsOptions::default()
+    };
+    (cutoff, options)
+}
+
 /// Streams the container's output into `path` until the container stops
 /// (or is removed), keeping its position in `cursor`. Lines at or before
 /// the position already in `cursor` are skipped.
@@ -45,20 +67,7 @@ pub(crate) fn spawn(docker: Docker, id: String, path: PathBuf, cursor: PathBuf) 
                 return;
             }
         };
-        let cutoff = std::fs::read_to_string(&cursor)
-            .ok()
-            .and_then(|text| parse_rfc3339(text.trim()));
-        let since = cutoff
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
-        let options = LogsOptions {
-            follow: true,
-            stdout: true,
-            stderr: true,
-            timestamps: true,
-            since,
-            ..LogsOptions::default()
-        };
+        let (cutoff, options) = follow_from(&cursor);
         let mut stream = docker.logs(&id, Some(options));
         let mut position = Position::new(cursor);
         loop {

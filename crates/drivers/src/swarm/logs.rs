@@ -4,14 +4,13 @@
 //! cursor file per task, so a stream attached again after a restart of
 //! cutover skips what was written already.
 
-use crate::docker::logs::{open, parse_rfc3339, split_timestamp};
+use crate::docker::logs::{follow_from, open, split_timestamp};
 use bollard::container::LogOutput;
-use bollard::query_parameters::LogsOptions;
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -33,20 +32,7 @@ pub(crate) fn spawn(
                 return;
             }
         };
-        let cutoff = std::fs::read_to_string(&cursor)
-            .ok()
-            .and_then(|text| parse_rfc3339(text.trim()));
-        let since = cutoff
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
-        let options = LogsOptions {
-            follow: true,
-            stdout: true,
-            stderr: true,
-            timestamps: true,
-            since,
-            ..LogsOptions::default()
-        };
+        let (cutoff, options) = follow_from(&cursor);
         let mut stream = docker.task_logs(&task, Some(options));
         let prefix = format!("{label} | ");
         let mut last: Option<String> = None;
