@@ -237,15 +237,22 @@ mod tests {
 
     #[test]
     fn a_spawned_child_is_alive_listed_and_found_until_stopped() {
+        // Unique per test process: other checkouts run this test at the same time.
+        let duration = format!("60.{}", std::process::id());
         let mut child = Command::new("sleep")
-            .arg("60.123")
+            .arg(&duration)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
         let pid = child.id();
         assert!(alive(pid));
         assert!(children_of(std::process::id()).contains(&pid));
-        assert_eq!(find_by_args(&["sleep", "60.123"]), Some(pid));
+        // Between fork and exec the child's command line is still ours.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while find_by_args(&["sleep", &duration]).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(find_by_args(&["sleep", &duration]), Some(pid));
         assert!(rss_of(pid) > 0);
         stop_child(&mut child, Duration::from_secs(5));
         assert!(!alive(pid));
