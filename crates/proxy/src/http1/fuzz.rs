@@ -21,14 +21,14 @@ use http::StatusCode;
 use super::body::{Decoded, Decoder};
 use super::head::{self, BodyLength, HeadError, ParsedResponse};
 
-fn cases() -> usize {
+pub(super) fn cases() -> usize {
     std::env::var("CUTOVER_FUZZ_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000)
 }
 
-fn rng(salt: u64) -> fastrand::Rng {
+pub(super) fn rng(salt: u64) -> fastrand::Rng {
     let seed = std::env::var("CUTOVER_FUZZ_SEED")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -39,7 +39,7 @@ fn rng(salt: u64) -> fastrand::Rng {
 /// Bytes that matter to HTTP/1 framing, favoured by mutations.
 const INTERESTING: &[u8] = b"\r\n\0 \t:,;=\x7f\x80\xff0aF-/";
 
-fn mutate(rng: &mut fastrand::Rng, input: &mut Vec<u8>) {
+pub(super) fn mutate(rng: &mut fastrand::Rng, input: &mut Vec<u8>) {
     for _ in 0..rng.usize(1..=4) {
         let at = rng.usize(..=input.len());
         let byte = if rng.bool() {
@@ -116,13 +116,13 @@ fn parse_request_split(input: &[u8], at: usize) -> Outcome {
 
 /// A message head as a model: what the generator chose.
 #[derive(Debug, Clone)]
-struct Model {
+pub(super) struct Model {
     http10: bool,
     hosts: usize,
     /// `Content-Length` field values as written.
-    lengths: Vec<String>,
+    pub(super) lengths: Vec<String>,
     /// `Transfer-Encoding` field values as written.
-    codings: Vec<String>,
+    pub(super) codings: Vec<String>,
     /// `Connection` tokens.
     connection: Vec<&'static str>,
     extra: usize,
@@ -132,7 +132,7 @@ fn pick<'a>(rng: &mut fastrand::Rng, from: &[&'a str]) -> &'a str {
     from[rng.usize(..from.len())]
 }
 
-fn model(rng: &mut fastrand::Rng) -> Model {
+pub(super) fn model(rng: &mut fastrand::Rng) -> Model {
     let length_values = [
         "0",
         "5",
@@ -197,7 +197,7 @@ fn write_fields(model: &Model, out: &mut String) {
     out.push_str("\r\n");
 }
 
-fn request_bytes(model: &Model) -> String {
+pub(super) fn request_bytes(model: &Model) -> String {
     let version = if model.http10 { "1.0" } else { "1.1" };
     let mut out = format!("POST /p?q=1 HTTP/{version}\r\n");
     write_fields(model, &mut out);
@@ -259,11 +259,7 @@ fn reference_request(model: &Model) -> Outcome {
         }
     };
     let has = |token: &str| model.connection.contains(&token);
-    let persistent = if model.http10 {
-        has("keep-alive")
-    } else {
-        !has("close")
-    };
+    let persistent = !has("close") && (!model.http10 || has("keep-alive"));
     Outcome::Head {
         body,
         // Both framings: read as chunked, then the connection closes.
@@ -298,11 +294,7 @@ fn reference_response(model: &Model, status: u16, to_head: bool) -> Result<(Body
         }
     };
     let has = |token: &str| model.connection.contains(&token);
-    let persistent = if model.http10 {
-        has("keep-alive")
-    } else {
-        !has("close")
-    };
+    let persistent = !has("close") && (!model.http10 || has("keep-alive"));
     Ok((body, persistent && body != BodyLength::UntilClose))
 }
 
@@ -405,7 +397,7 @@ fn decode(length: BodyLength, input: &[u8], piece: usize) -> (Vec<u8>, Result<us
 }
 
 /// A chunked body from random chunks, extensions and trailers.
-fn chunked_body(rng: &mut fastrand::Rng) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn chunked_body(rng: &mut fastrand::Rng) -> (Vec<u8>, Vec<u8>) {
     let (mut encoded, mut data) = (Vec::new(), Vec::new());
     for _ in 0..rng.usize(..5) {
         let chunk: Vec<u8> = (0..rng.usize(1..40)).map(|_| rng.u8(..)).collect();

@@ -218,35 +218,59 @@ fn check_host(version: Version, facts: &Facts) -> Result<(), HeadError> {
     }
 }
 
-/// `uri-host [ ":" port ]` by its characters (RFC 3986: reg-name, IPv4,
-/// IP-literal in brackets, port digits); empty is allowed (RFC 9112 3.2:
-/// a target without authority gets an empty Host). No userinfo (`@`), no
-/// path, no whitespace.
+/// `uri-host [ ":" port ]` (RFC 3986): a reg-name or IPv4 address, or an
+/// IP-literal in brackets, then at most one `:` and digits. Empty is allowed
+/// (RFC 9112 3.2: a target without authority gets an empty Host). No
+/// userinfo (`@`), no path, no whitespace.
 fn is_host_value(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'%'
-                    | b'['
-                    | b']'
+    let (host_ok, port) = match value.strip_prefix(b"[") {
+        Some(rest) => match rest.iter().position(|&b| b == b']') {
+            Some(end) => (
+                end > 0
+                    && rest[..end]
+                        .iter()
+                        .all(|&b| b == b':' || is_reg_name_byte(b)),
+                &rest[end + 1..],
+            ),
+            None => return false,
+        },
+        None => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (
+                value[..end].iter().all(|&b| is_reg_name_byte(b)),
+                &value[end..],
             )
-    })
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
+}
+
+/// unreserved, sub-delims and `%` of pct-encoded (RFC 3986 reg-name).
+fn is_reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b'%'
+        )
 }
 
 /// RFC 9112 3.2: the four forms of request-target, each only where it
@@ -578,12 +602,16 @@ fn content_length(facts: &Facts, headers: &HeaderMap) -> Result<Option<u64>, Hea
     Ok(length)
 }
 
-/// Persistence (RFC 9112 9.3): HTTP/1.1 unless `Connection: close`;
-/// HTTP/1.0 only with `Connection: keep-alive`.
+/// Persistence (RFC 9112 9.3): never with `Connection: close`, whatever
+/// else the field says; otherwise HTTP/1.1 always and HTTP/1.0 only with
+/// `Connection: keep-alive`.
 fn keep_alive(version: Version, facts: &Facts, headers: &HeaderMap) -> bool {
+    if facts.connection && connection_has(headers, "close") {
+        return false;
+    }
     match version {
         Version::HTTP_10 => facts.connection && connection_has(headers, "keep-alive"),
-        _ => !(facts.connection && connection_has(headers, "close")),
+        _ => true,
     }
 }
 
@@ -628,6 +656,10 @@ mod tests {
         assert!(head.expect_continue);
         assert!(!complete_request("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(complete_request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        // Found by the differential harness: close wins over keep-alive.
+        assert!(
+            !complete_request("GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n").keep_alive
+        );
         let head = complete_request(
             "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
         );
@@ -835,6 +867,12 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: u@x\r\n\r\n", Some(S::BAD_REQUEST)),
             ("GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", Some(S::BAD_REQUEST)),
             ("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", None),
+            ("GET / HTTP/1.1\r\nHost: x:\r\n\r\n", None),
+            ("GET / HTTP/1.1\r\nHost: a:b:c\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: x:80x\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: []:80\r\n\r\n", Some(S::BAD_REQUEST)),
+            ("GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", Some(S::BAD_REQUEST)),
             ("GET / HTTP/1.0\r\nHost:\r\n\r\n", None),
             ("GET / HTTP/1.2\r\nHost: x\r\n\r\n", Some(S::HTTP_VERSION_NOT_SUPPORTED)),
             ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", Some(S::HTTP_VERSION_NOT_SUPPORTED)),

@@ -10,11 +10,16 @@
 //!   and `Http1Body`, a response body read from it.
 //! - `fuzz` (tests only): bounded generated and mutated inputs for `head`
 //!   and `body`, checked against a reference of the framing rules.
+//! - `differential` (tests only): the same generated requests through this
+//!   codec and through hyper's server; any disagreement on where a message
+//!   ends fails, every other disagreement is reported by kind.
 //! - `io`: transports (TCP or TLS, split and rejoined for upgrades),
 //!   `Prefixed` streams, vectored writes.
 
 pub(crate) mod body;
 pub(crate) mod client;
+#[cfg(test)]
+mod differential;
 pub(crate) mod encode;
 #[cfg(test)]
 mod fuzz;
