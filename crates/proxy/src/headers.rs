@@ -213,7 +213,7 @@ impl OutgoingHead for ProxiedHead<'_> {
             }
             header_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        self.encode_forwarded(out);
+        self.encode_forwarded(out, &named);
         if let Some(protocol) = self.upgrade {
             out.extend_from_slice(b"connection: upgrade\r\n");
             header_line(out, b"upgrade", protocol.as_bytes());
@@ -223,12 +223,18 @@ impl OutgoingHead for ProxiedHead<'_> {
 }
 
 impl ProxiedHead<'_> {
-    /// `X-Forwarded-*`, `X-Real-IP` and `X-Request-Id`.
-    fn encode_forwarded(&self, out: &mut Vec<u8>) {
+    /// `X-Forwarded-*`, `X-Real-IP` and `X-Request-Id`. A trusted peer's
+    /// values are kept unless its `Connection` header `named` them: then
+    /// they were meant for this hop only (as [`strip_hop_by_hop`] drops
+    /// them on the h2c path).
+    fn encode_forwarded(&self, out: &mut Vec<u8>, named: &[HeaderName]) {
+        let kept = |name: &HeaderName| {
+            self.trusted && self.headers.contains_key(name) && !named.contains(name)
+        };
         // X-Forwarded-For: a trusted peer's chain, then the peer.
         out.extend_from_slice(b"x-forwarded-for: ");
         let chain = self.headers.get_all(&X_FORWARDED_FOR);
-        for value in chain.iter().filter(|_| self.trusted) {
+        for value in chain.iter().filter(|_| kept(&X_FORWARDED_FOR)) {
             let value = value.as_bytes().trim_ascii();
             if !value.is_empty() {
                 out.extend_from_slice(value);
@@ -238,7 +244,6 @@ impl ProxiedHead<'_> {
         out.extend_from_slice(self.client_ip.as_bytes());
         out.extend_from_slice(b"\r\n");
         // A trusted peer's own values went out with the other headers.
-        let kept = |name: &HeaderName| self.trusted && self.headers.contains_key(name);
         if !kept(&X_REAL_IP) {
             header_line(out, b"x-real-ip", self.client_ip.as_bytes());
         }
@@ -305,6 +310,9 @@ fn new_request_id() -> HeaderValue {
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -381,6 +389,44 @@ mod tests {
         assert_eq!(trusted.get(&X_REAL_IP), h.get(&X_REAL_IP));
         assert_eq!(trusted.get(&X_FORWARDED_PROTO), h.get(&X_FORWARDED_PROTO));
         assert_eq!(trusted.get(&X_FORWARDED_HOST), h.get(&X_FORWARDED_HOST));
+    }
+
+    /// Found by the header fuzzer: the HTTP/1.1 path kept a trusted
+    /// peer's forwarding headers that its `Connection` named, and then
+    /// sent no `X-Real-IP` at all.
+    #[test]
+    fn a_trusted_peers_forwarding_headers_named_by_connection_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("x-real-ip, x-forwarded-for"),
+        );
+        h.insert(&X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        let ip = client_ip_value("127.0.0.2".parse().expect("ip"));
+        let (method, uri, id) = (
+            Method::GET,
+            Uri::from_static("/"),
+            HeaderValue::from_static("i"),
+        );
+        let head = ProxiedHead {
+            method: &method,
+            uri: &uri,
+            headers: &h,
+            host: None,
+            forwarded_host: None,
+            client_ip: &ip,
+            trusted: true,
+            proto: &HTTP,
+            request_id: &id,
+            upgrade: None,
+        };
+        let mut out = Vec::new();
+        head.encode(&mut out, RequestFraming::None);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("x-real-ip: 127.0.0.2\r\n"), "{text}");
+        assert!(text.contains("x-forwarded-for: 127.0.0.2\r\n"), "{text}");
+        assert!(!text.contains("6.6.6.6"), "{text}");
     }
 
     #[test]
