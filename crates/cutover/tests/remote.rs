@@ -301,3 +301,29 @@ fn the_readme_ci_recipes_deploy_the_commit_and_fail_the_job_when_the_deployment_
         );
     }
 }
+
+/// `cutover upgrade` asked over TCP: the new process takes over the admin
+/// listener too (same port, same certificate and tokens), so the remote
+/// CLI goes on working without noticing.
+#[test]
+fn an_upgrade_asked_remotely_hands_the_admin_listener_over() {
+    let mut remote = start(true);
+    remote.ok(&["deploy", "web", "--version", "v1"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&remote.ok(&["upgrade", "--json"])).unwrap();
+    let pid = u32::try_from(report["pid"].as_u64().unwrap()).unwrap();
+    remote.daemon.upgraded.push(pid);
+    assert_ne!(Some(pid), remote.daemon.first_pid(), "{report}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while remote
+        .daemon
+        .first_pid()
+        .is_some_and(|old| remote.daemon.is_serve_process(old))
+    {
+        assert!(Instant::now() < deadline, "the old process never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(remote.live_version(), "v1");
+    remote.ok(&["deploy", "web", "--version", "v2"]);
+    assert_eq!(remote.live_version(), "v2");
+}
