@@ -32,6 +32,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+/// Where the receiver listens when the proxy's listeners take its requests
+/// (`[webhook] listen` unset): loopback, a free port.
+const INTERNAL: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// The webhook receiver, bound and ready to serve.
 pub struct Receiver {
     listener: TcpListener,
@@ -76,18 +81,16 @@ impl Receiver {
                 .map_err(WebhookError::Secret)?;
             secrets.insert(provider, read);
         }
-        let listen_error = |source| WebhookError::Listen {
-            addr: webhook.listen,
-            source,
-        };
+        // Without a listener of its own, the receiver listens on a loopback
+        // port of the kernel's choosing that only the proxy forwards to.
+        let addr = webhook.listen.unwrap_or(INTERNAL);
+        let listen_error = |source| WebhookError::Listen { addr, source };
         let listener = match inherited {
             Some(listener) => listener
                 .set_nonblocking(true)
                 .and_then(|()| TcpListener::from_std(listener))
                 .map_err(listen_error)?,
-            None => TcpListener::bind(webhook.listen)
-                .await
-                .map_err(listen_error)?,
+            None => TcpListener::bind(addr).await.map_err(listen_error)?,
         };
         Ok(Receiver {
             listener,
@@ -175,6 +178,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Answer {
 }
 
 async fn handle(shared: &Shared, request: http::Request<Incoming>, peer: SocketAddr) -> Answer {
+    let peer = client_of(shared, request.headers(), peer);
     let (provider, secrets) = match endpoint(shared, &request) {
         Ok(endpoint) => endpoint,
         Err(refused) => return *refused,
@@ -194,6 +198,19 @@ async fn handle(shared: &Shared, request: http::Request<Incoming>, peer: SocketA
             tracing::warn!(provider = provider.as_str(), %peer, "webhook rejected: {message}");
             error(status, message)
         }
+    }
+}
+
+/// Who sent the request, for logs: behind the proxy (no listener of the
+/// receiver's own) the client address the proxy put in `X-Real-IP`.
+fn client_of(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> String {
+    let forwarded = headers
+        .get("x-real-ip")
+        .and_then(|value| value.to_str().ok())
+        .filter(|_| shared.webhook.listen.is_none() && peer.ip().is_loopback());
+    match forwarded {
+        Some(client) => client.escape_debug().to_string(),
+        None => peer.to_string(),
     }
 }
 
