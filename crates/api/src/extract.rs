@@ -24,8 +24,15 @@ where
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
+        let timeout = crate::transport::BODY_READ_TIMEOUT;
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(request, state))
             .await
+            .map_err(|_| {
+                HttpError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {timeout:?}"),
+                )
+            })?
             .map_err(|rejection| HttpError::new(rejection.status(), rejection.body_text()))?;
         parse_json(&bytes).map(JsonBody)
     }

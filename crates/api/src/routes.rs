@@ -72,6 +72,10 @@ pub(crate) fn router_with_shutdown(
         )))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            usize::try_from(crate::transport::MAX_BODY_BYTES).unwrap_or(usize::MAX),
+        ))
+        .layer(axum::middleware::from_fn(crate::transport::limits))
         .with_state(ApiState {
             engine,
             shutdown,

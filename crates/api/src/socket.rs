@@ -3,6 +3,7 @@
 
 use crate::routes::router_with_shutdown;
 use crate::shutdown::Shutdown;
+use crate::transport::{Connections, Peer};
 use crate::upgrade::Upgrades;
 use cutover_engine::Engine;
 use std::future::Future;
@@ -34,6 +35,16 @@ pub enum ApiError {
     },
     #[error("the admin API server failed: {0}")]
     Serve(#[source] io::Error),
+    #[error("cannot listen on {addr} ([admin] listen): {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("[admin] {0}")]
+    Tokens(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ApiError + 'a {
@@ -161,27 +172,48 @@ impl AdminSocket {
         } = self;
         let (stop, stopped) = watch::channel(false);
         let app = router_with_shutdown(engine, Shutdown::new(stopped.clone()), upgrades);
-        let signal = async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        };
-        let server = std::future::IntoFuture::into_future(
-            axum::serve(listener, app).with_graceful_shutdown(signal),
-        );
-        let grace_over = async move {
-            Shutdown::new(stopped).requested().await;
-            tokio::time::sleep(GRACE).await;
-        };
-        let result = tokio::select! {
-            result = server => result.map_err(ApiError::Serve),
-            () = grace_over => {
-                tracing::warn!("admin API connections still open {GRACE:?} after shutdown; closing them");
-                Ok(())
+        let connections = Connections::new(stopped);
+        let mut stopping = std::pin::pin!(shutdown);
+        let mut result = Ok(());
+        loop {
+            tokio::select! {
+                () = &mut stopping => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => connections.spawn(stream, Peer(None), app.clone()),
+                    Err(error) if is_transient(&error) => {
+                        tracing::warn!(%error, "accepting an admin API connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(error) => {
+                        result = Err(ApiError::Serve(error));
+                        break;
+                    }
+                },
             }
-        };
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        if !connections.wait_closed(GRACE).await {
+            tracing::warn!(
+                "admin API connections still open {GRACE:?} after shutdown; closing them"
+            );
+        }
         drop(file);
         result
     }
+}
+
+/// Errors of `accept` that pass (out of descriptors or memory for a
+/// moment, a connection reset before it was taken).
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::OutOfMemory
+    ) || matches!(error.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
 }
 
 /// Serves the admin API on the unix socket at `path` until `shutdown`

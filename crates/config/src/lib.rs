@@ -16,11 +16,15 @@
 //!   trusted_proxies`.
 //! - [`tls`]: the built-in proxy's TLS keys (`tls_listen`, `[[proxy.tls]]`,
 //!   `redirect_http`).
+//! - [`admin`]: `[admin]`, the unix socket and the TCP listener for remote
+//!   operation (tokens, TLS, allowed `Host` names, CORS origins); the one
+//!   token file reader.
 //! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
 //!   keys of both are checked by the same functions in `docker.rs`).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cidr;
 pub mod docker;
 pub mod error;
@@ -34,6 +38,7 @@ pub mod tls;
 pub mod units;
 pub mod webhook;
 
+pub use admin::RemoteAdmin;
 pub use docker::DockerConfig;
 pub use error::ConfigError;
 pub use model::*;

@@ -121,6 +121,8 @@ pub enum AccessLog {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub socket: PathBuf,
+    /// The TCP listener for remote operation (`[admin] listen`), if any.
+    pub remote: Option<crate::admin::RemoteAdmin>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,6 +496,13 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|s| base.join(s))
                 .unwrap_or_else(|| state_dir.join("admin.sock")),
+            remote: crate::admin::validate(
+                &raw.admin,
+                &base,
+                self.file,
+                self.source,
+                self.check_files,
+            )?,
         };
         let mut names = HashSet::new();
         let mut default_host_owner: Option<String> = None;
@@ -544,7 +553,17 @@ impl Validator<'_> {
             )?),
             None => None,
         };
+        if let (Some(webhook), Some(_), Some(raw_webhook)) = (&webhook, &proxy.nginx, &raw.webhook)
+        {
+            if webhook.listen.is_none() {
+                return Err(self.error(
+                    raw_webhook,
+                    "[webhook] needs `listen` in nginx front mode: nginx takes the client traffic, so the receiver needs a listener of its own, e.g. listen = \"127.0.0.1:9000\"",
+                ));
+            }
+        }
         self.check_port_clashes(&raw, &proxy, webhook.as_ref())?;
+        self.check_admin_port(&raw, &proxy, webhook.as_ref(), admin.remote.as_ref())?;
         Ok(Config {
             file: std::path::absolute(self.file).unwrap_or_else(|_| self.file.to_path_buf()),
             state_dir,
@@ -584,10 +603,11 @@ impl Validator<'_> {
                     .map(|addr| (*addr, "[proxy] tls_listen")),
             )
             .collect();
-        if let (Some(webhook), Some(raw_webhook)) = (webhook, &raw.webhook) {
+        let own_listener = webhook.and_then(|w| w.listen);
+        if let (Some(webhook_listen), Some(raw_webhook)) = (own_listener, &raw.webhook) {
             if let Some((addr, key)) = listeners
                 .iter()
-                .find(|(addr, _)| clash(addr, &webhook.listen))
+                .find(|(addr, _)| clash(addr, &webhook_listen))
             {
                 let span = raw_webhook
                     .get_ref()
@@ -595,14 +615,54 @@ impl Validator<'_> {
                     .as_ref()
                     .map_or_else(|| raw_webhook.span(), Spanned::span);
                 return Err(ConfigError::at(self.file, self.source, Some(span), format!(
-                    "[webhook] listen `{}` uses the port of {key} `{addr}`; the webhook receiver needs a port of its own: choose a free one",
-                    webhook.listen
+                    "[webhook] listen `{webhook_listen}` uses the port of {key} `{addr}`; the webhook receiver needs a port of its own: choose a free one"
                 )));
             }
-            listeners.push((webhook.listen, "[webhook] listen"));
+            listeners.push((webhook_listen, "[webhook] listen"));
         }
         for raw_app in &raw.app {
             self.check_slot_ports(raw_app.get_ref(), &listeners)?;
+        }
+        Ok(())
+    }
+
+    /// `[admin] listen` on the port of another listener or a slot.
+    fn check_admin_port(
+        &self,
+        raw: &RawConfig,
+        proxy: &ProxyConfig,
+        webhook: Option<&crate::webhook::WebhookConfig>,
+        remote: Option<&crate::admin::RemoteAdmin>,
+    ) -> Result<(), ConfigError> {
+        let (Some(remote), Some(spanned)) = (remote, &raw.admin.listen) else {
+            return Ok(());
+        };
+        let taken = proxy
+            .listen
+            .iter()
+            .map(|addr| (*addr, "[proxy] listen"))
+            .chain(
+                proxy
+                    .tls
+                    .listen
+                    .iter()
+                    .map(|addr| (*addr, "[proxy] tls_listen")),
+            )
+            .chain(
+                webhook
+                    .and_then(|w| w.listen)
+                    .map(|addr| (addr, "[webhook] listen")),
+            );
+        for (addr, key) in taken {
+            if clash(&addr, &remote.listen) {
+                return Err(self.error(
+                    spanned,
+                    format!("[admin] listen `{}` uses the port of {key} `{addr}`; the admin API needs a port of its own", remote.listen),
+                ));
+            }
+        }
+        for raw_app in &raw.app {
+            self.check_slot_ports(raw_app.get_ref(), &[(remote.listen, "[admin] listen")])?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub proxy: RawProxy,
     #[serde(default)]
-    pub admin: RawAdmin,
+    pub admin: crate::admin::RawAdmin,
     #[serde(default)]
     pub app: Vec<Spanned<RawApp>>,
     pub webhook: Option<Spanned<crate::webhook::RawWebhook>>,
@@ -40,12 +40,6 @@ pub struct RawProxy {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_client: Option<Spanned<i64>>,
     pub nginx: Option<Spanned<crate::nginx::RawNginx>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

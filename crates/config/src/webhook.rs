@@ -48,8 +48,10 @@ pub struct RawWebhook {
 /// The webhook receiver. See the README's "Git trigger".
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// The receiver's own listener.
-    pub listen: SocketAddr,
+    /// The receiver's own listener; `None` (the default): the proxy's
+    /// listeners take the requests under `path_prefix` and hand them to
+    /// the receiver.
+    pub listen: Option<SocketAddr>,
     /// Endpoints are `POST {path_prefix}/github|gitlab|gitea|bitbucket`.
     pub path_prefix: String,
     /// Bodies beyond are refused with 413.
@@ -121,6 +123,12 @@ fn webhook_config(
             "[webhook] has no secret: a webhook is accepted only when signed, so set at least one of github_secret_file, gitlab_token_file, gitea_secret_file, bitbucket_secret_file (or their *_env forms)".to_string(),
         ));
     }
+    if config.listen.is_none() && config.path_prefix.is_empty() {
+        return Err((
+            spanned.span(),
+            "[webhook] path_prefix is empty, so webhooks on the proxy's listeners would take every path from the apps: give a prefix (the default is \"/_cutover/hooks\") or a `listen` address of the receiver's own".to_string(),
+        ));
+    }
     if config.read_timeout.is_zero() || config.max_body == 0 {
         return Err((
             spanned.span(),
@@ -130,14 +138,11 @@ fn webhook_config(
     Ok(config)
 }
 
-fn listen(spanned: &Spanned<RawWebhook>) -> Result<SocketAddr, Located> {
+fn listen(spanned: &Spanned<RawWebhook>) -> Result<Option<SocketAddr>, Located> {
     let Some(addr) = &spanned.get_ref().listen else {
-        return Err((
-            spanned.span(),
-            "[webhook] needs `listen`, the address of the receiver's own listener, e.g. listen = \"127.0.0.1:9000\"".to_string(),
-        ));
+        return Ok(None);
     };
-    addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+    addr.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
         (
             addr.span(),
             format!(

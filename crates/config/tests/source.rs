@@ -61,7 +61,7 @@ gitlab_token_env = "GITLAB_TOKEN"
     );
 
     let webhook = config.webhook.as_ref().unwrap();
-    assert_eq!(webhook.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(webhook.listen.unwrap().to_string(), "127.0.0.1:9000");
     assert_eq!(webhook.path_prefix, "/_cutover/hooks");
     assert_eq!(webhook.max_body, 25 << 20);
     assert_eq!(webhook.read_timeout, Duration::from_secs(10));
@@ -129,7 +129,12 @@ fn bad_sources_are_refused_with_line_and_column() {
 #[test]
 fn bad_webhooks_are_refused() {
     for (webhook, expect) in [
-        ("github_secret_file = \"s\"", "needs `listen`"),
+        // Without `listen` the receiver is on the proxy's listeners, under
+        // a prefix that must not take every path from the apps.
+        (
+            "github_secret_file = \"s\"\npath_prefix = \"\"",
+            "path_prefix is empty",
+        ),
         ("listen = \"127.0.0.1:9000\"", "has no secret"),
         ("listen = \"localhost\"\ngithub_secret_file = \"s\"", "not a listen address"),
         (

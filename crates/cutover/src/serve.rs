@@ -122,9 +122,12 @@ async fn start(
     let listeners = Listeners::bind(config, &mut sources).await?;
     // The webhook receiver binds before recovery too, so a port clash stops
     // the start before anything is touched.
+    let admin_tcp = bind_admin_tcp(config, &mut sources).await?;
     let webhooks = match &config.webhook {
         Some(webhook) => {
-            let inherited = sources.take(ListenerKind::Webhook, webhook.listen);
+            let inherited = webhook
+                .listen
+                .and_then(|listen| sources.take(ListenerKind::Webhook, listen));
             Some(
                 cutover_webhook::Receiver::bind_or_adopt(
                     Arc::new(config.clone()),
@@ -154,16 +157,24 @@ async fn start(
     let mut handover_fds = listeners.handover_fds()?;
     let (stop, stopped) = watch::channel(false);
     let handoff = Handoff::default();
-    let (proxies, intakes) = listeners.serve(config, &router, &stopped, &handoff)?;
+    // The webhook prefix is routed before the proxy takes its first request.
     let webhook_line = match webhooks {
         Some(receiver) => {
-            handover_fds.push(webhook_fd(config, &receiver)?);
-            serve_webhooks(receiver, &engine, store, &stopped)
+            handover_fds.extend(webhook_fd(config, &receiver)?);
+            serve_webhooks(receiver, &engine, store, &router, config, &stopped)
         }
         None => String::new(),
     };
+    let (proxies, intakes) = listeners.serve(config, &router, &stopped, &handoff)?;
     let socket = admin.path().to_path_buf();
     let (upgrades, upgrade_asks) = mpsc::channel(4);
+    let admin_line = match admin_tcp {
+        Some(admin_tcp) => {
+            handover_fds.push(admin_tcp_fd(config, &admin_tcp)?);
+            serve_admin_tcp(admin_tcp, &engine, upgrades.clone(), &stopped)
+        }
+        None => String::new(),
+    };
     let upgrader = Upgrader {
         state_dir: config.state_dir.clone(),
         listeners: handover_fds,
@@ -178,7 +189,12 @@ async fn start(
             .with_upgrades(upgrades)
             .serve(engine.clone(), stop_signal(&stopped)),
     );
-    announce(config, &proxies, &webhook_line, &socket);
+    announce(
+        config,
+        &proxies,
+        &format!("{webhook_line}{admin_line}"),
+        &socket,
+    );
     Ok(Daemon {
         engine,
         router,
@@ -207,24 +223,87 @@ async fn wait_for_recovery(config: &Config, engine: &Engine) {
     }
 }
 
+/// `[admin] listen`: tokens, certificate and socket before recovery, so a
+/// bad token file or a port in use stops the start before anything is
+/// touched.
+async fn bind_admin_tcp(
+    config: &Config,
+    sources: &mut ListenerSources<'_>,
+) -> Result<Option<cutover_api::AdminTcp>, Failure> {
+    let Some(remote) = &config.admin.remote else {
+        return Ok(None);
+    };
+    let inherited = sources.take(ListenerKind::Admin, remote.listen);
+    cutover_api::AdminTcp::bind(remote, inherited)
+        .await
+        .map(Some)
+        .map_err(Failure::failed)
+}
+
+fn admin_tcp_fd(
+    config: &Config,
+    admin: &cutover_api::AdminTcp,
+) -> Result<(ListenerTag, OwnedFd), Failure> {
+    let configured = config.admin.remote.as_ref().map(|r| r.listen);
+    let fd = admin
+        .listener_fd()
+        .map_err(|e| Failure::failed(format!("admin listener: {e}")))?;
+    match (configured, admin.local_addr()) {
+        (Some(configured), Some(local)) => Ok((
+            ListenerTag {
+                kind: ListenerKind::Admin,
+                configured,
+                local,
+            },
+            fd,
+        )),
+        _ => Err(Failure::failed("the admin listener has no address")),
+    }
+}
+
+/// Serves the admin API over TCP until the daemon stops; returns the
+/// startup line's part.
+fn serve_admin_tcp(
+    admin: cutover_api::AdminTcp,
+    engine: &Engine,
+    upgrades: cutover_api::Upgrades,
+    stopped: &watch::Receiver<bool>,
+) -> String {
+    let line = format!(", admin API on {}", admin.url());
+    let serving = admin
+        .with_upgrades(upgrades)
+        .serve(engine.clone(), stop_signal(stopped));
+    tokio::spawn(async move {
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "the admin API over TCP stopped");
+        }
+    });
+    line
+}
+
+/// The webhook receiver's own listener, for an upgrade; none when the
+/// proxy's listeners take its requests (the new process binds a new one).
 fn webhook_fd(
     config: &Config,
     receiver: &cutover_webhook::Receiver,
-) -> Result<(ListenerTag, OwnedFd), Failure> {
-    let configured = config.webhook.as_ref().map(|w| w.listen);
+) -> Result<Option<(ListenerTag, OwnedFd)>, Failure> {
+    let Some(configured) = config.webhook.as_ref().and_then(|w| w.listen) else {
+        return Ok(None);
+    };
+    let configured = Some(configured);
     let local = receiver.local_addr();
     let fd = receiver
         .listener_fd()
         .map_err(|e| Failure::failed(format!("webhook listener: {e}")))?;
     match (configured, local) {
-        (Some(configured), Some(local)) => Ok((
+        (Some(configured), Some(local)) => Ok(Some((
             ListenerTag {
                 kind: ListenerKind::Webhook,
                 configured,
                 local,
             },
             fd,
-        )),
+        ))),
         _ => Err(Failure::failed("the webhook listener has no address")),
     }
 }
@@ -688,6 +767,7 @@ async fn bind_all(
         ListenerKind::Listen => "[proxy] listen",
         ListenerKind::TlsListen => "[proxy] tls_listen",
         ListenerKind::Webhook => "[webhook] listen",
+        ListenerKind::Admin => "[admin] listen",
     };
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
@@ -711,17 +791,26 @@ async fn bind_all(
     Ok(listeners)
 }
 
-/// Starts the webhook dispatcher and receiver; returns the startup line's part.
+/// Starts the webhook dispatcher and receiver; without a listener of its
+/// own, the proxy's listeners forward `path_prefix` to it. Returns the
+/// startup line's part.
 fn serve_webhooks(
     receiver: cutover_webhook::Receiver,
     engine: &Engine,
     store: Store,
+    router: &Router,
+    config: &Config,
     stopped: &watch::Receiver<bool>,
 ) -> String {
-    let line = receiver
-        .local_addr()
-        .map(|addr| format!(", webhooks on {addr}"))
-        .unwrap_or_default();
+    let line = match (config.webhook.as_ref(), receiver.local_addr()) {
+        (Some(webhook), Some(addr)) if webhook.listen.is_none() => {
+            let upstream = cutover_proxy::Upstream::new("_cutover", "webhook", "receiver", addr);
+            router.set_reserved_path(&webhook.path_prefix, Some(upstream));
+            format!(", webhooks on the proxy under {}/", webhook.path_prefix)
+        }
+        (_, Some(addr)) => format!(", webhooks on {addr}"),
+        (_, None) => String::new(),
+    };
     cutover_webhook::spawn_dispatcher(engine.clone(), store, receiver.wake());
     let serving = receiver.serve(stop_signal(stopped));
     tokio::spawn(async move {

@@ -213,11 +213,14 @@ async fn forward(
     let upgrade = take_upgrade(&mut req);
     let (parts, body) = req.into_parts();
     let host = requested_host(&parts);
-    let (in_flight, sticky, protocol) = start_on_live(
-        ctx,
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        &parts.headers,
-    )?;
+    let (in_flight, sticky, protocol) = match start_on_reserved(ctx, parts.uri.path()) {
+        Some(started) => (started?, None, UpstreamProtocol::Http1),
+        None => start_on_live(
+            ctx,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            &parts.headers,
+        )?,
+    };
     let upstream = Arc::clone(in_flight.upstream());
     let body = RequestBody::new(body, settings.max_body);
     let sent = match protocol {
@@ -427,6 +430,23 @@ fn switch_protocols(
     };
     tokio::spawn(tunnel.run());
     Response::from_parts(parts, ResponseBody::empty())
+}
+
+/// Pre-routing: a path cutover serves itself ahead of every app (the
+/// webhook receiver under `[webhook] path_prefix`) starts on that upstream,
+/// like a request to an app's release; `None` for every other path. The
+/// receiver answers on the control plane's runtime: nothing here waits on
+/// it beyond the forwarded request.
+fn start_on_reserved(ctx: &ConnCtx, path: &str) -> Option<Result<InFlightGuard, ForwardError>> {
+    let table = ctx.shared.router.load();
+    let upstream = table.reserved_for(path)?;
+    Some(
+        upstream
+            .try_begin()
+            .ok_or_else(|| ForwardError::NoLiveRelease {
+                app: upstream.app_name(),
+            }),
+    )
 }
 
 /// Starts the request on the upstream of the app serving `host`: the live

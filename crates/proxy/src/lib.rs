@@ -10,7 +10,9 @@
 //! - [`settings`]: [`ProxySettings`], limits and timeouts; [`TrustedProxies`]
 //!   ([`Cidr`] blocks) whose `X-Forwarded-*` headers are believed.
 //! - [`router`]: [`Router`], the route table behind an `ArcSwap`: Host → app
-//!   → live [`Upstream`]; one lock-free load per request.
+//!   → live [`Upstream`]; one lock-free load per request; and one reserved
+//!   path prefix served ahead of every app on every host
+//!   ([`Router::set_reserved_path`]: the webhook receiver).
 //! - [`upstream`]: [`Upstream`], one release: its set of endpoints behind an
 //!   `ArcSwap` (replaced live by [`Upstream::set_endpoints`]), in-flight
 //!   count over all of them, the retire/drain protocol (Dekker-style, see
@@ -42,7 +44,8 @@
 //!   task, no channels) and the response body read from it.
 //! - `pool`: the idle keep-alive connections of one endpoint (a LIFO stack
 //!   per worker), and opening new ones.
-//! - `forward`: the per-request path: route, start on the live upstream,
+//! - `forward`: the per-request path: the reserved prefix first
+//!   (`start_on_reserved`), else route, start on the live upstream,
 //!   rewrite headers, forward, map failures to 404/413/502/503/504.
 //! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, `X-Real-IP`
 //!   (replaced, unless the peer is in [`TrustedProxies`]: then the chain is

@@ -15,6 +15,17 @@ use crate::upstream::Upstream;
 pub(crate) struct RouteTable {
     hosts: Arc<HostIndex>,
     apps: Box<[AppRoute]>,
+    /// A path prefix cutover serves itself on every host, ahead of the apps.
+    reserved: Option<Arc<ReservedPath>>,
+}
+
+/// Requests under `prefix` (the prefix itself, or it followed by `/`) go
+/// to `upstream` whatever their Host: the webhook receiver under
+/// `[webhook] path_prefix`.
+#[derive(Debug)]
+pub(crate) struct ReservedPath {
+    prefix: Box<str>,
+    upstream: Arc<Upstream>,
 }
 
 /// Host → app index; fixed at [`Router::new`], shared by every snapshot.
@@ -103,6 +114,14 @@ impl RouteTable {
     fn app(&self, name: &str) -> Option<&AppRoute> {
         self.apps.iter().find(|a| &*a.name == name)
     }
+
+    /// The upstream of the reserved prefix, when `path` is under it
+    /// (`/_cutover/hooks` and `/_cutover/hooks/…`, not `/_cutover/hooksx`).
+    pub(crate) fn reserved_for(&self, path: &str) -> Option<&Arc<Upstream>> {
+        let reserved = self.reserved.as_ref()?;
+        let rest = path.strip_prefix(&*reserved.prefix)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(&reserved.upstream)
+    }
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
@@ -167,6 +186,7 @@ impl Router {
         let table = RouteTable {
             hosts: Arc::new(hosts),
             apps: routes.into_boxed_slice(),
+            reserved: None,
         };
         Router {
             table: Arc::new(ArcSwap::from_pointee(table)),
@@ -208,6 +228,23 @@ impl Router {
         self.update(app, |route| route.protocol = protocol);
     }
 
+    /// Sends every request whose path is `prefix` or under `prefix/` to
+    /// `upstream`, on every host and ahead of the apps (the webhook
+    /// receiver); `None` gives the paths back to the apps.
+    pub fn set_reserved_path(&self, prefix: &str, upstream: Option<Arc<Upstream>>) {
+        let reserved = upstream.map(|upstream| {
+            Arc::new(ReservedPath {
+                prefix: prefix.trim_end_matches('/').into(),
+                upstream,
+            })
+        });
+        self.table.rcu(|current| RouteTable {
+            hosts: Arc::clone(&current.hosts),
+            apps: current.apps.clone(),
+            reserved: reserved.clone(),
+        });
+    }
+
     /// Publishes a table in which `change` was applied to `app`'s route;
     /// returns what `change` returned for the table that was replaced.
     fn update<T>(&self, app: &str, mut change: impl FnMut(&mut AppRoute) -> T) -> Option<T> {
@@ -218,6 +255,7 @@ impl Router {
             RouteTable {
                 hosts: Arc::clone(&current.hosts),
                 apps: apps.into_boxed_slice(),
+                reserved: current.reserved.clone(),
             }
         });
         if result.is_none() {
@@ -295,6 +333,26 @@ mod tests {
         assert_eq!(host_without_port("[::1]:80"), "[::1]");
         assert_eq!(host_without_port("[::1]"), "[::1]");
         assert_eq!(host_without_port("[::1"), "[::1");
+    }
+
+    #[test]
+    fn a_reserved_prefix_takes_its_paths_only_and_survives_route_updates() {
+        let r = router();
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        r.set_reserved_path(
+            "/_cutover/hooks",
+            Some(Upstream::new("_cutover", "webhook", "receiver", addr)),
+        );
+        r.set_live("web", Some(Upstream::new("web", "blue", "v1", addr)));
+        let table = r.load();
+        assert!(table.reserved_for("/_cutover/hooks/github").is_some());
+        assert!(table.reserved_for("/_cutover/hooks").is_some());
+        assert!(table.reserved_for("/_cutover/hooksx").is_none());
+        assert!(table.reserved_for("/_cutover/hook").is_none());
+        assert!(table.reserved_for("/").is_none());
+        r.set_reserved_path("/_cutover/hooks", None);
+        assert!(r.load().reserved_for("/_cutover/hooks/github").is_none());
+        assert!(r.live("web").is_some());
     }
 
     #[test]

@@ -222,6 +222,18 @@ impl Tls {
         }
     }
 
+    /// An acceptor for servers that speak HTTP/1.1 only (the admin API):
+    /// the same certificates (and reloads), ALPN `http/1.1`.
+    pub fn http1_acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.inner.provider))
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&self.inner.resolver) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
     pub(crate) fn acceptor(&self) -> &TlsAcceptor {
         &self.inner.acceptor
     }

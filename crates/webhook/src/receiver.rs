@@ -32,6 +32,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+/// Where the receiver listens when the proxy's listeners take its requests
+/// (`[webhook] listen` unset): loopback, a free port.
+const INTERNAL: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// The webhook receiver, bound and ready to serve.
 pub struct Receiver {
     listener: TcpListener,
@@ -76,18 +81,16 @@ impl Receiver {
                 .map_err(WebhookError::Secret)?;
             secrets.insert(provider, read);
         }
-        let listen_error = |source| WebhookError::Listen {
-            addr: webhook.listen,
-            source,
-        };
+        // Without a listener of its own, the receiver listens on a loopback
+        // port of the kernel's choosing that only the proxy forwards to.
+        let addr = webhook.listen.unwrap_or(INTERNAL);
+        let listen_error = |source| WebhookError::Listen { addr, source };
         let listener = match inherited {
             Some(listener) => listener
                 .set_nonblocking(true)
                 .and_then(|()| TcpListener::from_std(listener))
                 .map_err(listen_error)?,
-            None => TcpListener::bind(webhook.listen)
-                .await
-                .map_err(listen_error)?,
+            None => TcpListener::bind(addr).await.map_err(listen_error)?,
         };
         Ok(Receiver {
             listener,

@@ -47,7 +47,7 @@ pub enum HandoverError {
 /// One listening socket handed over: which config entry it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerTag {
-    /// `listen`, `tls_listen` or `webhook`.
+    /// `listen`, `tls_listen`, `webhook` or `admin`.
     pub kind: ListenerKind,
     /// The address as configured (port 0 stays 0).
     pub configured: SocketAddr,
@@ -61,6 +61,8 @@ pub enum ListenerKind {
     Listen,
     TlsListen,
     Webhook,
+    /// `[admin] listen`, the admin API over TCP.
+    Admin,
 }
 
 /// A release handed over (see `cutover_engine::HandoverRelease`).
