@@ -25,7 +25,8 @@
   // The engine's notes (crates/engine/src/deployment/{switch,promote}.rs).
   const SHIFT_NOTE = /^(\d{1,3})% of new clients now reach (\S+) \((.*?)\)/;
   const PREVIEW_NOTE = /requests with `([^`]+): 1` or the cookie `([^`]+)=1`/;
-  const AFTER_SWITCH = new Set(['switching', 'verifying', 'draining', 'retiring', 'succeeded']);
+  // A shift's split is shown while traffic is divided (switching, verifying).
+  const SPLIT_STATES = new Set(['switching', 'verifying']);
 
   const $ = (id) => document.getElementById(id);
   const enc = encodeURIComponent;
@@ -350,6 +351,12 @@
       this.renderSlots(status);
       const current = status.current_deployment;
       if (current && (!this.follow || this.follow.id !== current.id)) this.startFollow(current.id);
+      if (current && this.follow && this.follow.record && this.follow.id === current.id) {
+        // Facts filled in as it runs (the slots, the version it replaces);
+        // the state comes from the events, which are newer.
+        Object.assign(this.follow.record, current, { state: this.follow.record.state });
+        this.renderDeployment();
+      }
       if (!current && !this.follow && this.latestId) this.startFollow(this.latestId);
       this.renderButtons();
       const now = Date.now();
@@ -673,7 +680,7 @@
       if (OPTIONAL.has(state) && !seen) return;
       let cls = 'pending';
       if (seen) cls = state === current ? 'current' : 'done';
-      else if (index < furthest) cls = 'skipped';
+      else if (index < furthest || terminal) cls = 'skipped';
       if (terminal && current !== 'succeeded' && index === furthest) cls = 'failed';
       items.push(step(state, cls));
     });
@@ -689,9 +696,9 @@
       const match = SHIFT_NOTE.exec(event.message);
       if (match) shift = { percent: Math.min(100, Number(match[1])), slot: match[2] };
     }
-    if (!shift || !AFTER_SWITCH.has(state)) return null;
+    if (!shift || !SPLIT_STATES.has(state) || !record.from_version) return null;
     const percent = state === 'switching' ? shift.percent : 100;
-    const old = record.from_version || 'old';
+    const old = record.from_version;
     const part = (cls, share, text) => {
       const node = h('span', { class: cls }, share >= 15 ? text : '');
       node.style.width = `${share}%`;
