@@ -40,12 +40,18 @@ impl Asset {
     }
 }
 
-const INDEX: Asset = Asset::new("text/html; charset=utf-8", include_str!("dashboard/index.html"));
+const INDEX: Asset = Asset::new(
+    "text/html; charset=utf-8",
+    include_str!("dashboard/index.html"),
+);
 const SCRIPT: Asset = Asset::new(
     "text/javascript; charset=utf-8",
     include_str!("dashboard/dashboard.js"),
 );
-const STYLE: Asset = Asset::new("text/css; charset=utf-8", include_str!("dashboard/dashboard.css"));
+const STYLE: Asset = Asset::new(
+    "text/css; charset=utf-8",
+    include_str!("dashboard/dashboard.css"),
+);
 const ICON: Asset = Asset::new("image/svg+xml", include_str!("dashboard/favicon.svg"));
 
 /// The files under `/assets/`, by name.
