@@ -24,6 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const TOKEN: &str = "dashboard-test-token-4f1c9b7e";
+const READ_TOKEN: &str = "dashboard-read-only-token-81d2";
 const HOSTILE: &str = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>";
 const TERMINAL: [&str; 4] = ["succeeded", "failed", "aborted", "rolled_back"];
 const STEP: Duration = Duration::from_secs(20);
@@ -40,7 +41,11 @@ impl Site {
         let secrets = tempfile::tempdir().unwrap();
         let tokens = secrets.path().join("tokens");
         std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
-        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let read_tokens = secrets.path().join("read-tokens");
+        std::fs::write(&read_tokens, format!("{READ_TOKEN}\n")).unwrap();
+        for file in [&tokens, &read_tokens] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let admin_port = free_port();
         let testapp = binaries::testapp();
         let testapp = testapp.display();
@@ -51,6 +56,7 @@ impl Site {
 [admin]
 listen = "127.0.0.1:{admin_port}"
 token_file = "{tokens}"
+read_tokens_file = "{read_tokens}"
 
 [[app]]
 name = "web"
@@ -83,6 +89,7 @@ command = ["{testapp}", "--port", "{{port}}", "--version", "{{version}}"]
 stop_timeout = "5s"
 "#,
             tokens = tokens.display(),
+            read_tokens = read_tokens.display(),
         );
         let daemon = Daemon::start_with_apps(&apps);
         Site {
@@ -192,8 +199,10 @@ async fn scroll_to(browser: &Browser, app_name: &str) {
 }
 
 /// A wrong token is refused on the form; the right one opens the apps.
-async fn sign_in(browser: &Browser, site: &Site) {
+/// Signs in; the navigation timing of this first (cold) load.
+async fn sign_in(browser: &Browser, site: &Site) -> Value {
     browser.client.goto(&site.url()).await.unwrap();
+    let cold = timing(browser, false).await;
     browser.type_into("#token", "not-the-token").await;
     browser.click("#sign-in").await;
     wait_text(browser, "#login-error", "the refusal", "refused").await;
@@ -217,6 +226,7 @@ async fn sign_in(browser: &Browser, site: &Site) {
     );
     let cookies = browser.eval("return document.cookie;").await;
     assert_eq!(cookies, "", "no cookies");
+    cold
 }
 
 /// Records in the page every deployment panel `app`'s card draws, as
@@ -400,27 +410,74 @@ async fn hostile_input_is_text(browser: &Browser) {
     assert_eq!(injected["pwned"], Value::Null, "no hostile script ran");
     assert_eq!(injected["elements"], 0, "no element was made from data");
     scroll_to(browser, "web").await;
-    browser.screenshot("07-hostile-text").await;
+    browser.screenshot("07-hostile-version").await;
+    browser
+        .eval(&format!(
+            "document.querySelector('{}').scrollIntoView({{block: 'end'}}); return true;",
+            app("web", "log")
+        ))
+        .await;
+    browser.screenshot("08-hostile-log-line").await;
 }
 
-/// Page size and time to first render, from a fresh load (token kept).
-async fn measure(browser: &Browser, site: &Site) -> String {
-    browser.client.goto(&site.url()).await.unwrap();
-    let timing = browser
-        .wait_for(STEP, "the first render with data", move || async move {
-            let value = browser
-                .eval(
-                    "const nav = performance.getEntriesByType('navigation')[0]; \
-                     const fcp = performance.getEntriesByName('first-contentful-paint')[0]; \
-                     const apps = performance.getEntriesByName('cutover-apps-rendered')[0]; \
-                     if (!nav || !nav.loadEventEnd || !fcp || !apps) return null; \
-                     return { dom_content_loaded_ms: nav.domContentLoadedEventEnd, load_ms: nav.loadEventEnd, \
-                     first_contentful_paint_ms: fcp.startTime, apps_rendered_ms: apps.startTime };",
-                )
-                .await;
+/// Signed in again with a read-only token, the page shows everything but
+/// an action is refused (403) and changes nothing.
+async fn read_only_token_cannot_act(browser: &Browser, site: &Site) {
+    browser.click("#sign-out").await;
+    let kept = browser
+        .eval("return sessionStorage.getItem('cutover-admin-token');")
+        .await;
+    assert_eq!(kept, Value::Null, "signing out forgets the token");
+    browser.type_into("#token", READ_TOKEN).await;
+    browser.click("#sign-in").await;
+    wait_text(
+        browser,
+        &app("web", "live-version"),
+        "web for a reader",
+        "v1",
+    )
+    .await;
+    let deployments = tokio::task::block_in_place(|| site.daemon.history().len());
+    browser.click(&app("web", "rollback")).await;
+    confirm(browser).await;
+    wait_text(
+        browser,
+        &app("web", "outcome"),
+        "the refusal",
+        "not allowed with this token",
+    )
+    .await;
+    let after = tokio::task::block_in_place(|| site.daemon.history().len());
+    assert_eq!(after, deployments, "a read-only token changed nothing");
+}
+
+/// Navigation timing of the page as loaded last (ms from navigation
+/// start), once it has painted (and, with `apps`, drawn the apps).
+async fn timing(browser: &Browser, apps: bool) -> Value {
+    let script = format!(
+        "const nav = performance.getEntriesByType('navigation')[0]; \
+         const fcp = performance.getEntriesByName('first-contentful-paint')[0]; \
+         const apps = performance.getEntriesByName('cutover-apps-rendered')[0]; \
+         if (!nav || !nav.loadEventEnd || !fcp || ({apps} && !apps)) return null; \
+         return {{ dom_content_loaded_ms: nav.domContentLoadedEventEnd, load_ms: nav.loadEventEnd, \
+         first_contentful_paint_ms: fcp.startTime, apps_rendered_ms: apps ? apps.startTime : null, \
+         transferred_bytes: nav.transferSize }};"
+    );
+    let script = &script;
+    browser
+        .wait_for(STEP, "the first render", move || async move {
+            let value = browser.eval(script).await;
             (!value.is_null()).then_some(value)
         })
-        .await;
+        .await
+}
+
+/// Page size, and time to first render: `cold` is the first load of this
+/// browser (the sign-in form); a reload with the token kept (files
+/// revalidated by ETag) measures the time to the apps drawn with data.
+async fn measure(browser: &Browser, site: &Site, cold: &Value) -> String {
+    browser.client.goto(&site.url()).await.unwrap();
+    let warm = timing(browser, true).await;
     let mut sizes = Vec::new();
     for path in [
         "/",
@@ -436,7 +493,11 @@ async fn measure(browser: &Browser, site: &Site) -> String {
         sizes.push((path, answer.body.len()));
     }
     let total: usize = sizes.iter().map(|(_, size)| size).sum();
-    format!("page bytes (uncompressed, as served): {sizes:?}, total {total}\nheadless Chromium timing (ms from navigation start): {timing}\n")
+    format!(
+        "page bytes (uncompressed, as served): {sizes:?}, total {total}\n\
+         headless Chromium, first load (sign-in form): {cold}\n\
+         headless Chromium, reload signed in (apps drawn with data): {warm}\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,19 +509,20 @@ async fn the_dashboard_deploys_promotes_aborts_and_rolls_back_in_a_real_browser(
         site
     });
     let browser = Browser::start(1280, 1000).await;
-    sign_in(&browser, &site).await;
+    let cold = sign_in(&browser, &site).await;
     browser.screenshot("02-overview").await;
     deploy_v2(&browser).await;
     roll_back(&browser).await;
     promote_and_abort(&browser).await;
     hostile_input_is_text(&browser).await;
-    let measured = measure(&browser, &site).await;
+    read_only_token_cannot_act(&browser, &site).await;
+    let measured = measure(&browser, &site, &cold).await;
     browser.client.set_window_size(390, 844).await.unwrap();
     browser.eval("window.scrollTo(0, 0); return true;").await;
-    browser.screenshot("08-phone").await;
+    browser.screenshot("09-phone").await;
     scroll_to(&browser, "web").await;
     browser.eval("window.scrollBy(0, 700); return true;").await;
-    browser.screenshot("09-phone-deployment").await;
+    browser.screenshot("10-phone-deployment").await;
     let dir = browser::screenshot_dir();
     std::fs::write(dir.join("measurements.txt"), &measured).unwrap();
     eprintln!("{measured}screenshots: {}", dir.display());

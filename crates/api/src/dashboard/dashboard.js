@@ -16,6 +16,7 @@
   const HISTORY_LIMIT = 10;
   const LOG_TAIL = 60;
   const MAX_EVENTS_SHOWN = 200;
+  const MAX_TOASTS = 2;
   const TERMINAL = new Set(['succeeded', 'failed', 'aborted', 'rolled_back']);
   const PIPELINE = ['queued', 'preparing', 'starting', 'checking', 'awaiting_promotion',
     'switching', 'verifying', 'draining', 'retiring'];
@@ -260,8 +261,10 @@
 
   function toast(text, bad) {
     const node = h('div', { class: bad ? 'toast bad' : 'toast', role: 'status' }, text);
-    $('toasts').append(node);
-    setTimeout(() => node.remove(), 6000);
+    const toasts = $('toasts');
+    toasts.append(node);
+    while (toasts.children.length > MAX_TOASTS) toasts.firstChild.remove();
+    setTimeout(() => node.remove(), 5000);
   }
 
   // Asks, sends one POST, shows what came of it.
