@@ -326,11 +326,7 @@ fn allowed_origin(remote: &RemoteAdmin, headers: &HeaderMap) -> Option<HeaderVal
         .ok()?
         .trim_end_matches('/')
         .to_ascii_lowercase();
-    remote
-        .cors_origins
-        .iter()
-        .any(|allowed| *allowed == text)
-        .then(|| origin.clone())
+    remote.cors_origins.contains(&text).then(|| origin.clone())
 }
 
 fn is_preflight(request: &Request) -> bool {

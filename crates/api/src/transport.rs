@@ -6,9 +6,10 @@
 //! - a request head must arrive within [`HEADER_READ_TIMEOUT`] (a request
 //!   line with nothing after it is closed), and fit in [`MAX_HEAD_BYTES`]
 //!   (else 431);
-//! - a request target longer than [`MAX_TARGET_BYTES`] is 414, a declared
-//!   body larger than [`MAX_BODY_BYTES`] is 413 at once (nothing of it is
-//!   read), both by [`limits`];
+//! - a request target longer than [`MAX_TARGET_BYTES`] is 414, headers
+//!   over [`MAX_HEADER_BYTES`] are 431, a declared body larger than
+//!   [`MAX_BODY_BYTES`] is 413 at once (nothing of it is read), all by
+//!   [`limits`];
 //! - the answers hyper makes itself for a head it cannot parse (400, 414,
 //!   431, with empty bodies) are rewritten by [`JsonErrors`] into the same
 //!   JSON form as every other error.
@@ -35,6 +36,8 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line and headers).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Largest sum of header lines (names and values).
+pub(crate) const MAX_HEADER_BYTES: usize = 32 << 10;
 /// Longest request target (path and query).
 pub(crate) const MAX_TARGET_BYTES: usize = 8 << 10;
 /// Largest request body: every body of the API is a small JSON object.
@@ -151,6 +154,18 @@ pub(crate) async fn limits(request: Request, next: Next) -> Response {
         return HttpError::new(
             StatusCode::URI_TOO_LONG,
             format!("the request target is {target} bytes long; at most {MAX_TARGET_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return HttpError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request's headers are {headers} bytes; at most {MAX_HEADER_BYTES} are accepted"),
         )
         .into_response();
     }

@@ -285,7 +285,7 @@ pub fn host_allowed(remote: &RemoteAdmin, host: &str) -> bool {
     } else if name == "localhost" && (listen_ip.is_loopback() || listen_ip.is_unspecified()) {
         return true;
     }
-    remote.hosts.iter().any(|allowed| *allowed == name)
+    remote.hosts.contains(&name)
 }
 
 /// Reads a token file: one token per line (blank lines and `#` comments

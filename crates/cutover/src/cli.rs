@@ -29,9 +29,16 @@ pub struct GlobalArgs {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// The admin socket of the daemon (default: `admin.socket` of the configuration).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The daemon's admin API: its unix socket (default: `admin.socket` of
+    /// the configuration), or `https://host:9900` (`[admin] listen`, then
+    /// the token comes from CUTOVER_TOKEN; `http://` only to loopback).
+    #[arg(long, global = true, value_name = "PATH|URL", env = "CUTOVER_ADMIN")]
     pub admin: Option<PathBuf>,
+    /// PEM file of the authority that signed the admin API's certificate
+    /// (a private CA or a self-signed certificate), trusted instead of the
+    /// system's authorities for `--admin https://…`.
+    #[arg(long, global = true, value_name = "FILE", env = "CUTOVER_CA_FILE")]
+    pub admin_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,14 +36,15 @@ fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Failure> {
         .map_err(|e| Failure::failed(format!("unexpected answer from the cutover daemon: {e}")))
 }
 
-/// The admin socket: `--admin`, else `admin.socket` of the configuration.
+/// The admin API: `--admin` (a unix socket path, or a URL with the token
+/// of `CUTOVER_TOKEN`), else `admin.socket` of the configuration.
 pub fn client(global: &GlobalArgs) -> Result<Client, Failure> {
     if let Some(admin) = &global.admin {
         let text = admin.to_string_lossy();
-        if text.starts_with("http://") || text.starts_with("https://") {
-            return Err(Failure::usage(
-                "--admin takes the path of the daemon's admin unix socket; a TCP admin endpoint is not supported by this version",
-            ));
+        if text.contains("://") {
+            let token = std::env::var(crate::client::TOKEN_ENV).ok();
+            return Client::remote(&text, token.as_deref(), global.admin_ca.as_deref())
+                .map_err(Failure::usage);
         }
         let path = text
             .strip_prefix("unix:")

@@ -14,6 +14,7 @@ pub struct Ca {
     params: rcgen::CertificateParams,
     key: rcgen::KeyPair,
     der: CertificateDer<'static>,
+    pem: String,
 }
 
 /// A leaf certificate and its key.
@@ -34,9 +35,15 @@ impl Ca {
         let cert = params.self_signed(&key).expect("ca cert");
         Ca {
             der: cert.der().clone(),
+            pem: cert.pem(),
             params,
             key,
         }
+    }
+
+    /// The CA's certificate in PEM, for clients told to trust it.
+    pub fn pem(&self) -> &str {
+        &self.pem
     }
 
     /// A leaf for `names`, signed by this CA.
