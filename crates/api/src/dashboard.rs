@@ -135,7 +135,7 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    fn header<'a>(response: &'a Response, name: HeaderName) -> &'a str {
+    fn header(response: &Response, name: HeaderName) -> &str {
         response.headers()[name].to_str().unwrap()
     }
 
