@@ -413,7 +413,8 @@ async fn hostile_input_is_text(browser: &Browser) {
     browser.screenshot("07-hostile-version").await;
     browser
         .eval(&format!(
-            "document.querySelector('{}').scrollIntoView({{block: 'end'}}); return true;",
+            "document.getElementById('toasts').replaceChildren(); \
+             document.querySelector('{}').scrollIntoView({{block: 'end'}}); return true;",
             app("web", "log")
         ))
         .await;

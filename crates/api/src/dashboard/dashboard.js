@@ -260,7 +260,9 @@
   }
 
   function toast(text, bad) {
-    const node = h('div', { class: bad ? 'toast bad' : 'toast', role: 'status' }, text);
+    // The card keeps the whole outcome; a toast is its first words.
+    const short = text.length > 90 ? `${text.slice(0, 88)}…` : text;
+    const node = h('div', { class: bad ? 'toast bad' : 'toast', role: 'status' }, short);
     const toasts = $('toasts');
     toasts.append(node);
     while (toasts.children.length > MAX_TOASTS) toasts.firstChild.remove();
