@@ -10,7 +10,8 @@
 //! - `systemd`: socket activation and `sd_notify` (the one module with
 //!   `unsafe`).
 //! - `commands`: the commands that talk to the daemon, and `config check`.
-//! - `client`: HTTP/1.1 over the admin unix socket (hyper).
+//! - `client`: HTTP/1.1 to the admin API (hyper): its unix socket, or TCP
+//!   (`--admin https://…`, rustls; token from `CUTOVER_TOKEN`).
 //! - `sse`: reading the Server-Sent Events of a deployment.
 //! - `model`: the API's answers as the CLI reads them.
 //! - `output`: tables, event lines, durations.

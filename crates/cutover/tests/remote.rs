@@ -238,3 +238,92 @@ fn read_only_and_wrong_tokens_are_refused_and_logged_without_the_token() {
         assert!(!log.contains(secret), "the log shows a token:\n{log}");
     }
 }
+
+/// The README's CI recipes, as their shells run them: the exact command
+/// line, with `cutover` on PATH and each CI's variables in the
+/// environment. A deployment that succeeds passes the job; one that fails
+/// fails it.
+#[test]
+fn the_readme_ci_recipes_deploy_the_commit_and_fail_the_job_when_the_deployment_fails() {
+    let remote = start(true);
+    let bin = binaries::cutover().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let recipes = [
+        (
+            "GitHub Actions",
+            r#"cutover deploy web --version "$GITHUB_SHA""#,
+            "GITHUB_SHA",
+        ),
+        (
+            "Jenkins",
+            r#"cutover deploy web --version "$GIT_COMMIT""#,
+            "GIT_COMMIT",
+        ),
+        (
+            "GitLab CI",
+            r#"cutover deploy web --version "$CI_COMMIT_SHA""#,
+            "CI_COMMIT_SHA",
+        ),
+    ];
+    let job = |script: &str, variable: &str, sha: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(remote.elsewhere.path())
+            .env("PATH", &path)
+            .env("CUTOVER_ADMIN", &remote.url)
+            .env("CUTOVER_TOKEN", TOKEN)
+            .env("CUTOVER_CA_FILE", remote.ca.as_ref().unwrap())
+            .env(variable, sha)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for (index, (ci, script, variable)) in recipes.iter().enumerate() {
+        let sha = format!("{index}{}", "a1b2c3d4e5".repeat(4).get(..39).unwrap());
+        let passed = job(script, variable, &sha);
+        assert!(passed.status.success(), "{ci}: {}", stderr(&passed));
+        assert_eq!(remote.live_version(), sha, "{ci}");
+    }
+    let broken = "ffffffffffffffffffffffffffffffffffffffff";
+    remote.daemon.behave(broken, "--exit-at-start 3");
+    for (ci, script, variable) in recipes {
+        let failed = job(script, variable, broken);
+        assert_eq!(failed.status.code(), Some(1), "{ci}: {}", stderr(&failed));
+        assert!(
+            stderr(&failed).contains("failed"),
+            "{ci}: {}",
+            stderr(&failed)
+        );
+    }
+}
+
+/// `cutover upgrade` asked over TCP: the new process takes over the admin
+/// listener too (same port, same certificate and tokens), so the remote
+/// CLI goes on working without noticing.
+#[test]
+fn an_upgrade_asked_remotely_hands_the_admin_listener_over() {
+    let mut remote = start(true);
+    remote.ok(&["deploy", "web", "--version", "v1"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&remote.ok(&["upgrade", "--json"])).unwrap();
+    let pid = u32::try_from(report["pid"].as_u64().unwrap()).unwrap();
+    remote.daemon.upgraded.push(pid);
+    assert_ne!(Some(pid), remote.daemon.first_pid(), "{report}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while remote
+        .daemon
+        .first_pid()
+        .is_some_and(|old| remote.daemon.is_serve_process(old))
+    {
+        assert!(Instant::now() < deadline, "the old process never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(remote.live_version(), "v1");
+    remote.ok(&["deploy", "web", "--version", "v2"]);
+    assert_eq!(remote.live_version(), "v2");
+}

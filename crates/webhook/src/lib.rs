@@ -15,7 +15,10 @@
 //! - [`provider`]: headers of each provider and the normalisation of its
 //!   push events into one [`provider::PushEvent`].
 //! - [`receiver`]: the HTTP endpoints, size and time limits, rules per app,
-//!   the persisted inbox (store table `webhook_deliveries`), answers.
+//!   the persisted inbox (store table `webhook_deliveries`), answers. On
+//!   `[webhook] listen`, or (the default) on a loopback port of its own
+//!   that the proxy forwards `path_prefix` to like an upstream, so the data
+//!   plane never waits on the receiver's SQLite insert.
 //! - [`dispatcher`]: drains the inbox into `Engine::deploy_source`.
 
 #![forbid(unsafe_code)]

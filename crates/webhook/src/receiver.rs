@@ -178,6 +178,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Answer {
 }
 
 async fn handle(shared: &Shared, request: http::Request<Incoming>, peer: SocketAddr) -> Answer {
+    let peer = client_of(shared, request.headers(), peer);
     let (provider, secrets) = match endpoint(shared, &request) {
         Ok(endpoint) => endpoint,
         Err(refused) => return *refused,
@@ -197,6 +198,19 @@ async fn handle(shared: &Shared, request: http::Request<Incoming>, peer: SocketA
             tracing::warn!(provider = provider.as_str(), %peer, "webhook rejected: {message}");
             error(status, message)
         }
+    }
+}
+
+/// Who sent the request, for logs: behind the proxy (no listener of the
+/// receiver's own) the client address the proxy put in `X-Real-IP`.
+fn client_of(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> String {
+    let forwarded = headers
+        .get("x-real-ip")
+        .and_then(|value| value.to_str().ok())
+        .filter(|_| shared.webhook.listen.is_none() && peer.ip().is_loopback());
+    match forwarded {
+        Some(client) => client.escape_debug().to_string(),
+        None => peer.to_string(),
     }
 }
 
