@@ -18,6 +18,10 @@
 //! - `extract`: extractors that turn axum's plain-text rejections into
 //!   JSON errors.
 //! - `events`: the Server-Sent Events stream of a deployment.
+//! - `dashboard`: `GET /` and `/assets/*`, the browser dashboard (HTML,
+//!   CSS and JS in `dashboard/`, compiled in with `include_str!`) with its
+//!   Content-Security-Policy; it reads and acts through the endpoints
+//!   above with the token the user types in.
 //! - `logs`: tail and follow of a release's log file.
 //! - `metrics`: `GET /metrics`, Prometheus text of the proxy's and the
 //!   engine's metrics.
@@ -40,6 +44,7 @@
 
 #![forbid(unsafe_code)]
 
+mod dashboard;
 mod error;
 mod events;
 mod extract;

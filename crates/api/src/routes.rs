@@ -14,6 +14,7 @@
 //! | GET | `/v1/deployments/{id}/events` | Server-Sent Events of `EventRecord` |
 //! | POST | `/v1/upgrade` | 200 `UpgradeReport`; body `{"binary": "/path"}` (optional); 500 `{"error", "steps"}` when the new process did not take over |
 //! | GET | `/metrics` | Prometheus text (proxy and engine metrics, see `metrics`) |
+//! | GET | `/`, `/assets/{file}` | the dashboard (see `dashboard`) |
 
 use crate::error::HttpError;
 use crate::extract::{ApiPath, ApiQuery, Expected, JsonBody};
@@ -65,6 +66,7 @@ pub(crate) fn router_with_shutdown(
         .route("/v1/deployments/{id}/events", get(deployment_events))
         .route("/v1/upgrade", post(upgrade))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .layer(axum::Extension(crate::metrics::HealthTransitions::start(
             &engine,
         )))
