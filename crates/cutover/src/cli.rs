@@ -16,6 +16,30 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parses the command line. The global `--json` and `--admin` are
+/// accepted everywhere (before or after the subcommand) but shown only in
+/// the help of commands where they mean something.
+pub fn parse() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    // Propagates the global options into every subcommand, so that they
+    // can be hidden there.
+    command.build();
+    let hide = |command: clap::Command, args: &[&'static str]| {
+        args.iter()
+            .fold(command, |c, arg| c.mut_arg(*arg, |a| a.hide(true)))
+    };
+    let command = command
+        .mut_subcommand("serve", |c| hide(c, &["admin"]))
+        .mut_subcommand("config", |c| {
+            hide(c, &["admin", "json"]).mut_subcommand("check", |c| hide(c, &["admin"]))
+        })
+        .mut_subcommand("nginx-config", |c| hide(c, &["admin", "json"]))
+        .mut_subcommand("logs", |c| hide(c, &["json"]));
+    let matches = command.try_get_matches()?;
+    Cli::from_arg_matches(&matches)
+}
+
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// The configuration file.
@@ -26,7 +50,7 @@ pub struct GlobalArgs {
         default_value = "cutover.toml"
     )]
     pub config: PathBuf,
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON instead of text (errors too); with `serve`: JSON logs.
     #[arg(long, global = true)]
     pub json: bool,
     /// The admin socket of the daemon (default: `admin.socket` of the configuration).
@@ -72,7 +96,7 @@ pub struct UpgradeArgs {
     pub no_wait: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// How the daemon logs to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
@@ -110,7 +134,7 @@ impl WaitArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["version", "git_ref"])))]
 pub struct DeployArgs {
-    /// The app to deploy.
+    /// The app to deploy (an `[[app]] name` of the configuration).
     pub app: String,
     /// The version to deploy (1-128 letters, digits, `.`, `_`, `-`, `+`).
     #[arg(long, value_name = "V")]
@@ -129,12 +153,13 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Only this app.
+    /// Only this app (an `[[app]] name` of the configuration).
     pub app: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     /// How many deployments to list (1-1000).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -143,6 +168,7 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -150,6 +176,7 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct AbortArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -157,6 +184,7 @@ pub struct AbortArgs {
 
 #[derive(Debug, Args)]
 pub struct AppArg {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
 }
 
@@ -181,6 +209,7 @@ impl SlotArg {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     /// The slot whose release to show (default: the live one).
     #[arg(long, value_enum)]

@@ -111,6 +111,7 @@ pub fn status_table(apps: &[AppStatus]) -> String {
                 dash(app.live_slot.as_deref()),
                 dash(app.live_version.as_deref()),
                 app.health.clone(),
+                restarts_cell(app),
                 in_flight_cell(app),
                 app.current_deployment
                     .as_ref()
@@ -133,6 +134,7 @@ pub fn status_table(apps: &[AppStatus]) -> String {
             "LIVE",
             "VERSION",
             "HEALTH",
+            "RESTARTS",
             "IN-FLIGHT",
             "DEPLOYMENT",
             "QUEUED",
@@ -184,6 +186,22 @@ fn endpoints_table(apps: &[AppStatus]) -> String {
         ],
         &rows,
     )
+}
+
+/// Restarts of the live release since the daemon started, and what the
+/// supervisor does now when it is not just watching: `2 (backing off)`,
+/// `5 (gave up)`, `0 (down)`; `swarm` when the orchestrator restarts.
+fn restarts_cell(app: &AppStatus) -> String {
+    let Some(s) = &app.supervision else {
+        return "-".to_string();
+    };
+    if s.by != "cutover" {
+        return format!("by {}", s.by);
+    }
+    match s.state.as_str() {
+        "watching" => s.restarts.to_string(),
+        state => format!("{} ({})", s.restarts, state.replace('_', " ")),
+    }
 }
 
 /// `3`, and while a deployment drains the previous release `0 (+1 on

@@ -290,6 +290,24 @@ fn missing_pid_file_changes_nothing() {
     assert_eq!(s.include(), None);
 }
 
+/// Without `pid_file`, the pid file is the one nginx's own configuration
+/// names (`nginx -T`), not a guessed default: the switch and its drain work.
+#[test]
+fn pid_file_is_taken_from_the_configuration_when_not_set() {
+    let s = setup();
+    let a = Backend::start("A");
+    let mut config = s.config.proxy.nginx.clone().unwrap();
+    config.pid_file = s.dir.path().join("not-this-one.pid");
+    config.pid_file_from_conf = true;
+    let nginx = Nginx::new(config);
+    let runtime = rt();
+    let switched = runtime.block_on(nginx.switch("web", addr(a.port))).unwrap();
+    assert!(switched.reloaded);
+    let found = runtime.block_on(nginx.pid_file()).unwrap().to_path_buf();
+    assert_eq!(found, s.server.pid_file, "the `pid` of the test nginx conf");
+    s.serving("A");
+}
+
 /// Values a shell would act on if they were interpolated into a command
 /// line: every one must arrive as data.
 fn hostile(marker_dir: &Path) -> String {
