@@ -83,17 +83,18 @@ pub(crate) struct RawSupervise<'a> {
 
 pub(crate) fn validate(raw: RawSupervise<'_>) -> Result<SuperviseConfig, Located> {
     let defaults = SuperviseConfig::default();
-    let restart =
-        match raw.restart.map(|r| (r.get_ref().as_str(), r.span())) {
-            None | Some(("on-failure", _)) => RestartPolicy::OnFailure,
-            Some(("never", _)) => RestartPolicy::Never,
-            Some((other, span)) => return Err((
+    let restart = match raw.restart.map(|r| (r.get_ref().as_str(), r.span())) {
+        None | Some(("on-failure", _)) => RestartPolicy::OnFailure,
+        Some(("never", _)) => RestartPolicy::Never,
+        Some((other, span)) => {
+            return Err((
                 span,
                 format!(
                     "restart `{other}` is not known; use \"on-failure\" (the default) or \"never\""
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let on_live_failure = match raw.on_live_failure.map(|r| (r.get_ref().as_str(), r.span())) {
         None | Some(("restart", _)) => OnLiveFailure::Restart,
         Some(("standby", _)) => OnLiveFailure::Standby,
