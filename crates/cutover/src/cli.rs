@@ -20,23 +20,37 @@ pub struct Cli {
 /// accepted everywhere (before or after the subcommand) but shown only in
 /// the help of commands where they mean something.
 pub fn parse() -> Result<Cli, clap::Error> {
+    parse_from(std::env::args_os())
+}
+
+fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
-    let mut command = Cli::command();
-    // Propagates the global options into every subcommand, so that they
-    // can be hidden there.
-    command.build();
-    let hide = |command: clap::Command, args: &[&'static str]| {
+    let command = Cli::command();
+    // A subcommand that has an argument already does not get the global
+    // one propagated: give it a hidden copy (same id, so its value still
+    // lands in `GlobalArgs`).
+    let global = |id: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .cloned()
+            .map(|arg| arg.hide(true))
+    };
+    let (admin, json) = (global("admin"), global("json"));
+    let hide = |command: clap::Command, args: &[&Option<clap::Arg>]| {
         args.iter()
-            .fold(command, |c, arg| c.mut_arg(*arg, |a| a.hide(true)))
+            .filter_map(|arg| (*arg).clone())
+            .fold(command, clap::Command::arg)
     };
     let command = command
-        .mut_subcommand("serve", |c| hide(c, &["admin"]))
+        .clone()
+        .mut_subcommand("serve", |c| hide(c, &[&admin]))
         .mut_subcommand("config", |c| {
-            hide(c, &["admin", "json"]).mut_subcommand("check", |c| hide(c, &["admin"]))
+            hide(c, &[&admin]).mut_subcommand("check", |c| hide(c, &[&admin]))
         })
-        .mut_subcommand("nginx-config", |c| hide(c, &["admin", "json"]))
-        .mut_subcommand("logs", |c| hide(c, &["json"]));
-    let matches = command.try_get_matches()?;
+        .mut_subcommand("nginx-config", |c| hide(c, &[&admin, &json]))
+        .mut_subcommand("logs", |c| hide(c, &[&json]));
+    let matches = command.try_get_matches_from(args)?;
     Cli::from_arg_matches(&matches)
 }
 
@@ -255,6 +269,28 @@ mod tests {
         assert_eq!(after.global.admin, Some(PathBuf::from("/tmp/s.sock")));
         let nested = parse(&["config", "check", "--config", "c.toml"]).unwrap();
         assert_eq!(nested.global.config, PathBuf::from("c.toml"));
+    }
+
+    #[test]
+    fn hidden_global_options_still_reach_the_global_args() {
+        let parse = |args: &[&str]| {
+            parse_from(
+                std::iter::once("cutover")
+                    .chain(args.iter().copied())
+                    .map(std::ffi::OsString::from),
+            )
+            .unwrap()
+        };
+        assert!(parse(&["config", "check", "--json"]).global.json);
+        assert!(parse(&["--json", "config", "check"]).global.json);
+        let serve = parse(&["serve", "--admin", "/tmp/x.sock"]);
+        assert_eq!(serve.global.admin, Some(PathBuf::from("/tmp/x.sock")));
+        assert!(parse(&["nginx-config", "web", "--json"]).global.json);
+        assert!(
+            parse(&["logs", "web", "--json", "--admin", "/s"])
+                .global
+                .json
+        );
     }
 
     #[test]
