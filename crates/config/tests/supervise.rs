@@ -44,9 +44,21 @@ fn supervision_keys_are_read() {
 fn bad_supervision_values_are_refused_with_their_location() {
     for (keys, line, problem) in [
         ("restart = \"always\"", 3, "restart `always` is not known"),
-        ("on_live_failure = \"pray\"", 3, "on_live_failure `pray` is not known"),
-        ("restart_limit = 0", 3, "restart_limit must be between 1 and 1000"),
-        ("restart_window = \"0s\"", 3, "restart_window must be more than 0s"),
+        (
+            "on_live_failure = \"pray\"",
+            3,
+            "on_live_failure `pray` is not known",
+        ),
+        (
+            "restart_limit = 0",
+            3,
+            "restart_limit must be between 1 and 1000",
+        ),
+        (
+            "restart_window = \"0s\"",
+            3,
+            "restart_window must be more than 0s",
+        ),
         (
             "restart_backoff = \"5s\"\nrestart_backoff_max = \"1s\"",
             4,
@@ -58,6 +70,9 @@ fn bad_supervision_values_are_refused_with_their_location() {
             error.starts_with(&format!("/srv/cutover.toml:{line}:")),
             "{keys}: must be located on line {line}: {error}"
         );
-        assert!(error.contains(problem), "{keys}: must say `{problem}`: {error}");
+        assert!(
+            error.contains(problem),
+            "{keys}: must say `{problem}`: {error}"
+        );
     }
 }
