@@ -288,7 +288,7 @@ async fn log_path(context: &AppContext, dead: &LiveRelease) -> PathBuf {
     let store = context.store.clone();
     let name = context.name().to_string();
     let slot = dead.slot;
-    let recorded = blocking(move || Ok(store.app(&name)?))
+    let recorded = blocking(move || store.app(&name))
         .await
         .ok()
         .flatten()
