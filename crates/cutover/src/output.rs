@@ -420,6 +420,36 @@ mod tests {
     }
 
     #[test]
+    fn restarts_show_what_supervision_does() {
+        let app = |by: &str, state: &str, restarts: u64| AppStatus {
+            name: "web".into(),
+            live_slot: Some("blue".into()),
+            live_version: Some("v1".into()),
+            health: "healthy".into(),
+            in_flight: 0,
+            endpoints: Vec::new(),
+            draining: None,
+            supervision: Some(crate::model::Supervision {
+                by: by.into(),
+                state: state.into(),
+                restarts,
+            }),
+            current_deployment: None,
+            queued: Vec::new(),
+        };
+        assert_eq!(restarts_cell(&app("cutover", "watching", 2)), "2");
+        assert_eq!(restarts_cell(&app("cutover", "gave_up", 5)), "5 (gave up)");
+        assert_eq!(
+            restarts_cell(&app("cutover", "backing_off", 1)),
+            "1 (backing off)"
+        );
+        assert_eq!(restarts_cell(&app("swarm", "watching", 0)), "by swarm");
+        let table = status_table(&[app("cutover", "down", 0)]);
+        assert!(table.contains("RESTARTS"), "{table}");
+        assert!(table.contains("0 (down)"), "{table}");
+    }
+
+    #[test]
     fn truncation() {
         assert_eq!(truncate("short", 10), "short");
         assert_eq!(truncate("abcdefghijk", 5), "abcd…");
