@@ -62,6 +62,9 @@ impl HealthTransitions {
                 let event = events.recv().await;
                 let Some(counts) = weak.upgrade() else { return };
                 match event {
+                    // Supervision events (restarting, restarted, …) are
+                    // counted from the status (`cutover_live_restarts_total`).
+                    Ok(event) if !matches!(event.kind.as_str(), "healthy" | "unhealthy") => {}
                     Ok(event) => {
                         let mut map = counts.counts.lock().unwrap_or_else(PoisonError::into_inner);
                         *map.entry((event.app, event.kind)).or_default() += 1;
@@ -159,7 +162,8 @@ impl Collector for EngineSnapshot {
         self.encode_finished(&mut encoder)?;
         self.encode_queue(&mut encoder)?;
         self.encode_live(&mut encoder)?;
-        self.encode_health(&mut encoder)
+        self.encode_health(&mut encoder)?;
+        self.encode_restarts(&mut encoder)
     }
 }
 
@@ -261,6 +265,33 @@ impl EngineSnapshot {
                 ];
                 ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Restarts of dead live releases by cutover's supervision, and
+    /// whether it gave up on one.
+    fn encode_restarts(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "cutover_live_restarts",
+            "Restarts of the live release that brought it back, since the daemon started.",
+            None,
+            MetricType::Counter,
+        )?;
+        for app in &self.apps {
+            ConstCounter::new(app.supervision.restarts)
+                .encode(family.encode_family(&[("app", app.name.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "cutover_live_restart_gave_up",
+            "1 when restart_limit restarts within restart_window did not keep the live release up.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for app in &self.apps {
+            let gave_up = i64::from(app.supervision.state == "gave_up");
+            ConstGauge::new(gave_up)
+                .encode(family.encode_family(&[("app", app.name.as_str())])?)?;
         }
         Ok(())
     }

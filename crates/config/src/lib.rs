@@ -21,11 +21,16 @@
 //!   token file reader.
 //! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
 //!   keys of both are checked by the same functions in `docker.rs`).
+//! - [`supervise`]: what happens when the live release dies (`restart`,
+//!   `restart_limit`, backoff, `on_live_failure`).
+//! - [`display`]: the one escaping rule for text from outside (control and
+//!   bidi characters) that every output of cutover applies.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cidr;
+pub mod display;
 pub mod docker;
 pub mod error;
 pub mod git_ref;
@@ -33,6 +38,7 @@ pub mod model;
 pub mod nginx;
 mod raw;
 pub mod source;
+pub mod supervise;
 pub mod swarm;
 pub mod tls;
 pub mod units;
@@ -44,6 +50,7 @@ pub use error::ConfigError;
 pub use model::*;
 pub use nginx::{NginxConfig, SshConfig};
 pub use source::{DeployOn, RefKind, SourceConfig};
+pub use supervise::{OnLiveFailure, RestartPolicy, SuperviseConfig};
 pub use swarm::SwarmConfig;
 pub use tls::{TlsCert, TlsConfig};
 pub use webhook::WebhookConfig;

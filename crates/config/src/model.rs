@@ -160,6 +160,8 @@ pub struct AppConfig {
     pub driver: DriverConfig,
     /// The git source and build pipeline (`[app.source]`), when configured.
     pub source: Option<crate::source::SourceConfig>,
+    /// What happens when the live release dies.
+    pub supervise: crate::supervise::SuperviseConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -887,7 +889,17 @@ impl Validator<'_> {
             Some(n) => return Err(self.error(n, "max_queued must be between 0 and 100")),
         };
         let driver = self.driver(raw, base)?;
+        let supervise = crate::supervise::validate(crate::supervise::RawSupervise {
+            restart: raw.restart.as_ref(),
+            restart_limit: raw.restart_limit.as_ref(),
+            restart_window: raw.restart_window.as_ref(),
+            restart_backoff: raw.restart_backoff.as_ref(),
+            restart_backoff_max: raw.restart_backoff_max.as_ref(),
+            on_live_failure: raw.on_live_failure.as_ref(),
+        })
+        .map_err(|located| ConfigError::located(self.file, self.source, located))?;
         Ok(AppConfig {
+            supervise,
             name: name.clone(),
             hosts,
             drain_timeout: raw.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),

@@ -46,8 +46,12 @@ pub struct NginxConfig {
     pub conf: PathBuf,
     /// Where cutover writes `<app>.upstream.conf`.
     pub include_dir: PathBuf,
-    /// nginx's pid file: the master whose workers are drained after a reload.
+    /// nginx's pid file: the master whose workers are drained after a
+    /// reload (when not set: `/run/nginx.pid`, used only if `nginx -T`
+    /// names no `pid`).
     pub pid_file: PathBuf,
+    /// `pid_file` was not set: take it from the configuration (`nginx -T`).
+    pub pid_file_from_conf: bool,
     /// Where the generated site config puts the app's access and error logs.
     pub log_dir: PathBuf,
     /// argv validating the whole nginx configuration (`nginx -t`).
@@ -195,6 +199,7 @@ fn nginx_config(
         conf,
         include_dir,
         pid_file,
+        pid_file_from_conf: section.pid_file.is_none(),
         log_dir,
         test,
         reload,

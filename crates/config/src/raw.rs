@@ -67,6 +67,12 @@ pub struct RawApp {
     pub swarm: Option<Spanned<crate::swarm::RawSwarm>>,
     pub balance: Option<Spanned<String>>,
     pub source: Option<Spanned<crate::source::RawSource>>,
+    pub restart: Option<Spanned<String>>,
+    pub restart_limit: Option<Spanned<i64>>,
+    pub restart_window: Option<Spanned<HumanDuration>>,
+    pub restart_backoff: Option<Spanned<HumanDuration>>,
+    pub restart_backoff_max: Option<Spanned<HumanDuration>>,
+    pub on_live_failure: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

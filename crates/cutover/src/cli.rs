@@ -16,6 +16,44 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parses the command line. The global `--json` and `--admin` are
+/// accepted everywhere (before or after the subcommand) but shown only in
+/// the help of commands where they mean something.
+pub fn parse() -> Result<Cli, clap::Error> {
+    parse_from(std::env::args_os())
+}
+
+fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command();
+    // A subcommand that has an argument already does not get the global
+    // one propagated: give it a hidden copy (same id, so its value still
+    // lands in `GlobalArgs`).
+    let global = |id: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .cloned()
+            .map(|arg| arg.hide(true))
+    };
+    let (admin, json) = (global("admin"), global("json"));
+    let hide = |command: clap::Command, args: &[&Option<clap::Arg>]| {
+        args.iter()
+            .filter_map(|arg| (*arg).clone())
+            .fold(command, clap::Command::arg)
+    };
+    let command = command
+        .clone()
+        .mut_subcommand("serve", |c| hide(c, &[&admin]))
+        .mut_subcommand("config", |c| {
+            hide(c, &[&admin]).mut_subcommand("check", |c| hide(c, &[&admin]))
+        })
+        .mut_subcommand("nginx-config", |c| hide(c, &[&admin, &json]))
+        .mut_subcommand("logs", |c| hide(c, &[&json]));
+    let matches = command.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// The configuration file.
@@ -26,7 +64,7 @@ pub struct GlobalArgs {
         default_value = "cutover.toml"
     )]
     pub config: PathBuf,
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON instead of text (errors too); with `serve`: JSON logs.
     #[arg(long, global = true)]
     pub json: bool,
     /// The daemon's admin API: its unix socket (default: `admin.socket` of
@@ -79,7 +117,7 @@ pub struct UpgradeArgs {
     pub no_wait: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// How the daemon logs to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
@@ -117,7 +155,7 @@ impl WaitArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["version", "git_ref"])))]
 pub struct DeployArgs {
-    /// The app to deploy.
+    /// The app to deploy (an `[[app]] name` of the configuration).
     pub app: String,
     /// The version to deploy (1-128 letters, digits, `.`, `_`, `-`, `+`).
     #[arg(long, value_name = "V")]
@@ -136,12 +174,13 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Only this app.
+    /// Only this app (an `[[app]] name` of the configuration).
     pub app: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     /// How many deployments to list (1-1000).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -150,6 +189,7 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -157,6 +197,7 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct AbortArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -164,6 +205,7 @@ pub struct AbortArgs {
 
 #[derive(Debug, Args)]
 pub struct AppArg {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
 }
 
@@ -188,6 +230,7 @@ impl SlotArg {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
+    /// The app (an `[[app]] name` of the configuration).
     pub app: String,
     /// The slot whose release to show (default: the live one).
     #[arg(long, value_enum)]
@@ -233,6 +276,28 @@ mod tests {
         assert_eq!(after.global.admin, Some(PathBuf::from("/tmp/s.sock")));
         let nested = parse(&["config", "check", "--config", "c.toml"]).unwrap();
         assert_eq!(nested.global.config, PathBuf::from("c.toml"));
+    }
+
+    #[test]
+    fn hidden_global_options_still_reach_the_global_args() {
+        let parse = |args: &[&str]| {
+            parse_from(
+                std::iter::once("cutover")
+                    .chain(args.iter().copied())
+                    .map(std::ffi::OsString::from),
+            )
+            .unwrap()
+        };
+        assert!(parse(&["config", "check", "--json"]).global.json);
+        assert!(parse(&["--json", "config", "check"]).global.json);
+        let serve = parse(&["serve", "--admin", "/tmp/x.sock"]);
+        assert_eq!(serve.global.admin, Some(PathBuf::from("/tmp/x.sock")));
+        assert!(parse(&["nginx-config", "web", "--json"]).global.json);
+        assert!(
+            parse(&["logs", "web", "--json", "--admin", "/s"])
+                .global
+                .json
+        );
     }
 
     #[test]

@@ -59,8 +59,11 @@ impl fmt::Display for ClientError {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         match &error {
-            // A 400 is the caller's mistake: a usage error.
-            ClientError::Api { status, .. } if *status == StatusCode::BAD_REQUEST => {
+            // A 400 is the caller's mistake, and so is a 404 (an app or
+            // deployment that does not exist): usage errors (exit 2).
+            ClientError::Api { status, .. }
+                if *status == StatusCode::BAD_REQUEST || *status == StatusCode::NOT_FOUND =>
+            {
                 Failure::usage(&error)
             }
             _ => Failure::failed(&error),

@@ -15,20 +15,28 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Writes to stdout; a closed stdout (`| head`) is not an error worth a panic.
+/// Writes to stdout, control and bidi characters escaped (text from
+/// outside — refs, reasons, release output — is shown as it is, never
+/// interpreted by the terminal); a closed stdout (`| head`) is not an
+/// error worth a panic.
 fn print(text: &str) {
+    write_raw(cutover_config::display::escape(text).as_bytes());
+}
+
+fn write_raw(bytes: &[u8]) {
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
+    let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
 }
 
 fn println(text: &str) {
     print(&format!("{text}\n"));
 }
 
-fn print_json(value: &Value) {
-    println(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+/// JSON on stdout; characters JSON allows raw but a terminal would act on
+/// (bidi) are written as `\uXXXX`, which decodes to the same value.
+pub fn print_json(value: &Value) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    write_raw(cutover_config::display::escape_json(&format!("{text}\n")).as_bytes());
 }
 
 fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Failure> {
@@ -121,7 +129,10 @@ async fn finish(client: &Client, json: bool, record: Value, wait: bool) -> Outco
     } else if deployment.succeeded() {
         println(&output::outcome_line(&deployment));
     } else {
-        eprintln!("{}", output::outcome_line(&deployment));
+        eprintln!(
+            "{}",
+            cutover_config::display::escape(&output::outcome_line(&deployment))
+        );
     }
     if deployment.succeeded() {
         Ok(())
@@ -323,9 +334,11 @@ pub async fn logs(global: &GlobalArgs, args: &LogsArgs) -> Outcome {
     let response = client.send(Method::GET, &path, None, &[]).await?;
     let mut body = response.into_body();
     let mut stdout = std::io::stdout();
+    let mut text = Utf8Chunks::default();
     while let Some(chunk) = client.next_chunk(&mut body).await? {
+        let shown = cutover_config::display::escape(&text.push(&chunk)).into_owned();
         if stdout
-            .write_all(&chunk)
+            .write_all(shown.as_bytes())
             .and_then(|()| stdout.flush())
             .is_err()
         {
@@ -334,6 +347,28 @@ pub async fn logs(global: &GlobalArgs, args: &LogsArgs) -> Outcome {
         }
     }
     Ok(())
+}
+
+/// Text from a byte stream whose chunks may split a UTF-8 sequence: the
+/// incomplete end waits for the next chunk; invalid bytes become U+FFFD.
+#[derive(Default)]
+struct Utf8Chunks {
+    pending: Vec<u8>,
+}
+
+impl Utf8Chunks {
+    fn push(&mut self, chunk: &[u8]) -> String {
+        self.pending.extend_from_slice(chunk);
+        let complete = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.pending.len(),
+        };
+        let rest = self.pending.split_off(complete);
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending = rest;
+        text
+    }
 }
 
 /// How long `cutover upgrade` waits for running deployments to end.

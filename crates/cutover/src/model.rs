@@ -80,6 +80,9 @@ pub struct AppStatus {
     /// The previous release while a deployment drains it.
     #[serde(default)]
     pub draining: Option<DrainingRelease>,
+    /// The live release's supervision (absent from older daemons).
+    #[serde(default)]
+    pub supervision: Option<Supervision>,
     pub current_deployment: Option<Deployment>,
     #[serde(default)]
     pub queued: Vec<i64>,
@@ -100,4 +103,11 @@ pub struct DrainingRelease {
     pub slot: String,
     pub version: String,
     pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Supervision {
+    pub by: String,
+    pub state: String,
+    pub restarts: u64,
 }

@@ -111,6 +111,7 @@ pub fn status_table(apps: &[AppStatus]) -> String {
                 dash(app.live_slot.as_deref()),
                 dash(app.live_version.as_deref()),
                 app.health.clone(),
+                restarts_cell(app),
                 in_flight_cell(app),
                 app.current_deployment
                     .as_ref()
@@ -133,6 +134,7 @@ pub fn status_table(apps: &[AppStatus]) -> String {
             "LIVE",
             "VERSION",
             "HEALTH",
+            "RESTARTS",
             "IN-FLIGHT",
             "DEPLOYMENT",
             "QUEUED",
@@ -184,6 +186,22 @@ fn endpoints_table(apps: &[AppStatus]) -> String {
         ],
         &rows,
     )
+}
+
+/// Restarts of the live release since the daemon started, and what the
+/// supervisor does now when it is not just watching: `2 (backing off)`,
+/// `5 (gave up)`, `0 (down)`; `swarm` when the orchestrator restarts.
+fn restarts_cell(app: &AppStatus) -> String {
+    let Some(s) = &app.supervision else {
+        return "-".to_string();
+    };
+    if s.by != "cutover" {
+        return format!("by {}", s.by);
+    }
+    match s.state.as_str() {
+        "watching" => s.restarts.to_string(),
+        state => format!("{} ({})", s.restarts, state.replace('_', " ")),
+    }
 }
 
 /// `3`, and while a deployment drains the previous release `0 (+1 on
@@ -399,6 +417,36 @@ mod tests {
             current_deployment(&deployment("checking")),
             "12 (v2, checking)"
         );
+    }
+
+    #[test]
+    fn restarts_show_what_supervision_does() {
+        let app = |by: &str, state: &str, restarts: u64| AppStatus {
+            name: "web".into(),
+            live_slot: Some("blue".into()),
+            live_version: Some("v1".into()),
+            health: "healthy".into(),
+            in_flight: 0,
+            endpoints: Vec::new(),
+            draining: None,
+            supervision: Some(crate::model::Supervision {
+                by: by.into(),
+                state: state.into(),
+                restarts,
+            }),
+            current_deployment: None,
+            queued: Vec::new(),
+        };
+        assert_eq!(restarts_cell(&app("cutover", "watching", 2)), "2");
+        assert_eq!(restarts_cell(&app("cutover", "gave_up", 5)), "5 (gave up)");
+        assert_eq!(
+            restarts_cell(&app("cutover", "backing_off", 1)),
+            "1 (backing off)"
+        );
+        assert_eq!(restarts_cell(&app("swarm", "watching", 0)), "by swarm");
+        let table = status_table(&[app("cutover", "down", 0)]);
+        assert!(table.contains("RESTARTS"), "{table}");
+        assert!(table.contains("0 (down)"), "{table}");
     }
 
     #[test]

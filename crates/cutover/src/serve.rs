@@ -833,9 +833,17 @@ fn announce(config: &Config, proxies: &Proxies, webhook_line: &str, socket: &std
         proxies.serving,
         socket.display()
     );
-    println!("{line}");
-    tracing::info!("{line}");
+    // Once: on stdout for a person, or as a log record with JSON logs
+    // (stdout and stderr often end up in the same journal).
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("{line}");
+    } else {
+        println!("{}", cutover_config::display::escape(&line));
+    }
 }
+
+/// Set when `cutover serve` logs JSON (`--log-format json` or `--json`).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The proxy listeners' options from `[proxy]`: the access log.
 fn proxy_options(config: &Config) -> Result<cutover_proxy::ServeOptions, Failure> {
@@ -990,6 +998,10 @@ async fn terminate_signal() -> &'static str {
 }
 
 fn init_tracing(format: LogFormat) {
+    JSON_LOGS.store(
+        format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
         Err(error) => {
@@ -1000,18 +1012,42 @@ fn init_tracing(format: LogFormat) {
             (EnvFilter::new("info"), bad)
         }
     };
-    // Colours only for a person watching a terminal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
+    // No colours: log lines carry text from outside (refs, release
+    // output), and every control character in them is shown escaped.
+    let json = format == LogFormat::Json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_writer(move || EscapingStderr { json })
+        .with_ansi(false);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     if let Some((value, error)) = bad_filter {
         tracing::warn!("RUST_LOG={value:?} is not a valid filter ({error}); logging at info");
+    }
+}
+
+/// stderr for the daemon's log, through the one escaping rule
+/// (`cutover_config::display`): control and bidi characters in a record
+/// are written as escapes (JSON escapes in JSON records, which decode to
+/// the same text). Each record arrives in one write.
+struct EscapingStderr {
+    json: bool,
+}
+
+impl std::io::Write for EscapingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let escaped = match self.json {
+            true => cutover_config::display::escape_json(&text),
+            false => cutover_config::display::escape(&text),
+        };
+        std::io::stderr().write_all(escaped.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }

@@ -439,7 +439,11 @@ fn bad_version_is_refused_with_exit_2_and_changes_nothing() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("not valid"));
     assert!(daemon.history().is_empty());
     let unknown = daemon.cli(&["deploy", "nope", "--version", "v1"]);
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "an unknown app is a usage error"
+    );
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no app named `nope`"));
 }
 

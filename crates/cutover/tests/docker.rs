@@ -448,3 +448,34 @@ fn docker_preview_promotion_and_instant_rollback_within_keep_old() {
     report.assert_versions_in_order(&["v2", "v1"]);
     assert_eq!(t.status()["live_version"], "v1");
 }
+
+/// Supervision with containers: `docker kill` of the live container — the
+/// container is removed and the same image started again in its slot,
+/// health-gated, counted in status.
+#[test]
+fn docker_live_container_killed_is_restarted_in_its_slot_and_counted() {
+    let t = DockerApp::start(
+        "dk-restart",
+        Options {
+            app: "restart_backoff = \"200ms\"".into(),
+            ..Options::default()
+        },
+    );
+    build_image(&[&t.image("v1")], "Dockerfile", &[]);
+    t.deploy("v1");
+    t.daemon.wait_serving("v1", Duration::from_secs(10));
+    let before = containers(&t.instance());
+    assert_eq!(before.len(), 1);
+    let output = docker(&["kill", &before[0].id]);
+    assert!(output.status.success(), "{output:?}");
+    eventually(Duration::from_secs(30), "the container restarted", || {
+        t.status()["supervision"]["restarts"] == 1
+    });
+    t.daemon.wait_serving("v1", Duration::from_secs(10));
+    let after = containers(&t.instance());
+    assert_eq!(after.len(), 1, "the dead container removed");
+    assert_eq!(after[0].name, format!("{}-blue", t.app));
+    assert_ne!(after[0].id, before[0].id);
+    assert_eq!(t.status()["live_slot"], "blue");
+    assert_eq!(t.history().len(), 1, "no deployment made for it");
+}

@@ -86,3 +86,40 @@ fn state_left_world_readable_by_an_older_install_is_tightened_at_start() {
     daemon.wait_serving("v1", Duration::from_secs(10));
     assert_private(&daemon);
 }
+
+/// A build from git leaves nothing readable by others either: its build log,
+/// the kept artifact (executable for its owner only), the workspace and
+/// the webhook inbox (in the database).
+#[test]
+fn builds_artifacts_workspaces_and_the_webhook_inbox_are_owner_only() {
+    let repo = common::git::Repo::new();
+    let (daemon, hooks) = common::git::daemon_for(&repo, r#"{ tags = ["*cicd*"] }"#);
+    let commit = repo.commit("r1");
+    repo.tag("v1-cicd", false);
+    let reply = hooks.push("private-1", "refs/tags/v1-cicd", &commit, Some(&commit));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    daemon.wait_serving("r1", Duration::from_secs(60));
+    assert_private_tree(&daemon.state_dir());
+    let state = daemon.state_dir();
+    for dir in ["artifacts", "workspaces"] {
+        assert_eq!(mode(&state.join(dir)), 0o700, "{dir}");
+    }
+    for file in files_under(&state.join("artifacts"))
+        .into_iter()
+        .chain(files_under(&state.join("logs")))
+    {
+        assert_eq!(mode(&file) & 0o077, 0, "{}", file.display());
+    }
+    assert_eq!(mode(&state.join("admin.sock")), 0o600);
+}
+
+/// state_dir and the database files are owner-only.
+fn assert_private_tree(state: &Path) {
+    assert_eq!(mode(state), 0o700, "state_dir");
+    for file in files_under(state)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("cutover.db"))
+    {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}

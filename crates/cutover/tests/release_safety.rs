@@ -398,7 +398,11 @@ fn idle_release_is_stopped_when_keep_old_ends() {
 /// stream show when it turns unhealthy.
 #[test]
 fn status_and_event_stream_show_the_live_release_turning_unhealthy() {
-    let daemon = Daemon::start(AppOptions::default());
+    // Not restarted (supervision has its own tests): it stays unhealthy.
+    let daemon = Daemon::start(AppOptions {
+        extra: "restart = \"never\"".into(),
+        ..AppOptions::default()
+    });
     daemon.behave("v1", "--exit-after 2500");
     daemon.deploy("v1");
     let mut events = daemon.admin_stream("/v1/apps/web/events");

@@ -14,7 +14,8 @@ use crate::journal::Journal;
 use crate::model::{state_of, AppStatus, DeployRequest, DrainingRelease, LiveHealth, Trigger};
 use crate::recovery::{self, AppHandover, Awaiting, HandoverRelease, Recovered};
 use crate::slots;
-use cutover_config::Promotion;
+use crate::supervise::{self, Next, Phase, RestartedBy, Supervisor};
+use cutover_config::{OnLiveFailure, Promotion};
 use cutover_store::{DeploymentRecord, DeploymentState, NewDeployment, ReleaseRecord};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -54,6 +55,15 @@ pub(crate) enum Command {
     },
     /// The upgrade did not happen: a deployment suspended for it goes on.
     Thaw,
+    /// The release with this runtime id ended (`how`).
+    LiveExited {
+        runtime_id: String,
+        how: String,
+    },
+    /// The backoff before restarting the dead live release ended.
+    RestartLive {
+        runtime_id: String,
+    },
 }
 
 /// How the daemon's stop reaches an actor, mini-redis style: one signal
@@ -87,6 +97,8 @@ enum Job {
     Deployment(Box<RunningDeployment>),
     /// Stopping a standby release whose `keep_old` window ended.
     Retire(JoinHandle<()>),
+    /// Starting the dead live release again in its slot (supervision).
+    Restart(JoinHandle<Result<LiveRelease, String>>),
 }
 
 struct RunningDeployment {
@@ -108,6 +120,9 @@ struct Actor {
     standby: Option<Standby>,
     health: Arc<AtomicU8>,
     monitor: Option<JoinHandle<()>>,
+    /// Tells the actor when the live release ends.
+    exit_watch: Option<JoinHandle<()>>,
+    supervisor: Supervisor,
     frozen: Arc<AtomicBool>,
     /// Recovered awaiting promotion: goes on once the job slot is free.
     awaiting: Option<Awaiting>,
@@ -123,7 +138,7 @@ pub(crate) fn spawn(
 ) -> ActorHandle {
     let (commands, receiver) = mpsc::channel(64);
     let mut actor = Actor {
-        context,
+        context: context.clone(),
         commands: commands.clone(),
         live: None,
         job: None,
@@ -131,6 +146,11 @@ pub(crate) fn spawn(
         standby: None,
         health: Arc::new(AtomicU8::new(HEALTH_UNKNOWN)),
         monitor: None,
+        exit_watch: None,
+        supervisor: Supervisor::new(
+            context.app.supervise.clone(),
+            RestartedBy::of(context.driver.name()),
+        ),
         frozen: lifecycle.frozen.clone(),
         awaiting: recovered.awaiting,
         suspended: None,
@@ -181,8 +201,9 @@ impl Actor {
                 },
                 finished = wait_job(&mut self.job) => {
                     self.job = None;
-                    self.finish(finished);
+                    self.finish(finished).await;
                     self.start_next().await;
+                    self.recheck_live().await;
                 }
             }
         }
@@ -202,6 +223,9 @@ impl Actor {
     async fn stop_at_safe_point(&mut self) {
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();
+        }
+        if let Some(watch) = self.exit_watch.take() {
+            watch.abort();
         }
         let reason = format!(
             "{} before it started; nothing changed",
@@ -232,6 +256,9 @@ impl Actor {
             Some(Job::Retire(task)) => {
                 let _ = task.await;
             }
+            // Stopped where it is: the next start adopts or starts the
+            // recorded live release, as after any stop.
+            Some(Job::Restart(task)) => task.abort(),
             None => {}
         }
     }
@@ -258,6 +285,8 @@ impl Actor {
                 let _ = reply.send(self.handover().await);
             }
             Command::Thaw => self.thaw().await,
+            Command::LiveExited { runtime_id, how } => self.live_died(&runtime_id, how).await,
+            Command::RestartLive { runtime_id } => self.restart_live(&runtime_id),
         }
     }
 
@@ -294,6 +323,11 @@ impl Actor {
             Some(Job::Gate(_)) => {
                 return Err(EngineError::Conflict(format!(
                     "the live release of app {name} is still being checked after a restart; retry in a moment"
+                )))
+            }
+            Some(Job::Restart(_)) => {
+                return Err(EngineError::Conflict(format!(
+                    "the live release of app {name} is being restarted; retry in a moment"
                 )))
             }
             Some(Job::Retire(_)) | None => {}
@@ -601,6 +635,7 @@ impl Actor {
                 .as_ref()
                 .map_or_else(Vec::new, |u| endpoint_status(u)),
             draining: self.draining(routed.as_ref()),
+            supervision: self.supervisor.report(Instant::now()),
             current_deployment: current,
             queued: self.queue.iter().map(|q| q.record.id).collect(),
             slots: record.map(|r| r.slots).unwrap_or_default(),
@@ -620,7 +655,7 @@ impl Actor {
         })
     }
 
-    fn finish(&mut self, finished: Finished) {
+    async fn finish(&mut self, finished: Finished) {
         match finished {
             Finished::Gate(Some(live)) => {
                 self.live = Some(live);
@@ -628,13 +663,21 @@ impl Actor {
             }
             Finished::Deployment(Outcome::Succeeded { live, standby }) => {
                 self.live = Some(live);
+                self.supervisor.replaced();
                 self.restart_monitor();
                 if let Some(standby) = standby {
                     self.keep_standby(standby);
                 }
             }
-            Finished::Gate(None) | Finished::Deployment(Outcome::Unchanged) | Finished::Retired => {
+            Finished::Restart(restarted) => self.restart_finished(restarted).await,
+            Finished::Deployment(Outcome::Unchanged) => {
+                // A switch to the standby that did not happen: supervision
+                // takes over again (see `recheck_live`).
+                if self.supervisor.phase() == Phase::SwitchingToStandby {
+                    self.supervisor.replaced();
+                }
             }
+            Finished::Gate(None) | Finished::Retired => {}
             Finished::Lost(why) => {
                 tracing::error!(app = %self.context.name(), "a deployment task ended abnormally: {why}");
             }
@@ -711,6 +754,7 @@ impl Actor {
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();
         }
+        self.watch_live_exit();
         let Some(live) = &self.live else { return };
         self.health.store(HEALTH_OK, Ordering::Relaxed);
         let watched = Monitored {
@@ -912,6 +956,7 @@ async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
 
 enum Finished {
     Gate(Option<LiveRelease>),
+    Restart(Result<LiveRelease, String>),
     Retired,
     Deployment(Outcome),
     Lost(String),
@@ -933,5 +978,198 @@ async fn wait_job(job: &mut Option<Job>) -> Finished {
             Ok(()) => Finished::Retired,
             Err(e) => Finished::Lost(e.to_string()),
         },
+        Some(Job::Restart(task)) => match task.await {
+            Ok(restarted) => Finished::Restart(restarted),
+            Err(e) => Finished::Restart(Err(e.to_string())),
+        },
+    }
+}
+
+/// Supervision of the live release (see `supervise.rs`): its end is
+/// noticed through the driver's exit watch, then it is restarted in place
+/// after a backoff, or the `keep_old` standby takes over, or cutover gives
+/// up (and says so) — always as the actor's job, never beside a deployment.
+impl Actor {
+    /// Tells this actor when the live release ends.
+    fn watch_live_exit(&mut self) {
+        if let Some(watch) = self.exit_watch.take() {
+            watch.abort();
+        }
+        let Some(live) = &self.live else { return };
+        let mut exited = live.exited.clone();
+        let runtime_id = live.runtime_id.clone();
+        let commands = self.commands.clone();
+        self.exit_watch = Some(tokio::spawn(async move {
+            let how = exited.wait().await;
+            let _ = commands.send(Command::LiveExited { runtime_id, how }).await;
+        }));
+    }
+
+    /// The release `runtime_id` ended. Only the live one matters, and only
+    /// when no job owns the slots (a deployment retires the old live
+    /// release itself; when a job ends, `recheck_live` looks again).
+    async fn live_died(&mut self, runtime_id: &str, how: String) {
+        let Some(live) = &self.live else { return };
+        if live.runtime_id != runtime_id || self.job.is_some() {
+            return;
+        }
+        if self.supervisor.by() == RestartedBy::Orchestrator {
+            tracing::warn!(app = %self.context.name(), "the live service {how}; the swarm orchestrator replaces its tasks");
+            return;
+        }
+        if self.supervisor.phase() != Phase::Watching {
+            return;
+        }
+        let what = format!(
+            "the live release of {} ({} in {}) {how}",
+            self.context.name(),
+            live.release.version,
+            live.slot
+        );
+        if self.fail_over_to_standby(&what, &how).await {
+            return;
+        }
+        let supervise = &self.context.app.supervise;
+        let (kind, message) = match self.supervisor.died(&how, Instant::now()) {
+            Next::RestartAfter { delay, attempt } => {
+                self.schedule_restart(runtime_id.to_string(), delay);
+                (
+                    "restarting",
+                    format!(
+                        "{what}; restarting it in {:.1}s (attempt {attempt} of {} within {}s)",
+                        delay.as_secs_f64(),
+                        supervise.limit,
+                        supervise.window.as_secs()
+                    ),
+                )
+            }
+            Next::GiveUp => (
+                "gave_up",
+                format!(
+                    "{what}; it was restarted {} times within {}s: cutover stops restarting it, deploy to serve {} again",
+                    supervise.limit,
+                    supervise.window.as_secs(),
+                    self.context.name()
+                ),
+            ),
+            Next::StayDown => (
+                "down",
+                format!("{what}; restart = \"never\": it stays down until a deployment"),
+            ),
+        };
+        self.announce(kind, message);
+    }
+
+    /// With `on_live_failure = "standby"` and a standby kept: the instant
+    /// rollback to it (a deployment: health-checked, recorded, switched).
+    async fn fail_over_to_standby(&mut self, what: &str, how: &str) -> bool {
+        let wanted = self.context.app.supervise.on_live_failure == OnLiveFailure::Standby;
+        if !wanted || self.standby.is_none() || self.frozen.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.supervisor.switching_to_standby(how);
+        match self.rollback().await {
+            Ok(record) => {
+                let message = format!(
+                    "{what}; switching to the standby release (deployment {}, {})",
+                    record.id, record.version
+                );
+                self.announce("standby", message);
+                true
+            }
+            Err(why) => {
+                tracing::warn!(app = %self.context.name(), "cannot switch to the standby ({why}); restarting instead");
+                self.supervisor.replaced();
+                false
+            }
+        }
+    }
+
+    fn schedule_restart(&self, runtime_id: String, delay: std::time::Duration) {
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = commands.send(Command::RestartLive { runtime_id }).await;
+        });
+    }
+
+    /// The backoff ended: restart the dead live release, unless a job (a
+    /// deployment) or an upgrade is in the way — then in a moment.
+    fn restart_live(&mut self, runtime_id: &str) {
+        let Some(live) = &self.live else { return };
+        if live.runtime_id != runtime_id || self.supervisor.phase() != Phase::BackingOff {
+            return;
+        }
+        if self.job.is_some() || self.frozen.load(Ordering::SeqCst) {
+            self.schedule_restart(
+                runtime_id.to_string(),
+                std::time::Duration::from_millis(500),
+            );
+            return;
+        }
+        self.supervisor.restarting();
+        tracing::info!(app = %self.context.name(), slot = %live.slot, version = %live.release.version,
+            "restarting the live release in its slot");
+        let task = tokio::spawn(supervise::restart_in_place(
+            self.context.clone(),
+            live.clone(),
+        ));
+        self.job = Some(Job::Restart(task));
+    }
+
+    async fn restart_finished(&mut self, restarted: Result<LiveRelease, String>) {
+        match restarted {
+            Ok(live) => {
+                self.supervisor.restarted();
+                let message = format!(
+                    "the live release of {} ({} in {}) was restarted and is healthy again",
+                    self.context.name(),
+                    live.release.version,
+                    live.slot
+                );
+                self.live = Some(live);
+                self.restart_monitor();
+                self.announce("restarted", message);
+            }
+            Err(why) => {
+                self.supervisor.restart_failed();
+                self.supervisor.replaced_phase_only();
+                let Some(runtime_id) = self.live.as_ref().map(|l| l.runtime_id.clone()) else {
+                    return;
+                };
+                self.live_died(&runtime_id, why).await;
+            }
+        }
+    }
+
+    /// After a job: a live release that died meanwhile (its end was
+    /// ignored while the job owned the slots) is dealt with now.
+    async fn recheck_live(&mut self) {
+        if self.job.is_some() {
+            return;
+        }
+        if self.supervisor.phase() == Phase::SwitchingToStandby {
+            self.supervisor.replaced();
+        }
+        let Some(live) = &self.live else { return };
+        if let Some(how) = live.exited.exited() {
+            let runtime_id = live.runtime_id.clone();
+            self.live_died(&runtime_id, how).await;
+        }
+    }
+
+    /// An app event (SSE `GET /v1/apps/{app}/events`) and a log line.
+    fn announce(&self, kind: &str, message: String) {
+        match kind {
+            "restarted" => tracing::info!(app = %self.context.name(), "{message}"),
+            "gave_up" => tracing::error!(app = %self.context.name(), "{message}"),
+            _ => tracing::warn!(app = %self.context.name(), "{message}"),
+        }
+        self.context.events.publish_app(crate::events::AppEvent {
+            app: self.context.name().to_string(),
+            at: cutover_store::now_ms(),
+            kind: kind.to_string(),
+            message,
+        });
     }
 }

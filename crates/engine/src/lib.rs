@@ -23,6 +23,9 @@
 //!   over, else after a health gate), adopt a `keep_old` standby and a
 //!   deployment awaiting promotion that still run, fail other interrupted
 //!   deployments, remove orphans. Also the upgrade snapshot's types.
+//! - `supervise.rs`: the live release's supervision — restart in place
+//!   (same slot and release, health-gated) with backoff and a limit per
+//!   window, the state `status` reports.
 //! - `deployment/`: one deployment as a state machine — a runner (`mod.rs`)
 //!   and one module per step (prepare, check, promote, switch, verify,
 //!   finish).
@@ -61,6 +64,7 @@ mod model;
 mod pipeline;
 mod recovery;
 mod slots;
+mod supervise;
 
 pub use engine::{Engine, ShutdownOutcome};
 pub use error::EngineError;
@@ -68,6 +72,6 @@ pub use events::AppEvent;
 pub use log_tail::tail_lines;
 pub use model::{
     AppStatus, DeployRequest, DeploymentDetail, DrainingRelease, EndpointStatus, LiveHealth,
-    SourceRequest,
+    SourceRequest, Supervision,
 };
 pub use recovery::{AppHandover, HandoverRelease};

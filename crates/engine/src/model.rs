@@ -59,6 +59,8 @@ pub struct AppStatus {
     /// The release traffic just left, while a deployment drains it (or
     /// keeps it ready during verification); `None` otherwise.
     pub draining: Option<DrainingRelease>,
+    /// What happens when the live release dies, and what did.
+    pub supervision: Supervision,
     pub current_deployment: Option<DeploymentRecord>,
     /// Ids of deployments waiting behind the current one.
     pub queued: Vec<i64>,
@@ -79,6 +81,31 @@ pub struct EndpointStatus {
     /// Requests sent to it, and those that failed on it.
     pub requests: u64,
     pub failures: u64,
+}
+
+/// The supervision of the live release (`[[app]] restart`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Supervision {
+    /// `on-failure` or `never`.
+    pub restart: &'static str,
+    /// Who restarts it: `cutover`, or `swarm` (the orchestrator replaces
+    /// tasks; cutover follows the endpoints).
+    pub by: &'static str,
+    /// `watching`, `backing_off`, `restarting`, `switching_to_standby`,
+    /// `gave_up` or `down`.
+    pub state: &'static str,
+    /// Restarts that brought the live release back since the daemon started.
+    pub restarts: u64,
+    /// Restart attempts that did not (never started or never healthy).
+    pub failed_restarts: u64,
+    /// Restart attempts within the current window, of `limit`.
+    pub recent: u32,
+    pub limit: u32,
+    pub window_ms: u64,
+    /// While backing off: the wait left before the next restart.
+    pub next_restart_in_ms: Option<u64>,
+    /// How the live release ended the last time it died.
+    pub last_exit: Option<String>,
 }
 
 /// The previous live release while the running deployment drains it.

@@ -175,7 +175,7 @@ impl Workspace<'_> {
             .await;
         let workspace = self.git.dir;
         let fetch = async {
-            std::fs::create_dir_all(workspace)
+            artifact::private_dir(workspace)
                 .map_err(|e| format!("cannot create the workspace {}: {e}", workspace.display()))?;
             if !workspace.join(".git").exists() {
                 self.git

@@ -412,7 +412,7 @@ async fn adopt_or_restart(
     }
 }
 
-fn live_release(
+pub(crate) fn live_release(
     context: &AppContext,
     slot: Slot,
     release: cutover_store::ReleaseRecord,

@@ -26,12 +26,15 @@
 //!
 //! - `host.rs`: running commands, reading and writing files, listing
 //!   processes, locally or over `ssh` (argv only; see [`quote`]).
+//! - `pid.rs`: where nginx's pid file is: `pid_file`, else the `pid` of
+//!   the configuration as `nginx -T` reports it (looked up once).
 //! - `site.rs`: the include's content ([`upstream_block`]) and the site
 //!   config for teams ([`site_config`]).
 
 #![forbid(unsafe_code)]
 
 mod host;
+mod pid;
 mod site;
 
 pub use cutover_config::NginxConfig;
@@ -100,6 +103,8 @@ pub struct Nginx {
     config: NginxConfig,
     host: Host,
     switching: tokio::sync::Mutex<()>,
+    /// The pid file, once known (see `pid.rs`).
+    pid_file: tokio::sync::OnceCell<PathBuf>,
 }
 
 impl Nginx {
@@ -112,7 +117,23 @@ impl Nginx {
             config,
             host,
             switching: tokio::sync::Mutex::new(()),
+            pid_file: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// nginx's pid file: `pid_file`, else the `pid` of its configuration.
+    pub async fn pid_file(&self) -> Result<&Path, NginxError> {
+        self.pid_file
+            .get_or_try_init(|| pid::discover(&self.config, &self.host))
+            .await
+            .map(PathBuf::as_path)
+            .map_err(|e| NginxError(format!("cannot tell where nginx writes its pid: {e}")))
+    }
+
+    /// The master's pid, read from the pid file.
+    async fn read_master(&self) -> Result<u32, String> {
+        let file = self.pid_file().await.map_err(|e| e.0)?;
+        self.host.read_pid(file).await
     }
 
     pub fn config(&self) -> &NginxConfig {
@@ -172,10 +193,11 @@ impl Nginx {
                 reloaded: false,
             });
         }
-        let master = self.host.read_pid(&self.config.pid_file).await.map_err(|e| {
+        let pid_file = self.pid_file().await?;
+        let master = self.host.read_pid(pid_file).await.map_err(|e| {
             NginxError(format!(
                 "cannot read nginx's pid file {} on {} ({e}); is nginx running, and is [proxy.nginx] pid_file the `pid` of its configuration? nothing changed",
-                self.config.pid_file.display(),
+                pid_file.display(),
                 self.host.describe()
             ))
         })?;
@@ -254,7 +276,7 @@ impl Nginx {
                 Ok(_) => {}
                 Err(e) => last_error = Some(e),
             }
-            if let Ok(pid) = self.host.read_pid(&self.config.pid_file).await {
+            if let Ok(pid) = self.read_master().await {
                 if pid != master {
                     return Ok(());
                 }
@@ -280,11 +302,7 @@ impl Nginx {
 
     /// Workers of nginx's master right now (for tests and status).
     pub async fn workers(&self) -> Result<(u32, Vec<u32>), NginxError> {
-        let master = self
-            .host
-            .read_pid(&self.config.pid_file)
-            .await
-            .map_err(NginxError)?;
+        let master = self.read_master().await.map_err(NginxError)?;
         let children = self.host.children(master).await.map_err(NginxError)?;
         Ok((master, children))
     }

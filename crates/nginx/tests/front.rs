@@ -290,6 +290,36 @@ fn missing_pid_file_changes_nothing() {
     assert_eq!(s.include(), None);
 }
 
+/// Without `pid_file`, the pid file is the one nginx's own configuration
+/// names (`nginx -T`), not a guessed default: the switch and its drain work.
+#[test]
+fn pid_file_is_taken_from_the_configuration_when_not_set() {
+    let s = setup();
+    let (a, b) = (Backend::start("A"), Backend::start("B"));
+    let runtime = rt();
+    runtime
+        .block_on(s.nginx.switch("web", addr(a.port)))
+        .unwrap();
+    s.enable_site();
+    s.serving("A");
+    let mut config = s.config.proxy.nginx.clone().unwrap();
+    config.pid_file = s.dir.path().join("not-this-one.pid");
+    config.pid_file_from_conf = true;
+    let nginx = Nginx::new(config);
+    let before = s.server.workers();
+    let switched = runtime.block_on(nginx.switch("web", addr(b.port))).unwrap();
+    assert!(switched.reloaded);
+    assert_eq!(
+        switched.old_workers.pids, before,
+        "the workers of the real master"
+    );
+    let found = runtime.block_on(nginx.pid_file()).unwrap().to_path_buf();
+    assert_eq!(found, s.server.pid_file, "the `pid` of the test nginx conf");
+    s.serving("B");
+    let exit = runtime.block_on(nginx.wait_exited(&switched.old_workers, Duration::from_secs(20)));
+    assert!(matches!(exit, WorkersExit::Exited { .. }), "{exit:?}");
+}
+
 /// Values a shell would act on if they were interpolated into a command
 /// line: every one must arrive as data.
 fn hostile(marker_dir: &Path) -> String {

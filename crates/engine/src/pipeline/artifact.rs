@@ -45,13 +45,31 @@ pub(super) fn keep_artifact(
     let name = file
         .file_name()
         .ok_or_else(|| "the artifact has no file name".to_string())?;
-    std::fs::create_dir_all(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
+    private_dir(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
     let target = into.join(name);
     let partial = into.join(format!(".{}.partial", name.to_string_lossy()));
     std::fs::copy(&real, &partial)
-        .and_then(|_| std::fs::rename(&partial, &target))
+        .and_then(|_| owner_only(&partial))
+        .and_then(|()| std::fs::rename(&partial, &target))
         .map_err(|e| format!("cannot copy the artifact to {}: {e}", target.display()))?;
     Ok(target)
+}
+
+/// A directory only its owner can enter (state is private).
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The artifact keeps its owner's bits (an executable stays one) and
+/// loses everyone else's.
+fn owner_only(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file)?.permissions().mode() & 0o700;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
 }
 
 /// Files matching a relative glob (`*` and `?` within one path component).
