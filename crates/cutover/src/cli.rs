@@ -36,7 +36,7 @@ fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli,
             .cloned()
             .map(|arg| arg.hide(true))
     };
-    let (admin, json) = (global("admin"), global("json"));
+    let (admin, ca, json) = (global("admin"), global("admin_ca"), global("json"));
     let hide = |command: clap::Command, args: &[&Option<clap::Arg>]| {
         args.iter()
             .filter_map(|arg| (*arg).clone())
@@ -44,11 +44,11 @@ fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli,
     };
     let command = command
         .clone()
-        .mut_subcommand("serve", |c| hide(c, &[&admin]))
+        .mut_subcommand("serve", |c| hide(c, &[&admin, &ca]))
         .mut_subcommand("config", |c| {
-            hide(c, &[&admin]).mut_subcommand("check", |c| hide(c, &[&admin]))
+            hide(c, &[&admin, &ca]).mut_subcommand("check", |c| hide(c, &[&admin, &ca]))
         })
-        .mut_subcommand("nginx-config", |c| hide(c, &[&admin, &json]))
+        .mut_subcommand("nginx-config", |c| hide(c, &[&admin, &ca, &json]))
         .mut_subcommand("logs", |c| hide(c, &[&json]));
     let matches = command.try_get_matches_from(args)?;
     Cli::from_arg_matches(&matches)
