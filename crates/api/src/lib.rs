@@ -17,6 +17,8 @@
 //!   JSON errors.
 //! - `events`: the Server-Sent Events stream of a deployment.
 //! - `logs`: tail and follow of a release's log file.
+//! - `certs`: `GET /v1/certs`, `POST /v1/certs/{name}/renew` and the
+//!   certificate gauges of `/metrics` (`[proxy.acme]`).
 //! - `metrics`: `GET /metrics`, Prometheus text of the proxy's and the
 //!   engine's metrics.
 //! - `socket`: [`AdminSocket`], binding the unix socket safely (refusing
@@ -30,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+mod certs;
 mod error;
 mod events;
 mod extract;

@@ -16,11 +16,14 @@
 //!   trusted_proxies`.
 //! - [`tls`]: the built-in proxy's TLS keys (`tls_listen`, `[[proxy.tls]]`,
 //!   `redirect_http`).
+//! - [`acme`]: `[proxy.acme]`, automatic HTTPS (directory, contact,
+//!   domains defaulting to the apps' hosts, challenge, ca_file).
 //! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
 //!   keys of both are checked by the same functions in `docker.rs`).
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod cidr;
 pub mod docker;
 pub mod error;
@@ -34,6 +37,7 @@ pub mod tls;
 pub mod units;
 pub mod webhook;
 
+pub use acme::{AcmeConfig, Challenge};
 pub use docker::DockerConfig;
 pub use error::ConfigError;
 pub use model::*;
