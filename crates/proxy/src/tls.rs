@@ -254,12 +254,18 @@ impl Tls {
             name: name.to_owned(),
             reason: reason.to_owned(),
         })?;
-        let certified =
-            CertifiedKey::from_der(vec![CertificateDer::from(cert_der)], key, &self.inner.provider)
-                .map_err(|e| TlsError::Unusable {
-                    name: name.to_owned(),
-                    reason: e.to_string(),
-                })?;
+        // Not `from_der`: its key check parses the certificate, and the
+        // critical acmeIdentifier extension is unknown to webpki.
+        let signer = self
+            .inner
+            .provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Unusable {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let certified = CertifiedKey::new(vec![CertificateDer::from(cert_der)], signer);
         insert(&self.inner.resolver.challenges, name, Arc::new(certified));
         Ok(())
     }
