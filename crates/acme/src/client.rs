@@ -194,7 +194,9 @@ impl AcmeClient {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The answer if it is a success, else its problem document as an error.
@@ -210,7 +212,12 @@ fn successful(url: &str, answer: Answer) -> Result<Answer, AcmeError> {
         detail: problem["detail"]
             .as_str()
             .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).chars().take(200).collect()),
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&answer.body)
+                    .chars()
+                    .take(200)
+                    .collect()
+            }),
         retry_after: answer.retry_after(),
     })
 }
@@ -225,7 +232,9 @@ pub(crate) fn describe_problem(problem: Option<&Value>) -> String {
     match problem {
         Some(problem) => {
             let kind = problem["type"].as_str().unwrap_or("error");
-            let kind = kind.strip_prefix("urn:ietf:params:acme:error:").unwrap_or(kind);
+            let kind = kind
+                .strip_prefix("urn:ietf:params:acme:error:")
+                .unwrap_or(kind);
             let detail = problem["detail"].as_str().unwrap_or("no detail given");
             format!("{kind}: {detail}")
         }

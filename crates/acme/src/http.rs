@@ -127,16 +127,25 @@ impl HttpsClient {
             .await
             .map_err(|e| e.to_string())?;
         let driver = tokio::spawn(connection);
-        let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or(host);
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or(host);
         let request = Request::builder()
             .method(method)
             .uri(uri.path_and_query().map_or("/", |pq| pq.as_str()))
             .header(http::header::HOST, authority)
-            .header(http::header::USER_AGENT, concat!("cutover/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("cutover/", env!("CARGO_PKG_VERSION")),
+            )
             .header(http::header::CONTENT_TYPE, "application/jose+json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_ANSWER)
             .collect()
@@ -164,7 +173,8 @@ fn read_roots(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, Ac
     };
     let mut last = String::from("no root certificate file found");
     for path in candidates {
-        match CertificateDer::pem_file_iter(path).map(|certs| certs.collect::<Result<Vec<_>, _>>()) {
+        match CertificateDer::pem_file_iter(path).map(|certs| certs.collect::<Result<Vec<_>, _>>())
+        {
             Ok(Ok(certs)) if !certs.is_empty() => return Ok(certs),
             Ok(Ok(_)) => last = format!("{} holds no certificate", path.display()),
             Ok(Err(e)) | Err(e) => last = format!("{}: {e}", path.display()),
@@ -183,9 +193,15 @@ mod tests {
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);

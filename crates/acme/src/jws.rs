@@ -131,7 +131,12 @@ mod tests {
     fn a_signed_request_verifies_with_the_accounts_public_key() {
         let key = AccountKey::generate().expect("key");
         let body = key
-            .sign("https://a.test/x", "n1", Some("kid-1"), Some(&json!({"a": 1})))
+            .sign(
+                "https://a.test/x",
+                "n1",
+                Some("kid-1"),
+                Some(&json!({"a": 1})),
+            )
             .expect("signed");
         let body: Value = serde_json::from_slice(&body).expect("json");
         let input = format!(

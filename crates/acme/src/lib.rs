@@ -222,6 +222,10 @@ impl Shared {
         }
     }
 
+    async fn forget_session(&self) {
+        *self.client.lock().await = None;
+    }
+
     /// The session with the ACME server (account key from the store).
     async fn client(&self) -> Result<Arc<AcmeClient>, AcmeError> {
         let mut client = self.client.lock().await;

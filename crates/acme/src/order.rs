@@ -111,7 +111,11 @@ async fn authorize(
         .challenges
         .iter()
         .find(|c| c.kind == wanted)
-        .ok_or_else(|| AcmeError::Invalid(format!("the ACME server offers no {wanted} challenge for {name}")))?;
+        .ok_or_else(|| {
+            AcmeError::Invalid(format!(
+                "the ACME server offers no {wanted} challenge for {name}"
+            ))
+        })?;
     let key_authorization = client.key().key_authorization(&challenge.token);
     answerer.publish(name, &challenge.token, &key_authorization)?;
     let outcome = async {
@@ -123,7 +127,11 @@ async fn authorize(
     outcome
 }
 
-async fn wait_for_authorization(client: &AcmeClient, url: &str, name: &str) -> Result<(), AcmeError> {
+async fn wait_for_authorization(
+    client: &AcmeClient,
+    url: &str,
+    name: &str,
+) -> Result<(), AcmeError> {
     let mut poll = Poll::new();
     loop {
         let (authorization, retry_after) = client.fetch::<Authorization>(url).await?;
@@ -131,7 +139,10 @@ async fn wait_for_authorization(client: &AcmeClient, url: &str, name: &str) -> R
             "valid" => return Ok(()),
             "pending" | "processing" => poll.pause(retry_after, "validation").await?,
             other => {
-                let problem = authorization.challenges.iter().find_map(|c| c.error.as_ref());
+                let problem = authorization
+                    .challenges
+                    .iter()
+                    .find_map(|c| c.error.as_ref());
                 return Err(AcmeError::Invalid(format!(
                     "the ACME server could not validate {name} ({other}): {}",
                     describe_problem(problem)
@@ -185,7 +196,9 @@ impl Poll {
                 "the ACME server did not finish {what} within {POLL_BOUND:?}"
             )));
         }
-        let pause = retry_after.unwrap_or(self.pause).clamp(POLL_FIRST_PAUSE, POLL_MAX_PAUSE);
+        let pause = retry_after
+            .unwrap_or(self.pause)
+            .clamp(POLL_FIRST_PAUSE, POLL_MAX_PAUSE);
         tokio::time::sleep(pause).await;
         self.pause = (self.pause * 2).min(POLL_MAX_PAUSE);
         Ok(())

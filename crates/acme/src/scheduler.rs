@@ -75,6 +75,9 @@ async fn attempt(shared: &Shared, name: &str) -> Result<(), String> {
     match order(shared, name).await {
         Ok(()) => Ok(()),
         Err(error) => {
+            // The next attempt starts a new session: the server may have
+            // lost the account, or its directory may have moved.
+            shared.forget_session().await;
             let failures = shared.status(name).map_or(1, |s| s.failures + 1);
             let delay = backoff(failures, &error);
             let message = error.to_string();
@@ -130,8 +133,14 @@ mod tests {
         assert_eq!(backoff(3, &down), Duration::from_secs(4));
         assert_eq!(backoff(40, &down), TRANSIENT_MAX);
         assert_eq!(backoff(1, &problem(429, None)), REFUSED_FIRST);
-        assert_eq!(backoff(1, &problem(429, Some(7200))), Duration::from_secs(7200));
+        assert_eq!(
+            backoff(1, &problem(429, Some(7200))),
+            Duration::from_secs(7200)
+        );
         assert_eq!(backoff(1, &problem(503, Some(5))), Duration::from_secs(5));
-        assert_eq!(backoff(1, &problem(429, Some(10 * 86_400))), RETRY_AFTER_MAX);
+        assert_eq!(
+            backoff(1, &problem(429, Some(10 * 86_400))),
+            RETRY_AFTER_MAX
+        );
     }
 }

@@ -106,7 +106,10 @@ fn store_error(path: &Path, e: std::io::Error) -> AcmeError {
 /// new content, never a part.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let aside = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let written = OpenOptions::new()
         .write(true)
@@ -147,10 +150,21 @@ mod tests {
         let loaded = store.load("a.test").expect("loaded");
         assert_eq!(loaded.key_pem, issued.key_pem);
         assert!(loaded.chain_pem.contains("BEGIN CERTIFICATE"));
-        for file in [state.path().join("acme/account.pem"), store.cert_path("a.test")] {
-            assert_eq!(fs::metadata(&file).expect("file").mode() & 0o777, 0o600, "{}", file.display());
+        for file in [
+            state.path().join("acme/account.pem"),
+            store.cert_path("a.test"),
+        ] {
+            assert_eq!(
+                fs::metadata(&file).expect("file").mode() & 0o777,
+                0o600,
+                "{}",
+                file.display()
+            );
         }
-        assert_eq!(fs::metadata(state.path().join("acme")).expect("dir").mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(state.path().join("acme")).expect("dir").mode() & 0o777,
+            0o700
+        );
         assert!(store.load("b.test").is_none());
     }
 }

@@ -156,8 +156,14 @@ mod tests {
         let cert = params.self_signed(&key).expect("cert");
         let facts = facts(cert.der()).expect("facts");
         assert_eq!(facts.issuer, "Test Issuer");
-        assert_eq!(facts.not_before, UNIX_EPOCH + Duration::from_secs(1_709_164_800));
-        assert_eq!(facts.not_after, UNIX_EPOCH + Duration::from_secs(2_556_144_000));
+        assert_eq!(
+            facts.not_before,
+            UNIX_EPOCH + Duration::from_secs(1_709_164_800)
+        );
+        assert_eq!(
+            facts.not_after,
+            UNIX_EPOCH + Duration::from_secs(2_556_144_000)
+        );
         let due = facts.renewal_due();
         assert!(due > facts.not_before && due < facts.not_after);
     }

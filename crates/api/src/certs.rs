@@ -48,8 +48,13 @@ async fn renew(
     match acme.renew(&name).await {
         Ok(status) => Ok(Json(status)),
         Err(e @ RenewError::UnknownName(_)) => Err(HttpError::not_found(e.to_string())),
-        Err(e @ RenewError::Failed(_)) => Err(HttpError::new(StatusCode::BAD_GATEWAY, e.to_string())),
-        Err(e) => Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e @ RenewError::Failed(_)) => {
+            Err(HttpError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+        }
+        Err(e) => Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }
 

@@ -131,7 +131,10 @@ fn contact(raw: Option<&[Spanned<String>]>) -> Result<Vec<String>, Located> {
         .collect()
 }
 
-fn challenge(raw: Option<&Spanned<String>>, context: &AcmeContext<'_>) -> Result<Challenge, Located> {
+fn challenge(
+    raw: Option<&Spanned<String>>,
+    context: &AcmeContext<'_>,
+) -> Result<Challenge, Located> {
     let Some(raw) = raw else {
         return Ok(Challenge::TlsAlpn01);
     };
@@ -204,7 +207,11 @@ fn domain(entry: &Spanned<String>) -> Result<String, Located> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
-    if !labels_ok || !name.contains('.') || name.len() > 253 || name.parse::<std::net::IpAddr>().is_ok() {
+    if !labels_ok
+        || !name.contains('.')
+        || name.len() > 253
+        || name.parse::<std::net::IpAddr>().is_ok()
+    {
         return Err((
             entry.span(),
             format!("`{name}` is not a DNS name ACME can issue for (like \"shop.example.com\")"),
@@ -215,10 +222,16 @@ fn domain(entry: &Spanned<String>) -> Result<String, Located> {
 
 fn dedup(names: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    names.into_iter().filter(|n| seen.insert(n.clone())).collect()
+    names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect()
 }
 
-fn ca_file(raw: Option<&Spanned<String>>, context: &AcmeContext<'_>) -> Result<Option<PathBuf>, Located> {
+fn ca_file(
+    raw: Option<&Spanned<String>>,
+    context: &AcmeContext<'_>,
+) -> Result<Option<PathBuf>, Located> {
     let Some(raw) = raw else {
         return Ok(None);
     };
@@ -256,7 +269,10 @@ mod tests {
         assert_eq!(acme.domains, ["shop.example.com"]);
         assert_eq!(acme.challenge, Challenge::TlsAlpn01);
         assert_eq!(acme.contact, ["mailto:a@b.c"]);
-        assert_eq!(acme.ca_file.as_deref(), Some(Path::new("/etc/cutover/ca.pem")));
+        assert_eq!(
+            acme.ca_file.as_deref(),
+            Some(Path::new("/etc/cutover/ca.pem"))
+        );
     }
 
     #[test]
@@ -284,7 +300,10 @@ mod tests {
             &format!("[proxy.acme]\ndirectory = \"https://a.test/d\"\n{APP}"),
         )
         .expect_err("no tls_listen");
-        assert!(error.to_string().contains("needs HTTPS listeners"), "{error}");
+        assert!(
+            error.to_string().contains("needs HTTPS listeners"),
+            "{error}"
+        );
         assert!(error.position.is_some());
     }
 }

@@ -14,7 +14,10 @@ use std::time::{Duration, UNIX_EPOCH};
 /// certificates and the plain listeners' http-01 answers.
 pub fn start_acme(
     config: &Config,
-    (tls, http01): (Option<cutover_proxy::Tls>, Option<cutover_proxy::Http01Answers>),
+    (tls, http01): (
+        Option<cutover_proxy::Tls>,
+        Option<cutover_proxy::Http01Answers>,
+    ),
 ) -> Result<Option<Acme>, Failure> {
     let (Some(acme), Some(tls), Some(http01)) = (&config.proxy.acme, tls, http01) else {
         return Ok(None);
@@ -30,7 +33,10 @@ pub async fn list(global: &GlobalArgs) -> Outcome {
     let client = client(global)?;
     let value: serde_json::Value = client.get("/v1/certs").await?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
         return Ok(());
     }
     let certs: Vec<CertStatus> = serde_json::from_value(value)
@@ -49,7 +55,10 @@ pub async fn renew(global: &GlobalArgs, name: &str) -> Outcome {
     let path = format!("/v1/certs/{}/renew", segment(name));
     let status: CertStatus = client.post(&path, None).await?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
     } else {
         println!(
             "{}: new certificate served (issuer {}, expires {}, renewal due {})",
@@ -88,7 +97,14 @@ fn table(certs: &[CertStatus]) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "ISSUER", "NOT AFTER", "NEXT RENEWAL", "LAST ERROR"];
+    let header = [
+        "NAME",
+        "STATE",
+        "ISSUER",
+        "NOT AFTER",
+        "NEXT RENEWAL",
+        "LAST ERROR",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -116,9 +132,6 @@ fn table(certs: &[CertStatus]) -> String {
 fn time(unix: Option<u64>) -> String {
     unix.map_or_else(
         || "-".into(),
-        |t| {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string()
-        },
+        |t| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string(),
     )
 }
-

@@ -15,6 +15,7 @@ use common::{AppOptions, Daemon};
 use cutover_test_support::binaries;
 use cutover_test_support::pebble::{Pebble, PebbleOptions};
 use cutover_test_support::ports::free_port;
+use cutover_test_support::tls::TlsConnector;
 use cutover_test_support::tls::{connector_trusting, handshake};
 use cutover_test_support::wait::eventually;
 use http_body_util::{BodyExt, Empty};
@@ -25,7 +26,6 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use cutover_test_support::tls::TlsConnector;
 
 const NAME: &str = "shop.acme.test";
 
@@ -51,7 +51,12 @@ struct AcmeSetup {
     started: Instant,
 }
 
-fn acme_setup(challenge: &str, domains: &[&str], proxy_keys: &str, options: &PebbleOptions) -> AcmeSetup {
+fn acme_setup(
+    challenge: &str,
+    domains: &[&str],
+    proxy_keys: &str,
+    options: &PebbleOptions,
+) -> AcmeSetup {
     let mut daemon = Daemon::start(AppOptions::default());
     daemon.kill9();
     let tls_port = free_port();
@@ -85,17 +90,40 @@ fn acme_setup(challenge: &str, domains: &[&str], proxy_keys: &str, options: &Peb
 
 /// The certificate served for `name`, if a client trusting `connector`'s
 /// roots accepts it.
-async fn trusted_cert(connector: &TlsConnector, port: u16, name: &str) -> Option<CertificateDer<'static>> {
-    handshake(connector, local(port), name).await.ok().map(|(_, leaf)| leaf)
+async fn trusted_cert(
+    connector: &TlsConnector,
+    port: u16,
+    name: &str,
+) -> Option<CertificateDer<'static>> {
+    handshake(connector, local(port), name)
+        .await
+        .ok()
+        .map(|(_, leaf)| leaf)
+}
+
+/// The certificate served for `name` to a new client (no TLS session to
+/// resume: a resumed session keeps the certificate of its first handshake)
+/// trusting pebble's current root.
+fn served_now(
+    root: &str,
+    port: u16,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+) -> Option<CertificateDer<'static>> {
+    let fresh = connector_trusting(root, &[b"http/1.1"]);
+    rt.block_on(trusted_cert(&fresh, port, name))
 }
 
 /// Waits until a client trusting pebble's current root gets a certificate
 /// for `name`; the certificate.
-fn wait_for_trusted(setup: &AcmeSetup, rt: &tokio::runtime::Runtime, name: &str) -> CertificateDer<'static> {
-    let connector = connector_trusting(&setup.pebble.root_pem(), &[b"http/1.1"]);
+fn wait_for_trusted(
+    setup: &AcmeSetup,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+) -> CertificateDer<'static> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(served) = rt.block_on(trusted_cert(&connector, setup.tls_port, name)) {
+        if let Some(served) = served_now(&setup.pebble.root_pem(), setup.tls_port, rt, name) {
             return served;
         }
         assert!(
@@ -110,28 +138,40 @@ fn wait_for_trusted(setup: &AcmeSetup, rt: &tokio::runtime::Runtime, name: &str)
 
 /// `requests` GETs of `/` on one keep-alive HTTPS connection to `name`;
 /// (answered 200 with v1, failures).
-async fn https_requests(connector: &TlsConnector, port: u16, name: &str, requests: usize) -> (usize, Vec<String>) {
+async fn https_requests(
+    connector: &TlsConnector,
+    port: u16,
+    name: &str,
+    requests: usize,
+) -> (usize, Vec<String>) {
     let mut failures = Vec::new();
     let mut ok = 0;
     let stream = match handshake(connector, local(port), name).await {
         Ok((stream, _)) => stream,
         Err(e) => return (0, vec![format!("handshake: {e}")]),
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     for _ in 0..requests {
         if let Err(e) = sender.ready().await {
             failures.push(format!("connection: {e}"));
             break;
         }
-        let request = http::Request::get("/").header("host", name).body(Empty::<bytes::Bytes>::new()).unwrap();
+        let request = http::Request::get("/")
+            .header("host", name)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
         match sender.send_request(request).await {
             Ok(response) => {
                 let status = response.status();
                 let body = response.into_body().collect().await.map(|b| b.to_bytes());
                 match body {
                     Ok(body) if status == 200 && body.starts_with(b"version=v1") => ok += 1,
-                    Ok(body) => failures.push(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                    Ok(body) => {
+                        failures.push(format!("{status}: {}", String::from_utf8_lossy(&body)))
+                    }
                     Err(e) => failures.push(format!("body: {e}")),
                 }
             }
@@ -142,7 +182,11 @@ async fn https_requests(connector: &TlsConnector, port: u16, name: &str, request
 }
 
 fn certs(daemon: &Daemon) -> Vec<serde_json::Value> {
-    daemon.json(&["certs"]).as_array().cloned().unwrap_or_default()
+    daemon
+        .json(&["certs"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn cert_of(daemon: &Daemon, name: &str) -> serde_json::Value {
@@ -153,7 +197,10 @@ fn cert_of(daemon: &Daemon, name: &str) -> serde_json::Value {
 }
 
 fn mode(path: &std::path::Path) -> u32 {
-    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).mode() & 0o777
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o777
 }
 
 /// The whole first-certificate check for one challenge type; returns the
@@ -173,7 +220,10 @@ fn first_certificate(challenge: &str, proxy_keys: &str) -> (AcmeSetup, Duration)
     assert_eq!(mode(&state.join("acme/account.pem")), 0o600);
     let status = cert_of(&setup.daemon, NAME);
     assert_eq!(status["state"], "valid", "{status}");
-    assert!(status["issuer"].as_str().unwrap().contains("Pebble"), "{status}");
+    assert!(
+        status["issuer"].as_str().unwrap().contains("Pebble"),
+        "{status}"
+    );
     (setup, took)
 }
 
@@ -182,10 +232,15 @@ fn tls_alpn_01_takes_a_name_from_no_certificate_to_a_trusted_one_with_no_failed_
     let (setup, _) = first_certificate("tls-alpn-01", "");
     // Visible in `cutover status` and /metrics.
     let status = setup.daemon.ok(&["status"]);
-    assert!(status.contains("certificates:") && status.contains(NAME) && status.contains("valid"), "{status}");
+    assert!(
+        status.contains("certificates:") && status.contains(NAME) && status.contains("valid"),
+        "{status}"
+    );
     let metrics = setup.daemon.admin_request("/metrics").text();
     assert!(
-        metrics.contains(&format!("cutover_certificate_not_after_seconds{{name=\"{NAME}\"}}")),
+        metrics.contains(&format!(
+            "cutover_certificate_not_after_seconds{{name=\"{NAME}\"}}"
+        )),
         "{metrics}"
     );
 }
@@ -201,7 +256,12 @@ fn http_01_takes_a_name_from_no_certificate_to_a_trusted_one_even_with_redirect_
 #[test]
 fn a_name_that_cannot_be_validated_holds_up_no_other_and_reports_its_error() {
     let refused = "refused.acme.test";
-    let setup = acme_setup("tls-alpn-01", &[refused, NAME], "", &PebbleOptions::default());
+    let setup = acme_setup(
+        "tls-alpn-01",
+        &[refused, NAME],
+        "",
+        &PebbleOptions::default(),
+    );
     setup.pebble.refuse_name(refused);
     let rt = runtime();
     wait_for_trusted(&setup, &rt, NAME);
@@ -209,7 +269,10 @@ fn a_name_that_cannot_be_validated_holds_up_no_other_and_reports_its_error() {
         cert_of(&setup.daemon, refused)["state"] == "failing"
     });
     let status = cert_of(&setup.daemon, refused);
-    assert!(status["last_error"].as_str().unwrap().contains(refused), "{status}");
+    assert!(
+        status["last_error"].as_str().unwrap().contains(refused),
+        "{status}"
+    );
     assert_eq!(cert_of(&setup.daemon, NAME)["state"], "valid");
     let text = setup.daemon.ok(&["certs"]);
     assert!(text.contains(refused) && text.contains("failing"), "{text}");
@@ -217,7 +280,14 @@ fn a_name_that_cannot_be_validated_holds_up_no_other_and_reports_its_error() {
 
 /// Keep-alive HTTPS clients that each send requests on one connection
 /// until stopped; the failures.
-fn https_load(rt: &tokio::runtime::Runtime, connector: TlsConnector, port: u16, clients: usize, stop: Arc<AtomicBool>, answered: Arc<AtomicUsize>) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+fn https_load(
+    rt: &tokio::runtime::Runtime,
+    connector: TlsConnector,
+    port: u16,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
     (0..clients)
         .map(|_| {
             let (connector, stop, answered) = (connector.clone(), stop.clone(), answered.clone());
@@ -240,17 +310,34 @@ fn forced_renewal_under_keep_alive_https_load_serves_the_new_certificate_to_new_
     let rt = runtime();
     let first = wait_for_trusted(&setup, &rt, NAME);
     let connector = connector_trusting(&setup.pebble.root_pem(), &[b"http/1.1"]);
-    let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-    let clients = https_load(&rt, connector.clone(), setup.tls_port, 4, stop.clone(), answered.clone());
-    eventually(Duration::from_secs(10), "load is flowing", || answered.load(Ordering::SeqCst) > 50);
+    let (stop, answered) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let clients = https_load(
+        &rt,
+        connector.clone(),
+        setup.tls_port,
+        4,
+        stop.clone(),
+        answered.clone(),
+    );
+    eventually(Duration::from_secs(10), "load is flowing", || {
+        answered.load(Ordering::SeqCst) > 50
+    });
     let renewed = setup.daemon.ok(&["certs", "renew", NAME]);
     assert!(renewed.contains("new certificate served"), "{renewed}");
-    let second = rt.block_on(trusted_cert(&connector, setup.tls_port, NAME)).unwrap();
+    let second = served_now(&setup.pebble.root_pem(), setup.tls_port, &rt, NAME).unwrap();
     assert_ne!(first, second, "a new connection gets the new certificate");
     let before = answered.load(Ordering::SeqCst);
-    eventually(Duration::from_secs(10), "load goes on", || answered.load(Ordering::SeqCst) > before + 50);
+    eventually(Duration::from_secs(10), "load goes on", || {
+        answered.load(Ordering::SeqCst) > before + 50
+    });
     stop.store(true, Ordering::SeqCst);
-    let failures: Vec<String> = clients.into_iter().flat_map(|c| rt.block_on(c).unwrap()).collect();
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| rt.block_on(c).unwrap())
+        .collect();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
 }
 
@@ -263,10 +350,14 @@ fn short_lived_certificates_are_renewed_at_two_thirds_of_their_lifetime() {
     let setup = acme_setup("http-01", &[NAME], "", &options);
     let rt = runtime();
     let first = wait_for_trusted(&setup, &rt, NAME);
-    let connector = connector_trusting(&setup.pebble.root_pem(), &[b"http/1.1"]);
-    eventually(Duration::from_secs(30), "a renewed certificate is served", || {
-        rt.block_on(trusted_cert(&connector, setup.tls_port, NAME)).is_some_and(|c| c != first)
-    });
+    eventually(
+        Duration::from_secs(30),
+        "a renewed certificate is served",
+        || {
+            served_now(&setup.pebble.root_pem(), setup.tls_port, &rt, NAME)
+                .is_some_and(|c| c != first)
+        },
+    );
 }
 
 #[test]
@@ -274,26 +365,41 @@ fn acme_server_down_keeps_the_old_certificate_serving_and_the_order_succeeds_onc
     let mut setup = acme_setup("tls-alpn-01", &[NAME], "", &PebbleOptions::default());
     let rt = runtime();
     let first = wait_for_trusted(&setup, &rt, NAME);
-    let connector = connector_trusting(&setup.pebble.root_pem(), &[b"http/1.1"]);
+    let root = setup.pebble.root_pem();
+    let connector = connector_trusting(&root, &[b"http/1.1"]);
     setup.pebble.stop();
     let failed = setup.daemon.cli(&["certs", "renew", NAME]);
     assert_eq!(failed.status.code(), Some(1), "{failed:?}");
     let message = String::from_utf8_lossy(&failed.stderr).into_owned();
-    assert!(message.contains("cannot reach the ACME server"), "{message}");
+    assert!(
+        message.contains("cannot reach the ACME server"),
+        "{message}"
+    );
     let status = cert_of(&setup.daemon, NAME);
     assert_eq!(status["state"], "failing", "{status}");
-    assert!(status["last_error"].as_str().unwrap().contains("cannot reach"), "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{status}"
+    );
     // The old certificate keeps serving, and requests keep working.
-    assert_eq!(rt.block_on(trusted_cert(&connector, setup.tls_port, NAME)), Some(first.clone()));
+    assert_eq!(
+        served_now(&root, setup.tls_port, &rt, NAME),
+        Some(first.clone())
+    );
     let (ok, failures) = rt.block_on(https_requests(&connector, setup.tls_port, NAME, 20));
     assert!(failures.is_empty() && ok == 20, "{failures:?}");
     let text = setup.daemon.ok(&["status"]);
     assert!(text.contains("cannot reach"), "{text}");
     // Back: the retry (with backoff) succeeds by itself.
     setup.pebble.spawn();
-    eventually(Duration::from_secs(30), "the retried order succeeds", || {
-        cert_of(&setup.daemon, NAME)["state"] == "valid"
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the retried order succeeds",
+        || cert_of(&setup.daemon, NAME)["state"] == "valid",
+    );
     let renewed = wait_for_trusted(&setup, &rt, NAME);
     assert_ne!(renewed, first);
 }
@@ -306,8 +412,10 @@ fn a_restart_serves_the_stored_certificate_without_a_new_order() {
     assert_eq!(cert_of(&setup.daemon, NAME)["orders"], 1);
     setup.daemon.terminate();
     setup.daemon.spawn();
-    let connector = connector_trusting(&setup.pebble.root_pem(), &[b"http/1.1"]);
-    assert_eq!(rt.block_on(trusted_cert(&connector, setup.tls_port, NAME)), Some(first));
+    assert_eq!(
+        served_now(&setup.pebble.root_pem(), setup.tls_port, &rt, NAME),
+        Some(first)
+    );
     let status = cert_of(&setup.daemon, NAME);
     assert_eq!(status["orders"], 0, "no order after the restart: {status}");
     assert_eq!(status["state"], "valid", "{status}");
@@ -322,7 +430,8 @@ fn config_check(config: &str) -> (i32, String) {
         .arg(&path)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr).replace(&path.display().to_string(), "cutover.toml");
+    let text = String::from_utf8_lossy(&output.stderr)
+        .replace(&path.display().to_string(), "cutover.toml");
     (output.status.code().unwrap_or(-1), text)
 }
 
@@ -331,16 +440,30 @@ fn acme_configs_that_cannot_work_are_located_errors_with_exit_2() {
     let app = "[[app]]\nname = \"web\"\n[app.process]\ncommand = [\"app\", \"{port}\"]\n";
     let proxy = "[proxy]\ntls_listen = [\"127.0.0.1:8443\"]\n[proxy.acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ndomains = [\"a.test\"]\n";
     let cases = [
-        ("challenge = \"dns-01\"\n", "cutover.toml:6:", "challenge `dns-01` is not known"),
-        ("ca_file = \"/nonexistent/pebble.pem\"\n", "cutover.toml:6:", "cannot read ca_file"),
+        (
+            "challenge = \"dns-01\"\n",
+            "cutover.toml:6:",
+            "challenge `dns-01` is not known",
+        ),
+        (
+            "ca_file = \"/nonexistent/pebble.pem\"\n",
+            "cutover.toml:6:",
+            "cannot read ca_file",
+        ),
     ];
     for (line, location, problem) in cases {
         let (code, text) = config_check(&format!("{proxy}{line}{app}"));
         assert_eq!(code, 2, "{text}");
-        assert!(text.contains(location) && text.contains(problem), "{line}: {text}");
+        assert!(
+            text.contains(location) && text.contains(problem),
+            "{line}: {text}"
+        );
     }
     let wildcard = "[proxy]\ntls_listen = [\"127.0.0.1:8443\"]\n[proxy.acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nchallenge = \"http-01\"\ndomains = [\"*.a.test\"]\n";
     let (code, text) = config_check(&format!("{wildcard}{app}"));
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("cutover.toml:6:") && text.contains("wildcard"), "{text}");
+    assert!(
+        text.contains("cutover.toml:6:") && text.contains("wildcard"),
+        "{text}"
+    );
 }

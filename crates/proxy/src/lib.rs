@@ -120,8 +120,8 @@
 pub mod access_log;
 pub mod admission;
 pub mod balance;
-pub mod challenge;
 mod body;
+pub mod challenge;
 mod conn_io;
 pub mod endpoint;
 pub mod error;

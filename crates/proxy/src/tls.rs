@@ -169,7 +169,10 @@ impl ResolvesServerCert for Resolver {
             // Only the challenge certificate, never a real one.
             return self.challenges.load().get(name.as_deref()?).cloned();
         }
-        if let Some(key) = name.as_deref().and_then(|n| self.acme.load().get(n).cloned()) {
+        if let Some(key) = name
+            .as_deref()
+            .and_then(|n| self.acme.load().get(n).cloned())
+        {
             return Some(key);
         }
         let certificates = self.current.load();

@@ -89,12 +89,21 @@ impl Pebble {
             .arg(self.dns.addr.clone())
             .env("PEBBLE_VA_NOSLEEP", "1");
         let mut child = spawn_logged(&mut command, &self.log_path()).expect("pebble starts");
-        let port: u16 = self.directory.split(':').nth(2).and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok()).unwrap();
+        let port: u16 = self
+            .directory
+            .split(':')
+            .nth(2)
+            .and_then(|p| p.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
         wait_ready(
             &mut child,
             "pebble",
             (Duration::from_secs(20), Duration::from_millis(50)),
-            || TcpStream::connect(("127.0.0.1", port)).is_ok() && TcpStream::connect(("127.0.0.1", self.management_port)).is_ok(),
+            || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", self.management_port)).is_ok()
+            },
             || self.log(),
         );
         self.child = Some(child);
@@ -109,7 +118,11 @@ impl Pebble {
 
     /// Makes the DNS answerer refuse `name` (NXDOMAIN), so validation fails.
     pub fn refuse_name(&self, name: &str) {
-        self.dns.refused.lock().unwrap().insert(name.to_ascii_lowercase());
+        self.dns
+            .refused
+            .lock()
+            .unwrap()
+            .insert(name.to_ascii_lowercase());
     }
 
     pub fn log(&self) -> String {
@@ -133,8 +146,13 @@ impl Pebble {
         // pebble closes without close_notify at times; what was read counts.
         let _ = tls.read_to_end(&mut answer);
         let text = String::from_utf8_lossy(&answer).into_owned();
-        let start = text.find("-----BEGIN CERTIFICATE-----").expect("a root in the answer");
-        let end = text.find("-----END CERTIFICATE-----").expect("a whole root") + 25;
+        let start = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .expect("a root in the answer");
+        let end = text
+            .find("-----END CERTIFICATE-----")
+            .expect("a whole root")
+            + 25;
         format!("{}\n", &text[start..end])
     }
 
