@@ -58,13 +58,16 @@ async fn renew(
     }
 }
 
+/// One gauge's value for a name, if it has one.
+type Reading = fn(&CertStatus) -> Option<i64>;
+
 /// The certificates' gauges, read at scrape time.
 #[derive(Debug)]
 pub(crate) struct CertMetrics(pub(crate) Vec<CertStatus>);
 
 impl Collector for CertMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauges: [(&str, &str, fn(&CertStatus) -> Option<i64>); 4] = [
+        let gauges: [(&str, &str, Reading); 4] = [
             (
                 "cutover_certificate_not_after_seconds",
                 "When the certificate served for the name expires (Unix seconds).",

@@ -410,6 +410,8 @@ fn a_restart_serves_the_stored_certificate_without_a_new_order() {
     let rt = runtime();
     let first = wait_for_trusted(&setup, &rt, NAME);
     assert_eq!(cert_of(&setup.daemon, NAME)["orders"], 1);
+    let orders = || setup.pebble.log().matches("POST /order-plz").count();
+    assert_eq!(orders(), 1, "{}", setup.pebble.log());
     setup.daemon.terminate();
     setup.daemon.spawn();
     assert_eq!(
@@ -419,6 +421,12 @@ fn a_restart_serves_the_stored_certificate_without_a_new_order() {
     let status = cert_of(&setup.daemon, NAME);
     assert_eq!(status["orders"], 0, "no order after the restart: {status}");
     assert_eq!(status["state"], "valid", "{status}");
+    assert_eq!(
+        orders(),
+        1,
+        "pebble saw no new order:\n{}",
+        setup.pebble.log()
+    );
 }
 
 fn config_check(config: &str) -> (i32, String) {
