@@ -23,6 +23,8 @@
 //!   Content-Security-Policy; it reads and acts through the endpoints
 //!   above with the token the user types in.
 //! - `logs`: tail and follow of a release's log file.
+//! - `certs`: `GET /v1/certs`, `POST /v1/certs/{name}/renew` and the
+//!   certificate gauges of `/metrics` (`[proxy.acme]`).
 //! - `metrics`: `GET /metrics`, Prometheus text of the proxy's and the
 //!   engine's metrics.
 //! - `socket`: [`AdminSocket`], binding the unix socket safely (refusing
@@ -44,6 +46,7 @@
 
 #![forbid(unsafe_code)]
 
+mod certs;
 mod dashboard;
 mod error;
 mod events;

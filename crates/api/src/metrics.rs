@@ -81,9 +81,16 @@ impl HealthTransitions {
 }
 
 /// Answers a scrape.
-pub(crate) async fn render(engine: &Engine, transitions: &HealthTransitions) -> Response {
+pub(crate) async fn render(
+    engine: &Engine,
+    transitions: &HealthTransitions,
+    certs: Option<Vec<cutover_acme::CertStatus>>,
+) -> Response {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(cutover_proxy::metrics::collector()));
+    if let Some(certs) = certs {
+        registry.register_collector(Box::new(crate::certs::CertMetrics(certs)));
+    }
     match EngineSnapshot::take(engine, transitions).await {
         Ok(snapshot) => registry.register_collector(Box::new(snapshot)),
         Err(error) => {

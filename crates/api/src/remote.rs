@@ -55,6 +55,7 @@ pub struct AdminTcp {
     guard: Arc<Guard>,
     tls: Option<(cutover_proxy::Tls, TlsAcceptor)>,
     upgrades: Option<Upgrades>,
+    certs: Option<cutover_acme::Acme>,
 }
 
 impl std::fmt::Debug for AdminTcp {
@@ -96,7 +97,14 @@ impl AdminTcp {
             }),
             tls,
             upgrades: None,
+            certs: None,
         })
+    }
+
+    /// Serves `/v1/certs` (and certificate metrics) from `certs`.
+    pub fn with_certs(mut self, certs: Option<cutover_acme::Acme>) -> AdminTcp {
+        self.certs = certs;
+        self
     }
 
     /// Serves `POST /v1/upgrade` by sending each request to `upgrades`.
@@ -133,11 +141,14 @@ impl AdminTcp {
             guard,
             tls,
             upgrades,
+            certs,
         } = self;
         let (stop, stopped) = watch::channel(false);
-        let app = router_with_shutdown(engine, Shutdown::new(stopped.clone()), upgrades).layer(
-            axum::middleware::from_fn_with_state(Arc::clone(&guard), guard_request),
-        );
+        let app = router_with_shutdown(engine, Shutdown::new(stopped.clone()), upgrades);
+        let app = crate::certs::attach(app, certs).layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&guard),
+            guard_request,
+        ));
         let mut watches = vec![guard.tokens.watch()];
         watches.extend(
             tls.as_ref()

@@ -13,6 +13,7 @@
 //! | GET | `/v1/deployments/{id}` | `DeploymentDetail` |
 //! | GET | `/v1/deployments/{id}/events` | Server-Sent Events of `EventRecord` |
 //! | POST | `/v1/upgrade` | 200 `UpgradeReport`; body `{"binary": "/path"}` (optional); 500 `{"error", "steps"}` when the new process did not take over |
+//! | GET | `/v1/certs`, POST `/v1/certs/{name}/renew` | see `certs` |
 //! | GET | `/metrics` | Prometheus text (proxy and engine metrics, see `metrics`) |
 //! | GET | `/`, `/assets/{file}` | the dashboard (see `dashboard`) |
 
@@ -115,8 +116,10 @@ async fn metrics(
     axum::Extension(transitions): axum::Extension<
         std::sync::Arc<crate::metrics::HealthTransitions>,
     >,
+    certs: Option<axum::Extension<crate::certs::Certs>>,
 ) -> Response {
-    crate::metrics::render(&state.engine, &transitions).await
+    let certs = certs.and_then(|c| c.0 .0).map(|acme| acme.status());
+    crate::metrics::render(&state.engine, &transitions, certs).await
 }
 
 async fn not_found(method: Method, uri: Uri) -> HttpError {

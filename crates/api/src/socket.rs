@@ -61,6 +61,7 @@ pub struct AdminSocket {
     listener: UnixListener,
     file: SocketFile,
     upgrades: Option<Upgrades>,
+    certs: Option<cutover_acme::Acme>,
 }
 
 /// Once set, the admin socket's file stays when this process stops: the
@@ -116,6 +117,7 @@ impl AdminSocket {
             listener,
             file,
             upgrades: None,
+            certs: None,
         })
     }
 
@@ -133,11 +135,18 @@ impl AdminSocket {
                 listener,
                 file: SocketFile::new(path),
                 upgrades: None,
+                certs: None,
             })
             .map_err(io_error("adopt the admin socket", path))
     }
 
     /// Serves `POST /v1/upgrade` by sending each request to `upgrades`.
+    /// Serves `/v1/certs` (and certificate metrics) from `certs`.
+    pub fn with_certs(mut self, certs: Option<cutover_acme::Acme>) -> AdminSocket {
+        self.certs = certs;
+        self
+    }
+
     pub fn with_upgrades(mut self, upgrades: Upgrades) -> AdminSocket {
         self.upgrades = Some(upgrades);
         self
@@ -169,9 +178,11 @@ impl AdminSocket {
             listener,
             file,
             upgrades,
+            certs,
         } = self;
         let (stop, stopped) = watch::channel(false);
         let app = router_with_shutdown(engine, Shutdown::new(stopped.clone()), upgrades);
+        let app = crate::certs::attach(app, certs);
         let connections = Connections::new(stopped);
         let mut stopping = std::pin::pin!(shutdown);
         let mut result = Ok(());

@@ -19,6 +19,8 @@
 //! - [`admin`]: `[admin]`, the unix socket and the TCP listener for remote
 //!   operation (tokens, TLS, allowed `Host` names, CORS origins); the one
 //!   token file reader.
+//! - [`acme`]: `[proxy.acme]`, automatic HTTPS (directory, contact,
+//!   domains defaulting to the apps' hosts, challenge, ca_file).
 //! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
 //!   keys of both are checked by the same functions in `docker.rs`).
 //! - [`supervise`]: what happens when the live release dies (`restart`,
@@ -28,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod cidr;
 pub mod display;
@@ -44,6 +47,7 @@ pub mod tls;
 pub mod units;
 pub mod webhook;
 
+pub use acme::{AcmeConfig, Challenge};
 pub use admin::RemoteAdmin;
 pub use docker::DockerConfig;
 pub use error::ConfigError;

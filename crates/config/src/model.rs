@@ -100,6 +100,8 @@ pub struct ProxyConfig {
     /// `mode = "nginx"`: cutover drives this nginx and listens for no
     /// client traffic itself. `None`: the built-in proxy (the default).
     pub nginx: Option<crate::nginx::NginxConfig>,
+    /// `[proxy.acme]`: certificates ordered from an ACME server.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 /// `[[app]] upstream_protocol`: how the proxy talks to the app's releases.
@@ -566,6 +568,8 @@ impl Validator<'_> {
         }
         self.check_port_clashes(&raw, &proxy, webhook.as_ref())?;
         self.check_admin_port(&raw, &proxy, webhook.as_ref(), admin.remote.as_ref())?;
+        let mut proxy = proxy;
+        proxy.acme = self.acme(&raw, &proxy, &apps)?;
         Ok(Config {
             file: std::path::absolute(self.file).unwrap_or_else(|_| self.file.to_path_buf()),
             state_dir,
@@ -817,6 +821,7 @@ impl Validator<'_> {
                     certs: raw.tls.as_ref(),
                     redirect_http: raw.redirect_http.as_ref(),
                     nginx_mode,
+                    acme: raw.acme.is_some(),
                 },
                 &self.base_dir(),
                 self.file,
@@ -834,7 +839,33 @@ impl Validator<'_> {
                 )?
                 .map_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT, |n| n as usize),
             nginx,
+            acme: None,
         })
+    }
+
+    /// `[proxy.acme]`, once the apps' hosts (its default names) are known.
+    fn acme(
+        &self,
+        raw: &RawConfig,
+        proxy: &ProxyConfig,
+        apps: &[AppConfig],
+    ) -> Result<Option<crate::acme::AcmeConfig>, ConfigError> {
+        let Some(acme) = &raw.proxy.acme else {
+            return Ok(None);
+        };
+        let base = self.base_dir();
+        let context = crate::acme::AcmeContext {
+            base: &base,
+            app_hosts: apps
+                .iter()
+                .flat_map(|app| app.hosts.iter().map(String::as_str))
+                .collect(),
+            has_tls_listen: !proxy.tls.listen.is_empty(),
+            has_plain_listen: !proxy.listen.is_empty(),
+            nginx_mode: proxy.nginx.is_some(),
+            check_files: self.check_files,
+        };
+        crate::acme::validate(acme, &context, self.file, self.source).map(Some)
     }
 
     /// `[proxy] trusted_proxies`: CIDR blocks (or lone addresses).

@@ -40,6 +40,7 @@ pub struct RawProxy {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_client: Option<Spanned<i64>>,
     pub nginx: Option<Spanned<crate::nginx::RawNginx>>,
+    pub acme: Option<Spanned<crate::acme::RawAcme>>,
 }
 
 #[derive(Debug, Deserialize)]

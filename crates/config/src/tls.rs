@@ -39,6 +39,8 @@ pub(crate) struct RawTlsKeys<'a> {
     pub redirect_http: Option<&'a Spanned<bool>>,
     /// The `mode` key, when nginx takes the traffic.
     pub nginx_mode: bool,
+    /// `[proxy.acme]` is present: it provides certificates too.
+    pub acme: bool,
 }
 
 pub(crate) fn validate(
@@ -122,7 +124,7 @@ fn check_combination(raw: &RawTlsKeys<'_>, listen: &[SocketAddr]) -> Result<(), 
                 "`tls` is empty; add [[proxy.tls]] tables with `cert` and `key`".into(),
             ));
         }
-    } else if let Some(first) = raw.listen.and_then(|l| l.first()) {
+    } else if let Some(first) = raw.listen.and_then(|l| l.first()).filter(|_| !raw.acme) {
         return Err((
             first.span(),
             "`tls_listen` needs certificates: add [[proxy.tls]] tables with `cert` and `key` files"

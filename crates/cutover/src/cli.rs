@@ -92,6 +92,8 @@ pub enum Command {
     Status(StatusArgs),
     /// List an app's deployments, newest first.
     History(HistoryArgs),
+    /// Certificates of [proxy.acme]: list them (`certs`) or order one now (`certs renew NAME`).
+    Certs(CertsArgs),
     /// Make the previous release of an app live again.
     Rollback(RollbackArgs),
     /// Promote the deployment of an app that waits for promotion.
@@ -104,6 +106,18 @@ pub enum Command {
     NginxConfig(AppArg),
     /// Replace the running daemon with a new binary without dropping a request.
     Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub command: Option<CertsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Order a new certificate for NAME now and wait until it is served.
+    Renew { name: String },
 }
 
 #[derive(Debug, Args)]

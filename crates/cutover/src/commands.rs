@@ -244,6 +244,9 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> Outcome {
     } else {
         print(&output::status_table(&apps));
     }
+    if args.app.is_none() {
+        print(&crate::certs::status_lines(&client).await);
+    }
     Ok(())
 }
 

@@ -9,6 +9,8 @@
 //!   the versioned hand-over protocol, the old and the new process's side.
 //! - `systemd`: socket activation and `sd_notify` (the one module with
 //!   `unsafe`).
+//! - `certs`: `[proxy.acme]` started by `serve`, `cutover certs [renew
+//!   NAME]`, the certificate lines of `cutover status`.
 //! - `commands`: the commands that talk to the daemon, and `config check`.
 //! - `client`: HTTP/1.1 to the admin API (hyper): its unix socket, or TCP
 //!   (`--admin https://…`, rustls; token from `CUTOVER_TOKEN`).
@@ -20,6 +22,7 @@
 
 #![deny(unsafe_code)]
 
+mod certs;
 mod cli;
 mod client;
 mod commands;
@@ -125,6 +128,10 @@ async fn run(cli: Cli) -> Outcome {
         Command::Deploy(args) => commands::deploy(global, args).await,
         Command::Status(args) => commands::status(global, args).await,
         Command::History(args) => commands::history(global, args).await,
+        Command::Certs(args) => match &args.command {
+            None => certs::list(global).await,
+            Some(cli::CertsCommand::Renew { name }) => certs::renew(global, name).await,
+        },
         Command::Rollback(args) => commands::rollback(global, args).await,
         Command::Promote(args) => commands::promote(global, &args.app).await,
         Command::Abort(args) => commands::abort(global, args).await,

@@ -157,6 +157,7 @@ async fn start(
     let mut handover_fds = listeners.handover_fds()?;
     let (stop, stopped) = watch::channel(false);
     let handoff = Handoff::default();
+    let acme_handles = (listeners.tls.clone(), listeners.acme_http01.clone());
     // The webhook prefix is routed before the proxy takes its first request.
     let webhook_line = match webhooks {
         Some(receiver) => {
@@ -166,12 +167,19 @@ async fn start(
         None => String::new(),
     };
     let (proxies, intakes) = listeners.serve(config, &router, &stopped, &handoff)?;
+    // Orders go out once the listeners answer the challenges.
+    let acme = crate::certs::start_acme(config, acme_handles)?;
     let socket = admin.path().to_path_buf();
     let (upgrades, upgrade_asks) = mpsc::channel(4);
     let admin_line = match admin_tcp {
         Some(admin_tcp) => {
             handover_fds.push(admin_tcp_fd(config, &admin_tcp)?);
-            serve_admin_tcp(admin_tcp, &engine, upgrades.clone(), &stopped)
+            serve_admin_tcp(
+                admin_tcp.with_certs(acme.clone()),
+                &engine,
+                upgrades.clone(),
+                &stopped,
+            )
         }
         None => String::new(),
     };
@@ -187,6 +195,7 @@ async fn start(
     let admin_task = tokio::spawn(
         admin
             .with_upgrades(upgrades)
+            .with_certs(acme)
             .serve(engine.clone(), stop_signal(&stopped)),
     );
     announce(
@@ -598,6 +607,8 @@ struct Listeners {
     plain: Vec<(ListenerTag, TcpListener)>,
     secure: Vec<(ListenerTag, TcpListener)>,
     tls: Option<cutover_proxy::Tls>,
+    /// ACME http-01 tokens answered on the plain listeners.
+    acme_http01: Option<cutover_proxy::Http01Answers>,
 }
 
 /// The proxy listeners serving, and how to name them.
@@ -631,7 +642,17 @@ impl Listeners {
             Some(_) => bind_all(&config.proxy.tls.listen, ListenerKind::TlsListen, sources).await?,
             None => Vec::new(),
         };
-        Ok(Listeners { plain, secure, tls })
+        let acme_http01 = config
+            .proxy
+            .acme
+            .as_ref()
+            .map(|_| cutover_proxy::Http01Answers::default());
+        Ok(Listeners {
+            plain,
+            secure,
+            tls,
+            acme_http01,
+        })
     }
 
     /// Second descriptors of every listening socket, for an upgrade.
@@ -693,6 +714,7 @@ impl Listeners {
         let plain = self.plain.into_iter().map(|listener| {
             let options = cutover_proxy::ServeOptions {
                 redirect_https,
+                acme_http01: self.acme_http01.clone(),
                 ..options.clone()
             };
             (listener, options)
@@ -870,6 +892,7 @@ fn proxy_options(config: &Config) -> Result<cutover_proxy::ServeOptions, Failure
         access_log,
         tls: None,
         redirect_https: None,
+        acme_http01: None,
         workers: None,
         handoff: None,
         admission: None,
@@ -935,7 +958,8 @@ const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// The HTTPS listeners' certificates (`[[proxy.tls]]`), if any; a file that
 /// is missing or unusable stops the start with an error naming it.
 fn load_tls(config: &Config) -> Result<Option<cutover_proxy::Tls>, Failure> {
-    if config.proxy.tls.certs.is_empty() || config.proxy.nginx.is_some() {
+    let acme = config.proxy.acme.is_some();
+    if (config.proxy.tls.certs.is_empty() && !acme) || config.proxy.nginx.is_some() {
         return Ok(None);
     }
     let files = config
@@ -948,7 +972,11 @@ fn load_tls(config: &Config) -> Result<Option<cutover_proxy::Tls>, Failure> {
             key: c.key.clone(),
         })
         .collect();
-    let tls = cutover_proxy::Tls::load(files).map_err(|e| {
+    let load = match acme {
+        true => cutover_proxy::Tls::with_acme,
+        false => cutover_proxy::Tls::load,
+    };
+    let tls = load(files).map_err(|e| {
         Failure::failed(format!("{e} ([[proxy.tls]] in {})", config.file.display()))
     })?;
     tracing::info!(names = %tls.names().join(", "), "TLS certificates loaded");

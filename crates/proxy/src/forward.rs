@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) redirect_https: Option<u16>,
     /// `X-Forwarded-Proto`: `http` or `https`.
     pub(crate) proto: HeaderValue,
+    /// ACME http-01 tokens answered before routing (plain listeners).
+    pub(crate) acme_http01: Option<crate::challenge::Http01Answers>,
 }
 
 /// State of one client connection.
@@ -76,9 +78,11 @@ pub(crate) async fn handle(
         .shared
         .redirect_https
         .filter(|_| !req.uri().path().starts_with(ACME_CHALLENGE));
-    let forwarded = match redirect {
-        Some(port) => Ok(redirect_to_https(&req, port)),
-        None => forward(&ctx, req, &request_id, &mut active, &mut served).await,
+    let acme_answer = crate::challenge::http01_answer(&ctx.shared, &req);
+    let forwarded = match (acme_answer, redirect) {
+        (Some(answer), _) => Ok(answer),
+        (None, Some(port)) => Ok(redirect_to_https(&req, port)),
+        (None, None) => forward(&ctx, req, &request_id, &mut active, &mut served).await,
     };
     let (mut response, metrics) = match forwarded {
         Ok(response) => {

@@ -56,7 +56,11 @@
 //!   byte copy both ways, counted in the upstream's drain, and their closing
 //!   (WebSocket close frame 1001) when a drain times out.
 //! - [`tls`]: [`Tls`], TLS termination with rustls: certificates chosen by
-//!   SNI, reloaded on change keeping the old set on a bad reload.
+//!   SNI, reloaded on change keeping the old set on a bad reload; ACME
+//!   certificates and tls-alpn-01 challenge certificates beside the files,
+//!   each map swapped whole (`ArcSwap`) by the ACME control plane.
+//! - [`challenge`]: [`Http01Answers`], ACME http-01 tokens answered on the
+//!   plain listeners before routing (`forward` calls it first).
 //! - [`access_log`]: [`AccessLog`], combined or JSON lines written by their
 //!   own thread behind a bounded queue (overflow dropped and counted).
 //! - [`metrics`]: per app/slot and per endpoint counters in atomics,
@@ -120,6 +124,7 @@ pub mod access_log;
 pub mod admission;
 pub mod balance;
 mod body;
+pub mod challenge;
 mod conn_io;
 pub mod endpoint;
 pub mod error;
@@ -140,6 +145,7 @@ mod workers;
 pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
 pub use admission::Admission;
 pub use balance::{Balance, UnknownBalance};
+pub use challenge::Http01Answers;
 pub use endpoint::{EndpointSpec, EndpointStats};
 pub use error::ProxyError;
 pub use handoff::{intake, HandedConn, Handoff, Intake, IntakeSender};

@@ -82,6 +82,9 @@ pub struct ServeOptions {
     /// redirect (308) to `https://` on this port, except ACME HTTP-01
     /// challenges (`/.well-known/acme-challenge/`), which are proxied.
     pub redirect_https: Option<u16>,
+    /// On a cleartext listener: ACME http-01 challenges answered before
+    /// routing (also when redirecting).
+    pub acme_http01: Option<crate::challenge::Http01Answers>,
     /// Accept and serve connections on these worker threads, each with its
     /// own event loop; `None`: on the runtime that calls [`serve_with`].
     pub workers: Option<Workers>,
@@ -131,6 +134,7 @@ async fn serve_listener(
         settings,
         access_log: options.access_log,
         redirect_https: options.redirect_https.filter(|_| options.tls.is_none()),
+        acme_http01: options.acme_http01.filter(|_| options.tls.is_none()),
         proto: if options.tls.is_some() {
             HeaderValue::from_static("https")
         } else {
@@ -705,6 +709,10 @@ async fn serve_tls(
         }
     };
     let (io, session) = stream.get_mut();
+    if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        // tls-alpn-01 validation: the handshake was the answer.
+        return;
+    }
     if session.alpn_protocol() == Some(b"h2") {
         io.set_multiplexed();
         Box::pin(serve_h2(builder, stream, ctx, stopped, peer)).await;
@@ -809,6 +817,7 @@ mod tests {
                 settings: ProxySettings::default(),
                 access_log: None,
                 redirect_https: None,
+                acme_http01: None,
                 proto: HeaderValue::from_static("http"),
             }),
             tls: None,

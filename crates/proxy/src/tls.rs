@@ -12,6 +12,13 @@
 //! [`Tls::watch`] reloads when the files change on disk (polled: size,
 //! modification time, inode), SIGHUP calls [`Tls::reload`] directly.
 //! ALPN offers `h2` and `http/1.1`.
+//!
+//! With ACME ([`Tls::with_acme`]) the set may start empty, and two more
+//! maps sit beside the files' set, each behind its own `ArcSwap` that the
+//! ACME control plane replaces while handshakes only load it:
+//! certificates obtained over ACME (an exact name there wins over the
+//! files), and tls-alpn-01 challenge certificates, served only to a client
+//! offering ALPN `acme-tls/1` (RFC 8737), whose connection then closes.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,7 +74,12 @@ pub enum TlsError {
     },
     #[error("TLS set-up failed: {0}")]
     Config(#[source] rustls::Error),
+    #[error("the certificate for {name} is unusable: {reason}")]
+    Unusable { name: String, reason: String },
 }
+
+/// The ALPN protocol of tls-alpn-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// The certificates of the TLS listeners. Cheap to clone; clones share the
 /// certificates, so a reload reaches every listener.
@@ -84,6 +96,8 @@ struct Inner {
     /// The files as last looked at by a reload (success or not), so that a
     /// broken set is tried again only after it changed again.
     seen: Mutex<Vec<Stamp>>,
+    /// Whether the files may be none (ACME provides certificates too).
+    files_optional: bool,
 }
 
 impl fmt::Debug for Tls {
@@ -115,7 +129,8 @@ struct Certificates {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` is stored as `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    /// For clients without SNI or with an unknown name; `None`: no file.
+    default: Option<Arc<CertifiedKey>>,
     names: Vec<String>,
 }
 
@@ -130,30 +145,70 @@ impl Certificates {
     }
 }
 
+/// Certificates by exact lower-case name.
+type ByName = HashMap<String, Arc<CertifiedKey>>;
+
 #[derive(Debug)]
 struct Resolver {
     current: ArcSwap<Certificates>,
+    /// Obtained over ACME.
+    acme: ArcSwap<ByName>,
+    /// tls-alpn-01 challenge certificates.
+    challenges: ArcSwap<ByName>,
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let certificates = self.current.load();
-        let chosen = hello
+        let name = hello
             .server_name()
-            .and_then(|name| certificates.find(name))
-            .unwrap_or(&certificates.default);
-        Some(Arc::clone(chosen))
+            .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if validating {
+            // Only the challenge certificate, never a real one.
+            return self.challenges.load().get(name.as_deref()?).cloned();
+        }
+        if let Some(key) = name
+            .as_deref()
+            .and_then(|n| self.acme.load().get(n).cloned())
+        {
+            return Some(key);
+        }
+        let certificates = self.current.load();
+        if let Some(key) = name.as_deref().and_then(|n| certificates.find(n)) {
+            return Some(Arc::clone(key));
+        }
+        if let Some(key) = &certificates.default {
+            return Some(Arc::clone(key));
+        }
+        // No file at all: the first ACME certificate by name.
+        let acme = self.acme.load();
+        acme.keys().min().and_then(|first| acme.get(first).cloned())
     }
 }
 
 impl Tls {
     /// Loads every certificate; any problem is an error naming the file.
     pub fn load(files: Vec<CertKeyFiles>) -> Result<Tls, TlsError> {
+        Tls::build(files, false)
+    }
+
+    /// [`Tls::load`] for listeners that also serve ACME certificates: the
+    /// files may be none, and ALPN `acme-tls/1` is answered with challenge
+    /// certificates ([`Tls::set_alpn_challenge`]).
+    pub fn with_acme(files: Vec<CertKeyFiles>) -> Result<Tls, TlsError> {
+        Tls::build(files, true)
+    }
+
+    fn build(files: Vec<CertKeyFiles>, files_optional: bool) -> Result<Tls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let seen = files.iter().flat_map(stamps).collect();
-        let certificates = load_all(&files, &provider)?;
+        let certificates = load_all(&files, &provider, files_optional)?;
         let resolver = Arc::new(Resolver {
             current: ArcSwap::from_pointee(certificates),
+            acme: ArcSwap::default(),
+            challenges: ArcSwap::default(),
         });
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -161,6 +216,10 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if files_optional {
+            // Chosen only by a client offering nothing else (the validator).
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Ok(Tls {
             inner: Arc::new(Inner {
                 files,
@@ -168,23 +227,108 @@ impl Tls {
                 resolver,
                 acceptor: TlsAcceptor::from(Arc::new(config)),
                 seen: Mutex::new(seen),
+                files_optional,
             }),
         })
+    }
+
+    /// Serves `chain_pem` (leaf first) with `key_pem` for `name` to new
+    /// connections, replacing the previous ACME certificate of that name.
+    pub fn set_acme_certificate(
+        &self,
+        name: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), TlsError> {
+        let key = self.certified_from_pem(name, chain_pem, key_pem)?;
+        insert(&self.inner.resolver.acme, name, key);
+        Ok(())
+    }
+
+    /// Answers tls-alpn-01 validation of `name` with this certificate (DER)
+    /// until [`Tls::clear_alpn_challenge`].
+    pub fn set_alpn_challenge(
+        &self,
+        name: &str,
+        cert_der: Vec<u8>,
+        key_der: Vec<u8>,
+    ) -> Result<(), TlsError> {
+        let key = PrivateKeyDer::try_from(key_der).map_err(|reason| TlsError::Unusable {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        })?;
+        // Not `from_der`: its key check parses the certificate, and the
+        // critical acmeIdentifier extension is unknown to webpki.
+        let signer = self
+            .inner
+            .provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Unusable {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let certified = CertifiedKey::new(vec![CertificateDer::from(cert_der)], signer);
+        insert(&self.inner.resolver.challenges, name, Arc::new(certified));
+        Ok(())
+    }
+
+    /// Stops answering tls-alpn-01 validation of `name`.
+    pub fn clear_alpn_challenge(&self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        self.inner.resolver.challenges.rcu(|current| {
+            let mut next = ByName::clone(current);
+            next.remove(&name);
+            next
+        });
+    }
+
+    fn certified_from_pem(
+        &self,
+        name: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
+        let unusable = |reason: String| TlsError::Unusable {
+            name: name.to_owned(),
+            reason,
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| unusable(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(unusable("no certificate in the chain".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| unusable(e.to_string()))?;
+        CertifiedKey::from_der(chain, key, &self.inner.provider)
+            .map(Arc::new)
+            .map_err(|e| unusable(e.to_string()))
     }
 
     /// Reads the files again and, if all are good, serves the new set to
     /// new connections. On error the current set keeps serving.
     pub fn reload(&self) -> Result<Vec<String>, TlsError> {
         *self.lock_seen() = self.current_stamps();
-        let certificates = load_all(&self.inner.files, &self.inner.provider)?;
+        let certificates = load_all(
+            &self.inner.files,
+            &self.inner.provider,
+            self.inner.files_optional,
+        )?;
         let names = certificates.names.clone();
         self.inner.resolver.current.store(Arc::new(certificates));
         Ok(names)
     }
 
-    /// The DNS names the current certificates serve.
+    /// The DNS names the current certificates serve (files, then ACME).
     pub fn names(&self) -> Vec<String> {
-        self.inner.resolver.current.load().names.clone()
+        let mut names = self.inner.resolver.current.load().names.clone();
+        let acme = self.inner.resolver.acme.load();
+        let mut obtained: Vec<&String> = acme.keys().collect();
+        obtained.sort();
+        names.extend(obtained.into_iter().cloned());
+        names
     }
 
     /// Whether a file changed since the last load or reload attempt.
@@ -254,7 +398,21 @@ fn stamps(files: &CertKeyFiles) -> [Stamp; 2] {
     [Stamp::of(&files.cert), Stamp::of(&files.key)]
 }
 
-fn load_all(files: &[CertKeyFiles], provider: &CryptoProvider) -> Result<Certificates, TlsError> {
+/// Puts `key` under `name`, keeping concurrent updates of other names.
+fn insert(map: &ArcSwap<ByName>, name: &str, key: Arc<CertifiedKey>) {
+    let name = name.to_ascii_lowercase();
+    map.rcu(|current| {
+        let mut next = ByName::clone(current);
+        next.insert(name.clone(), Arc::clone(&key));
+        next
+    });
+}
+
+fn load_all(
+    files: &[CertKeyFiles],
+    provider: &CryptoProvider,
+    files_optional: bool,
+) -> Result<Certificates, TlsError> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut names = Vec::new();
@@ -274,7 +432,9 @@ fn load_all(files: &[CertKeyFiles], provider: &CryptoProvider) -> Result<Certifi
             names.push(name);
         }
     }
-    let default = default.ok_or(TlsError::NoCertificates)?;
+    if default.is_none() && !files_optional {
+        return Err(TlsError::NoCertificates);
+    }
     Ok(Certificates {
         exact,
         wildcard,

@@ -14,6 +14,7 @@ use cutover_test_support::tls::{handshake, replace_file, served_cert, Ca, Leaf};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -303,4 +304,90 @@ async fn cleartext_listener_redirects_to_https_except_acme_challenges() {
         (reply.status, reply.body.as_str()),
         (StatusCode::OK, "challenge-answer")
     );
+}
+
+#[tokio::test]
+async fn acme_certificates_swap_in_beside_the_files_and_challenge_certificates_go_only_to_the_validator(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let file = ca.leaf(&["a.test", "*.b.test"]);
+    let tls = Tls::with_acme(vec![write_pair(dir.path(), "a", &file)]).expect("load");
+    let backend = proto_backend().await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = start(
+        router,
+        ServeOptions {
+            tls: Some(tls.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = proxy.addr;
+    let connector = ca.connector(&[b"http/1.1"]);
+
+    // An ACME certificate for an exact name wins over a file's wildcard,
+    // and a new one replaces it for new connections.
+    assert_eq!(served_cert(&connector, addr, "x.b.test").await, file.der);
+    for _ in 0..2 {
+        let acme = ca.leaf(&["x.b.test"]);
+        tls.set_acme_certificate("x.b.test", &acme.cert_pem, &acme.key_pem)
+            .expect("usable");
+        let fresh = ca.connector(&[b"http/1.1"]);
+        assert_eq!(served_cert(&fresh, addr, "x.b.test").await, acme.der);
+    }
+    assert_eq!(served_cert(&connector, addr, "a.test").await, file.der);
+
+    // The challenge certificate is served only to a client offering
+    // acme-tls/1 (and nothing is served to it without one).
+    let challenge = ca.leaf(&["x.b.test"]);
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(challenge.key_pem.as_bytes())
+        .expect("key");
+    tls.set_alpn_challenge(
+        "x.b.test",
+        challenge.der.to_vec(),
+        key.secret_der().to_vec(),
+    )
+    .expect("usable");
+    let validator = ca.connector(&[b"acme-tls/1"]);
+    let (stream, served) = handshake(&validator, addr, "x.b.test")
+        .await
+        .expect("handshake");
+    assert_eq!(served, challenge.der);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"acme-tls/1"[..]));
+    let fresh = ca.connector(&[b"http/1.1"]);
+    assert_ne!(served_cert(&fresh, addr, "x.b.test").await, challenge.der);
+    tls.clear_alpn_challenge("x.b.test");
+    assert!(handshake(&validator, addr, "x.b.test").await.is_err());
+}
+
+#[tokio::test]
+async fn tls_for_acme_starts_without_files_and_serves_nothing_until_a_certificate_arrives() {
+    let ca = Ca::new();
+    let tls = Tls::with_acme(Vec::new()).expect("no files is fine with ACME");
+    assert!(matches!(
+        Tls::load(Vec::new()),
+        Err(TlsError::NoCertificates)
+    ));
+    let backend = proto_backend().await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = start(
+        router,
+        ServeOptions {
+            tls: Some(tls.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let connector = ca.connector(&[b"http/1.1"]);
+    assert!(handshake(&connector, proxy.addr, "a.test").await.is_err());
+    let acme = ca.leaf(&["a.test"]);
+    tls.set_acme_certificate("a.test", &acme.cert_pem, &acme.key_pem)
+        .expect("usable");
+    assert_eq!(
+        served_cert(&connector, proxy.addr, "a.test").await,
+        acme.der
+    );
+    // The names served include the ACME certificates.
+    assert_eq!(tls.names(), ["a.test"]);
 }

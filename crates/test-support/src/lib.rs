@@ -22,6 +22,8 @@
 //! - [`swarm`]: the swarm-manager check, services by cutover's labels, a
 //!   clean-up guard for a test's services (then its containers and images).
 //! - [`nginx`]: Debian's nginx with its own prefix and configuration.
+//! - [`pebble`]: Debian's pebble (test ACME server) with its own ports and
+//!   config, resolving names through a DNS answerer on a port-0 UDP socket.
 //! - [`sshd`]: Debian's sshd on loopback with throwaway keys.
 //! - [`git`]: git with a fixed identity; a bare origin with a working clone.
 //! - [`toml`]: TOML string and list literals for configs the tests write.
@@ -34,6 +36,7 @@ pub mod git;
 pub mod http;
 pub mod load;
 pub mod nginx;
+pub mod pebble;
 pub mod ports;
 pub mod process;
 pub mod sshd;
