@@ -16,6 +16,8 @@
 //!   trusted_proxies`.
 //! - [`tls`]: the built-in proxy's TLS keys (`tls_listen`, `[[proxy.tls]]`,
 //!   `redirect_http`).
+//! - [`group`]: `[[group]]` (release groups: apps switched as one) and
+//!   `[[app]] paths` (path prefixes routed with the Host).
 //! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
 //!   keys of both are checked by the same functions in `docker.rs`).
 
@@ -25,6 +27,7 @@ pub mod cidr;
 pub mod docker;
 pub mod error;
 pub mod git_ref;
+pub mod group;
 pub mod model;
 pub mod nginx;
 mod raw;
@@ -36,6 +39,7 @@ pub mod webhook;
 
 pub use docker::DockerConfig;
 pub use error::ConfigError;
+pub use group::GroupConfig;
 pub use model::*;
 pub use nginx::{NginxConfig, SshConfig};
 pub use source::{DeployOn, RefKind, SourceConfig};
