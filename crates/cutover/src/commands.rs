@@ -5,6 +5,7 @@ use crate::cli::{
 };
 use crate::client::{segment, Client, ClientError};
 use crate::failure::{Failure, Outcome, FAILED, USAGE};
+use crate::group_commands;
 use crate::model::{AppStatus, Deployment, DeploymentDetail, Event};
 use crate::output;
 use crate::sse::SseReader;
@@ -86,6 +87,13 @@ pub fn config_check(global: &GlobalArgs) -> Outcome {
 
 pub async fn deploy(global: &GlobalArgs, args: &DeployArgs) -> Outcome {
     let client = client(global)?;
+    let by_version = args.git_ref.is_none();
+    if !args.set.is_empty() || (by_version && group_commands::is_group(&client, &args.app).await?) {
+        let version = args.version.as_deref();
+        let wait = args.wait.wait();
+        return group_commands::deploy(&client, global.json, &args.app, version, &args.set, wait)
+            .await;
+    }
     let body = match &args.git_ref {
         Some(git_ref) => json!({ "ref": git_ref, "force": args.force }),
         None => json!({ "version": args.version, "force": args.force }),
@@ -97,6 +105,9 @@ pub async fn deploy(global: &GlobalArgs, args: &DeployArgs) -> Outcome {
 
 pub async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, &args.app).await? {
+        return group_commands::rollback(&client, global.json, &args.app, args.wait.wait()).await;
+    }
     let path = format!("/v1/apps/{}/rollback", segment(&args.app));
     let record: Value = client.post(&path, None).await?;
     finish(&client, global.json, record, args.wait.wait()).await
@@ -237,6 +248,9 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> Outcome {
 
 pub async fn history(global: &GlobalArgs, args: &HistoryArgs) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, &args.app).await? {
+        return group_commands::history(&client, global.json, &args.app, args.limit).await;
+    }
     let value: Value = client
         .get(&format!(
             "/v1/apps/{}/deployments?limit={}",
@@ -259,6 +273,9 @@ pub async fn history(global: &GlobalArgs, args: &HistoryArgs) -> Outcome {
 
 pub async fn promote(global: &GlobalArgs, app: &str) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, app).await? {
+        return group_commands::promote(&client, global.json, app).await;
+    }
     let value: Value = client
         .post(&format!("/v1/apps/{}/promote", segment(app)), None)
         .await?;
@@ -278,6 +295,9 @@ pub async fn promote(global: &GlobalArgs, app: &str) -> Outcome {
 /// to stop and reports how it ended.
 pub async fn abort(global: &GlobalArgs, args: &AbortArgs) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, &args.app).await? {
+        return group_commands::abort(&client, global.json, &args.app, args.wait.wait()).await;
+    }
     let record: Value = client
         .post(&format!("/v1/apps/{}/abort", segment(&args.app)), None)
         .await?;

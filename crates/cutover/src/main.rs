@@ -10,6 +10,7 @@
 //! - `systemd`: socket activation and `sd_notify` (the one module with
 //!   `unsafe`).
 //! - `commands`: the commands that talk to the daemon, and `config check`.
+//! - `group_commands`: the same commands given a release group's name.
 //! - `client`: HTTP/1.1 over the admin unix socket (hyper).
 //! - `sse`: reading the Server-Sent Events of a deployment.
 //! - `model`: the API's answers as the CLI reads them.
@@ -23,6 +24,7 @@ mod cli;
 mod client;
 mod commands;
 mod failure;
+mod group_commands;
 mod handover;
 mod model;
 mod nginx_config;
