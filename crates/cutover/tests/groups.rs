@@ -2,6 +2,8 @@
 //! api) deployed as the group `shop` by the real daemon, with real test-app
 //! releases and keep-alive clients that check each pair of answers.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Daemon;
@@ -67,11 +69,14 @@ fn serving(daemon: &Daemon) -> (String, String) {
     (web, api)
 }
 
+/// What one client saw: its (web, api) pairs in order, and its failures.
+type ClientRun = (Vec<(String, String)>, Vec<String>);
+
 /// Clients that each ask `/` then `/api` on one keep-alive connection, in
 /// a loop bounded by a count and a stop flag; each keeps its pairs.
 struct PairClients {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<(Vec<(String, String)>, Vec<String>)>>,
+    threads: Vec<JoinHandle<ClientRun>>,
 }
 
 impl PairClients {
@@ -104,7 +109,7 @@ impl PairClients {
         PairClients { stop, threads }
     }
 
-    fn stop(self) -> Vec<(Vec<(String, String)>, Vec<String>)> {
+    fn stop(self) -> Vec<ClientRun> {
         self.stop.store(true, Ordering::Relaxed);
         self.threads
             .into_iter()
@@ -115,11 +120,7 @@ impl PairClients {
 
 /// Per client: no failure; after its first (`to`, `to`) pair only such
 /// pairs; never the new web with the old api. Returns the pairs seen.
-fn assert_switched_as_one(
-    results: &[(Vec<(String, String)>, Vec<String>)],
-    from: &str,
-    to: &str,
-) -> usize {
+fn assert_switched_as_one(results: &[ClientRun], from: &str, to: &str) -> usize {
     let mut total = 0;
     for (pairs, failures) in results {
         assert!(failures.is_empty(), "failed requests: {failures:?}");
