@@ -226,6 +226,11 @@ async fn stream_events(
 
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> Outcome {
     let client = client(global)?;
+    if let Some(name) = &args.app {
+        if group_commands::is_group(&client, name).await? {
+            return group_commands::status(&client, global.json, name).await;
+        }
+    }
     let value: Value = match &args.app {
         Some(app) => client.get(&format!("/v1/apps/{}", segment(app))).await?,
         None => client.get("/v1/apps").await?,

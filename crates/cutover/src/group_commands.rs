@@ -83,6 +83,28 @@ pub async fn promote(client: &Client, json: bool, group: &str) -> Outcome {
     print_detail(json, &detail, "promoted")
 }
 
+/// `cutover status GROUP`: its apps and its current (or last) deployment.
+pub async fn status(client: &Client, json: bool, group: &str) -> Outcome {
+    let status: Value = client
+        .get(&format!("/v1/groups/{}", segment(group)))
+        .await?;
+    if json {
+        say_json(&status);
+        return Ok(());
+    }
+    let apps: Vec<&str> = status["apps"]
+        .as_array()
+        .map(|apps| apps.iter().map(text).collect())
+        .unwrap_or_default();
+    say(&format!("group {group}: {}", apps.join(", ")));
+    match (&status["current"], &status["last"]) {
+        (current, _) if current.is_object() => say(&format!("in progress: {}", line(current))),
+        (_, last) if last.is_object() => say(&format!("last: {}", line(last))),
+        _ => say("no group deployment yet"),
+    }
+    Ok(())
+}
+
 pub async fn history(client: &Client, json: bool, group: &str, limit: u32) -> Outcome {
     let path = format!("/v1/groups/{}/deployments?limit={limit}", segment(group));
     let list: Value = client.get(&path).await?;
