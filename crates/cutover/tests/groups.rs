@@ -329,6 +329,32 @@ fn kill_9_during_a_group_deployment_leaves_every_app_old_or_every_app_new() {
 }
 
 #[test]
+fn abort_of_a_group_before_its_switch_stops_every_new_release_and_changes_nothing() {
+    let behaviours = tempfile::tempdir().unwrap();
+    behave(behaviours.path(), "api", "v2", "--healthy-after 5000");
+    let daemon = shop(behaviours.path(), "", "");
+    daemon.ok(&["deploy", "shop", "--version", "v1"]);
+    let status = daemon.ok(&["status", "shop"]);
+    assert!(status.contains("group shop: web, api"), "{status}");
+
+    let group = daemon.json(&["deploy", "shop", "--version", "v2", "--no-wait"]);
+    wait_for("both v2 releases to start", Duration::from_secs(10), || {
+        daemon.release_versions() == ["v1", "v1", "v2", "v2"]
+    });
+    daemon.ok(&["abort", "shop"]);
+    let path = format!("/v1/groups/shop/deployments/{}", group["id"]);
+    let ended = daemon.admin_get(&path);
+    assert_eq!(ended["state"], "aborted", "{ended}");
+    for member in ended["members"].as_array().unwrap() {
+        assert_eq!(member["state"], "aborted", "{member}");
+    }
+    assert_eq!(serving(&daemon), ("v1".into(), "v1".into()));
+    wait_for("the v2 releases to stop", Duration::from_secs(10), || {
+        daemon.release_versions() == ["v1", "v1"]
+    });
+}
+
+#[test]
 fn a_group_deploy_names_a_missing_version_and_refuses_an_app_outside_the_group() {
     let behaviours = tempfile::tempdir().unwrap();
     let daemon = shop(behaviours.path(), "", "");
