@@ -367,3 +367,67 @@ fn a_group_deploy_names_a_missing_version_and_refuses_an_app_outside_the_group()
         String::from_utf8_lossy(&stranger.stderr).contains("`db` is not an app of group `shop`")
     );
 }
+
+#[test]
+fn a_group_of_a_docker_app_and_a_process_app_switches_as_one_under_load() {
+    use cutover_test_support::docker::{
+        build_image, container_versions, require_docker, unique, Cleanup,
+    };
+    require_docker();
+    let web = unique("grp-web");
+    let repository = format!("cutover-test/{web}");
+    let daemon = Daemon::start_with_apps(&format!(
+        r#"
+[[app]]
+name = "{web}"
+drain_timeout = "5s"
+
+[app.health]
+path = "/health"
+deploy_timeout = "20s"
+interval = "1s"
+
+[app.docker]
+image = "{repository}:{{version}}"
+port = 8080
+stop_timeout = "2s"
+
+[[app]]
+name = "api"
+paths = ["/api"]
+drain_timeout = "5s"
+
+[app.health]
+path = "/health"
+deploy_timeout = "6s"
+interval = "1s"
+
+[app.process]
+command = ["{testapp}", "--port", "{{port}}", "--version", "{{version}}", "--mount", "/api"]
+stop_timeout = "5s"
+
+[[group]]
+name = "shop"
+apps = ["{web}", "api"]
+"#,
+        testapp = binaries::testapp().display(),
+    ));
+    let cleanup = Cleanup::new(&daemon.state_dir(), &[&repository]);
+    let (v1, v2) = (format!("{repository}:v1"), format!("{repository}:v2"));
+    build_image(&[&v1, &v2], "Dockerfile", &[]);
+    daemon.ok(&["deploy", "shop", "--version", "v1"]);
+    assert_eq!(serving(&daemon), ("v1".into(), "v1".into()));
+
+    let clients = PairClients::start(daemon.proxy_port, 4);
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.ok(&["deploy", "shop", "--version", "v2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let pairs = assert_switched_as_one(&clients.stop(), "v1", "v2");
+    eprintln!("{pairs} pairs across the group switch (docker + process), none failed or mixed");
+    wait_for("the v1 container to go", Duration::from_secs(15), || {
+        container_versions(&cleanup.instance) == ["v2"]
+    });
+    // The daemon stops before its containers and images are removed.
+    drop(daemon);
+    drop(cleanup);
+}
