@@ -12,6 +12,14 @@
 //! | GET | `/v1/apps/{app}/logs?slot=blue\|green&tail=N&follow=true` | text/plain |
 //! | GET | `/v1/deployments/{id}` | `DeploymentDetail` |
 //! | GET | `/v1/deployments/{id}/events` | Server-Sent Events of `EventRecord` |
+//! | GET | `/v1/groups` | `[GroupStatus]` (release groups) |
+//! | GET | `/v1/groups/{group}` | `GroupStatus`: apps, current and last group deployment |
+//! | POST | `/v1/groups/{group}/deployments` | 202 `GroupDeploymentDetail`; body `{"versions": {"web": "v2", "api": "v7"}}` or `{"version": "v2"}` |
+//! | GET | `/v1/groups/{group}/deployments?limit=N` | `[GroupDeploymentDetail]`, newest first |
+//! | GET | `/v1/groups/{group}/deployments/{id}` | `GroupDeploymentDetail` (the group's record and its member deployments) |
+//! | POST | `/v1/groups/{group}/rollback` | 202 `GroupDeploymentDetail` |
+//! | POST | `/v1/groups/{group}/abort` | 200 `GroupDeploymentDetail` |
+//! | POST | `/v1/groups/{group}/promote` | 200 `GroupDeploymentDetail` |
 //! | POST | `/v1/upgrade` | 200 `UpgradeReport`; body `{"binary": "/path"}` (optional); 500 `{"error", "steps"}` when the new process did not take over |
 //! | GET | `/v1/certs`, POST `/v1/certs/{name}/renew` | see `certs` |
 //! | GET | `/metrics` | Prometheus text (proxy and engine metrics, see `metrics`) |
@@ -31,6 +39,8 @@ use cutover_config::Slot;
 use cutover_engine::{AppStatus, DeployRequest, DeploymentDetail, Engine};
 use cutover_store::DeploymentRecord;
 use serde::Deserialize;
+
+mod groups;
 
 pub const DEFAULT_HISTORY_LIMIT: usize = 20;
 pub const MAX_HISTORY_LIMIT: usize = 1000;
@@ -54,7 +64,7 @@ pub(crate) fn router_with_shutdown(
     shutdown: Shutdown,
     upgrades: Option<Upgrades>,
 ) -> Router {
-    Router::new()
+    groups::routes(Router::new())
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", get(app_status))
         .route("/v1/apps/{app}/deployments", post(deploy).get(history))

@@ -21,6 +21,8 @@
 //!   token file reader.
 //! - [`acme`]: `[proxy.acme]`, automatic HTTPS (directory, contact,
 //!   domains defaulting to the apps' hosts, challenge, ca_file).
+//! - [`group`]: `[[group]]` (release groups: apps switched as one) and
+//!   `[[app]] paths` (path prefixes routed with the Host).
 //! - [`docker`], [`swarm`]: `[app.docker]` and `[app.swarm]` (the image
 //!   keys of both are checked by the same functions in `docker.rs`).
 //! - [`supervise`]: what happens when the live release dies (`restart`,
@@ -37,6 +39,7 @@ pub mod display;
 pub mod docker;
 pub mod error;
 pub mod git_ref;
+pub mod group;
 pub mod model;
 pub mod nginx;
 mod raw;
@@ -51,6 +54,7 @@ pub use acme::{AcmeConfig, Challenge};
 pub use admin::RemoteAdmin;
 pub use docker::DockerConfig;
 pub use error::ConfigError;
+pub use group::GroupConfig;
 pub use model::*;
 pub use nginx::{NginxConfig, SshConfig};
 pub use source::{DeployOn, RefKind, SourceConfig};

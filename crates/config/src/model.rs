@@ -64,6 +64,8 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// The git webhook receiver (`[webhook]`), when configured.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Release groups (`[[group]]`): apps deployed and switched as one.
+    pub groups: Vec<crate::group::GroupConfig>,
 }
 
 /// `[proxy] max_connections_per_client` when not set.
@@ -138,6 +140,9 @@ pub struct AppConfig {
     pub name: String,
     /// Host-header patterns: exact hosts, or `*` for the default app.
     pub hosts: Vec<String>,
+    /// Path prefixes routed to this app on its hosts (`["/"]`: all); the
+    /// longest matching prefix wins.
+    pub paths: Vec<String>,
     pub drain_timeout: Duration,
     pub keep_old: Duration,
     pub promotion: Promotion,
@@ -387,6 +392,18 @@ impl Config {
         self.apps.iter().find(|app| app.name == name)
     }
 
+    /// The release group named `name`.
+    pub fn group(&self, name: &str) -> Option<&crate::group::GroupConfig> {
+        self.groups.iter().find(|group| group.name == name)
+    }
+
+    /// The release group `app` belongs to, if any.
+    pub fn group_of(&self, app: &str) -> Option<&crate::group::GroupConfig> {
+        self.groups
+            .iter()
+            .find(|group| group.apps.iter().any(|a| a == app))
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("cutover.db")
     }
@@ -509,8 +526,7 @@ impl Validator<'_> {
             )?,
         };
         let mut names = HashSet::new();
-        let mut default_host_owner: Option<String> = None;
-        let mut host_owners: BTreeMap<String, String> = BTreeMap::new();
+        let mut route_owners: BTreeMap<(String, String), String> = BTreeMap::new();
         let mut apps = Vec::new();
         for raw_app in &raw.app {
             let app = self.app(raw_app, &base, &state_dir)?;
@@ -518,6 +534,12 @@ impl Validator<'_> {
                 return Err(self.error(
                     shift,
                     format!("app `{}` sets `shift`, which needs the built-in proxy: nginx (`[proxy] mode = \"nginx\"`) switches all traffic at once; remove `shift`", app.name),
+                ));
+            }
+            if let (Some(_), Some(paths)) = (&proxy.nginx, &raw_app.get_ref().paths) {
+                return Err(self.error(
+                    paths,
+                    format!("app `{}` sets `paths`, which needs the built-in proxy: the nginx front routes by host only; remove `paths`", app.name),
                 ));
             }
             if !names.insert(app.name.clone()) {
@@ -529,17 +551,21 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            for host in &app.hosts {
-                let owner = if host == "*" {
-                    default_host_owner.replace(app.name.clone())
-                } else {
-                    host_owners.insert(host.clone(), app.name.clone())
-                };
+            for (host, path) in app
+                .hosts
+                .iter()
+                .flat_map(|h| app.paths.iter().map(move |p| (h, p)))
+            {
+                let owner = route_owners.insert((host.clone(), path.clone()), app.name.clone());
                 if let Some(owner) = owner {
+                    let place = match path.as_str() {
+                        "/" => String::new(),
+                        path => format!(" with path `{path}`"),
+                    };
                     return Err(self.error(
                         &raw_app.get_ref().name,
                         format!(
-                            "host `{host}` of app `{}` is already routed to app `{owner}`",
+                            "host `{host}`{place} of app `{}` is already routed to app `{owner}`",
                             app.name
                         ),
                     ));
@@ -570,6 +596,7 @@ impl Validator<'_> {
         self.check_admin_port(&raw, &proxy, webhook.as_ref(), admin.remote.as_ref())?;
         let mut proxy = proxy;
         proxy.acme = self.acme(&raw, &proxy, &apps)?;
+        let groups = self.groups(&raw, &apps, &proxy)?;
         Ok(Config {
             file: std::path::absolute(self.file).unwrap_or_else(|_| self.file.to_path_buf()),
             state_dir,
@@ -577,7 +604,30 @@ impl Validator<'_> {
             admin,
             apps,
             webhook,
+            groups,
         })
+    }
+
+    fn groups(
+        &self,
+        raw: &RawConfig,
+        apps: &[AppConfig],
+        proxy: &ProxyConfig,
+    ) -> Result<Vec<crate::group::GroupConfig>, ConfigError> {
+        let shifts = raw
+            .app
+            .iter()
+            .filter_map(|a| {
+                let a = a.get_ref();
+                Some((a.name.get_ref().as_str(), a.shift.as_ref()?.span()))
+            })
+            .collect();
+        let facts = crate::group::AppFacts {
+            apps,
+            shifts,
+            nginx: proxy.nginx.is_some(),
+        };
+        crate::group::validate(&raw.group, &facts, self.file, self.source)
     }
 
     /// Two listeners of cutover, or a listener and a slot's fixed port, on
@@ -913,6 +963,7 @@ impl Validator<'_> {
         let raw = spanned.get_ref();
         let name = self.app_name(&raw.name)?;
         let hosts = self.hosts(raw)?;
+        let paths = crate::group::paths(name, raw.paths.as_ref()).map_err(|l| self.locate(l))?;
         let promotion = self.promotion(raw.promotion.as_ref())?;
         let max_queued = match &raw.max_queued {
             None => 1,
@@ -933,6 +984,7 @@ impl Validator<'_> {
             supervise,
             name: name.clone(),
             hosts,
+            paths,
             drain_timeout: raw.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             keep_old: raw.keep_old.map_or(Duration::ZERO, |d| d.0),
             promotion,

@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub app: Vec<Spanned<RawApp>>,
     pub webhook: Option<Spanned<crate::webhook::RawWebhook>>,
+    #[serde(default)]
+    pub group: Vec<Spanned<crate::group::RawGroup>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +50,7 @@ pub struct RawProxy {
 pub struct RawApp {
     pub name: Spanned<String>,
     pub hosts: Option<Vec<Spanned<String>>>,
+    pub paths: Option<Spanned<Vec<Spanned<String>>>>,
     pub drain_timeout: Option<HumanDuration>,
     pub keep_old: Option<HumanDuration>,
     pub promotion: Option<Spanned<String>>,

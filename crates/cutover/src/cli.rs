@@ -167,17 +167,21 @@ impl WaitArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["version", "git_ref"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["version", "git_ref", "set"])))]
 pub struct DeployArgs {
-    /// The app to deploy (an `[[app]] name` of the configuration).
+    /// The app (an `[[app]] name`) or release group (a `[[group]] name`) to deploy.
     pub app: String,
     /// The version to deploy (1-128 letters, digits, `.`, `_`, `-`, `+`).
     #[arg(long, value_name = "V")]
     pub version: Option<String>,
     /// Build this branch or tag (or full ref) of the app's [app.source] and
     /// deploy the result, like a webhook would.
-    #[arg(long = "ref", value_name = "REF", conflicts_with = "version")]
+    #[arg(long = "ref", value_name = "REF", conflicts_with_all = ["version", "set"])]
     pub git_ref: Option<String>,
+    /// For a release group: the version of one of its apps (repeatable);
+    /// `--version` gives the others theirs.
+    #[arg(long = "set", value_name = "APP=V")]
+    pub set: Vec<String>,
     /// Deploy even when this version (or commit) is already live, or the
     /// commit is older than the live one.
     #[arg(long)]
@@ -346,6 +350,19 @@ mod tests {
         assert_eq!(by_ref.git_ref.as_deref(), Some("v1-cicd"));
         assert_eq!(by_ref.version, None);
         assert!(parse(&["deploy", "web", "--ref", "x", "--version", "v1"]).is_err());
+    }
+
+    #[test]
+    fn deploy_of_a_group_takes_set_pairs_with_or_without_a_version() {
+        let deploy = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Deploy(d) => d,
+            other => panic!("{other:?}"),
+        };
+        let sets = deploy(&["deploy", "shop", "--set", "web=v1", "--set", "api=v2"]);
+        assert_eq!(sets.set, vec!["web=v1", "api=v2"]);
+        let mixed = deploy(&["deploy", "shop", "--version", "v3", "--set", "api=v2"]);
+        assert_eq!(mixed.version.as_deref(), Some("v3"));
+        assert!(parse(&["deploy", "shop", "--ref", "x", "--set", "a=b"]).is_err());
     }
 
     #[test]

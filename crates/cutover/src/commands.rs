@@ -5,6 +5,7 @@ use crate::cli::{
 };
 use crate::client::{segment, Client, ClientError};
 use crate::failure::{Failure, Outcome, FAILED, USAGE};
+use crate::group_commands;
 use crate::model::{AppStatus, Deployment, DeploymentDetail, Event};
 use crate::output;
 use crate::sse::SseReader;
@@ -95,6 +96,13 @@ pub fn config_check(global: &GlobalArgs) -> Outcome {
 
 pub async fn deploy(global: &GlobalArgs, args: &DeployArgs) -> Outcome {
     let client = client(global)?;
+    let by_version = args.git_ref.is_none();
+    if !args.set.is_empty() || (by_version && group_commands::is_group(&client, &args.app).await?) {
+        let version = args.version.as_deref();
+        let wait = args.wait.wait();
+        return group_commands::deploy(&client, global.json, &args.app, version, &args.set, wait)
+            .await;
+    }
     let body = match &args.git_ref {
         Some(git_ref) => json!({ "ref": git_ref, "force": args.force }),
         None => json!({ "version": args.version, "force": args.force }),
@@ -106,6 +114,9 @@ pub async fn deploy(global: &GlobalArgs, args: &DeployArgs) -> Outcome {
 
 pub async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, &args.app).await? {
+        return group_commands::rollback(&client, global.json, &args.app, args.wait.wait()).await;
+    }
     let path = format!("/v1/apps/{}/rollback", segment(&args.app));
     let record: Value = client.post(&path, None).await?;
     finish(&client, global.json, record, args.wait.wait()).await
@@ -227,6 +238,11 @@ async fn stream_events(
 
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> Outcome {
     let client = client(global)?;
+    if let Some(name) = &args.app {
+        if group_commands::is_group(&client, name).await? {
+            return group_commands::status(&client, global.json, name).await;
+        }
+    }
     let value: Value = match &args.app {
         Some(app) => client.get(&format!("/v1/apps/{}", segment(app))).await?,
         None => client.get("/v1/apps").await?,
@@ -252,6 +268,9 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> Outcome {
 
 pub async fn history(global: &GlobalArgs, args: &HistoryArgs) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, &args.app).await? {
+        return group_commands::history(&client, global.json, &args.app, args.limit).await;
+    }
     let value: Value = client
         .get(&format!(
             "/v1/apps/{}/deployments?limit={}",
@@ -274,6 +293,9 @@ pub async fn history(global: &GlobalArgs, args: &HistoryArgs) -> Outcome {
 
 pub async fn promote(global: &GlobalArgs, app: &str) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, app).await? {
+        return group_commands::promote(&client, global.json, app).await;
+    }
     let value: Value = client
         .post(&format!("/v1/apps/{}/promote", segment(app)), None)
         .await?;
@@ -293,6 +315,9 @@ pub async fn promote(global: &GlobalArgs, app: &str) -> Outcome {
 /// to stop and reports how it ended.
 pub async fn abort(global: &GlobalArgs, args: &AbortArgs) -> Outcome {
     let client = client(global)?;
+    if group_commands::is_group(&client, &args.app).await? {
+        return group_commands::abort(&client, global.json, &args.app, args.wait.wait()).await;
+    }
     let record: Value = client
         .post(&format!("/v1/apps/{}/abort", segment(&args.app)), None)
         .await?;

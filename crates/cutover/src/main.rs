@@ -12,6 +12,7 @@
 //! - `certs`: `[proxy.acme]` started by `serve`, `cutover certs [renew
 //!   NAME]`, the certificate lines of `cutover status`.
 //! - `commands`: the commands that talk to the daemon, and `config check`.
+//! - `group_commands`: the same commands given a release group's name.
 //! - `client`: HTTP/1.1 to the admin API (hyper): its unix socket, or TCP
 //!   (`--admin https://…`, rustls; token from `CUTOVER_TOKEN`).
 //! - `sse`: reading the Server-Sent Events of a deployment.
@@ -27,6 +28,7 @@ mod cli;
 mod client;
 mod commands;
 mod failure;
+mod group_commands;
 mod handover;
 mod model;
 mod nginx_config;

@@ -556,11 +556,15 @@ async fn open_store(config: &Config) -> Result<Store, Failure> {
 }
 
 fn route_table(config: &Config) -> Router {
-    let router = Router::new(
+    let router = Router::with_paths(
         config
             .apps
             .iter()
-            .map(|app| (app.name.clone(), app.hosts.clone()))
+            .map(|app| cutover_proxy::AppRoutes {
+                name: app.name.clone(),
+                hosts: app.hosts.clone(),
+                paths: app.paths.clone(),
+            })
             .collect(),
     );
     for app in &config.apps {

@@ -64,6 +64,13 @@ pub(crate) enum Command {
     RestartLive {
         runtime_id: String,
     },
+    /// This app's part of a group deployment (already recorded): queued like
+    /// any deployment; when its turn comes its job goes to the group.
+    DeployMember {
+        record: DeploymentRecord,
+        seat: deployment::group::MemberSeat,
+        reply: Reply<()>,
+    },
 }
 
 /// How the daemon's stop reaches an actor, mini-redis style: one signal
@@ -87,6 +94,8 @@ pub(crate) struct ActorHandle {
 struct Queued {
     record: DeploymentRecord,
     force: bool,
+    /// Set for a member of a group deployment.
+    seat: Option<deployment::group::MemberSeat>,
 }
 
 /// The job in progress.
@@ -287,6 +296,13 @@ impl Actor {
             Command::Thaw => self.thaw().await,
             Command::LiveExited { runtime_id, how } => self.live_died(&runtime_id, how).await,
             Command::RestartLive { runtime_id } => self.restart_live(&runtime_id),
+            Command::DeployMember {
+                record,
+                seat,
+                reply,
+            } => {
+                let _ = reply.send(self.enqueue_member(record, seat).await);
+            }
         }
     }
 
@@ -294,7 +310,9 @@ impl Actor {
     async fn awaits_promotion(&self, id: i64) -> bool {
         let store = self.context.store.clone();
         let record = blocking(move || store.deployment(id)).await;
-        matches!(record, Ok(Some(record)) if state_of(&record) == Some(DeploymentState::AwaitingPromotion))
+        // A group's member is never left awaiting alone: it is interrupted
+        // with its group.
+        matches!(record, Ok(Some(record)) if state_of(&record) == Some(DeploymentState::AwaitingPromotion) && record.group_deployment_id.is_none())
     }
 
     /// The releases to hand to the process that takes over, if nothing is
@@ -407,7 +425,10 @@ impl Actor {
             }
         }
         let max_queued = self.context.app.max_queued;
-        if self.job.is_some() && max_queued == 0 {
+        // A waiting member of a group deployment is never replaced.
+        let member_waits = self.queue.back().is_some_and(|q| q.seat.is_some());
+        let full = self.queue.len() >= max_queued;
+        if self.job.is_some() && (max_queued == 0 || (full && member_waits)) {
             return Err(self.busy().await);
         }
         let new = NewDeployment {
@@ -434,11 +455,41 @@ impl Actor {
         self.queue.push_back(Queued {
             record: record.clone(),
             force: request.force,
+            seat: None,
         });
         if self.job.is_none() {
             self.start_next().await;
         }
         Ok(record)
+    }
+
+    /// Queues this app's part of a group deployment. It never replaces a
+    /// waiting deployment (nor is it collapsed): the group needs every
+    /// member, and a single deployment of the app waits behind it.
+    async fn enqueue_member(
+        &mut self,
+        record: DeploymentRecord,
+        seat: deployment::group::MemberSeat,
+    ) -> Result<(), EngineError> {
+        if self.frozen.load(Ordering::SeqCst) {
+            let why = "cutover is being upgraded; nothing changed";
+            self.transition(record.id, DeploymentState::Aborted, why)
+                .await;
+            return Err(EngineError::Upgrading(format!(
+                "deploy {}",
+                self.context.name()
+            )));
+        }
+        self.publish_all(record.id).await;
+        self.queue.push_back(Queued {
+            record,
+            force: true,
+            seat: Some(seat),
+        });
+        if self.job.is_none() {
+            self.start_next().await;
+        }
+        Ok(())
     }
 
     async fn busy(&self) -> EngineError {
@@ -450,7 +501,10 @@ impl Actor {
                     .await
                     .ok()
                     .flatten()
-                    .map(|d| d.state);
+                    .map(|d| match d.group_deployment_id {
+                        Some(group) => format!("{}, part of group deployment {group}", d.state),
+                        None => d.state,
+                    });
                 (id, state.unwrap_or_else(|| "running".to_string()))
             }
             _ => (0, "recovering after a restart".to_string()),
@@ -699,9 +753,14 @@ impl Actor {
             let standby = self.standby.take().filter(|standby| {
                 trigger == Trigger::Rollback && next.record.release_id == Some(standby.release.id)
             });
-            self.launch(next.record, next.force, move |job| {
-                deployment::run(job, standby)
-            });
+            match next.seat {
+                Some(seat) => self.launch(next.record, next.force, move |job| {
+                    deployment::group::member(job, standby, seat)
+                }),
+                None => self.launch(next.record, next.force, move |job| {
+                    deployment::run(job, standby)
+                }),
+            }
         }
     }
 

@@ -12,6 +12,9 @@ pub(crate) enum Interrupt {
     /// The daemon is stopping (SIGTERM): the deployment stops at the next
     /// safe point instead of being cut off and left to recovery.
     Shutdown,
+    /// Another app of its release group failed or was aborted: the group
+    /// switches all of its apps or none.
+    Group,
 }
 
 impl Interrupt {
@@ -20,6 +23,7 @@ impl Interrupt {
         match self {
             Interrupt::Abort => "aborted by request (`cutover abort`)",
             Interrupt::Shutdown => "interrupted by shutdown (cutover is stopping)",
+            Interrupt::Group => "stopped because another app of its group stopped",
         }
     }
 }

@@ -41,20 +41,24 @@ pub enum ShutdownOutcome {
 /// The control plane. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: Arc<Config>,
-    store: Store,
-    events: EventBus,
-    apps: BTreeMap<String, ActorHandle>,
+pub(crate) struct Inner {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) events: EventBus,
+    pub(crate) apps: BTreeMap<String, ActorHandle>,
+    /// Where traffic enters (release groups switch through it).
+    pub(crate) front: Front,
+    /// Release groups' deployments in progress.
+    pub(crate) groups: crate::groups::Groups,
     /// Broadcast to every actor: stop at a safe point.
     shutdown: watch::Sender<bool>,
     /// Closes once every actor has stopped (each holds a sender).
     stopped: Mutex<Option<mpsc::Receiver<()>>>,
     /// Set while an upgrade hands the engine over (see [`Engine::freeze`]).
-    frozen: Arc<AtomicBool>,
+    pub(crate) frozen: Arc<AtomicBool>,
     /// Recovery health gates still running (see [`Engine::wait_recovered`]).
     gates: Arc<watch::Sender<usize>>,
 }
@@ -103,6 +107,9 @@ impl Engine {
         let (stopped_sender, stopped) = mpsc::channel(1);
         let frozen = Arc::new(AtomicBool::new(false));
         let gates = Arc::new(watch::Sender::new(0));
+        // Before any app: a group deployment cut short is settled for all
+        // of its members at once (all switched, or none).
+        crate::groups::recover(&store, &events).await?;
         let mut apps = BTreeMap::new();
         for app in &config.apps {
             let store_for_app = store.clone();
@@ -133,6 +140,8 @@ impl Engine {
                 store,
                 events,
                 apps,
+                front,
+                groups: crate::groups::Groups::default(),
                 shutdown,
                 stopped: Mutex::new(Some(stopped)),
                 frozen,
@@ -193,7 +202,7 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownApp(app.to_string()))
     }
 
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         app: &str,
         make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Command,
@@ -466,7 +475,7 @@ fn app_context(
 }
 
 /// A version ends up in argv, file names and logs: keep it to a safe alphabet.
-fn validate_version(version: &str) -> Result<(), EngineError> {
+pub(crate) fn validate_version(version: &str) -> Result<(), EngineError> {
     let ok = !version.is_empty()
         && version.len() <= 128
         && !version.starts_with(['-', '.'])

@@ -9,6 +9,8 @@ pub enum EngineError {
     UnknownApp(String),
     #[error("no deployment with id {0}")]
     UnknownDeployment(i64),
+    #[error("no release group named `{0}` in the configuration")]
+    UnknownGroup(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("a deployment of `{app}` is already running (id {running}, {state}) and the queue is full; wait for it (`cutover status {app}`) or retry later")]
@@ -37,7 +39,9 @@ impl EngineError {
     /// The HTTP status that fits the error.
     pub fn http_status(&self) -> u16 {
         match self {
-            EngineError::UnknownApp(_) | EngineError::UnknownDeployment(_) => 404,
+            EngineError::UnknownApp(_)
+            | EngineError::UnknownDeployment(_)
+            | EngineError::UnknownGroup(_) => 404,
             EngineError::BadRequest(_) => 400,
             EngineError::Busy { .. }
             | EngineError::NothingToRollBack(_)

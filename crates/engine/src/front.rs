@@ -155,6 +155,23 @@ impl Front {
         }
     }
 
+    /// [`Front::set_live`] for several apps at once (a release group): one
+    /// swap of the route table, so no request sees some switched and others
+    /// not. Returns each app's previous upstream, in order. nginx fronts are
+    /// refused with groups by the configuration.
+    pub(crate) async fn set_live_many(
+        &self,
+        changes: &[(&str, Option<Arc<Upstream>>)],
+    ) -> Result<Vec<Option<Arc<Upstream>>>, String> {
+        match self {
+            Front::Builtin(router) => Ok(router.set_live_many(changes)),
+            Front::Nginx(_) => Err(
+                "release groups need the built-in proxy: nginx switches one app per reload"
+                    .to_string(),
+            ),
+        }
+    }
+
     /// The live release's endpoints changed or went in or out of rotation:
     /// nginx's include follows (rewritten and reloaded only when its content
     /// changes). The built-in proxy reads the upstream itself: nothing to do.

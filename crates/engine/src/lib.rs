@@ -18,6 +18,9 @@
 //!   promotion, status, the live release's monitor, shutdown, and the
 //!   upgrade hand-over (freeze, snapshot, suspend/resume of a deployment
 //!   awaiting promotion).
+//! - `groups.rs`: release groups — the [`Engine`]'s group calls (deploy,
+//!   rollback, abort, promote, status, history) and the settling of a group
+//!   deployment cut short by a crash (all members old or all new).
 //! - `recovery.rs`: what a start after a stop or crash does: adopt the live
 //!   release (or start it again; routed at once when an upgrade handed it
 //!   over, else after a health gate), adopt a `keep_old` standby and a
@@ -28,7 +31,8 @@
 //!   window, the state `status` reports.
 //! - `deployment/`: one deployment as a state machine — a runner (`mod.rs`)
 //!   and one module per step (prepare, check, promote, switch, verify,
-//!   finish).
+//!   finish); `deployment/group.rs` drives the members of a group
+//!   deployment through those same steps and switches them in one swap.
 //! - `pipeline.rs` (+ `pipeline/`): the git trigger's build — fetch, check
 //!   out, build, keep the artifact — from plain inputs, reporting to a journal.
 //! - `hooks.rs`: lifecycle hooks and verification commands (argv, env, timeout).
@@ -56,6 +60,7 @@ mod engine;
 mod error;
 mod events;
 mod front;
+mod groups;
 pub mod health;
 mod hooks;
 mod journal;
@@ -69,6 +74,7 @@ mod supervise;
 pub use engine::{Engine, ShutdownOutcome};
 pub use error::EngineError;
 pub use events::AppEvent;
+pub use groups::{GroupDeployRequest, GroupDeploymentDetail, GroupStatus};
 pub use log_tail::tail_lines;
 pub use model::{
     AppStatus, DeployRequest, DeploymentDetail, DrainingRelease, EndpointStatus, LiveHealth,

@@ -23,6 +23,8 @@ pub enum ProxyError {
 pub(crate) enum ForwardError {
     #[error("no app serves host '{host}'")]
     NoApp { host: String },
+    #[error("no app serves path '{path}' on host '{host}'")]
+    NoPath { host: String, path: String },
     #[error("app '{app}' has no live release")]
     NoLiveRelease { app: Arc<str> },
     #[error("app '{app}': its release has no endpoint")]
@@ -103,7 +105,7 @@ fn exchange_failure(e: &ExchangeError) -> String {
 impl ForwardError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ForwardError::NoApp { .. } => StatusCode::NOT_FOUND,
+            ForwardError::NoApp { .. } | ForwardError::NoPath { .. } => StatusCode::NOT_FOUND,
             ForwardError::NoLiveRelease { .. } | ForwardError::NoEndpoint { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

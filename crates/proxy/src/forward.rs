@@ -222,6 +222,7 @@ async fn forward(
         None => start_on_live(
             ctx,
             host.as_ref().and_then(|h| h.to_str().ok()),
+            parts.uri.path(),
             &parts.headers,
         )?,
     };
@@ -453,21 +454,20 @@ fn start_on_reserved(ctx: &ConnCtx, path: &str) -> Option<Result<InFlightGuard, 
     )
 }
 
-/// Starts the request on the upstream of the app serving `host`: the live
-/// one, or the previewed or shifted-to release when the request asks for it
+/// Starts the request on the upstream of the app serving `path` on `host`:
+/// the live one, or the previewed or shifted-to release when the request asks for it
 /// or falls in its share. Also returns the sticky cookie to set, if any.
 fn start_on_live(
     ctx: &ConnCtx,
     host: Option<&str>,
+    path: &str,
     headers: &HeaderMap,
 ) -> Result<(InFlightGuard, Option<HeaderValue>, UpstreamProtocol), ForwardError> {
     let mut app = None;
     for _ in 0..MAX_ROUTE_ATTEMPTS {
         let table = ctx.shared.router.load();
-        let Some(route) = table.route(host) else {
-            return Err(ForwardError::NoApp {
-                host: echoed_host(host),
-            });
+        let Some(route) = table.route(host, path) else {
+            return Err(no_route(&table, host, path));
         };
         let (chosen, sticky) = choose(route, headers);
         let Some(upstream) = chosen else {
@@ -536,6 +536,20 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
             let (key, value) = pair.trim().split_once('=')?;
             (key == name).then_some(value.trim())
         })
+}
+
+/// 404: no app has the host, or none of its apps has a prefix of the path.
+fn no_route(table: &crate::router::RouteTable, host: Option<&str>, path: &str) -> ForwardError {
+    match table.has_host(host) {
+        false => ForwardError::NoApp {
+            host: echoed_host(host),
+        },
+        true => ForwardError::NoPath {
+            host: echoed_host(host),
+            // A URI's path is ASCII: any byte is a boundary.
+            path: path[..path.len().min(MAX_ECHOED_HOST)].to_owned(),
+        },
+    }
 }
 
 fn echoed_host(host: Option<&str>) -> String {

@@ -9,9 +9,11 @@
 //!
 //! - [`settings`]: [`ProxySettings`], limits and timeouts; [`TrustedProxies`]
 //!   ([`Cidr`] blocks) whose `X-Forwarded-*` headers are believed.
-//! - [`router`]: [`Router`], the route table behind an `ArcSwap`: Host → app
-//!   → live [`Upstream`]; one lock-free load per request; and one reserved
-//!   path prefix served ahead of every app on every host
+//! - [`router`]: [`Router`], the route table behind an `ArcSwap`: Host and
+//!   longest path prefix ([`AppRoutes`]) → app → live [`Upstream`]; one
+//!   lock-free load per request; [`Router::set_live_many`] switches several
+//!   apps in one published table (release groups); and one reserved path
+//!   prefix served ahead of every app on every host
 //!   ([`Router::set_reserved_path`]: the webhook receiver).
 //! - [`upstream`]: [`Upstream`], one release: its set of endpoints behind an
 //!   `ArcSwap` (replaced live by [`Upstream::set_endpoints`]), in-flight
@@ -149,7 +151,7 @@ pub use challenge::Http01Answers;
 pub use endpoint::{EndpointSpec, EndpointStats};
 pub use error::ProxyError;
 pub use handoff::{intake, HandedConn, Handoff, Intake, IntakeSender};
-pub use router::{Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
+pub use router::{AppRoutes, Preview, Router, UpstreamProtocol, PREVIEW_COOKIE, STICKY_COOKIE};
 pub use server::{serve, serve_adopting, serve_with, ServeOptions};
 pub use settings::{Cidr, ProxySettings, TrustedProxies};
 pub use tls::{CertKeyFiles, Tls, TlsError};

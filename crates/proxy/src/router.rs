@@ -1,6 +1,7 @@
-//! The route table: which app serves a Host, and which upstream is live for
-//! each app. Readers (every request) load it lock-free; the engine publishes
-//! a whole new table for every change.
+//! The route table: which app serves a Host and path, and which upstream is
+//! live for each app. Readers (every request) load it lock-free; the engine
+//! publishes a whole new table for every change — several apps' changes in
+//! one table when they must switch together ([`Router::set_live_many`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,13 +29,63 @@ pub(crate) struct ReservedPath {
     upstream: Arc<Upstream>,
 }
 
-/// Host → app index; fixed at [`Router::new`], shared by every snapshot.
+/// Host → (path prefix → app) index; fixed at [`Router::new`], shared by
+/// every snapshot. The Host picks a set of prefixes (its exact entry, else
+/// the `"*"` one); the longest prefix of the path in that set picks the app.
 #[derive(Debug, Default)]
 struct HostIndex {
     /// Lowercase host names without port.
-    exact: HashMap<Box<str>, usize>,
-    /// The app with the `"*"` pattern.
-    default: Option<usize>,
+    exact: HashMap<Box<str>, PathRoutes>,
+    /// The apps with the `"*"` pattern.
+    default: Option<PathRoutes>,
+}
+
+/// Path prefixes of one host, longest first, each with its app's index.
+#[derive(Debug, Default)]
+struct PathRoutes(Vec<(Box<str>, usize)>);
+
+impl PathRoutes {
+    /// Adds `prefix` for app `index`; false if the prefix is taken.
+    fn insert(&mut self, prefix: &str, index: usize) -> bool {
+        if self.0.iter().any(|(p, _)| &**p == prefix) {
+            return false;
+        }
+        self.0.push((Box::from(prefix), index));
+        // Longest first, so the first match is the longest one.
+        self.0.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        true
+    }
+
+    /// The app of the longest prefix `path` falls under.
+    fn find(&self, path: &str) -> Option<usize> {
+        self.0
+            .iter()
+            .find(|(prefix, _)| path_has_prefix(path, prefix))
+            .map(|(_, index)| *index)
+    }
+}
+
+/// Whether `path` is `prefix` or below it, on a segment boundary: `/api`
+/// covers `/api` and `/api/x`, not `/apix`; `/` covers every path (also
+/// `*` of `OPTIONS *`).
+pub(crate) fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
+/// One app as the router routes to it: its Host patterns and path prefixes.
+#[derive(Debug, Clone)]
+pub struct AppRoutes {
+    pub name: String,
+    /// Exact hosts (case-insensitive, port ignored) or `"*"`.
+    pub hosts: Vec<String>,
+    /// Path prefixes (`"/"`: every path); empty means `["/"]`.
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,25 +140,34 @@ pub(crate) struct Canary {
 }
 
 impl RouteTable {
-    /// The app serving `host` (a Host header value or URI authority; the port
-    /// is ignored, case too). No host, or an unknown one: the `"*"` app.
-    pub(crate) fn route(&self, host: Option<&str>) -> Option<&AppRoute> {
-        let index = match host.map(host_without_port) {
-            Some(host) if !host.is_empty() => self.lookup(host).or(self.hosts.default),
-            _ => self.hosts.default,
+    /// The app serving `path` on `host` (a Host header value or URI
+    /// authority; the port is ignored, case too). No host, or an unknown one:
+    /// the `"*"` apps. Within the host's apps the longest matching path
+    /// prefix wins; none matches: no route.
+    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<&AppRoute> {
+        let routes = match host.map(host_without_port) {
+            Some(host) if !host.is_empty() => self.lookup(host).or(self.hosts.default.as_ref()),
+            _ => self.hosts.default.as_ref(),
         }?;
-        self.apps.get(index)
+        self.apps.get(routes.find(path)?)
     }
 
-    fn lookup(&self, host: &str) -> Option<usize> {
+    /// Whether some app serves `host` (on some path).
+    pub(crate) fn has_host(&self, host: Option<&str>) -> bool {
+        match host.map(host_without_port) {
+            Some(host) if !host.is_empty() => {
+                self.lookup(host).is_some() || self.hosts.default.is_some()
+            }
+            _ => self.hosts.default.is_some(),
+        }
+    }
+
+    fn lookup(&self, host: &str) -> Option<&PathRoutes> {
         let host = host.strip_suffix('.').unwrap_or(host);
         if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.hosts
-                .exact
-                .get(host.to_ascii_lowercase().as_str())
-                .copied()
+            self.hosts.exact.get(host.to_ascii_lowercase().as_str())
         } else {
-            self.hosts.exact.get(host).copied()
+            self.hosts.exact.get(host)
         }
     }
 
@@ -149,34 +209,54 @@ pub struct Router {
 impl Router {
     /// `apps`: each app's name and host patterns. A pattern is an exact host
     /// (`"example.com"`, matched case-insensitively, port ignored) or `"*"`:
-    /// the app for requests no exact host matches. No app is live yet.
+    /// the app for requests no exact host matches. Every path of a host goes
+    /// to its app. No app is live yet.
     ///
     /// A host (or `"*"`) claimed by two apps goes to the first; validating
     /// the configuration is the caller's job.
     pub fn new(apps: Vec<(String, Vec<String>)>) -> Router {
+        let apps = apps
+            .into_iter()
+            .map(|(name, hosts)| AppRoutes {
+                name,
+                hosts,
+                paths: Vec::new(),
+            })
+            .collect();
+        Router::with_paths(apps)
+    }
+
+    /// [`Router::new`] with path prefixes: a request goes to the app of its
+    /// Host (exact, else `"*"`) whose prefix is the longest one of the
+    /// request's path (on a segment boundary); the path is passed on
+    /// unchanged. A (host, prefix) pair claimed twice goes to the first.
+    pub fn with_paths(apps: Vec<AppRoutes>) -> Router {
         let mut hosts = HostIndex::default();
         let mut routes = Vec::with_capacity(apps.len());
-        for (index, (name, patterns)) in apps.into_iter().enumerate() {
-            for pattern in patterns {
+        for (index, app) in apps.into_iter().enumerate() {
+            let root = ["/".to_string()];
+            let paths = match app.paths.is_empty() {
+                true => &root[..],
+                false => &app.paths[..],
+            };
+            for pattern in &app.hosts {
                 let pattern = pattern.trim();
-                if pattern == "*" {
-                    if hosts.default.is_none() {
-                        hosts.default = Some(index);
-                    } else {
-                        tracing::warn!(app = %name, "another app already has the \"*\" host; ignored");
+                let routes = match pattern {
+                    "*" => hosts.default.get_or_insert_with(PathRoutes::default),
+                    _ => {
+                        let host = host_without_port(pattern);
+                        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+                        hosts.exact.entry(host.into_boxed_str()).or_default()
                     }
-                    continue;
+                };
+                for path in paths {
+                    if !routes.insert(path, index) {
+                        tracing::warn!(app = %app.name, host = %pattern, %path, "another app already has this host and path; ignored");
+                    }
                 }
-                let host = host_without_port(pattern);
-                let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-                if hosts.exact.contains_key(host.as_str()) {
-                    tracing::warn!(app = %name, %host, "another app already has this host; ignored");
-                    continue;
-                }
-                hosts.exact.insert(host.into_boxed_str(), index);
             }
             routes.push(AppRoute {
-                name: Arc::from(name),
+                name: Arc::from(app.name),
                 live: None,
                 preview: None,
                 canary: None,
@@ -205,6 +285,34 @@ impl Router {
             std::mem::replace(&mut route.live, upstream.clone())
         })
         .flatten()
+    }
+
+    /// [`Router::set_live`] for several apps in ONE published table: no
+    /// request ever sees some of them switched and others not. Returns each
+    /// app's previous live upstream, in the order of `changes` (`None` for
+    /// an unknown app, which changes nothing).
+    pub fn set_live_many(
+        &self,
+        changes: &[(&str, Option<Arc<Upstream>>)],
+    ) -> Vec<Option<Arc<Upstream>>> {
+        let mut previous = Vec::new();
+        self.table.rcu(|current| {
+            let mut apps = current.apps.to_vec();
+            previous = changes
+                .iter()
+                .map(|(app, upstream)| {
+                    let route = apps.iter_mut().find(|a| &*a.name == *app)?;
+                    route.canary = None;
+                    std::mem::replace(&mut route.live, upstream.clone())
+                })
+                .collect();
+            RouteTable {
+                hosts: Arc::clone(&current.hosts),
+                apps: apps.into_boxed_slice(),
+                reserved: current.reserved.clone(),
+            }
+        });
+        previous
     }
 
     /// Publishes (or, with `None`, withdraws) the release being previewed.
@@ -293,7 +401,7 @@ mod tests {
     }
 
     fn routed(router: &Router, host: Option<&str>) -> Option<String> {
-        router.load().route(host).map(|a| a.name.to_string())
+        router.load().route(host, "/").map(|a| a.name.to_string())
     }
 
     #[test]
@@ -386,5 +494,100 @@ mod tests {
             assert_eq!(live.release(), "199");
         }
         assert!(r.set_live("nope", None).is_none());
+    }
+
+    fn paths_router() -> Router {
+        let app = |name: &str, hosts: &[&str], paths: &[&str]| AppRoutes {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        };
+        Router::with_paths(vec![
+            app("web", &["*"], &[]),
+            app("api", &["*"], &["/api"]),
+            app("api-admin", &["*"], &["/api/admin"]),
+            app("shop", &["shop.test"], &["/", "/cart/"]),
+            app("shop-api", &["shop.test"], &["/api"]),
+            app("docs", &["docs.test"], &["/docs"]),
+        ])
+    }
+
+    fn routed_path(router: &Router, host: Option<&str>, path: &str) -> Option<String> {
+        router.load().route(host, path).map(|a| a.name.to_string())
+    }
+
+    #[test]
+    fn longest_path_prefix_wins_on_segment_boundaries() {
+        let r = paths_router();
+        let at = |path| routed_path(&r, Some("example.com"), path);
+        assert_eq!(at("/").as_deref(), Some("web"));
+        assert_eq!(at("/api").as_deref(), Some("api"));
+        assert_eq!(at("/api/").as_deref(), Some("api"));
+        assert_eq!(at("/api/v1/items").as_deref(), Some("api"));
+        assert_eq!(at("/apix").as_deref(), Some("web"));
+        assert_eq!(at("/api/admin/users").as_deref(), Some("api-admin"));
+        assert_eq!(at("/api/administrator").as_deref(), Some("api"));
+        assert_eq!(at("*").as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn host_picks_its_own_prefixes_before_the_star_apps() {
+        let r = paths_router();
+        assert_eq!(
+            routed_path(&r, Some("SHOP.test:80"), "/api/x").as_deref(),
+            Some("shop-api")
+        );
+        assert_eq!(
+            routed_path(&r, Some("shop.test"), "/apix").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(
+            routed_path(&r, Some("shop.test"), "/cart/1").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(routed_path(&r, None, "/api").as_deref(), Some("api"));
+        assert_eq!(
+            routed_path(&r, Some("docs.test"), "/docs/intro").as_deref(),
+            Some("docs")
+        );
+    }
+
+    #[test]
+    fn a_path_no_prefix_of_its_host_covers_has_no_route() {
+        let r = paths_router();
+        assert_eq!(routed_path(&r, Some("docs.test"), "/"), None);
+        assert_eq!(routed_path(&r, Some("docs.test"), "/docsx"), None);
+        assert!(r.load().has_host(Some("docs.test")));
+        let only_api = Router::with_paths(vec![AppRoutes {
+            name: "api".into(),
+            hosts: vec!["api.test".into()],
+            paths: vec!["/api".into()],
+        }]);
+        assert_eq!(routed_path(&only_api, Some("api.test"), "/other"), None);
+        assert!(!only_api.load().has_host(Some("other.test")));
+    }
+
+    #[test]
+    fn set_live_many_switches_every_app_in_one_table() {
+        let r = paths_router();
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        r.set_live("web", Some(Upstream::new("web", "blue", "v1", addr)));
+        r.set_live("api", Some(Upstream::new("api", "blue", "v1", addr)));
+        let before = r.load();
+        let web2 = Upstream::new("web", "green", "v2", addr);
+        let api2 = Upstream::new("api", "green", "v2", addr);
+        let previous = r.set_live_many(&[("web", Some(web2)), ("api", Some(api2)), ("nope", None)]);
+        let versions: Vec<Option<String>> = previous
+            .iter()
+            .map(|p| p.as_ref().map(|u| u.release().to_string()))
+            .collect();
+        assert_eq!(versions, vec![Some("v1".into()), Some("v1".into()), None]);
+        // The table read before still has both old; the new one both new.
+        let old_pair = ["web", "api"].map(|a| before.app(a).and_then(|r| r.live.clone()));
+        assert!(old_pair
+            .iter()
+            .all(|u| u.as_ref().is_some_and(|u| u.release() == "v1")));
+        let new_pair = ["web", "api"].map(|a| r.live(a).map(|u| u.release().to_string()));
+        assert_eq!(new_pair, [Some("v2".to_string()), Some("v2".to_string())]);
     }
 }

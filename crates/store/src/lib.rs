@@ -13,12 +13,15 @@
 //! - [`records`]: the plain records read back (apps, slots, releases,
 //!   deployments, events).
 //! - this file: [`Store`], the queries.
+//! - `groups.rs`: release groups — group deployments, their members, and
+//!   the switch of every member recorded in one transaction.
 //!
 //! Calls are synchronous and short; async callers run them on a blocking
 //! thread.
 
 #![forbid(unsafe_code)]
 
+mod groups;
 mod records;
 mod schema;
 
@@ -215,31 +218,7 @@ impl Store {
         let id = {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
-            let now = now_ms();
-            let source = new.source.as_ref();
-            tx.execute(
-                "INSERT INTO deployments (app, trigger, version, release_id, state, created_at,
-                    source_provider, source_delivery, source_ref, source_commit, source_build)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    new.app,
-                    new.trigger,
-                    new.version,
-                    new.release_id,
-                    now,
-                    source.map(|s| &s.provider),
-                    source.and_then(|s| s.delivery.as_ref()),
-                    source.map(|s| &s.git_ref),
-                    source.map(|s| &s.commit),
-                    source.and_then(|s| s.build.as_ref()),
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            let message = format!(
-                "deployment of {} {} requested by {}",
-                new.app, new.version, new.trigger
-            );
-            insert_event(&tx, id, now, DeploymentState::Queued.as_str(), &message)?;
+            let id = insert_deployment_row(&tx, new, None)?;
             tx.commit()?;
             id
         };
@@ -346,32 +325,15 @@ impl Store {
     ) -> Result<EventRecord> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let now = now_ms();
-        let previous: Option<String> =
-            tx.query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| {
-                row.get(0)
-            })?;
-        if let Some(previous) = previous.filter(|p| Some(p.as_str()) != slot) {
-            tx.execute(
-                "UPDATE slots SET state = ?3, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
-                params![app, previous, previous_label, now],
-            )?;
-        }
-        if let Some(slot) = slot {
-            tx.execute(
-                "UPDATE slots SET state = 'live', updated_at = ?3 WHERE app = ?1 AND slot = ?2",
-                params![app, slot, now],
-            )?;
-        }
-        tx.execute(
-            "UPDATE apps SET live_slot = ?2, updated_at = ?3 WHERE name = ?1",
-            params![app, slot, now],
-        )?;
-        tx.execute(
-            "UPDATE deployments SET state = ?2 WHERE id = ?1",
-            params![deployment_id, state.as_str()],
-        )?;
-        let event = insert_event(&tx, deployment_id, now, state.as_str(), message)?;
+        let switch = SwitchRecord {
+            app: app.to_string(),
+            slot: slot.map(str::to_string),
+            previous_label: previous_label.to_string(),
+            deployment_id,
+            state,
+            message: message.to_string(),
+        };
+        let event = record_switch_row(&tx, &switch, now_ms())?;
         tx.commit()?;
         Ok(event)
     }
@@ -437,6 +399,87 @@ impl Store {
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
+}
+
+/// One app's switch inside a transaction (see [`Store::record_switch`]).
+fn record_switch_row(
+    tx: &rusqlite::Transaction<'_>,
+    switch: &SwitchRecord,
+    now: i64,
+) -> Result<EventRecord> {
+    let (app, slot) = (&switch.app, switch.slot.as_deref());
+    let previous: Option<String> =
+        tx.query_row("SELECT live_slot FROM apps WHERE name = ?1", [app], |row| {
+            row.get(0)
+        })?;
+    if let Some(previous) = previous.filter(|p| Some(p.as_str()) != slot) {
+        tx.execute(
+            "UPDATE slots SET state = ?3, updated_at = ?4 WHERE app = ?1 AND slot = ?2",
+            params![app, previous, switch.previous_label, now],
+        )?;
+    }
+    if let Some(slot) = slot {
+        tx.execute(
+            "UPDATE slots SET state = 'live', updated_at = ?3 WHERE app = ?1 AND slot = ?2",
+            params![app, slot, now],
+        )?;
+    }
+    tx.execute(
+        "UPDATE apps SET live_slot = ?2, updated_at = ?3 WHERE name = ?1",
+        params![app, slot, now],
+    )?;
+    tx.execute(
+        "UPDATE deployments SET state = ?2 WHERE id = ?1",
+        params![switch.deployment_id, switch.state.as_str()],
+    )?;
+    insert_event(
+        tx,
+        switch.deployment_id,
+        now,
+        switch.state.as_str(),
+        &switch.message,
+    )
+}
+
+/// Inserts a deployment in state `queued` with its first event; returns its id.
+fn insert_deployment_row(
+    tx: &rusqlite::Transaction<'_>,
+    new: &NewDeployment,
+    group_deployment_id: Option<i64>,
+) -> Result<i64> {
+    let now = now_ms();
+    let source = new.source.as_ref();
+    tx.execute(
+        "INSERT INTO deployments (app, trigger, version, release_id, state, created_at,
+            source_provider, source_delivery, source_ref, source_commit, source_build, group_deployment_id)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            new.app,
+            new.trigger,
+            new.version,
+            new.release_id,
+            now,
+            source.map(|s| &s.provider),
+            source.and_then(|s| s.delivery.as_ref()),
+            source.map(|s| &s.git_ref),
+            source.map(|s| &s.commit),
+            source.and_then(|s| s.build.as_ref()),
+            group_deployment_id,
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    let message = match group_deployment_id {
+        Some(group) => format!(
+            "deployment of {} {} requested by {} (member of group deployment {group})",
+            new.app, new.version, new.trigger
+        ),
+        None => format!(
+            "deployment of {} {} requested by {}",
+            new.app, new.version, new.trigger
+        ),
+    };
+    insert_event(tx, id, now, DeploymentState::Queued.as_str(), &message)?;
+    Ok(id)
 }
 
 fn insert_event(
@@ -618,7 +661,8 @@ fn delivery_from(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
 
 const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.app, d.trigger, d.version, d.release_id, d.target_slot,
         d.from_release_id, fr.version, d.from_slot, d.state, d.reason, d.created_at, d.started_at, d.finished_at,
-        d.source_provider, d.source_delivery, d.source_ref, d.source_commit, d.source_build
+        d.source_provider, d.source_delivery, d.source_ref, d.source_commit, d.source_build,
+        d.group_deployment_id
      FROM deployments d LEFT JOIN releases fr ON fr.id = d.from_release_id";
 
 fn deployment_from(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
@@ -651,6 +695,7 @@ fn deployment_from(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
             }),
             _ => None,
         },
+        group_deployment_id: row.get(19)?,
     })
 }
 

@@ -74,6 +74,45 @@ pub struct DeploymentRecord {
     pub finished_at: Option<i64>,
     /// What started a deployment built from git (webhook or `deploy --ref`).
     pub source: Option<DeploymentSource>,
+    /// The group deployment this one is a member of (release groups).
+    pub group_deployment_id: Option<i64>,
+}
+
+/// A deployment of a release group: its members are deployments of the
+/// group's apps (`DeploymentRecord::group_deployment_id`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupDeploymentRecord {
+    pub id: i64,
+    /// The group's name.
+    pub group: String,
+    pub trigger: String,
+    /// A [`DeploymentState`] name.
+    pub state: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// A group deployment to record, with one member per app.
+#[derive(Debug, Clone)]
+pub struct NewGroupDeployment {
+    pub group: String,
+    pub trigger: String,
+    pub members: Vec<NewDeployment>,
+}
+
+/// One app's part of a group switch, recorded with the others in one
+/// transaction (see `Store::record_group_switch`).
+#[derive(Debug, Clone)]
+pub struct SwitchRecord {
+    pub app: String,
+    /// The slot that becomes live (`None`: nothing).
+    pub slot: Option<String>,
+    /// The state label the previously live slot gets.
+    pub previous_label: String,
+    pub deployment_id: i64,
+    pub state: DeploymentState,
+    pub message: String,
 }
 
 /// The trigger facts of a deployment built from git.

@@ -86,6 +86,19 @@ const MIGRATIONS: &[&str] = &[
     // 3: a release answers at several endpoints (swarm tasks): a JSON list
     // of {addr, label}; NULL in older rows, which are read from `addr`.
     "ALTER TABLE slots ADD COLUMN endpoints TEXT;",
+    // 4: release groups: one record per group deployment, and the member
+    // deployments (one per app) point at it.
+    "CREATE TABLE group_deployments (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE INDEX group_deployments_by_name ON group_deployments (name, id);
+    ALTER TABLE deployments ADD COLUMN group_deployment_id INTEGER REFERENCES group_deployments(id);",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -67,11 +67,6 @@ impl Ca {
         leaf.der
     }
 
-    /// The CA's certificate, PEM.
-    pub fn pem(&self) -> String {
-        pem_block(self.der.as_ref())
-    }
-
     /// A blocking-client configuration that trusts this CA only.
     pub fn blocking_client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
@@ -139,33 +134,6 @@ pub fn connector_trusting(root_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-/// `der` as a PEM certificate block.
-fn pem_block(der: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut body = String::new();
-    for chunk in der.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                body.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                body.push('=');
-            }
-        }
-    }
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap());
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
-}
 
 /// Replaces a file the way certificate tools do: write aside, then rename.
 pub fn replace_file(path: &Path, content: &str) {

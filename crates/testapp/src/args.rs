@@ -22,6 +22,9 @@ options:
   --start-delay MS       sleep MS ms before binding (a slow starter)
   --exit-at-start CODE   print a line to stderr and exit with CODE at once
   --exit-after MS        exit with code 1 MS ms after listening (a crash)
+  --mount P              also answer every route below path prefix P
+                         (`/api` → `/`, `/api/slow` → `/slow`), as behind
+                         a proxy that routes P here and passes it on
   --fail-ratio R         fraction (0.0-1.0) of requests to / answering 500,
                          deterministically (every 1/R-th request)
   --ignore-sigterm       ignore SIGTERM (SIGINT still shuts down); for tests
@@ -64,6 +67,8 @@ pub struct Args {
     pub exit_after_ms: Option<u64>,
     pub fail_ratio: f64,
     pub ignore_sigterm: bool,
+    /// `--mount`: a path prefix stripped before routing.
+    pub mount: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -114,7 +119,7 @@ where
 }
 
 /// The options that take a value.
-const VALUE_FLAGS: [&str; 11] = [
+const VALUE_FLAGS: [&str; 12] = [
     "--port",
     "--version",
     "--threads",
@@ -126,6 +131,7 @@ const VALUE_FLAGS: [&str; 11] = [
     "--exit-at-start",
     "--exit-after",
     "--fail-ratio",
+    "--mount",
 ];
 
 /// Parses the arguments (without the program name). `env_port` is the value
@@ -147,6 +153,7 @@ where
         exit_after_ms: None,
         fail_ratio: 0.0,
         ignore_sigterm: false,
+        mount: None,
     };
     let mut port: Option<u16> = None;
     let mut it = args.into_iter();
@@ -196,6 +203,14 @@ fn set_option(args: &mut Args, f: &str, value: String) -> Result<(), ArgError> {
                 return err("--version: expected a non-empty label without control characters");
             }
             args.version = value;
+        }
+        "--mount" => {
+            if !value.starts_with('/') || value.len() < 2 {
+                return err(format!(
+                    "--mount: expected a path prefix like /api, got {value:?}"
+                ));
+            }
+            args.mount = Some(value.trim_end_matches('/').to_string());
         }
         "--threads" => args.threads = parse_within(f, &value, "a thread count", 1..=1024)?,
         "--health-path" => {

@@ -301,7 +301,7 @@ fn num_param(query: Option<&str>, name: &str) -> Result<u64, Box<Response<Body>>
 }
 
 async fn handle(st: &'static State, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path();
+    let path = unmounted(req.uri().path(), st.args.mount.as_deref());
     if path == st.args.health_path {
         return health(st);
     }
@@ -318,6 +318,15 @@ async fn handle(st: &'static State, req: Request<Incoming>) -> Response<Body> {
         "/upgrade" => upgrade(req),
         "/ws" => websocket(st, req),
         _ => text(StatusCode::NOT_FOUND, Body::from_static("not found\n")),
+    }
+}
+
+/// The route of `path` under `--mount` (`/api` → `/`, `/api/x` → `/x`).
+fn unmounted<'p>(path: &'p str, mount: Option<&str>) -> &'p str {
+    match mount.and_then(|mount| path.strip_prefix(mount)) {
+        Some("") => "/",
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
     }
 }
 

@@ -23,6 +23,7 @@
 
 mod check;
 mod finish;
+pub(crate) mod group;
 mod job;
 mod prepare;
 mod promote;

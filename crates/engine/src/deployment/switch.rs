@@ -55,7 +55,7 @@ pub(crate) async fn switch(job: &mut DeploymentJob, new: Candidate) -> Result<Sw
 
 /// The `before_switch` hooks, a last look for an abort, and the switch
 /// recorded before traffic moves (without that record it must not).
-async fn before_switch(job: &mut DeploymentJob, new: &Candidate) -> Result<(), Stop> {
+pub(crate) async fn before_switch(job: &mut DeploymentJob, new: &Candidate) -> Result<(), Stop> {
     let env = job.hook_env("before_switch", Some(new.slot()), new.first_addr(), None);
     let hooks = job.context.app.hooks.before_switch.clone();
     if let Err(reason) = job.run_hooks("before_switch", &hooks, &env).await {
