@@ -134,7 +134,6 @@ pub fn connector_trusting(root_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-
 /// Replaces a file the way certificate tools do: write aside, then rename.
 pub fn replace_file(path: &Path, content: &str) {
     let aside = path.with_extension("tmp");
