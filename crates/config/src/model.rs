@@ -510,88 +510,9 @@ impl Validator<'_> {
         let base = self.base_dir();
         let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(".cutover"));
         let proxy = self.proxy(&raw.proxy)?;
-        let admin = AdminConfig {
-            socket: raw
-                .admin
-                .socket
-                .as_ref()
-                .map(|s| base.join(s))
-                .unwrap_or_else(|| state_dir.join("admin.sock")),
-            remote: crate::admin::validate(
-                &raw.admin,
-                &base,
-                self.file,
-                self.source,
-                self.check_files,
-            )?,
-        };
-        let mut names = HashSet::new();
-        let mut route_owners: BTreeMap<(String, String), String> = BTreeMap::new();
-        let mut apps = Vec::new();
-        for raw_app in &raw.app {
-            let app = self.app(raw_app, &base, &state_dir)?;
-            if let (Some(_), Some(shift)) = (&proxy.nginx, &raw_app.get_ref().shift) {
-                return Err(self.error(
-                    shift,
-                    format!("app `{}` sets `shift`, which needs the built-in proxy: nginx (`[proxy] mode = \"nginx\"`) switches all traffic at once; remove `shift`", app.name),
-                ));
-            }
-            if let (Some(_), Some(paths)) = (&proxy.nginx, &raw_app.get_ref().paths) {
-                return Err(self.error(
-                    paths,
-                    format!("app `{}` sets `paths`, which needs the built-in proxy: the nginx front routes by host only; remove `paths`", app.name),
-                ));
-            }
-            if !names.insert(app.name.clone()) {
-                return Err(self.error(
-                    &raw_app.get_ref().name,
-                    format!(
-                        "duplicate app name `{}`: every [[app]] needs its own name",
-                        app.name
-                    ),
-                ));
-            }
-            for (host, path) in app
-                .hosts
-                .iter()
-                .flat_map(|h| app.paths.iter().map(move |p| (h, p)))
-            {
-                let owner = route_owners.insert((host.clone(), path.clone()), app.name.clone());
-                if let Some(owner) = owner {
-                    let place = match path.as_str() {
-                        "/" => String::new(),
-                        path => format!(" with path `{path}`"),
-                    };
-                    return Err(self.error(
-                        &raw_app.get_ref().name,
-                        format!(
-                            "host `{host}`{place} of app `{}` is already routed to app `{owner}`",
-                            app.name
-                        ),
-                    ));
-                }
-            }
-            apps.push(app);
-        }
-        let webhook = match &raw.webhook {
-            Some(webhook) => Some(crate::webhook::validate(
-                webhook,
-                &base,
-                self.file,
-                self.source,
-                self.check_files,
-            )?),
-            None => None,
-        };
-        if let (Some(webhook), Some(_), Some(raw_webhook)) = (&webhook, &proxy.nginx, &raw.webhook)
-        {
-            if webhook.listen.is_none() {
-                return Err(self.error(
-                    raw_webhook,
-                    "[webhook] needs `listen` in nginx front mode: nginx takes the client traffic, so the receiver needs a listener of its own, e.g. listen = \"127.0.0.1:9000\"",
-                ));
-            }
-        }
+        let admin = self.admin(&raw, &base, &state_dir)?;
+        let apps = self.apps(&raw, &proxy, &base, &state_dir)?;
+        let webhook = self.webhook(&raw, &proxy, &base)?;
         self.check_port_clashes(&raw, &proxy, webhook.as_ref())?;
         self.check_admin_port(&raw, &proxy, webhook.as_ref(), admin.remote.as_ref())?;
         let mut proxy = proxy;
@@ -606,6 +527,130 @@ impl Validator<'_> {
             webhook,
             groups,
         })
+    }
+
+    fn admin(
+        &self,
+        raw: &RawConfig,
+        base: &Path,
+        state_dir: &Path,
+    ) -> Result<AdminConfig, ConfigError> {
+        Ok(AdminConfig {
+            socket: raw
+                .admin
+                .socket
+                .as_ref()
+                .map(|s| base.join(s))
+                .unwrap_or_else(|| state_dir.join("admin.sock")),
+            remote: crate::admin::validate(
+                &raw.admin,
+                base,
+                self.file,
+                self.source,
+                self.check_files,
+            )?,
+        })
+    }
+
+    /// Every `[[app]]`, in order, each checked against the ones before it.
+    fn apps(
+        &self,
+        raw: &RawConfig,
+        proxy: &ProxyConfig,
+        base: &Path,
+        state_dir: &Path,
+    ) -> Result<Vec<AppConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut route_owners: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut apps = Vec::new();
+        for raw_app in &raw.app {
+            let app = self.app(raw_app, base, state_dir)?;
+            self.check_front_supports(raw_app, &app, proxy)?;
+            if !names.insert(app.name.clone()) {
+                return Err(self.error(
+                    &raw_app.get_ref().name,
+                    format!(
+                        "duplicate app name `{}`: every [[app]] needs its own name",
+                        app.name
+                    ),
+                ));
+            }
+            self.claim_routes(raw_app, &app, &mut route_owners)?;
+            apps.push(app);
+        }
+        Ok(apps)
+    }
+
+    /// `shift` and `paths` need the built-in proxy.
+    fn check_front_supports(
+        &self,
+        raw_app: &Spanned<RawApp>,
+        app: &AppConfig,
+        proxy: &ProxyConfig,
+    ) -> Result<(), ConfigError> {
+        if let (Some(_), Some(shift)) = (&proxy.nginx, &raw_app.get_ref().shift) {
+            return Err(self.error(
+                shift,
+                format!("app `{}` sets `shift`, which needs the built-in proxy: nginx (`[proxy] mode = \"nginx\"`) switches all traffic at once; remove `shift`", app.name),
+            ));
+        }
+        if let (Some(_), Some(paths)) = (&proxy.nginx, &raw_app.get_ref().paths) {
+            return Err(self.error(
+                paths,
+                format!("app `{}` sets `paths`, which needs the built-in proxy: the nginx front routes by host only; remove `paths`", app.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each (host, path prefix) pair of `app` belongs to it alone.
+    fn claim_routes(
+        &self,
+        raw_app: &Spanned<RawApp>,
+        app: &AppConfig,
+        route_owners: &mut BTreeMap<(String, String), String>,
+    ) -> Result<(), ConfigError> {
+        for (host, path) in app
+            .hosts
+            .iter()
+            .flat_map(|h| app.paths.iter().map(move |p| (h, p)))
+        {
+            let owner = route_owners.insert((host.clone(), path.clone()), app.name.clone());
+            if let Some(owner) = owner {
+                let place = match path.as_str() {
+                    "/" => String::new(),
+                    path => format!(" with path `{path}`"),
+                };
+                return Err(self.error(
+                    &raw_app.get_ref().name,
+                    format!(
+                        "host `{host}`{place} of app `{}` is already routed to app `{owner}`",
+                        app.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn webhook(
+        &self,
+        raw: &RawConfig,
+        proxy: &ProxyConfig,
+        base: &Path,
+    ) -> Result<Option<crate::WebhookConfig>, ConfigError> {
+        let Some(raw_webhook) = &raw.webhook else {
+            return Ok(None);
+        };
+        let webhook =
+            crate::webhook::validate(raw_webhook, base, self.file, self.source, self.check_files)?;
+        if proxy.nginx.is_some() && webhook.listen.is_none() {
+            return Err(self.error(
+                raw_webhook,
+                "[webhook] needs `listen` in nginx front mode: nginx takes the client traffic, so the receiver needs a listener of its own, e.g. listen = \"127.0.0.1:9000\"",
+            ));
+        }
+        Ok(Some(webhook))
     }
 
     fn groups(

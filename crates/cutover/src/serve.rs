@@ -108,6 +108,39 @@ async fn start(
     config: &Config,
     mut inheritance: Option<&mut Inheritance>,
 ) -> Result<Daemon, Failure> {
+    let bound = bind(config, inheritance.as_deref_mut()).await?;
+    let handed = inheritance
+        .as_ref()
+        .map(|i| handover::handed_releases(&i.apps))
+        .unwrap_or_default();
+    let engine = Engine::start_adopting(
+        Arc::new(config.clone()),
+        bound.store.clone(),
+        bound.router.clone(),
+        &handed,
+    )
+    .await
+    .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
+    wait_for_recovery(config, &engine).await;
+    serve_bound(config, bound, engine)
+}
+
+/// Every socket and file the daemon needs, bound or adopted before the
+/// engine recovers anything: a port clash stops the start before anything
+/// is touched.
+struct Bound {
+    admin: AdminSocket,
+    store: Store,
+    router: Router,
+    listeners: Listeners,
+    admin_tcp: Option<cutover_api::AdminTcp>,
+    webhooks: Option<cutover_webhook::Receiver>,
+}
+
+async fn bind(
+    config: &Config,
+    mut inheritance: Option<&mut Inheritance>,
+) -> Result<Bound, Failure> {
     let admin = match inheritance.as_mut().and_then(|i| i.take_admin()) {
         Some(listener) => AdminSocket::adopt(listener, &config.admin.socket),
         None => AdminSocket::bind(&config.admin.socket).await,
@@ -116,12 +149,10 @@ async fn start(
     let store = open_store(config).await?;
     let router = route_table(config);
     let mut sources = ListenerSources {
-        inheritance: inheritance.as_deref_mut(),
+        inheritance,
         activated: systemd::activated_listeners(),
     };
     let listeners = Listeners::bind(config, &mut sources).await?;
-    // The webhook receiver binds before recovery too, so a port clash stops
-    // the start before anything is touched.
     let admin_tcp = bind_admin_tcp(config, &mut sources).await?;
     let webhooks = match &config.webhook {
         Some(webhook) => {
@@ -140,25 +171,32 @@ async fn start(
         }
         None => None,
     };
-    let handed = inheritance
-        .as_ref()
-        .map(|i| handover::handed_releases(&i.apps))
-        .unwrap_or_default();
-    let engine = Engine::start_adopting(
-        Arc::new(config.clone()),
-        store.clone(),
-        router.clone(),
-        &handed,
-    )
-    .await
-    .map_err(|e| Failure::failed(format!("starting the deployment engine failed: {e}")))?;
+    Ok(Bound {
+        admin,
+        store,
+        router,
+        listeners,
+        admin_tcp,
+        webhooks,
+    })
+}
 
-    wait_for_recovery(config, &engine).await;
+/// Serves what was bound, in order: the webhook prefix is routed before
+/// the proxy takes its first request; ACME orders go out once the
+/// listeners answer the challenges; the admin API comes last.
+fn serve_bound(config: &Config, bound: Bound, engine: Engine) -> Result<Daemon, Failure> {
+    let Bound {
+        admin,
+        store,
+        router,
+        listeners,
+        admin_tcp,
+        webhooks,
+    } = bound;
     let mut handover_fds = listeners.handover_fds()?;
     let (stop, stopped) = watch::channel(false);
     let handoff = Handoff::default();
     let acme_handles = (listeners.tls.clone(), listeners.acme_http01.clone());
-    // The webhook prefix is routed before the proxy takes its first request.
     let webhook_line = match webhooks {
         Some(receiver) => {
             handover_fds.extend(webhook_fd(config, &receiver)?);
@@ -167,19 +205,14 @@ async fn start(
         None => String::new(),
     };
     let (proxies, intakes) = listeners.serve(config, &router, &stopped, &handoff)?;
-    // Orders go out once the listeners answer the challenges.
     let acme = crate::certs::start_acme(config, acme_handles)?;
     let socket = admin.path().to_path_buf();
     let (upgrades, upgrade_asks) = mpsc::channel(4);
     let admin_line = match admin_tcp {
         Some(admin_tcp) => {
             handover_fds.push(admin_tcp_fd(config, &admin_tcp)?);
-            serve_admin_tcp(
-                admin_tcp.with_certs(acme.clone()),
-                &engine,
-                upgrades.clone(),
-                &stopped,
-            )
+            let admin_tcp = admin_tcp.with_certs(acme.clone());
+            serve_admin_tcp(admin_tcp, &engine, upgrades.clone(), &stopped)
         }
         None => String::new(),
     };
@@ -198,12 +231,8 @@ async fn start(
             .with_certs(acme)
             .serve(engine.clone(), stop_signal(&stopped)),
     );
-    announce(
-        config,
-        &proxies,
-        &format!("{webhook_line}{admin_line}"),
-        &socket,
-    );
+    let lines = format!("{webhook_line}{admin_line}");
+    announce(config, &proxies, &lines, &socket);
     Ok(Daemon {
         engine,
         router,
