@@ -4,19 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::Bytes;
 use cutover_api::{serve_unix, AdminSocket, ApiError};
-use cutover_config::Config;
-use cutover_engine::Engine;
-use cutover_proxy::Router;
-use cutover_store::Store;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
@@ -32,7 +29,6 @@ struct Daemon {
 impl Daemon {
     async fn start() -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("cutover.toml");
         let text = r#"
 state_dir = "state"
 [proxy]
@@ -49,21 +45,8 @@ deploy_timeout = "10s"
 [app.process]
 command = ["sh", "-c", "echo first line; echo boom at start; exit 3"]
 "#;
-        std::fs::write(&file, text).unwrap();
-        let config = Config::parse(&file, text).unwrap();
-        std::fs::create_dir_all(config.logs_dir()).unwrap();
-        let store = Store::open(&config.database_path()).unwrap();
-        let router = Router::new(
-            config
-                .apps
-                .iter()
-                .map(|a| (a.name.clone(), a.hosts.clone()))
-                .collect(),
-        );
+        let (engine, config) = common::engine(dir.path(), text).await;
         let socket = config.admin.socket.clone();
-        let engine = Engine::start(Arc::new(config), store, router)
-            .await
-            .unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn({
             let socket = socket.clone();

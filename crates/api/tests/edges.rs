@@ -6,17 +6,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use cutover_api::{serve_unix, AdminTcp};
-use cutover_config::Config;
-use cutover_engine::Engine;
-use cutover_proxy::Router;
-use cutover_store::Store;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -35,7 +32,6 @@ async fn start() -> Api {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let file = dir.path().join("cutover.toml");
     let text = r#"
 state_dir = "state"
 [proxy]
@@ -48,16 +44,9 @@ name = "web"
 [app.process]
 command = ["sleep", "60"]
 "#;
-    std::fs::write(&file, text).unwrap();
-    let config = Config::load_checked(&file).unwrap();
-    std::fs::create_dir_all(config.logs_dir()).unwrap();
-    let store = Store::open(&config.database_path()).unwrap();
-    let router = Router::new(vec![("web".to_string(), vec!["*".to_string()])]);
+    let (engine, config) = common::engine(dir.path(), text).await;
     let socket = config.admin.socket.clone();
     let remote = config.admin.remote.clone().unwrap();
-    let engine = Engine::start(Arc::new(config), store, router)
-        .await
-        .unwrap();
     let (stop_unix, unix_stopped) = oneshot::channel::<()>();
     tokio::spawn({
         let (socket, engine) = (socket.clone(), engine.clone());

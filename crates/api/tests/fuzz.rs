@@ -13,17 +13,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_api::serve_unix;
-use cutover_config::Config;
 use cutover_engine::Engine;
-use cutover_proxy::Router;
-use cutover_store::Store;
 use serde_json::{json, Value};
 
 fn requests() -> usize {
@@ -243,7 +241,6 @@ fn fuzz(socket: &Path) -> (usize, usize) {
 }
 
 async fn engine(dir: &Path) -> (Engine, PathBuf) {
-    let file = dir.join("cutover.toml");
     let text = r#"
 state_dir = "state"
 [proxy]
@@ -253,18 +250,8 @@ name = "web"
 [app.process]
 command = ["sleep", "60"]
 "#;
-    std::fs::write(&file, text).unwrap();
-    let config = Config::parse(&file, text).unwrap();
-    std::fs::create_dir_all(config.logs_dir()).unwrap();
-    let store = Store::open(&config.database_path()).unwrap();
-    let router = Router::new(vec![("web".to_string(), vec!["*".to_string()])]);
-    let socket = config.admin.socket.clone();
-    (
-        Engine::start(Arc::new(config), store, router)
-            .await
-            .unwrap(),
-        socket,
-    )
+    let (engine, config) = common::engine(dir, text).await;
+    (engine, config.admin.socket.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,16 +7,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use cutover_api::AdminTcp;
-use cutover_config::Config;
-use cutover_engine::Engine;
-use cutover_proxy::Router;
-use cutover_store::Store;
 use cutover_test_support::http::{Connection, Response};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "full-token-for-tests-0123456789";
@@ -44,7 +41,6 @@ async fn start(admin: &str, prepare: impl FnOnce(&Path)) -> Remote {
     );
     write_private(&dir.path().join("read-tokens"), &format!("{READ_TOKEN}\n"));
     prepare(dir.path());
-    let file = dir.path().join("cutover.toml");
     let text = format!(
         r#"
 state_dir = "state"
@@ -61,15 +57,8 @@ name = "web"
 command = ["sleep", "60"]
 "#
     );
-    std::fs::write(&file, &text).unwrap();
-    let config = Config::load_checked(&file).unwrap();
-    std::fs::create_dir_all(config.logs_dir()).unwrap();
-    let store = Store::open(&config.database_path()).unwrap();
-    let router = Router::new(vec![("web".to_string(), vec!["*".to_string()])]);
+    let (engine, config) = common::engine(dir.path(), &text).await;
     let remote = config.admin.remote.clone().unwrap();
-    let engine = Engine::start(Arc::new(config), store, router)
-        .await
-        .unwrap();
     let admin = AdminTcp::bind(&remote, None).await.unwrap();
     let addr = admin.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
