@@ -41,6 +41,8 @@ pub fn config(dir: &Path, ports: Ports, workers: u32, testapp: &Path) -> String 
 listen = ["127.0.0.1:{listen}"]
 access_log = "off"
 workers = {workers}
+# Every load client connects from 127.0.0.1: no per-address cap.
+max_connections_per_client = 0
 
 [admin]
 socket = "{dir}/state/admin.sock"
@@ -293,6 +295,7 @@ mod tests {
             cutover_config::Config::parse(Path::new("/tmp/b/cut/cutover.toml"), &text).unwrap();
         assert_eq!(parsed.apps[0].name, "bench");
         assert_eq!(parsed.proxy.workers.map(|w| w.get()), Some(2));
+        assert_eq!(parsed.proxy.max_connections_per_client, 0);
         assert_eq!(parsed.proxy.listen[0].port(), 8080);
     }
 }
