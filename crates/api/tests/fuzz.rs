@@ -22,22 +22,11 @@ use std::time::Duration;
 
 use cutover_api::serve_unix;
 use cutover_engine::Engine;
+use cutover_test_support::fuzz::{cases, rng};
 use serde_json::{json, Value};
 
 fn requests() -> usize {
-    std::env::var("CUTOVER_FUZZ_CASES")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(100_000)
-        / 20
-}
-
-fn rng() -> fastrand::Rng {
-    let seed = std::env::var("CUTOVER_FUZZ_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0x5eed_c0de);
-    fastrand::Rng::with_seed(seed ^ 6)
+    cases() / 20
 }
 
 /// App path segments: none of them is a configured app.
@@ -203,7 +192,7 @@ fn fuzz(socket: &Path) -> (usize, usize) {
         .get_mut()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut rng = rng();
+    let mut rng = rng(6);
     let (mut refused, mut answered) = (0, 0);
     for case in 0..requests() {
         let app = APPS[rng.usize(..APPS.len())];

@@ -27,11 +27,14 @@
 //! - [`sshd`]: Debian's sshd on loopback with throwaway keys.
 //! - [`git`]: git with a fixed identity; a bare origin with a working clone.
 //! - [`toml`]: TOML string and list literals for configs the tests write.
+//! - [`fuzz`]: the budget (`CUTOVER_FUZZ_CASES`) and seeded generator of
+//!   every fuzz harness.
 
 #![allow(clippy::unwrap_used)] // Fixtures: a failure to set up fails the test.
 
 pub mod binaries;
 pub mod docker;
+pub mod fuzz;
 pub mod git;
 pub mod http;
 pub mod load;

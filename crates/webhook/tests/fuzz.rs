@@ -17,6 +17,7 @@ use std::path::Path;
 
 use cutover_config::git_ref::{check_ref_name, validate_commit};
 use cutover_config::Config;
+use cutover_test_support::fuzz::{cases, rng};
 use cutover_webhook::provider::Provider;
 use cutover_webhook::receiver::route;
 use cutover_webhook::secrets::Secret;
@@ -24,21 +25,6 @@ use cutover_webhook::signature::{sign_sha256, verify};
 use cutover_webhook::{normalize, Normalized};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
-
-fn cases() -> usize {
-    std::env::var("CUTOVER_FUZZ_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000)
-}
-
-fn rng(salt: u64) -> fastrand::Rng {
-    let seed = std::env::var("CUTOVER_FUZZ_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0x5eed_c0de);
-    fastrand::Rng::with_seed(seed ^ salt)
-}
 
 const COMMIT: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
 

@@ -16,25 +16,11 @@
 //! budget); `CUTOVER_FUZZ_SEED` the seed.
 
 use bytes::BytesMut;
+pub(super) use cutover_test_support::fuzz::{cases, rng};
 use http::StatusCode;
 
 use super::body::{Decoded, Decoder};
 use super::head::{self, BodyLength, HeadError, ParsedResponse};
-
-pub(super) fn cases() -> usize {
-    std::env::var("CUTOVER_FUZZ_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000)
-}
-
-pub(super) fn rng(salt: u64) -> fastrand::Rng {
-    let seed = std::env::var("CUTOVER_FUZZ_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0x5eed_c0de);
-    fastrand::Rng::with_seed(seed ^ salt)
-}
 
 /// Bytes that matter to HTTP/1 framing, favoured by mutations.
 const INTERESTING: &[u8] = b"\r\n\0 \t:,;=\x7f\x80\xff0aF-/";
