@@ -256,17 +256,18 @@ fn http_01_takes_a_name_from_no_certificate_to_a_trusted_one_even_with_redirect_
 #[test]
 fn a_name_that_cannot_be_validated_holds_up_no_other_and_reports_its_error() {
     let refused = "refused.acme.test";
-    let setup = acme_setup(
-        "tls-alpn-01",
-        &[refused, NAME],
-        "",
-        &PebbleOptions::default(),
-    );
-    setup.pebble.refuse_name(refused);
+    // Refused before the daemon starts: its first order must already fail.
+    let options = PebbleOptions {
+        unresolvable: vec![refused.to_string()],
+        ..PebbleOptions::default()
+    };
+    let setup = acme_setup("tls-alpn-01", &[refused, NAME], "", &options);
     let rt = runtime();
     wait_for_trusted(&setup, &rt, NAME);
     eventually(Duration::from_secs(30), "the failure is in status", || {
-        cert_of(&setup.daemon, refused)["state"] == "failing"
+        certs(&setup.daemon)
+            .iter()
+            .any(|c| c["name"] == refused && c["state"] == "failing")
     });
     let status = cert_of(&setup.daemon, refused);
     assert!(

@@ -180,6 +180,9 @@ fn close_oldest_idle(open: &BTreeMap<u64, Arc<IdleSignal>>) -> bool {
 pub(crate) struct IdleSignal {
     state: AtomicU8,
     close: Notify,
+    /// Woken when asked to close while the connection waits outside any
+    /// task (parked, see `http1::park`).
+    parked: Mutex<Option<std::task::Waker>>,
 }
 
 impl IdleSignal {
@@ -205,6 +208,26 @@ impl IdleSignal {
         self.close.notified().await;
     }
 
+    /// While parked: `waker` is woken if the connection is asked to close
+    /// (at once if it was already).
+    pub(crate) fn wake_when_asked_to_close(&self, waker: std::task::Waker) {
+        *self.parked.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+        if self.state.load(Ordering::Acquire) == CLOSING {
+            self.wake_parked();
+        }
+    }
+
+    fn wake_parked(&self) {
+        let waker = self
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     fn ask_to_close(&self) -> bool {
         let asked = self
             .state
@@ -213,6 +236,7 @@ impl IdleSignal {
         if asked {
             // Stores a permit if the connection is not waiting yet.
             self.close.notify_one();
+            self.wake_parked();
         }
         asked
     }

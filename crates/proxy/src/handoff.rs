@@ -88,6 +88,35 @@ impl Handoff {
             None => Err(conn),
         }
     }
+
+    /// Passes a plain TCP client connection on at a request boundary with
+    /// the bytes read ahead of it (`fresh`: before its protocol was told);
+    /// it closes if it cannot leave this event loop or nobody takes it.
+    pub(crate) fn hand_tcp(
+        &self,
+        listener: SocketAddr,
+        stream: tokio::net::TcpStream,
+        prefix: Bytes,
+        fresh: bool,
+    ) {
+        // Leaves this event loop's registration; the socket stays open.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot detach a client connection for the handoff");
+                return;
+            }
+        };
+        let conn = HandedConn {
+            listener,
+            stream,
+            prefix,
+            fresh,
+        };
+        if self.hand(conn).is_err() {
+            tracing::debug!("the handoff was closed; closing a client connection");
+        }
+    }
 }
 
 /// Connections given to a listener of this process from elsewhere, served

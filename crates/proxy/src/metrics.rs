@@ -163,6 +163,8 @@ pub(crate) struct ProxyMetrics {
     pub(crate) access_log_lines: AtomicU64,
     pub(crate) access_log_dropped: AtomicU64,
     pub(crate) client_connections: AtomicI64,
+    /// Of those, idle ones waiting outside any task (`http1::park`).
+    pub(crate) parked_connections: AtomicI64,
 }
 
 static GLOBAL: OnceLock<ProxyMetrics> = OnceLock::new();
@@ -365,6 +367,13 @@ fn encode_process_wide(encoder: &mut DescriptorEncoder, metrics: &ProxyMetrics) 
         "Open client connections.",
         None,
         client.metric_type(),
+    )?)?;
+    let parked = ConstGauge::new(metrics.parked_connections.load(Ordering::Relaxed));
+    parked.encode(encoder.encode_descriptor(
+        "cutover_proxy_parked_connections",
+        "Idle keep-alive client connections parked between requests (no task, no buffer).",
+        None,
+        parked.metric_type(),
     )?)?;
     let lines = ConstCounter::new(metrics.access_log_lines.load(Ordering::Relaxed));
     lines.encode(encoder.encode_descriptor(

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::access_log::AccessLog;
-use crate::admission::{Admission, Admitted, IdleSignal, Refused};
+use crate::admission::{Admission, Admitted, Refused};
 use crate::body::ClientBody;
 use crate::conn_io::{ConnActivity, TimedIo};
 use crate::error::ProxyError;
@@ -30,7 +30,8 @@ use crate::forward::{self, ConnCtx, Shared};
 use crate::handoff::{HandedConn, Handoff, Intake};
 use crate::headers;
 use crate::http1::io::{ClientIo, Prefixed};
-use crate::http1::server as http1_server;
+use crate::http1::park::ParkingLot;
+use crate::http1::server::{self as http1_server, ConnLife};
 use crate::router::Router;
 use crate::settings::ProxySettings;
 use crate::tls::Tls;
@@ -141,25 +142,39 @@ async fn serve_listener(
             HeaderValue::from_static("http")
         },
     });
+    // Held until every connection has ended: the last clone of the workers
+    // stops their threads.
+    let workers = options.workers;
+    let handles: Arc<[Option<tokio::runtime::Handle>]> = match &workers {
+        None => Arc::new([None]),
+        Some(workers) => workers.handles().iter().cloned().map(Some).collect(),
+    };
+    // One parking lot per worker for idle plain HTTP/1.1 connections (a
+    // TLS session cannot wait outside its task).
+    let lots: Box<[ParkingLot]> = match options.tls {
+        None => handles.iter().map(|_| ParkingLot::new()).collect(),
+        Some(_) => Box::new([]),
+    };
     let acceptor = Arc::new(Acceptor {
         shared,
         tls: options.tls,
         builder: connection_builder(),
         handoff: options.handoff.map(|handoff| (handoff, local)),
         admission: options.admission,
+        lots,
     });
-    // Accept loops and connection tasks each hold a receiver: shutdown
-    // flips the value and then waits until all receivers are gone.
+    // Accept loops, parking lots and connection tasks each hold a receiver:
+    // shutdown flips the value and then waits until all receivers are gone.
     let (stop, stopped) = watch::channel(false);
-    // Held until every connection has ended: the last clone of the workers
-    // stops their threads.
-    let workers = options.workers;
+    for (lot, handle) in acceptor.lots.iter().zip(handles.iter()) {
+        let parking = lot.clone().run(stopped.clone());
+        match handle {
+            Some(handle) => drop(handle.spawn(parking)),
+            None => drop(tokio::spawn(parking)),
+        }
+    }
     // Every accept loop polls its own registration of one listening socket.
     let socket = listener.into_std().map_err(ProxyError::Listener)?;
-    let handles: Arc<[Option<tokio::runtime::Handle>]> = match &workers {
-        None => Arc::new([None]),
-        Some(workers) => workers.handles().iter().cloned().map(Some).collect(),
-    };
     let balance = Arc::new(Balance::new(handles.len()));
     let mut loops = Vec::with_capacity(handles.len() + 1);
     for (slot, handle) in handles.iter().cloned().enumerate() {
@@ -210,6 +225,8 @@ struct Acceptor {
     /// the listener's address they are tagged with.
     handoff: Option<(Handoff, SocketAddr)>,
     admission: Option<Admission>,
+    /// Per worker (accept loop slot); empty on a TLS listener.
+    lots: Box<[ParkingLot]>,
 }
 
 /// Open connections per accept loop, so that the loops of several workers
@@ -547,18 +564,25 @@ fn spawn_connection(
     metrics
         .client_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let idle = admitted.as_ref().map(Admitted::signal);
+    let life = ConnLife {
+        handoff: acceptor.handoff.clone(),
+        idle: admitted.as_ref().map(Admitted::signal),
+        lot: acceptor.lots.get(open.slot).cloned(),
+        _guards: ConnGuards {
+            _metrics: ClientConnection(metrics),
+            _open: open,
+            _admitted: admitted,
+        },
+    };
     tokio::spawn(async move {
-        let _open = (ClientConnection(metrics), open, admitted);
         let builder = &acceptor.builder;
-        let handoff = acceptor.handoff.clone();
         let first = match adopted {
             Some(Adopted {
                 prefix,
                 fresh: false,
             }) => {
                 let io = ClientIo::Tcp(stream);
-                return http1_server::serve(io, prefix, ctx, stopped, handoff, idle).await;
+                return http1_server::serve(io, prefix, ctx, stopped, life).await;
             }
             Some(Adopted {
                 prefix,
@@ -572,8 +596,7 @@ fn spawn_connection(
                     stream,
                     first,
                     peer,
-                    handoff,
-                    idle,
+                    life,
                 };
                 serve_plain(conn, ctx, builder, stopped).await
             }
@@ -581,7 +604,7 @@ fn spawn_connection(
             // connection stays the size of what it needs.
             Some(tls) => {
                 let tls = tls.acceptor().clone();
-                Box::pin(serve_tls(stream, tls, ctx, builder, stopped, peer, idle)).await
+                Box::pin(serve_tls(stream, tls, ctx, builder, stopped, peer, life)).await
             }
         }
     });
@@ -599,8 +622,7 @@ async fn serve_plain(
         mut stream,
         mut first,
         peer,
-        handoff,
-        idle,
+        life,
     } = conn;
     let settings = ctx.shared.settings;
     let mut waiting = stopped.clone();
@@ -619,8 +641,8 @@ async fn serve_plain(
         // tell its protocol) is idle: it goes to the new process of an
         // upgrade, else it closes.
         _ = waiting.wait_for(|stop| *stop) => {
-            if let Some((handoff, listener)) = handoff.filter(|(h, _)| h.is_armed()) {
-                hand_over_fresh(&handoff, listener, stream, first);
+            if let Some((handoff, listener)) = life.handoff.filter(|(h, _)| h.is_armed()) {
+                handoff.hand_tcp(listener, stream, first.freeze(), true);
             }
             return;
         }
@@ -645,9 +667,11 @@ async fn serve_plain(
             prefix: first.freeze(),
             io,
         };
+        // The guards count the connection until it ends.
+        let _life = life;
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
     } else {
-        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, handoff, idle).await;
+        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, life).await;
     }
 }
 
@@ -657,29 +681,7 @@ struct PlainConn {
     /// Bytes already read from it.
     first: BytesMut,
     peer: SocketAddr,
-    handoff: Option<(Handoff, SocketAddr)>,
-    idle: Option<Arc<IdleSignal>>,
-}
-
-/// Passes a connection whose protocol is not told yet to the new process,
-/// with what it sent so far; it closes if that fails.
-fn hand_over_fresh(handoff: &Handoff, listener: SocketAddr, stream: TcpStream, first: BytesMut) {
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot detach a new client connection for the handoff");
-            return;
-        }
-    };
-    let conn = HandedConn {
-        listener,
-        stream,
-        prefix: first.freeze(),
-        fresh: true,
-    };
-    if handoff.hand(conn).is_err() {
-        tracing::debug!("the handoff was closed; closing a new client connection");
-    }
+    life: ConnLife,
 }
 
 /// A TLS connection: HTTP/2 if ALPN chose it, else HTTP/1.1.
@@ -690,7 +692,7 @@ async fn serve_tls(
     builder: &Http2Builder<TokioExecutor>,
     stopped: watch::Receiver<bool>,
     peer: SocketAddr,
-    idle: Option<Arc<IdleSignal>>,
+    life: ConnLife,
 ) {
     let settings = ctx.shared.settings;
     // The handshake reads count as the request head's: the header-read
@@ -715,18 +717,14 @@ async fn serve_tls(
     }
     if session.alpn_protocol() == Some(b"h2") {
         io.set_multiplexed();
+        // The guards count the connection until it ends.
+        let _life = life;
         Box::pin(serve_h2(builder, stream, ctx, stopped, peer)).await;
     } else {
-        // A TLS session cannot move to another process: no handoff.
-        http1_server::serve(
-            ClientIo::Tls(Box::new(stream)),
-            BytesMut::new(),
-            ctx,
-            stopped,
-            None,
-            idle,
-        )
-        .await;
+        // A TLS session cannot move to another process nor park: `serve`
+        // leaves out both.
+        let io = ClientIo::Tls(Box::new(stream));
+        http1_server::serve(io, BytesMut::new(), ctx, stopped, life).await;
     }
 }
 
@@ -770,6 +768,14 @@ async fn serve_h2<I>(
 type BoxedHandling = std::pin::Pin<
     Box<dyn Future<Output = Result<http::Response<crate::body::ResponseBody>, Infallible>> + Send>,
 >;
+
+/// What counts a client connection as open (metrics, its worker's share,
+/// the admission) until dropped, whichever task holds it.
+pub(crate) struct ConnGuards {
+    _metrics: ClientConnection,
+    _open: OpenConnection,
+    _admitted: Option<Admitted>,
+}
 
 /// Counts an open client connection until dropped.
 struct ClientConnection(&'static crate::metrics::ProxyMetrics);
@@ -824,6 +830,7 @@ mod tests {
             builder: connection_builder(),
             handoff: None,
             admission: None,
+            lots: Box::new([]),
         });
         let balance = Arc::new(Balance::new(2));
         let (stop, stopped) = watch::channel(false);

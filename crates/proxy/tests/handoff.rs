@@ -55,8 +55,9 @@ async fn stop_and_receive(proxy: &mut Proxy, handoff: &Handoff) -> HandedConn {
         .expect("a connection handed over")
 }
 
-#[tokio::test]
-async fn an_idle_connection_is_handed_over_at_shutdown_and_served_by_the_adopting_listener() {
+/// One idle connection (idle for `idle_for` after its first request)
+/// handed over at shutdown, then served by the adopting listener.
+async fn idle_connection_handed_over(idle_for: Duration) {
     let backend = Backend::named("ok").await;
     let (router, _) = single_app(backend.addr);
     let handoff = Handoff::default();
@@ -72,10 +73,12 @@ async fn an_idle_connection_is_handed_over_at_shutdown_and_served_by_the_adoptin
         .await
         .expect("write");
     read_ok_response(&mut client).await;
+    tokio::time::sleep(idle_for).await;
 
     let handed = stop_and_receive(&mut old, &handoff).await;
     assert_eq!(handed.listener, old.addr);
     assert!(handed.prefix.is_empty());
+    assert!(!handed.fresh);
     new.adopt(handed).expect("adopted");
     // The old listener is done: nothing of the connection is left there.
     tokio::time::timeout(Duration::from_secs(10), &mut old.task)
@@ -90,6 +93,17 @@ async fn an_idle_connection_is_handed_over_at_shutdown_and_served_by_the_adoptin
         .expect("write on the same connection");
     read_ok_response(&mut client).await;
     assert_eq!(backend.requests(), 2);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_handed_over_at_shutdown_and_served_by_the_adopting_listener() {
+    idle_connection_handed_over(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_parked_idle_connection_is_handed_over_at_shutdown_like_any_idle_one() {
+    // Long enough to have left its task for the parking lot.
+    idle_connection_handed_over(Duration::from_millis(500)).await;
 }
 
 #[tokio::test]

@@ -5,21 +5,10 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{fast_settings, single_app, Backend, Client, Proxy};
+use common::{fast_settings, metric, single_app, Backend, Client, Proxy};
 use cutover_proxy::{AccessLog, AccessLogFormat, AccessLogTarget, Router, ServeOptions, Upstream};
 use http::StatusCode;
 use tokio::net::TcpListener;
-
-/// The value of a sample line of the proxy's metrics starting with `series`.
-fn metric(series: &str) -> Option<f64> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(cutover_proxy::metrics::collector()));
-    let mut text = String::new();
-    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encode");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|rest| rest.trim().parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_behind_a_stalled_writer_drops_and_counts_lines_and_requests_go_on() {

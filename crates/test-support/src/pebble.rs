@@ -27,6 +27,9 @@ pub struct PebbleOptions {
     pub validity_seconds: Option<u64>,
     /// Names pebble refuses to issue for (a rejected order).
     pub blocklist: Vec<String>,
+    /// Names the DNS answerer refuses (NXDOMAIN) from the start, so their
+    /// validation fails; set before anyone can ask for them.
+    pub unresolvable: Vec<String>,
 }
 
 pub struct Pebble {
@@ -74,6 +77,9 @@ impl Pebble {
             ca,
             dns: Dns::start(),
         };
+        for name in &options.unresolvable {
+            pebble.refuse_name(name);
+        }
         pebble.spawn();
         pebble
     }

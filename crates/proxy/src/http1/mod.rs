@@ -13,6 +13,8 @@
 //! - `differential` (tests only): the same generated requests through this
 //!   codec and through hyper's server; any disagreement on where a message
 //!   ends fails, every other disagreement is reported by kind.
+//! - `park`: `ParkingLot`, where idle keep-alive connections wait outside
+//!   any task (their socket, context and guards only) until readable.
 //! - `io`: transports (TCP or TLS, split and rejoined for upgrades),
 //!   `Prefixed` streams, vectored writes.
 
@@ -25,4 +27,5 @@ pub(crate) mod encode;
 mod fuzz;
 pub(crate) mod head;
 pub(crate) mod io;
+pub(crate) mod park;
 pub(crate) mod server;

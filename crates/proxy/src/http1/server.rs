@@ -30,6 +30,9 @@
 //!   between requests; none while a request is being served.
 //! - At `max_connections` an idle connection may be asked to close (oldest
 //!   first, see `admission`): it closes as on its idle timeout.
+//! - A plain TCP connection idle for `park::PARK_AFTER` parks: it leaves its
+//!   task for its listener's `ParkingLot` and resumes in a new task when
+//!   its socket turns readable (see `park`).
 //! - Graceful shutdown: idle connections close at once; a busy one answers
 //!   its request with `Connection: close`, then closes. During an upgrade
 //!   (the listener's `Handoff` armed) a plain TCP connection is handed to
@@ -59,10 +62,12 @@ use super::body::Decoder;
 use super::encode;
 use super::head::{self, BodyLength, HeadError, RequestHead};
 use super::io::{write_chunk, ClientIo, ReadSide, Upgraded, WriteSide};
+use super::park::{Parked, ParkingLot, PARK_AFTER};
 use crate::admission::IdleSignal;
 use crate::body::{ClientBody, ResponseBody};
 use crate::forward::{self, ConnCtx};
-use crate::handoff::{HandedConn, Handoff};
+use crate::handoff::Handoff;
+use crate::server::ConnGuards;
 use crate::settings::deadline_after;
 
 /// Read buffer taken when a request starts arriving.
@@ -98,38 +103,66 @@ struct Reader {
 /// end (the next request can then be read).
 type ReaderSlot = Arc<Mutex<Option<Reader>>>;
 
+/// What a client connection carries for its whole life, whichever task
+/// serves it (between two requests it may park and resume in another).
+pub(crate) struct ConnLife {
+    /// Where it goes at shutdown once an upgrade armed the handoff, tagged
+    /// with its listener's address.
+    pub(crate) handoff: Option<(Handoff, std::net::SocketAddr)>,
+    /// Marks it idle between requests, and asks it to close to make room
+    /// for a new one at `max_connections` (see `admission`).
+    pub(crate) idle: Option<Arc<IdleSignal>>,
+    /// Count it as open until it closes.
+    pub(crate) _guards: ConnGuards,
+    /// Where it waits once idle for a while; `None`: in its task.
+    pub(crate) lot: Option<ParkingLot>,
+}
+
 /// Serves HTTP/1.1 requests on `io` until the client closes, a timeout
 /// passes, or shutdown is asked. `prefix`: bytes already read from it.
-/// `handoff`: where the connection goes at shutdown once armed, tagged with
-/// its listener's address.
 pub(crate) async fn serve(
     io: ClientIo,
     prefix: BytesMut,
     ctx: Arc<ConnCtx>,
     stopped: watch::Receiver<bool>,
-    handoff: Option<(Handoff, std::net::SocketAddr)>,
-    idle: Option<Arc<IdleSignal>>,
+    mut life: ConnLife,
 ) {
-    // Only a plain TCP socket can be handed to another process.
-    let handoff = handoff.filter(|_| matches!(io, ClientIo::Tcp(_)));
-    let (read, write) = io.split();
-    let timer = Box::pin(tokio::time::sleep_until(deadline_after(
-        ctx.shared.settings.header_read_timeout,
-    )));
-    let conn = ServerConn {
-        reader: Some(Reader {
-            io: read,
-            buf: prefix,
-        }),
-        write,
-        timer,
+    // Only a plain TCP socket can be handed to another process or parked.
+    if !matches!(io, ClientIo::Tcp(_)) {
+        life.handoff = None;
+        life.lot = None;
+    }
+    ServerConn::new(io, prefix, ctx, stopped, life, true)
+        .run()
+        .await;
+}
+
+/// Serves a parked connection that turned readable, in a new task of the
+/// current runtime; closes it instead if it was asked to close meanwhile.
+pub(crate) fn resume(parked: Parked, stopped: &watch::Receiver<bool>) {
+    let Parked {
+        stream, ctx, life, ..
+    } = parked;
+    if life.idle.as_ref().is_some_and(|idle| !idle.set_busy()) {
+        return;
+    }
+    let conn = ServerConn::new(
+        ClientIo::Tcp(stream),
+        BytesMut::new(),
         ctx,
-        stopped,
-        first: true,
-        handoff,
-        idle,
-    };
-    conn.run().await;
+        stopped.clone(),
+        life,
+        false,
+    );
+    tokio::spawn(conn.run());
+}
+
+/// A parked connection at shutdown: to the new process if an upgrade armed
+/// the handoff, else closed.
+pub(crate) fn hand_over_parked(parked: Parked) {
+    if let Some((handoff, listener)) = parked.life.handoff.filter(|(h, _)| h.is_armed()) {
+        handoff.hand_tcp(listener, parked.stream, Bytes::new(), false);
+    }
 }
 
 /// Resolves when the connection is asked to close to make room; never
@@ -153,10 +186,7 @@ struct ServerConn {
     stopped: watch::Receiver<bool>,
     /// No request was read yet.
     first: bool,
-    handoff: Option<(Handoff, std::net::SocketAddr)>,
-    /// Marks the connection idle between requests, and asks it to close
-    /// to make room for a new one at `max_connections` (see `admission`).
-    idle: Option<Arc<IdleSignal>>,
+    life: ConnLife,
 }
 
 /// What waiting for the next request brought.
@@ -166,6 +196,8 @@ enum Incoming {
     Closed,
     /// Shutdown while idle: close, or hand the connection over.
     StoppedIdle,
+    /// Idle for `PARK_AFTER`: wait in the parking lot.
+    Park,
 }
 
 /// What the connection does after a response.
@@ -184,12 +216,45 @@ struct Asked {
 }
 
 impl ServerConn {
+    fn new(
+        io: ClientIo,
+        prefix: BytesMut,
+        ctx: Arc<ConnCtx>,
+        stopped: watch::Receiver<bool>,
+        life: ConnLife,
+        first: bool,
+    ) -> ServerConn {
+        let (read, write) = io.split();
+        let timer = Box::pin(tokio::time::sleep_until(deadline_after(
+            ctx.shared.settings.header_read_timeout,
+        )));
+        ServerConn {
+            reader: Some(Reader {
+                io: read,
+                buf: prefix,
+            }),
+            write,
+            timer,
+            ctx,
+            stopped,
+            first,
+            life,
+        }
+    }
+
     async fn run(mut self) {
         loop {
             let head = match self.read_head().await {
                 Ok(Incoming::Head(head)) => head,
                 Ok(Incoming::Closed) => return,
                 Ok(Incoming::StoppedIdle) => return self.hand_over_or_close(),
+                Ok(Incoming::Park) => match self.park() {
+                    Some(conn) => {
+                        self = conn;
+                        continue;
+                    }
+                    None => return,
+                },
                 Err(bad) => {
                     let _ = self.write_error(bad).await;
                     return;
@@ -227,14 +292,67 @@ impl ServerConn {
     /// Whether this connection goes to the new process at its next request
     /// boundary: an upgrade armed the handoff (only plain TCP has one).
     fn hands_over(&self) -> bool {
-        self.handoff.as_ref().is_some_and(|(h, _)| h.is_armed())
+        self.life
+            .handoff
+            .as_ref()
+            .is_some_and(|(h, _)| h.is_armed())
+    }
+
+    /// Leaves the task for the parking lot. Gives the connection back when
+    /// it cannot park (a request or the close arrived already: serve on;
+    /// the lot shut down: it waits here from now on); `None`: parked, or
+    /// closed.
+    fn park(self) -> Option<ServerConn> {
+        let ServerConn {
+            reader,
+            write,
+            ctx,
+            stopped,
+            life,
+            ..
+        } = self;
+        let (Some(lot), Some(reader)) = (life.lot.clone(), reader) else {
+            return None;
+        };
+        let Some(ClientIo::Tcp(stream)) = ClientIo::rejoin(reader.io, write) else {
+            return None;
+        };
+        let remaining = ctx.shared.settings.idle_timeout.saturating_sub(PARK_AFTER);
+        let parked = Parked {
+            stream,
+            ctx,
+            life,
+            deadline: deadline_after(remaining),
+        };
+        let Parked {
+            stream,
+            ctx,
+            mut life,
+            ..
+        } = lot.park(parked)?;
+        // Marked idle when it started waiting: busy again, unless it was
+        // asked to close meanwhile (then it closes).
+        if life.idle.as_ref().is_some_and(|idle| !idle.set_busy()) {
+            return None;
+        }
+        if lot.is_closed() {
+            life.lot = None;
+        }
+        Some(ServerConn::new(
+            ClientIo::Tcp(stream),
+            BytesMut::new(),
+            ctx,
+            stopped,
+            life,
+            false,
+        ))
     }
 
     /// Stopping between two requests: the socket and the bytes read ahead
     /// go to the new process if an upgrade armed the handoff; otherwise (or
     /// if nobody takes it) the connection closes as it is dropped.
     fn hand_over_or_close(self) {
-        let Some((handoff, listener)) = self.handoff.clone() else {
+        let Some((handoff, listener)) = self.life.handoff.clone() else {
             return;
         };
         if !handoff.is_armed() {
@@ -242,25 +360,8 @@ impl ServerConn {
         }
         let Some(reader) = self.reader else { return };
         let prefix = reader.buf.freeze();
-        let Some(ClientIo::Tcp(stream)) = ClientIo::rejoin(reader.io, self.write) else {
-            return;
-        };
-        // Leaves this event loop's registration; the socket stays open.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot detach a client connection for the handoff");
-                return;
-            }
-        };
-        let conn = HandedConn {
-            listener,
-            stream,
-            prefix,
-            fresh: false,
-        };
-        if handoff.hand(conn).is_err() {
-            tracing::debug!("the handoff was closed; closing an idle client connection");
+        if let Some(ClientIo::Tcp(stream)) = ClientIo::rejoin(reader.io, self.write) {
+            handoff.hand_tcp(listener, stream, prefix, false);
         }
     }
 
@@ -276,11 +377,26 @@ impl ServerConn {
         // (moving a deadline earlier costs a timer re-registration; later is
         // cheap).
         let mut header_clock = self.first || !reader.buf.is_empty();
+        // An idle wait that would outlast `PARK_AFTER` ends in the parking
+        // lot instead (the lot keeps the rest of the idle timeout).
+        let parks = self.life.lot.is_some() && settings.idle_timeout > PARK_AFTER;
+        let idle_wait = if parks {
+            PARK_AFTER
+        } else {
+            settings.idle_timeout
+        };
         self.timer.as_mut().reset(deadline_after(if header_clock {
             settings.header_read_timeout
         } else {
-            settings.idle_timeout
+            idle_wait
         }));
+        let idle_over = || {
+            if parks {
+                Incoming::Park
+            } else {
+                Incoming::Closed
+            }
+        };
         loop {
             if !reader.buf.is_empty() {
                 if let Some(head) = head::parse_request(&mut reader.buf)? {
@@ -294,19 +410,21 @@ impl ServerConn {
                 }
             } else if !header_clock {
                 // Idle: wait without a buffer.
-                if self.idle.as_ref().is_some_and(|idle| !idle.set_idle()) {
+                let idle = self.life.idle.as_deref();
+                if idle.is_some_and(|idle| !idle.set_idle()) {
                     return Ok(Incoming::Closed);
                 }
                 tokio::select! {
                     biased;
                     ready = reader.io.readable() => if ready.is_err() { return Ok(Incoming::Closed) },
-                    () = self.timer.as_mut() => return Ok(Incoming::Closed),
+                    // Still marked idle: it parks (or closes) as such.
+                    () = self.timer.as_mut() => return Ok(idle_over()),
                     _ = self.stopped.wait_for(|stop| *stop) => return Ok(Incoming::StoppedIdle),
-                    () = asked_to_close(self.idle.as_deref()) => return Ok(Incoming::Closed),
+                    () = asked_to_close(idle) => return Ok(Incoming::Closed),
                 }
                 // Closed to make room while it woke up: the request is
                 // not read (the client sees the close, as after a timeout).
-                if self.idle.as_ref().is_some_and(|idle| !idle.set_busy()) {
+                if idle.is_some_and(|idle| !idle.set_busy()) {
                     return Ok(Incoming::Closed);
                 }
             }
@@ -317,9 +435,15 @@ impl ServerConn {
                 biased;
                 read = reader.io.read_buf(&mut reader.buf) => read,
                 () = self.timer.as_mut() => {
-                    if header_clock {
-                        tracing::debug!("client did not send a complete request head in time");
+                    if !header_clock {
+                        // Readable, but nothing came (or only the idle
+                        // clock ran): idle as before.
+                        if self.life.idle.as_deref().is_some_and(|idle| !idle.set_idle()) {
+                            return Ok(Incoming::Closed);
+                        }
+                        return Ok(idle_over());
                     }
+                    tracing::debug!("client did not send a complete request head in time");
                     return Ok(Incoming::Closed);
                 }
             };

@@ -303,3 +303,15 @@ pub fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
         .body(Full::new(Bytes::new()))
         .expect("request")
 }
+
+/// The value of a sample line of this process's proxy metrics starting
+/// with `series`.
+pub fn metric(series: &str) -> Option<f64> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(cutover_proxy::metrics::collector()));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encode");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+}
