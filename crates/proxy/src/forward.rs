@@ -53,9 +53,21 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct ConnCtx {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: std::net::IpAddr,
     /// The client's IP address, formatted once.
     pub(crate) client_ip: HeaderValue,
     pub(crate) activity: Arc<ConnActivity>,
+}
+
+impl ConnCtx {
+    pub(crate) fn new(shared: Arc<Shared>, peer: std::net::IpAddr) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx {
+            shared,
+            peer,
+            client_ip: crate::headers::client_ip_value(peer),
+            activity: Arc::new(ConnActivity::default()),
+        })
+    }
 }
 
 /// Answers one client request; never fails (errors become responses).

@@ -100,13 +100,22 @@ impl Handoff {
         fresh: bool,
     ) {
         // Leaves this event loop's registration; the socket stays open.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
+        match stream.into_std() {
+            Ok(stream) => self.hand_std(listener, stream, prefix, fresh),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot detach a client connection for the handoff");
-                return;
             }
-        };
+        }
+    }
+
+    /// [`Handoff::hand_tcp`] for a socket outside any event loop.
+    pub(crate) fn hand_std(
+        &self,
+        listener: SocketAddr,
+        stream: std::net::TcpStream,
+        prefix: Bytes,
+        fresh: bool,
+    ) {
         let conn = HandedConn {
             listener,
             stream,

@@ -24,14 +24,13 @@ use tokio::sync::{watch, Notify};
 use crate::access_log::AccessLog;
 use crate::admission::{Admission, Admitted, Refused};
 use crate::body::ClientBody;
-use crate::conn_io::{ConnActivity, TimedIo};
+use crate::conn_io::TimedIo;
 use crate::error::ProxyError;
 use crate::forward::{self, ConnCtx, Shared};
 use crate::handoff::{HandedConn, Handoff, Intake};
-use crate::headers;
 use crate::http1::io::{ClientIo, Prefixed};
 use crate::http1::park::ParkingLot;
-use crate::http1::server::{self as http1_server, ConnLife};
+use crate::http1::server::{self as http1_server, ConnLife, Exits};
 use crate::router::Router;
 use crate::settings::ProxySettings;
 use crate::tls::Tls;
@@ -151,15 +150,19 @@ async fn serve_listener(
     };
     // One parking lot per worker for idle plain HTTP/1.1 connections (a
     // TLS session cannot wait outside its task).
+    let handoff = options.handoff.map(|handoff| (handoff, local));
     let lots: Box<[ParkingLot]> = match options.tls {
-        None => handles.iter().map(|_| ParkingLot::new()).collect(),
+        None => handles
+            .iter()
+            .filter_map(|_| parking_lot(handoff.clone()))
+            .collect(),
         Some(_) => Box::new([]),
     };
     let acceptor = Arc::new(Acceptor {
         shared,
         tls: options.tls,
         builder: connection_builder(),
-        handoff: options.handoff.map(|handoff| (handoff, local)),
+        handoff,
         admission: options.admission,
         lots,
     });
@@ -216,6 +219,14 @@ async fn serve_listener(
     Ok(())
 }
 
+/// A parking lot for idle connections; `None` (they wait in their tasks)
+/// if the system refuses one more epoll set.
+fn parking_lot(handoff: Option<(Handoff, SocketAddr)>) -> Option<ParkingLot> {
+    ParkingLot::new(handoff)
+        .inspect_err(|e| tracing::warn!(error = %e, "idle connections cannot park"))
+        .ok()
+}
+
 /// What every connection of one listener is served with.
 struct Acceptor {
     shared: Arc<Shared>,
@@ -225,7 +236,8 @@ struct Acceptor {
     /// the listener's address they are tagged with.
     handoff: Option<(Handoff, SocketAddr)>,
     admission: Option<Admission>,
-    /// Per worker (accept loop slot); empty on a TLS listener.
+    /// Per worker (accept loop slot); empty on a TLS listener (or if
+    /// none could be made).
     lots: Box<[ParkingLot]>,
 }
 
@@ -553,21 +565,19 @@ fn spawn_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
     }
-    let ctx = Arc::new(ConnCtx {
-        shared: Arc::clone(&acceptor.shared),
-        client_ip: headers::client_ip_value(peer.ip()),
-        activity: Arc::new(ConnActivity::default()),
-    });
+    let ctx = ConnCtx::new(Arc::clone(&acceptor.shared), peer.ip());
     let acceptor = Arc::clone(acceptor);
     let stopped = stopped.clone();
     let metrics = crate::metrics::global();
     metrics
         .client_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let life = ConnLife {
+    let exits = Exits {
         handoff: acceptor.handoff.clone(),
-        idle: admitted.as_ref().map(Admitted::signal),
         lot: acceptor.lots.get(open.slot).cloned(),
+    };
+    let life = ConnLife {
+        idle: admitted.as_ref().map(Admitted::signal),
         _guards: ConnGuards {
             _metrics: ClientConnection(metrics),
             _open: open,
@@ -582,7 +592,7 @@ fn spawn_connection(
                 fresh: false,
             }) => {
                 let io = ClientIo::Tcp(stream);
-                return http1_server::serve(io, prefix, ctx, stopped, life).await;
+                return http1_server::serve(io, prefix, ctx, stopped, life, exits).await;
             }
             Some(Adopted {
                 prefix,
@@ -597,6 +607,7 @@ fn spawn_connection(
                     first,
                     peer,
                     life,
+                    exits,
                 };
                 serve_plain(conn, ctx, builder, stopped).await
             }
@@ -623,6 +634,7 @@ async fn serve_plain(
         mut first,
         peer,
         life,
+        exits,
     } = conn;
     let settings = ctx.shared.settings;
     let mut waiting = stopped.clone();
@@ -641,7 +653,7 @@ async fn serve_plain(
         // tell its protocol) is idle: it goes to the new process of an
         // upgrade, else it closes.
         _ = waiting.wait_for(|stop| *stop) => {
-            if let Some((handoff, listener)) = life.handoff.filter(|(h, _)| h.is_armed()) {
+            if let Some((handoff, listener)) = exits.handoff.filter(|(h, _)| h.is_armed()) {
                 handoff.hand_tcp(listener, stream, first.freeze(), true);
             }
             return;
@@ -671,7 +683,7 @@ async fn serve_plain(
         let _life = life;
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
     } else {
-        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, life).await;
+        http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, life, exits).await;
     }
 }
 
@@ -682,6 +694,7 @@ struct PlainConn {
     first: BytesMut,
     peer: SocketAddr,
     life: ConnLife,
+    exits: Exits,
 }
 
 /// A TLS connection: HTTP/2 if ALPN chose it, else HTTP/1.1.
@@ -724,7 +737,8 @@ async fn serve_tls(
         // A TLS session cannot move to another process nor park: `serve`
         // leaves out both.
         let io = ClientIo::Tls(Box::new(stream));
-        http1_server::serve(io, BytesMut::new(), ctx, stopped, life).await;
+        let exits = Exits::default();
+        http1_server::serve(io, BytesMut::new(), ctx, stopped, life, exits).await;
     }
 }
 

@@ -106,15 +106,21 @@ type ReaderSlot = Arc<Mutex<Option<Reader>>>;
 /// What a client connection carries for its whole life, whichever task
 /// serves it (between two requests it may park and resume in another).
 pub(crate) struct ConnLife {
-    /// Where it goes at shutdown once an upgrade armed the handoff, tagged
-    /// with its listener's address.
-    pub(crate) handoff: Option<(Handoff, std::net::SocketAddr)>,
     /// Marks it idle between requests, and asks it to close to make room
     /// for a new one at `max_connections` (see `admission`).
     pub(crate) idle: Option<Arc<IdleSignal>>,
     /// Count it as open until it closes.
     pub(crate) _guards: ConnGuards,
-    /// Where it waits once idle for a while; `None`: in its task.
+}
+
+/// Where an idle connection can go, by its listener and worker.
+#[derive(Clone, Default)]
+pub(crate) struct Exits {
+    /// To the new process at shutdown once an upgrade armed the handoff,
+    /// tagged with its listener's address.
+    pub(crate) handoff: Option<(Handoff, std::net::SocketAddr)>,
+    /// To its worker's parking lot once idle for a while; `None`: it waits
+    /// in its task.
     pub(crate) lot: Option<ParkingLot>,
 }
 
@@ -125,44 +131,54 @@ pub(crate) async fn serve(
     prefix: BytesMut,
     ctx: Arc<ConnCtx>,
     stopped: watch::Receiver<bool>,
-    mut life: ConnLife,
+    life: ConnLife,
+    exits: Exits,
 ) {
     // Only a plain TCP socket can be handed to another process or parked.
-    if !matches!(io, ClientIo::Tcp(_)) {
-        life.handoff = None;
-        life.lot = None;
-    }
-    ServerConn::new(io, prefix, ctx, stopped, life, true)
+    let exits = match io {
+        ClientIo::Tcp(_) => exits,
+        ClientIo::Tls(_) => Exits::default(),
+    };
+    ServerConn::new(io, prefix, ctx, stopped, life, exits, true)
         .run()
         .await;
 }
 
-/// Serves a parked connection that turned readable, in a new task of the
-/// current runtime; closes it instead if it was asked to close meanwhile.
-pub(crate) fn resume(parked: Parked, stopped: &watch::Receiver<bool>) {
+/// Serves a parked connection that turned readable (or was asked to close),
+/// in a new task of the current runtime; it closes instead if it was asked
+/// to close, or cannot rejoin the event loop.
+pub(crate) fn resume(parked: Parked, lot: &ParkingLot, stopped: &watch::Receiver<bool>) {
     let Parked {
-        stream, ctx, life, ..
+        stream,
+        listener,
+        peer,
+        life,
     } = parked;
     if life.idle.as_ref().is_some_and(|idle| !idle.set_busy()) {
         return;
     }
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(error = %e, "a parked connection cannot rejoin the event loop");
+            return;
+        }
+    };
+    let exits = Exits {
+        handoff: lot.handoff(),
+        lot: Some(lot.clone()),
+    };
+    let ctx = ConnCtx::new(listener, peer);
     let conn = ServerConn::new(
         ClientIo::Tcp(stream),
         BytesMut::new(),
         ctx,
         stopped.clone(),
         life,
+        exits,
         false,
     );
     tokio::spawn(conn.run());
-}
-
-/// A parked connection at shutdown: to the new process if an upgrade armed
-/// the handoff, else closed.
-pub(crate) fn hand_over_parked(parked: Parked) {
-    if let Some((handoff, listener)) = parked.life.handoff.filter(|(h, _)| h.is_armed()) {
-        handoff.hand_tcp(listener, parked.stream, Bytes::new(), false);
-    }
 }
 
 /// Resolves when the connection is asked to close to make room; never
@@ -187,6 +203,7 @@ struct ServerConn {
     /// No request was read yet.
     first: bool,
     life: ConnLife,
+    exits: Exits,
 }
 
 /// What waiting for the next request brought.
@@ -222,6 +239,7 @@ impl ServerConn {
         ctx: Arc<ConnCtx>,
         stopped: watch::Receiver<bool>,
         life: ConnLife,
+        exits: Exits,
         first: bool,
     ) -> ServerConn {
         let (read, write) = io.split();
@@ -239,6 +257,7 @@ impl ServerConn {
             stopped,
             first,
             life,
+            exits,
         }
     }
 
@@ -292,16 +311,15 @@ impl ServerConn {
     /// Whether this connection goes to the new process at its next request
     /// boundary: an upgrade armed the handoff (only plain TCP has one).
     fn hands_over(&self) -> bool {
-        self.life
+        self.exits
             .handoff
             .as_ref()
             .is_some_and(|(h, _)| h.is_armed())
     }
 
     /// Leaves the task for the parking lot. Gives the connection back when
-    /// it cannot park (a request or the close arrived already: serve on;
-    /// the lot shut down: it waits here from now on); `None`: parked, or
-    /// closed.
+    /// it cannot park (the lot shut down: it waits here from now on);
+    /// `None`: parked, or closed.
     fn park(self) -> Option<ServerConn> {
         let ServerConn {
             reader,
@@ -309,41 +327,43 @@ impl ServerConn {
             ctx,
             stopped,
             life,
+            mut exits,
             ..
         } = self;
-        let (Some(lot), Some(reader)) = (life.lot.clone(), reader) else {
+        let (Some(lot), Some(reader)) = (exits.lot.clone(), reader) else {
             return None;
         };
         let Some(ClientIo::Tcp(stream)) = ClientIo::rejoin(reader.io, write) else {
             return None;
         };
-        let remaining = ctx.shared.settings.idle_timeout.saturating_sub(PARK_AFTER);
+        // Leaves this event loop: the lot watches it from now on.
+        let stream = stream
+            .into_std()
+            .inspect_err(|e| tracing::debug!(error = %e, "cannot park a client connection"))
+            .ok()?;
+        let settings = &ctx.shared.settings;
+        let deadline = deadline_after(settings.idle_timeout.saturating_sub(PARK_AFTER));
         let parked = Parked {
             stream,
-            ctx,
+            listener: Arc::clone(&ctx.shared),
+            peer: ctx.peer,
             life,
-            deadline: deadline_after(remaining),
         };
-        let Parked {
-            stream,
-            ctx,
-            mut life,
-            ..
-        } = lot.park(parked)?;
+        let Parked { stream, life, .. } = lot.park(parked, deadline)?;
         // Marked idle when it started waiting: busy again, unless it was
         // asked to close meanwhile (then it closes).
         if life.idle.as_ref().is_some_and(|idle| !idle.set_busy()) {
             return None;
         }
-        if lot.is_closed() {
-            life.lot = None;
-        }
+        exits.lot = None;
+        let stream = tokio::net::TcpStream::from_std(stream).ok()?;
         Some(ServerConn::new(
             ClientIo::Tcp(stream),
             BytesMut::new(),
             ctx,
             stopped,
             life,
+            exits,
             false,
         ))
     }
@@ -352,7 +372,7 @@ impl ServerConn {
     /// go to the new process if an upgrade armed the handoff; otherwise (or
     /// if nobody takes it) the connection closes as it is dropped.
     fn hand_over_or_close(self) {
-        let Some((handoff, listener)) = self.life.handoff.clone() else {
+        let Some((handoff, listener)) = self.exits.handoff.clone() else {
             return;
         };
         if !handoff.is_armed() {
@@ -379,7 +399,7 @@ impl ServerConn {
         let mut header_clock = self.first || !reader.buf.is_empty();
         // An idle wait that would outlast `PARK_AFTER` ends in the parking
         // lot instead (the lot keeps the rest of the idle timeout).
-        let parks = self.life.lot.is_some() && settings.idle_timeout > PARK_AFTER;
+        let parks = self.exits.lot.is_some() && settings.idle_timeout > PARK_AFTER;
         let idle_wait = if parks {
             PARK_AFTER
         } else {
