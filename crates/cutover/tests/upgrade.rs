@@ -458,7 +458,7 @@ fn upgrade_with_a_changed_listen_keeps_the_kept_listeners_clients_serves_the_new
     let on_kept = Load::start(kept, 8, usize::MAX, bound);
     let on_dropped = Load::start(dropped, 2, usize::MAX, bound);
     eventually(Duration::from_secs(10), "load on both listeners", || {
-        on_kept.answered() > 50 && on_dropped.answered() > 10
+        on_kept.answered() > 500 && on_dropped.answered() > 50
     });
     assert!(
         http::try_get(added, "/").is_err(),
@@ -485,7 +485,7 @@ fn upgrade_with_a_changed_listen_keeps_the_kept_listeners_clients_serves_the_new
     eventually(
         Duration::from_secs(10),
         "the new process answering on the kept listener",
-        || on_kept.answered() > answered_before + 200,
+        || on_kept.answered() > answered_before + 500,
     );
     let (on_kept, on_dropped) = (on_kept.stop(), on_dropped.stop());
 
@@ -510,6 +510,14 @@ fn upgrade_with_a_changed_listen_keeps_the_kept_listeners_clients_serves_the_new
     );
     let log = daemon.serve_log();
     assert!(log.contains("took over from pid"), "{log}");
+    let passed = log
+        .split_once(" idle connection(s) passed on")
+        .and_then(|(before, _)| before.rsplit_once('(')?.1.parse::<usize>().ok());
+    println!("idle connections passed to the new process: {passed:?}");
+    assert!(
+        passed.is_some_and(|n| n > 0),
+        "the kept listener's connections went over: {log}"
+    );
 }
 
 /// nginx as the front (cutover has no listener of its own): three
