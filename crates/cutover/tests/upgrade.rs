@@ -442,8 +442,9 @@ fn set_listen(daemon: &Daemon, ports: &[u16]) {
 
 /// An upgrade after `[proxy] listen` was edited from [kept, dropped] to
 /// [kept, added]: the kept listener's keep-alive clients fail no request,
-/// the added address serves, the dropped one closes once the old process
-/// has finished, and exactly one process serves.
+/// the added address serves, the dropped one refuses connections as soon
+/// as the old process stops accepting (while it still finishes a slow
+/// request, which completes), and exactly one process serves after.
 #[test]
 fn upgrade_with_a_changed_listen_keeps_the_kept_listeners_clients_serves_the_new_and_closes_the_dropped(
 ) {
@@ -465,12 +466,11 @@ fn upgrade_with_a_changed_listen_keeps_the_kept_listeners_clients_serves_the_new
         "{added} serves before the upgrade"
     );
 
+    let slow = std::thread::spawn(move || http::get(kept, "/slow?ms=5000"));
+    std::thread::sleep(Duration::from_millis(300));
+
     set_listen(&daemon, &[kept, added]);
     let new = assert_upgraded(&mut daemon, 1);
-    eventually(Duration::from_secs(20), "the old process to exit", || {
-        !daemon.is_serve_process(first)
-    });
-    assert!(daemon.is_serve_process(new));
     assert_eq!(
         http::get(added, "/").text().trim(),
         "version=v1",
@@ -481,6 +481,19 @@ fn upgrade_with_a_changed_listen_keeps_the_kept_listeners_clients_serves_the_new
         "the dropped address closed",
         || std::net::TcpStream::connect(("127.0.0.1", dropped)).is_err(),
     );
+    assert!(
+        daemon.is_serve_process(first),
+        "the old process still finishes the slow request: the dropped address closed before it exits"
+    );
+    let slow = slow.join().unwrap();
+    assert_eq!(
+        (slow.status, slow.text().trim()),
+        (200, "version=v1 slept=5000")
+    );
+    eventually(Duration::from_secs(20), "the old process to exit", || {
+        !daemon.is_serve_process(first)
+    });
+    assert!(daemon.is_serve_process(new));
     let answered_before = on_kept.answered();
     eventually(
         Duration::from_secs(10),
