@@ -199,13 +199,19 @@ fn docker_config(
         stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
         keep_images: raw.keep_images.as_ref().map_or(Ok(3), keep_images)?,
         registry: registry_auth(raw, base)?,
-        socket: raw.socket.as_ref().map(|s| base.join(s)),
+        socket: raw.socket.as_deref().map(|s| engine_socket(s, base)),
         advertise: raw
             .advertise
             .as_ref()
             .map(crate::model::advertise)
             .transpose()?,
     })
+}
+
+/// An engine socket as written (`/path`, a path relative to the config, or
+/// `unix:///path` as in `DOCKER_HOST` and the README) as a path.
+pub(crate) fn engine_socket(written: &str, base: &Path) -> PathBuf {
+    base.join(written.strip_prefix("unix://").unwrap_or(written))
 }
 
 pub(crate) fn check_container_names(app: &str, span: Range<usize>) -> Result<(), Located> {

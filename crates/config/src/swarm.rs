@@ -104,7 +104,10 @@ fn swarm_config(
         labels: crate::docker::labels(raw.labels.as_ref())?,
         networks: networks(raw.networks.as_ref())?,
         stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
-        socket: raw.socket.as_ref().map(|s| base.join(s)),
+        socket: raw
+            .socket
+            .as_deref()
+            .map(|s| crate::docker::engine_socket(s, base)),
     })
 }
 
@@ -213,5 +216,24 @@ socket = "/run/docker.sock"
         let defaults = parse(r#"image = "web:{version}""#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((defaults.port, defaults.replicas), (8080, 1));
         assert!(defaults.constraints.is_empty() && defaults.networks.is_empty());
+    }
+
+    #[test]
+    fn a_socket_written_as_a_unix_url_or_a_relative_path_is_a_path() {
+        let socket = |written: &str| {
+            parse(&format!(
+                "image = \"web:{{version}}\"\nsocket = \"{written}\""
+            ))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .socket
+        };
+        assert_eq!(
+            socket("unix:///var/run/docker.sock"),
+            Some(PathBuf::from("/var/run/docker.sock"))
+        );
+        assert_eq!(
+            socket("run/docker.sock"),
+            Some(PathBuf::from("/srv/run/docker.sock"))
+        );
     }
 }

@@ -434,12 +434,17 @@ impl Daemon {
     /// connection to it at a request boundary, finish requests, streams and
     /// tunnels in flight (within the drain bound), leave the admin socket
     /// file to the new process, and exit.
-    async fn hand_over_and_drain(self, config: &Config, handed: HandedOver) -> Outcome {
+    async fn hand_over_and_drain(mut self, config: &Config, handed: HandedOver) -> Outcome {
         self.keep_admin_file.keep();
         let (connections, handed_conns) = std::sync::mpsc::channel();
         self.proxies.handoff.arm(connections);
         let forwarding = handover::forward_connections(handed.stream, handed_conns);
         let _ = self.stop.send(true);
+        // The new process holds the listeners it kept. One its config
+        // dropped must close once this process stops accepting, not when
+        // it exits: until then the kernel would queue connections on it
+        // that nobody accepts.
+        drop(std::mem::take(&mut self.upgrader.listeners));
         let grace = drain_grace(config);
         let tunnels = wait_for_tunnels(self.router.clone(), config, grace);
         tokio::join!(shut_down(config, self.proxies.tasks, &self.engine), tunnels);

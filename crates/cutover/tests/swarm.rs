@@ -14,7 +14,7 @@ mod common;
 use common::nginx::{FrontOptions, NginxFront};
 use common::Daemon;
 use cutover_test_support::docker::{build_image, docker_ok, unique};
-use cutover_test_support::load::{Load, LoadReport};
+use cutover_test_support::load::{ClientOptions, Load, LoadReport};
 use cutover_test_support::swarm::{
     require_swarm, service_names, services, task_containers, SwarmCleanup, WorkerNode,
 };
@@ -49,6 +49,33 @@ env = {{ SHOW_HOST = "1" }}
     )
 }
 
+/// An `[[app]]` table of a swarm app with `app_keys` in it and
+/// `swarm_extra` in its `[app.swarm]`.
+fn app_table(
+    app: &str,
+    repository: &str,
+    deploy_timeout: &str,
+    app_keys: &str,
+    swarm_extra: &str,
+) -> String {
+    format!(
+        r#"
+[[app]]
+name = "{app}"
+drain_timeout = "10s"
+{app_keys}
+
+[app.health]
+path = "/health"
+deploy_timeout = "{deploy_timeout}"
+interval = "500ms"
+
+{swarm}
+"#,
+        swarm = swarm_section(repository, swarm_extra),
+    )
+}
+
 /// Keeps a test's tasks on this node (the manager): the cross-node test
 /// adds a worker that has only its own images.
 const ON_THIS_NODE: &str = r#"constraints = ["node.role == manager"]"#;
@@ -68,21 +95,12 @@ impl SwarmApp {
         require_swarm();
         let app = unique(prefix);
         let repository = format!("cutover-test/{app}");
-        let daemon = Daemon::start_with_apps(&format!(
-            r#"
-[[app]]
-name = "{app}"
-drain_timeout = "10s"
-{app_keys}
-
-[app.health]
-path = "/health"
-deploy_timeout = "{deploy_timeout}"
-interval = "500ms"
-
-{swarm}
-"#,
-            swarm = swarm_section(&repository, swarm_extra),
+        let daemon = Daemon::start_with_apps(&app_table(
+            &app,
+            &repository,
+            deploy_timeout,
+            app_keys,
+            swarm_extra,
         ));
         let cleanup = SwarmCleanup::new(&daemon.state_dir(), &[&repository]);
         SwarmApp {
@@ -124,6 +142,21 @@ interval = "500ms"
             LOAD_MAX_REQUESTS,
             LOAD_MAX_TIME,
         )
+    }
+
+    /// Waits until the current deployment is in `state`; returns its id.
+    fn wait_state(&self, state: &str) -> i64 {
+        let mut id = 0;
+        eventually(
+            Duration::from_secs(60),
+            &format!("a deployment in state {state}"),
+            || {
+                let current = self.status()["current_deployment"].clone();
+                id = current["id"].as_i64().unwrap_or(0);
+                current["state"] == state
+            },
+        );
+        id
     }
 
     /// Waits until the proxy answers `/` with `version` (from any task).
@@ -595,4 +628,311 @@ fn assert_v2_then_v1(report: &LoadReport) {
             "{versions:?}"
         );
     }
+}
+
+/// Whether every answer in `report` came from `version` (any task).
+fn only_version(report: &LoadReport, version: &str) -> bool {
+    let prefix = format!("{version} host=");
+    report
+        .clients
+        .iter()
+        .all(|c| c.versions.iter().all(|v| v.starts_with(&prefix)))
+}
+
+/// A few keep-alive clients with these options, each sending `requests`.
+fn clients_with(t: &SwarmApp, clients: usize, requests: usize, options: ClientOptions) -> Load {
+    Load::start_with(
+        t.daemon.proxy_port,
+        clients,
+        requests,
+        LOAD_MAX_TIME,
+        options,
+    )
+}
+
+/// Preview and manual promotion with two tasks per release: while v2
+/// awaits promotion, requests carrying the preview header reach both v2
+/// tasks and only them, the others both v1 tasks; `cutover promote` then
+/// moves everyone to both v2 tasks, with no failed request under
+/// keep-alive load, and the v1 service is removed.
+#[test]
+fn swarm_preview_reaches_both_new_tasks_and_promote_switches_all_traffic_without_failures() {
+    let t = SwarmApp::start_with("sw-preview", "30s", r#"promotion = "manual""#, ON_THIS_NODE);
+    build_image(&[&t.image("v1"), &t.image("v2")], "Dockerfile", &[]);
+    t.daemon
+        .ok(&["deploy", &t.app, "--version", "v1", "--no-wait"]);
+    t.wait_state("awaiting_promotion");
+    t.daemon.ok(&["promote", &t.app]);
+    t.wait_serving("v1");
+    t.daemon
+        .ok(&["deploy", &t.app, "--version", "v2", "--no-wait"]);
+    t.wait_state("awaiting_promotion");
+
+    let preview = ClientOptions {
+        header: Some(("X-Cutover-Preview".into(), "1".into())),
+        ..ClientOptions::default()
+    };
+    let previewing = clients_with(&t, 4, 400, preview);
+    let regular = clients_with(&t, 4, 400, ClientOptions::default());
+    let (previewing, regular) = (previewing.stop_when_done(), regular.stop_when_done());
+    assert_eq!(previewing.failures(), Vec::<&str>::new());
+    assert_eq!(regular.failures(), Vec::<&str>::new());
+    assert!(only_version(&previewing, "v2"), "a preview reached v1");
+    assert!(only_version(&regular, "v1"), "normal traffic reached v2");
+    let (preview_hosts, regular_hosts) = (hosts_of(&previewing, "v2"), hosts_of(&regular, "v1"));
+    assert_eq!(
+        preview_hosts.len(),
+        2,
+        "both v2 tasks previewed: {preview_hosts:?}"
+    );
+    assert_eq!(
+        regular_hosts.len(),
+        2,
+        "both v1 tasks served: {regular_hosts:?}"
+    );
+    assert_eq!(t.status()["live_version"], "v1");
+    assert_eq!(t.services().len(), 2, "v2 runs beside v1 until promoted");
+
+    let load = t.load();
+    std::thread::sleep(Duration::from_millis(1000));
+    t.daemon.ok(&["promote", &t.app]);
+    eventually(Duration::from_secs(30), "v2 promoted", || {
+        t.history()[0]["state"] == "succeeded"
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = load.stop();
+
+    assert_eq!(
+        report.failures(),
+        Vec::<&str>::new(),
+        "failed requests at the promotion"
+    );
+    assert_v1_then_v2(&report);
+    let (v1_hosts, v2_hosts) = (hosts_of(&report, "v1"), hosts_of(&report, "v2"));
+    assert_eq!(
+        (v1_hosts.len(), v2_hosts.len()),
+        (2, 2),
+        "{v1_hosts:?} then {v2_hosts:?}"
+    );
+    assert_eq!(
+        v2_hosts, preview_hosts,
+        "the previewed tasks are the ones promoted"
+    );
+    eventually(Duration::from_secs(20), "v1's service removed", || {
+        t.services() == [format!("{}-green", t.app)]
+    });
+    println!(
+        "preview: {} requests (all v2), regular: {} (all v1); promotion under load: {} requests, 0 failed",
+        previewing.requests(),
+        regular.requests(),
+        report.requests()
+    );
+}
+
+/// A gradual sticky shift with two tasks per release: at the 50 % step,
+/// clients without a cookie reach both v1 tasks and both v2 tasks, a
+/// client that keeps its cookie stays on one release; at the end only the
+/// v2 tasks answer; keep-alive clients across the whole shift fail no
+/// request.
+#[test]
+fn swarm_gradual_shift_spreads_over_both_releases_tasks_keeps_sticky_clients_and_ends_on_v2() {
+    let t = SwarmApp::start_with(
+        "sw-shift",
+        "30s",
+        r#"shift = { steps = [50, 100], every = "10s" }"#,
+        ON_THIS_NODE,
+    );
+    build_image(&[&t.image("v1"), &t.image("v2")], "Dockerfile", &[]);
+    t.deploy("v1");
+    t.wait_serving("v1");
+
+    let whole_shift = t.load();
+    t.daemon
+        .ok(&["deploy", &t.app, "--version", "v2", "--no-wait"]);
+    let id = t.wait_state("switching");
+    let marker = "50% of new clients";
+    eventually(Duration::from_secs(30), marker, || {
+        t.daemon
+            .event_messages(id)
+            .iter()
+            .any(|m| m.contains(marker))
+    });
+    let events_before = t.daemon.event_messages(id);
+    let anonymous = clients_with(
+        &t,
+        4,
+        400,
+        ClientOptions {
+            pause: Some(Duration::ZERO),
+            ..ClientOptions::default()
+        },
+    );
+    let sticky = clients_with(
+        &t,
+        4,
+        100,
+        ClientOptions {
+            keep_cookies: true,
+            pause: Some(Duration::from_millis(5)),
+            ..ClientOptions::default()
+        },
+    );
+    let (anonymous, sticky) = (anonymous.stop_when_done(), sticky.stop_when_done());
+    let events_after = t.daemon.event_messages(id);
+    assert!(
+        !events_after[events_before.len()..]
+            .iter()
+            .any(|m| m.contains("of new clients")),
+        "the step changed while measuring; the measurement is void: {events_after:?}"
+    );
+    assert_eq!(anonymous.failures(), Vec::<&str>::new());
+    assert_eq!(sticky.failures(), Vec::<&str>::new());
+    let (v1_hosts, v2_hosts) = (hosts_of(&anonymous, "v1"), hosts_of(&anonymous, "v2"));
+    assert_eq!(
+        (v1_hosts.len(), v2_hosts.len()),
+        (2, 2),
+        "every task of both releases answered at 50%: {v1_hosts:?} {v2_hosts:?}"
+    );
+    for client in &sticky.clients {
+        let release = |answer: &String| answer.split(' ').next().unwrap_or("").to_string();
+        let first = release(&client.versions[0]);
+        assert!(
+            client.versions.iter().all(|v| release(v) == first),
+            "a sticky client changed release: {:?}",
+            client.versions
+        );
+    }
+
+    eventually(Duration::from_secs(30), "the shift completed", || {
+        t.history()[0]["state"] == "succeeded"
+    });
+    let report = whole_shift.stop();
+    assert_eq!(
+        report.failures(),
+        Vec::<&str>::new(),
+        "failed requests during the shift"
+    );
+    let after = clients_with(&t, 4, 200, ClientOptions::default()).stop_when_done();
+    assert_eq!(after.failures(), Vec::<&str>::new());
+    assert!(only_version(&after, "v2"), "v1 answered after the shift");
+    assert_eq!(
+        hosts_of(&after, "v2").len(),
+        2,
+        "both v2 tasks answer at the end"
+    );
+    eventually(Duration::from_secs(20), "v1's service removed", || {
+        t.services() == [format!("{}-green", t.app)]
+    });
+    let v2_share = anonymous
+        .clients
+        .iter()
+        .flat_map(|c| &c.versions)
+        .filter(|v| v.starts_with("v2 "))
+        .count();
+    println!(
+        "shift: {} requests across it, 0 failed; at 50%: {v2_share} of {} anonymous requests on v2",
+        report.requests(),
+        anonymous.requests()
+    );
+}
+
+/// The engine behind an app's `[app.swarm] socket` cannot serve it: a
+/// socket file where nothing listens (unreachable), or a plain Docker
+/// engine joined to no swarm (a second dockerd in a network namespace,
+/// named as `unix://…` like the README does). `cutover deploy` fails at
+/// once with exit 1 and the engine's own words, no service is created,
+/// and the live app beside them serves on untouched with no failed request.
+#[test]
+fn swarm_unreachable_engine_or_one_that_is_no_manager_fails_the_deploy_and_changes_nothing() {
+    require_swarm();
+    let plain_engine = WorkerNode::start_unjoined();
+    let sockets = tempfile::tempdir().unwrap();
+    let dead = sockets.path().join("docker.sock");
+    // Bound, then closed: the file stays and connecting is refused.
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    let app = unique("sw-engine");
+    let repository = format!("cutover-test/{app}");
+    let (unreachable, no_manager) = (format!("{app}-dead"), format!("{app}-plain"));
+    let apps = [
+        app_table(&app, &repository, "30s", "", ON_THIS_NODE),
+        app_table(
+            &unreachable,
+            &repository,
+            "30s",
+            r#"hosts = ["dead.test"]"#,
+            &format!("socket = \"{}\"", dead.display()),
+        ),
+        app_table(
+            &no_manager,
+            &repository,
+            "30s",
+            r#"hosts = ["plain.test"]"#,
+            &format!("socket = \"{}\"", plain_engine.socket()),
+        ),
+    ];
+    let daemon = Daemon::start_with_apps(&apps.concat());
+    let cleanup = SwarmCleanup::new(&daemon.state_dir(), &[&repository]);
+    build_image(&[&format!("{repository}:v1")], "Dockerfile", &[]);
+    daemon.ok(&["deploy", &app, "--version", "v1"]);
+    let live_service = services(cleanup.instance())[0].id.clone();
+
+    let load = Load::start(
+        daemon.proxy_port,
+        LOAD_CLIENTS,
+        LOAD_MAX_REQUESTS,
+        LOAD_MAX_TIME,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let failed_deploy = |name: &str| {
+        let started = std::time::Instant::now();
+        let output = daemon.cli(&["deploy", name, "--version", "v1"]);
+        let said = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{said}");
+        println!(
+            "`cutover deploy {name}` failed after {:?}:\n{said}",
+            started.elapsed()
+        );
+        said
+    };
+    let said_unreachable = failed_deploy(&unreachable);
+    let said_no_manager = failed_deploy(&no_manager);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+
+    assert!(
+        said_unreachable.contains(&dead.display().to_string())
+            && said_unreachable
+                .to_ascii_lowercase()
+                .contains("connection refused"),
+        "the socket and the connection's error are named:\n{said_unreachable}"
+    );
+    assert!(
+        said_no_manager.contains("This node is not a swarm manager"),
+        "Docker's own words:\n{said_no_manager}"
+    );
+    for name in [&unreachable, &no_manager] {
+        let status = daemon.json(&["status", name]);
+        assert!(status["live_version"].is_null(), "{status}");
+        let last = &daemon.json(&["history", name])[0];
+        assert_eq!(last["state"], "failed", "{last}");
+    }
+    assert_eq!(report.failures(), Vec::<&str>::new());
+    assert!(only_version(&report, "v1"));
+    assert_eq!(service_names(cleanup.instance()), [format!("{app}-blue")]);
+    assert_eq!(
+        services(cleanup.instance())[0].id,
+        live_service,
+        "the live service is untouched"
+    );
+    let created = plain_engine.docker(&["ps", "-aq"]);
+    assert_eq!(
+        String::from_utf8_lossy(&created.stdout).trim(),
+        "",
+        "nothing runs on the plain engine"
+    );
+    println!(
+        "the live app under load meanwhile: {} requests, 0 failed",
+        report.requests()
+    );
 }

@@ -7,8 +7,11 @@
 
 mod common;
 
+use common::nginx::{FrontOptions, NginxFront};
 use common::{AppOptions, Daemon};
+use cutover_test_support::http;
 use cutover_test_support::load::{ClientOptions, Load};
+use cutover_test_support::ports::free_port;
 use cutover_test_support::wait::eventually;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -422,4 +425,194 @@ fn upgrade_waits_for_a_running_deployment_to_end_or_with_no_wait_is_refused() {
     daemon.wait_serving("v2", Duration::from_secs(30));
     let history = daemon.history();
     assert_eq!(history[0]["state"], "succeeded", "{history:?}");
+}
+
+/// Rewrites `[proxy] listen` in the daemon's config to these loopback ports.
+fn set_listen(daemon: &Daemon, ports: &[u16]) {
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("listen = ["))
+        .unwrap()
+        .to_string();
+    let addresses: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let listen = format!("listen = [{}]", addresses.join(", "));
+    std::fs::write(&daemon.config, config.replacen(&line, &listen, 1)).unwrap();
+}
+
+/// An upgrade after `[proxy] listen` was edited from [kept, dropped] to
+/// [kept, added]: the kept listener's keep-alive clients fail no request,
+/// the added address serves, the dropped one refuses connections as soon
+/// as the old process stops accepting (while it still finishes a slow
+/// request, which completes), and exactly one process serves after.
+#[test]
+fn upgrade_with_a_changed_listen_keeps_the_kept_listeners_clients_serves_the_new_and_closes_the_dropped(
+) {
+    let mut daemon = Daemon::start(AppOptions::default());
+    let (kept, dropped, added) = (daemon.proxy_port, free_port(), free_port());
+    set_listen(&daemon, &[kept, dropped]);
+    daemon.terminate();
+    daemon.spawn();
+    daemon.deploy("v1");
+    let first = daemon.first_pid().unwrap();
+    let bound = Duration::from_secs(120);
+    let on_kept = Load::start(kept, 8, usize::MAX, bound);
+    let on_dropped = Load::start(dropped, 2, usize::MAX, bound);
+    eventually(Duration::from_secs(10), "load on both listeners", || {
+        on_kept.answered() > 500 && on_dropped.answered() > 50
+    });
+    assert!(
+        http::try_get(added, "/").is_err(),
+        "{added} serves before the upgrade"
+    );
+
+    let slow = std::thread::spawn(move || http::get(kept, "/slow?ms=5000"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    set_listen(&daemon, &[kept, added]);
+    let new = assert_upgraded(&mut daemon, 1);
+    assert_eq!(
+        http::get(added, "/").text().trim(),
+        "version=v1",
+        "the added address serves"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the dropped address closed",
+        || std::net::TcpStream::connect(("127.0.0.1", dropped)).is_err(),
+    );
+    assert!(
+        daemon.is_serve_process(first),
+        "the old process still finishes the slow request: the dropped address closed before it exits"
+    );
+    let slow = slow.join().unwrap();
+    assert_eq!(
+        (slow.status, slow.text().trim()),
+        (200, "version=v1 slept=5000")
+    );
+    eventually(Duration::from_secs(20), "the old process to exit", || {
+        !daemon.is_serve_process(first)
+    });
+    assert!(daemon.is_serve_process(new));
+    let answered_before = on_kept.answered();
+    eventually(
+        Duration::from_secs(10),
+        "the new process answering on the kept listener",
+        || on_kept.answered() > answered_before + 500,
+    );
+    let (on_kept, on_dropped) = (on_kept.stop(), on_dropped.stop());
+
+    let failed = on_kept.failures();
+    assert!(
+        failed.is_empty(),
+        "kept listener: {} failed of {}: {:?}",
+        failed.len(),
+        on_kept.requests(),
+        &failed[..failed.len().min(10)]
+    );
+    let dropped_answers: usize = on_dropped.clients.iter().map(|c| c.versions.len()).sum();
+    let dropped_first_failures: Vec<&str> = on_dropped
+        .clients
+        .iter()
+        .filter_map(|c| c.failures.first().map(String::as_str))
+        .collect();
+    println!(
+        "kept listener: {} requests, 0 failed; dropped listener: {dropped_answers} answered before it closed, then {:?}",
+        on_kept.requests(),
+        dropped_first_failures
+    );
+    let log = daemon.serve_log();
+    assert!(log.contains("took over from pid"), "{log}");
+    let passed = log
+        .split_once(" idle connection(s) passed on")
+        .and_then(|(before, _)| before.rsplit_once('(')?.1.parse::<usize>().ok());
+    println!("idle connections passed to the new process: {passed:?}");
+    assert!(
+        passed.is_some_and(|n| n > 0),
+        "the kept listener's connections went over: {log}"
+    );
+}
+
+/// nginx as the front (cutover has no listener of its own): three
+/// upgrades under keep-alive load through nginx fail no request and do
+/// not reload nginx (its workers stay), and a deploy after them still
+/// rewrites the include and reloads nginx.
+#[test]
+fn upgrades_in_nginx_front_mode_fail_no_request_through_nginx_and_later_deploys_still_reload_it() {
+    let mut front = NginxFront::start(FrontOptions::default());
+    front.deploy_first("v1");
+    let workers = front.nginx.workers();
+    let include_before = front.include();
+    let port = front.daemon.proxy_port;
+    let load = Load::start(port, 8, usize::MAX, Duration::from_secs(120));
+    eventually(Duration::from_secs(10), "load through nginx", || {
+        load.answered() > 50
+    });
+    let mut previous = front.daemon.first_pid().unwrap();
+    for round in 1..=3 {
+        let pid = assert_upgraded(&mut front.daemon, round);
+        eventually(
+            Duration::from_secs(20),
+            "the previous process to exit",
+            || !front.daemon.is_serve_process(previous),
+        );
+        previous = pid;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let report = load.stop();
+
+    let failed = report.failures();
+    assert!(
+        failed.is_empty(),
+        "through nginx: {} failed of {}: {:?}",
+        failed.len(),
+        report.requests(),
+        &failed[..failed.len().min(10)]
+    );
+    assert!(report.requests() > 500, "{}", report.requests());
+    assert!(report
+        .clients
+        .iter()
+        .all(|c| c.versions.iter().all(|v| v == "v1")));
+    assert_eq!(
+        front.nginx.workers(),
+        workers,
+        "an upgrade must not reload nginx"
+    );
+    assert_eq!(
+        front.include(),
+        include_before,
+        "an upgrade leaves the include as it is"
+    );
+    assert!(front.daemon.is_serve_process(previous));
+
+    let second = front.daemon.deploy("v2");
+    assert!(
+        second.contains("nginx worker(s) that served before the reload have exited"),
+        "{second}\n{}",
+        front.daemon.serve_log()
+    );
+    front.daemon.wait_serving("v2", Duration::from_secs(10));
+    let green = front.daemon.status()["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slot"] == "green")
+        .and_then(|s| s["addr"].as_str())
+        .map(str::to_string)
+        .unwrap();
+    assert!(
+        front.include().contains(&format!("server {green}")),
+        "{}",
+        front.include()
+    );
+    assert_ne!(
+        front.nginx.workers(),
+        workers,
+        "nginx was reloaded for the deploy"
+    );
+    println!(
+        "3 upgrades in nginx front mode: {} requests through nginx, 0 failed",
+        report.requests()
+    );
 }

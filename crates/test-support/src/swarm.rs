@@ -133,6 +133,25 @@ pub struct WorkerNode {
 
 impl WorkerNode {
     pub fn start() -> WorkerNode {
+        let (mut node, host_ip) = WorkerNode::start_engine();
+        node.start_forwarder(&host_ip);
+        node.join(&host_ip);
+        node
+    }
+
+    /// The same engine in its namespace, but it joins no swarm: a plain
+    /// Docker engine, which is not a swarm manager.
+    pub fn start_unjoined() -> WorkerNode {
+        WorkerNode::start_engine().0
+    }
+
+    /// The engine's socket, `unix://<path>`.
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    /// Namespace, veth pair and dockerd; returns the host's address on the veth.
+    fn start_engine() -> (WorkerNode, String) {
         let k = 20 + std::process::id() % 200;
         let namespace = format!("cvw{k}");
         let (host_veth, node_veth) = (format!("cvh{k}"), format!("cvn{k}"));
@@ -153,9 +172,7 @@ impl WorkerNode {
         };
         node.network(&node_veth, &host_ip);
         node.start_dockerd(k);
-        node.start_forwarder(&host_ip);
-        node.join(&host_ip);
-        node
+        (node, host_ip)
     }
 
     fn network(&self, node_veth: &str, host_ip: &str) {

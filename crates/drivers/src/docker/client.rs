@@ -82,7 +82,7 @@ impl Client {
         let negotiated = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
             .map_err(|_| unreachable("no answer within 10s".to_string()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(with_causes(&e)))?;
         Ok(negotiated)
     }
 
@@ -108,7 +108,7 @@ impl Client {
             | BollardError::HttpClientError { .. }
             | BollardError::HyperResponseError { .. } => DockerError::Unreachable {
                 socket: self.describe(),
-                reason: format!("{context}: {e}"),
+                reason: format!("{context}: {}", with_causes(&e)),
             },
             other => DockerError::Api {
                 context,
@@ -116,6 +116,21 @@ impl Client {
             },
         }
     }
+}
+
+/// An error with its causes: bollard's transport errors say only "client
+/// error (Connect)" themselves; the cause ("Connection refused") is below.
+fn with_causes(e: &BollardError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 fn from_docker_host(value: Option<&str>) -> Endpoint {
