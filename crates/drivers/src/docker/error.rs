@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot reach the Docker engine at {socket}: {reason}; is dockerd running (`docker info` tells)? Another socket can be set with [app.docker] socket or DOCKER_HOST")]
+    #[error("cannot reach the Docker engine at {socket}: {reason}; is dockerd running (`docker info` tells)? Another socket can be set with the app's `socket` ([app.docker] or [app.swarm]) or DOCKER_HOST")]
     Unreachable { socket: String, reason: String },
 
     #[error("{context}: the Docker engine answered: {message}")]
