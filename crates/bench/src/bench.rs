@@ -13,6 +13,7 @@ use crate::cutover::{Cutover, CutoverSpec};
 use crate::nginx::{Nginx, NginxSpec};
 use crate::pin::{self, Pin, Pins};
 use crate::processes::Processes;
+use crate::uring_probe::{UringProbe, UringProbeSpec};
 use crate::wrk::Wrk;
 use crate::{net, procfs, tools};
 
@@ -21,6 +22,8 @@ pub struct Binaries {
     pub testapp: PathBuf,
     pub client: PathBuf,
     pub cutover: PathBuf,
+    /// The io_uring prototype (target `uring-probe`), next to the bench.
+    pub uring_probe: PathBuf,
 }
 
 impl Binaries {
@@ -39,6 +42,7 @@ impl Binaries {
                 .cutover_bin
                 .clone()
                 .unwrap_or_else(|| dir.join("cutover")),
+            uring_probe: dir.join("cutover-uring-probe"),
         };
         for needed in [&binaries.testapp, &binaries.client] {
             if !tools::is_executable(needed) {
@@ -217,6 +221,27 @@ impl Bench {
                 dir: self.fresh_dir(&format!("cutover-w{workers}")),
             },
         )
+    }
+
+    pub fn uring_probe_available(&self) -> bool {
+        tools::is_executable(&self.bins.uring_probe)
+    }
+
+    /// The io_uring prototype in front of `backend_port`.
+    pub fn start_uring_probe(
+        &self,
+        workers: u32,
+        pin: &Pin,
+        backend_port: u16,
+    ) -> Result<UringProbe> {
+        UringProbeSpec {
+            binary: &self.bins.uring_probe,
+            pin,
+            workers,
+            backend_port,
+            log: &self.fresh_dir(&format!("uring-probe-w{workers}")),
+        }
+        .start(&self.processes)
     }
 
     pub fn start_nginx(&self, spec: NginxSpec<'_>) -> Result<Nginx> {

@@ -54,14 +54,17 @@ pub enum Target {
     Cutover,
     NginxSeed,
     NginxKeepalive,
+    /// The io_uring prototype (crates/uring-probe); only when asked for.
+    UringProbe,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Direct,
         Target::Cutover,
         Target::NginxSeed,
         Target::NginxKeepalive,
+        Target::UringProbe,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Target {
             Target::Cutover => "cutover",
             Target::NginxSeed => "nginx-seed",
             Target::NginxKeepalive => "nginx-keepalive",
+            Target::UringProbe => "uring-probe",
         }
     }
 }

@@ -23,6 +23,7 @@ mod procfs;
 mod report;
 mod swarm;
 mod tools;
+mod uring_probe;
 mod wrk;
 
 use std::process::ExitCode;

@@ -150,6 +150,12 @@ fn ratios(workers: u32, rounds: &[Round]) -> String {
     out.push_str(&ratio_line("cutover/nginx-keepalive", cutover, keepalive));
     out.push_str(&ratio_line("cutover/nginx-seed     ", cutover, seed));
     out.push_str(&ratio_line("nginx-keepalive/seed   ", keepalive, seed));
+    // The io_uring prototype only when it was asked for (TARGETS).
+    let probe = of(Target::UringProbe);
+    if probe.is_some() {
+        out.push_str(&ratio_line("uring-probe/nginx-keepalive", probe, keepalive));
+        out.push_str(&ratio_line("uring-probe/cutover        ", probe, cutover));
+    }
     out
 }
 
@@ -362,6 +368,32 @@ ratios (req/s: higher is better for the first; p99 and proxy CPU per request: lo
         assert!(text.contains("\ncutover            (skipped)\n"), "{text}");
         assert!(text.contains("12.2  (failed in 1 of 2 rounds)\n"), "{text}");
         assert!(text.contains("  cutover/nginx-keepalive  n/a (a target was not measured)\n"));
+    }
+
+    #[test]
+    fn the_uring_probe_gets_its_ratio_lines_only_when_measured() {
+        let keepalive = round(
+            Target::NginxKeepalive,
+            Outcome::Measured(metrics(40000.0, 2000.0, Some(12.5))),
+        );
+        let probe = round(
+            Target::UringProbe,
+            Outcome::Measured(metrics(48000.0, 1000.0, Some(10.0))),
+        );
+        let targets = [Target::NginxKeepalive, Target::UringProbe];
+        let text = table(&heading(1), &targets, &[keepalive.clone(), probe]);
+        assert!(
+            text.contains(
+                "  uring-probe/nginx-keepalive  req/s x1.20   p99 x0.50   proxy cpu/req x0.80\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  uring-probe/cutover          n/a"),
+            "{text}"
+        );
+        let without = table(&heading(1), &targets, &[keepalive]);
+        assert!(!without.contains("uring-probe/"), "{without}");
     }
 
     #[test]

@@ -129,6 +129,7 @@ fn measure(bench: &Bench, at: &Setting<'_>, target: Target) -> Result<Outcome> {
             )?))
         }
         Target::Cutover => measure_cutover(bench, at),
+        Target::UringProbe => measure_uring_probe(bench, at),
         Target::NginxSeed | Target::NginxKeepalive => {
             let nginx = start_nginx(bench, at, target)?;
             let proxy = nginx.pids();
@@ -198,5 +199,35 @@ fn measure_cutover(bench: &Bench, at: &Setting<'_>) -> Result<Outcome> {
     let wrk = bench.wrk(&at.pins.load, at.shape.conns, at.shape.newconn);
     let measured = wrk.measure(&at.label(Target::Cutover), &at.url(cutover.port), charged);
     cutover.stop(&bench.processes);
+    Ok(Outcome::Measured(measured?))
+}
+
+/// Like cutover: skipped if the binary is missing, failed (noted, the run
+/// goes on) if it cannot be set up.
+fn measure_uring_probe(bench: &Bench, at: &Setting<'_>) -> Result<Outcome> {
+    if !bench.uring_probe_available() {
+        log!(
+            "  uring-probe: SKIPPED: {} is missing (cargo build --release -p cutover-uring-probe)",
+            bench.bins.uring_probe.display()
+        );
+        return Ok(Outcome::Skipped);
+    }
+    let probe = match bench.start_uring_probe(at.workers, &at.pins.servers, at.backend.port) {
+        Ok(probe) => probe,
+        Err(e) => {
+            log!("  uring-probe: FAILED: {e:#}");
+            bench.mark_failed();
+            return Ok(Outcome::Failed);
+        }
+    };
+    let proxy = [probe.proc.pid];
+    let backend = [at.backend.proc.pid];
+    let charged = Charged {
+        proxy: Some(&proxy),
+        app: &backend,
+    };
+    let wrk = bench.wrk(&at.pins.load, at.shape.conns, at.shape.newconn);
+    let measured = wrk.measure(&at.label(Target::UringProbe), &at.url(probe.port), charged);
+    bench.processes.stop(&probe.proc);
     Ok(Outcome::Measured(measured?))
 }
