@@ -93,8 +93,10 @@ async fn idle_keepalive_connections_park_and_are_served_again_when_their_next_re
 async fn a_parked_connection_closes_at_its_idle_timeout() {
     let backend = Backend::named("ok").await;
     let (router, _) = single_app(backend.addr);
+    // Long enough past `PARK_AFTER` that a slow machine still sees them
+    // parked before they expire.
     let settings = ProxySettings {
-        idle_timeout: Duration::from_millis(800),
+        idle_timeout: Duration::from_secs(2),
         ..fast_settings()
     };
     let proxy = Proxy::start(router, settings).await;
