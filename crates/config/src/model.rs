@@ -692,18 +692,7 @@ impl Validator<'_> {
                 ));
             }
         }
-        let mut listeners: Vec<(SocketAddr, &str)> = proxy
-            .listen
-            .iter()
-            .map(|addr| (*addr, "[proxy] listen"))
-            .chain(
-                proxy
-                    .tls
-                    .listen
-                    .iter()
-                    .map(|addr| (*addr, "[proxy] tls_listen")),
-            )
-            .collect();
+        let mut listeners: Vec<(SocketAddr, &str)> = proxy_listeners(proxy).collect();
         let own_listener = webhook.and_then(|w| w.listen);
         if let (Some(webhook_listen), Some(raw_webhook)) = (own_listener, &raw.webhook) {
             if let Some((addr, key)) = listeners
@@ -738,22 +727,11 @@ impl Validator<'_> {
         let (Some(remote), Some(spanned)) = (remote, &raw.admin.listen) else {
             return Ok(());
         };
-        let taken = proxy
-            .listen
-            .iter()
-            .map(|addr| (*addr, "[proxy] listen"))
-            .chain(
-                proxy
-                    .tls
-                    .listen
-                    .iter()
-                    .map(|addr| (*addr, "[proxy] tls_listen")),
-            )
-            .chain(
-                webhook
-                    .and_then(|w| w.listen)
-                    .map(|addr| (addr, "[webhook] listen")),
-            );
+        let taken = proxy_listeners(proxy).chain(
+            webhook
+                .and_then(|w| w.listen)
+                .map(|addr| (addr, "[webhook] listen")),
+        );
         for (addr, key) in taken {
             if clash(&addr, &remote.listen) {
                 return Err(self.error(
@@ -1426,4 +1404,15 @@ fn parse_status_range(text: &str) -> Option<(u16, u16)> {
         }
     };
     (valid(low) && valid(high) && low <= high).then_some((low, high))
+}
+
+/// The proxy's listening addresses, each with the key that sets it.
+fn proxy_listeners(proxy: &ProxyConfig) -> impl Iterator<Item = (SocketAddr, &'static str)> + '_ {
+    let plain = proxy.listen.iter().map(|addr| (*addr, "[proxy] listen"));
+    let tls = proxy
+        .tls
+        .listen
+        .iter()
+        .map(|addr| (*addr, "[proxy] tls_listen"));
+    plain.chain(tls)
 }

@@ -63,8 +63,9 @@ struct Shared {
     /// Where parked sockets wait for their next request.
     epoll: OwnedFd,
     /// Slots whose connection the admission asked to close (their socket
-    /// did not turn readable), in a lock of their own: the asking side may
-    /// hold `state`'s callers' locks.
+    /// did not turn readable), in a lock of their own: the waker that adds
+    /// to it runs under the admission's registry lock, or under `state`
+    /// when `park` finds the connection already asked.
     asked: Mutex<Vec<Key>>,
     wake: Notify,
     /// The listener's handoff and address, for resumed connections.
