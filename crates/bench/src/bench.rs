@@ -210,7 +210,12 @@ impl Bench {
         tools::is_executable(&self.bins.cutover)
     }
 
+    /// cutover with its default `[proxy] io` (io_uring here).
     pub fn start_cutover(&self, workers: u32, pin: &Pin) -> Result<Cutover> {
+        self.start_cutover_with_io(workers, pin, "auto")
+    }
+
+    pub fn start_cutover_with_io(&self, workers: u32, pin: &Pin, io: &str) -> Result<Cutover> {
         Cutover::start(
             &self.processes,
             CutoverSpec {
@@ -218,7 +223,8 @@ impl Bench {
                 testapp: &self.bins.testapp,
                 pin,
                 workers,
-                dir: self.fresh_dir(&format!("cutover-w{workers}")),
+                io,
+                dir: self.fresh_dir(&format!("cutover-{io}-w{workers}")),
             },
         )
     }

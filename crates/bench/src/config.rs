@@ -52,6 +52,8 @@ impl FromStr for Replicas {
 pub enum Target {
     Direct,
     Cutover,
+    /// cutover with `[proxy] io = "epoll"`; only when asked for.
+    CutoverEpoll,
     NginxSeed,
     NginxKeepalive,
     /// The io_uring prototype (crates/uring-probe); only when asked for.
@@ -59,9 +61,10 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Direct,
         Target::Cutover,
+        Target::CutoverEpoll,
         Target::NginxSeed,
         Target::NginxKeepalive,
         Target::UringProbe,
@@ -71,6 +74,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Cutover => "cutover",
+            Target::CutoverEpoll => "cutover-epoll",
             Target::NginxSeed => "nginx-seed",
             Target::NginxKeepalive => "nginx-keepalive",
             Target::UringProbe => "uring-probe",

@@ -25,8 +25,9 @@ pub struct Ports {
     pub green: u16,
 }
 
-/// `cutover.toml`: one app on every host, access log off, W proxy workers.
-pub fn config(dir: &Path, ports: Ports, workers: u32, testapp: &Path) -> String {
+/// `cutover.toml`: one app on every host, access log off, W proxy workers,
+/// `[proxy] io` as given.
+pub fn config(dir: &Path, ports: Ports, workers: u32, io: &str, testapp: &Path) -> String {
     let dir = dir.display();
     let testapp = testapp.display();
     let Ports {
@@ -41,6 +42,7 @@ pub fn config(dir: &Path, ports: Ports, workers: u32, testapp: &Path) -> String 
 listen = ["127.0.0.1:{listen}"]
 access_log = "off"
 workers = {workers}
+io = "{io}"
 # Every load client connects from 127.0.0.1: no per-address cap.
 max_connections_per_client = 0
 
@@ -72,6 +74,8 @@ pub struct CutoverSpec<'a> {
     pub testapp: &'a Path,
     pub pin: &'a Pin,
     pub workers: u32,
+    /// `[proxy] io`: "auto" (io_uring here), "uring" or "epoll".
+    pub io: &'a str,
     /// A fresh directory: no recovery of a previous run.
     pub dir: PathBuf,
 }
@@ -93,7 +97,7 @@ impl Cutover {
             blue: net::free_port()?,
             green: net::free_port()?,
         };
-        let config_text = config(&spec.dir, ports, spec.workers, spec.testapp);
+        let config_text = config(&spec.dir, ports, spec.workers, spec.io, spec.testapp);
         Cutover::start_with_config(processes, &spec, ports.listen, &config_text)
     }
 
@@ -283,9 +287,10 @@ mod tests {
             Path::new("/tmp/b/cut"),
             ports,
             2,
+            "epoll",
             Path::new("/r/cutover-testapp"),
         );
-        assert!(text.starts_with("state_dir = \"/tmp/b/cut/state\"\n\n[proxy]\nlisten = [\"127.0.0.1:8080\"]\naccess_log = \"off\"\nworkers = 2\n"), "{text}");
+        assert!(text.starts_with("state_dir = \"/tmp/b/cut/state\"\n\n[proxy]\nlisten = [\"127.0.0.1:8080\"]\naccess_log = \"off\"\nworkers = 2\nio = \"epoll\"\n"), "{text}");
         assert!(text.contains("socket = \"/tmp/b/cut/state/admin.sock\""));
         assert!(text.contains(
             "command = [\"/r/cutover-testapp\", \"--port\", \"{port}\", \"--version\", \"{version}\", \"--threads\", \"2\"]\nports = { blue = 8081, green = 8082 }\n"

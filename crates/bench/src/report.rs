@@ -150,6 +150,15 @@ fn ratios(workers: u32, rounds: &[Round]) -> String {
     out.push_str(&ratio_line("cutover/nginx-keepalive", cutover, keepalive));
     out.push_str(&ratio_line("cutover/nginx-seed     ", cutover, seed));
     out.push_str(&ratio_line("nginx-keepalive/seed   ", keepalive, seed));
+    let epoll = of(Target::CutoverEpoll);
+    if epoll.is_some() {
+        out.push_str(&ratio_line(
+            "cutover-epoll/nginx-keepalive",
+            epoll,
+            keepalive,
+        ));
+        out.push_str(&ratio_line("cutover/cutover-epoll        ", cutover, epoll));
+    }
     // The io_uring prototype only when it was asked for (TARGETS).
     let probe = of(Target::UringProbe);
     if probe.is_some() {

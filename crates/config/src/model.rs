@@ -85,6 +85,8 @@ pub struct ProxyConfig {
     /// Threads serving client traffic, each with its own event loop;
     /// `None`: one per CPU (`workers = "auto"`, the default).
     pub workers: Option<NonZeroUsize>,
+    /// How the workers hand bytes to the kernel (`[proxy] io`).
+    pub io: ProxyIo,
     pub access_log: AccessLog,
     /// Where access log lines go; `None`: standard output.
     pub access_log_file: Option<PathBuf>,
@@ -104,6 +106,18 @@ pub struct ProxyConfig {
     pub nginx: Option<crate::nginx::NginxConfig>,
     /// `[proxy.acme]`: certificates ordered from an ACME server.
     pub acme: Option<crate::acme::AcmeConfig>,
+}
+
+/// `[proxy] io`: how the proxy's workers hand bytes to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyIo {
+    /// io_uring where the kernel allows it, else epoll (the default).
+    #[default]
+    Auto,
+    /// io_uring; the start fails where the kernel refuses it.
+    Uring,
+    /// epoll only.
+    Epoll,
 }
 
 /// `[[app]] upstream_protocol`: how the proxy talks to the app's releases.
@@ -832,6 +846,18 @@ impl Validator<'_> {
         Ok(addrs)
     }
 
+    fn io(&self, raw: Option<&Spanned<String>>) -> Result<ProxyIo, ConfigError> {
+        match raw.map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "auto")) => Ok(ProxyIo::Auto),
+            Some((_, "uring")) => Ok(ProxyIo::Uring),
+            Some((_, "epoll")) => Ok(ProxyIo::Epoll),
+            Some((spanned, other)) => Err(self.error(
+                spanned,
+                format!("io `{other}` is not known; use \"auto\" (io_uring where the kernel allows it), \"uring\" or \"epoll\""),
+            )),
+        }
+    }
+
     fn access_log(&self, raw: Option<&Spanned<String>>) -> Result<AccessLog, ConfigError> {
         match raw.map(|s| (s, s.get_ref().as_str())) {
             None | Some((_, "combined")) => Ok(AccessLog::Combined),
@@ -883,6 +909,7 @@ impl Validator<'_> {
                 .upstream_response_timeout
                 .map_or(Duration::from_secs(60), |d| d.0),
             workers,
+            io: self.io(raw.io.as_ref())?,
             access_log,
             access_log_file: raw
                 .access_log_file

@@ -33,6 +33,7 @@ pub struct RawProxy {
     pub upstream_response_timeout: Option<HumanDuration>,
     /// A count, or "auto".
     pub workers: Option<Spanned<toml::Value>>,
+    pub io: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_file: Option<String>,
     pub tls_listen: Option<Vec<Spanned<String>>>,

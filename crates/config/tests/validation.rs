@@ -199,6 +199,33 @@ fn proxy_workers_outside_one_to_the_maximum_are_rejected_at_their_line() {
 }
 
 #[test]
+fn proxy_io_is_auto_by_default_and_an_unknown_word_is_rejected_at_its_line() {
+    use cutover_config::ProxyIo;
+    assert_eq!(parse(GOOD).expect("valid").proxy.io, ProxyIo::Auto);
+    for (word, io) in [
+        ("auto", ProxyIo::Auto),
+        ("uring", ProxyIo::Uring),
+        ("epoll", ProxyIo::Epoll),
+    ] {
+        let text = GOOD.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:0\"]\nio = \"{word}\""),
+        );
+        assert_eq!(parse(&text).expect("valid").proxy.io, io, "{word}");
+    }
+    let text = GOOD.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nio = \"io_uring\"",
+    );
+    let error = error_of(&text);
+    assert!(error.starts_with("/srv/cutover.toml:6:6: "), "{error}");
+    assert!(
+        error.contains("io `io_uring` is not known; use \"auto\""),
+        "{error}"
+    );
+}
+
+#[test]
 fn trusted_proxies_are_nobody_by_default_and_parse_as_cidr_blocks() {
     assert!(parse(GOOD).expect("valid").proxy.trusted_proxies.is_empty());
     let text = GOOD.replace(

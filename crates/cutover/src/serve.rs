@@ -981,13 +981,30 @@ fn proxy_admission(
     cutover_proxy::Admission::new(max, config.proxy.max_connections_per_client, trusted)
 }
 
-/// The proxy's worker threads (`[proxy] workers`, one per CPU by default).
+/// The proxy's worker threads (`[proxy] workers`, one per CPU by default;
+/// `[proxy] io`).
 fn proxy_workers(config: &Config) -> Result<cutover_proxy::Workers, Failure> {
-    match config.proxy.workers {
-        Some(count) => cutover_proxy::Workers::start(count),
-        None => cutover_proxy::Workers::start_per_cpu(),
-    }
-    .map_err(|e| Failure::failed(format!("cannot start the proxy's worker threads: {e}")))
+    let count = config
+        .proxy
+        .workers
+        .unwrap_or_else(cutover_proxy::workers::per_cpu);
+    let io = match config.proxy.io {
+        cutover_config::ProxyIo::Auto => cutover_proxy::Io::Auto,
+        cutover_config::ProxyIo::Uring => cutover_proxy::Io::Uring,
+        cutover_config::ProxyIo::Epoll => cutover_proxy::Io::Epoll,
+    };
+    let workers = cutover_proxy::Workers::start_with(count, io).map_err(|e| {
+        Failure::failed(format!(
+            "cannot start the proxy's worker threads: {e}{}",
+            if io == cutover_proxy::Io::Uring {
+                " (set [proxy] io = \"epoll\" or \"auto\" where the kernel refuses io_uring)"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    tracing::info!(workers = workers.count(), io = ?workers.io(), "proxy workers started");
+    Ok(workers)
 }
 
 /// How often the certificate files are checked for changes.

@@ -82,9 +82,11 @@
 //! - [`handoff`]: idle HTTP/1.1 client connections leaving the data plane
 //!   at a request boundary during an upgrade ([`Handoff`]) and entering the
 //!   new process's ([`Intake`], served by [`serve_adopting`]).
-//! - `workers`: [`Workers`], the data plane's threads, each with its own
+//! - [`workers`]: [`Workers`], the data plane's threads, each with its own
 //!   single-threaded event loop accepting from the shared listening socket;
-//!   a connection and its upstream connections stay on one thread.
+//!   a connection and its upstream connections stay on one thread. With
+//!   [`Io::Uring`] each has an io_uring its request and response heads are
+//!   queued on, submitted once per event-loop turn (`cutover_uring`).
 //! - [`error`]: [`ProxyError`] and the per-request error type.
 //!
 //! `examples/standalone.rs` runs the proxy alone in front of one backend,
@@ -142,7 +144,7 @@ pub mod settings;
 pub mod tls;
 mod tunnel;
 pub mod upstream;
-mod workers;
+pub mod workers;
 
 pub use access_log::{AccessLog, AccessLogError, AccessLogFormat, AccessLogTarget};
 pub use admission::Admission;
@@ -156,4 +158,4 @@ pub use server::{serve, serve_adopting, serve_with, ServeOptions};
 pub use settings::{Cidr, ProxySettings, TrustedProxies};
 pub use tls::{CertKeyFiles, Tls, TlsError};
 pub use upstream::{DrainOutcome, Upstream, UpstreamStats};
-pub use workers::Workers;
+pub use workers::{Io, Workers};

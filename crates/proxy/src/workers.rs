@@ -8,12 +8,20 @@
 //! threads. The control plane (engine, admin API, health checks) runs
 //! elsewhere, so a busy worker never delays a deployment and a deployment
 //! never delays a request.
+//!
+//! With io_uring ([`Io`]) each worker also has a ring: requests to
+//! upstreams are queued on it and go to the kernel in one system call when
+//! the worker runs out of ready tasks (tokio's park hook), see
+//! `cutover_uring`.
 
 use std::cell::Cell;
 use std::io;
 use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
 use std::sync::{mpsc, Arc};
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -27,6 +35,21 @@ pub(crate) fn current() -> usize {
     CURRENT.with(Cell::get)
 }
 
+/// How the workers hand bytes to the kernel (`[proxy] io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Io {
+    /// io_uring where the kernel allows it, else epoll (the default).
+    #[default]
+    Auto,
+    /// io_uring, or the workers do not start.
+    Uring,
+    /// Readiness (epoll) and a system call per read and write.
+    Epoll,
+}
+
+/// Sends a worker's ring holds before it submits early.
+const RING_ENTRIES: u32 = 1024;
+
 /// A set of running worker threads. Cloning shares them; they stop (and
 /// drop every connection they serve) when the last clone is dropped.
 #[derive(Clone)]
@@ -36,6 +59,8 @@ pub struct Workers {
 
 struct Inner {
     handles: Vec<Handle>,
+    /// What the workers use: `Uring` or `Epoll`.
+    io: Io,
     /// Dropping these ends each worker's event loop.
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -49,8 +74,16 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    /// Starts `count` worker threads, named `cutover-proxy-N`.
+    /// Starts `count` worker threads, named `cutover-proxy-N`, on epoll.
     pub fn start(count: NonZeroUsize) -> io::Result<Workers> {
+        Workers::start_with(count, Io::Epoll)
+    }
+
+    /// Starts `count` worker threads, named `cutover-proxy-N`, with `io`.
+    /// `Io::Auto` falls back to epoll (and says so in the log) when the
+    /// kernel refuses a ring; `Io::Uring` fails then.
+    pub fn start_with(count: NonZeroUsize, io: Io) -> io::Result<Workers> {
+        let mut used = Io::Epoll;
         let mut handles = Vec::with_capacity(count.get());
         let mut stop = Vec::with_capacity(count.get());
         for number in 1..=count.get() {
@@ -58,40 +91,33 @@ impl Workers {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("cutover-proxy-{number}"))
-                .spawn(move || {
-                    CURRENT.with(|current| current.set(number));
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(e) => {
-                            let _ = started_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = started_tx.send(Ok(runtime.handle().clone()));
-                    // Ends when the `Workers` are dropped; dropping the
-                    // runtime then cancels what still runs on it.
-                    let _ = runtime.block_on(stop_rx);
-                })?;
-            let handle = started_rx
+                .spawn(move || run_worker(number, io, started_tx, stop_rx))?;
+            let (handle, this_one) = started_rx
                 .recv()
                 .map_err(|_| io::Error::other("a proxy worker thread ended while starting"))??;
+            if number == 1 {
+                used = this_one;
+            }
             handles.push(handle);
             stop.push(stop_tx);
         }
         Ok(Workers {
             inner: Arc::new(Inner {
                 handles,
+                io: used,
                 _stop: stop,
             }),
         })
     }
 
-    /// Starts one worker per CPU the process may use.
+    /// Starts one worker per CPU the process may use, on epoll.
     pub fn start_per_cpu() -> io::Result<Workers> {
-        Workers::start(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+        Workers::start(per_cpu())
+    }
+
+    /// What the workers use: `Io::Uring` or `Io::Epoll`.
+    pub fn io(&self) -> Io {
+        self.inner.io
     }
 
     /// How many worker threads run.
@@ -101,6 +127,102 @@ impl Workers {
 
     pub(crate) fn handles(&self) -> &[Handle] {
         &self.inner.handles
+    }
+}
+
+/// One worker per CPU the process may use.
+pub fn per_cpu() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+type Started = io::Result<(Handle, Io)>;
+
+/// A worker thread's life: its ring (if asked and allowed), its event loop
+/// until the `Workers` are dropped; dropping the runtime then cancels what
+/// still runs on it.
+fn run_worker(
+    number: usize,
+    io: Io,
+    started: mpsc::SyncSender<Started>,
+    stop: oneshot::Receiver<()>,
+) {
+    CURRENT.with(|current| current.set(number));
+    let completions = match install_ring(io) {
+        Ok(completions) => completions,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if completions.is_some() {
+        // The batch goes out when the loop has nothing left to run.
+        builder.on_thread_park(|| {
+            cutover_uring::submit_and_reap();
+        });
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return;
+        }
+    };
+    let used = match completions {
+        Some(completions) => {
+            runtime.spawn(reap_late_completions(completions));
+            runtime.spawn(cutover_uring::submit_each_turn());
+            Io::Uring
+        }
+        None => Io::Epoll,
+    };
+    let _ = started.send(Ok((runtime.handle().clone(), used)));
+    let _ = runtime.block_on(stop);
+}
+
+/// This thread's ring when `io` asks for one: `None` on epoll.
+fn install_ring(io: Io) -> io::Result<Option<OwnedFd>> {
+    match io {
+        Io::Epoll => Ok(None),
+        Io::Uring => cutover_uring::install(RING_ENTRIES)
+            .map(Some)
+            .map_err(|e| io::Error::new(e.kind(), format!("io_uring is not available: {e}"))),
+        Io::Auto => match cutover_uring::install(RING_ENTRIES) {
+            Ok(completions) => Ok(Some(completions)),
+            Err(e) => {
+                if current() == 1 {
+                    tracing::warn!(error = %e, "io_uring is not available; the proxy uses epoll");
+                }
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Sends that could not finish during their submission (a full socket
+/// buffer) complete later; the ring signals `completions` then.
+async fn reap_late_completions(completions: OwnedFd) {
+    // Deprecated because the safe constructor cannot know that the owner
+    // keeps its descriptor; an `OwnedFd` does, for its whole life.
+    #[allow(deprecated)]
+    let registered = AsyncFd::with_interest(completions, Interest::READABLE);
+    let completions = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "a proxy worker cannot watch its ring's completions");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = completions.readable().await else {
+            return;
+        };
+        let mut count = [0u8; 8];
+        // Resets the counter; nothing to read (WouldBlock) is fine too.
+        let _ = rustix::io::read(completions.get_ref(), &mut count);
+        ready.clear_ready();
+        cutover_uring::submit_and_reap();
     }
 }
 
@@ -137,5 +259,22 @@ mod tests {
             ]
         );
         assert_eq!(current(), 0, "the test's own thread is no worker");
+        assert_eq!(workers.io(), Io::Epoll);
+    }
+
+    #[test]
+    fn auto_takes_io_uring_where_the_kernel_gives_a_ring_and_epoll_stays_epoll() {
+        let kernel_has_uring = std::thread::spawn(|| cutover_uring::install(8).is_ok())
+            .join()
+            .unwrap();
+        let auto = Workers::start_with(NonZeroUsize::new(2).unwrap(), Io::Auto).unwrap();
+        let expected = if kernel_has_uring {
+            Io::Uring
+        } else {
+            Io::Epoll
+        };
+        assert_eq!(auto.io(), expected);
+        let epoll = Workers::start_with(NonZeroUsize::MIN, Io::Epoll).unwrap();
+        assert_eq!(epoll.io(), Io::Epoll);
     }
 }

@@ -82,15 +82,23 @@ async fn switch_sends_every_new_request_on_a_keepalive_connection_to_the_new_ups
     assert_eq!(new.stats().requests, 5);
 }
 
+/// On epoll workers (`[proxy] io = "epoll"`): every write a system call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_request_fails_across_many_switches_under_keepalive_load() {
+async fn no_request_fails_across_many_switches_under_keepalive_load_on_epoll_workers() {
     let (router, backend) = web_live_on_release_0().await;
-    let proxy = Proxy::start(router.clone(), fast_settings()).await;
+    let proxy = Proxy::start_on_workers_with_io(
+        router.clone(),
+        fast_settings(),
+        2,
+        cutover_proxy::Io::Epoll,
+    )
+    .await;
     switches_under_keepalive_load_fail_no_request(router, backend, proxy.addr).await;
 }
 
-/// The same with the proxy's own worker threads (each client connection and
-/// its upstream connections live on one of them), as in `cutover serve`.
+/// The same on several io_uring workers (each client connection and its
+/// upstream connections live on one of them; their sends are batched per
+/// event-loop turn), as in `cutover serve`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_many_switches_on_proxy_worker_threads() {
     let (router, backend) = web_live_on_release_0().await;

@@ -122,6 +122,7 @@ impl Case<'_> {
             testapp: &bench.bins.testapp,
             pin: &self.pins.servers,
             workers: WORKERS,
+            io: "auto",
             dir: dir.clone(),
         };
         log!("swarm: {} replicas: deploying v1", self.replicas);

@@ -128,7 +128,8 @@ fn measure(bench: &Bench, at: &Setting<'_>, target: Target) -> Result<Outcome> {
                 charged,
             )?))
         }
-        Target::Cutover => measure_cutover(bench, at),
+        Target::Cutover => measure_cutover(bench, at, Target::Cutover),
+        Target::CutoverEpoll => measure_cutover(bench, at, Target::CutoverEpoll),
         Target::UringProbe => measure_uring_probe(bench, at),
         Target::NginxSeed | Target::NginxKeepalive => {
             let nginx = start_nginx(bench, at, target)?;
@@ -174,7 +175,7 @@ fn start_nginx(bench: &Bench, at: &Setting<'_>, target: Target) -> Result<nginx:
 
 /// Skipped if the binary is missing; failed (noted, the run goes on) if it
 /// cannot be set up.
-fn measure_cutover(bench: &Bench, at: &Setting<'_>) -> Result<Outcome> {
+fn measure_cutover(bench: &Bench, at: &Setting<'_>, target: Target) -> Result<Outcome> {
     if !bench.cutover_available() {
         log!(
             "  cutover: SKIPPED: {} is missing (cargo build --release -p cutover)",
@@ -182,10 +183,15 @@ fn measure_cutover(bench: &Bench, at: &Setting<'_>) -> Result<Outcome> {
         );
         return Ok(Outcome::Skipped);
     }
-    let cutover = match bench.start_cutover(at.workers, &at.pins.servers) {
+    let io = if target == Target::CutoverEpoll {
+        "epoll"
+    } else {
+        "auto"
+    };
+    let cutover = match bench.start_cutover_with_io(at.workers, &at.pins.servers, io) {
         Ok(cutover) => cutover,
         Err(e) => {
-            log!("  cutover: FAILED: {e:#}");
+            log!("  {target}: FAILED: {e:#}");
             bench.mark_failed();
             return Ok(Outcome::Failed);
         }
@@ -197,7 +203,7 @@ fn measure_cutover(bench: &Bench, at: &Setting<'_>) -> Result<Outcome> {
         app: &slots,
     };
     let wrk = bench.wrk(&at.pins.load, at.shape.conns, at.shape.newconn);
-    let measured = wrk.measure(&at.label(Target::Cutover), &at.url(cutover.port), charged);
+    let measured = wrk.measure(&at.label(target), &at.url(cutover.port), charged);
     cutover.stop(&bench.processes);
     Ok(Outcome::Measured(measured?))
 }

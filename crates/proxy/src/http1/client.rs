@@ -13,6 +13,11 @@
 //!   (`into_upgraded`), any other 101 is an error.
 //! - A connection goes back to the pool only after a complete response
 //!   whose framing allows reuse, with nothing unexpected left in its buffer.
+//! - On a worker with an io_uring (`[proxy] io`), a bodiless request's head
+//!   is queued on the worker's ring instead of written at once: it goes to
+//!   the kernel with every other send of the same event-loop turn (see
+//!   `cutover_uring`). A send that failed makes the request unsent, as a
+//!   failed write would.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -61,6 +66,9 @@ impl<B: Body<Data = Bytes, Error = RequestBodyError> + Unpin> RequestBodySource 
 /// One keep-alive HTTP/1.1 connection to an upstream.
 #[derive(Debug)]
 pub(crate) struct UpstreamConn {
+    /// Declared before `stream`: dropped first, so that a queued send
+    /// reaches the kernel before the socket closes.
+    sending: cutover_uring::Outbox,
     stream: TcpStream,
     /// Bytes read but not yet used.
     buf: BytesMut,
@@ -118,6 +126,7 @@ enum FinalHead {
 impl UpstreamConn {
     pub(crate) fn new(stream: TcpStream) -> Box<UpstreamConn> {
         Box::new(UpstreamConn {
+            sending: cutover_uring::Outbox::new(),
             stream,
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
@@ -183,12 +192,15 @@ impl UpstreamConn {
         };
         self.head.clear();
         req.encode(&mut self.head, framing);
-        if let Err(e) = self.stream.write_all(&self.head).await {
-            return Err(if is_closed(&e) {
-                ExchangeError::Unsent(e)
-            } else {
-                ExchangeError::Io(e)
-            });
+        let queued = body.is_none() && self.queue_head().await;
+        if !queued {
+            if let Err(e) = self.stream.write_all(&self.head).await {
+                return Err(if is_closed(&e) {
+                    ExchangeError::Unsent(e)
+                } else {
+                    ExchangeError::Io(e)
+                });
+            }
         }
         self.timer.as_mut().reset(deadline_after(timeout));
         let to_head = *req.method() == Method::HEAD;
@@ -202,7 +214,10 @@ impl UpstreamConn {
         let sent_all = early.is_none();
         let parsed = match early {
             Some(head) => head,
-            None => self.read_head(to_head, timeout).await?,
+            None => match self.read_head(to_head, timeout).await {
+                Ok(head) => head,
+                Err(e) => return Err(self.unsent_instead(e).await),
+            },
         };
         let (mut head, switched) = match parsed {
             FinalHead::Final(head) => (head, false),
@@ -217,6 +232,43 @@ impl UpstreamConn {
             conn: self,
             switched,
         })
+    }
+
+    /// Queues the encoded head on this worker's ring, after the previous
+    /// request's send ended (sends on one socket must not overlap). False:
+    /// no ring here; write it as usual.
+    async fn queue_head(&mut self) -> bool {
+        if !cutover_uring::is_installed() {
+            return false;
+        }
+        // A failure of the previous send showed in its exchange already.
+        let _ = self.sending.sent().await;
+        let spare = self.sending.buffer(0);
+        let head = std::mem::replace(&mut self.head, spare);
+        match self.sending.queue(&self.stream, head) {
+            Ok(()) => true,
+            Err(head) => {
+                self.head = head;
+                false
+            }
+        }
+    }
+
+    /// A connection that failed before its response, when the queued head
+    /// never went out, failed before the request was sent (it may go out
+    /// elsewhere), as a failed write would have said.
+    async fn unsent_instead(&mut self, error: ExchangeError) -> ExchangeError {
+        let early = matches!(
+            error,
+            ExchangeError::ClosedBeforeResponse(_) | ExchangeError::Io(_)
+        );
+        if !early {
+            return error;
+        }
+        match self.sending.sent().await {
+            Err(e) => ExchangeError::Unsent(e),
+            Ok(()) => error,
+        }
     }
 
     /// Streams the request body while watching for the response. `Some`:

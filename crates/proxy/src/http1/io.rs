@@ -2,14 +2,20 @@
 //! transport (TCP or TLS) split into halves that can be joined again for an
 //! upgrade, a stream with bytes already read in front of it, and vectored
 //! writes.
+//!
+//! On a worker with an io_uring, a response head (and small body) written
+//! with [`WriteSide::write_vec`] to a TCP client is queued on the worker's
+//! ring and goes out with the rest of the event loop's turn; any other
+//! write on that socket first waits for it to end, so bytes keep their
+//! order.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -30,8 +36,16 @@ pub(crate) enum ReadSide {
 }
 
 pub(crate) enum WriteSide {
-    Tcp(OwnedWriteHalf),
+    Tcp(TcpWrite),
     Tls(WriteHalf<Box<TlsConn>>),
+}
+
+/// The writing half of a TCP client connection, and its queued send.
+pub(crate) struct TcpWrite {
+    /// Declared first: dropped first, so that a queued send is submitted
+    /// before the socket may close.
+    outbox: cutover_uring::Outbox,
+    half: OwnedWriteHalf,
 }
 
 impl ClientIo {
@@ -39,6 +53,10 @@ impl ClientIo {
         match self {
             ClientIo::Tcp(stream) => {
                 let (r, w) = stream.into_split();
+                let w = TcpWrite {
+                    outbox: cutover_uring::Outbox::new(),
+                    half: w,
+                };
                 (ReadSide::Tcp(r), WriteSide::Tcp(w))
             }
             ClientIo::Tls(stream) => {
@@ -48,9 +66,12 @@ impl ClientIo {
         }
     }
 
+    /// The halves joined again. Call [`WriteSide::sent`] first: a send
+    /// still queued would be submitted now, but could then overlap with
+    /// the joined stream's next write.
     pub(crate) fn rejoin(read: ReadSide, write: WriteSide) -> Option<ClientIo> {
         match (read, write) {
-            (ReadSide::Tcp(r), WriteSide::Tcp(w)) => r.reunite(w).ok().map(ClientIo::Tcp),
+            (ReadSide::Tcp(r), WriteSide::Tcp(w)) => r.reunite(w.half).ok().map(ClientIo::Tcp),
             (ReadSide::Tls(r), WriteSide::Tls(w)) => Some(ClientIo::Tls(r.unsplit(w))),
             _ => None,
         }
@@ -81,6 +102,39 @@ impl AsyncRead for ReadSide {
     }
 }
 
+impl WriteSide {
+    /// A buffer to encode a response head into (a sent one's, reused).
+    pub(crate) fn buffer(&mut self, capacity: usize) -> Vec<u8> {
+        match self {
+            WriteSide::Tcp(w) => w.outbox.buffer(capacity),
+            WriteSide::Tls(_) => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Writes all of `buf`: queued on the worker's ring when it has one
+    /// (a TCP client; the call returns before the bytes went out), else
+    /// written now.
+    pub(crate) async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        if let WriteSide::Tcp(w) = self {
+            w.outbox.sent().await?;
+            match w.outbox.queue(w.half.as_ref(), buf) {
+                Ok(()) => Ok(()),
+                Err(buf) => w.half.write_all(&buf).await,
+            }
+        } else {
+            self.write_all(&buf).await
+        }
+    }
+
+    /// Waits until a queued send went out (its failure, if it failed).
+    pub(crate) async fn sent(&mut self) -> io::Result<()> {
+        match self {
+            WriteSide::Tcp(w) => w.outbox.sent().await,
+            WriteSide::Tls(_) => Ok(()),
+        }
+    }
+}
+
 impl AsyncWrite for WriteSide {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -88,7 +142,10 @@ impl AsyncWrite for WriteSide {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            WriteSide::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteSide::Tcp(w) => {
+                ready!(w.outbox.poll_sent(cx))?;
+                Pin::new(&mut w.half).poll_write(cx, buf)
+            }
             WriteSide::Tls(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
@@ -99,28 +156,38 @@ impl AsyncWrite for WriteSide {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            WriteSide::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteSide::Tcp(w) => {
+                ready!(w.outbox.poll_sent(cx))?;
+                Pin::new(&mut w.half).poll_write_vectored(cx, bufs)
+            }
             WriteSide::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            WriteSide::Tcp(w) => w.is_write_vectored(),
+            WriteSide::Tcp(w) => w.half.is_write_vectored(),
             WriteSide::Tls(w) => w.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WriteSide::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteSide::Tcp(w) => {
+                ready!(w.outbox.poll_sent(cx))?;
+                Pin::new(&mut w.half).poll_flush(cx)
+            }
             WriteSide::Tls(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WriteSide::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteSide::Tcp(w) => {
+                // The FIN goes after the queued bytes (even if they failed).
+                let _ = ready!(w.outbox.poll_sent(cx));
+                Pin::new(&mut w.half).poll_shutdown(cx)
+            }
             WriteSide::Tls(w) => Pin::new(w).poll_shutdown(cx),
         }
     }

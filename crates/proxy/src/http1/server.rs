@@ -266,8 +266,8 @@ impl ServerConn {
             let head = match self.read_head().await {
                 Ok(Incoming::Head(head)) => head,
                 Ok(Incoming::Closed) => return,
-                Ok(Incoming::StoppedIdle) => return self.hand_over_or_close(),
-                Ok(Incoming::Park) => match self.park() {
+                Ok(Incoming::StoppedIdle) => return self.hand_over_or_close().await,
+                Ok(Incoming::Park) => match self.park().await {
                     Some(conn) => {
                         self = conn;
                         continue;
@@ -289,7 +289,7 @@ impl ServerConn {
                     return;
                 }
                 Next::Upgrade(handover) => {
-                    if let Some(upgraded) = self.into_upgraded() {
+                    if let Some(upgraded) = self.into_upgraded().await {
                         let _ = handover.send(upgraded);
                     }
                     return;
@@ -297,7 +297,7 @@ impl ServerConn {
             }
             if *self.stopped.borrow() && self.hands_over() {
                 // A request boundary during an upgrade.
-                return self.hand_over_or_close();
+                return self.hand_over_or_close().await;
             }
             if let Some(reader) = &mut self.reader {
                 if reader.buf.is_empty() {
@@ -320,7 +320,9 @@ impl ServerConn {
     /// Leaves the task for the parking lot. Gives the connection back when
     /// it cannot park (the lot shut down: it waits here from now on);
     /// `None`: parked, or closed.
-    fn park(self) -> Option<ServerConn> {
+    async fn park(mut self) -> Option<ServerConn> {
+        // Its last response out first: the socket leaves this loop's ring.
+        self.write.sent().await.ok()?;
         let ServerConn {
             reader,
             write,
@@ -371,11 +373,15 @@ impl ServerConn {
     /// Stopping between two requests: the socket and the bytes read ahead
     /// go to the new process if an upgrade armed the handoff; otherwise (or
     /// if nobody takes it) the connection closes as it is dropped.
-    fn hand_over_or_close(self) {
+    async fn hand_over_or_close(mut self) {
         let Some((handoff, listener)) = self.exits.handoff.clone() else {
             return;
         };
         if !handoff.is_armed() {
+            return;
+        }
+        // Its last response out first: the new process writes next.
+        if self.write.sent().await.is_err() {
             return;
         }
         let Some(reader) = self.reader else { return };
@@ -562,7 +568,8 @@ impl ServerConn {
     }
 
     /// The connection for the tunnel, with what was read past the request.
-    fn into_upgraded(self) -> Option<Upgraded> {
+    async fn into_upgraded(mut self) -> Option<Upgraded> {
+        self.write.sent().await.ok()?;
         let reader = self.reader?;
         let io = ClientIo::rejoin(reader.io, self.write)?;
         Some(Upgraded {
@@ -598,10 +605,10 @@ impl ServerConn {
         let (parts, body) = response.into_parts();
         let framing = ResponseFraming::new(&parts, body.size_hint(), asked, closing);
         // Room for a typical response head and a small body in one write.
-        let mut out = Vec::with_capacity(RESPONSE_BUFFER);
+        let mut out = self.write.buffer(RESPONSE_BUFFER);
         encode_response_head(&mut out, &parts, &framing, asked.version);
         if framing.bodyless {
-            self.write.write_all(&out).await?;
+            self.write.write_vec(out).await?;
         } else {
             write_body(&mut self.write, out, body, framing.chunked).await?;
         }
@@ -703,7 +710,7 @@ async fn write_body(
             if chunked {
                 out.extend_from_slice(encode::LAST_CHUNK);
             }
-            return write.write_all(&out).await;
+            return write.write_vec(out).await;
         }
         Some(Some(frame)) => frame.map_err(body_error)?.into_data().ok(),
     };
@@ -718,17 +725,17 @@ async fn write_body(
             if ended && chunked {
                 out.extend_from_slice(encode::LAST_CHUNK);
             }
-            write.write_all(&out).await?;
+            write.write_vec(std::mem::take(&mut out)).await?;
             if ended {
                 return Ok(());
             }
         }
         Some(data) => {
-            write.write_all(&out).await?;
+            write.write_vec(std::mem::take(&mut out)).await?;
             write_data(write, &mut out, &data, chunked).await?;
         }
         // Not started, or trailers (HTTP/1.1 clients get none).
-        None => write.write_all(&out).await?,
+        None => write.write_vec(std::mem::take(&mut out)).await?,
     }
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(body_error)?.into_data() {

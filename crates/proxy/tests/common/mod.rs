@@ -182,12 +182,25 @@ impl Proxy {
         Proxy::start_with(router, settings, cutover_proxy::ServeOptions::default()).await
     }
 
-    /// Serving on `count` worker threads of its own, as `cutover serve` does.
+    /// Serving on `count` worker threads of its own, as `cutover serve` does
+    /// (on io_uring, its default here).
     pub async fn start_on_workers(router: Router, settings: ProxySettings, count: usize) -> Proxy {
-        let workers = cutover_proxy::Workers::start(
+        Proxy::start_on_workers_with_io(router, settings, count, cutover_proxy::Io::Uring).await
+    }
+
+    /// Like [`Proxy::start_on_workers`] with the workers on `io`.
+    pub async fn start_on_workers_with_io(
+        router: Router,
+        settings: ProxySettings,
+        count: usize,
+        io: cutover_proxy::Io,
+    ) -> Proxy {
+        let workers = cutover_proxy::Workers::start_with(
             std::num::NonZeroUsize::new(count).expect("at least one worker"),
+            io,
         )
         .expect("start workers");
+        assert_eq!(workers.io(), io, "the workers run on what was asked");
         let options = cutover_proxy::ServeOptions {
             workers: Some(workers),
             ..Default::default()
@@ -195,11 +208,22 @@ impl Proxy {
         Proxy::start_with(router, settings, options).await
     }
 
+    /// Serving with `options`; without workers in them, on one worker
+    /// thread with io_uring (what `cutover serve` runs by default).
     pub async fn start_with(
         router: Router,
         settings: ProxySettings,
-        options: cutover_proxy::ServeOptions,
+        mut options: cutover_proxy::ServeOptions,
     ) -> Proxy {
+        if options.workers.is_none() {
+            options.workers = Some(
+                cutover_proxy::Workers::start_with(
+                    std::num::NonZeroUsize::MIN,
+                    cutover_proxy::Io::Uring,
+                )
+                .expect("start a worker"),
+            );
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (tx, rx) = oneshot::channel::<()>();
