@@ -19,6 +19,7 @@
 //! Linux only; elsewhere, and where the kernel refuses a ring, [`install`]
 //! fails and callers write as before.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -58,8 +59,9 @@ impl Drop for ThreadRing {
 /// Creates this thread's ring with room for `entries` queued sends. The
 /// returned descriptor turns readable when a send completes after it was
 /// submitted (one that could not finish at once, e.g. a full socket
-/// buffer): the caller then calls [`submit_and_reap`]. Sends that finish
-/// during submission are reaped by that same call.
+/// buffer): the caller then reads it (resetting it) and calls
+/// [`submit_and_reap`]. Sends that finish during submission are reaped by
+/// that same call.
 pub fn install(entries: u32) -> io::Result<OwnedFd> {
     #[cfg(target_os = "linux")]
     {
@@ -141,6 +143,9 @@ struct SendState {
     done: usize,
     outcome: Option<Sent>,
     waker: Option<Waker>,
+    /// Keeps the socket open until the send ended (see
+    /// [`Outbox::hold_until_sent`]).
+    held: Option<Box<dyn Any + Send>>,
 }
 
 fn lock(state: &Mutex<SendState>) -> MutexGuard<'_, SendState> {
@@ -183,16 +188,9 @@ pub fn send(socket: &impl AsFd, buf: Vec<u8>) -> Result<SendInFlight, Vec<u8>> {
             done: 0,
             outcome: None,
             waker: None,
+            held: None,
         }));
         ring.start(Arc::clone(&state));
-        ring.queued += 1;
-        if ring.queued == 1 {
-            // The first of a batch: the submitter runs once the tasks that
-            // are ready now have run (see `submit_each_turn`).
-            if let Some(submitter) = &ring.submitter {
-                submitter.wake_by_ref();
-            }
-        }
         Ok(SendInFlight { state })
     })
 }
@@ -223,6 +221,14 @@ impl ThreadRing {
         if let Some(entry) = self.in_flight.get_mut(index as usize) {
             *entry = Some(state);
         }
+        self.queued += 1;
+        if self.queued == 1 {
+            // The first of a batch: the submitter runs once the tasks that
+            // are ready now have run (see `submit_each_turn`).
+            if let Some(submitter) = &self.submitter {
+                submitter.wake_by_ref();
+            }
+        }
     }
 }
 
@@ -230,36 +236,42 @@ fn errno_of(e: &io::Error) -> rustix::io::Errno {
     rustix::io::Errno::from_io_error(e).unwrap_or(rustix::io::Errno::IO)
 }
 
-/// Marks a send done and wakes whoever waits for it.
+/// Marks a send done, wakes whoever waits for it and lets go of a held
+/// socket (outside the lock and the ring: dropping it may close it).
 fn finish(state: &Mutex<SendState>, outcome: Sent) {
-    let waker = {
+    let (waker, held) = {
         let mut guard = lock(state);
         guard.outcome = Some(outcome);
-        guard.waker.take()
+        (guard.waker.take(), guard.held.take())
     };
+    drop(held);
     if let Some(waker) = waker {
         waker.wake();
     }
 }
 
 /// Hands this thread's queued sends to the kernel and handles every
-/// completion that is ready. Returns how many sends ended. Does nothing on
-/// a thread without a ring.
-pub fn submit_and_reap() -> usize {
+/// completion that is ready (a send the socket took only in part is queued
+/// again for the rest). Returns false if the kernel refused the submission
+/// (it stays queued; rare: the kernel out of memory for requests). Does
+/// nothing on a thread without a ring.
+pub fn submit_and_reap() -> bool {
     let mut completions = Vec::new();
-    RING.with(|slot| {
+    let submitted = RING.with(|slot| {
         let mut slot = slot.borrow_mut();
-        if let Some(ring) = slot.as_mut() {
-            ring.queued = 0;
-            #[cfg(target_os = "linux")]
-            ring.ring.submit_and_reap(&mut completions);
-        }
+        let Some(ring) = slot.as_mut() else {
+            return true;
+        };
+        ring.queued = 0;
+        #[cfg(target_os = "linux")]
+        return ring.ring.submit_and_reap(&mut completions);
+        #[cfg(not(target_os = "linux"))]
+        true
     });
-    let mut ended = 0;
     for (index, result) in completions {
-        ended += usize::from(complete(index, result));
+        complete(index, result);
     }
-    ended
+    submitted
 }
 
 /// One completion: the send ended (true), or part is left and was queued
@@ -317,6 +329,17 @@ impl SendInFlight {
                 Poll::Pending
             }
         }
+    }
+
+    /// Keeps `owner` (whatever keeps the socket open) until the send ended,
+    /// then drops it. Gives it back if the send already ended.
+    pub fn hold_until_sent(&self, owner: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
+        let mut guard = lock(&self.state);
+        if guard.outcome.is_some() {
+            return Err(owner);
+        }
+        guard.held = Some(owner);
+        Ok(())
     }
 
     /// The buffer back, emptied, for the next send; `None` while in flight.
@@ -392,6 +415,20 @@ impl Outbox {
         Ok(())
     }
 
+    /// Keeps `owner` (the socket, or what keeps it open) until the queued
+    /// send ended, then drops it there: for a socket closing with its last
+    /// bytes still queued, which then go out before the close. Gives it
+    /// back if nothing is in flight (drop it now).
+    pub fn hold_until_sent(
+        &mut self,
+        owner: Box<dyn Any + Send>,
+    ) -> Result<(), Box<dyn Any + Send>> {
+        match &self.last {
+            Some(last) => last.hold_until_sent(owner),
+            None => Err(owner),
+        }
+    }
+
     /// An empty buffer to encode the next send into (an ended send's,
     /// reused), with room for at least `capacity` bytes.
     pub fn buffer(&mut self, capacity: usize) -> Vec<u8> {
@@ -403,8 +440,15 @@ impl Outbox {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        if !self.is_idle() {
-            submit_and_reap();
+        if self.is_idle() {
+            return;
+        }
+        // Never expected (see above); said loudly, since the descriptor
+        // may be reused before the send is submitted.
+        if !is_installed() {
+            tracing::error!("a queued send's socket closes on a thread without its ring");
+        } else if !submit_and_reap() {
+            tracing::error!("the kernel refused a queued send whose socket closes now");
         }
     }
 }
@@ -498,6 +542,62 @@ mod tests {
         let mut got = [0u8; 7];
         server.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"one two");
+    }
+
+    /// Waits (bounded) until the ring's eventfd says a completion came.
+    fn wait_signalled(completions: &OwnedFd) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no completion signalled"
+            );
+            let mut fds = [PollFd::new(completions, PollFlags::IN)];
+            let timeout = Timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            };
+            // EINTR: the kernel ran this thread's completion work; poll again.
+            if let Ok(ready) = poll(&mut fds, Some(&timeout)) {
+                if ready > 0 {
+                    return;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_send_that_waits_for_the_peer_completes_later_signals_the_eventfd_and_then_drops_its_held_socket(
+    ) {
+        let completions = install(8).unwrap();
+        let (client, mut server) = pair();
+        // More than the socket buffers hold: the send waits for the peer.
+        let size = 16 << 20;
+        let mut outbox = Outbox::new();
+        outbox.queue(&client, vec![b'x'; size]).unwrap();
+        submit_and_reap();
+        assert!(!outbox.is_idle(), "the peer has read nothing yet");
+        let owner = Arc::new(());
+        outbox
+            .hold_until_sent(Box::new(Arc::clone(&owner)))
+            .unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; size];
+            server.read_exact(&mut got).unwrap();
+            got.iter().all(|b| *b == b'x')
+        });
+        wait_signalled(&completions);
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&completions, &mut count);
+        submit_and_reap();
+        assert!(outbox.is_idle(), "reaped after the signal");
+        assert_eq!(
+            Arc::strong_count(&owner),
+            1,
+            "the held socket went with the send"
+        );
+        assert!(reader.join().unwrap(), "every byte arrived");
     }
 
     #[test]

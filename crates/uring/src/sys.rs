@@ -15,23 +15,36 @@ const SEND_FLAGS: i32 = 0x100 | 0x4000;
 
 pub(crate) struct Ring {
     uring: IoUring,
-    /// Signalled when a completion is posted after its submission.
+    /// Signalled when a completion is posted while enabled: outside
+    /// [`Ring::submit_and_reap`] (whose own submission posts inline
+    /// completions it reaps itself).
     _completions: OwnedFd,
 }
 
+/// Submissions refused in a row (the kernel out of memory for requests)
+/// before a caller is told the queue could not be emptied.
+const SUBMIT_ATTEMPTS: usize = 3;
+
 impl Ring {
     pub(crate) fn new(entries: u32) -> io::Result<(Ring, OwnedFd)> {
+        // A single issuer (Linux 6.0) saves the kernel some locking; older
+        // kernels refuse the flag, and get a plain ring.
         let uring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(2))
             .setup_single_issuer()
-            .build(entries)?;
+            .build(entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(entries.saturating_mul(2))
+                    .build(entries)
+            })?;
         let completions = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?;
         uring
             .submitter()
-            .register_eventfd_async(completions.as_raw_fd())?;
+            .register_eventfd(completions.as_raw_fd())?;
         let watched = completions.try_clone()?;
         Ok((
             Ring {
@@ -65,13 +78,39 @@ impl Ring {
         }
     }
 
-    /// Submits what is queued (one system call, none if nothing is) and
-    /// collects the completions ready now as (user data, result).
-    pub(crate) fn submit_and_reap(&mut self, into: &mut Vec<(u32, i32)>) {
-        if !self.uring.submission().is_empty() {
-            // An error leaves the entries queued for the next call.
-            let _ = self.uring.submit();
+    /// Submits what is queued (one system call, none if nothing is and no
+    /// completion waits in the kernel's overflow list) and collects the
+    /// completions ready now as (user data, result). False: the kernel
+    /// refused the submission; entries are still queued.
+    pub(crate) fn submit_and_reap(&mut self, into: &mut Vec<(u32, i32)>) -> bool {
+        // Completions posted during our own submission are reaped below:
+        // no need to be woken for them.
+        self.uring.completion().disable_eventfd();
+        let mut submitted = true;
+        for _ in 0..SUBMIT_ATTEMPTS {
+            let pending = {
+                let queue = self.uring.submission();
+                !queue.is_empty() || queue.cq_overflow()
+            };
+            if !pending {
+                submitted = true;
+                break;
+            }
+            // Also flushes completions the kernel kept in its overflow
+            // list; reaping makes room for them.
+            submitted = self.uring.submit().is_ok();
+            self.reap(into);
+            if submitted {
+                break;
+            }
         }
+        self.uring.completion().enable_eventfd();
+        // One posted between the reaping and the enabling signalled nobody.
+        self.reap(into);
+        submitted
+    }
+
+    fn reap(&mut self, into: &mut Vec<(u32, i32)>) {
         into.extend(
             self.uring
                 .completion()

@@ -81,6 +81,10 @@ pub(crate) struct UpstreamConn {
     informational: u8,
 }
 
+/// How long a failed exchange waits to learn whether its queued head went
+/// out (the connection failed, so the send ends at once in practice).
+const UNSENT_CHECK: Duration = Duration::from_secs(1);
+
 /// Informational heads one response may be preceded by; more is a flood.
 const MAX_INFORMATIONAL: u8 = 16;
 
@@ -194,6 +198,8 @@ impl UpstreamConn {
         req.encode(&mut self.head, framing);
         let queued = body.is_none() && self.queue_head().await;
         if !queued {
+            // After the previous request's queued head: bytes keep order.
+            let _ = self.sending.sent().await;
             if let Err(e) = self.stream.write_all(&self.head).await {
                 return Err(if is_closed(&e) {
                     ExchangeError::Unsent(e)
@@ -265,9 +271,11 @@ impl UpstreamConn {
         if !early {
             return error;
         }
-        match self.sending.sent().await {
-            Err(e) => ExchangeError::Unsent(e),
-            Ok(()) => error,
+        // The connection failed, so its send ends at once (bounded anyway).
+        // As a failed write: only a closed connection makes it unsent.
+        match tokio::time::timeout(UNSENT_CHECK, self.sending.sent()).await {
+            Ok(Err(e)) if is_closed(&e) => ExchangeError::Unsent(e),
+            _ => error,
         }
     }
 
@@ -477,7 +485,9 @@ impl Http1Body {
         let clean = self.decoder.is_done() && self.reusable;
         let conn = self.conn.take()?;
         // Bytes after the response: the upstream is out of step; do not reuse.
-        (clean && conn.buf.is_empty()).then_some(conn)
+        // A head still queued (an upstream that answered before it was
+        // even submitted) is out of step too, and keeps it on this thread.
+        (clean && conn.buf.is_empty() && conn.sending.is_idle()).then_some(conn)
     }
 
     pub(crate) fn is_done(&self) -> bool {

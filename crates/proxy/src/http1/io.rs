@@ -42,10 +42,30 @@ pub(crate) enum WriteSide {
 
 /// The writing half of a TCP client connection, and its queued send.
 pub(crate) struct TcpWrite {
-    /// Declared first: dropped first, so that a queued send is submitted
-    /// before the socket may close.
     outbox: cutover_uring::Outbox,
-    half: OwnedWriteHalf,
+    /// `None` only once taken by `rejoin` or `drop`.
+    half: Option<OwnedWriteHalf>,
+}
+
+impl TcpWrite {
+    fn half(&mut self) -> io::Result<&mut OwnedWriteHalf> {
+        self.half
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for TcpWrite {
+    /// Dropping the half shuts the socket down for writing (FIN): with its
+    /// last bytes still queued on the ring, the half waits in the send and
+    /// goes when it ended, so those bytes go out first.
+    fn drop(&mut self) {
+        if let Some(half) = self.half.take() {
+            if let Err(half) = self.outbox.hold_until_sent(Box::new(half)) {
+                drop(half);
+            }
+        }
+    }
 }
 
 impl ClientIo {
@@ -55,7 +75,7 @@ impl ClientIo {
                 let (r, w) = stream.into_split();
                 let w = TcpWrite {
                     outbox: cutover_uring::Outbox::new(),
-                    half: w,
+                    half: Some(w),
                 };
                 (ReadSide::Tcp(r), WriteSide::Tcp(w))
             }
@@ -71,7 +91,10 @@ impl ClientIo {
     /// the joined stream's next write.
     pub(crate) fn rejoin(read: ReadSide, write: WriteSide) -> Option<ClientIo> {
         match (read, write) {
-            (ReadSide::Tcp(r), WriteSide::Tcp(w)) => r.reunite(w.half).ok().map(ClientIo::Tcp),
+            (ReadSide::Tcp(r), WriteSide::Tcp(mut w)) => {
+                let half = w.half.take()?;
+                r.reunite(half).ok().map(ClientIo::Tcp)
+            }
             (ReadSide::Tls(r), WriteSide::Tls(w)) => Some(ClientIo::Tls(r.unsplit(w))),
             _ => None,
         }
@@ -117,9 +140,10 @@ impl WriteSide {
     pub(crate) async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
         if let WriteSide::Tcp(w) = self {
             w.outbox.sent().await?;
-            match w.outbox.queue(w.half.as_ref(), buf) {
+            let half = w.half.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+            match w.outbox.queue(half.as_ref(), buf) {
                 Ok(()) => Ok(()),
-                Err(buf) => w.half.write_all(&buf).await,
+                Err(buf) => half.write_all(&buf).await,
             }
         } else {
             self.write_all(&buf).await
@@ -144,7 +168,7 @@ impl AsyncWrite for WriteSide {
         match self.get_mut() {
             WriteSide::Tcp(w) => {
                 ready!(w.outbox.poll_sent(cx))?;
-                Pin::new(&mut w.half).poll_write(cx, buf)
+                Pin::new(w.half()?).poll_write(cx, buf)
             }
             WriteSide::Tls(w) => Pin::new(w).poll_write(cx, buf),
         }
@@ -158,7 +182,7 @@ impl AsyncWrite for WriteSide {
         match self.get_mut() {
             WriteSide::Tcp(w) => {
                 ready!(w.outbox.poll_sent(cx))?;
-                Pin::new(&mut w.half).poll_write_vectored(cx, bufs)
+                Pin::new(w.half()?).poll_write_vectored(cx, bufs)
             }
             WriteSide::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
         }
@@ -166,7 +190,7 @@ impl AsyncWrite for WriteSide {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            WriteSide::Tcp(w) => w.half.is_write_vectored(),
+            WriteSide::Tcp(w) => w.half.as_ref().is_some_and(|h| h.is_write_vectored()),
             WriteSide::Tls(w) => w.is_write_vectored(),
         }
     }
@@ -175,7 +199,7 @@ impl AsyncWrite for WriteSide {
         match self.get_mut() {
             WriteSide::Tcp(w) => {
                 ready!(w.outbox.poll_sent(cx))?;
-                Pin::new(&mut w.half).poll_flush(cx)
+                Pin::new(w.half()?).poll_flush(cx)
             }
             WriteSide::Tls(w) => Pin::new(w).poll_flush(cx),
         }
@@ -186,7 +210,7 @@ impl AsyncWrite for WriteSide {
             WriteSide::Tcp(w) => {
                 // The FIN goes after the queued bytes (even if they failed).
                 let _ = ready!(w.outbox.poll_sent(cx));
-                Pin::new(&mut w.half).poll_shutdown(cx)
+                Pin::new(w.half()?).poll_shutdown(cx)
             }
             WriteSide::Tls(w) => Pin::new(w).poll_shutdown(cx),
         }

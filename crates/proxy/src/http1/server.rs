@@ -322,7 +322,9 @@ impl ServerConn {
     /// `None`: parked, or closed.
     async fn park(mut self) -> Option<ServerConn> {
         // Its last response out first: the socket leaves this loop's ring.
-        self.write.sent().await.ok()?;
+        if !self.response_sent().await {
+            return None;
+        }
         let ServerConn {
             reader,
             write,
@@ -370,6 +372,17 @@ impl ServerConn {
         ))
     }
 
+    /// Waits until the response queued on the worker's ring went out (at
+    /// once on epoll): false if it failed, or if the client did not take
+    /// it within the idle timeout (it then closes).
+    async fn response_sent(&mut self) -> bool {
+        let limit = self.ctx.shared.settings.idle_timeout;
+        matches!(
+            tokio::time::timeout(limit, self.write.sent()).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Stopping between two requests: the socket and the bytes read ahead
     /// go to the new process if an upgrade armed the handoff; otherwise (or
     /// if nobody takes it) the connection closes as it is dropped.
@@ -381,7 +394,7 @@ impl ServerConn {
             return;
         }
         // Its last response out first: the new process writes next.
-        if self.write.sent().await.is_err() {
+        if !self.response_sent().await {
             return;
         }
         let Some(reader) = self.reader else { return };
@@ -569,7 +582,9 @@ impl ServerConn {
 
     /// The connection for the tunnel, with what was read past the request.
     async fn into_upgraded(mut self) -> Option<Upgraded> {
-        self.write.sent().await.ok()?;
+        if !self.response_sent().await {
+            return None;
+        }
         let reader = self.reader?;
         let io = ClientIo::rejoin(reader.io, self.write)?;
         Some(Upgraded {

@@ -183,9 +183,14 @@ impl Proxy {
     }
 
     /// Serving on `count` worker threads of its own, as `cutover serve` does
-    /// (on io_uring, its default here).
+    /// (`io = "auto"`: io_uring where the kernel allows it).
     pub async fn start_on_workers(router: Router, settings: ProxySettings, count: usize) -> Proxy {
-        Proxy::start_on_workers_with_io(router, settings, count, cutover_proxy::Io::Uring).await
+        Proxy::start_on_workers_with_io(router, settings, count, cutover_proxy::Io::Auto).await
+    }
+
+    /// Serving on the caller's runtime (no worker threads).
+    pub async fn start_on_callers_runtime(router: Router, settings: ProxySettings) -> Proxy {
+        Proxy::start_with_options(router, settings, cutover_proxy::ServeOptions::default()).await
     }
 
     /// Like [`Proxy::start_on_workers`] with the workers on `io`.
@@ -200,7 +205,9 @@ impl Proxy {
             io,
         )
         .expect("start workers");
-        assert_eq!(workers.io(), io, "the workers run on what was asked");
+        if io != cutover_proxy::Io::Auto {
+            assert_eq!(workers.io(), io, "the workers run on what was asked");
+        }
         let options = cutover_proxy::ServeOptions {
             workers: Some(workers),
             ..Default::default()
@@ -209,7 +216,7 @@ impl Proxy {
     }
 
     /// Serving with `options`; without workers in them, on one worker
-    /// thread with io_uring (what `cutover serve` runs by default).
+    /// thread with `io = "auto"` (what `cutover serve` runs by default).
     pub async fn start_with(
         router: Router,
         settings: ProxySettings,
@@ -219,11 +226,19 @@ impl Proxy {
             options.workers = Some(
                 cutover_proxy::Workers::start_with(
                     std::num::NonZeroUsize::MIN,
-                    cutover_proxy::Io::Uring,
+                    cutover_proxy::Io::Auto,
                 )
                 .expect("start a worker"),
             );
         }
+        Proxy::start_with_options(router, settings, options).await
+    }
+
+    async fn start_with_options(
+        router: Router,
+        settings: ProxySettings,
+        options: cutover_proxy::ServeOptions,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (tx, rx) = oneshot::channel::<()>();
