@@ -623,9 +623,9 @@ impl ServerConn {
         let mut out = self.write.buffer(RESPONSE_BUFFER);
         encode_response_head(&mut out, &parts, &framing, asked.version);
         if framing.bodyless {
-            self.write.write_vec(out).await?;
+            send_head(&mut self.write, out, framing.close).await?;
         } else {
-            write_body(&mut self.write, out, body, framing.chunked).await?;
+            write_body(&mut self.write, out, body, &framing).await?;
         }
         Ok(!framing.close)
     }
@@ -709,14 +709,27 @@ fn encode_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// A response's head (with a small body, if any): queued on the worker's
+/// ring while the connection stays open; written at once when it closes
+/// after this response (the close would wait for the queued send anyway,
+/// a turn of the event loop later).
+async fn send_head(write: &mut WriteSide, out: Vec<u8>, closing: bool) -> io::Result<()> {
+    if closing {
+        write.write_all(&out).await
+    } else {
+        write.write_vec(out).await
+    }
+}
+
 /// Writes the encoded head in `out` and streams `body` after it. The first
 /// frame, if it is already there and small, goes out with the head.
 async fn write_body(
     write: &mut WriteSide,
     mut out: Vec<u8>,
     mut body: ResponseBody,
-    chunked: bool,
+    framing: &ResponseFraming,
 ) -> io::Result<()> {
+    let chunked = framing.chunked;
     let first = match body.frame().now_or_never() {
         // Nothing yet (a stream that has not started): the head now, so that
         // the client sees the response begin.
@@ -725,7 +738,7 @@ async fn write_body(
             if chunked {
                 out.extend_from_slice(encode::LAST_CHUNK);
             }
-            return write.write_vec(out).await;
+            return send_head(write, out, framing.close).await;
         }
         Some(Some(frame)) => frame.map_err(body_error)?.into_data().ok(),
     };
@@ -740,17 +753,17 @@ async fn write_body(
             if ended && chunked {
                 out.extend_from_slice(encode::LAST_CHUNK);
             }
-            write.write_vec(std::mem::take(&mut out)).await?;
+            send_head(write, std::mem::take(&mut out), framing.close).await?;
             if ended {
                 return Ok(());
             }
         }
         Some(data) => {
-            write.write_vec(std::mem::take(&mut out)).await?;
+            send_head(write, std::mem::take(&mut out), framing.close).await?;
             write_data(write, &mut out, &data, chunked).await?;
         }
         // Not started, or trailers (HTTP/1.1 clients get none).
-        None => write.write_vec(std::mem::take(&mut out)).await?,
+        None => send_head(write, std::mem::take(&mut out), framing.close).await?,
     }
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(body_error)?.into_data() {
