@@ -146,6 +146,9 @@ struct SendState {
     /// Keeps the socket open until the send ended (see
     /// [`Outbox::hold_until_sent`]).
     held: Option<Box<dyn Any + Send>>,
+    /// Keep the buffer for the sender's next send; else freed as soon as
+    /// the send ended.
+    keep_buffer: bool,
 }
 
 fn lock(state: &Mutex<SendState>) -> MutexGuard<'_, SendState> {
@@ -173,6 +176,14 @@ impl std::fmt::Debug for SendInFlight {
 /// crate's documentation), and writes nothing else to it until the send
 /// ended: sends are not ordered with other writes.
 pub fn send(socket: &impl AsFd, buf: Vec<u8>) -> Result<SendInFlight, Vec<u8>> {
+    send_keeping(socket, buf, true)
+}
+
+fn send_keeping(
+    socket: &impl AsFd,
+    buf: Vec<u8>,
+    keep_buffer: bool,
+) -> Result<SendInFlight, Vec<u8>> {
     if buf.is_empty() {
         return Err(buf);
     }
@@ -189,6 +200,7 @@ pub fn send(socket: &impl AsFd, buf: Vec<u8>) -> Result<SendInFlight, Vec<u8>> {
             outcome: None,
             waker: None,
             held: None,
+            keep_buffer,
         }));
         ring.start(Arc::clone(&state));
         Ok(SendInFlight { state })
@@ -239,12 +251,18 @@ fn errno_of(e: &io::Error) -> rustix::io::Errno {
 /// Marks a send done, wakes whoever waits for it and lets go of a held
 /// socket (outside the lock and the ring: dropping it may close it).
 fn finish(state: &Mutex<SendState>, outcome: Sent) {
-    let (waker, held) = {
+    let (waker, held, buf) = {
         let mut guard = lock(state);
         guard.outcome = Some(outcome);
-        (guard.waker.take(), guard.held.take())
+        let buf = if guard.keep_buffer {
+            Vec::new()
+        } else {
+            std::mem::take(&mut guard.buf)
+        };
+        (guard.waker.take(), guard.held.take(), buf)
     };
     drop(held);
+    drop(buf);
     if let Some(waker) = waker {
         waker.wake();
     }
@@ -365,14 +383,27 @@ impl SendInFlight {
 pub struct Outbox {
     last: Option<SendInFlight>,
     spare: Vec<u8>,
+    reuse: bool,
 }
 
 impl Outbox {
-    /// An outbox with nothing sent.
+    /// An outbox whose buffers are freed as soon as their send ended: for
+    /// a socket that may go idle after a send (nothing held while idle).
     pub const fn new() -> Outbox {
         Outbox {
             last: None,
             spare: Vec::new(),
+            reuse: false,
+        }
+    }
+
+    /// An outbox that keeps an ended send's buffer for the next one (see
+    /// [`Outbox::buffer`]): for a socket that sends again soon.
+    pub const fn reusing() -> Outbox {
+        Outbox {
+            last: None,
+            spare: Vec::new(),
+            reuse: true,
         }
     }
 
@@ -411,7 +442,7 @@ impl Outbox {
         if !self.is_idle() {
             return Err(buf);
         }
-        self.last = Some(send(socket, buf)?);
+        self.last = Some(send_keeping(socket, buf, self.reuse)?);
         Ok(())
     }
 
@@ -512,10 +543,27 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_outbox_frees_its_buffer_as_soon_as_the_send_ended() {
+        let _completions = install(8).unwrap();
+        let (client, _server) = pair();
+        let mut outbox = Outbox::new();
+        outbox.queue(&client, vec![b'x'; 4096]).unwrap();
+        submit_and_reap();
+        let last = outbox.last.as_ref().unwrap();
+        assert_eq!(last.outcome(), Some(Sent::All));
+        assert_eq!(
+            lock(&last.state).buf.capacity(),
+            0,
+            "nothing held while idle"
+        );
+        assert!(outbox.buffer(16).capacity() >= 16);
+    }
+
+    #[test]
     fn an_outbox_sends_one_at_a_time_and_reuses_the_ended_buffer() {
         let _completions = install(8).unwrap();
         let (client, mut server) = pair();
-        let mut outbox = Outbox::new();
+        let mut outbox = Outbox::reusing();
         let mut first = outbox.buffer(64);
         first.extend_from_slice(b"one ");
         let capacity = first.capacity();

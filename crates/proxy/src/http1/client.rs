@@ -130,7 +130,7 @@ enum FinalHead {
 impl UpstreamConn {
     pub(crate) fn new(stream: TcpStream) -> Box<UpstreamConn> {
         Box::new(UpstreamConn {
-            sending: cutover_uring::Outbox::new(),
+            sending: cutover_uring::Outbox::reusing(),
             stream,
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
