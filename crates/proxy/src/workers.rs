@@ -38,7 +38,11 @@ pub(crate) fn current() -> usize {
 /// How the workers hand bytes to the kernel (`[proxy] io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Io {
-    /// io_uring where the kernel allows it, else epoll (the default).
+    /// io_uring where it pays and the kernel allows it, else epoll (the
+    /// default): batching sends saves the proxy being preempted by the
+    /// apps it wakes when they share its CPU; when the process may use
+    /// several CPUs the woken app runs on another one, and batching only
+    /// delays its bytes (measured: README, Benchmarks).
     #[default]
     Auto,
     /// io_uring, or the workers do not start.
@@ -130,6 +134,14 @@ impl Workers {
     }
 }
 
+/// Whether this kernel gives this process an io_uring (tried on a thread of
+/// its own, which is left without one).
+pub fn uring_available() -> bool {
+    std::thread::spawn(|| cutover_uring::install(8).is_ok())
+        .join()
+        .unwrap_or(false)
+}
+
 /// One worker per CPU the process may use.
 pub fn per_cpu() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
@@ -188,6 +200,7 @@ fn install_ring(io: Io) -> io::Result<Option<OwnedFd>> {
         Io::Uring => cutover_uring::install(RING_ENTRIES)
             .map(Some)
             .map_err(|e| io::Error::new(e.kind(), format!("io_uring is not available: {e}"))),
+        Io::Auto if per_cpu().get() > 1 => Ok(None),
         Io::Auto => match cutover_uring::install(RING_ENTRIES) {
             Ok(completions) => Ok(Some(completions)),
             Err(e) => {
@@ -263,17 +276,28 @@ mod tests {
     }
 
     #[test]
-    fn auto_takes_io_uring_where_the_kernel_gives_a_ring_and_epoll_stays_epoll() {
-        let kernel_has_uring = std::thread::spawn(|| cutover_uring::install(8).is_ok())
-            .join()
-            .unwrap();
-        let auto = Workers::start_with(NonZeroUsize::new(2).unwrap(), Io::Auto).unwrap();
-        let expected = if kernel_has_uring {
-            Io::Uring
-        } else {
-            Io::Epoll
-        };
-        assert_eq!(auto.io(), expected);
+    fn auto_takes_io_uring_only_on_one_cpu_and_epoll_stays_epoll() {
+        let uring = uring_available();
+        // Worker threads inherit the affinity of the thread starting them.
+        let one_cpu = std::thread::spawn(move || {
+            let mine = rustix::thread::sched_getaffinity(None).unwrap();
+            let first = (0..rustix::thread::CpuSet::MAX_CPU)
+                .find(|cpu| mine.is_set(*cpu))
+                .unwrap();
+            let mut only = rustix::thread::CpuSet::new();
+            only.set(first);
+            rustix::thread::sched_setaffinity(None, &only).unwrap();
+            Workers::start_with(NonZeroUsize::new(2).unwrap(), Io::Auto)
+                .unwrap()
+                .io()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(one_cpu, if uring { Io::Uring } else { Io::Epoll });
+        if per_cpu().get() > 1 {
+            let several = Workers::start_with(NonZeroUsize::new(2).unwrap(), Io::Auto).unwrap();
+            assert_eq!(several.io(), Io::Epoll, "several CPUs: epoll");
+        }
         let epoll = Workers::start_with(NonZeroUsize::MIN, Io::Epoll).unwrap();
         assert_eq!(epoll.io(), Io::Epoll);
     }

@@ -73,6 +73,8 @@ state_dir = "state"
 
 [proxy]
 listen = ["127.0.0.1:{proxy_port}"]
+# The io_uring data plane ("auto" picks it only on one CPU).
+io = "uring"
 
 [[app]]
 name = "web"
@@ -303,7 +305,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let proxy_port = free_port();
         let config = format!(
-            "state_dir = \"state\"\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n\n{apps}\n"
+            "state_dir = \"state\"\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nio = \"uring\"\n\n{apps}\n"
         );
         Daemon::launch(dir, proxy_port, &config)
     }

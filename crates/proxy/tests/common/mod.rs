@@ -170,6 +170,16 @@ impl Body for ChannelBody {
     }
 }
 
+/// What the proxy tests run on: io_uring (the data plane with the most to
+/// prove) where this kernel allows it, else epoll.
+pub fn test_io() -> cutover_proxy::Io {
+    if cutover_proxy::workers::uring_available() {
+        cutover_proxy::Io::Uring
+    } else {
+        cutover_proxy::Io::Epoll
+    }
+}
+
 /// A running `cutover_proxy::serve`.
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -182,10 +192,10 @@ impl Proxy {
         Proxy::start_with(router, settings, cutover_proxy::ServeOptions::default()).await
     }
 
-    /// Serving on `count` worker threads of its own, as `cutover serve` does
-    /// (`io = "auto"`: io_uring where the kernel allows it).
+    /// Serving on `count` worker threads of its own, as `cutover serve` does,
+    /// on io_uring where the kernel allows it.
     pub async fn start_on_workers(router: Router, settings: ProxySettings, count: usize) -> Proxy {
-        Proxy::start_on_workers_with_io(router, settings, count, cutover_proxy::Io::Auto).await
+        Proxy::start_on_workers_with_io(router, settings, count, test_io()).await
     }
 
     /// Serving on the caller's runtime (no worker threads).
@@ -205,9 +215,7 @@ impl Proxy {
             io,
         )
         .expect("start workers");
-        if io != cutover_proxy::Io::Auto {
-            assert_eq!(workers.io(), io, "the workers run on what was asked");
-        }
+        assert_eq!(workers.io(), io, "the workers run on what was asked");
         let options = cutover_proxy::ServeOptions {
             workers: Some(workers),
             ..Default::default()
@@ -216,7 +224,7 @@ impl Proxy {
     }
 
     /// Serving with `options`; without workers in them, on one worker
-    /// thread with `io = "auto"` (what `cutover serve` runs by default).
+    /// thread on io_uring where the kernel allows it.
     pub async fn start_with(
         router: Router,
         settings: ProxySettings,
@@ -224,11 +232,8 @@ impl Proxy {
     ) -> Proxy {
         if options.workers.is_none() {
             options.workers = Some(
-                cutover_proxy::Workers::start_with(
-                    std::num::NonZeroUsize::MIN,
-                    cutover_proxy::Io::Auto,
-                )
-                .expect("start a worker"),
+                cutover_proxy::Workers::start_with(std::num::NonZeroUsize::MIN, test_io())
+                    .expect("start a worker"),
             );
         }
         Proxy::start_with_options(router, settings, options).await
