@@ -120,14 +120,14 @@ pub fn is_installed() -> bool {
 
 /// How a send ended: all bytes sent, or the socket's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub(crate) enum Sent {
     All,
     Failed(rustix::io::Errno),
 }
 
 impl Sent {
     /// The error a failed send returned, as `std::io` tells it.
-    pub fn into_result(self) -> io::Result<()> {
+    pub(crate) fn into_result(self) -> io::Result<()> {
         match self {
             Sent::All => Ok(()),
             Sent::Failed(errno) => Err(io::Error::from(errno)),
@@ -156,7 +156,7 @@ fn lock(state: &Mutex<SendState>) -> MutexGuard<'_, SendState> {
 }
 
 /// A send queued on a thread's ring, until its completion was reaped.
-pub struct SendInFlight {
+pub(crate) struct SendInFlight {
     state: Arc<Mutex<SendState>>,
 }
 
@@ -169,21 +169,15 @@ impl std::fmt::Debug for SendInFlight {
 }
 
 /// Queues `buf` to be sent on `socket` by this thread's ring, at its next
-/// [`submit_and_reap`]. Gives the buffer back if this thread has no ring,
-/// or if the buffer is empty (nothing to send).
+/// [`submit_and_reap`]; `keep_buffer`: the buffer stays with the send for
+/// [`SendInFlight::take_buffer`], else it is freed as soon as the send
+/// ended. Gives the buffer back if this thread has no ring, or if the
+/// buffer is empty (nothing to send).
 ///
 /// The caller keeps `socket` open until the send was submitted (see the
 /// crate's documentation), and writes nothing else to it until the send
 /// ended: sends are not ordered with other writes.
-pub fn send(socket: &impl AsFd, buf: Vec<u8>) -> Result<SendInFlight, Vec<u8>> {
-    send_keeping(socket, buf, true)
-}
-
-fn send_keeping(
-    socket: &impl AsFd,
-    buf: Vec<u8>,
-    keep_buffer: bool,
-) -> Result<SendInFlight, Vec<u8>> {
+fn send(socket: &impl AsFd, buf: Vec<u8>, keep_buffer: bool) -> Result<SendInFlight, Vec<u8>> {
     if buf.is_empty() {
         return Err(buf);
     }
@@ -292,9 +286,8 @@ pub fn submit_and_reap() -> bool {
     submitted
 }
 
-/// One completion: the send ended (true), or part is left and was queued
-/// again.
-fn complete(index: u32, result: i32) -> bool {
+/// One completion: the send ended, or part is left and is queued again.
+fn complete(index: u32, result: i32) {
     let state = RING.with(|slot| {
         let mut slot = slot.borrow_mut();
         let ring = slot.as_mut()?;
@@ -302,7 +295,7 @@ fn complete(index: u32, result: i32) -> bool {
         ring.free.push(index);
         Some(state)
     });
-    let Some(state) = state else { return false };
+    let Some(state) = state else { return };
     let outcome = {
         let mut guard = lock(&state);
         match usize::try_from(result) {
@@ -316,29 +309,23 @@ fn complete(index: u32, result: i32) -> bool {
         }
     };
     match outcome {
-        Some(outcome) => {
-            finish(&state, outcome);
-            true
-        }
-        None => {
-            RING.with(|slot| {
-                if let Some(ring) = slot.borrow_mut().as_mut() {
-                    ring.start(state);
-                }
-            });
-            false
-        }
+        Some(outcome) => finish(&state, outcome),
+        None => RING.with(|slot| {
+            if let Some(ring) = slot.borrow_mut().as_mut() {
+                ring.start(state);
+            }
+        }),
     }
 }
 
 impl SendInFlight {
     /// How the send ended; `None` while in flight.
-    pub fn outcome(&self) -> Option<Sent> {
+    pub(crate) fn outcome(&self) -> Option<Sent> {
         lock(&self.state).outcome
     }
 
     /// Waits until the send ended.
-    pub fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<Sent> {
+    pub(crate) fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<Sent> {
         let mut guard = lock(&self.state);
         match guard.outcome {
             Some(outcome) => Poll::Ready(outcome),
@@ -351,7 +338,10 @@ impl SendInFlight {
 
     /// Keeps `owner` (whatever keeps the socket open) until the send ended,
     /// then drops it. Gives it back if the send already ended.
-    pub fn hold_until_sent(&self, owner: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
+    pub(crate) fn hold_until_sent(
+        &self,
+        owner: Box<dyn Any + Send>,
+    ) -> Result<(), Box<dyn Any + Send>> {
         let mut guard = lock(&self.state);
         if guard.outcome.is_some() {
             return Err(owner);
@@ -361,7 +351,7 @@ impl SendInFlight {
     }
 
     /// The buffer back, emptied, for the next send; `None` while in flight.
-    pub fn take_buffer(&self) -> Option<Vec<u8>> {
+    pub(crate) fn take_buffer(&self) -> Option<Vec<u8>> {
         let mut guard = lock(&self.state);
         guard.outcome?;
         let mut buf = std::mem::take(&mut guard.buf);
@@ -442,7 +432,7 @@ impl Outbox {
         if !self.is_idle() {
             return Err(buf);
         }
-        self.last = Some(send_keeping(socket, buf, self.reuse)?);
+        self.last = Some(send(socket, buf, self.reuse)?);
         Ok(())
     }
 
@@ -503,14 +493,14 @@ mod tests {
     fn queued_sends_reach_the_peer_only_once_submitted_and_in_order_per_socket() {
         let _completions = install(64).unwrap();
         let (client, mut server) = pair();
-        let first = send(&client, b"hello ".to_vec()).unwrap();
+        let first = send(&client, b"hello ".to_vec(), true).unwrap();
         assert_eq!(first.outcome(), None, "nothing goes out before submission");
         server.set_nonblocking(true).unwrap();
         let mut byte = [0u8; 1];
         assert!(server.read(&mut byte).is_err(), "no byte before submission");
         submit_and_reap();
         assert_eq!(first.outcome(), Some(Sent::All));
-        let second = send(&client, b"world".to_vec()).unwrap();
+        let second = send(&client, b"world".to_vec(), true).unwrap();
         submit_and_reap();
         assert_eq!(second.outcome(), Some(Sent::All));
         server.set_nonblocking(false).unwrap();
@@ -528,7 +518,7 @@ mod tests {
         rustix::net::sockopt::set_socket_linger(&server, Some(std::time::Duration::ZERO)).unwrap();
         drop(server);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let sending = send(&client, vec![b'x'; 1 << 20]).unwrap();
+        let sending = send(&client, vec![b'x'; 1 << 20], true).unwrap();
         for _ in 0..100 {
             submit_and_reap();
             if sending.outcome().is_some() {
@@ -653,7 +643,10 @@ mod tests {
         std::thread::spawn(|| {
             let (client, _server) = pair();
             assert!(!is_installed());
-            assert_eq!(send(&client, b"x".to_vec()).unwrap_err(), b"x".to_vec());
+            assert_eq!(
+                send(&client, b"x".to_vec(), true).unwrap_err(),
+                b"x".to_vec()
+            );
         })
         .join()
         .unwrap();
