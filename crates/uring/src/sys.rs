@@ -1,5 +1,5 @@
-//! Everything `unsafe` of the crate: queueing a send whose buffer the
-//! kernel reads after the call returns.
+//! Everything `unsafe` of the crate: queueing operations whose buffers the
+//! kernel reads or writes after the call returns.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -12,6 +12,10 @@ use io_uring::{opcode, IoUring};
 /// by the kernel for the rest; `MSG_NOSIGNAL`: a closed peer is an
 /// `EPIPE` result, not a signal.
 const SEND_FLAGS: i32 = 0x100 | 0x4000;
+/// `MSG_DONTWAIT`.
+const RECV_DONT_WAIT: i32 = 0x40;
+/// `POLLIN | POLLRDHUP`: bytes to read, or the peer closed.
+const POLL_READABLE: u32 = 0x001 | 0x2000;
 
 pub(crate) struct Ring {
     uring: IoUring,
@@ -32,7 +36,15 @@ impl Ring {
         let uring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(2))
             .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
             .build(entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(entries.saturating_mul(2))
+                    .setup_single_issuer()
+                    .build(entries)
+            })
             .or_else(|_| {
                 IoUring::builder()
                     .setup_cqsize(entries.saturating_mul(2))
@@ -58,19 +70,71 @@ impl Ring {
     /// Queues a send of `bytes` on `fd` (not yet submitted).
     ///
     /// The caller keeps `bytes` allocated and unchanged until the send's
-    /// completion was reaped (they live in the send's state, which the
+    /// completion was reaped (they live in the operation's state, which the
     /// thread's table holds until then and which nobody writes while the
-    /// send is in flight), and keeps `fd` open until then.
-    pub(crate) fn push_send(&mut self, fd: RawFd, bytes: &[u8], user_data: u32) -> io::Result<()> {
+    /// send is in flight), and keeps `fd` open until it was submitted.
+    pub(crate) fn push_send(&mut self, fd: RawFd, bytes: &[u8], user_data: u64) -> io::Result<()> {
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let entry = opcode::Send::new(Fd(fd), bytes.as_ptr(), len)
             .flags(SEND_FLAGS)
             .build()
-            .user_data(u64::from(user_data));
+            .user_data(user_data);
+        // SAFETY: the entry points at `bytes`, which the caller keeps
+        // alive and unchanged until the completion (see above).
+        unsafe { self.push(&entry) }
+    }
+
+    /// Queues a receive into `spare` (the unused capacity of a buffer the
+    /// caller owns). `dont_wait`: the socket is read once, an empty one
+    /// completes with `EAGAIN` instead of waiting.
+    ///
+    /// The caller keeps the buffer allocated, and reads or moves none of
+    /// its heap memory, until the completion was reaped (it lives in the
+    /// operation's state in the thread's table), and keeps `fd` open until
+    /// the receive was submitted.
+    pub(crate) fn push_recv(
+        &mut self,
+        fd: RawFd,
+        spare: &mut [std::mem::MaybeUninit<u8>],
+        dont_wait: bool,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+        let flags = if dont_wait { RECV_DONT_WAIT } else { 0 };
+        let entry = opcode::Recv::new(Fd(fd), spare.as_mut_ptr().cast::<u8>(), len)
+            .flags(flags)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the entry points at `spare`, which the caller keeps
+        // allocated and untouched until the completion (see above).
+        unsafe { self.push(&entry) }
+    }
+
+    /// Queues a one-shot wait until `fd` is readable (or closed).
+    pub(crate) fn push_poll_readable(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(Fd(fd), POLL_READABLE)
+            .build()
+            .user_data(user_data);
+        // SAFETY: a poll points at no memory of ours.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Queues the cancellation of the operation with `target` user data;
+    /// the cancellation's own completion carries `user_data`.
+    pub(crate) fn push_cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
+        // SAFETY: a cancellation points at no memory of ours.
+        unsafe { self.push(&entry) }
+    }
+
+    /// # Safety
+    /// Whatever memory `entry` points at stays valid until its completion.
+    unsafe fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: the entry points at `bytes`, which the caller keeps
-            // alive and unchanged until the completion (see above).
-            if unsafe { self.uring.submission().push(&entry) }.is_ok() {
+            // SAFETY: passed on to the caller (see above).
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
             // The submission queue is full: hand it to the kernel first.
@@ -82,7 +146,7 @@ impl Ring {
     /// completion waits in the kernel's overflow list) and collects the
     /// completions ready now as (user data, result). False: the kernel
     /// refused the submission; entries are still queued.
-    pub(crate) fn submit_and_reap(&mut self, into: &mut Vec<(u32, i32)>) -> bool {
+    pub(crate) fn submit_and_reap(&mut self, into: &mut Vec<(u64, i32)>) -> bool {
         // Completions posted during our own submission are reaped below:
         // no need to be woken for them.
         self.uring.completion().disable_eventfd();
@@ -90,7 +154,7 @@ impl Ring {
         for _ in 0..SUBMIT_ATTEMPTS {
             let pending = {
                 let queue = self.uring.submission();
-                !queue.is_empty() || queue.cq_overflow()
+                !queue.is_empty() || queue.cq_overflow() || queue.taskrun()
             };
             if !pending {
                 submitted = true;
@@ -105,16 +169,28 @@ impl Ring {
             }
         }
         self.uring.completion().enable_eventfd();
+        // Work deferred to this thread while the eventfd was disabled
+        // signalled nobody, and later work will not signal while it waits:
+        // run it now (the kernel flags it until it ran).
+        if self.uring.submission().taskrun() && self.uring.submit().is_err() {
+            submitted = false;
+        }
         // One posted between the reaping and the enabling signalled nobody.
         self.reap(into);
         submitted
     }
 
-    fn reap(&mut self, into: &mut Vec<(u32, i32)>) {
-        into.extend(
-            self.uring
-                .completion()
-                .map(|c| (u32::try_from(c.user_data()).unwrap_or(u32::MAX), c.result())),
-        );
+    fn reap(&mut self, into: &mut Vec<(u64, i32)>) {
+        into.extend(self.uring.completion().map(|c| (c.user_data(), c.result())));
     }
+}
+
+/// Counts the `n` bytes a completed receive wrote into `buf`'s unused
+/// capacity as part of it.
+pub(crate) fn received(buf: &mut Vec<u8>, n: usize) {
+    let len = buf.len().saturating_add(n).min(buf.capacity());
+    // SAFETY: the kernel wrote `n` bytes right after the buffer's length
+    // (the receive was given exactly its unused capacity, so `n` never
+    // exceeds it; `min` keeps that true regardless).
+    unsafe { buf.set_len(len) }
 }

@@ -1,0 +1,412 @@
+//! Operations of an event loop that lives on its thread's ring: waits for
+//! a socket to turn readable, receives and sends, each told apart by a
+//! token the loop chooses, their completions collected by
+//! [`take_completions`].
+//!
+//! Every operation owns its buffer until it completed (the completion
+//! gives it back), so the loop never lends memory to the kernel. Its socket
+//! must stay open until the operation was submitted; a socket with a
+//! receive or poll that may never complete (an idle peer) is shut down or
+//! the operation [`cancel`]led before it closes, or the kernel would keep
+//! the connection open.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::task::Waker;
+
+use crate::RING;
+
+/// A finished operation.
+#[derive(Debug)]
+pub struct Completion {
+    pub token: u64,
+    /// A receive: bytes received (appended to `buf`), 0 at the end of the
+    /// stream; a send: bytes sent (all of them); a poll: the events. A
+    /// negative errno when it failed (`-ECANCELED`: cancelled).
+    pub result: i32,
+    /// The buffer of a receive or send.
+    pub buf: Option<Vec<u8>>,
+}
+
+enum Kind {
+    Poll,
+    Recv { buf: Vec<u8> },
+    Send { buf: Vec<u8>, done: usize },
+}
+
+struct Op {
+    token: u64,
+    fd: RawFd,
+    kind: Kind,
+}
+
+/// The loop's operations in flight on one thread, and its completions not
+/// yet taken.
+#[derive(Default)]
+pub(crate) struct Table {
+    slots: Vec<Option<Op>>,
+    free: Vec<u32>,
+    done: Vec<Completion>,
+    waker: Option<Waker>,
+}
+
+impl Table {
+    /// The kernel may still write the buffers of operations in flight
+    /// while the ring winds down: those are leaked rather than freed under
+    /// it (a thread ends with operations in flight only when its process
+    /// ends).
+    pub(crate) fn leak_in_flight(&mut self) {
+        if self.slots.iter().any(Option::is_some) {
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+    }
+
+    fn insert(&mut self, op: Op) -> u32 {
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(op);
+                index
+            }
+            None => {
+                self.slots.push(Some(op));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn remove(&mut self, index: u32) -> Option<Op> {
+        let op = self.slots.get_mut(index as usize)?.take()?;
+        self.free.push(index);
+        Some(op)
+    }
+}
+
+/// User data of the loop's operations: the table index and this bit.
+const LOOP: u64 = 1 << 32;
+/// User data of a cancellation (nobody waits for its own completion).
+const CANCEL: u64 = 1 << 33;
+
+/// Whose a completion is, by its user data.
+pub(crate) enum Owner {
+    /// A send of an [`crate::Outbox`].
+    Send(u32),
+    Loop(u32),
+    Nobody,
+}
+
+pub(crate) fn owner(user_data: u64) -> Owner {
+    // The low 32 bits are an index either way.
+    let index = (user_data & u64::from(u32::MAX)) as u32;
+    if user_data & CANCEL != 0 {
+        Owner::Nobody
+    } else if user_data & LOOP != 0 {
+        Owner::Loop(index)
+    } else {
+        Owner::Send(index)
+    }
+}
+
+fn unsupported() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "this thread has no io_uring")
+}
+
+/// Queues `op` on this thread's ring (submitted with the turn's batch).
+fn start(op: Op) -> Result<(), (Op, io::Error)> {
+    RING.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let Some(ring) = slot.as_mut() else {
+            return Err((op, unsupported()));
+        };
+        let fd = op.fd;
+        let index = ring.ops.insert(op);
+        let user_data = LOOP | u64::from(index);
+        let pushed = push(ring, index, fd, user_data);
+        if let Err(e) = pushed {
+            let op = ring.ops.remove(index);
+            return match op {
+                Some(op) => Err((op, e)),
+                None => Ok(()),
+            };
+        }
+        ring.queued_one();
+        Ok(())
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn push(ring: &mut crate::ThreadRing, index: u32, fd: RawFd, user_data: u64) -> io::Result<()> {
+    let Some(Some(op)) = ring.ops.slots.get_mut(index as usize) else {
+        return Ok(());
+    };
+    match &mut op.kind {
+        Kind::Poll => ring.ring.push_poll_readable(fd, user_data),
+        Kind::Recv { buf } => {
+            let dont_wait = op.token & DONT_WAIT != 0;
+            ring.ring
+                .push_recv(fd, buf.spare_capacity_mut(), dont_wait, user_data)
+        }
+        Kind::Send { buf, done } => ring.ring.push_send(fd, &buf[*done..], user_data),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn push(_: &mut crate::ThreadRing, _: u32, _: RawFd, _: u64) -> io::Result<()> {
+    Err(unsupported())
+}
+
+/// Marks a receive that reads once (kept in the operation's token, which
+/// the loop never sees with it: [`recv`] strips it from completions).
+const DONT_WAIT: u64 = 1 << 63;
+
+/// Waits until `fd` is readable or its peer closed.
+pub fn poll_readable(fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+    let op = Op {
+        token,
+        fd: fd.as_raw_fd(),
+        kind: Kind::Poll,
+    };
+    start(op).map_err(|(_, e)| e)
+}
+
+/// Receives into the unused capacity of `buf` (reserve some first).
+/// `dont_wait`: completes at once with `-EAGAIN` if nothing is there. Gives
+/// the buffer back if it cannot be queued.
+pub fn recv(
+    fd: BorrowedFd<'_>,
+    buf: Vec<u8>,
+    dont_wait: bool,
+    token: u64,
+) -> Result<(), (Vec<u8>, io::Error)> {
+    debug_assert!(token & DONT_WAIT == 0, "the top bit of a token is ours");
+    if buf.capacity() == buf.len() {
+        return Err((buf, io::Error::from(io::ErrorKind::InvalidInput)));
+    }
+    let op = Op {
+        token: if dont_wait { token | DONT_WAIT } else { token },
+        fd: fd.as_raw_fd(),
+        kind: Kind::Recv { buf },
+    };
+    start(op).map_err(|(op, e)| (buffer_of(op), e))
+}
+
+/// Sends all of `buf` (a socket that takes only part gets the rest
+/// again). Gives the buffer back if it cannot be queued.
+pub fn send(fd: BorrowedFd<'_>, buf: Vec<u8>, token: u64) -> Result<(), (Vec<u8>, io::Error)> {
+    let op = Op {
+        token,
+        fd: fd.as_raw_fd(),
+        kind: Kind::Send { buf, done: 0 },
+    };
+    start(op).map_err(|(op, e)| (buffer_of(op), e))
+}
+
+fn buffer_of(op: Op) -> Vec<u8> {
+    match op.kind {
+        Kind::Recv { buf } | Kind::Send { buf, .. } => buf,
+        Kind::Poll => Vec::new(),
+    }
+}
+
+/// Asks the kernel to cancel the operations in flight with `token`; each
+/// then completes (with `-ECANCELED`, or its result if it finished first).
+/// Returns how many there were.
+pub fn cancel(token: u64) -> usize {
+    RING.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let Some(ring) = slot.as_mut() else {
+            return 0;
+        };
+        let targets: Vec<u32> = ring
+            .ops
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, op)| {
+                let op = op.as_ref()?;
+                (op.token & !DONT_WAIT == token).then_some(index as u32)
+            })
+            .collect();
+        for &index in &targets {
+            let target = LOOP | u64::from(index);
+            #[cfg(target_os = "linux")]
+            if let Err(e) = ring.ring.push_cancel(target, CANCEL | u64::from(index)) {
+                tracing::warn!(error = %e, "an io_uring operation could not be cancelled");
+            }
+            ring.queued_one();
+        }
+        targets.len()
+    })
+}
+
+/// Moves the completions collected so far into `into`; `waker` is woken
+/// when more arrive.
+pub fn take_completions(into: &mut Vec<Completion>, waker: &Waker) {
+    RING.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let Some(ring) = slot.as_mut() else {
+            return;
+        };
+        into.append(&mut ring.ops.done);
+        match &ring.ops.waker {
+            Some(known) if known.will_wake(waker) => {}
+            _ => ring.ops.waker = Some(waker.clone()),
+        }
+    })
+}
+
+/// One completion of a loop operation: a short send goes again for the
+/// rest; anything else is collected for the loop.
+pub(crate) fn complete(index: u32, result: i32) {
+    RING.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let Some(ring) = slot.as_mut() else {
+            return;
+        };
+        if let Some(Some(Op {
+            kind: Kind::Send { buf, done },
+            ..
+        })) = ring.ops.slots.get_mut(index as usize)
+        {
+            if let Ok(n) = usize::try_from(result) {
+                *done += n;
+                if n > 0 && *done < buf.len() {
+                    let fd = ring.ops.slots[index as usize]
+                        .as_ref()
+                        .map_or(-1, |op| op.fd);
+                    if push(ring, index, fd, LOOP | u64::from(index)).is_ok() {
+                        ring.queued_one();
+                        return;
+                    }
+                }
+            }
+        }
+        let Some(op) = ring.ops.remove(index) else {
+            return;
+        };
+        let completion = finished(op, result);
+        ring.ops.done.push(completion);
+    })
+}
+
+fn finished(op: Op, result: i32) -> Completion {
+    let token = op.token & !DONT_WAIT;
+    match op.kind {
+        Kind::Poll => Completion {
+            token,
+            result,
+            buf: None,
+        },
+        Kind::Recv { mut buf } => {
+            if let Ok(n) = usize::try_from(result) {
+                #[cfg(target_os = "linux")]
+                crate::sys::received(&mut buf, n);
+            }
+            Completion {
+                token,
+                result,
+                buf: Some(buf),
+            }
+        }
+        Kind::Send { buf, done } => {
+            let result = match result {
+                // A stream socket that takes nothing is gone.
+                0 if done < buf.len() => -(rustix::io::Errno::PIPE.raw_os_error()),
+                n if n < 0 => n,
+                _ => i32::try_from(done).unwrap_or(i32::MAX),
+            };
+            Completion {
+                token,
+                result,
+                buf: Some(buf),
+            }
+        }
+    }
+}
+
+/// Wakes the loop if completions wait for it.
+pub(crate) fn wake_loop() {
+    let waker = RING.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let ring = slot.as_mut()?;
+        if ring.ops.done.is_empty() {
+            return None;
+        }
+        ring.ops.waker.take()
+    });
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::task::Waker;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    /// Submits and reaps until `count` completions were collected (bounded).
+    fn collect(count: usize) -> Vec<Completion> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "completions missing: {got:?}"
+            );
+            crate::submit_and_reap();
+            take_completions(&mut got, Waker::noop());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        got
+    }
+
+    #[test]
+    fn a_read_once_receive_of_an_empty_socket_says_eagain_and_a_waiting_one_gets_the_bytes() {
+        let _completions = crate::install(16).unwrap();
+        let (client, mut server) = pair();
+        recv(client.as_fd(), Vec::with_capacity(64), true, 1).unwrap();
+        let got = collect(1);
+        assert_eq!(got[0].token, 1);
+        assert_eq!(got[0].result, -(rustix::io::Errno::AGAIN.raw_os_error()));
+        recv(client.as_fd(), Vec::with_capacity(64), false, 2).unwrap();
+        poll_readable(client.as_fd(), 3).unwrap();
+        crate::submit_and_reap();
+        server.write_all(b"hello").unwrap();
+        let mut got = collect(2);
+        got.sort_by_key(|c| c.token);
+        assert_eq!(got[0].token, 2);
+        assert_eq!(got[0].result, 5);
+        assert_eq!(got[0].buf.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(got[1].token, 3);
+        assert!(got[1].result > 0, "poll events: {}", got[1].result);
+    }
+
+    #[test]
+    fn a_cancelled_poll_completes_as_cancelled_and_a_send_delivers_everything() {
+        let _completions = crate::install(16).unwrap();
+        let (client, mut server) = pair();
+        poll_readable(client.as_fd(), 7).unwrap();
+        crate::submit_and_reap();
+        assert_eq!(cancel(7), 1);
+        let got = collect(1);
+        assert_eq!(got[0].token, 7);
+        assert_eq!(got[0].result, -(rustix::io::Errno::CANCELED.raw_os_error()));
+        send(client.as_fd(), b"all of it".to_vec(), 8).unwrap();
+        let got = collect(1);
+        assert_eq!((got[0].token, got[0].result), (8, 9));
+        let mut buf = [0u8; 9];
+        std::io::Read::read_exact(&mut server, &mut buf).unwrap();
+        assert_eq!(&buf, b"all of it");
+    }
+}
