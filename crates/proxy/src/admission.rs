@@ -203,6 +203,11 @@ impl IdleSignal {
             || self.state.load(Ordering::Acquire) == BUSY
     }
 
+    /// Whether it was asked to close (to make room).
+    pub(crate) fn asked_to_close(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSING
+    }
+
     /// Resolves once the connection was asked to close.
     pub(crate) async fn closing(&self) {
         self.close.notified().await;

@@ -238,6 +238,14 @@ impl ResponseBody {
         }
     }
 
+    /// The bytes of a complete body from the proxy itself.
+    pub(crate) fn full_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.as_ref(),
+            Kind::Upstream(_) => None,
+        }
+    }
+
     /// No body (a 101 response).
     pub(crate) fn empty() -> Self {
         ResponseBody {

@@ -96,6 +96,8 @@ pub(crate) struct Endpoint {
     removed: AtomicBool,
     /// Idle HTTP/1.1 keep-alive connections.
     pub(crate) pool: Pool,
+    /// Idle connections kept by the workers' io_uring loops (`ring`).
+    pub(crate) ring_idle: AtomicUsize,
     /// The multiplexed connection, for apps spoken to in HTTP/2 (h2c).
     h2: Mutex<Option<H2Conn>>,
     /// This address's counters in its slot's metrics.
@@ -117,6 +119,7 @@ impl Endpoint {
             trial: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             pool: Pool::default(),
+            ring_idle: AtomicUsize::new(0),
             h2: Mutex::new(None),
             counters,
         }
@@ -280,6 +283,13 @@ impl std::ops::Deref for EndpointGuard {
     type Target = Endpoint;
 
     fn deref(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
+impl EndpointGuard {
+    /// The endpoint itself (to tell endpoints apart, and to keep one).
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
     }
 }

@@ -133,7 +133,7 @@ pub(crate) async fn handle(
 
 /// Paths never redirected to HTTPS, so that a certificate can be obtained
 /// over plain HTTP (ACME HTTP-01).
-const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+pub(crate) const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// `308 Permanent Redirect` to the same host and target over HTTPS.
 fn redirect_to_https(req: &Request<ClientBody>, port: u16) -> Response<ResponseBody> {
@@ -175,7 +175,11 @@ fn redirect_to_https(req: &Request<ClientBody>, port: u16) -> Response<ResponseB
 
 /// The request's facts for its access log line (the rest is filled in when
 /// the response ends).
-fn log_entry(ctx: &ConnCtx, req: &Request<ClientBody>, request_id: &HeaderValue) -> Box<Entry> {
+pub(crate) fn log_entry<B>(
+    ctx: &ConnCtx,
+    req: &Request<B>,
+    request_id: &HeaderValue,
+) -> Box<Entry> {
     let headers = req.headers();
     Box::new(Entry {
         time: SystemTime::now(),
@@ -228,7 +232,7 @@ async fn forward(
     refuse_early(&req, settings)?;
     let upgrade = take_upgrade(&mut req);
     let (parts, body) = req.into_parts();
-    let host = requested_host(&parts);
+    let host = requested_host(&parts.uri, &parts.headers);
     let (in_flight, sticky, protocol) = match start_on_reserved(ctx, parts.uri.path()) {
         Some(started) => (started?, None, UpstreamProtocol::Http1),
         None => start_on_live(
@@ -288,13 +292,13 @@ fn refuse_early(req: &Request<ClientBody>, settings: &ProxySettings) -> Result<(
 
 /// The host the client asked for: the authority of an absolute-form
 /// target overrides the Host header.
-fn requested_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.uri.authority() {
+pub(crate) fn requested_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match uri.authority() {
         Some(authority) => {
             let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
             HeaderValue::from_str(host_port).ok()
         }
-        None => parts.headers.get(HOST).cloned(),
+        None => headers.get(HOST).cloned(),
     }
 }
 
@@ -315,7 +319,7 @@ fn peer_is_trusted(ctx: &ConnCtx) -> bool {
 /// The request as it goes to an HTTP/1.1 upstream (forwarding headers
 /// applied while encoding; an absolute-form target is written in origin
 /// form).
-fn proxied_head<'a>(
+pub(crate) fn proxied_head<'a>(
     ctx: &'a ConnCtx,
     parts: &'a http::request::Parts,
     host: Option<&'a HeaderValue>,
@@ -454,7 +458,10 @@ fn switch_protocols(
 /// like a request to an app's release; `None` for every other path. The
 /// receiver answers on the control plane's runtime: nothing here waits on
 /// it beyond the forwarded request.
-fn start_on_reserved(ctx: &ConnCtx, path: &str) -> Option<Result<InFlightGuard, ForwardError>> {
+pub(crate) fn start_on_reserved(
+    ctx: &ConnCtx,
+    path: &str,
+) -> Option<Result<InFlightGuard, ForwardError>> {
     let table = ctx.shared.router.load();
     let upstream = table.reserved_for(path)?;
     Some(
@@ -469,7 +476,7 @@ fn start_on_reserved(ctx: &ConnCtx, path: &str) -> Option<Result<InFlightGuard, 
 /// Starts the request on the upstream of the app serving `path` on `host`:
 /// the live one, or the previewed or shifted-to release when the request asks for it
 /// or falls in its share. Also returns the sticky cookie to set, if any.
-fn start_on_live(
+pub(crate) fn start_on_live(
     ctx: &ConnCtx,
     host: Option<&str>,
     path: &str,
@@ -496,6 +503,28 @@ fn start_on_live(
     let app = app.unwrap_or_else(|| Arc::from(""));
     tracing::warn!(%app, "the live upstream is retired; publish a new Upstream instead");
     Err(ForwardError::NoLiveRelease { app })
+}
+
+/// [`start_on_live`] for a request the io_uring loop may serve itself
+/// (see `ring`): `None` when it goes elsewhere than to an app spoken to
+/// over HTTP/1.1 (a reserved path, an h2c app); the full path serves those.
+pub(crate) fn start_on_http1_app(
+    ctx: &ConnCtx,
+    host: Option<&str>,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Result<(InFlightGuard, Option<HeaderValue>), ForwardError>> {
+    {
+        let table = ctx.shared.router.load();
+        if table.reserved_for(path).is_some()
+            || table
+                .route(host, path)
+                .is_some_and(|route| route.protocol != UpstreamProtocol::Http1)
+        {
+            return None;
+        }
+    }
+    Some(start_on_live(ctx, host, path, headers).map(|(guard, sticky, _)| (guard, sticky)))
 }
 
 /// Picks the upstream for one request. The common case (no preview, no
@@ -589,7 +618,7 @@ fn h2_target(uri: &Uri, host: Option<&HeaderValue>, addr: std::net::SocketAddr) 
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-fn error_response(e: &ForwardError) -> Response<ResponseBody> {
+pub(crate) fn error_response(e: &ForwardError) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(format!("cutover: {e}\n")));
     *response.status_mut() = e.status();
     let headers = response.headers_mut();

@@ -138,6 +138,7 @@ mod headers;
 mod http1;
 pub mod metrics;
 mod pool;
+mod ring;
 pub mod router;
 mod server;
 pub mod settings;

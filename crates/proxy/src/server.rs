@@ -682,8 +682,54 @@ async fn serve_plain(
         // The guards count the connection until it ends.
         let _life = life;
         Box::pin(serve_h2(builder, io, ctx, stopped, peer)).await;
+    } else if crate::ring::is_running() {
+        to_ring(stream, first, ctx, stopped, life, exits).await;
     } else {
         http1_server::serve(ClientIo::Tcp(stream), first, ctx, stopped, life, exits).await;
+    }
+}
+
+/// Hands an HTTP/1.1 connection to the worker's io_uring loop (`ring`).
+async fn to_ring(
+    stream: TcpStream,
+    first: BytesMut,
+    ctx: Arc<ConnCtx>,
+    stopped: watch::Receiver<bool>,
+    life: ConnLife,
+    exits: Exits,
+) {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(error = %e, "a connection could not leave the event loop");
+            return;
+        }
+    };
+    let adopted = crate::ring::Adopted {
+        stream,
+        first,
+        ctx,
+        life,
+        exits,
+        stopped,
+    };
+    let Err(back) = crate::ring::adopt(adopted) else {
+        return;
+    };
+    let crate::ring::Adopted {
+        stream,
+        first,
+        ctx,
+        life,
+        exits,
+        stopped,
+    } = *back;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => {
+            let io = ClientIo::Tcp(stream);
+            http1_server::serve(io, first, ctx, stopped, life, exits).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "a connection cannot rejoin the event loop"),
     }
 }
 

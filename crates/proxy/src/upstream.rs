@@ -44,7 +44,7 @@ use crate::settings::ProxySettings;
 
 /// Pooled connections a request tries (they may turn out closed) before it
 /// opens a fresh one.
-const MAX_POOLED_ATTEMPTS: usize = 16;
+pub(crate) const MAX_POOLED_ATTEMPTS: usize = 16;
 /// Fresh connections a request tries when each closes before taking it.
 const MAX_FRESH_ATTEMPTS: usize = 2;
 
@@ -257,7 +257,7 @@ impl Upstream {
         self.endpoints
             .load()
             .iter()
-            .map(|e| e.pool.idle_count())
+            .map(|e| e.pool.idle_count() + e.ring_idle.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -389,7 +389,7 @@ impl Upstream {
 
     /// The endpoint for a request's next attempt (see [`crate::balance`]),
     /// its in-flight count taken; `None` once every endpoint was tried.
-    fn pick(&self, tried: &Tried) -> Option<EndpointGuard> {
+    pub(crate) fn pick(&self, tried: &Tried) -> Option<EndpointGuard> {
         if tried.is_full() {
             return None;
         }
@@ -398,7 +398,7 @@ impl Upstream {
     }
 
     /// The error for a request that found no endpoint to try.
-    fn no_endpoint(&self) -> ForwardError {
+    pub(crate) fn no_endpoint(&self) -> ForwardError {
         ForwardError::NoEndpoint {
             app: self.app.clone(),
         }
@@ -516,7 +516,11 @@ impl Upstream {
     }
 
     /// The error to answer for a failed HTTP/1.1 exchange.
-    fn exchange_failed(&self, endpoint: &Endpoint, error: ExchangeError) -> ForwardError {
+    pub(crate) fn exchange_failed(
+        &self,
+        endpoint: &Endpoint,
+        error: ExchangeError,
+    ) -> ForwardError {
         let app = self.app.clone();
         match error {
             ExchangeError::Timeout(timeout) => ForwardError::ResponseTimeout { app, timeout },
@@ -605,7 +609,7 @@ impl Upstream {
 
     /// Counts and logs a failed connection attempt, ejects the endpoint;
     /// the error to answer if no other endpoint takes the request.
-    fn connect_failed(
+    pub(crate) fn connect_failed(
         &self,
         endpoint: &Endpoint,
         e: ConnectError,
@@ -703,7 +707,11 @@ fn take_pooled(
     attempts: &mut usize,
 ) -> Option<Box<UpstreamConn>> {
     while *attempts < MAX_POOLED_ATTEMPTS {
-        let mut conn = endpoint.pool.take()?;
+        // The worker's io_uring loop may keep this endpoint's idle ones.
+        let mut conn = match endpoint.pool.take() {
+            Some(conn) => conn,
+            None => UpstreamConn::new(crate::ring::take_idle_stream(endpoint)?),
+        };
         *attempts += 1;
         if replayable || conn.looks_open() {
             return Some(conn);
@@ -713,13 +721,13 @@ fn take_pooled(
 }
 
 /// A failed attempt: the error to answer, and where the request may go.
-struct Failed {
-    error: ForwardError,
-    retry: Retry,
+pub(crate) struct Failed {
+    pub(crate) error: ForwardError,
+    pub(crate) retry: Retry,
 }
 
 /// What failed in an attempt.
-enum Failure<'a> {
+pub(crate) enum Failure<'a> {
     /// No connection could be opened: nothing was sent.
     Connect,
     Exchange(&'a ExchangeError),
@@ -727,18 +735,18 @@ enum Failure<'a> {
 
 /// The facts of an attempt the retry rule weighs.
 #[derive(Default, Clone, Copy)]
-struct Attempt {
+pub(crate) struct Attempt {
     /// On a pooled keep-alive connection.
-    reused: bool,
+    pub(crate) reused: bool,
     /// Bodiless (or empty body) and idempotent (RFC 9110 §9.2.2).
-    replayable: bool,
+    pub(crate) replayable: bool,
     /// Fresh connections opened for this request on this endpoint.
-    fresh_attempts: usize,
+    pub(crate) fresh_attempts: usize,
 }
 
 /// Where a request goes after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
+pub(crate) enum Retry {
     /// Another connection to the same endpoint.
     SameEndpoint,
     /// Another endpoint, if one is left to try.
@@ -756,7 +764,7 @@ enum Retry {
 /// closed it idle) to the same endpoint, on a fresh one (the endpoint
 /// likely died under it) to another. Anything else may have been acted on
 /// and is never sent twice.
-fn retry_rule(failure: Failure<'_>, attempt: Attempt) -> Retry {
+pub(crate) fn retry_rule(failure: Failure<'_>, attempt: Attempt) -> Retry {
     match failure {
         Failure::Connect => Retry::OtherEndpoint,
         Failure::Exchange(ExchangeError::Unsent(_)) => {

@@ -185,6 +185,7 @@ fn run_worker(
         Some(completions) => {
             runtime.spawn(reap_late_completions(completions));
             runtime.spawn(cutover_uring::submit_each_turn());
+            runtime.spawn(crate::ring::run());
             Io::Uring
         }
         None => Io::Epoll,

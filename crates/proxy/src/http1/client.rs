@@ -407,7 +407,7 @@ async fn write_body<B: RequestBodySource>(
     Ok(())
 }
 
-fn closed_early(received: bool) -> ExchangeError {
+pub(crate) fn closed_early(received: bool) -> ExchangeError {
     if received {
         ExchangeError::Invalid(HeadError::Malformed(
             "connection closed in the middle of the response head",

@@ -181,6 +181,32 @@ pub(crate) fn resume(parked: Parked, lot: &ParkingLot, stopped: &watch::Receiver
     tokio::spawn(conn.run());
 }
 
+/// Serves a connection the io_uring loop hands on at a request boundary
+/// (see `ring`), with the bytes it read of the next request; it closes
+/// instead if it was asked to close.
+pub(crate) fn serve_resumed(
+    stream: tokio::net::TcpStream,
+    prefix: BytesMut,
+    ctx: Arc<ConnCtx>,
+    stopped: watch::Receiver<bool>,
+    life: ConnLife,
+    exits: Exits,
+) {
+    // The loop may have left it marked idle; the server marks it as it goes.
+    if life.idle.as_ref().is_some_and(|idle| !idle.set_busy()) {
+        return;
+    }
+    let io = ClientIo::Tcp(stream);
+    let conn = ServerConn::new(io, prefix, ctx, stopped, life, exits, false);
+    // At shutdown during an upgrade it is at a request boundary: it moves
+    // to the new process now, as after a response here.
+    if *conn.stopped.borrow() && conn.hands_over() {
+        tokio::spawn(conn.hand_over_or_close());
+    } else {
+        tokio::spawn(conn.run());
+    }
+}
+
 /// Resolves when the connection is asked to close to make room; never
 /// without a signal.
 async fn asked_to_close(idle: Option<&IdleSignal>) {
@@ -226,10 +252,10 @@ enum Next {
 }
 
 /// What the response writer needs to know about the request.
-struct Asked {
-    head_method: bool,
-    version: Version,
-    keep_alive: bool,
+pub(crate) struct Asked {
+    pub(crate) head_method: bool,
+    pub(crate) version: Version,
+    pub(crate) keep_alive: bool,
 }
 
 impl ServerConn {
@@ -632,17 +658,22 @@ impl ServerConn {
 }
 
 /// How a response goes out to this client.
-struct ResponseFraming {
-    bodyless: bool,
+pub(crate) struct ResponseFraming {
+    pub(crate) bodyless: bool,
     /// The body's size, when known.
-    exact: Option<u64>,
-    chunked: bool,
-    close: bool,
+    pub(crate) exact: Option<u64>,
+    pub(crate) chunked: bool,
+    pub(crate) close: bool,
     switching: bool,
 }
 
 impl ResponseFraming {
-    fn new(parts: &Parts, size: SizeHint, asked: &Asked, closing: bool) -> ResponseFraming {
+    pub(crate) fn new(
+        parts: &Parts,
+        size: SizeHint,
+        asked: &Asked,
+        closing: bool,
+    ) -> ResponseFraming {
         let status = parts.status;
         let bodyless = asked.head_method
             || status.is_informational()
@@ -669,7 +700,7 @@ impl ResponseFraming {
 
 /// The status line, the response's headers with framing headers of our
 /// own, `Date` if missing, and the connection's fate.
-fn encode_response_head(
+pub(crate) fn encode_response_head(
     out: &mut Vec<u8>,
     parts: &Parts,
     framing: &ResponseFraming,
