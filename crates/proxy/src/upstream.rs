@@ -707,11 +707,7 @@ fn take_pooled(
     attempts: &mut usize,
 ) -> Option<Box<UpstreamConn>> {
     while *attempts < MAX_POOLED_ATTEMPTS {
-        // The worker's io_uring loop may keep this endpoint's idle ones.
-        let mut conn = match endpoint.pool.take() {
-            Some(conn) => conn,
-            None => UpstreamConn::new(crate::ring::take_idle_stream(endpoint)?),
-        };
+        let mut conn = endpoint.pool.take()?;
         *attempts += 1;
         if replayable || conn.looks_open() {
             return Some(conn);

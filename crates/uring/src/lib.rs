@@ -290,10 +290,10 @@ pub fn submit_and_reap() -> bool {
         #[cfg(not(target_os = "linux"))]
         true
     });
-    for (user_data, result) in completions {
+    for (user_data, result, flags) in completions {
         match ops::owner(user_data) {
             ops::Owner::Send(index) => complete(index, result),
-            ops::Owner::Loop(index) => ops::complete(index, result),
+            ops::Owner::Loop(index) => ops::complete(index, result, flags),
             ops::Owner::Nobody => {}
         }
     }

@@ -24,13 +24,17 @@ pub struct Completion {
     /// stream; a send: bytes sent (all of them); a poll: the events. A
     /// negative errno when it failed (`-ECANCELED`: cancelled).
     pub result: i32,
-    /// The buffer of a receive or send.
+    /// The buffer of a receive or send; for a [`recv_multishot`], the
+    /// bytes of this arrival.
     pub buf: Option<Vec<u8>>,
+    /// A [`recv_multishot`] stays armed (more completions will follow).
+    pub more: bool,
 }
 
 enum Kind {
     Poll,
     Recv { buf: Vec<u8> },
+    RecvMulti,
     Send { buf: Vec<u8>, done: usize },
 }
 
@@ -140,6 +144,7 @@ fn push(ring: &mut crate::ThreadRing, index: u32, fd: RawFd, user_data: u64) -> 
     };
     match &mut op.kind {
         Kind::Poll => ring.ring.push_poll_readable(fd, user_data),
+        Kind::RecvMulti => ring.ring.push_recv_multishot(fd, user_data),
         Kind::Recv { buf } => {
             let dont_wait = op.token & DONT_WAIT != 0;
             ring.ring
@@ -164,6 +169,19 @@ pub fn poll_readable(fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
         token,
         fd: fd.as_raw_fd(),
         kind: Kind::Poll,
+    };
+    start(op).map_err(|(_, e)| e)
+}
+
+/// Receives whatever arrives on `fd`, one completion per arrival (with its
+/// bytes), until the end of the stream, an error, a cancellation, or the
+/// thread's receive buffers running out (`-ENOBUFS`): a completion without
+/// [`Completion::more`] is the last. Nothing is held while nothing comes.
+pub fn recv_multishot(fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+    let op = Op {
+        token,
+        fd: fd.as_raw_fd(),
+        kind: Kind::RecvMulti,
     };
     start(op).map_err(|(_, e)| e)
 }
@@ -203,7 +221,7 @@ pub fn send(fd: BorrowedFd<'_>, buf: Vec<u8>, token: u64) -> Result<(), (Vec<u8>
 fn buffer_of(op: Op) -> Vec<u8> {
     match op.kind {
         Kind::Recv { buf } | Kind::Send { buf, .. } => buf,
-        Kind::Poll => Vec::new(),
+        Kind::Poll | Kind::RecvMulti => Vec::new(),
     }
 }
 
@@ -256,29 +274,47 @@ pub fn take_completions(into: &mut Vec<Completion>, waker: &Waker) {
 
 /// One completion of a loop operation: a short send goes again for the
 /// rest; anything else is collected for the loop.
-pub(crate) fn complete(index: u32, result: i32) {
+pub(crate) fn complete(index: u32, result: i32, flags: u32) {
     RING.with(|slot| {
         let mut slot = slot.borrow_mut();
         let Some(ring) = slot.as_mut() else {
             return;
         };
-        if let Some(Some(Op {
-            kind: Kind::Send { buf, done },
-            ..
-        })) = ring.ops.slots.get_mut(index as usize)
-        {
-            if let Ok(n) = usize::try_from(result) {
-                *done += n;
-                if n > 0 && *done < buf.len() {
-                    let fd = ring.ops.slots[index as usize]
-                        .as_ref()
-                        .map_or(-1, |op| op.fd);
-                    if push(ring, index, fd, LOOP | u64::from(index)).is_ok() {
-                        ring.queued_one();
-                        return;
+        let Some(Some(op)) = ring.ops.slots.get_mut(index as usize) else {
+            return;
+        };
+        let token = op.token;
+        match &mut op.kind {
+            Kind::RecvMulti => {
+                #[cfg(target_os = "linux")]
+                let more = crate::sys::has_more(flags);
+                #[cfg(not(target_os = "linux"))]
+                let more = false;
+                let buf = received(ring, flags, result);
+                if !more {
+                    ring.ops.remove(index);
+                }
+                ring.ops.done.push(Completion {
+                    token,
+                    result,
+                    buf,
+                    more,
+                });
+                return;
+            }
+            Kind::Send { buf, done } => {
+                if let Ok(n) = usize::try_from(result) {
+                    *done += n;
+                    if n > 0 && *done < buf.len() {
+                        let fd = op.fd;
+                        if push(ring, index, fd, LOOP | u64::from(index)).is_ok() {
+                            ring.queued_one();
+                            return;
+                        }
                     }
                 }
             }
+            Kind::Poll | Kind::Recv { .. } => {}
         }
         let Some(op) = ring.ops.remove(index) else {
             return;
@@ -288,13 +324,27 @@ pub(crate) fn complete(index: u32, result: i32) {
     })
 }
 
+/// The bytes a multishot receive got, copied out of the ring's buffer
+/// (which goes back to the kernel at once).
+#[cfg(target_os = "linux")]
+fn received(ring: &mut crate::ThreadRing, flags: u32, result: i32) -> Option<Vec<u8>> {
+    let n = usize::try_from(result).ok().filter(|n| *n > 0)?;
+    ring.ring.received(flags, n, <[u8]>::to_vec)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn received(_: &mut crate::ThreadRing, _: u32, _: i32) -> Option<Vec<u8>> {
+    None
+}
+
 fn finished(op: Op, result: i32) -> Completion {
     let token = op.token & !DONT_WAIT;
     match op.kind {
-        Kind::Poll => Completion {
+        Kind::Poll | Kind::RecvMulti => Completion {
             token,
             result,
             buf: None,
+            more: false,
         },
         Kind::Recv { mut buf } => {
             if let Ok(n) = usize::try_from(result) {
@@ -305,6 +355,7 @@ fn finished(op: Op, result: i32) -> Completion {
                 token,
                 result,
                 buf: Some(buf),
+                more: false,
             }
         }
         Kind::Send { buf, done } => {
@@ -318,6 +369,7 @@ fn finished(op: Op, result: i32) -> Completion {
                 token,
                 result,
                 buf: Some(buf),
+                more: false,
             }
         }
     }
@@ -408,5 +460,31 @@ mod tests {
         let mut buf = [0u8; 9];
         std::io::Read::read_exact(&mut server, &mut buf).unwrap();
         assert_eq!(&buf, b"all of it");
+    }
+
+    #[test]
+    fn a_multishot_receive_gets_each_arrival_and_ends_at_the_end_of_the_stream() {
+        let _completions = crate::install(16).unwrap();
+        let (client, mut server) = pair();
+        recv_multishot(client.as_fd(), 9).unwrap();
+        crate::submit_and_reap();
+        server.write_all(b"one").unwrap();
+        let first = collect(1);
+        assert_eq!(
+            (first[0].token, first[0].result, first[0].more),
+            (9, 3, true)
+        );
+        assert_eq!(first[0].buf.as_deref(), Some(&b"one"[..]));
+        server.write_all(b"two!").unwrap();
+        let second = collect(1);
+        assert_eq!(second[0].buf.as_deref(), Some(&b"two!"[..]));
+        assert!(second[0].more, "still armed");
+        drop(server);
+        let last = collect(1);
+        assert_eq!(
+            (last[0].result, last[0].more),
+            (0, false),
+            "the end of the stream ends it"
+        );
     }
 }

@@ -26,8 +26,6 @@ use crate::http1::head::{self, BodyLength, RequestHead};
 use crate::http1::server::{ConnLife, Exits};
 use crate::pool::ConnectError;
 
-/// Room asked for per client read.
-const CLIENT_READ: usize = 4096;
 /// A request head still incomplete at this size goes to the full path
 /// (which answers 431 when it is too large).
 const MAX_HEAD: usize = 64 * 1024;
@@ -65,6 +63,8 @@ pub(super) struct Conn {
     reading: Reading,
     deadline: Option<Instant>,
     read_in_flight: bool,
+    /// Its receive was cancelled while too much is read ahead.
+    read_paused: bool,
     send_in_flight: bool,
     exchange: Option<Box<Exchange>>,
     /// The response being sent is the connection's last.
@@ -94,6 +94,7 @@ impl Conn {
             reading: Reading::Head,
             deadline: None,
             read_in_flight: false,
+            read_paused: false,
             send_in_flight: false,
             exchange: None,
             close_after_response: false,
@@ -200,14 +201,12 @@ impl Conn {
     fn hand_to_full_path(&mut self) {
         self.fate = Fate::FullPath;
         if self.read_in_flight {
-            ops::cancel(token(self.slot, kind::CLIENT_POLL));
             ops::cancel(token(self.slot, kind::CLIENT_RECV));
         }
     }
 
     pub(super) fn complete(&mut self, id: u32, kind: u8, done: Completion, links: &mut Links) {
         match kind {
-            kind::CLIENT_POLL => self.polled(done, links),
             kind::CLIENT_RECV => self.received(done, links),
             kind::CLIENT_SEND => self.sent(done, links),
             _ => self.link_completed(id, kind, done, links),
@@ -215,52 +214,53 @@ impl Conn {
     }
 
     /// Waits for the client's next bytes.
+    /// Arms the client's receive unless it is armed: it stays armed while
+    /// the connection lives (paused only while too much is read ahead).
     fn read(&mut self) {
-        if ops::poll_readable(self.client.as_fd(), token(self.slot, kind::CLIENT_POLL)).is_err() {
+        if self.read_in_flight {
+            return;
+        }
+        if ops::recv_multishot(self.client.as_fd(), token(self.slot, kind::CLIENT_RECV)).is_err() {
             return self.close();
         }
         self.read_in_flight = true;
-    }
-
-    fn polled(&mut self, done: Completion, links: &mut Links) {
-        self.read_in_flight = false;
-        if self.fate != Fate::Open {
-            return;
-        }
-        if done.result < 0 {
-            return self.close();
-        }
-        let buf = links.buffer(CLIENT_READ);
-        match ops::recv(
-            self.client.as_fd(),
-            buf,
-            true,
-            token(self.slot, kind::CLIENT_RECV),
-        ) {
-            Ok(()) => self.read_in_flight = true,
-            Err((buf, _)) => {
-                links.recycle(buf);
-                self.close();
-            }
-        }
+        self.read_paused = false;
     }
 
     fn received(&mut self, done: Completion, links: &mut Links) {
-        self.read_in_flight = false;
-        let buf = done.buf.unwrap_or_default();
-        if done.result > 0 && self.fate != Fate::Close {
-            // Even on the way to the full path: those bytes go with it.
-            self.inbuf.extend_from_slice(&buf);
+        if !done.more {
+            self.read_in_flight = false;
         }
-        links.recycle(buf);
+        if let Some(buf) = done.buf {
+            if self.fate != Fate::Close {
+                // Even on the way to the full path: those bytes go with it.
+                self.inbuf.extend_from_slice(&buf);
+            }
+            links.recycle(buf);
+        }
         if self.fate != Fate::Open {
             return;
         }
-        if done.result == -(rustix::io::Errno::AGAIN.raw_os_error()) {
-            return self.read();
+        let errno = |e: rustix::io::Errno| -e.raw_os_error();
+        if done.result == errno(rustix::io::Errno::NOBUFS)
+            || (done.result == errno(rustix::io::Errno::CANCELED) && self.read_paused)
+        {
+            // Out of receive buffers for a moment, or paused on purpose.
+            if self.reading != Reading::Busy {
+                self.read();
+            }
+            return;
         }
         if done.result <= 0 {
             return self.close();
+        }
+        if self.reading == Reading::Busy {
+            // Pipelined: read on the next request's turn; not too far.
+            if self.inbuf.len() > MAX_HEAD && self.read_in_flight && !self.read_paused {
+                self.read_paused = true;
+                ops::cancel(token(self.slot, kind::CLIENT_RECV));
+            }
+            return;
         }
         if self.reading == Reading::Idle {
             // A request starts arriving; one asked to close meanwhile
@@ -369,12 +369,12 @@ impl Conn {
             return self.close();
         }
         match exchange.phase() {
-            Phase::Relaying => exchange.read_link(links),
+            Phase::Relaying | Phase::Waiting => exchange.read_link(),
             Phase::Done => {
                 self.end_exchange(links);
                 self.after_response(links);
             }
-            Phase::Connecting | Phase::Waiting => {}
+            Phase::Connecting => {}
         }
     }
 

@@ -31,8 +31,9 @@ use crate::metrics::{self, SlotMetrics};
 use crate::pool::ConnectError;
 use crate::upstream::{retry_rule, Attempt, Failure, InFlightGuard, Retry, MAX_POOLED_ATTEMPTS};
 
-/// Room asked for per upstream read.
-const LINK_READ: usize = 16 * 1024;
+/// Response bytes buffered for a client before the link stops reading
+/// until the client took them.
+const MAX_BUFFERED: usize = 256 * 1024;
 /// Informational responses skipped before the final one; more is a flood.
 const MAX_INFORMATIONAL: u8 = 16;
 
@@ -255,13 +256,8 @@ impl Exchange {
                 });
             }
         }
-        let buf = links.buffer(LINK_READ);
-        match ops::recv(link.fd(), buf, false, token(link.id, kind::LINK_RECV)) {
-            Ok(()) => link.reading = true,
-            Err((buf, _)) => {
-                links.recycle(buf);
-                link.shut_down();
-            }
+        if link.read().is_err() {
+            link.shut_down();
         }
         self.upbuf.clear();
         self.informational = 0;
@@ -351,7 +347,7 @@ impl Exchange {
             }
             return;
         };
-        link.ended(kind);
+        link.ended(kind, &done);
         if closing {
             if let Some(buf) = done.buf {
                 links.recycle(buf);
@@ -359,11 +355,6 @@ impl Exchange {
             return;
         }
         match kind {
-            // Not cancelled: it closed or spoke while idle, before this
-            // request went out.
-            kind::LINK_POLL if done.result != -(rustix::io::Errno::CANCELED.raw_os_error()) => {
-                self.link_failed(ExchangeError::ClosedBeforeResponse(None), origin, links);
-            }
             kind::LINK_SEND => {
                 if let Some(buf) = done.buf {
                     links.recycle(buf);
@@ -387,6 +378,14 @@ impl Exchange {
         let Some(link) = self.link.as_mut() else {
             return;
         };
+        let errno = |e: rustix::io::Errno| -e.raw_os_error();
+        if done.result == errno(rustix::io::Errno::NOBUFS)
+            || (done.result == errno(rustix::io::Errno::CANCELED) && link.paused)
+        {
+            // Out of receive buffers for a moment, or paused on purpose:
+            // it reads again when more is wanted (see `read_link`).
+            return;
+        }
         if done.result > 0 {
             link.received = true;
             if let Some(buf) = done.buf {
@@ -395,7 +394,10 @@ impl Exchange {
             }
             return match self.phase {
                 Phase::Waiting => self.read_head(origin, links),
-                _ => self.relay(),
+                _ => {
+                    self.relay();
+                    self.pause_if_full();
+                }
             };
         }
         if let Some(buf) = done.buf {
@@ -434,7 +436,7 @@ impl Exchange {
         loop {
             let parsed = head::parse_response(&mut self.upbuf, self.asked.head_method);
             let error = match parsed {
-                Ok(None) => return self.read_link(links),
+                Ok(None) => return self.read_link(),
                 Ok(Some(ParsedResponse::Informational)) => {
                     self.informational += 1;
                     if self.informational <= MAX_INFORMATIONAL {
@@ -481,6 +483,7 @@ impl Exchange {
         self.write_head(&parts, self.decoder.size_hint());
         self.phase = Phase::Relaying;
         self.relay();
+        self.pause_if_full();
     }
 
     fn write_head(&mut self, parts: &http::response::Parts, size: SizeHint) {
@@ -524,22 +527,26 @@ impl Exchange {
         }
     }
 
-    /// Reads more of the response, unless a read is in flight.
-    pub(super) fn read_link(&mut self, links: &mut Links) {
+    /// Reads more of the response, unless the link's receive is armed.
+    pub(super) fn read_link(&mut self) {
         let Some(link) = self.link.as_mut() else {
             self.failed_mid_body = self.phase == Phase::Relaying;
             return;
         };
-        if link.reading {
-            return;
+        if link.read().is_err() {
+            self.failed_mid_body = true;
         }
-        let buf = links.buffer(LINK_READ);
-        match ops::recv(link.fd(), buf, false, token(link.id, kind::LINK_RECV)) {
-            Ok(()) => link.reading = true,
-            Err((buf, _)) => {
-                links.recycle(buf);
-                self.failed_mid_body = true;
-            }
+    }
+
+    /// Stops the link's receive while the client has much to take (it
+    /// reads again once that went out: see `read_link`).
+    fn pause_if_full(&mut self) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        if link.reading && !link.paused && self.out.len() + self.upbuf.len() > MAX_BUFFERED {
+            link.paused = true;
+            ops::cancel(token(link.id, kind::LINK_RECV));
         }
     }
 
@@ -610,7 +617,8 @@ impl Exchange {
             let keep = self.reusable
                 && self.phase == Phase::Done
                 && self.upbuf.is_empty()
-                && link.is_quiet()
+                && !link.sending
+                && !link.paused
                 && upstream.as_ref().is_some_and(|u| !u.is_retired())
                 && !link.endpoint.is_removed();
             if keep {

@@ -1,14 +1,12 @@
 //! The loop's upstream connections ("links"): who holds each, the idle ones
-//! by endpoint, and the receive buffers the loop reuses.
+//! by endpoint, the ones given up on, and the buffers the loop reuses.
 //!
-//! An idle link keeps a poll in flight: if its upstream closes it or says
-//! anything while it waits (an unsolicited response), the poll completes
-//! and the link is dropped before any request could read those bytes as
-//! its answer. Taking a link cancels that poll in the same batch as the
-//! request that follows, ahead of it: a poll that completes with events
-//! rather than as cancelled saw them before the request went out.
+//! A link keeps a multishot receive armed for its whole life. While it is
+//! idle, anything that receive gets (an unsolicited response, the end of
+//! the stream) means the link is unusable: it is given up on before a
+//! request could read those bytes as its answer — the same point-in-time
+//! check as the full path's before it reuses a connection.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -21,7 +19,7 @@ use super::{kind, token, Holder};
 use crate::endpoint::Endpoint;
 use crate::upstream::Upstream;
 
-/// Receive buffers kept for reuse.
+/// Buffers kept for reuse.
 const SPARE_BUFFERS: usize = 64;
 
 /// One upstream connection of the loop.
@@ -32,10 +30,12 @@ pub(super) struct Link {
     pub(super) upstream: Arc<Upstream>,
     /// It carried an exchange before this one.
     pub(super) reused: bool,
-    /// Its idle time's poll is still in flight (cancelled).
-    pub(super) polling: bool,
     pub(super) sending: bool,
+    /// Its multishot receive is armed.
     pub(super) reading: bool,
+    /// Its receive was cancelled to stop reading for a while (a client
+    /// slower than its upstream).
+    pub(super) paused: bool,
     /// Bytes of a response came.
     pub(super) received: bool,
     /// Shut down because the response took too long.
@@ -49,15 +49,24 @@ impl Link {
 
     /// Nothing of it is in the kernel's hands.
     pub(super) fn is_quiet(&self) -> bool {
-        !self.polling && !self.sending && !self.reading
+        !self.sending && !self.reading
     }
 
-    /// Notes that its operation of `kind` ended.
-    pub(super) fn ended(&mut self, kind: u8) {
+    /// Arms its receive unless it is armed.
+    pub(super) fn read(&mut self) -> std::io::Result<()> {
+        if !self.reading {
+            ops::recv_multishot(self.fd(), token(self.id, kind::LINK_RECV))?;
+            self.reading = true;
+            self.paused = false;
+        }
+        Ok(())
+    }
+
+    /// Notes that a completion of `kind` was the last of its operation.
+    pub(super) fn ended(&mut self, kind: u8, done: &Completion) {
         match kind {
-            kind::LINK_POLL => self.polling = false,
             kind::LINK_SEND => self.sending = false,
-            kind::LINK_RECV => self.reading = false,
+            kind::LINK_RECV if !done.more => self.reading = false,
             _ => {}
         }
     }
@@ -68,26 +77,12 @@ impl Link {
     }
 }
 
-thread_local! {
-    /// The loop's idle links by endpoint (its address in memory): on the
-    /// thread, so that the full path can take one too.
-    static IDLE: RefCell<HashMap<usize, Vec<Link>>> = RefCell::new(HashMap::new());
-}
-
-/// An idle connection of this worker's loop to `endpoint`, for the full
-/// path (which found none in its own pool).
-pub(crate) fn take_idle_stream(endpoint: &Endpoint) -> Option<tokio::net::TcpStream> {
-    let link = IDLE.with(|idle| idle.borrow_mut().get_mut(&key(endpoint))?.pop())?;
-    // Its poll completes as cancelled and finds no link: that frees its id.
-    ops::cancel(token(link.id, kind::LINK_POLL));
-    endpoint.ring_idle.fetch_sub(1, Ordering::Relaxed);
-    tokio::net::TcpStream::from_std(link.stream).ok()
-}
-
 /// The links of one loop.
 #[derive(Default)]
 pub(crate) struct Links {
     holders: HashMap<u32, Holder>,
+    /// Idle links by endpoint (its address in memory).
+    idle: HashMap<usize, Vec<Link>>,
     /// Links given up on, until nothing of theirs is in flight.
     dead: Vec<Link>,
     next_id: u32,
@@ -120,20 +115,23 @@ impl Links {
             endpoint,
             upstream,
             reused: false,
-            polling: false,
             sending: false,
             reading: false,
+            paused: false,
             received: false,
             timed_out: false,
         }
     }
 
-    /// An idle link of `endpoint` for the connection in `slot`, its idle
-    /// poll cancelled.
+    /// An idle link of `endpoint` for the connection in `slot`.
     pub(super) fn take_idle(&mut self, endpoint: &Arc<Endpoint>, slot: u32) -> Option<Link> {
-        let mut link = IDLE.with(|idle| idle.borrow_mut().get_mut(&key(endpoint))?.pop())?;
+        let key = key(endpoint);
+        let links = self.idle.get_mut(&key)?;
+        let mut link = links.pop()?;
+        if links.is_empty() {
+            self.idle.remove(&key);
+        }
         endpoint.ring_idle.fetch_sub(1, Ordering::Relaxed);
-        ops::cancel(token(link.id, kind::LINK_POLL));
         link.reused = true;
         link.received = false;
         link.timed_out = false;
@@ -142,20 +140,19 @@ impl Links {
     }
 
     /// Keeps a link whose exchange ended cleanly for the next request to
-    /// its endpoint.
+    /// its endpoint, its receive armed to notice anything it says.
     pub(super) fn put_idle(&mut self, mut link: Link) {
-        if ops::poll_readable(link.fd(), token(link.id, kind::LINK_POLL)).is_err() {
-            return self.close(link);
+        if link.read().is_err() {
+            return self.bury(link);
         }
-        link.polling = true;
         let key = key(&link.endpoint);
         self.holders.insert(link.id, Holder::Idle(key));
         link.endpoint.ring_idle.fetch_add(1, Ordering::Relaxed);
-        IDLE.with(|idle| idle.borrow_mut().entry(key).or_default().push(link));
+        self.idle.entry(key).or_default().push(link);
     }
 
     /// Closes a link nothing is in flight on.
-    pub(super) fn close(&mut self, link: Link) {
+    fn close(&mut self, link: Link) {
         debug_assert!(link.is_quiet(), "a link closes only when quiet");
         self.holders.remove(&link.id);
     }
@@ -171,12 +168,12 @@ impl Links {
         self.dead.push(link);
     }
 
-    /// An operation of a buried link ended.
+    /// An operation of a buried link completed.
     pub(super) fn dead_completion(&mut self, id: u32, kind: u8, completion: Completion) {
         let Some(at) = self.dead.iter().position(|link| link.id == id) else {
             return;
         };
-        self.dead[at].ended(kind);
+        self.dead[at].ended(kind, &completion);
         if let Some(buf) = completion.buf {
             self.recycle(buf);
         }
@@ -186,41 +183,40 @@ impl Links {
         }
     }
 
-    /// The poll of an idle link completed: its upstream closed it or spoke
-    /// out of turn (or it was shut down by [`Links::tick`]).
-    pub(super) fn idle_completion(&mut self, id: u32, _completion: Completion) {
-        let Some(Holder::Idle(key)) = self.holders.remove(&id) else {
+    /// An idle link's receive got something: its upstream closed it or
+    /// spoke out of turn (or it was shut down by [`Links::tick`]).
+    pub(super) fn idle_completion(&mut self, id: u32, kind: u8, completion: Completion) {
+        let Some(Holder::Idle(key)) = self.holders.get(&id).copied() else {
             return;
         };
-        let link = IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let links = idle.get_mut(&key)?;
-            let at = links.iter().position(|link| link.id == id)?;
-            let link = links.swap_remove(at);
-            if links.is_empty() {
-                idle.remove(&key);
-            }
-            Some(link)
-        });
-        // Not there: the full path took it (see `take_idle_stream`).
-        if let Some(mut link) = link {
-            link.endpoint.ring_idle.fetch_sub(1, Ordering::Relaxed);
-            link.polling = false;
+        let Some(links) = self.idle.get_mut(&key) else {
+            return;
+        };
+        let Some(at) = links.iter().position(|link| link.id == id) else {
+            return;
+        };
+        let mut link = links.swap_remove(at);
+        if links.is_empty() {
+            self.idle.remove(&key);
         }
+        link.endpoint.ring_idle.fetch_sub(1, Ordering::Relaxed);
+        link.ended(kind, &completion);
+        if let Some(buf) = completion.buf {
+            self.recycle(buf);
+        }
+        self.bury(link);
     }
 
     /// Shuts down idle links of retired upstreams and removed endpoints
-    /// (their polls then complete and they close).
+    /// (their receives then end and they close).
     pub(super) fn tick(&mut self) {
-        IDLE.with(|idle| {
-            for links in idle.borrow().values() {
-                for link in links {
-                    if link.upstream.is_retired() || link.endpoint.is_removed() {
-                        link.shut_down();
-                    }
+        for links in self.idle.values() {
+            for link in links {
+                if link.upstream.is_retired() || link.endpoint.is_removed() {
+                    link.shut_down();
                 }
             }
-        });
+        }
     }
 
     /// An empty buffer with room for `capacity` bytes.

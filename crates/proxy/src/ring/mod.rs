@@ -25,8 +25,6 @@
 //! need no event (asked to close at `max_connections`, shutdown, pooled
 //! connections of a retired upstream) run on a tick of [`TICK`].
 
-pub(crate) use idle::take_idle_stream;
-
 mod conn;
 mod exchange;
 mod idle;
@@ -157,12 +155,10 @@ pub(crate) async fn run() {
 /// Token layout: an id (a connection's slot, or an upstream link's id)
 /// above the low byte, which says what the operation is.
 mod kind {
-    pub(super) const CLIENT_POLL: u8 = 1;
-    pub(super) const CLIENT_RECV: u8 = 2;
-    pub(super) const CLIENT_SEND: u8 = 3;
-    pub(super) const LINK_POLL: u8 = 4;
-    pub(super) const LINK_RECV: u8 = 5;
-    pub(super) const LINK_SEND: u8 = 6;
+    pub(super) const CLIENT_RECV: u8 = 1;
+    pub(super) const CLIENT_SEND: u8 = 2;
+    pub(super) const LINK_RECV: u8 = 3;
+    pub(super) const LINK_SEND: u8 = 4;
 }
 
 fn token(id: u32, kind: u8) -> u64 {
@@ -256,11 +252,11 @@ impl Loop {
     fn complete(&mut self, completion: Completion) {
         let (id, kind) = split(completion.token);
         let slot = match kind {
-            kind::CLIENT_POLL | kind::CLIENT_RECV | kind::CLIENT_SEND => id,
+            kind::CLIENT_RECV | kind::CLIENT_SEND => id,
             _ => match self.shared.holder(id) {
                 Some(Holder::Conn(slot)) => slot,
                 Some(Holder::Idle(_)) => {
-                    self.shared.idle_completion(id, completion);
+                    self.shared.idle_completion(id, kind, completion);
                     return;
                 }
                 Some(Holder::Dead) => {
