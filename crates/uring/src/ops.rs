@@ -52,7 +52,13 @@ pub(crate) struct Table {
     free: Vec<u32>,
     done: Vec<Completion>,
     waker: Option<Waker>,
+    /// Emptied buffers for the next receives and sends.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers kept for reuse per thread, and the largest kept.
+const SPARE_BUFFERS: usize = 256;
+const SPARE_CAPACITY: usize = 64 * 1024;
 
 impl Table {
     /// The kernel may still write the buffers of operations in flight
@@ -329,7 +335,35 @@ pub(crate) fn complete(index: u32, result: i32, flags: u32) {
 #[cfg(target_os = "linux")]
 fn received(ring: &mut crate::ThreadRing, flags: u32, result: i32) -> Option<Vec<u8>> {
     let n = usize::try_from(result).ok().filter(|n| *n > 0)?;
-    ring.ring.received(flags, n, <[u8]>::to_vec)
+    let mut buf = ring.ops.spare.pop().unwrap_or_default();
+    ring.ring
+        .received(flags, n, |bytes| buf.extend_from_slice(bytes))?;
+    Some(buf)
+}
+
+/// An empty buffer with room for `capacity` bytes (a reused one when
+/// there is one).
+pub fn buffer(capacity: usize) -> Vec<u8> {
+    let mut buf = RING
+        .with(|slot| slot.borrow_mut().as_mut()?.ops.spare.pop())
+        .unwrap_or_default();
+    buf.reserve(capacity);
+    buf
+}
+
+/// Keeps an emptied `buf` for a later receive or [`buffer`].
+pub fn give_back(mut buf: Vec<u8>) {
+    if buf.capacity() > SPARE_CAPACITY || buf.capacity() == 0 {
+        return;
+    }
+    buf.clear();
+    RING.with(|slot| {
+        if let Some(ring) = slot.borrow_mut().as_mut() {
+            if ring.ops.spare.len() < SPARE_BUFFERS {
+                ring.ops.spare.push(buf);
+            }
+        }
+    });
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -69,6 +69,8 @@ pub(crate) enum BodyLength {
 #[derive(Debug)]
 pub(crate) struct RequestHead {
     pub(crate) request: Request<()>,
+    /// The head as it came (its header values point into it).
+    pub(crate) raw: Bytes,
     pub(crate) body: BodyLength,
     pub(crate) keep_alive: bool,
     pub(crate) expect_continue: bool,
@@ -421,6 +423,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     *request.headers_mut() = headers;
     Ok(Some(RequestHead {
         request,
+        raw: head,
         body,
         keep_alive,
         expect_continue,

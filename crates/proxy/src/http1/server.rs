@@ -207,6 +207,21 @@ pub(crate) fn serve_resumed(
     }
 }
 
+/// The answer to a request head that could not be read; the connection
+/// closes after it.
+pub(crate) fn head_error_response(bad: HeadError) -> Vec<u8> {
+    let status = bad.status();
+    let body = format!("cutover: {bad}\n");
+    let mut out = Vec::with_capacity(160);
+    encode::status_line(&mut out, status);
+    encode::header_line(&mut out, b"content-type", b"text/plain; charset=utf-8");
+    encode::content_length_line(&mut out, body.len() as u64);
+    encode::date_line(&mut out);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 /// Resolves when the connection is asked to close to make room; never
 /// without a signal.
 async fn asked_to_close(idle: Option<&IdleSignal>) {
@@ -622,16 +637,7 @@ impl ServerConn {
     /// A minimal response for a request that could not be read, saying
     /// what was wrong with it; the connection closes after it.
     async fn write_error(&mut self, bad: HeadError) -> io::Result<()> {
-        let status = bad.status();
-        let body = format!("cutover: {bad}\n");
-        let mut out = Vec::with_capacity(160);
-        encode::status_line(&mut out, status);
-        encode::header_line(&mut out, b"content-type", b"text/plain; charset=utf-8");
-        encode::content_length_line(&mut out, body.len() as u64);
-        encode::date_line(&mut out);
-        out.extend_from_slice(b"connection: close\r\n\r\n");
-        out.extend_from_slice(body.as_bytes());
-        self.write.write_all(&out).await?;
+        self.write.write_all(&head_error_response(bad)).await?;
         self.write.shutdown().await
     }
 

@@ -22,8 +22,8 @@ use super::exchange::{Exchange, Origin, Phase};
 use super::idle::Links;
 use super::{kind, token, Adopted};
 use crate::forward::{self, ConnCtx};
-use crate::http1::head::{self, BodyLength, RequestHead};
-use crate::http1::server::{ConnLife, Exits};
+use crate::http1::head::{self, BodyLength, HeadError, RequestHead};
+use crate::http1::server::{head_error_response, ConnLife, Exits};
 use crate::pool::ConnectError;
 
 /// A request head still incomplete at this size goes to the full path
@@ -280,21 +280,15 @@ impl Conn {
         if self.inbuf.is_empty() {
             return self.read();
         }
-        // Kept to hand the request as it came to the full path.
-        let raw = self.inbuf.clone();
         let head = match head::parse_request(&mut self.inbuf) {
             Ok(Some(head)) => head,
             Ok(None) if self.inbuf.len() < MAX_HEAD => return self.read(),
-            Ok(None) | Err(_) => {
-                // A bad head may be consumed in part: the full path gets
-                // it whole, and answers it.
-                self.inbuf = raw;
-                return self.hand_to_full_path();
-            }
+            // The full path answers 431 (it reads no further).
+            Ok(None) => return self.hand_to_full_path(),
+            Err(bad) => return self.refuse(bad, links),
         };
         if !self.serves(&head) {
-            self.inbuf = raw;
-            return self.hand_to_full_path();
+            return self.hand_on(&head);
         }
         let host = forward::requested_host(head.request.uri(), head.request.headers());
         let started = forward::start_on_http1_app(
@@ -304,8 +298,7 @@ impl Conn {
             head.request.headers(),
         );
         let Some(started) = started else {
-            self.inbuf = raw;
-            return self.hand_to_full_path();
+            return self.hand_on(&head);
         };
         self.reading = Reading::Busy;
         self.deadline = None;
@@ -313,6 +306,34 @@ impl Conn {
         exchange.next_attempt(&self.origin(), links);
         self.exchange = Some(exchange);
         self.advance(links);
+    }
+
+    /// Hands the connection to the full path with `head` as it came in
+    /// front of what was read after it.
+    fn hand_on(&mut self, head: &RequestHead) {
+        let mut whole = BytesMut::with_capacity(head.raw.len() + self.inbuf.len());
+        whole.extend_from_slice(&head.raw);
+        whole.extend_from_slice(&self.inbuf);
+        self.inbuf = whole;
+        self.hand_to_full_path();
+    }
+
+    /// Answers a head that could not be read (as the full path does), then
+    /// closes.
+    fn refuse(&mut self, bad: HeadError, links: &mut Links) {
+        let _ = links;
+        self.reading = Reading::Busy;
+        self.deadline = None;
+        self.close_after_response = true;
+        let out = head_error_response(bad);
+        match ops::send(
+            self.client.as_fd(),
+            out,
+            token(self.slot, kind::CLIENT_SEND),
+        ) {
+            Ok(()) => self.send_in_flight = true,
+            Err(_) => self.close(),
+        }
     }
 
     /// Whether the loop serves this request itself (see the module docs).

@@ -128,7 +128,7 @@ impl Exchange {
             link: None,
             phase: Phase::Connecting,
             upbuf: BytesMut::new(),
-            out: Vec::new(),
+            out: ops::buffer(0),
             informational: 0,
             decoder: Decoder::Done,
             chunked: false,
@@ -143,7 +143,7 @@ impl Exchange {
                 let upstream = Arc::clone(in_flight.upstream());
                 let proxied =
                     forward::proxied_head(ctx, &parts, host, &exchange.request_id, &upstream);
-                let mut encoded = Vec::with_capacity(512);
+                let mut encoded = ops::buffer(512);
                 proxied.encode(&mut encoded, RequestFraming::None);
                 exchange.head = encoded;
                 exchange.in_flight = Some(in_flight);
@@ -628,6 +628,8 @@ impl Exchange {
             }
         }
         self.in_flight = None;
+        ops::give_back(std::mem::take(&mut self.head));
+        ops::give_back(std::mem::take(&mut self.out));
     }
 
     /// The connection ends with this exchange unfinished.

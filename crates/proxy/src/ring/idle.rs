@@ -19,9 +19,6 @@ use super::{kind, token, Holder};
 use crate::endpoint::Endpoint;
 use crate::upstream::Upstream;
 
-/// Buffers kept for reuse.
-const SPARE_BUFFERS: usize = 64;
-
 /// One upstream connection of the loop.
 pub(super) struct Link {
     pub(super) id: u32,
@@ -86,7 +83,6 @@ pub(crate) struct Links {
     /// Links given up on, until nothing of theirs is in flight.
     dead: Vec<Link>,
     next_id: u32,
-    spare: Vec<Vec<u8>>,
 }
 
 fn key(endpoint: &Endpoint) -> usize {
@@ -221,15 +217,10 @@ impl Links {
 
     /// An empty buffer with room for `capacity` bytes.
     pub(super) fn buffer(&mut self, capacity: usize) -> Vec<u8> {
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.reserve(capacity);
-        buf
+        ops::buffer(capacity)
     }
 
-    pub(super) fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= 64 * 1024 {
-            buf.clear();
-            self.spare.push(buf);
-        }
+    pub(super) fn recycle(&mut self, buf: Vec<u8>) {
+        ops::give_back(buf);
     }
 }
