@@ -20,8 +20,6 @@ use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::sync::{mpsc, Arc};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -183,9 +181,8 @@ fn run_worker(
     };
     let used = match completions {
         Some(completions) => {
-            runtime.spawn(reap_late_completions(completions));
             runtime.spawn(cutover_uring::submit_each_turn());
-            runtime.spawn(crate::ring::run());
+            runtime.spawn(crate::ring::run(completions));
             Io::Uring
         }
         None => Io::Epoll,
@@ -211,32 +208,6 @@ fn install_ring(io: Io) -> io::Result<Option<OwnedFd>> {
                 Ok(None)
             }
         },
-    }
-}
-
-/// Sends that could not finish during their submission (a full socket
-/// buffer) complete later; the ring signals `completions` then.
-async fn reap_late_completions(completions: OwnedFd) {
-    // Deprecated because the safe constructor cannot know that the owner
-    // keeps its descriptor; an `OwnedFd` does, for its whole life.
-    #[allow(deprecated)]
-    let registered = AsyncFd::with_interest(completions, Interest::READABLE);
-    let completions = match registered {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "a proxy worker cannot watch its ring's completions");
-            return;
-        }
-    };
-    loop {
-        let Ok(mut ready) = completions.readable().await else {
-            return;
-        };
-        let mut count = [0u8; 8];
-        // Resets the counter; nothing to read (WouldBlock) is fine too.
-        let _ = rustix::io::read(completions.get_ref(), &mut count);
-        ready.clear_ready();
-        cutover_uring::submit_and_reap();
     }
 }
 

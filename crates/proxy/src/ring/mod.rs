@@ -30,12 +30,15 @@ mod exchange;
 mod idle;
 
 use std::cell::RefCell;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use cutover_uring::ops::{self, Completion};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::watch;
 
 use crate::forward::ConnCtx;
@@ -122,20 +125,36 @@ impl Drop for Running {
     }
 }
 
-/// The loop, as a task of a worker that has a ring. Never ends while the
-/// worker runs.
-pub(crate) async fn run() {
-    if !cutover_uring::is_installed() {
-        return;
-    }
+/// The loop, as a task of a worker that has a ring. `completions`: the
+/// ring's eventfd, signalled when the kernel has work or completions for
+/// this thread that came after its last submission (a receive that got
+/// bytes, a send that had to wait). Never ends while the worker runs.
+pub(crate) async fn run(completions: OwnedFd) {
+    // Deprecated because the safe constructor cannot know that the owner
+    // keeps its descriptor; an `OwnedFd` does, for its whole life.
+    #[allow(deprecated)]
+    let signalled = match AsyncFd::with_interest(completions, Interest::READABLE) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "a proxy worker cannot watch its ring's completions");
+            return;
+        }
+    };
     INBOX.with(|inbox| *inbox.borrow_mut() = Some(Inbox::default()));
     let _running = Running;
+    let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
     let mut lp = Loop::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let ticked = std::future::poll_fn(|cx| {
-            lp.collect(cx.waker());
+            // Each signal is an edge of its own (the counter is never read:
+            // no system call for it).
+            if let Poll::Ready(Ok(mut ready)) = signalled.poll_read_ready(cx) {
+                ready.clear_ready();
+                cutover_uring::submit_and_reap();
+            }
+            lp.collect(&waker);
             if lp.has_work() {
                 return Poll::Ready(false);
             }
@@ -145,7 +164,17 @@ pub(crate) async fn run() {
             }
         })
         .await;
-        lp.handle();
+        // What this turn queued goes out in one submission; what completes
+        // during it (a send the socket took at once) is handled in the
+        // same turn.
+        loop {
+            lp.handle();
+            cutover_uring::submit_and_reap();
+            lp.collect(&waker);
+            if !lp.has_work() {
+                break;
+            }
+        }
         if ticked {
             lp.tick(Instant::now());
         }
