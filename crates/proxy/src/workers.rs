@@ -9,10 +9,11 @@
 //! elsewhere, so a busy worker never delays a deployment and a deployment
 //! never delays a request.
 //!
-//! With io_uring ([`Io`]) each worker also has a ring: requests to
-//! upstreams are queued on it and go to the kernel in one system call when
-//! the worker runs out of ready tasks (tokio's park hook), see
-//! `cutover_uring`.
+//! With io_uring ([`Io`]) each worker also has a ring and runs the io_uring
+//! loop (`ring`), which serves plain HTTP/1.1 keep-alive connections with
+//! its receives, sends and waits on the ring, submitted in one system call
+//! per turn; sends of the full path go on the same ring (see
+//! `cutover_uring`).
 
 use std::cell::Cell;
 use std::io;
@@ -36,11 +37,7 @@ pub(crate) fn current() -> usize {
 /// How the workers hand bytes to the kernel (`[proxy] io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Io {
-    /// io_uring where it pays and the kernel allows it, else epoll (the
-    /// default): batching sends saves the proxy being preempted by the
-    /// apps it wakes when they share its CPU; when the process may use
-    /// several CPUs the woken app runs on another one, and batching only
-    /// delays its bytes (measured: README, Benchmarks).
+    /// io_uring where the kernel allows it, else epoll (the default).
     #[default]
     Auto,
     /// io_uring, or the workers do not start.
@@ -198,7 +195,6 @@ fn install_ring(io: Io) -> io::Result<Option<OwnedFd>> {
         Io::Uring => cutover_uring::install(RING_ENTRIES)
             .map(Some)
             .map_err(|e| io::Error::new(e.kind(), format!("io_uring is not available: {e}"))),
-        Io::Auto if per_cpu().get() > 1 => Ok(None),
         Io::Auto => match cutover_uring::install(RING_ENTRIES) {
             Ok(completions) => Ok(Some(completions)),
             Err(e) => {
@@ -248,28 +244,10 @@ mod tests {
     }
 
     #[test]
-    fn auto_takes_io_uring_only_on_one_cpu_and_epoll_stays_epoll() {
+    fn auto_takes_io_uring_where_the_kernel_allows_it_and_epoll_stays_epoll() {
         let uring = uring_available();
-        // Worker threads inherit the affinity of the thread starting them.
-        let one_cpu = std::thread::spawn(move || {
-            let mine = rustix::thread::sched_getaffinity(None).unwrap();
-            let first = (0..rustix::thread::CpuSet::MAX_CPU)
-                .find(|cpu| mine.is_set(*cpu))
-                .unwrap();
-            let mut only = rustix::thread::CpuSet::new();
-            only.set(first);
-            rustix::thread::sched_setaffinity(None, &only).unwrap();
-            Workers::start_with(NonZeroUsize::new(2).unwrap(), Io::Auto)
-                .unwrap()
-                .io()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(one_cpu, if uring { Io::Uring } else { Io::Epoll });
-        if per_cpu().get() > 1 {
-            let several = Workers::start_with(NonZeroUsize::new(2).unwrap(), Io::Auto).unwrap();
-            assert_eq!(several.io(), Io::Epoll, "several CPUs: epoll");
-        }
+        let auto = Workers::start_with(NonZeroUsize::new(2).unwrap(), Io::Auto).unwrap();
+        assert_eq!(auto.io(), if uring { Io::Uring } else { Io::Epoll });
         let epoll = Workers::start_with(NonZeroUsize::MIN, Io::Epoll).unwrap();
         assert_eq!(epoll.io(), Io::Epoll);
     }

@@ -186,7 +186,7 @@ fn measure_cutover(bench: &Bench, at: &Setting<'_>, target: Target) -> Result<Ou
     let io = if target == Target::CutoverEpoll {
         "epoll"
     } else {
-        "uring"
+        "auto"
     };
     let cutover = match bench.start_cutover_with_io(at.workers, &at.pins.servers, io) {
         Ok(cutover) => cutover,
