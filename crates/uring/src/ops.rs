@@ -1,14 +1,13 @@
-//! Operations of an event loop that lives on its thread's ring: waits for
-//! a socket to turn readable, receives and sends, each told apart by a
-//! token the loop chooses, their completions collected by
-//! [`take_completions`].
+//! Operations of an event loop that lives on its thread's ring: receives
+//! and sends, each told apart by a token the loop chooses, their
+//! completions collected by [`take_completions`].
 //!
 //! Every operation owns its buffer until it completed (the completion
 //! gives it back), so the loop never lends memory to the kernel. Its socket
 //! must stay open until the operation was submitted; a socket with a
-//! receive or poll that may never complete (an idle peer) is shut down or
-//! the operation [`cancel`]led before it closes, or the kernel would keep
-//! the connection open.
+//! receive that may never complete (an idle peer) is shut down or the
+//! receive [`cancel`]led before it closes, or the kernel would keep the
+//! connection open.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -20,9 +19,9 @@ use crate::RING;
 #[derive(Debug)]
 pub struct Completion {
     pub token: u64,
-    /// A receive: bytes received (appended to `buf`), 0 at the end of the
-    /// stream; a send: bytes sent (all of them); a poll: the events. A
-    /// negative errno when it failed (`-ECANCELED`: cancelled).
+    /// A receive: bytes received, 0 at the end of the stream; a send:
+    /// bytes sent (all of them). A negative errno when it failed
+    /// (`-ECANCELED`: cancelled).
     pub result: i32,
     /// The buffer of a receive or send; for a [`recv_multishot`], the
     /// bytes of this arrival.
@@ -32,8 +31,6 @@ pub struct Completion {
 }
 
 enum Kind {
-    Poll,
-    Recv { buf: Vec<u8> },
     RecvMulti,
     Send { buf: Vec<u8>, done: usize },
 }
@@ -150,13 +147,7 @@ fn push(ring: &mut crate::ThreadRing, index: u32, fd: RawFd, user_data: u64) -> 
         return Ok(());
     };
     match &mut op.kind {
-        Kind::Poll => ring.ring.push_poll_readable(fd, user_data),
         Kind::RecvMulti => ring.ring.push_recv_multishot(fd, user_data),
-        Kind::Recv { buf } => {
-            let dont_wait = op.token & DONT_WAIT != 0;
-            ring.ring
-                .push_recv(fd, buf.spare_capacity_mut(), dont_wait, user_data)
-        }
         Kind::Send { buf, done } => ring.ring.push_send(fd, &buf[*done..], user_data),
     }
 }
@@ -164,20 +155,6 @@ fn push(ring: &mut crate::ThreadRing, index: u32, fd: RawFd, user_data: u64) -> 
 #[cfg(not(target_os = "linux"))]
 fn push(_: &mut crate::ThreadRing, _: u32, _: RawFd, _: u64) -> io::Result<()> {
     Err(unsupported())
-}
-
-/// Marks a receive that reads once (kept in the operation's token, which
-/// the loop never sees with it: [`recv`] strips it from completions).
-const DONT_WAIT: u64 = 1 << 63;
-
-/// Waits until `fd` is readable or its peer closed.
-pub fn poll_readable(fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
-    let op = Op {
-        token,
-        fd: fd.as_raw_fd(),
-        kind: Kind::Poll,
-    };
-    start(op).map_err(|(_, e)| e)
 }
 
 /// Receives whatever arrives on `fd`, one completion per arrival (with its
@@ -193,27 +170,6 @@ pub fn recv_multishot(fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
     start(op).map_err(|(_, e)| e)
 }
 
-/// Receives into the unused capacity of `buf` (reserve some first).
-/// `dont_wait`: completes at once with `-EAGAIN` if nothing is there. Gives
-/// the buffer back if it cannot be queued.
-pub fn recv(
-    fd: BorrowedFd<'_>,
-    buf: Vec<u8>,
-    dont_wait: bool,
-    token: u64,
-) -> Result<(), (Vec<u8>, io::Error)> {
-    debug_assert!(token & DONT_WAIT == 0, "the top bit of a token is ours");
-    if buf.capacity() == buf.len() {
-        return Err((buf, io::Error::from(io::ErrorKind::InvalidInput)));
-    }
-    let op = Op {
-        token: if dont_wait { token | DONT_WAIT } else { token },
-        fd: fd.as_raw_fd(),
-        kind: Kind::Recv { buf },
-    };
-    start(op).map_err(|(op, e)| (buffer_of(op), e))
-}
-
 /// Sends all of `buf` (a socket that takes only part gets the rest
 /// again). Gives the buffer back if it cannot be queued.
 pub fn send(fd: BorrowedFd<'_>, buf: Vec<u8>, token: u64) -> Result<(), (Vec<u8>, io::Error)> {
@@ -227,8 +183,8 @@ pub fn send(fd: BorrowedFd<'_>, buf: Vec<u8>, token: u64) -> Result<(), (Vec<u8>
 
 fn buffer_of(op: Op) -> Vec<u8> {
     match op.kind {
-        Kind::Recv { buf } | Kind::Send { buf, .. } => buf,
-        Kind::Poll | Kind::RecvMulti => Vec::new(),
+        Kind::Send { buf, .. } => buf,
+        Kind::RecvMulti => Vec::new(),
     }
 }
 
@@ -248,7 +204,7 @@ pub fn cancel(token: u64) -> usize {
             .enumerate()
             .filter_map(|(index, op)| {
                 let op = op.as_ref()?;
-                (op.token & !DONT_WAIT == token).then_some(index as u32)
+                (op.token == token).then_some(index as u32)
             })
             .collect();
         for &index in &targets {
@@ -321,7 +277,6 @@ pub(crate) fn complete(index: u32, result: i32, flags: u32) {
                     }
                 }
             }
-            Kind::Poll | Kind::Recv { .. } => {}
         }
         let Some(op) = ring.ops.remove(index) else {
             return;
@@ -373,26 +328,14 @@ fn received(_: &mut crate::ThreadRing, _: u32, _: i32) -> Option<Vec<u8>> {
 }
 
 fn finished(op: Op, result: i32) -> Completion {
-    let token = op.token & !DONT_WAIT;
+    let token = op.token;
     match op.kind {
-        Kind::Poll | Kind::RecvMulti => Completion {
+        Kind::RecvMulti => Completion {
             token,
             result,
             buf: None,
             more: false,
         },
-        Kind::Recv { mut buf } => {
-            if let Ok(n) = usize::try_from(result) {
-                #[cfg(target_os = "linux")]
-                crate::sys::received(&mut buf, n);
-            }
-            Completion {
-                token,
-                result,
-                buf: Some(buf),
-                more: false,
-            }
-        }
         Kind::Send { buf, done } => {
             let result = match result {
                 // A stream socket that takes nothing is gone.
@@ -459,36 +402,16 @@ mod tests {
     }
 
     #[test]
-    fn a_read_once_receive_of_an_empty_socket_says_eagain_and_a_waiting_one_gets_the_bytes() {
+    fn a_cancelled_receive_ends_as_cancelled_and_a_send_delivers_everything() {
         let _completions = crate::install(16).unwrap();
         let (client, mut server) = pair();
-        recv(client.as_fd(), Vec::with_capacity(64), true, 1).unwrap();
-        let got = collect(1);
-        assert_eq!(got[0].token, 1);
-        assert_eq!(got[0].result, -(rustix::io::Errno::AGAIN.raw_os_error()));
-        recv(client.as_fd(), Vec::with_capacity(64), false, 2).unwrap();
-        poll_readable(client.as_fd(), 3).unwrap();
-        crate::submit_and_reap();
-        server.write_all(b"hello").unwrap();
-        let mut got = collect(2);
-        got.sort_by_key(|c| c.token);
-        assert_eq!(got[0].token, 2);
-        assert_eq!(got[0].result, 5);
-        assert_eq!(got[0].buf.as_deref(), Some(&b"hello"[..]));
-        assert_eq!(got[1].token, 3);
-        assert!(got[1].result > 0, "poll events: {}", got[1].result);
-    }
-
-    #[test]
-    fn a_cancelled_poll_completes_as_cancelled_and_a_send_delivers_everything() {
-        let _completions = crate::install(16).unwrap();
-        let (client, mut server) = pair();
-        poll_readable(client.as_fd(), 7).unwrap();
+        recv_multishot(client.as_fd(), 7).unwrap();
         crate::submit_and_reap();
         assert_eq!(cancel(7), 1);
         let got = collect(1);
         assert_eq!(got[0].token, 7);
         assert_eq!(got[0].result, -(rustix::io::Errno::CANCELED.raw_os_error()));
+        assert!(!got[0].more, "a cancelled receive ends");
         send(client.as_fd(), b"all of it".to_vec(), 8).unwrap();
         let got = collect(1);
         assert_eq!((got[0].token, got[0].result), (8, 9));

@@ -22,11 +22,6 @@ const BUFFER_GROUP: u16 = 0;
 const RECV_BUFFERS: u16 = 256;
 const RECV_BUFFER_SIZE: usize = 16 * 1024;
 
-/// `MSG_DONTWAIT`.
-const RECV_DONT_WAIT: i32 = 0x40;
-/// `POLLIN | POLLRDHUP`: bytes to read, or the peer closed.
-const POLL_READABLE: u32 = 0x001 | 0x2000;
-
 pub(crate) struct Ring {
     // Field order is drop order: the ring (which holds the registration of
     // the buffers) goes before the buffers.
@@ -109,32 +104,6 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
-    /// Queues a receive into `spare` (the unused capacity of a buffer the
-    /// caller owns). `dont_wait`: the socket is read once, an empty one
-    /// completes with `EAGAIN` instead of waiting.
-    ///
-    /// The caller keeps the buffer allocated, and reads or moves none of
-    /// its heap memory, until the completion was reaped (it lives in the
-    /// operation's state in the thread's table), and keeps `fd` open until
-    /// the receive was submitted.
-    pub(crate) fn push_recv(
-        &mut self,
-        fd: RawFd,
-        spare: &mut [std::mem::MaybeUninit<u8>],
-        dont_wait: bool,
-        user_data: u64,
-    ) -> io::Result<()> {
-        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
-        let flags = if dont_wait { RECV_DONT_WAIT } else { 0 };
-        let entry = opcode::Recv::new(Fd(fd), spare.as_mut_ptr().cast::<u8>(), len)
-            .flags(flags)
-            .build()
-            .user_data(user_data);
-        // SAFETY: the entry points at `spare`, which the caller keeps
-        // allocated and untouched until the completion (see above).
-        unsafe { self.push(&entry) }
-    }
-
     /// Queues a receive that stays armed: each arrival completes with a
     /// buffer of the thread's buffer ring (see [`Ring::received`]), until
     /// the end of the stream, an error, or the ring runs out of buffers.
@@ -160,15 +129,6 @@ impl Ring {
         let value = read(self.buffers.bytes(id, n));
         self.buffers.give_back(id);
         Some(value)
-    }
-
-    /// Queues a one-shot wait until `fd` is readable (or closed).
-    pub(crate) fn push_poll_readable(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
-        let entry = opcode::PollAdd::new(Fd(fd), POLL_READABLE)
-            .build()
-            .user_data(user_data);
-        // SAFETY: a poll points at no memory of ours.
-        unsafe { self.push(&entry) }
     }
 
     /// Queues the cancellation of the operation with `target` user data;
@@ -239,16 +199,6 @@ impl Ring {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
     }
-}
-
-/// Counts the `n` bytes a completed receive wrote into `buf`'s unused
-/// capacity as part of it.
-pub(crate) fn received(buf: &mut Vec<u8>, n: usize) {
-    let len = buf.len().saturating_add(n).min(buf.capacity());
-    // SAFETY: the kernel wrote `n` bytes right after the buffer's length
-    // (the receive was given exactly its unused capacity, so `n` never
-    // exceeds it; `min` keeps that true regardless).
-    unsafe { buf.set_len(len) }
 }
 
 /// Whether a multishot operation's completion says more will follow.

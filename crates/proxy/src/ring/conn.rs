@@ -1,12 +1,12 @@
 //! One client connection of the loop: reading request heads, the exchange
 //! with an upstream for each, and the response relayed back.
 //!
-//! The client socket has at most one read (a poll while idle, then a
-//! receive that does not wait) and one send in flight; an upstream link one
-//! send and one receive. The next upstream receive of a body starts only
-//! once the client took the previous part (the client's pace bounds what
-//! is buffered). A connection closes by shutting its sockets down, which
-//! ends whatever is in flight, and is freed once nothing is.
+//! The client socket has a multishot receive armed for its life (paused
+//! while too much is read ahead) and at most one send in flight; an
+//! upstream link likewise. A link stops reading while the client is far
+//! behind (the client's pace bounds what is buffered). A connection closes
+//! by shutting its sockets down, which ends whatever is in flight, and is
+//! freed once nothing is.
 
 use std::net::Shutdown;
 use std::os::fd::AsFd;
@@ -197,7 +197,7 @@ impl Conn {
     }
 
     /// Hands the connection to the full path once nothing is in flight
-    /// (an idle poll is cancelled).
+    /// (its receive is cancelled first).
     fn hand_to_full_path(&mut self) {
         self.fate = Fate::FullPath;
         if self.read_in_flight {
@@ -439,6 +439,9 @@ impl Conn {
             return self.close();
         }
         if self.inbuf.is_empty() {
+            // An idle connection keeps no buffer (this one may still hold
+            // the allocation the last head was read into).
+            self.inbuf = BytesMut::new();
             self.deadline = Some(Instant::now() + self.ctx.shared.settings.idle_timeout);
             return self.read();
         }

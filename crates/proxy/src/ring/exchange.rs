@@ -388,17 +388,18 @@ impl Exchange {
         }
         if done.result > 0 {
             link.received = true;
-            if let Some(buf) = done.buf {
+            let Some(buf) = done.buf else { return };
+            if self.phase == Phase::Relaying && self.upbuf.is_empty() && !self.chunked {
+                self.relay_as_is(buf, links);
+            } else {
                 self.upbuf.extend_from_slice(&buf);
                 links.recycle(buf);
-            }
-            return match self.phase {
-                Phase::Waiting => self.read_head(origin, links),
-                _ => {
-                    self.relay();
-                    self.pause_if_full();
+                match self.phase {
+                    Phase::Waiting => return self.read_head(origin, links),
+                    _ => self.relay(),
                 }
-            };
+            }
+            return self.pause_if_full();
         }
         if let Some(buf) = done.buf {
             links.recycle(buf);
@@ -492,6 +493,44 @@ impl Exchange {
         self.chunked = framing.chunked && !framing.bodyless;
         self.status = parts.status.as_u16();
         encode_response_head(&mut self.out, parts, &framing, self.asked.version);
+    }
+
+    /// Body bytes that go out as they came (a length-delimited or
+    /// until-close body to a client that gets it the same way): the
+    /// received buffer becomes the output, no copy, when nothing else waits.
+    fn relay_as_is(&mut self, mut buf: Vec<u8>, links: &mut Links) {
+        let take = match self.decoder {
+            Decoder::Exact(left) => usize::try_from(left).unwrap_or(usize::MAX).min(buf.len()),
+            Decoder::UntilClose => buf.len(),
+            Decoder::Chunked(_) | Decoder::Done => {
+                self.upbuf.extend_from_slice(&buf);
+                links.recycle(buf);
+                return self.relay();
+            }
+        };
+        if let Decoder::Exact(left) = self.decoder {
+            let left = left - take as u64;
+            self.decoder = if left == 0 {
+                Decoder::Done
+            } else {
+                Decoder::Exact(left)
+            };
+        }
+        if take < buf.len() {
+            // More than the framing said: never reuse the link.
+            self.reusable = false;
+            buf.truncate(take);
+        }
+        self.bytes += take as u64;
+        if self.out.is_empty() {
+            links.recycle(std::mem::replace(&mut self.out, buf));
+        } else {
+            self.out.extend_from_slice(&buf);
+            links.recycle(buf);
+        }
+        if self.decoder.is_done() {
+            self.phase = Phase::Done;
+        }
     }
 
     /// Moves the body bytes read so far into `out`, framed for the client.

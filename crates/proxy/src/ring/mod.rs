@@ -2,13 +2,14 @@
 //! event loop, without a task per connection and without a system call per
 //! read or write.
 //!
-//! On a worker with a ring (`[proxy] io = "uring"`) a cleartext HTTP/1.1
+//! On a worker with a ring (`[proxy] io`, io_uring) a cleartext HTTP/1.1
 //! connection leaves tokio once its first bytes were read (see
 //! `server::serve_plain`) and joins this loop: one task per worker that
-//! owns its connections, waits on the ring for them (a poll while idle, a
-//! receive while a response is due), and sends on the ring; the worker's
-//! submitter hands the turn's operations to the kernel in one call. The
-//! loop serves the common request itself, with the same parts as the full
+//! owns its connections and their upstream links, receives on the ring
+//! (a multishot receive per socket, into the thread's provided buffers:
+//! nothing is held while a socket is idle), sends on the ring, and hands
+//! everything a turn queued to the kernel in one call. The loop serves
+//! the common request itself, with the same parts as the full
 //! path (`forward`): the HTTP/1 codec, routing, the in-flight and endpoint
 //! guards, the retry rule, header rewriting, response framing, metrics and
 //! the access log.

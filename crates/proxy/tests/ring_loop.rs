@@ -1,0 +1,98 @@
+//! The io_uring loop (where the kernel has io_uring; on epoll the same
+//! requests take the full path, and these tests hold there too): a
+//! connection whose requests the loop serves moves to the full path for a
+//! request it does not serve, in the middle of pipelined bytes, and comes
+//! out with every response in order.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fast_settings, single_app, text, Backend, Proxy};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until `count` responses with `Content-Length` bodies came; their
+/// bodies, in order.
+async fn read_bodies(conn: &mut TcpStream, count: usize) -> Vec<String> {
+    let mut data = Vec::new();
+    let mut bodies = Vec::new();
+    let mut buf = [0u8; 8192];
+    while bodies.len() < count {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("responses in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+        while let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse().ok())
+                .expect("a content-length");
+            if data.len() < end + 4 + length {
+                break;
+            }
+            let body = data[end + 4..end + 4 + length].to_vec();
+            bodies.push(String::from_utf8_lossy(&body).into_owned());
+            data.drain(..end + 4 + length);
+        }
+    }
+    bodies
+}
+
+#[tokio::test]
+async fn pipelined_requests_the_loop_does_not_serve_go_to_the_full_path_in_order() {
+    let backend = Backend::start(|req| async move {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let body = req.into_body().collect().await.expect("body").to_bytes();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        text(StatusCode::OK, format!("{method} {path} {body}"))
+    })
+    .await;
+    let (router, upstream) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
+
+    // Served by the loop, then a POST with a body (the full path), then a
+    // GET after it, all in one write.
+    conn.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          GET /three HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let bodies = read_bodies(&mut conn, 3).await;
+    assert_eq!(bodies, ["GET /one ", "POST /two hello", "GET /three "]);
+
+    // The connection stays open and keeps serving.
+    conn.write_all(b"GET /four HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_bodies(&mut conn, 1).await, ["GET /four "]);
+    assert_eq!(upstream.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_request_head_split_across_many_writes_is_served_once_whole() {
+    let backend = Backend::named("ok").await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
+    for _ in 0..3 {
+        for piece in [&b"GET / HT"[..], b"TP/1.1\r\nHo", b"st: a\r\n", b"\r\n"] {
+            conn.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(read_bodies(&mut conn, 1).await, ["ok"]);
+    }
+    assert_eq!(backend.requests(), 3);
+    assert_eq!(backend.connections(), 1, "one upstream connection, reused");
+}
