@@ -278,6 +278,18 @@ fn finish(state: &Mutex<SendState>, outcome: Sent) {
 /// (it stays queued; rare: the kernel out of memory for requests). Does
 /// nothing on a thread without a ring.
 pub fn submit_and_reap() -> bool {
+    submit_and_reap_with(false)
+}
+
+/// [`submit_and_reap`], entering the kernel even with nothing queued or
+/// flagged, to run what it deferred to this thread (it runs a bounded
+/// amount per entry, and may not flag what it left): for a loop that keeps
+/// calling it while completions come.
+pub fn submit_reap_and_run_deferred() -> bool {
+    submit_and_reap_with(true)
+}
+
+fn submit_and_reap_with(run_deferred: bool) -> bool {
     let mut completions = Vec::new();
     let submitted = RING.with(|slot| {
         let mut slot = slot.borrow_mut();
@@ -286,9 +298,12 @@ pub fn submit_and_reap() -> bool {
         };
         ring.queued = 0;
         #[cfg(target_os = "linux")]
-        return ring.ring.submit_and_reap(&mut completions);
+        return ring.ring.submit_and_reap(&mut completions, run_deferred);
         #[cfg(not(target_os = "linux"))]
-        true
+        {
+            let _ = run_deferred;
+            true
+        }
     });
     for (user_data, result, flags) in completions {
         match ops::owner(user_data) {

@@ -104,6 +104,28 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
+    /// Queues a receive into `spare` (the unused capacity of a buffer the
+    /// caller owns).
+    ///
+    /// The caller keeps the buffer allocated, and reads or moves none of
+    /// its heap memory, until the completion was reaped (it lives in the
+    /// operation's state in the thread's table), and keeps `fd` open until
+    /// the receive was submitted.
+    pub(crate) fn push_recv(
+        &mut self,
+        fd: RawFd,
+        spare: &mut [std::mem::MaybeUninit<u8>],
+        user_data: u64,
+    ) -> io::Result<()> {
+        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Recv::new(Fd(fd), spare.as_mut_ptr().cast::<u8>(), len)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the entry points at `spare`, which the caller keeps
+        // allocated and untouched until the completion (see above).
+        unsafe { self.push(&entry) }
+    }
+
     /// Queues a receive that stays armed: each arrival completes with a
     /// buffer of the thread's buffer ring (see [`Ring::received`]), until
     /// the end of the stream, an error, or the ring runs out of buffers.
@@ -158,7 +180,15 @@ impl Ring {
     /// completion waits in the kernel's overflow list) and collects the
     /// completions ready now as (user data, result). False: the kernel
     /// refused the submission; entries are still queued.
-    pub(crate) fn submit_and_reap(&mut self, into: &mut Vec<(u64, i32, u32)>) -> bool {
+    /// `run_deferred`: enter even with nothing to submit and nothing
+    /// flagged, to run work the kernel deferred to this thread: it runs a
+    /// bounded amount per entry and may leave the rest unflagged and
+    /// unsignalled (a caller that got completions enters again).
+    pub(crate) fn submit_and_reap(
+        &mut self,
+        into: &mut Vec<(u64, i32, u32)>,
+        run_deferred: bool,
+    ) -> bool {
         // Completions posted during our own submission are reaped below:
         // no need to be woken for them.
         self.uring.completion().disable_eventfd();
@@ -168,13 +198,13 @@ impl Ring {
                 let queue = self.uring.submission();
                 !queue.is_empty() || queue.cq_overflow() || queue.taskrun()
             };
-            if !pending {
+            if !pending && !run_deferred {
                 submitted = true;
                 break;
             }
             // Also flushes completions the kernel kept in its overflow
             // list; reaping makes room for them.
-            submitted = self.uring.submit().is_ok();
+            submitted = self.enter().is_ok();
             self.reap(into);
             if submitted {
                 break;
@@ -190,6 +220,16 @@ impl Ring {
         // One posted between the reaping and the enabling signalled nobody.
         self.reap(into);
         submitted
+    }
+
+    /// Submits what is queued and runs the work deferred to this thread.
+    fn enter(&mut self) -> io::Result<usize> {
+        let queued = u32::try_from(self.uring.submission().len()).unwrap_or(u32::MAX);
+        // IORING_ENTER_GETEVENTS: run deferred work, collect completions.
+        let flags = 1;
+        // SAFETY: no argument is passed (nothing for the kernel to read);
+        // the queued entries were pushed under their own safety contracts.
+        unsafe { self.uring.submitter().enter::<()>(queued, 0, flags, None) }
     }
 
     fn reap(&mut self, into: &mut Vec<(u64, i32, u32)>) {
@@ -303,4 +343,14 @@ impl Drop for BufRing {
             alloc::dealloc(self.memory, self.memory_layout);
         }
     }
+}
+
+/// Counts the `n` bytes a completed receive wrote into `buf`'s unused
+/// capacity as part of it.
+pub(crate) fn received(buf: &mut Vec<u8>, n: usize) {
+    let len = buf.len().saturating_add(n).min(buf.capacity());
+    // SAFETY: the kernel wrote `n` bytes right after the buffer's length
+    // (the receive was given exactly its unused capacity, so `n` never
+    // exceeds it; `min` keeps that true regardless).
+    unsafe { buf.set_len(len) }
 }

@@ -34,6 +34,10 @@ use crate::upstream::{retry_rule, Attempt, Failure, InFlightGuard, Retry, MAX_PO
 /// Response bytes buffered for a client before the link stops reading
 /// until the client took them.
 const MAX_BUFFERED: usize = 256 * 1024;
+/// A body longer than this (or chunked, or delimited by the close) is read
+/// in bulk: into buffers of this size, one read, then one send; a
+/// length-delimited one goes out in the buffer it was read into.
+const BULK: usize = 128 * 1024;
 /// Informational responses skipped before the final one; more is a flood.
 const MAX_INFORMATIONAL: u8 = 16;
 
@@ -82,6 +86,8 @@ pub(super) struct Exchange {
     informational: u8,
     decoder: Decoder,
     chunked: bool,
+    /// The body is read in bulk (see [`BULK`]).
+    bulk: bool,
     reusable: bool,
     close_client: bool,
     failed_mid_body: bool,
@@ -132,6 +138,7 @@ impl Exchange {
             informational: 0,
             decoder: Decoder::Done,
             chunked: false,
+            bulk: false,
             reusable: false,
             close_client: false,
             failed_mid_body: false,
@@ -484,7 +491,21 @@ impl Exchange {
         self.write_head(&parts, self.decoder.size_hint());
         self.phase = Phase::Relaying;
         self.relay();
-        self.pause_if_full();
+        self.bulk = match self.decoder {
+            Decoder::Exact(left) => left > BULK as u64,
+            Decoder::UntilClose | Decoder::Chunked(_) => true,
+            Decoder::Done => false,
+        };
+        if self.bulk {
+            // The link's receive into shared buffers ends; bulk reads
+            // follow (see `read_link`).
+            if let Some(link) = self.link.as_mut().filter(|link| link.reading) {
+                link.paused = true;
+                ops::cancel(token(link.id, kind::LINK_RECV));
+            }
+        } else {
+            self.pause_if_full();
+        }
     }
 
     fn write_head(&mut self, parts: &http::response::Parts, size: SizeHint) {
@@ -572,8 +593,26 @@ impl Exchange {
             self.failed_mid_body = self.phase == Phase::Relaying;
             return;
         };
-        if link.read().is_err() {
-            self.failed_mid_body = true;
+        if !(self.bulk && self.phase == Phase::Relaying) {
+            if link.read().is_err() {
+                self.failed_mid_body = true;
+            }
+            return;
+        }
+        if link.reading {
+            return;
+        }
+        let want = match self.decoder {
+            Decoder::Exact(left) => usize::try_from(left).unwrap_or(BULK).min(BULK),
+            _ => BULK,
+        };
+        match ops::recv(
+            link.fd(),
+            Vec::with_capacity(want),
+            token(link.id, kind::LINK_RECV),
+        ) {
+            Ok(()) => link.reading = true,
+            Err(_) => self.failed_mid_body = true,
         }
     }
 
@@ -583,7 +622,11 @@ impl Exchange {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        if link.reading && !link.paused && self.out.len() + self.upbuf.len() > MAX_BUFFERED {
+        if link.reading
+            && !link.paused
+            && !self.bulk
+            && self.out.len() + self.upbuf.len() > MAX_BUFFERED
+        {
             link.paused = true;
             ops::cancel(token(link.id, kind::LINK_RECV));
         }
@@ -657,7 +700,8 @@ impl Exchange {
                 && self.phase == Phase::Done
                 && self.upbuf.is_empty()
                 && !link.sending
-                && !link.paused
+                // A cancelled receive still to end would end while idle.
+                && !(link.paused && link.reading)
                 && upstream.as_ref().is_some_and(|u| !u.is_retired())
                 && !link.endpoint.is_removed();
             if keep {

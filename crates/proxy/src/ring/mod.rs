@@ -170,7 +170,7 @@ pub(crate) async fn run(completions: OwnedFd) {
         // same turn.
         loop {
             lp.handle();
-            cutover_uring::submit_and_reap();
+            cutover_uring::submit_reap_and_run_deferred();
             lp.collect(&waker);
             if !lp.has_work() {
                 break;
