@@ -22,7 +22,7 @@ use crate::conn_io::ConnGuard;
 use crate::http1::client::Http1Body;
 use crate::http1::server::NativeBody;
 use crate::metrics::SlotMetrics;
-use crate::upstream::InFlightGuard;
+use crate::upstream::{InFlightGuard, Upstream};
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,28 @@ pub(crate) struct Exchange {
     pub(crate) metrics: Option<Arc<SlotMetrics>>,
     /// The request's facts, when the access log is on.
     pub(crate) log: Option<(Box<Entry>, AccessLog)>,
+}
+
+impl Exchange {
+    /// Counts the ended exchange in the metrics (in `upstream`'s slot when
+    /// an upstream answered) and queues its access log line.
+    pub(crate) fn record(self, upstream: Option<&Arc<Upstream>>) {
+        let elapsed = self.start.elapsed();
+        match (upstream, &self.metrics) {
+            (Some(upstream), _) => upstream.metrics().record(self.status, elapsed),
+            (None, Some(metrics)) => metrics.record(self.status, elapsed),
+            (None, None) => {}
+        }
+        if let Some((mut entry, log)) = self.log {
+            entry.status = self.status;
+            entry.bytes = self.bytes;
+            entry.duration = elapsed;
+            if entry.upstream.is_none() {
+                entry.upstream = upstream.cloned();
+            }
+            log.log(entry);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -285,25 +307,11 @@ impl ResponseBody {
         let Some(exchange) = self.exchange.take() else {
             return;
         };
-        let elapsed = exchange.start.elapsed();
         let upstream = match &self.kind {
             Kind::Upstream(up) => up.in_flight.as_ref().map(InFlightGuard::upstream),
             Kind::Full(_) => None,
         };
-        match (upstream, &exchange.metrics) {
-            (Some(upstream), _) => upstream.metrics().record(exchange.status, elapsed),
-            (None, Some(metrics)) => metrics.record(exchange.status, elapsed),
-            (None, None) => {}
-        }
-        if let Some((mut entry, log)) = exchange.log {
-            entry.status = exchange.status;
-            entry.bytes = exchange.bytes;
-            entry.duration = elapsed;
-            if entry.upstream.is_none() {
-                entry.upstream = upstream.cloned();
-            }
-            log.log(entry);
-        }
+        exchange.record(upstream);
     }
 
     /// The upstream body ended (`clean`) or failed: releases its guards.

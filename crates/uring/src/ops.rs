@@ -403,17 +403,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::tests::pair;
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
     use std::task::Waker;
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        (client, server)
-    }
 
     /// Submits and reaps until `count` completions were collected (bounded).
     fn collect(count: usize) -> Vec<Completion> {

@@ -163,7 +163,7 @@ impl Conn {
     }
 
     /// Deadlines and signals nothing completes for.
-    pub(super) fn tick(&mut self, now: Instant, links: &mut Links) {
+    pub(super) fn tick(&mut self, now: Instant) {
         if self.fate != Fate::Open {
             return;
         }
@@ -177,14 +177,13 @@ impl Conn {
                 return self.close();
             }
             if stopping {
-                return self.hand_to_full_path();
+                self.hand_to_full_path();
             }
         } else if let Some(exchange) = &mut self.exchange {
             if exchange.phase() == Phase::Waiting && self.deadline.is_some_and(|d| now >= d) {
                 exchange.time_out();
             }
         }
-        let _ = links;
     }
 
     /// Closes: both sockets shut down, so that everything in flight ends.
@@ -285,7 +284,7 @@ impl Conn {
             Ok(None) if self.inbuf.len() < MAX_HEAD => return self.read(),
             // The full path answers 431 (it reads no further).
             Ok(None) => return self.hand_to_full_path(),
-            Err(bad) => return self.refuse(bad, links),
+            Err(bad) => return self.refuse(bad),
         };
         if !self.serves(&head) {
             return self.hand_on(&head);
@@ -320,8 +319,7 @@ impl Conn {
 
     /// Answers a head that could not be read (as the full path does), then
     /// closes.
-    fn refuse(&mut self, bad: HeadError, links: &mut Links) {
-        let _ = links;
+    fn refuse(&mut self, bad: HeadError) {
         self.reading = Reading::Busy;
         self.deadline = None;
         self.close_after_response = true;

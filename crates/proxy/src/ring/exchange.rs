@@ -17,6 +17,7 @@ use super::idle::{Link, Links};
 use super::{kind, token};
 use crate::access_log::{AccessLog, Entry};
 use crate::balance::Tried;
+use crate::body;
 use crate::conn_io::ConnGuard;
 use crate::endpoint::EndpointGuard;
 use crate::error::ForwardError;
@@ -679,22 +680,15 @@ impl Exchange {
     /// lets go of the in-flight count (in this order: a drain that sees
     /// zero knows no link is kept for the upstream after).
     pub(super) fn finish(mut self: Box<Self>, links: &mut Links) {
-        let elapsed = self.start.elapsed();
         let upstream = self.in_flight.as_ref().map(|g| Arc::clone(g.upstream()));
-        match (&upstream, &self.answered_metrics) {
-            (Some(upstream), _) => upstream.metrics().record(self.status, elapsed),
-            (None, Some(metrics)) => metrics.record(self.status, elapsed),
-            (None, None) => {}
-        }
-        if let Some((mut entry, log)) = self.log.take() {
-            entry.status = self.status;
-            entry.bytes = self.bytes;
-            entry.duration = elapsed;
-            if entry.upstream.is_none() {
-                entry.upstream = upstream.clone();
-            }
-            log.log(entry);
-        }
+        let recorded = body::Exchange {
+            start: self.start,
+            status: self.status,
+            bytes: self.bytes,
+            metrics: self.answered_metrics.take(),
+            log: self.log.take(),
+        };
+        recorded.record(upstream.as_ref());
         if let Some(link) = self.link.take() {
             let keep = self.reusable
                 && self.phase == Phase::Done

@@ -318,7 +318,7 @@ impl Loop {
         for slot in 0..self.conns.len() {
             let slot = slot as u32;
             if let Some(Some(conn)) = self.conns.get_mut(slot as usize) {
-                conn.tick(now, &mut self.shared);
+                conn.tick(now);
                 self.settle(slot);
             }
         }
