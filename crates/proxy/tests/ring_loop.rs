@@ -2,17 +2,20 @@
 //! requests take the full path, and these tests hold there too): a
 //! connection whose requests the loop serves moves to the full path for a
 //! request it does not serve, in the middle of pipelined bytes, and comes
-//! out with every response in order.
+//! out with every response in order; large responses, read in bulk, come
+//! out whole.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{fast_settings, single_app, text, Backend, Proxy};
-use http::StatusCode;
+use bytes::Bytes;
+use common::{fast_settings, get, single_app, text, Backend, ChannelBody, Client, Proxy};
+use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// Reads until `count` responses with `Content-Length` bodies came; their
 /// bodies, in order.
@@ -95,4 +98,56 @@ async fn a_request_head_split_across_many_writes_is_served_once_whole() {
     }
     assert_eq!(backend.requests(), 3);
     assert_eq!(backend.connections(), 1, "one upstream connection, reused");
+}
+
+/// Bytes that show any reordering, loss or repetition (251 is prime: no
+/// power-of-two sized piece lines up with the pattern).
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn large_responses_reach_a_slow_client_whole_and_their_upstream_connection_is_reused() {
+    const LEN: usize = 3 * 1024 * 1024 + 17;
+    let backend = Backend::start(|req| async move {
+        let body = Bytes::from(patterned(LEN));
+        if req.uri().path() != "/chunked" {
+            return text(StatusCode::OK, body);
+        }
+        // Chunked, in pieces of uneven size.
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut rest = body;
+            while !rest.is_empty() {
+                let piece = rest.split_to(rest.len().min(50_001));
+                if tx.send(piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::new(ChannelBody(rx).boxed())
+    })
+    .await;
+    let (router, upstream) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for path in ["/exact", "/chunked", "/exact", "/chunked"] {
+        let response = client.send(get("a", path)).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let mut body = response.into_body();
+        let mut got = Vec::with_capacity(LEN);
+        // A slow reader: the proxy's sends to it have to wait.
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("body frame");
+            if let Some(data) = frame.data_ref() {
+                got.extend_from_slice(data);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(got.len(), LEN, "{path}: whole body");
+        assert!(got == patterned(LEN), "{path}: bytes in order");
+    }
+    assert_eq!(backend.requests(), 4);
+    assert_eq!(backend.connections(), 1, "one upstream connection, reused");
+    assert_eq!(upstream.in_flight(), 0);
 }

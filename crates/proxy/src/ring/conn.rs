@@ -18,6 +18,7 @@ use cutover_uring::ops::{self, Completion};
 use http::Version;
 use tokio::sync::watch;
 
+use super::bulk;
 use super::exchange::{Exchange, Origin, Phase};
 use super::idle::Links;
 use super::{kind, token, Adopted};
@@ -364,6 +365,9 @@ impl Conn {
         if self.send_in_flight || self.fate == Fate::Close {
             return;
         }
+        if let Some(body) = exchange.take_bulk(&self.client) {
+            return super::relay_bulk(self.slot, self.id, body);
+        }
         let done = exchange.phase() == Phase::Done;
         if let Some(out) = exchange.take_output(links) {
             match ops::send(
@@ -450,6 +454,18 @@ impl Conn {
         self.reading = Reading::Head;
         self.deadline = Some(Instant::now() + self.ctx.shared.settings.header_read_timeout);
         self.next_request(links);
+    }
+
+    /// The relay task of the current request's body ended.
+    pub(super) fn relayed(&mut self, relayed: bulk::Relayed, links: &mut Links) {
+        let Some(exchange) = &mut self.exchange else {
+            return;
+        };
+        if !exchange.relayed(relayed) {
+            // The client is gone; the response cannot be finished.
+            return self.close();
+        }
+        self.advance(links);
     }
 
     /// A new upstream connection for the current request (or none).

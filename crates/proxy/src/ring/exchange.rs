@@ -13,6 +13,7 @@ use http::header::SET_COOKIE;
 use http::{HeaderValue, Method};
 use hyper::body::SizeHint;
 
+use super::bulk;
 use super::idle::{Link, Links};
 use super::{kind, token};
 use crate::access_log::{AccessLog, Entry};
@@ -35,9 +36,8 @@ use crate::upstream::{retry_rule, Attempt, Failure, InFlightGuard, Retry, MAX_PO
 /// Response bytes buffered for a client before the link stops reading
 /// until the client took them.
 const MAX_BUFFERED: usize = 256 * 1024;
-/// A body longer than this (or chunked, or delimited by the close) is read
-/// in bulk: into buffers of this size, one read, then one send; a
-/// length-delimited one goes out in the buffer it was read into.
+/// A body longer than this (or chunked, or delimited by the close) is
+/// relayed by a task of the worker's runtime (see [`bulk`]).
 const BULK: usize = 128 * 1024;
 /// Informational responses skipped before the final one; more is a flood.
 const MAX_INFORMATIONAL: u8 = 16;
@@ -87,8 +87,10 @@ pub(super) struct Exchange {
     informational: u8,
     decoder: Decoder,
     chunked: bool,
-    /// The body is read in bulk (see [`BULK`]).
+    /// The body is relayed in bulk (see [`BULK`]).
     bulk: bool,
+    /// A relay task has the rest of the body.
+    in_task: bool,
     reusable: bool,
     close_client: bool,
     failed_mid_body: bool,
@@ -140,6 +142,7 @@ impl Exchange {
             decoder: Decoder::Done,
             chunked: false,
             bulk: false,
+            in_task: false,
             reusable: false,
             close_client: false,
             failed_mid_body: false,
@@ -175,7 +178,7 @@ impl Exchange {
     }
 
     pub(super) fn is_quiet(&self) -> bool {
-        self.link.as_ref().is_none_or(Link::is_quiet)
+        !self.in_task && self.link.as_ref().is_none_or(Link::is_quiet)
     }
 
     pub(super) fn shut_down_links(&mut self) {
@@ -498,8 +501,8 @@ impl Exchange {
             Decoder::Done => false,
         };
         if self.bulk {
-            // The link's receive into shared buffers ends; bulk reads
-            // follow (see `read_link`).
+            // The link's receive into shared buffers ends (what it already
+            // read still comes); a relay task reads the rest.
             if let Some(link) = self.link.as_mut().filter(|link| link.reading) {
                 link.paused = true;
                 ops::cancel(token(link.id, kind::LINK_RECV));
@@ -588,32 +591,67 @@ impl Exchange {
         }
     }
 
-    /// Reads more of the response, unless the link's receive is armed.
+    /// Reads more of the response, unless the link's receive is armed (a
+    /// body read in bulk is the relay task's to read).
     pub(super) fn read_link(&mut self) {
         let Some(link) = self.link.as_mut() else {
             self.failed_mid_body = self.phase == Phase::Relaying;
             return;
         };
-        if !(self.bulk && self.phase == Phase::Relaying) {
-            if link.read().is_err() {
+        if self.bulk && self.phase == Phase::Relaying {
+            return;
+        }
+        if link.read().is_err() {
+            self.failed_mid_body = true;
+        }
+    }
+
+    /// The rest of a large body for a relay task, once the link's receive
+    /// ended (what it read is here): the client's bytes not yet sent, the
+    /// body's framing and the sockets (duplicated) go with it.
+    pub(super) fn take_bulk(&mut self, client: &std::net::TcpStream) -> Option<bulk::Body> {
+        if !self.bulk || self.in_task || self.phase != Phase::Relaying || self.failed_mid_body {
+            return None;
+        }
+        let link = self.link.as_ref().filter(|link| !link.reading)?;
+        let (client, upstream) = match (client.try_clone(), link.stream.try_clone()) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "a large response cannot be relayed");
                 self.failed_mid_body = true;
+                return None;
             }
-            return;
-        }
-        if link.reading {
-            return;
-        }
-        let want = match self.decoder {
-            Decoder::Exact(left) => usize::try_from(left).unwrap_or(BULK).min(BULK),
-            _ => BULK,
         };
-        match ops::recv(
-            link.fd(),
-            Vec::with_capacity(want),
-            token(link.id, kind::LINK_RECV),
-        ) {
-            Ok(()) => link.reading = true,
-            Err(_) => self.failed_mid_body = true,
+        self.in_task = true;
+        Some(bulk::Body {
+            client,
+            link: upstream,
+            decoder: std::mem::replace(&mut self.decoder, Decoder::Done),
+            chunked: self.chunked,
+            pending: std::mem::take(&mut self.out),
+            upbuf: std::mem::take(&mut self.upbuf),
+        })
+    }
+
+    /// The relay task ended (see [`bulk`]). Whether the client is still
+    /// there.
+    pub(super) fn relayed(&mut self, relayed: bulk::Relayed) -> bool {
+        self.in_task = false;
+        self.bytes += relayed.bytes;
+        match relayed.end {
+            bulk::End::Whole { exact } => {
+                self.reusable &= exact;
+                self.phase = Phase::Done;
+                true
+            }
+            bulk::End::UpstreamFault => {
+                self.failed_mid_body = true;
+                true
+            }
+            bulk::End::ClientGone => {
+                self.failed_mid_body = true;
+                false
+            }
         }
     }
 

@@ -26,6 +26,7 @@
 //! need no event (asked to close at `max_connections`, shutdown, pooled
 //! connections of a retired upstream) run on a tick of [`TICK`].
 
+mod bulk;
 mod conn;
 mod exchange;
 mod idle;
@@ -57,11 +58,12 @@ thread_local! {
 }
 
 /// What reaches the loop from outside a completion: connections to serve,
-/// and upstream connections opened for them.
+/// upstream connections opened for them, and large bodies relayed.
 #[derive(Default)]
 struct Inbox {
     adopted: Vec<Adopted>,
     connected: Vec<Connected>,
+    relayed: Vec<Relayed>,
     waker: Option<Waker>,
 }
 
@@ -105,10 +107,18 @@ pub(crate) fn adopt(adopted: Adopted) -> Result<(), Box<Adopted>> {
     })
 }
 
-fn deliver(connected: Connected) {
+/// The body of the request of connection `conn` was relayed (see
+/// [`bulk`]).
+struct Relayed {
+    slot: u32,
+    conn: u64,
+    relayed: bulk::Relayed,
+}
+
+fn deliver(put: impl FnOnce(&mut Inbox)) {
     INBOX.with(|inbox| {
         if let Some(inbox) = inbox.borrow_mut().as_mut() {
-            inbox.connected.push(connected);
+            put(inbox);
             if let Some(waker) = &inbox.waker {
                 waker.wake_by_ref();
             }
@@ -150,8 +160,12 @@ pub(crate) async fn run(completions: OwnedFd) {
     loop {
         let ticked = std::future::poll_fn(|cx| {
             // Each signal is an edge of its own (the counter is never read:
-            // no system call for it).
-            if let Poll::Ready(Ok(mut ready)) = signalled.poll_read_ready(cx) {
+            // no system call for it). Polled until it is pending, which is
+            // what registers the wake-up for the next signal: a signal
+            // that brought the loop nothing (deferred work only, or the
+            // completion of another user of the ring) must not leave the
+            // next one unheard until the tick.
+            while let Poll::Ready(Ok(mut ready)) = signalled.poll_read_ready(cx) {
                 ready.clear_ready();
                 cutover_uring::submit_and_reap();
             }
@@ -217,6 +231,7 @@ struct Loop {
     completions: Vec<Completion>,
     adopted: Vec<Adopted>,
     connected: Vec<Connected>,
+    relayed: Vec<Relayed>,
     shared: Links,
 }
 
@@ -227,6 +242,7 @@ impl Loop {
             if let Some(inbox) = inbox.borrow_mut().as_mut() {
                 self.adopted.append(&mut inbox.adopted);
                 self.connected.append(&mut inbox.connected);
+                self.relayed.append(&mut inbox.relayed);
                 match &inbox.waker {
                     Some(known) if known.will_wake(waker) => {}
                     _ => inbox.waker = Some(waker.clone()),
@@ -236,7 +252,10 @@ impl Loop {
     }
 
     fn has_work(&self) -> bool {
-        !self.completions.is_empty() || !self.adopted.is_empty() || !self.connected.is_empty()
+        !self.completions.is_empty()
+            || !self.adopted.is_empty()
+            || !self.connected.is_empty()
+            || !self.relayed.is_empty()
     }
 
     fn handle(&mut self) {
@@ -248,6 +267,14 @@ impl Loop {
             let conn = self.conns.get_mut(slot as usize).and_then(Option::as_mut);
             if let Some(conn) = conn.filter(|c| c.id() == connected.conn) {
                 conn.connected(connected.result, &mut self.shared);
+                self.settle(slot);
+            }
+        }
+        for relayed in std::mem::take(&mut self.relayed) {
+            let slot = relayed.slot;
+            let conn = self.conns.get_mut(slot as usize).and_then(Option::as_mut);
+            if let Some(conn) = conn.filter(|c| c.id() == relayed.conn) {
+                conn.relayed(relayed.relayed, &mut self.shared);
                 self.settle(slot);
             }
         }
@@ -333,6 +360,20 @@ fn connect(slot: u32, conn: u64, addr: std::net::SocketAddr, timeout: Duration) 
         let result = crate::pool::connect(addr, timeout)
             .await
             .and_then(|stream| stream.into_std().map_err(ConnectError::Io));
-        deliver(Connected { slot, conn, result });
+        deliver(|inbox| inbox.connected.push(Connected { slot, conn, result }));
+    });
+}
+
+/// Relays a large body on the worker's runtime for connection `conn`.
+fn relay_bulk(slot: u32, conn: u64, body: bulk::Body) {
+    tokio::spawn(async move {
+        let relayed = body.relay().await;
+        deliver(|inbox| {
+            inbox.relayed.push(Relayed {
+                slot,
+                conn,
+                relayed,
+            })
+        });
     });
 }
