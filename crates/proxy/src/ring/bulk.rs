@@ -10,9 +10,10 @@
 //! works on duplicates of the two sockets and reports back how the body
 //! ended, and the loop goes on from there.
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use bytes::BytesMut;
+use cutover_uring::ops;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,8 +32,9 @@ pub(super) struct Body {
     pub(super) decoder: Decoder,
     /// The client gets the body chunked.
     pub(super) chunked: bool,
-    /// Bytes for the client not yet sent (the response head, at least).
-    pub(super) pending: Vec<u8>,
+    /// Bytes for the client not yet sent, in order (the response head, at
+    /// least).
+    pub(super) pending: Vec<Vec<u8>>,
     /// Body bytes read from the upstream and not yet decoded.
     pub(super) upbuf: BytesMut,
 }
@@ -77,7 +79,7 @@ impl Body {
         else {
             return relayed;
         };
-        if client.write_all(&pending).await.is_err() {
+        if write_all_of(&mut client, pending).await.is_err() {
             return relayed;
         }
         let mut framed = Vec::new();
@@ -122,6 +124,28 @@ impl Body {
         };
         relayed
     }
+}
+
+/// Writes `pieces` in order, as many per system call as it takes.
+async fn write_all_of(client: &mut TcpStream, pieces: Vec<Vec<u8>>) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces
+        .iter()
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| IoSlice::new(piece))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = client.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    drop(slices);
+    for piece in pieces {
+        ops::give_back(piece);
+    }
+    Ok(())
 }
 
 async fn read(link: &mut TcpStream, upbuf: &mut BytesMut) -> io::Result<usize> {

@@ -368,6 +368,9 @@ impl Conn {
         if let Some(body) = exchange.take_bulk(&self.client) {
             return super::relay_bulk(self.slot, self.id, body);
         }
+        if exchange.awaits_bulk() {
+            return;
+        }
         let done = exchange.phase() == Phase::Done;
         if let Some(out) = exchange.take_output(links) {
             match ops::send(

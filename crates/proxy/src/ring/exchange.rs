@@ -84,6 +84,9 @@ pub(super) struct Exchange {
     upbuf: BytesMut,
     /// Bytes for the client, not yet sent.
     out: Vec<u8>,
+    /// Body bytes received behind `out` for a body relayed in bulk (the
+    /// link's receive reads ahead of the head), in order.
+    piled: Vec<Vec<u8>>,
     informational: u8,
     decoder: Decoder,
     chunked: bool,
@@ -138,6 +141,7 @@ impl Exchange {
             phase: Phase::Connecting,
             upbuf: BytesMut::new(),
             out: ops::buffer(0),
+            piled: Vec::new(),
             informational: 0,
             decoder: Decoder::Done,
             chunked: false,
@@ -549,6 +553,10 @@ impl Exchange {
         self.bytes += take as u64;
         if self.out.is_empty() {
             links.recycle(std::mem::replace(&mut self.out, buf));
+        } else if self.bulk {
+            // Read ahead of the head for a body the relay task sends: it
+            // goes out as it is, behind `out`.
+            self.piled.push(buf);
         } else {
             self.out.extend_from_slice(&buf);
             links.recycle(buf);
@@ -608,9 +616,12 @@ impl Exchange {
 
     /// The rest of a large body for a relay task, once the link's receive
     /// ended (what it read is here): the client's bytes not yet sent, the
-    /// body's framing and the sockets (duplicated) go with it.
+    /// body's framing and the sockets (duplicated) go with it. (A body
+    /// that came whole with its head goes the same way: its bytes are in
+    /// pieces.)
     pub(super) fn take_bulk(&mut self, client: &std::net::TcpStream) -> Option<bulk::Body> {
-        if !self.bulk || self.in_task || self.phase != Phase::Relaying || self.failed_mid_body {
+        let relaying = matches!(self.phase, Phase::Relaying | Phase::Done);
+        if !self.bulk || self.in_task || !relaying || self.failed_mid_body {
             return None;
         }
         let link = self.link.as_ref().filter(|link| !link.reading)?;
@@ -627,16 +638,28 @@ impl Exchange {
             client,
             link: upstream,
             decoder: std::mem::replace(&mut self.decoder, Decoder::Done),
-            chunked: self.chunked,
-            pending: std::mem::take(&mut self.out),
+            // A body already whole has its last chunk in `out`.
+            chunked: self.chunked && self.phase != Phase::Done,
+            pending: std::iter::once(std::mem::take(&mut self.out))
+                .chain(self.piled.drain(..))
+                .collect(),
             upbuf: std::mem::take(&mut self.upbuf),
         })
+    }
+
+    /// A body relayed in bulk is not over: its relay task runs, or waits
+    /// for the link's receive to end (nothing goes to the client from here
+    /// meanwhile: the task sends what is here first).
+    pub(super) fn awaits_bulk(&self) -> bool {
+        self.bulk && !self.failed_mid_body
     }
 
     /// The relay task ended (see [`bulk`]). Whether the client is still
     /// there.
     pub(super) fn relayed(&mut self, relayed: bulk::Relayed) -> bool {
+        // The body is over, one way or the other: no second task.
         self.in_task = false;
+        self.bulk = false;
         self.bytes += relayed.bytes;
         match relayed.end {
             bulk::End::Whole { exact } => {
