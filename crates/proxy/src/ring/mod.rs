@@ -12,7 +12,8 @@
 //! the common request itself, with the same parts as the full
 //! path (`forward`): the HTTP/1 codec, routing, the in-flight and endpoint
 //! guards, the retry rule, header rewriting, response framing, metrics and
-//! the access log.
+//! the access log. A large response body is relayed by a task of the
+//! worker's runtime instead (see `bulk`).
 //!
 //! Anything else goes to the full path (`http1::server`) with the bytes
 //! read so far, at a request boundary, and stays there: a request with a
