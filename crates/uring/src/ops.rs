@@ -23,8 +23,8 @@ pub struct Completion {
     /// bytes sent (all of them). A negative errno when it failed
     /// (`-ECANCELED`: cancelled).
     pub result: i32,
-    /// The buffer of a receive or send; for a [`recv_multishot`], the
-    /// bytes of this arrival.
+    /// The buffer of a send; for a [`recv_multishot`], the bytes of this
+    /// arrival.
     pub buf: Option<Vec<u8>>,
     /// A [`recv_multishot`] stays armed (more completions will follow).
     pub more: bool,
@@ -32,7 +32,6 @@ pub struct Completion {
 
 enum Kind {
     RecvMulti,
-    Recv { buf: Vec<u8> },
     Send { buf: Vec<u8>, done: usize },
 }
 
@@ -149,7 +148,6 @@ fn push(ring: &mut crate::ThreadRing, index: u32, fd: RawFd, user_data: u64) -> 
     };
     match &mut op.kind {
         Kind::RecvMulti => ring.ring.push_recv_multishot(fd, user_data),
-        Kind::Recv { buf } => ring.ring.push_recv(fd, buf.spare_capacity_mut(), user_data),
         Kind::Send { buf, done } => ring.ring.push_send(fd, &buf[*done..], user_data),
     }
 }
@@ -172,21 +170,6 @@ pub fn recv_multishot(fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
     start(op).map_err(|(_, e)| e)
 }
 
-/// Receives once into the unused capacity of `buf` (reserve some first):
-/// the completion gives it back with the bytes appended. For bulk reads,
-/// where the buffer then goes out as it is.
-pub fn recv(fd: BorrowedFd<'_>, buf: Vec<u8>, token: u64) -> Result<(), (Vec<u8>, io::Error)> {
-    if buf.capacity() == buf.len() {
-        return Err((buf, io::Error::from(io::ErrorKind::InvalidInput)));
-    }
-    let op = Op {
-        token,
-        fd: fd.as_raw_fd(),
-        kind: Kind::Recv { buf },
-    };
-    start(op).map_err(|(op, e)| (buffer_of(op), e))
-}
-
 /// Sends all of `buf` (a socket that takes only part gets the rest
 /// again). Gives the buffer back if it cannot be queued.
 pub fn send(fd: BorrowedFd<'_>, buf: Vec<u8>, token: u64) -> Result<(), (Vec<u8>, io::Error)> {
@@ -200,7 +183,7 @@ pub fn send(fd: BorrowedFd<'_>, buf: Vec<u8>, token: u64) -> Result<(), (Vec<u8>
 
 fn buffer_of(op: Op) -> Vec<u8> {
     match op.kind {
-        Kind::Send { buf, .. } | Kind::Recv { buf } => buf,
+        Kind::Send { buf, .. } => buf,
         Kind::RecvMulti => Vec::new(),
     }
 }
@@ -294,7 +277,6 @@ pub(crate) fn complete(index: u32, result: i32, flags: u32) {
                     }
                 }
             }
-            Kind::Recv { .. } => {}
         }
         let Some(op) = ring.ops.remove(index) else {
             return;
@@ -354,18 +336,6 @@ fn finished(op: Op, result: i32) -> Completion {
             buf: None,
             more: false,
         },
-        Kind::Recv { mut buf } => {
-            if let Ok(n) = usize::try_from(result) {
-                #[cfg(target_os = "linux")]
-                crate::sys::received(&mut buf, n);
-            }
-            Completion {
-                token,
-                result,
-                buf: Some(buf),
-                more: false,
-            }
-        }
         Kind::Send { buf, done } => {
             let result = match result {
                 // A stream socket that takes nothing is gone.

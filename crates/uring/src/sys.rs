@@ -104,28 +104,6 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
-    /// Queues a receive into `spare` (the unused capacity of a buffer the
-    /// caller owns).
-    ///
-    /// The caller keeps the buffer allocated, and reads or moves none of
-    /// its heap memory, until the completion was reaped (it lives in the
-    /// operation's state in the thread's table), and keeps `fd` open until
-    /// the receive was submitted.
-    pub(crate) fn push_recv(
-        &mut self,
-        fd: RawFd,
-        spare: &mut [std::mem::MaybeUninit<u8>],
-        user_data: u64,
-    ) -> io::Result<()> {
-        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
-        let entry = opcode::Recv::new(Fd(fd), spare.as_mut_ptr().cast::<u8>(), len)
-            .build()
-            .user_data(user_data);
-        // SAFETY: the entry points at `spare`, which the caller keeps
-        // allocated and untouched until the completion (see above).
-        unsafe { self.push(&entry) }
-    }
-
     /// Queues a receive that stays armed: each arrival completes with a
     /// buffer of the thread's buffer ring (see [`Ring::received`]), until
     /// the end of the stream, an error, or the ring runs out of buffers.
@@ -343,14 +321,4 @@ impl Drop for BufRing {
             alloc::dealloc(self.memory, self.memory_layout);
         }
     }
-}
-
-/// Counts the `n` bytes a completed receive wrote into `buf`'s unused
-/// capacity as part of it.
-pub(crate) fn received(buf: &mut Vec<u8>, n: usize) {
-    let len = buf.len().saturating_add(n).min(buf.capacity());
-    // SAFETY: the kernel wrote `n` bytes right after the buffer's length
-    // (the receive was given exactly its unused capacity, so `n` never
-    // exceeds it; `min` keeps that true regardless).
-    unsafe { buf.set_len(len) }
 }
