@@ -2,15 +2,17 @@
 //! requests take the full path, and these tests hold there too): a
 //! connection whose requests the loop serves moves to the full path for a
 //! request it does not serve, in the middle of pipelined bytes, and comes
-//! out with every response in order; large responses, read in bulk, come
-//! out whole.
+//! out with every response in order; large responses, relayed by a task of
+//! the worker, come out whole, also when their upstream closes at once.
 
 mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, get, single_app, text, Backend, ChannelBody, Client, Proxy};
+use common::{
+    fast_settings, get, single_app, tcp_server, text, Backend, ChannelBody, Client, Proxy,
+};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -171,4 +173,51 @@ async fn large_responses_reach_a_slow_client_whole_and_their_upstream_connection
     assert_eq!(backend.requests(), requests.len());
     assert_eq!(backend.connections(), 1, "one upstream connection, reused");
     assert_eq!(upstream.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_large_response_whose_upstream_closes_right_after_it_comes_out_whole() {
+    const LEN: usize = 200_000;
+    // Raw HTTP/1.1: the whole response, then the end of the stream at
+    // once — with a length and `Connection: close`, or delimited by the
+    // close itself.
+    let (addr, backend) = tcp_server(|mut stream| async move {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = if request.starts_with(b"GET /length") {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\nConnection: close\r\n\r\n")
+        } else {
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+        };
+        let mut response = head.into_bytes();
+        response.extend_from_slice(&patterned(LEN));
+        let _ = stream.write_all(&response).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let (router, upstream) = single_app(addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for path in ["/length", "/until-close", "/length", "/until-close"] {
+        let reply = tokio::time::timeout(Duration::from_secs(10), client.send(get("a", path)))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: a response head"))
+            .expect("response");
+        assert_eq!(reply.status(), StatusCode::OK, "{path}");
+        let body = tokio::time::timeout(Duration::from_secs(10), reply.into_body().collect())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the body ended"))
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body.len(), LEN, "{path}: whole body");
+        assert!(body == patterned(LEN), "{path}: bytes in order");
+    }
+    assert_eq!(upstream.in_flight(), 0);
+    backend.abort();
 }

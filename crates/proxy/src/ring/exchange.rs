@@ -50,7 +50,8 @@ pub(super) enum Phase {
     Waiting,
     /// The response is being relayed.
     Relaying,
-    /// The whole response is in `out` or sent.
+    /// The whole response is in `out` (and `piled`), with a relay task,
+    /// or sent.
     Done,
 }
 
@@ -374,7 +375,11 @@ impl Exchange {
                 if let Some(buf) = done.buf {
                     links.recycle(buf);
                 }
-                if done.result < 0 {
+                if done.result < 0 && self.phase != Phase::Waiting {
+                    // The response came (or is coming): the receive side
+                    // tells how it ends; the link is not reused.
+                    self.reusable = false;
+                } else if done.result < 0 {
                     let error = io::Error::from_raw_os_error(-done.result);
                     let error = if link.received {
                         ExchangeError::Io(error)
@@ -404,6 +409,12 @@ impl Exchange {
         if done.result > 0 {
             link.received = true;
             let Some(buf) = done.buf else { return };
+            if self.phase == Phase::Done {
+                // More than the response: never relayed, and the link is
+                // not reused.
+                self.reusable = false;
+                return links.recycle(buf);
+            }
             if self.phase == Phase::Relaying && self.upbuf.is_empty() && !self.chunked {
                 self.relay_as_is(buf, links);
             } else {
@@ -421,6 +432,11 @@ impl Exchange {
         }
         let timed_out = link.timed_out;
         let received = link.received;
+        if self.phase == Phase::Done {
+            // The stream ended after the whole response.
+            self.reusable = false;
+            return;
+        }
         if self.phase == Phase::Relaying {
             // The end of the stream: the end of a body delimited by it,
             // else a body cut short.
@@ -649,9 +665,10 @@ impl Exchange {
 
     /// A body relayed in bulk is not over: its relay task runs, or waits
     /// for the link's receive to end (nothing goes to the client from here
-    /// meanwhile: the task sends what is here first).
+    /// meanwhile: the task sends what is here first). Not when the body
+    /// failed or its link is gone: what is here then goes out as usual.
     pub(super) fn awaits_bulk(&self) -> bool {
-        self.bulk && !self.failed_mid_body
+        self.bulk && !self.failed_mid_body && (self.in_task || self.link.is_some())
     }
 
     /// The relay task ended (see [`bulk`]). Whether the client is still
@@ -703,6 +720,12 @@ impl Exchange {
 
     /// The bytes for the client that are ready, if any.
     pub(super) fn take_output(&mut self, links: &mut Links) -> Option<Vec<u8>> {
+        // Read ahead for a relay task that never came (the body failed, or
+        // its link is gone): it goes out here, behind `out`.
+        for piece in self.piled.drain(..) {
+            self.out.extend_from_slice(&piece);
+            links.recycle(piece);
+        }
         if self.out.is_empty() {
             return None;
         }
