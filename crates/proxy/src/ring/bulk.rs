@@ -99,18 +99,13 @@ impl Body {
                     }
                 }
                 Ok(Decoded::Trailers(_) | Decoded::End) => {
-                    break finish(&mut client, chunked, &upbuf).await
+                    // More than the framing said: the link is not reused.
+                    break finish(&mut client, chunked, upbuf.is_empty()).await;
                 }
                 Ok(Decoded::NeedMore) => match read(&mut link, &mut upbuf).await {
                     Ok(0) => match decoder.at_eof() {
-                        Ok(_) => {
-                            // Delimited by the close: the link is done.
-                            let end = finish(&mut client, chunked, &upbuf).await;
-                            break match end {
-                                End::Whole { .. } => End::Whole { exact: false },
-                                other => other,
-                            };
-                        }
+                        // Delimited by the close: the link is done.
+                        Ok(_) => break finish(&mut client, chunked, false).await,
                         Err(_) => break End::UpstreamFault,
                     },
                     Ok(_) => {}
@@ -153,13 +148,10 @@ async fn read(link: &mut TcpStream, upbuf: &mut BytesMut) -> io::Result<usize> {
     link.read_buf(upbuf).await
 }
 
-/// The body's end for the client; whether the link may be reused.
-async fn finish(client: &mut TcpStream, chunked: bool, rest: &BytesMut) -> End {
+/// The body's end for the client (`exact`: the link may be reused).
+async fn finish(client: &mut TcpStream, chunked: bool, exact: bool) -> End {
     if chunked && client.write_all(b"0\r\n\r\n").await.is_err() {
         return End::ClientGone;
     }
-    // More than the framing said: the link is not reused.
-    End::Whole {
-        exact: rest.is_empty(),
-    }
+    End::Whole { exact }
 }

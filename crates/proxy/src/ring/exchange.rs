@@ -616,15 +616,12 @@ impl Exchange {
     }
 
     /// Reads more of the response, unless the link's receive is armed (a
-    /// body read in bulk is the relay task's to read).
+    /// body relayed in bulk never gets here: see [`Exchange::awaits_bulk`]).
     pub(super) fn read_link(&mut self) {
         let Some(link) = self.link.as_mut() else {
             self.failed_mid_body = self.phase == Phase::Relaying;
             return;
         };
-        if self.bulk && self.phase == Phase::Relaying {
-            return;
-        }
         if link.read().is_err() {
             self.failed_mid_body = true;
         }

@@ -263,27 +263,32 @@ impl Loop {
         for adopted in std::mem::take(&mut self.adopted) {
             self.open(adopted);
         }
-        for connected in std::mem::take(&mut self.connected) {
-            let slot = connected.slot;
-            let conn = self.conns.get_mut(slot as usize).and_then(Option::as_mut);
-            if let Some(conn) = conn.filter(|c| c.id() == connected.conn) {
-                conn.connected(connected.result, &mut self.shared);
-                self.settle(slot);
-            }
+        for Connected { slot, conn, result } in std::mem::take(&mut self.connected) {
+            self.deliver_to(slot, conn, |conn, links| conn.connected(result, links));
         }
-        for relayed in std::mem::take(&mut self.relayed) {
-            let slot = relayed.slot;
-            let conn = self.conns.get_mut(slot as usize).and_then(Option::as_mut);
-            if let Some(conn) = conn.filter(|c| c.id() == relayed.conn) {
-                conn.relayed(relayed.relayed, &mut self.shared);
-                self.settle(slot);
-            }
+        for Relayed {
+            slot,
+            conn,
+            relayed,
+        } in std::mem::take(&mut self.relayed)
+        {
+            self.deliver_to(slot, conn, |conn, links| conn.relayed(relayed, links));
         }
         let mut completions = std::mem::take(&mut self.completions);
         for completion in completions.drain(..) {
             self.complete(completion);
         }
         self.completions = completions;
+    }
+
+    /// Hands what came for connection `id` to it, if it still holds
+    /// `slot` (it may have closed, and the slot gone to another).
+    fn deliver_to(&mut self, slot: u32, id: u64, give: impl FnOnce(&mut Conn, &mut Links)) {
+        let conn = self.conns.get_mut(slot as usize).and_then(Option::as_mut);
+        if let Some(conn) = conn.filter(|c| c.id() == id) {
+            give(conn, &mut self.shared);
+            self.settle(slot);
+        }
     }
 
     fn open(&mut self, adopted: Adopted) {
