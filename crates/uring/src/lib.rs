@@ -297,6 +297,7 @@ fn submit_and_reap_with(run_deferred: bool) -> bool {
             return true;
         };
         ring.queued = 0;
+        ops::retry_cancels(ring);
         #[cfg(target_os = "linux")]
         return ring.ring.submit_and_reap(&mut completions, run_deferred);
         #[cfg(not(target_os = "linux"))]

@@ -9,6 +9,7 @@
 //! receive [`cancel`]led before it closes, or the kernel would keep the
 //! connection open.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::task::Waker;
@@ -51,6 +52,14 @@ pub(crate) struct Table {
     waker: Option<Waker>,
     /// Emptied buffers for the next receives and sends.
     spare: Vec<Vec<u8>>,
+    /// The receives in flight by token: a cancellation finds its target
+    /// without walking every operation (ten thousand idle connections
+    /// each keep one armed).
+    receives: HashMap<u64, u32>,
+    /// Receives (token, index) whose cancellation the ring refused: asked
+    /// again before each submission until it takes them, so a connection
+    /// that waits for its receive to end is not left waiting.
+    uncancelled: Vec<(u64, u32)>,
 }
 
 /// Buffers kept for reuse per thread, and the largest kept.
@@ -69,7 +78,8 @@ impl Table {
     }
 
     fn insert(&mut self, op: Op) -> u32 {
-        match self.free.pop() {
+        let receive = matches!(op.kind, Kind::RecvMulti).then_some(op.token);
+        let index = match self.free.pop() {
             Some(index) => {
                 self.slots[index as usize] = Some(op);
                 index
@@ -78,13 +88,25 @@ impl Table {
                 self.slots.push(Some(op));
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
+        };
+        if let Some(token) = receive {
+            self.receives.insert(token, index);
         }
+        index
     }
 
     fn remove(&mut self, index: u32) -> Option<Op> {
         let op = self.slots.get_mut(index as usize)?.take()?;
         self.free.push(index);
+        if matches!(op.kind, Kind::RecvMulti) && self.receives.get(&op.token) == Some(&index) {
+            self.receives.remove(&op.token);
+        }
         Some(op)
+    }
+
+    /// Whether the receive `(token, index)` is still in flight.
+    fn receiving(&self, token: u64, index: u32) -> bool {
+        self.receives.get(&token) == Some(&index)
     }
 }
 
@@ -188,35 +210,51 @@ fn buffer_of(op: Op) -> Vec<u8> {
     }
 }
 
-/// Asks the kernel to cancel the operations in flight with `token`; each
-/// then completes (with `-ECANCELED`, or its result if it finished first).
-/// Returns how many there were.
-pub fn cancel(token: u64) -> usize {
+/// Asks the kernel to cancel the receive in flight with `token`; it then
+/// completes (with `-ECANCELED`, or its result if it finished first).
+/// Returns whether there was one. A cancellation the ring cannot queue
+/// now is queued again before each submission until it is.
+pub fn cancel(token: u64) -> bool {
     RING.with(|slot| {
         let mut slot = slot.borrow_mut();
         let Some(ring) = slot.as_mut() else {
-            return 0;
+            return false;
         };
-        let targets: Vec<u32> = ring
-            .ops
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, op)| {
-                let op = op.as_ref()?;
-                (op.token == token).then_some(index as u32)
-            })
-            .collect();
-        for &index in &targets {
-            let target = LOOP | u64::from(index);
-            #[cfg(target_os = "linux")]
-            if let Err(e) = ring.ring.push_cancel(target, CANCEL | u64::from(index)) {
-                tracing::warn!(error = %e, "an io_uring operation could not be cancelled");
-            }
-            ring.queued_one();
+        let Some(&index) = ring.ops.receives.get(&token) else {
+            return false;
+        };
+        if let Err(e) = push_cancel(ring, index) {
+            tracing::warn!(error = %e, "an io_uring receive could not be cancelled yet; retrying");
+            ring.ops.uncancelled.push((token, index));
         }
-        targets.len()
+        ring.queued_one();
+        true
     })
+}
+
+/// Queues again the cancellations the ring refused (see [`cancel`]), for
+/// the receives still in flight.
+pub(crate) fn retry_cancels(ring: &mut crate::ThreadRing) {
+    if ring.ops.uncancelled.is_empty() {
+        return;
+    }
+    let waiting = std::mem::take(&mut ring.ops.uncancelled);
+    for (token, index) in waiting {
+        if ring.ops.receiving(token, index) && push_cancel(ring, index).is_err() {
+            ring.ops.uncancelled.push((token, index));
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn push_cancel(ring: &mut crate::ThreadRing, index: u32) -> io::Result<()> {
+    ring.ring
+        .push_cancel(LOOP | u64::from(index), CANCEL | u64::from(index))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn push_cancel(_: &mut crate::ThreadRing, _: u32) -> io::Result<()> {
+    Err(unsupported())
 }
 
 /// Moves the completions collected so far into `into`; `waker` is woken
@@ -400,17 +438,38 @@ mod tests {
         let (client, mut server) = pair();
         recv_multishot(client.as_fd(), 7).unwrap();
         crate::submit_and_reap();
-        assert_eq!(cancel(7), 1);
+        assert!(cancel(7));
         let got = collect(1);
         assert_eq!(got[0].token, 7);
         assert_eq!(got[0].result, -(rustix::io::Errno::CANCELED.raw_os_error()));
         assert!(!got[0].more, "a cancelled receive ends");
+        assert!(!cancel(7), "nothing is left to cancel");
         send(client.as_fd(), b"all of it".to_vec(), 8).unwrap();
         let got = collect(1);
         assert_eq!((got[0].token, got[0].result), (8, 9));
         let mut buf = [0u8; 9];
         std::io::Read::read_exact(&mut server, &mut buf).unwrap();
         assert_eq!(&buf, b"all of it");
+    }
+
+    #[test]
+    fn cancelling_one_receive_leaves_the_others_armed() {
+        let _completions = crate::install(16).unwrap();
+        let (first, _first_peer) = pair();
+        let (second, mut second_peer) = pair();
+        recv_multishot(first.as_fd(), 21).unwrap();
+        recv_multishot(second.as_fd(), 22).unwrap();
+        crate::submit_and_reap();
+        assert!(cancel(21));
+        let got = collect(1);
+        assert_eq!(got[0].token, 21);
+        assert!(!got[0].more);
+        second_peer.write_all(b"still here").unwrap();
+        let got = collect(1);
+        assert_eq!((got[0].token, got[0].more), (22, true));
+        assert_eq!(got[0].buf.as_deref(), Some(&b"still here"[..]));
+        assert!(cancel(22));
+        assert_eq!(collect(1)[0].token, 22);
     }
 
     #[test]
