@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, get, single_app, Backend, ChannelBody, Client, Proxy};
+use common::{
+    fast_settings, get, read_ok_response, single_app, Backend, ChannelBody, Client, Proxy,
+};
 use cutover_proxy::ProxySettings;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -30,22 +32,6 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> 
     .await
     .expect("the proxy closed the connection in time");
     data
-}
-
-/// Reads one complete `200` response whose body is `ok`.
-async fn read_ok_response(stream: &mut TcpStream) {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !data.ends_with(b"\r\n\r\nok") {
-        let n = stream.read(&mut buf).await.expect("response");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&data));
-        data.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        data.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&data)
-    );
 }
 
 #[tokio::test]

@@ -6,28 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fast_settings, single_app, text, Backend, Proxy};
+use common::{fast_settings, read_ok_response, single_app, text, Backend, Proxy};
 use cutover_proxy::{HandedConn, Handoff, IntakeSender, ServeOptions};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Reads one complete `200` response whose body is `ok`; returns it.
-async fn read_ok_response(stream: &mut TcpStream) -> String {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !data.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("a response in time")
-            .expect("response");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&data));
-        data.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&data).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
 
 /// The "new process": a listener serving adopted connections.
 async fn adopting_listener(router: cutover_proxy::Router) -> IntakeSender {

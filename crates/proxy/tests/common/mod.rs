@@ -359,3 +359,22 @@ pub fn metric(series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series))
         .and_then(|rest| rest.trim().parse().ok())
 }
+
+/// Reads one response whose body is `ok` (from [`Backend::named`]) off a
+/// raw connection, bounded in time; returns it whole.
+pub async fn read_ok_response(stream: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !data.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("response");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&data).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
