@@ -101,6 +101,11 @@ impl Table {
         if matches!(op.kind, Kind::RecvMulti) && self.receives.get(&op.token) == Some(&index) {
             self.receives.remove(&op.token);
         }
+        if !self.uncancelled.is_empty() {
+            // A later receive may get this slot and this token: a retried
+            // cancellation must not end it.
+            self.uncancelled.retain(|&(_, waiting)| waiting != index);
+        }
         Some(op)
     }
 
@@ -450,6 +455,25 @@ mod tests {
         let mut buf = [0u8; 9];
         std::io::Read::read_exact(&mut server, &mut buf).unwrap();
         assert_eq!(&buf, b"all of it");
+    }
+
+    #[test]
+    fn a_cancellation_waiting_for_a_retry_ends_with_its_receive() {
+        let mut table = Table::default();
+        let receive = |token| Op {
+            token,
+            fd: -1,
+            kind: Kind::RecvMulti,
+        };
+        let first = table.insert(receive(5));
+        table.uncancelled.push((5, first));
+        table.remove(first);
+        // The same token on the same slot: a later receive, not the one
+        // whose cancellation was refused.
+        let second = table.insert(receive(5));
+        assert_eq!(second, first);
+        assert!(table.uncancelled.is_empty());
+        assert!(table.receiving(5, second));
     }
 
     #[test]

@@ -90,6 +90,18 @@ fn key(endpoint: &Endpoint) -> usize {
 }
 
 impl Links {
+    /// The next link id. Ids wrap (24 bits); one still held (a long-idle
+    /// link, a buried one whose receive has not ended) is skipped, or its
+    /// token would name two links' operations.
+    fn fresh_id(&mut self) -> u32 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1) & 0x00ff_ffff;
+            if !self.holders.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+
     pub(super) fn holder(&self, id: u32) -> Option<Holder> {
         self.holders.get(&id).copied()
     }
@@ -102,8 +114,7 @@ impl Links {
         upstream: Arc<Upstream>,
         slot: u32,
     ) -> Link {
-        self.next_id = self.next_id.wrapping_add(1) & 0x00ff_ffff;
-        let id = self.next_id;
+        let id = self.fresh_id();
         self.holders.insert(id, Holder::Conn(slot));
         Link {
             id,
@@ -222,5 +233,23 @@ impl Links {
 
     pub(super) fn recycle(&mut self, buf: Vec<u8>) {
         ops::give_back(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_id_still_held_when_the_ids_wrap_is_not_given_again() {
+        let mut links = Links {
+            next_id: 0x00ff_fffd,
+            ..Links::default()
+        };
+        links.holders.insert(0x00ff_fffe, Holder::Dead);
+        links.holders.insert(0x00ff_ffff, Holder::Idle(1));
+        links.holders.insert(0, Holder::Conn(7));
+        assert_eq!(links.fresh_id(), 1);
+        assert_eq!(links.fresh_id(), 2);
     }
 }
