@@ -56,10 +56,12 @@ pub(crate) struct Table {
     /// without walking every operation (ten thousand idle connections
     /// each keep one armed).
     receives: HashMap<u64, u32>,
-    /// Receives (token, index) whose cancellation the ring refused: asked
+    /// Receives (by index) whose cancellation the ring refused: asked
     /// again before each submission until it takes them, so a connection
-    /// that waits for its receive to end is not left waiting.
-    uncancelled: Vec<(u64, u32)>,
+    /// that waits for its receive to end is not left waiting. A receive
+    /// that ends leaves this list (see `remove`), so every index here is
+    /// still the receive it was.
+    uncancelled: Vec<u32>,
 }
 
 /// Buffers kept for reuse per thread, and the largest kept.
@@ -98,13 +100,13 @@ impl Table {
     fn remove(&mut self, index: u32) -> Option<Op> {
         let op = self.slots.get_mut(index as usize)?.take()?;
         self.free.push(index);
-        if matches!(op.kind, Kind::RecvMulti) && self.receives.get(&op.token) == Some(&index) {
+        if matches!(op.kind, Kind::RecvMulti) && self.receiving(op.token, index) {
             self.receives.remove(&op.token);
         }
         if !self.uncancelled.is_empty() {
             // A later receive may get this slot and this token: a retried
             // cancellation must not end it.
-            self.uncancelled.retain(|&(_, waiting)| waiting != index);
+            self.uncancelled.retain(|&waiting| waiting != index);
         }
         Some(op)
     }
@@ -230,23 +232,22 @@ pub fn cancel(token: u64) -> bool {
         };
         if let Err(e) = push_cancel(ring, index) {
             tracing::warn!(error = %e, "an io_uring receive could not be cancelled yet; retrying");
-            ring.ops.uncancelled.push((token, index));
+            ring.ops.uncancelled.push(index);
         }
         ring.queued_one();
         true
     })
 }
 
-/// Queues again the cancellations the ring refused (see [`cancel`]), for
-/// the receives still in flight.
+/// Queues again the cancellations the ring refused (see [`cancel`]).
 pub(crate) fn retry_cancels(ring: &mut crate::ThreadRing) {
     if ring.ops.uncancelled.is_empty() {
         return;
     }
     let waiting = std::mem::take(&mut ring.ops.uncancelled);
-    for (token, index) in waiting {
-        if ring.ops.receiving(token, index) && push_cancel(ring, index).is_err() {
-            ring.ops.uncancelled.push((token, index));
+    for index in waiting {
+        if push_cancel(ring, index).is_err() {
+            ring.ops.uncancelled.push(index);
         }
     }
 }
@@ -466,7 +467,7 @@ mod tests {
             kind: Kind::RecvMulti,
         };
         let first = table.insert(receive(5));
-        table.uncancelled.push((5, first));
+        table.uncancelled.push(first);
         table.remove(first);
         // The same token on the same slot: a later receive, not the one
         // whose cancellation was refused.
