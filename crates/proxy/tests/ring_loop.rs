@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    fast_settings, get, single_app, tcp_server, text, Backend, ChannelBody, Client, Proxy,
+    fast_settings, get, read_more, single_app, tcp_server, text, Backend, ChannelBody, Client,
+    Proxy,
 };
 use cutover_test_support::wait::eventually_async;
 use http::{Response, StatusCode};
@@ -25,14 +26,8 @@ use tokio::sync::mpsc;
 async fn read_bodies(conn: &mut TcpStream, count: usize) -> Vec<String> {
     let mut data = Vec::new();
     let mut bodies = Vec::new();
-    let mut buf = [0u8; 8192];
     while bodies.len() < count {
-        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
-            .await
-            .expect("responses in time")
-            .expect("read");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&data));
-        data.extend_from_slice(&buf[..n]);
+        read_more(conn, &mut data, 8192).await;
         while let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
             assert!(head.starts_with("http/1.1 200"), "{head}");

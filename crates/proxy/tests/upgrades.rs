@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{fast_settings, single_app, tcp_server, Proxy};
+use common::{fast_settings, read_more, single_app, tcp_server, Proxy};
 use cutover_proxy::{DrainOutcome, ProxySettings, Upstream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -312,14 +312,9 @@ async fn raw_upgrade_backend() -> (SocketAddr, JoinHandle<()>) {
 
 async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
-    let mut byte = [0u8; 1];
+    // A byte at a time: what the tunnel sends after the head stays unread.
     while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
-            .await
-            .expect("response head in time")
-            .expect("read");
-        assert!(n > 0, "closed before the response head: {head:?}");
-        head.push(byte[0]);
+        read_more(stream, &mut head, 1).await;
     }
     String::from_utf8_lossy(&head).into_owned()
 }

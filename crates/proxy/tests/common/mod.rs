@@ -360,19 +360,25 @@ pub fn metric(series: &str) -> Option<f64> {
         .and_then(|rest| rest.trim().parse().ok())
 }
 
+/// Reads once more off a raw connection, at most `at_most` bytes, onto
+/// `data`, bounded in time; fails if the peer closed first.
+pub async fn read_more(stream: &mut TcpStream, data: &mut Vec<u8>, at_most: usize) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; at_most];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("bytes in time")
+        .expect("read");
+    assert!(n > 0, "closed early: {}", String::from_utf8_lossy(data));
+    data.extend_from_slice(&buf[..n]);
+}
+
 /// Reads one response whose body is `ok` (from [`Backend::named`]) off a
 /// raw connection, bounded in time; returns it whole.
 pub async fn read_ok_response(stream: &mut TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
     let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
     while !data.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("a response in time")
-            .expect("response");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&data));
-        data.extend_from_slice(&buf[..n]);
+        read_more(stream, &mut data, 4096).await;
     }
     let text = String::from_utf8_lossy(&data).into_owned();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
