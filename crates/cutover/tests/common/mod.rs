@@ -378,35 +378,47 @@ impl Drop for Daemon {
 }
 
 /// Scans /proc for processes whose environment marks them as releases of
-/// the cutover instance with this state directory.
+/// the cutover instance with this state directory. A release's own
+/// children inherit its environment (the launch shell's `$(cat …)` runs in
+/// a subshell for a moment), so a marked process whose parent is marked too
+/// belongs to that release and is not counted as one.
 pub fn releases_of_instance(state_dir: &Path) -> Vec<(u32, String)> {
     let marker = format!("CUTOVER_INSTANCE={}", state_dir.display());
-    let mut found = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(environ) = fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        // Zombies have an empty environ; skip processes that are exiting.
-        if !process::alive(pid) {
-            continue;
-        }
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        if vars.contains(&marker.as_bytes()) {
-            let version = vars
-                .iter()
-                .find_map(|v| v.strip_prefix(b"CUTOVER_VERSION="))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            found.push((pid, version));
-        }
+    let marked: Vec<(u32, Option<u32>, String)> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, release_version(pid, &marker)?)))
+        .map(|(pid, version)| (pid, process::stat(pid).map(|s| s.parent), version))
+        .collect();
+    let marked_pids: Vec<u32> = marked.iter().map(|(pid, _, _)| *pid).collect();
+    marked
+        .into_iter()
+        .filter(|(_, parent, _)| !parent.is_some_and(|p| marked_pids.contains(&p)))
+        .map(|(pid, _, version)| (pid, version))
+        .collect()
+}
+
+/// The CUTOVER_VERSION of a live process carrying `marker` in its
+/// environment.
+fn release_version(pid: u32, marker: &str) -> Option<String> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    // Zombies have an empty environ; skip processes that are exiting.
+    if !process::alive(pid) {
+        return None;
     }
-    found
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    if !vars.contains(&marker.as_bytes()) {
+        return None;
+    }
+    let version = vars
+        .iter()
+        .find_map(|v| v.strip_prefix(b"CUTOVER_VERSION="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    Some(version)
 }
 
 /// Reads from `stream` until `needle` shows up (or `within` passes) and
