@@ -68,12 +68,41 @@ fn remove_connection_options(headers: &mut HeaderMap) {
 
 /// Whether a `Connection` header lists `token` (case-insensitively).
 pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(&CONNECTION)
+    lists(
+        headers
+            .get_all(&CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        token.as_bytes(),
+    )
+}
+
+/// Whether comma-separated field values list `token` (case-insensitively).
+/// A value with bytes outside visible ASCII lists nothing (as hyper and
+/// `HeaderValue::to_str` read it: a peer that disagrees on keep-alive
+/// desyncs from us).
+pub(crate) fn lists<'a>(values: impl Iterator<Item = &'a [u8]>, token: &[u8]) -> bool {
+    values
+        .filter(|value| {
+            value
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        })
+        .flat_map(|value| value.split(|&b| b == b','))
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether a response field read in place (name in any case) is
+/// hop-by-hop: one of [`HOP_BY_HOP`] or named by the head's `Connection`
+/// (`connection`: its values).
+pub(crate) fn is_hop_by_hop_field<'a>(
+    name: &[u8],
+    connection: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    HOP_BY_HOP
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|option| option.trim().eq_ignore_ascii_case(token))
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+        || lists(connection, name)
 }
 
 /// The client's address as a header value, made once per connection.

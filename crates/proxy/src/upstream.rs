@@ -825,8 +825,8 @@ impl Received {
             Then::Body(Source::Http1(Http1Body::new(conn, &head)))
         };
         Received {
-            head: head.response,
             hop_by_hop: head.hop_by_hop,
+            head: head.into_response(),
             then,
             endpoint,
         }

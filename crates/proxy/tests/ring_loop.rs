@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    fast_settings, get, read_more, single_app, tcp_server, text, Backend, ChannelBody, Client,
-    Proxy,
+    fast_settings, get, read_more, read_ok_response, single_app, tcp_server, test_io, text,
+    Backend, ChannelBody, Client, Proxy,
 };
 use cutover_test_support::wait::eventually_async;
 use http::{Response, StatusCode};
@@ -20,6 +20,89 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+/// An upstream's response head with everything the proxy rewrites:
+/// hop-by-hop fields, a field its `Connection` names, its own request id,
+/// two cookies, names in mixed case.
+const UPSTREAM_HEAD: &str =
+    "HTTP/1.1 200 OK\r\nServer: raw\r\nConnection: keep-alive, X-Secret\r\n\
+    Keep-Alive: timeout=5\r\nX-Secret: s\r\nX-Request-Id: upstream-id\r\nSet-Cookie: a=1\r\n\
+    X-Trace: t\r\nset-cookie: b=2\r\nContent-Length: 2\r\n\r\nok";
+
+/// A response head as the client got it: its lines after the status line,
+/// `Date` left out (its value moves), sorted (a map keeps no order across
+/// names; values of one name keep theirs, checked apart).
+fn field_lines(response: &str) -> (String, Vec<String>) {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    let mut fields: Vec<String> = lines
+        .filter(|line| !line.starts_with("date: "))
+        .map(str::to_owned)
+        .collect();
+    let cookies: Vec<&String> = fields
+        .iter()
+        .filter(|l| l.starts_with("set-cookie"))
+        .collect();
+    assert_eq!(
+        cookies,
+        ["set-cookie: a=1", "set-cookie: b=2"],
+        "{response}"
+    );
+    fields.sort();
+    (status, fields)
+}
+
+/// The loop rewrites a response head where it lies, without a map; the
+/// full path rewrites a map. Both send the client the same head: no
+/// hop-by-hop field nor one that `Connection` names, the client's request
+/// id in place of the upstream's, every other field, names in lower case.
+#[tokio::test]
+async fn the_loop_and_the_full_path_rewrite_a_response_head_alike() {
+    let (addr, backend) = tcp_server(|mut stream| async move {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            request.clear();
+            if stream.write_all(UPSTREAM_HEAD.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let mut heads = Vec::new();
+    for io in [cutover_proxy::Io::Epoll, test_io()] {
+        let (router, _upstream) = single_app(addr);
+        let proxy = Proxy::start_on_workers_with_io(router, fast_settings(), 1, io).await;
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        for _ in 0..2 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: client-id\r\n\r\n")
+                .await
+                .expect("send");
+            heads.push((io, field_lines(&read_ok_response(&mut client).await)));
+        }
+    }
+    let expected = [
+        "content-length: 2",
+        "server: raw",
+        "set-cookie: a=1",
+        "set-cookie: b=2",
+        "x-request-id: client-id",
+        "x-trace: t",
+    ];
+    for (io, (status, fields)) in &heads {
+        assert_eq!(status, "HTTP/1.1 200 OK", "{io:?}");
+        assert_eq!(fields, &expected, "{io:?}");
+    }
+    backend.abort();
+}
 
 /// Reads until `count` responses with `Content-Length` bodies came; their
 /// bodies, in order.

@@ -649,7 +649,7 @@ mod tests {
             .exchange(&post(), Some(&mut body), TIMEOUT)
             .await
             .expect("exchange");
-        assert_eq!(exchanged.head.response.status(), 200);
+        assert_eq!(exchanged.head.status, 200);
         let request = String::from_utf8(seen.recv().await.expect("request")).expect("utf-8");
         assert!(
             request.contains("transfer-encoding: chunked\r\n"),
@@ -680,7 +680,7 @@ mod tests {
             .await
             .expect("exchange");
         drop(tx);
-        assert_eq!(exchanged.head.response.status(), 413);
+        assert_eq!(exchanged.head.status, 413);
         assert!(!exchanged.head.reusable);
         let mut body = Http1Body::new(exchanged.conn, &exchanged.head);
         let data = read_body(&mut body).await.expect("body");

@@ -39,6 +39,14 @@ pub(crate) fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `name: value\r\n` with the name in lower case (a name read in place
+/// keeps the case its sender gave it).
+pub(crate) fn lowercase_header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let at = out.len();
+    header_line(out, name, value);
+    out[at..at + name.len()].make_ascii_lowercase();
+}
+
 /// How a request's body goes upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestFraming {

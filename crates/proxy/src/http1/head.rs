@@ -1,5 +1,7 @@
 //! Request and response heads: parsing (httparse) into `http` types whose
-//! header values share the read buffer, and the framing rules of RFC 9112
+//! header values share the read buffer — a response head's fields stay
+//! where they are in its bytes until someone asks for a map (the io_uring
+//! loop rewrites them without one) — and the framing rules of RFC 9112
 //! section 6 that decide how the body after a head is delimited and whether
 //! the connection may carry another message.
 
@@ -11,7 +13,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 
-use crate::headers::connection_has;
+use crate::headers::lists;
 
 /// Largest head accepted, request or response.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -81,12 +83,26 @@ pub(crate) struct RequestHead {
 /// A parsed response head.
 #[derive(Debug)]
 pub(crate) struct ResponseHead {
-    pub(crate) response: Response<()>,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) fields: Fields,
     pub(crate) body: BodyLength,
     /// Whether the connection may carry another exchange after this body.
     pub(crate) reusable: bool,
     /// The head has hop-by-hop headers to strip.
     pub(crate) hop_by_hop: bool,
+}
+
+impl ResponseHead {
+    /// The head as an `http` response whose header values share its bytes,
+    /// with room for the headers the proxy adds (X-Request-Id, a cookie).
+    pub(crate) fn into_response(self) -> Response<()> {
+        let mut response = Response::new(());
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.fields.into_map(4);
+        response
+    }
 }
 
 /// What a response head at the front of the buffer turned out to be.
@@ -155,6 +171,7 @@ impl Facts {
 }
 
 /// Where each header's name and value sit in the head's bytes.
+#[derive(Debug)]
 struct Spans {
     on_stack: [(u32, u32, u32, u32); STACK_HEADERS],
     on_heap: Vec<(u32, u32, u32, u32)>,
@@ -186,23 +203,93 @@ impl Spans {
         spans
     }
 
-    /// The headers as a map whose values share `head`; `room` for headers
-    /// the proxy adds later.
-    fn into_map(self, head: &Bytes, room: usize) -> Result<HeaderMap, HeadError> {
-        let mut map = HeaderMap::with_capacity(self.count + room);
-        let all = self.on_stack[..self.count.min(STACK_HEADERS)]
+    fn all(&self) -> impl Iterator<Item = &(u32, u32, u32, u32)> {
+        self.on_stack[..self.count.min(STACK_HEADERS)]
             .iter()
-            .chain(self.on_heap.iter());
-        for &(name_at, name_len, value_at, value_len) in all {
-            let (name_at, value_at) = (name_at as usize, value_at as usize);
-            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
-                .map_err(|_| HeadError::Malformed("invalid header name"))?;
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
-                    .map_err(|_| HeadError::Malformed("invalid header value"))?;
-            map.append(name, value);
+            .chain(self.on_heap.iter())
+    }
+}
+
+/// A head's header fields in its own bytes, in the order they came: read
+/// in place, made into a map only by whoever needs one.
+#[derive(Debug)]
+pub(crate) struct Fields {
+    head: Bytes,
+    spans: Spans,
+}
+
+impl Fields {
+    /// Takes the spans of a head whose every value is checked as the map
+    /// would check it, so that [`Fields::into_map`] takes every field.
+    /// (Names need no check: httparse takes a name only if it is a token,
+    /// the rule `HeaderName` has.)
+    fn checked(head: Bytes, spans: Spans) -> Result<Fields, HeadError> {
+        let fields = Fields { head, spans };
+        let valid = |value: &[u8]| {
+            value
+                .iter()
+                .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+        };
+        if fields.iter().all(|(_, value)| valid(value)) {
+            Ok(fields)
+        } else {
+            Err(HeadError::Malformed("invalid header value"))
         }
-        Ok(map)
+    }
+
+    /// Name and value of each field, in the order they came (names as sent).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .all()
+            .map(|&(name_at, name_len, value_at, value_len)| {
+                let (name_at, value_at) = (name_at as usize, value_at as usize);
+                (
+                    &self.head[name_at..name_at + name_len as usize],
+                    &self.head[value_at..value_at + value_len as usize],
+                )
+            })
+    }
+
+    /// The values of the fields called `name` (any case), in order.
+    pub(crate) fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(field, _)| field.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value)
+    }
+
+    /// The fields as a map whose values share the head's bytes; `room` for
+    /// headers added later.
+    fn into_map(self, room: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.spans.count + room);
+        for &(name_at, name_len, value_at, value_len) in self.spans.all() {
+            let (name_at, value_at) = (name_at as usize, value_at as usize);
+            let name = HeaderName::from_bytes(&self.head[name_at..name_at + name_len as usize]);
+            let value = HeaderValue::from_maybe_shared(
+                self.head.slice(value_at..value_at + value_len as usize),
+            );
+            // Both hold for every field (see `Fields::checked`).
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+/// The values of the fields with a name: from a map, or read in place.
+pub(crate) trait FieldValues {
+    fn values_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+}
+
+impl FieldValues for HeaderMap {
+    fn values_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl FieldValues for Fields {
+    fn values_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.values(name)
     }
 }
 
@@ -401,7 +488,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     let uri = Uri::from_maybe_shared(target.clone())
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
     check_target(&method, std::str::from_utf8(&target).unwrap_or(""), &uri)?;
-    let headers = spans.into_map(&head, 2)?;
+    let headers = Fields::checked(head.clone(), spans)?.into_map(2);
     let body = request_body(version, &facts, &headers)?;
     // A request with both framings is a smuggling attempt or a broken
     // client: its body is read as chunked, and the connection closes after.
@@ -415,7 +502,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     let upgrade = facts.upgrade
         && version == Version::HTTP_11
         && facts.connection
-        && connection_has(&headers, "upgrade");
+        && lists(headers.values_of("connection"), b"upgrade");
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -456,17 +543,13 @@ pub(crate) fn parse_response(
     }
     let spans = Spans::note(parsed.headers, buf.as_ptr() as usize);
     let facts = spans.facts;
-    let head = buf.split_to(len).freeze();
-    // Room for the headers the proxy adds (X-Request-Id, a cookie).
-    let headers = spans.into_map(&head, 4)?;
-    let body = response_body(status, to_head, &facts, &headers)?;
-    let reusable = keep_alive(version, &facts, &headers) && body != BodyLength::UntilClose;
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
+    let fields = Fields::checked(buf.split_to(len).freeze(), spans)?;
+    let body = response_body(status, to_head, &facts, &fields)?;
+    let reusable = keep_alive(version, &facts, &fields) && body != BodyLength::UntilClose;
     let head = ResponseHead {
-        response,
+        status,
+        version,
+        fields,
         body,
         reusable,
         hop_by_hop: facts.hop_by_hop,
@@ -517,7 +600,7 @@ fn response_body(
     status: StatusCode,
     to_head: bool,
     facts: &Facts,
-    headers: &HeaderMap,
+    headers: &impl FieldValues,
 ) -> Result<BodyLength, HeadError> {
     if facts.transfer_encoding && facts.content_lengths > 0 {
         return Err(HeadError::BadFraming(
@@ -550,11 +633,11 @@ struct Codings {
 }
 
 impl Codings {
-    fn of(headers: &HeaderMap) -> Result<Codings, HeadError> {
+    fn of(headers: &impl FieldValues) -> Result<Codings, HeadError> {
         let mut codings = Codings::default();
         let mut chunked = 0u32;
-        for value in headers.get_all(TRANSFER_ENCODING) {
-            for coding in value.as_bytes().split(|&b| b == b',') {
+        for value in headers.values_of(TRANSFER_ENCODING.as_str()) {
+            for coding in value.split(|&b| b == b',') {
                 let coding = coding.trim_ascii();
                 if coding.is_empty() {
                     continue;
@@ -585,15 +668,15 @@ fn decimal(text: &[u8]) -> Option<u64> {
 }
 
 /// The `Content-Length`, if any. Several headers, or a list, must agree.
-fn content_length(facts: &Facts, headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+fn content_length(facts: &Facts, headers: &impl FieldValues) -> Result<Option<u64>, HeadError> {
     match (facts.content_lengths, facts.content_length) {
         (0, _) => return Ok(None),
         (1, Some(n)) => return Ok(Some(n)),
         _ => {}
     }
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+    for value in headers.values_of(CONTENT_LENGTH.as_str()) {
+        for part in value.split(|&b| b == b',') {
             let n = decimal(part.trim_ascii())
                 .ok_or(HeadError::BadFraming("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
@@ -608,12 +691,13 @@ fn content_length(facts: &Facts, headers: &HeaderMap) -> Result<Option<u64>, Hea
 /// Persistence (RFC 9112 9.3): never with `Connection: close`, whatever
 /// else the field says; otherwise HTTP/1.1 always and HTTP/1.0 only with
 /// `Connection: keep-alive`.
-fn keep_alive(version: Version, facts: &Facts, headers: &HeaderMap) -> bool {
-    if facts.connection && connection_has(headers, "close") {
+fn keep_alive(version: Version, facts: &Facts, headers: &impl FieldValues) -> bool {
+    let connection_has = |token: &str| lists(headers.values_of("connection"), token.as_bytes());
+    if facts.connection && connection_has("close") {
         return false;
     }
     match version {
-        Version::HTTP_10 => facts.connection && connection_has(headers, "keep-alive"),
+        Version::HTTP_10 => facts.connection && connection_has("keep-alive"),
         _ => true,
     }
 }
@@ -821,9 +905,58 @@ mod tests {
             false,
         )
         .expect("valid");
-        let headers = head.response.headers();
+        let in_place: Vec<(&[u8], &[u8])> = head.fields.iter().collect();
+        assert_eq!(in_place.len(), 51);
+        assert_eq!(in_place[40], (&b"x-40"[..], &b"v40"[..]));
+        let headers = head.into_response().headers().clone();
         assert_eq!(headers.len(), 51);
         assert_eq!(headers.get("x-40").map(|v| v.as_bytes()), Some(&b"v40"[..]));
+    }
+
+    #[test]
+    fn response_fields_read_in_place_keep_case_and_order_and_find_values_by_any_case() {
+        let head = response(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Thing: x\r\nset-cookie: b=2\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .expect("valid");
+        let names: Vec<&[u8]> = head.fields.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                &b"Set-Cookie"[..],
+                b"X-Thing",
+                b"set-cookie",
+                b"content-length"
+            ]
+        );
+        let cookies: Vec<&[u8]> = head.fields.values("SET-COOKIE").collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+        let map = head.into_response();
+        let cookies: Vec<&[u8]> = map
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+    }
+
+    #[test]
+    fn a_response_field_value_with_a_control_character_is_refused_as_the_map_would() {
+        for value in ["a\x01b", "a\x7fb"] {
+            let text = format!("HTTP/1.1 200 OK\r\nx-bad: {value}\r\ncontent-length: 0\r\n\r\n");
+            let parsed = response(&text, false).map(|_| ());
+            // httparse refuses these itself; if it ever took one, the check
+            // that keeps `into_map` total must.
+            assert!(parsed.is_err(), "{value:?}: {parsed:?}");
+            assert!(HeaderValue::from_bytes(value.as_bytes()).is_err());
+        }
+        assert!(response(
+            "HTTP/1.1 200 OK\r\nx-ok: a\tb é\r\ncontent-length: 0\r\n\r\n",
+            false
+        )
+        .is_ok());
     }
 
     #[test]

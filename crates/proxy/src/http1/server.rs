@@ -49,8 +49,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::response::Parts;
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -650,10 +649,20 @@ impl ServerConn {
         closing: bool,
     ) -> io::Result<bool> {
         let (parts, body) = response.into_parts();
-        let framing = ResponseFraming::new(&parts, body.size_hint(), asked, closing);
+        let framing = ResponseFraming::new(
+            parts.status,
+            crate::headers::connection_has(&parts.headers, "close"),
+            body.size_hint(),
+            asked,
+            closing,
+        );
         // Room for a typical response head and a small body in one write.
         let mut out = self.write.buffer(RESPONSE_BUFFER);
-        encode_response_head(&mut out, &parts, &framing, asked.version);
+        let fields = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        encode_response_head(&mut out, parts.status, fields, &framing, asked.version);
         if framing.bodyless {
             send_head(&mut self.write, out, framing.close).await?;
         } else {
@@ -674,13 +683,14 @@ pub(crate) struct ResponseFraming {
 }
 
 impl ResponseFraming {
+    /// `connection_close`: the response's own `Connection` says `close`.
     pub(crate) fn new(
-        parts: &Parts,
+        status: StatusCode,
+        connection_close: bool,
         size: SizeHint,
         asked: &Asked,
         closing: bool,
     ) -> ResponseFraming {
-        let status = parts.status;
         let bodyless = asked.head_method
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -691,7 +701,7 @@ impl ResponseFraming {
         let close = !switching
             && (!asked.keep_alive
                 || closing
-                || crate::headers::connection_has(&parts.headers, "close")
+                || connection_close
                 // An HTTP/1.0 client learns a body of unknown size ended by the close.
                 || (!bodyless && exact.is_none() && !chunked));
         ResponseFraming {
@@ -704,29 +714,32 @@ impl ResponseFraming {
     }
 }
 
-/// The status line, the response's headers with framing headers of our
-/// own, `Date` if missing, and the connection's fate.
-pub(crate) fn encode_response_head(
+/// The status line, the response's fields (name, value; from a map or
+/// read in place, names in any case) with framing headers of our own,
+/// `Date` if missing, and the connection's fate. Names go out in lower
+/// case whatever their source, so both paths write the same head.
+pub(crate) fn encode_response_head<'a>(
     out: &mut Vec<u8>,
-    parts: &Parts,
+    status: StatusCode,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     framing: &ResponseFraming,
     version: Version,
 ) {
-    let status = parts.status;
     encode::status_line(out, status);
     // HEAD and 304 keep the length the body would have had.
     let keeps_length =
         framing.bodyless && status != StatusCode::NO_CONTENT && !status.is_informational();
     let mut has_date = false;
-    for (name, value) in &parts.headers {
-        let ours = (*name == CONNECTION && !framing.switching)
-            || (*name == CONTENT_LENGTH && !keeps_length)
-            || *name == TRANSFER_ENCODING;
+    for (name, value) in fields {
+        let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
+        let ours = (is(&CONNECTION) && !framing.switching)
+            || (is(&CONTENT_LENGTH) && !keeps_length)
+            || is(&TRANSFER_ENCODING);
         if ours {
             continue;
         }
-        has_date |= *name == DATE;
-        encode::header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        has_date |= is(&DATE);
+        encode::lowercase_header_line(out, name, value);
     }
     if !framing.bodyless {
         match framing.exact {

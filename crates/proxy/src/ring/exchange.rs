@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use cutover_uring::ops::{self, Completion};
 use http::header::SET_COOKIE;
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, StatusCode};
 use hyper::body::SizeHint;
 
 use super::bulk;
@@ -494,25 +494,40 @@ impl Exchange {
             in_flight.answered_by(endpoint);
         }
         let ResponseHead {
-            response,
+            status,
+            fields,
             body,
             reusable,
             hop_by_hop,
+            ..
         } = head;
-        let (mut parts, ()) = response.into_parts();
-        if hop_by_hop {
-            headers::strip_hop_by_hop(&mut parts.headers);
-        }
-        if let Some(cookie) = self.sticky.take() {
-            parts.headers.append(SET_COOKIE, cookie);
-        }
-        if parts.status.is_server_error() {
+        if status.is_server_error() {
             in_flight.upstream().count_5xx();
         }
-        parts.headers.insert(&X_REQUEST_ID, self.request_id.clone());
+        let sticky = self.sticky.take();
+        // As `forward::respond` rewrites the map: hop-by-hop fields out,
+        // the sticky cookie and the request id (replacing the upstream's) in.
+        let passed = fields.iter().filter(|(name, _)| {
+            !(name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
+                || hop_by_hop && headers::is_hop_by_hop_field(name, fields.values("connection")))
+        });
+        let ours = sticky
+            .iter()
+            .map(|cookie| (SET_COOKIE.as_str().as_bytes(), cookie.as_bytes()))
+            .chain([(X_REQUEST_ID.as_str().as_bytes(), self.request_id.as_bytes())]);
         self.decoder = Decoder::new(body);
         self.reusable = reusable;
-        self.write_head(&parts, self.decoder.size_hint());
+        let size = self.decoder.size_hint();
+        // An upstream's `Connection: close` is hop-by-hop: not the client's.
+        let framing = encode_head(
+            &mut self.out,
+            &self.asked,
+            status,
+            false,
+            passed.chain(ours),
+            size,
+        );
+        self.framed(status, &framing);
         self.phase = Phase::Relaying;
         self.relay();
         self.bulk = match self.decoder {
@@ -532,12 +547,11 @@ impl Exchange {
         }
     }
 
-    fn write_head(&mut self, parts: &http::response::Parts, size: SizeHint) {
-        let framing = ResponseFraming::new(parts, size, &self.asked, false);
+    /// Notes how the response head just encoded frames what follows.
+    fn framed(&mut self, status: StatusCode, framing: &ResponseFraming) {
         self.close_client = framing.close;
         self.chunked = framing.chunked && !framing.bodyless;
-        self.status = parts.status.as_u16();
-        encode_response_head(&mut self.out, parts, &framing, self.asked.version);
+        self.status = status.as_u16();
     }
 
     /// Body bytes that go out as they came (a length-delimited or
@@ -735,6 +749,7 @@ impl Exchange {
         tracing::debug!(error = %e, status = %e.status(), "request not proxied");
         let (mut parts, body) = forward::error_response(e).into_parts();
         parts.headers.insert(&X_REQUEST_ID, self.request_id.clone());
+        let connection_close = headers::connection_has(&parts.headers, "close");
         let bytes = body.full_bytes().cloned().unwrap_or_default();
         match &self.in_flight {
             Some(in_flight) => {
@@ -747,7 +762,20 @@ impl Exchange {
                 self.answered_metrics = Some(slot);
             }
         }
-        self.write_head(&parts, SizeHint::with_exact(bytes.len() as u64));
+        let fields = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        let size = SizeHint::with_exact(bytes.len() as u64);
+        let framing = encode_head(
+            &mut self.out,
+            &self.asked,
+            parts.status,
+            connection_close,
+            fields,
+            size,
+        );
+        self.framed(parts.status, &framing);
         if !self.asked.head_method {
             self.out.extend_from_slice(&bytes);
             self.bytes = bytes.len() as u64;
@@ -796,4 +824,19 @@ impl Exchange {
             links.bury(link);
         }
     }
+}
+
+/// Encodes a response head for this client (as the HTTP/1.1 server does);
+/// the framing it chose.
+fn encode_head<'a>(
+    out: &mut Vec<u8>,
+    asked: &Asked,
+    status: StatusCode,
+    connection_close: bool,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    size: SizeHint,
+) -> ResponseFraming {
+    let framing = ResponseFraming::new(status, connection_close, size, asked, false);
+    encode_response_head(out, status, fields, &framing, asked.version);
+    framing
 }
