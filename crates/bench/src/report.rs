@@ -81,20 +81,7 @@ pub fn table(heading: &Heading<'_>, targets: &[Target], rounds: &[Round]) -> Str
         "\n== {}  WORKERS={}  conns={}  duration={} x {} round(s)  path={}   pin: servers={} wrk={}",
         h.shape, h.workers, h.conns, h.duration, h.rounds, h.path, h.server_cpus, h.load_cpus
     );
-    let _ = writeln!(
-        out,
-        "{:<16} {:>11} {:>8} {:>8} {:>8} {:>6} {:>10} {:>8} {:>16} {:>14}",
-        "target",
-        "req/s",
-        "p50_ms",
-        "p99_ms",
-        "max_ms",
-        "errors",
-        "proxy_cpu%",
-        "app_cpu%",
-        "proxy_cpu_us/req",
-        "app_cpu_us/req"
-    );
+    out.push_str(&columns());
     for &target in targets {
         out.push_str(&target_row(h, target, rounds));
     }
@@ -122,10 +109,28 @@ fn target_row(h: &Heading<'_>, target: Target, rounds: &[Round]) -> String {
     format!("{}{note}\n", row.trim_end_matches('\n'))
 }
 
+/// The line naming a table's columns.
+pub fn columns() -> String {
+    format!(
+        "{:<16} {:>11} {:>8} {:>8} {:>8} {:>6} {:>10} {:>8} {:>16} {:>14} {:>14}\n",
+        "target",
+        "req/s",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "errors",
+        "proxy_cpu%",
+        "app_cpu%",
+        "proxy_cpu_us/req",
+        "app_cpu_us/req",
+        "wrk_cpu_us/req"
+    )
+}
+
 /// One measured row of a table's columns, named `name`.
 pub fn metrics_row(name: &str, m: &Metrics) -> String {
     format!(
-        "{:<16} {:>11} {:>8} {:>8} {:>8} {:>6} {:>10} {:>8} {:>16} {:>14}\n",
+        "{:<16} {:>11} {:>8} {:>8} {:>8} {:>6} {:>10} {:>8} {:>16} {:>14} {:>14}\n",
         name,
         format!("{:.1}", m.requests_per_second),
         ms(m.p50_us),
@@ -136,6 +141,7 @@ pub fn metrics_row(name: &str, m: &Metrics) -> String {
         format!("{:.0}", m.app_cpu_percent),
         or_dash(m.proxy_cpu_us_per_request, 1),
         or_dash(m.app_cpu_us_per_request, 1),
+        or_dash(m.load_cpu_us_per_request, 1),
     )
 }
 
@@ -289,6 +295,7 @@ mod tests {
             app_cpu_percent: 51.0,
             proxy_cpu_us_per_request: proxy_us,
             app_cpu_us_per_request: Some(12.25),
+            load_cpu_us_per_request: Some(9.5),
         }
     }
 
@@ -349,11 +356,11 @@ mod tests {
         let text = table(&heading(1), &Target::ALL, &rounds);
         let expected = "
 == keepalive  WORKERS=1  conns=50  duration=10s x 1 round(s)  path=/   pin: servers=0 wrk=1
-target                 req/s   p50_ms   p99_ms   max_ms errors proxy_cpu% app_cpu% proxy_cpu_us/req app_cpu_us/req
-direct               50000.0     1.23     1.50    10.00      0          -       51                -           12.2
-cutover              42000.0     1.23     1.80    10.00      0         48       51             11.0           12.2
-nginx-seed           12000.0     1.23     6.00    10.00      0         48       51             40.0           12.2
-nginx-keepalive      40000.0     1.23     2.00    10.00      0         48       51             12.5           12.2
+target                 req/s   p50_ms   p99_ms   max_ms errors proxy_cpu% app_cpu% proxy_cpu_us/req app_cpu_us/req wrk_cpu_us/req
+direct               50000.0     1.23     1.50    10.00      0          -       51                -           12.2            9.5
+cutover              42000.0     1.23     1.80    10.00      0         48       51             11.0           12.2            9.5
+nginx-seed           12000.0     1.23     6.00    10.00      0         48       51             40.0           12.2            9.5
+nginx-keepalive      40000.0     1.23     2.00    10.00      0         48       51             12.5           12.2            9.5
 ratios (req/s: higher is better for the first; p99 and proxy CPU per request: lower is better):
   cutover/nginx-keepalive  req/s x1.05   p99 x0.90   proxy cpu/req x0.88
   cutover/nginx-seed       req/s x3.50   p99 x0.30   proxy cpu/req x0.28
@@ -375,7 +382,7 @@ ratios (req/s: higher is better for the first; p99 and proxy CPU per request: lo
         let targets = [Target::Cutover, Target::NginxKeepalive];
         let text = table(&heading(2), &targets, &rounds);
         assert!(text.contains("\ncutover            (skipped)\n"), "{text}");
-        assert!(text.contains("12.2  (failed in 1 of 2 rounds)\n"), "{text}");
+        assert!(text.contains("9.5  (failed in 1 of 2 rounds)\n"), "{text}");
         assert!(text.contains("  cutover/nginx-keepalive  n/a (a target was not measured)\n"));
     }
 

@@ -71,6 +71,9 @@ pub struct CpuUse {
     pub proxy_ticks: Option<u64>,
     pub app_ticks: u64,
     pub ticks_per_second: u64,
+    /// wrk's own CPU time (user + system), µs; `None` if it could not be
+    /// read.
+    pub load_us: Option<u64>,
 }
 
 /// One measured round of one target: a row of the table.
@@ -86,6 +89,9 @@ pub struct Metrics {
     pub app_cpu_percent: f64,
     pub proxy_cpu_us_per_request: Option<f64>,
     pub app_cpu_us_per_request: Option<f64>,
+    /// The load generator's: on CPUs it shares with the servers, what it
+    /// takes per request is not the proxy's to spend.
+    pub load_cpu_us_per_request: Option<f64>,
 }
 
 impl Metrics {
@@ -105,6 +111,10 @@ impl Metrics {
             app_cpu_percent: 100.0 * cpu_seconds(cpu.app_ticks) / seconds,
             proxy_cpu_us_per_request: cpu.proxy_ticks.and_then(per_request),
             app_cpu_us_per_request: per_request(cpu.app_ticks),
+            load_cpu_us_per_request: cpu
+                .load_us
+                .filter(|_| result.requests > 0)
+                .map(|us| us as f64 / result.requests as f64),
         }
     }
 }
@@ -137,7 +147,12 @@ impl Wrk<'_> {
         let out = self.dir.join(format!("{label}.txt"));
         let proxy_before = charged.proxy.map(procfs::cpu_ticks);
         let app_before = procfs::cpu_ticks(charged.app);
+        let load_before = reaped_children_cpu_us();
         self.run(&self.duration, true, url, &out)?;
+        // wrk is the only child reaped during its run (taskset execs it).
+        let load_us = reaped_children_cpu_us()
+            .zip(load_before)
+            .map(|(after, before)| after.saturating_sub(before));
         let cpu = CpuUse {
             proxy_ticks: charged
                 .proxy
@@ -145,6 +160,7 @@ impl Wrk<'_> {
                 .map(|(pids, before)| procfs::cpu_ticks(pids).saturating_sub(before)),
             app_ticks: procfs::cpu_ticks(charged.app).saturating_sub(app_before),
             ticks_per_second: procfs::ticks_per_second(),
+            load_us,
         };
         let output = std::fs::read_to_string(&out)?;
         let result = parse_result(&output)
@@ -188,6 +204,15 @@ impl Wrk<'_> {
     }
 }
 
+/// CPU time (user + system, µs) of this process's children that were
+/// waited for.
+fn reaped_children_cpu_us() -> Option<u64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok()?;
+    let us = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+    Some(us(usage.user_time()) + us(usage.system_time()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,8 +251,10 @@ mod tests {
             proxy_ticks: Some(150),
             app_ticks: 120,
             ticks_per_second: 100,
+            load_us: Some(246_000),
         };
         let m = Metrics::new(&result, cpu);
+        assert_eq!(m.load_cpu_us_per_request, Some(2.0));
         assert_eq!(m.requests_per_second, 41000.0);
         assert_eq!(m.errors, 3);
         assert_eq!(m.proxy_cpu_percent, Some(50.0));
@@ -257,9 +284,22 @@ mod tests {
                 proxy_ticks: Some(1),
                 app_ticks: 1,
                 ticks_per_second: 100,
+                load_us: Some(1),
             },
         );
         assert_eq!(m.app_cpu_us_per_request, None);
         assert_eq!(m.proxy_cpu_us_per_request, None);
+        assert_eq!(m.load_cpu_us_per_request, None);
+    }
+
+    #[test]
+    fn a_waited_for_childs_cpu_time_is_counted() {
+        let before = reaped_children_cpu_us().unwrap();
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(reaped_children_cpu_us().unwrap() > before);
     }
 }

@@ -238,12 +238,12 @@ fn switch_delay(cutover: &Cutover) -> Option<i64> {
 
 fn throughput_table(bench: &Bench, pins: &Pins, rows: &[(String, Metrics)]) -> String {
     let mut out = format!(
-        "\n== swarm req/s: {THROUGHPUT_REPLICAS} tasks, WORKERS={WORKERS}  conns={}  duration={}  path=/   pin: proxy={} wrk={} tasks=none\n{:<16} {:>11} {:>8} {:>8} {:>8} {:>6} {:>10} {:>8} {:>16} {:>14}\n",
+        "\n== swarm req/s: {THROUGHPUT_REPLICAS} tasks, WORKERS={WORKERS}  conns={}  duration={}  path=/   pin: proxy={} wrk={} tasks=none\n{}",
         bench.cli.conns,
         bench.cli.duration,
         pins.servers.or("none"),
         pins.load.or("none"),
-        "target", "req/s", "p50_ms", "p99_ms", "max_ms", "errors", "proxy_cpu%", "app_cpu%", "proxy_cpu_us/req", "app_cpu_us/req"
+        report::columns(),
     );
     for (label, m) in rows {
         out += &report::metrics_row(label, m);
