@@ -321,6 +321,9 @@ async fn accept_loop(
     stopped: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().ok();
+    // Accepted sockets inherit TCP_NODELAY from their listener (Linux): one
+    // system call here instead of one per connection.
+    let nodelay_inherited = rustix::net::sockopt::set_tcp_nodelay(&socket, true).is_ok();
     // Deprecated because the safe constructor cannot know that the owner
     // keeps its descriptor; a `std::net::TcpListener` does, for its whole
     // life (the replacement is `unsafe`, which this workspace forbids).
@@ -354,8 +357,25 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                if !nodelay_inherited {
+                    set_nodelay(&stream);
+                }
                 let open = balance.opened(slot);
-                spawn_connection(&acceptor, &stopped, stream, peer, open, admitted, None);
+                let serving = Serving::new(&acceptor, &stopped, peer, open, admitted);
+                let Some((stream, first, serving)) = straight_to_ring(&acceptor, stream, serving)
+                else {
+                    continue;
+                };
+                let fresh = Adopted {
+                    prefix: first,
+                    fresh: true,
+                };
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => spawn_connection(&acceptor, stream, peer, serving, Some(fresh)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a connection cannot join the event loop")
+                    }
+                }
             }
             Err(e) => {
                 let exhausted = is_resource_exhaustion(&e);
@@ -442,7 +462,7 @@ async fn accept(
     listener: &AsyncFd<std::net::TcpListener>,
     balance: &Balance,
     slot: usize,
-) -> io::Result<(TcpStream, SocketAddr)> {
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
     loop {
         let mut ready = listener.readable().await?;
         if balance.over_share(slot) {
@@ -452,16 +472,96 @@ async fn accept(
             let taken = balance.accepted.notified();
             let _ = tokio::time::timeout(BALANCE_DEFER, taken).await;
         }
-        match ready.try_io(|listener| listener.get_ref().accept()) {
-            Ok(Ok((stream, peer))) => {
-                stream.set_nonblocking(true)?;
-                return Ok((TcpStream::from_std(stream)?, peer));
-            }
+        match ready.try_io(|listener| accept_nonblocking(listener.get_ref())) {
+            Ok(Ok(accepted)) => return Ok(accepted),
             Ok(Err(e)) => return Err(e),
             // Taken by another loop (or none yet): wait for the next one.
             Err(_would_block) => continue,
         }
     }
+}
+
+/// `accept4` with the new socket non-blocking from the start (std's accept
+/// would take another system call to make it so).
+fn accept_nonblocking(
+    listener: &std::net::TcpListener,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::SocketFlags;
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let (socket, peer) = rustix::net::acceptfrom_with(listener, flags)?;
+    let peer = peer
+        .and_then(|peer| SocketAddr::try_from(peer).ok())
+        .ok_or_else(|| io::Error::other("an accepted connection without an IP peer address"))?;
+    Ok((std::net::TcpStream::from(socket), peer))
+}
+
+fn set_nodelay(stream: &std::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
+    }
+}
+
+/// A fresh cleartext connection goes to the worker's io_uring loop straight
+/// from its accept when its first bytes are already here and are not
+/// HTTP/2's: never registered with tokio's epoll (nor deregistered), no
+/// task. Otherwise (TLS, no loop, nothing read yet, maybe HTTP/2) it comes
+/// back with what was read, for a task of its own; `None`: it closed, or
+/// the loop has it.
+fn straight_to_ring(
+    acceptor: &Acceptor,
+    stream: std::net::TcpStream,
+    serving: Serving,
+) -> Option<(std::net::TcpStream, BytesMut, Serving)> {
+    use std::io::Read;
+    if acceptor.tls.is_some() || !crate::ring::is_running() {
+        return Some((stream, BytesMut::with_capacity(FIRST_READ), serving));
+    }
+    let mut first = BytesMut::zeroed(FIRST_READ);
+    match (&stream).read(&mut first) {
+        Ok(0) => return None,
+        Ok(n) => first.truncate(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            first.clear();
+            return Some((stream, first, serving));
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "a new connection failed before its first request");
+            return None;
+        }
+    }
+    if H2_PREFACE_START.starts_with(&first) || first.starts_with(H2_PREFACE_START) {
+        return Some((stream, first, serving));
+    }
+    let Serving {
+        ctx,
+        life,
+        exits,
+        stopped,
+    } = serving;
+    let adopted = crate::ring::Adopted {
+        stream,
+        first,
+        ctx,
+        life,
+        exits,
+        stopped,
+    };
+    let back = crate::ring::adopt(adopted).err()?;
+    let crate::ring::Adopted {
+        stream,
+        first,
+        ctx,
+        life,
+        exits,
+        stopped,
+    } = *back;
+    let serving = Serving {
+        ctx,
+        life,
+        exits,
+        stopped,
+    };
+    Some((stream, first, serving))
 }
 
 /// Serves the connections handed over by the previous process, each on the
@@ -510,15 +610,11 @@ async fn adopt_loop(
                         prefix: BytesMut::from(&prefix[..]),
                         fresh,
                     };
-                    spawn_connection(
-                        &acceptor,
-                        &stopped,
-                        stream,
-                        peer,
-                        open,
-                        admitted,
-                        Some(adopted),
-                    );
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
+                    }
+                    let serving = Serving::new(&acceptor, &stopped, peer, open, admitted);
+                    spawn_connection(&acceptor, stream, peer, serving, Some(adopted));
                 }
                 Err(e) => tracing::debug!(error = %e, "a handed-over connection was already gone"),
             }
@@ -539,6 +635,10 @@ fn connection_builder() -> Http2Builder<TokioExecutor> {
     builder
 }
 
+/// The first read of a new connection (a whole request head, nearly
+/// always).
+const FIRST_READ: usize = 4096;
+
 /// How an HTTP/2 connection starts (RFC 9113 section 3.4): the method
 /// `PRI` is not HTTP/1.
 const H2_PREFACE_START: &[u8] = b"PRI ";
@@ -551,39 +651,65 @@ struct Adopted {
     fresh: bool,
 }
 
+/// What serving one client connection takes, whichever way it is served.
+struct Serving {
+    ctx: Arc<ConnCtx>,
+    life: ConnLife,
+    exits: Exits,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Serving {
+    /// Counts the connection (metrics, its accept loop's share, admission)
+    /// until `life` drops.
+    fn new(
+        acceptor: &Acceptor,
+        stopped: &watch::Receiver<bool>,
+        peer: SocketAddr,
+        open: OpenConnection,
+        admitted: Option<Admitted>,
+    ) -> Serving {
+        let metrics = crate::metrics::global();
+        metrics
+            .client_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let exits = Exits {
+            handoff: acceptor.handoff.clone(),
+            lot: acceptor.lots.get(open.slot).cloned(),
+        };
+        let life = ConnLife {
+            idle: admitted.as_ref().map(Admitted::signal),
+            _guards: ConnGuards {
+                _metrics: ClientConnection(metrics),
+                _open: open,
+                _admitted: admitted,
+            },
+        };
+        Serving {
+            ctx: ConnCtx::new(Arc::clone(&acceptor.shared), peer.ip()),
+            life,
+            exits,
+            stopped: stopped.clone(),
+        }
+    }
+}
+
 /// Serves one client connection on its own task. `adopted`: it was handed
-/// over by the previous process.
+/// over by the previous process, or read from already (`fresh`).
 fn spawn_connection(
     acceptor: &Arc<Acceptor>,
-    stopped: &watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
-    open: OpenConnection,
-    admitted: Option<Admitted>,
+    serving: Serving,
     adopted: Option<Adopted>,
 ) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY on client connection");
-    }
-    let ctx = ConnCtx::new(Arc::clone(&acceptor.shared), peer.ip());
+    let Serving {
+        ctx,
+        life,
+        exits,
+        stopped,
+    } = serving;
     let acceptor = Arc::clone(acceptor);
-    let stopped = stopped.clone();
-    let metrics = crate::metrics::global();
-    metrics
-        .client_connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let exits = Exits {
-        handoff: acceptor.handoff.clone(),
-        lot: acceptor.lots.get(open.slot).cloned(),
-    };
-    let life = ConnLife {
-        idle: admitted.as_ref().map(Admitted::signal),
-        _guards: ConnGuards {
-            _metrics: ClientConnection(metrics),
-            _open: open,
-            _admitted: admitted,
-        },
-    };
     tokio::spawn(async move {
         let builder = &acceptor.builder;
         let first = match adopted {
@@ -598,7 +724,7 @@ fn spawn_connection(
                 prefix,
                 fresh: true,
             }) => prefix,
-            None => BytesMut::with_capacity(4096),
+            None => BytesMut::with_capacity(FIRST_READ),
         };
         match acceptor.tls.as_ref() {
             None => {

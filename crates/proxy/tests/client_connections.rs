@@ -321,3 +321,51 @@ async fn chunked_request_bodies_stream_upstream_and_the_connection_stays_usable(
         );
     }
 }
+
+/// A new cleartext connection whose first bytes are there at its accept
+/// goes to the io_uring loop straight from the accept; one whose bytes come
+/// later, or begin like HTTP/2's preface, takes a task first. Each is
+/// served: the request sent with the connect, after a pause, split after
+/// its first byte, and HTTP/2 with prior knowledge split after its `P`.
+#[tokio::test]
+async fn a_new_connection_is_served_however_its_first_bytes_arrive() {
+    let backend = Backend::named("ok").await;
+    let (router, _) = single_app(backend.addr);
+    let proxy = Proxy::start(router, fast_settings()).await;
+    let request: &[u8] = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    let pause = Duration::from_millis(200);
+    for split in [0, request.len(), 1] {
+        let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
+        if split == request.len() {
+            tokio::time::sleep(pause).await;
+        }
+        let (head, rest) = request.split_at(split.min(1));
+        conn.write_all(head).await.expect("write");
+        if split == 1 {
+            tokio::time::sleep(pause).await;
+        }
+        conn.write_all(rest).await.expect("write");
+        // A second request on the same connection: the first went where it
+        // stays.
+        read_ok_response(&mut conn).await;
+        conn.write_all(request).await.expect("write");
+        read_ok_response(&mut conn).await;
+    }
+
+    let mut h2 = TcpStream::connect(proxy.addr).await.expect("connect");
+    h2.write_all(b"P").await.expect("write");
+    tokio::time::sleep(pause).await;
+    // The rest of the preface, then an empty SETTINGS frame.
+    h2.write_all(b"RI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    let mut frame_head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), h2.read_exact(&mut frame_head))
+        .await
+        .expect("the server's first frame in time")
+        .expect("a frame");
+    assert_eq!(
+        frame_head[3], 0x4,
+        "the server speaks HTTP/2: SETTINGS first"
+    );
+}
