@@ -516,19 +516,20 @@ fn straight_to_ring(
     if acceptor.tls.is_some() || !crate::ring::is_running() {
         return Some((stream, BytesMut::with_capacity(FIRST_READ), serving));
     }
-    let mut first = BytesMut::zeroed(FIRST_READ);
-    match (&stream).read(&mut first) {
+    // Read on the stack and kept at its size (nothing of the heap is
+    // touched beyond the bytes that came).
+    let mut read = [0u8; FIRST_READ];
+    let first = match (&stream).read(&mut read) {
         Ok(0) => return None,
-        Ok(n) => first.truncate(n),
+        Ok(n) => BytesMut::from(&read[..n]),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            first.clear();
-            return Some((stream, first, serving));
+            return Some((stream, BytesMut::with_capacity(FIRST_READ), serving));
         }
         Err(e) => {
             tracing::debug!(error = %e, "a new connection failed before its first request");
             return None;
         }
-    }
+    };
     if H2_PREFACE_START.starts_with(&first) || first.starts_with(H2_PREFACE_START) {
         return Some((stream, first, serving));
     }
