@@ -149,7 +149,8 @@ impl Wrk<'_> {
         let app_before = procfs::cpu_ticks(charged.app);
         let load_before = reaped_children_cpu_us();
         self.run(&self.duration, true, url, &out)?;
-        // wrk is the only child reaped during its run (taskset execs it).
+        // wrk (taskset execs it) is the only child reaped during its run,
+        // unless a caller reaps others meanwhile (the upgrade mode drops it).
         let load_us = reaped_children_cpu_us()
             .zip(load_before)
             .map(|(after, before)| after.saturating_sub(before));

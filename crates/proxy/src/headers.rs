@@ -94,7 +94,8 @@ pub(crate) fn lists<'a>(values: impl Iterator<Item = &'a [u8]>, token: &[u8]) ->
 
 /// Whether a response field read in place (name in any case) is
 /// hop-by-hop: one of [`HOP_BY_HOP`] or named by the head's `Connection`
-/// (`connection`: its values).
+/// (`connection`: its values) — as [`strip_hop_by_hop`] reads a map, where
+/// the option `close` names no field.
 pub(crate) fn is_hop_by_hop_field<'a>(
     name: &[u8],
     connection: impl Iterator<Item = &'a [u8]>,
@@ -102,7 +103,7 @@ pub(crate) fn is_hop_by_hop_field<'a>(
     HOP_BY_HOP
         .iter()
         .any(|hop| name.eq_ignore_ascii_case(hop.as_str().as_bytes()))
-        || lists(connection, name)
+        || (!name.eq_ignore_ascii_case(b"close") && lists(connection, name))
 }
 
 /// The client's address as a header value, made once per connection.

@@ -178,6 +178,7 @@ async fn serve_listener(
     }
     // Every accept loop polls its own registration of one listening socket.
     let socket = listener.into_std().map_err(ProxyError::Listener)?;
+    let nodelay = Nodelay::set_on_listener(&socket);
     let balance = Arc::new(Balance::new(handles.len()));
     let mut loops = Vec::with_capacity(handles.len() + 1);
     for (slot, handle) in handles.iter().cloned().enumerate() {
@@ -187,6 +188,7 @@ async fn serve_listener(
             Arc::clone(&acceptor),
             Arc::clone(&balance),
             slot,
+            nodelay,
             stopped.clone(),
         );
         loops.push(match handle {
@@ -311,6 +313,32 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Where an accepted socket's TCP_NODELAY comes from. Linux copies it from
+/// the listener when a connection's handshake completes: one system call
+/// for the listener instead of one per connection — except for connections
+/// that were already queued when it was set (socket activation, a
+/// handover, the moments since bind), which get it one by one until the
+/// queue first runs dry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nodelay {
+    Inherited,
+    EachUntilDrained,
+    /// The listener would not take it.
+    Each,
+}
+
+impl Nodelay {
+    fn set_on_listener(listener: &std::net::TcpListener) -> Nodelay {
+        use rustix::net::sockopt;
+        let had = sockopt::tcp_nodelay(listener).unwrap_or(false);
+        match sockopt::set_tcp_nodelay(listener, true) {
+            Err(_) => Nodelay::Each,
+            Ok(()) if had => Nodelay::Inherited,
+            Ok(()) => Nodelay::EachUntilDrained,
+        }
+    }
+}
+
 /// Accepts connections until `stopped` turns true, each served on its own
 /// task of the current runtime.
 async fn accept_loop(
@@ -318,12 +346,10 @@ async fn accept_loop(
     acceptor: Arc<Acceptor>,
     balance: Arc<Balance>,
     slot: usize,
+    mut nodelay: Nodelay,
     stopped: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().ok();
-    // Accepted sockets inherit TCP_NODELAY from their listener (Linux): one
-    // system call here instead of one per connection.
-    let nodelay_inherited = rustix::net::sockopt::set_tcp_nodelay(&socket, true).is_ok();
     // Deprecated because the safe constructor cannot know that the owner
     // keeps its descriptor; a `std::net::TcpListener` does, for its whole
     // life (the replacement is `unsafe`, which this workspace forbids).
@@ -342,7 +368,7 @@ async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             _ = async { drop(stopping.wait_for(|stop| *stop).await) } => break,
-            accepted = accept(&listener, &balance, slot) => accepted,
+            accepted = accept(&listener, &balance, slot, &mut nodelay) => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -357,7 +383,7 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                if !nodelay_inherited {
+                if nodelay != Nodelay::Inherited {
                     set_nodelay(&stream);
                 }
                 let open = balance.opened(slot);
@@ -457,11 +483,13 @@ impl AcceptTrouble {
 }
 
 /// The next connection, left to the other loops for a moment when this one
-/// holds more than its share.
+/// holds more than its share. The queue running dry ends `nodelay`'s
+/// catching up.
 async fn accept(
     listener: &AsyncFd<std::net::TcpListener>,
     balance: &Balance,
     slot: usize,
+    nodelay: &mut Nodelay,
 ) -> io::Result<(std::net::TcpStream, SocketAddr)> {
     loop {
         let mut ready = listener.readable().await?;
@@ -476,7 +504,12 @@ async fn accept(
             Ok(Ok(accepted)) => return Ok(accepted),
             Ok(Err(e)) => return Err(e),
             // Taken by another loop (or none yet): wait for the next one.
-            Err(_would_block) => continue,
+            Err(_would_block) => {
+                if *nodelay == Nodelay::EachUntilDrained {
+                    *nodelay = Nodelay::Inherited;
+                }
+                continue;
+            }
         }
     }
 }
@@ -989,6 +1022,29 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    /// Connections queued before the listener got TCP_NODELAY did not
+    /// inherit it: they get it one by one until the queue runs dry.
+    #[test]
+    fn nodelay_set_on_a_listener_reaches_only_connections_queued_after_it() {
+        use rustix::net::sockopt::tcp_nodelay;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _early = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(
+            Nodelay::set_on_listener(&listener),
+            Nodelay::EachUntilDrained
+        );
+        let _late = std::net::TcpStream::connect(addr).unwrap();
+        let (early, _) = listener.accept().unwrap();
+        let (late, _) = listener.accept().unwrap();
+        assert!(
+            !tcp_nodelay(&early).unwrap(),
+            "queued before: not inherited"
+        );
+        assert!(tcp_nodelay(&late).unwrap(), "queued after: inherited");
+        assert_eq!(Nodelay::set_on_listener(&listener), Nodelay::Inherited);
+    }
+
     use super::*;
     use std::num::NonZeroUsize;
 
@@ -1027,6 +1083,7 @@ mod tests {
                 Arc::clone(&acceptor),
                 Arc::clone(&balance),
                 slot,
+                Nodelay::Each,
                 stopped.clone(),
             ));
         }

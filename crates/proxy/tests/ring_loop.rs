@@ -23,11 +23,12 @@ use tokio::sync::mpsc;
 
 /// An upstream's response head with everything the proxy rewrites:
 /// hop-by-hop fields, a field its `Connection` names, its own request id,
-/// two cookies, names in mixed case.
+/// two cookies, names in mixed case; and a field called `Close` (the
+/// `close` option of `Connection` names no field).
 const UPSTREAM_HEAD: &str =
-    "HTTP/1.1 200 OK\r\nServer: raw\r\nConnection: keep-alive, X-Secret\r\n\
+    "HTTP/1.1 200 OK\r\nServer: raw\r\nConnection: keep-alive, X-Secret, close\r\n\
     Keep-Alive: timeout=5\r\nX-Secret: s\r\nX-Request-Id: upstream-id\r\nSet-Cookie: a=1\r\n\
-    X-Trace: t\r\nset-cookie: b=2\r\nContent-Length: 2\r\n\r\nok";
+    X-Trace: t\r\nset-cookie: b=2\r\nClose: 1\r\nContent-Length: 2\r\n\r\nok";
 
 /// A response head as the client got it: its lines after the status line,
 /// `Date` left out (its value moves), sorted (a map keeps no order across
@@ -90,6 +91,7 @@ async fn the_loop_and_the_full_path_rewrite_a_response_head_alike() {
         }
     }
     let expected = [
+        "close: 1",
         "content-length: 2",
         "server: raw",
         "set-cookie: a=1",
