@@ -566,6 +566,16 @@ fn straight_to_ring(
     if H2_PREFACE_START.starts_with(&first) || first.starts_with(H2_PREFACE_START) {
         return Some((stream, first, serving));
     }
+    hand_to_ring(stream, first, serving)
+}
+
+/// Hands a connection to this worker's io_uring loop; `None`: the loop has
+/// it, else it comes back (no loop runs on this thread).
+fn hand_to_ring(
+    stream: std::net::TcpStream,
+    first: BytesMut,
+    serving: Serving,
+) -> Option<(std::net::TcpStream, BytesMut, Serving)> {
     let Serving {
         ctx,
         life,
@@ -865,27 +875,23 @@ async fn to_ring(
             return;
         }
     };
-    let adopted = crate::ring::Adopted {
-        stream,
-        first,
+    let serving = Serving {
         ctx,
         life,
         exits,
         stopped,
     };
-    let Err(back) = crate::ring::adopt(adopted) else {
+    let Some((stream, first, serving)) = hand_to_ring(stream, first, serving) else {
         return;
     };
-    let crate::ring::Adopted {
-        stream,
-        first,
-        ctx,
-        life,
-        exits,
-        stopped,
-    } = *back;
     match TcpStream::from_std(stream) {
         Ok(stream) => {
+            let Serving {
+                ctx,
+                life,
+                exits,
+                stopped,
+            } = serving;
             let io = ClientIo::Tcp(stream);
             http1_server::serve(io, first, ctx, stopped, life, exits).await;
         }
