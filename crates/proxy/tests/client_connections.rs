@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    fast_settings, get, read_ok_response, single_app, Backend, ChannelBody, Client, Proxy,
+    fast_settings, get, read_more, read_ok_response, single_app, Backend, ChannelBody, Client,
+    Proxy,
 };
 use cutover_proxy::ProxySettings;
 use http::StatusCode;
@@ -208,11 +209,8 @@ async fn http_1_0_clients_get_close_or_keep_alive_as_they_ask() {
             .await
             .expect("write");
         let mut data = Vec::new();
-        let mut buf = [0u8; 1024];
         while !data.ends_with(b"a.test") {
-            let n = stream.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&data));
-            data.extend_from_slice(&buf[..n]);
+            read_more(&mut stream, &mut data, 1024).await;
         }
         let head = String::from_utf8_lossy(&data).to_ascii_lowercase();
         assert!(head.contains("connection: keep-alive"), "{head}");

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_settings, single_app, tcp_server, text, Backend, Client, Proxy};
+use common::{
+    fast_settings, read_request_head, single_app, tcp_server, text, Backend, Client, Proxy,
+};
 use cutover_proxy::{Io, ProxySettings, Router, Upstream};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Request, StatusCode};
@@ -501,29 +503,18 @@ enum CloseMode {
 
 /// A raw HTTP/1.1 backend answering `ok` with keep-alive responses.
 async fn closing_backend(mode: CloseMode) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    async fn read_head(stream: &mut TcpStream) -> bool {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        true
-    }
     let (addr, task) = tcp_server(move |mut stream| {
         async move {
             let mut answered = 0;
             loop {
                 let head = match mode {
                     CloseMode::WhenIdleFor(idle) if answered > 0 => {
-                        match tokio::time::timeout(idle, read_head(&mut stream)).await {
-                            Ok(head) => head,
+                        match tokio::time::timeout(idle, read_request_head(&mut stream)).await {
+                            Ok(head) => head.is_some(),
                             Err(_) => return, // idle too long: close
                         }
                     }
-                    _ => read_head(&mut stream).await,
+                    _ => read_request_head(&mut stream).await.is_some(),
                 };
                 if !head || (matches!(mode, CloseMode::OnSecondRequest) && answered == 1) {
                     return; // dropping the stream closes the connection

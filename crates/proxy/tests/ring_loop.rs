@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    fast_settings, get, read_more, read_ok_response, single_app, tcp_server, test_io, text,
-    Backend, ChannelBody, Client, Proxy,
+    fast_settings, get, read_more, read_ok_response, read_request_head, single_app, tcp_server,
+    test_io, text, Backend, ChannelBody, Client, Proxy,
 };
 use cutover_test_support::wait::eventually_async;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -61,16 +61,7 @@ fn field_lines(response: &str) -> (String, Vec<String>) {
 #[tokio::test]
 async fn the_loop_and_the_full_path_rewrite_a_response_head_alike() {
     let (addr, backend) = tcp_server(|mut stream| async move {
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        loop {
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            request.clear();
+        while read_request_head(&mut stream).await.is_some() {
             if stream.write_all(UPSTREAM_HEAD.as_bytes()).await.is_err() {
                 return;
             }
@@ -263,14 +254,9 @@ async fn a_large_response_whose_upstream_closes_right_after_it_comes_out_whole()
     // once — with a length and `Connection: close`, or delimited by the
     // close itself.
     let (addr, backend) = tcp_server(|mut stream| async move {
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
+        let Some(request) = read_request_head(&mut stream).await else {
+            return;
+        };
         let head = if request.starts_with(b"GET /length") {
             format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\nConnection: close\r\n\r\n")
         } else {

@@ -373,6 +373,21 @@ pub async fn read_more(stream: &mut TcpStream, data: &mut Vec<u8>, at_most: usiz
     data.extend_from_slice(&buf[..n]);
 }
 
+/// What a raw upstream of [`tcp_server`] reads: one request head (and any
+/// bytes that came with it); `None` when the connection ended first.
+pub async fn read_request_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// Reads one response whose body is `ok` (from [`Backend::named`]) off a
 /// raw connection, bounded in time; returns it whole.
 pub async fn read_ok_response(stream: &mut TcpStream) -> String {
