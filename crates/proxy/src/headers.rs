@@ -78,10 +78,15 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Whether comma-separated field values list `token` (case-insensitively).
-/// A value with bytes outside visible ASCII lists nothing (as hyper and
+pub(crate) fn lists<'a>(values: impl Iterator<Item = &'a [u8]>, token: &[u8]) -> bool {
+    options(values).any(|option| option.eq_ignore_ascii_case(token))
+}
+
+/// The options of comma-separated field values, trimmed. A value with
+/// bytes outside visible ASCII has none (as hyper and
 /// `HeaderValue::to_str` read it: a peer that disagrees on keep-alive
 /// desyncs from us).
-pub(crate) fn lists<'a>(values: impl Iterator<Item = &'a [u8]>, token: &[u8]) -> bool {
+fn options<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
     values
         .filter(|value| {
             value
@@ -89,21 +94,39 @@ pub(crate) fn lists<'a>(values: impl Iterator<Item = &'a [u8]>, token: &[u8]) ->
                 .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
         })
         .flat_map(|value| value.split(|&b| b == b','))
-        .any(|option| option.trim_ascii().eq_ignore_ascii_case(token))
+        .map(<[u8]>::trim_ascii)
 }
 
-/// Whether a response field read in place (name in any case) is
-/// hop-by-hop: one of [`HOP_BY_HOP`] or named by the head's `Connection`
-/// (`connection`: its values) — as [`strip_hop_by_hop`] reads a map, where
-/// the option `close` names no field.
-pub(crate) fn is_hop_by_hop_field<'a>(
-    name: &[u8],
-    connection: impl Iterator<Item = &'a [u8]>,
-) -> bool {
+/// A `Connection` option that names no field to remove: empty, `close`,
+/// or one ([`KEEP_ALIVE`], [`UPGRADE`]) that is hop-by-hop anyway.
+fn is_usual_option(option: &[u8]) -> bool {
+    option.is_empty()
+        || option.eq_ignore_ascii_case(b"keep-alive")
+        || option.eq_ignore_ascii_case(b"close")
+        || option.eq_ignore_ascii_case(b"upgrade")
+}
+
+/// Whether a field name (any case) is one of [`HOP_BY_HOP`].
+pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
     HOP_BY_HOP
         .iter()
         .any(|hop| name.eq_ignore_ascii_case(hop.as_str().as_bytes()))
-        || (!name.eq_ignore_ascii_case(b"close") && lists(connection, name))
+}
+
+/// Whether `Connection` values (`connection`) name fields to remove, other
+/// than the usual options: once per head, so that
+/// [`is_named_by_connection`] is asked per field only when it can say yes.
+pub(crate) fn connection_names_fields<'a>(connection: impl Iterator<Item = &'a [u8]>) -> bool {
+    options(connection).any(|option| !is_usual_option(option))
+}
+
+/// Whether a field name (any case) is named by `Connection` values — as
+/// [`strip_hop_by_hop`] reads a map.
+pub(crate) fn is_named_by_connection<'a>(
+    name: &[u8],
+    connection: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    !is_usual_option(name) && lists(connection, name)
 }
 
 /// The client's address as a header value, made once per connection.
@@ -290,24 +313,14 @@ impl ProxiedHead<'_> {
 /// The header names a `Connection` header lists, other than the usual
 /// `keep-alive` / `close` / `upgrade`.
 fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut named = Vec::new();
-    for value in headers.get_all(&CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for option in value.split(',') {
-            let option = option.trim();
-            if option.is_empty()
-                || option.eq_ignore_ascii_case("keep-alive")
-                || option.eq_ignore_ascii_case("close")
-                || option.eq_ignore_ascii_case("upgrade")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
-                named.push(name);
-            }
-        }
-    }
-    named
+    let values = headers
+        .get_all(&CONNECTION)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    options(values)
+        .filter(|option| !is_usual_option(option))
+        .filter_map(|option| HeaderName::from_bytes(option).ok())
+        .collect()
 }
 
 /// The client's `X-Request-Id` if it is sane, else a new random one.

@@ -28,7 +28,7 @@ use crate::http1::body::{Decoded, Decoder};
 use crate::http1::client::{closed_early, ExchangeError, OutgoingHead};
 use crate::http1::encode::{self, RequestFraming};
 use crate::http1::head::{self, HeadError, ParsedResponse, RequestHead, ResponseHead};
-use crate::http1::server::{encode_response_head, Asked, ResponseFraming};
+use crate::http1::server::{encode_response_head, map_fields, Asked, ResponseFraming};
 use crate::metrics::{self, SlotMetrics};
 use crate::pool::ConnectError;
 use crate::upstream::{retry_rule, Attempt, Failure, InFlightGuard, Retry, MAX_POOLED_ATTEMPTS};
@@ -507,9 +507,11 @@ impl Exchange {
         let sticky = self.sticky.take();
         // As `forward::respond` rewrites the map: hop-by-hop fields out,
         // the sticky cookie and the request id (replacing the upstream's) in.
+        let named = hop_by_hop && headers::connection_names_fields(fields.values("connection"));
         let passed = fields.iter().filter(|(name, _)| {
-            !(name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
-                || hop_by_hop && headers::is_hop_by_hop_field(name, fields.values("connection")))
+            let hop = hop_by_hop && headers::is_hop_by_hop_name(name)
+                || named && headers::is_named_by_connection(name, fields.values("connection"));
+            !(hop || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()))
         });
         let ours = sticky
             .iter()
@@ -762,10 +764,7 @@ impl Exchange {
                 self.answered_metrics = Some(slot);
             }
         }
-        let fields = parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        let fields = map_fields(&parts.headers);
         let size = SizeHint::with_exact(bytes.len() as u64);
         let framing = encode_head(
             &mut self.out,
