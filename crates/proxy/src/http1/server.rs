@@ -49,7 +49,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -658,10 +658,7 @@ impl ServerConn {
         );
         // Room for a typical response head and a small body in one write.
         let mut out = self.write.buffer(RESPONSE_BUFFER);
-        let fields = parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        let fields = map_fields(&parts.headers);
         encode_response_head(&mut out, parts.status, fields, &framing, asked.version);
         if framing.bodyless {
             send_head(&mut self.write, out, framing.close).await?;
@@ -712,6 +709,13 @@ impl ResponseFraming {
             switching,
         }
     }
+}
+
+/// A map's fields as [`encode_response_head`] takes them.
+pub(crate) fn map_fields(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
 }
 
 /// The status line, the response's fields (name, value; from a map or
